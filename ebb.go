@@ -1,0 +1,192 @@
+// Package ebb holds the vocabulary of the ebb serverless platform: what a
+// function is, how it is configured, what an invocation records, and the
+// errors callers branch on. It imports only the standard library so that every
+// other package can speak it without dragging in the rest of the system.
+package ebb
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Runtime names how an instance of a function talks to ebb.
+type Runtime string
+
+const (
+	// RuntimeExec runs any executable that speaks the AWS Lambda Runtime API.
+	RuntimeExec Runtime = "exec"
+	// RuntimePython runs handler "module.function" through ebb's Python shim.
+	RuntimePython Runtime = "python"
+	// RuntimeHTTP runs a program that serves HTTP on $PORT; requests are proxied.
+	RuntimeHTTP Runtime = "http"
+	// RuntimeONNX serves an ONNX model with no user code.
+	RuntimeONNX Runtime = "onnx"
+)
+
+// Defaults applied to a Spec by Defaults. They mirror what a Lambda user
+// expects: small memory, a short timeout, one request per instance.
+const (
+	DefaultMemoryMiB    = 256
+	DefaultTimeout      = 30 * time.Second
+	DefaultConcurrency  = 1
+	DefaultMaxInstances = 10
+	DefaultIdleTimeout  = 5 * time.Minute
+	DefaultMaxQueue     = 100
+	DefaultQueueTimeout = 10 * time.Second
+)
+
+// Limits on a Spec; beyond them a manifest is refused rather than trusted.
+const (
+	MaxMemoryMiB    = 64 * 1024
+	MaxTimeout      = 15 * time.Minute
+	MaxConcurrency  = 1000
+	MaxInstances    = 1000
+	MaxQueueLength  = 100000
+	maxNameLength   = 63
+	maxHandlerBytes = 1024
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+
+// Spec is a function's configuration: the parsed, defaulted ebb.yaml.
+type Spec struct {
+	Name         string            `json:"name"`
+	Runtime      Runtime           `json:"runtime"`
+	Handler      string            `json:"handler"`
+	MemoryMiB    int               `json:"memory"`
+	Timeout      time.Duration     `json:"timeout"`
+	Concurrency  int               `json:"concurrency"`
+	MinInstances int               `json:"min_instances"`
+	MaxInstances int               `json:"max_instances"`
+	IdleTimeout  time.Duration     `json:"idle_timeout"`
+	MaxQueue     int               `json:"max_queue"`
+	QueueTimeout time.Duration     `json:"queue_timeout"`
+	Preload      []string          `json:"preload,omitempty"`
+	Env          map[string]string `json:"env,omitempty"`
+	Batching     *Batching         `json:"batching,omitempty"`
+	// Zygote, when false, opts a python function out of the fork-server.
+	Zygote *bool `json:"zygote,omitempty"`
+	// Python is the interpreter for a python function; empty means ebb's default.
+	Python string `json:"python,omitempty"`
+}
+
+// Batching configures dynamic batching for onnx functions.
+type Batching struct {
+	MaxBatchSize int           `json:"max_batch_size"`
+	MaxDelay     time.Duration `json:"max_delay"`
+}
+
+// FieldError says which manifest field is wrong and why. Its message names the
+// field first so that a user can find it in their ebb.yaml.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Defaults fills the zero fields of s with ebb's defaults.
+func (s *Spec) Defaults() {
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = DefaultMemoryMiB
+	}
+	if s.Timeout == 0 {
+		s.Timeout = DefaultTimeout
+	}
+	if s.Concurrency == 0 {
+		s.Concurrency = DefaultConcurrency
+	}
+	if s.MaxInstances == 0 {
+		s.MaxInstances = max(DefaultMaxInstances, s.MinInstances)
+	}
+	if s.IdleTimeout == 0 {
+		s.IdleTimeout = DefaultIdleTimeout
+	}
+	if s.MaxQueue == 0 {
+		s.MaxQueue = DefaultMaxQueue
+	}
+	if s.QueueTimeout == 0 {
+		s.QueueTimeout = DefaultQueueTimeout
+	}
+	if s.Batching != nil && s.Batching.MaxBatchSize == 0 {
+		s.Batching.MaxBatchSize = 32
+	}
+}
+
+// Validate reports the first field of s that is out of range as a *FieldError.
+func (s *Spec) Validate() error {
+	switch {
+	case s.Name == "":
+		return &FieldError{"name", "is required"}
+	case len(s.Name) > maxNameLength || !nameRE.MatchString(s.Name):
+		return &FieldError{"name", fmt.Sprintf("%q must be 1-%d characters of a-z, 0-9 and '-', not starting or ending with '-'", s.Name, maxNameLength)}
+	}
+	switch s.Runtime {
+	case RuntimeExec, RuntimePython, RuntimeHTTP, RuntimeONNX:
+	case "":
+		return &FieldError{"runtime", "is required (python, exec, http or onnx)"}
+	default:
+		return &FieldError{"runtime", fmt.Sprintf("unknown runtime %q (want python, exec, http or onnx)", s.Runtime)}
+	}
+	if s.Handler == "" {
+		return &FieldError{"handler", "is required"}
+	}
+	if len(s.Handler) > maxHandlerBytes {
+		return &FieldError{"handler", "is too long"}
+	}
+	if s.Runtime == RuntimePython && !pyHandlerRE.MatchString(s.Handler) {
+		return &FieldError{"handler", fmt.Sprintf("%q must be module.function", s.Handler)}
+	}
+	switch {
+	case s.MemoryMiB < 16 || s.MemoryMiB > MaxMemoryMiB:
+		return &FieldError{"memory", fmt.Sprintf("%d MiB is out of range (16 to %d)", s.MemoryMiB, MaxMemoryMiB)}
+	case s.Timeout < time.Millisecond || s.Timeout > MaxTimeout:
+		return &FieldError{"timeout", fmt.Sprintf("%s is out of range (1ms to %s)", s.Timeout, MaxTimeout)}
+	case s.Concurrency < 1 || s.Concurrency > MaxConcurrency:
+		return &FieldError{"concurrency", fmt.Sprintf("%d is out of range (1 to %d)", s.Concurrency, MaxConcurrency)}
+	case s.MinInstances < 0 || s.MinInstances > MaxInstances:
+		return &FieldError{"min_instances", fmt.Sprintf("%d is out of range (0 to %d)", s.MinInstances, MaxInstances)}
+	case s.MaxInstances < 1 || s.MaxInstances > MaxInstances:
+		return &FieldError{"max_instances", fmt.Sprintf("%d is out of range (1 to %d)", s.MaxInstances, MaxInstances)}
+	case s.MinInstances > s.MaxInstances:
+		return &FieldError{"min_instances", fmt.Sprintf("%d is more than max_instances (%d)", s.MinInstances, s.MaxInstances)}
+	case s.IdleTimeout < time.Millisecond:
+		return &FieldError{"idle_timeout", fmt.Sprintf("%s must be at least 1ms", s.IdleTimeout)}
+	case s.MaxQueue < 0 || s.MaxQueue > MaxQueueLength:
+		return &FieldError{"max_queue", fmt.Sprintf("%d is out of range (0 to %d)", s.MaxQueue, MaxQueueLength)}
+	case s.QueueTimeout < 0:
+		return &FieldError{"queue_timeout", "must not be negative"}
+	}
+	for k := range s.Env {
+		if !envRE.MatchString(k) {
+			return &FieldError{"env." + k, "is not a valid environment variable name"}
+		}
+	}
+	if b := s.Batching; b != nil {
+		if b.MaxBatchSize < 1 || b.MaxBatchSize > 4096 {
+			return &FieldError{"batching.max_batch_size", fmt.Sprintf("%d is out of range (1 to 4096)", b.MaxBatchSize)}
+		}
+		if b.MaxDelay < 0 || b.MaxDelay > time.Second {
+			return &FieldError{"batching.max_delay", fmt.Sprintf("%s is out of range (0 to 1s)", b.MaxDelay)}
+		}
+	}
+	return nil
+}
+
+var (
+	pyHandlerRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$`)
+	envRE       = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// Function is a deployed function version as the registry stores it.
+type Function struct {
+	Spec Spec `json:"spec"`
+	// Version counts deploys of this name, from 1.
+	Version int `json:"version"`
+	// Digest is the hex sha256 of the bundle (tar.gz of the function directory).
+	Digest string `json:"digest"`
+	// Size is the bundle's size in bytes.
+	Size      int64     `json:"size"`
+	CreatedAt time.Time `json:"created_at"`
+}
