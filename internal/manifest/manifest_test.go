@@ -1,0 +1,145 @@
+package manifest
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb"
+)
+
+func TestParseValid(t *testing.T) {
+	spec, err := Parse([]byte(`
+name: churn
+runtime: python
+handler: app.handler
+memory: 512
+timeout: 30s
+concurrency: 2
+min_instances: 1
+max_instances: 4
+idle_timeout: 5m
+preload: [numpy, sklearn]
+env: {GREETING: hello}
+batching: {max_batch_size: 16, max_delay: 2ms}
+`))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	want := ebb.Spec{Name: "churn", Runtime: ebb.RuntimePython, Handler: "app.handler", MemoryMiB: 512,
+		Timeout: 30 * time.Second, Concurrency: 2, MinInstances: 1, MaxInstances: 4, IdleTimeout: 5 * time.Minute,
+		MaxQueue: ebb.DefaultMaxQueue, QueueTimeout: ebb.DefaultQueueTimeout}
+	if spec.Name != want.Name || spec.Runtime != want.Runtime || spec.Handler != want.Handler ||
+		spec.MemoryMiB != want.MemoryMiB || spec.Timeout != want.Timeout || spec.Concurrency != want.Concurrency ||
+		spec.MinInstances != want.MinInstances || spec.MaxInstances != want.MaxInstances ||
+		spec.IdleTimeout != want.IdleTimeout || spec.MaxQueue != want.MaxQueue || spec.QueueTimeout != want.QueueTimeout {
+		t.Errorf("got %+v\nwant %+v", *spec, want)
+	}
+	if got := strings.Join(spec.Preload, ","); got != "numpy,sklearn" {
+		t.Errorf("preload = %q, want numpy,sklearn", got)
+	}
+	if spec.Env["GREETING"] != "hello" {
+		t.Errorf("env = %v", spec.Env)
+	}
+	if spec.Batching == nil || spec.Batching.MaxBatchSize != 16 || spec.Batching.MaxDelay != 2*time.Millisecond {
+		t.Errorf("batching = %+v", spec.Batching)
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	spec, err := Parse([]byte("name: a\nruntime: exec\nhandler: ./bootstrap\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.MemoryMiB != ebb.DefaultMemoryMiB || spec.Timeout != ebb.DefaultTimeout || spec.Concurrency != 1 ||
+		spec.MaxInstances != ebb.DefaultMaxInstances || spec.IdleTimeout != ebb.DefaultIdleTimeout {
+		t.Errorf("defaults not applied: %+v", *spec)
+	}
+	spec, err = Parse([]byte("name: a\nruntime: exec\nhandler: x\nmax_queue: 0\nmemory: 1Gi\ntimeout: 10\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.MaxQueue != 0 {
+		t.Errorf("explicit max_queue: 0 = %d, want 0 (no queue)", spec.MaxQueue)
+	}
+	if spec.MemoryMiB != 1024 || spec.Timeout != 10*time.Second {
+		t.Errorf("memory=%d timeout=%s, want 1024 and 10s", spec.MemoryMiB, spec.Timeout)
+	}
+}
+
+func TestParseErrorsNameTheField(t *testing.T) {
+	base := "name: a\nruntime: python\nhandler: app.handler\n"
+	tests := []struct {
+		name, yaml, field, reason string
+	}{
+		{"empty", "", "", "is empty"},
+		{"not a mapping", "- a\n- b\n", "", "mapping"},
+		{"bad yaml", "name: [\n", "", "invalid YAML"},
+		{"missing name", "runtime: python\nhandler: a.b\n", "name", "required"},
+		{"bad name", "name: Hello_World\nruntime: python\nhandler: a.b\n", "name", "a-z"},
+		{"unknown runtime", "name: a\nruntime: ruby\nhandler: a.b\n", "runtime", `unknown runtime "ruby"`},
+		{"missing handler", "name: a\nruntime: exec\n", "handler", "required"},
+		{"python handler shape", "name: a\nruntime: python\nhandler: app\n", "handler", "module.function"},
+		{"unknown field", base + "max_instance: 3\n", "max_instance", `did you mean "max_instances"`},
+		{"memory word", base + "memory: lots\n", "memory", "memory size"},
+		{"memory too small", base + "memory: 1\n", "memory", "out of range"},
+		{"timeout junk", base + "timeout: soon\n", "timeout", "not a duration"},
+		{"timeout too long", base + "timeout: 1h\n", "timeout", "out of range"},
+		{"negative min", base + "min_instances: -1\n", "min_instances", "negative"},
+		{"min over max", base + "min_instances: 5\nmax_instances: 2\n", "min_instances", "more than max_instances"},
+		{"concurrency zero", base + "concurrency: 0\n", "concurrency", "at least 1"},
+		{"concurrency float", base + "concurrency: 1.5\n", "concurrency", "whole number"},
+		{"concurrency string", base + "concurrency: \"2\"\n", "concurrency", "whole number"},
+		{"preload not list", base + "preload: numpy\n", "preload", "list"},
+		{"env not map", base + "env: [a]\n", "env", "mapping"},
+		{"env bad key", base + "env: {\"1X\": y}\n", "env.1X", "environment variable"},
+		{"env nested", base + "env: {A: {b: c}}\n", "env.A", "single value"},
+		{"duplicate field", base + "name: b\n", "name", "twice"},
+		{"batching field", base + "batching: {size: 3}\n", "batching.size", "unknown"},
+		{"null handler", "name: a\nruntime: exec\nhandler:\n", "handler", "empty"},
+		{"zygote junk", base + "zygote: maybe\n", "zygote", "true or false"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml))
+			var me *Error
+			if !errors.As(err, &me) {
+				t.Fatalf("Parse error = %v, want *manifest.Error", err)
+			}
+			if me.Field != tt.field {
+				t.Errorf("field = %q, want %q (error: %v)", me.Field, tt.field, err)
+			}
+			if !strings.Contains(err.Error(), tt.reason) {
+				t.Errorf("error %q does not contain %q", err, tt.reason)
+			}
+		})
+	}
+}
+
+func TestParseErrorHasLine(t *testing.T) {
+	_, err := Parse([]byte("name: a\nruntime: python\nhandler: app.handler\ntimeout: never\n"))
+	if err == nil || !strings.HasPrefix(err.Error(), "ebb.yaml:4: timeout:") {
+		t.Errorf("error = %v, want prefix ebb.yaml:4: timeout:", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("name: a\nruntime: python\nhandler: app.handler\nmemory: 128\ntimeout: 3s\n"))
+	f.Add([]byte("name: b\nruntime: onnx\nhandler: model.onnx\nbatching: {max_batch_size: 8, max_delay: 1ms}\n"))
+	f.Add([]byte("env: {A: b}\npreload: [x, y]\nmin_instances: 2\nmax_instances: 1\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec, err := Parse(data)
+		if err != nil {
+			var me *Error
+			if !errors.As(err, &me) {
+				t.Fatalf("error %v is not a *manifest.Error", err)
+			}
+			return
+		}
+		if err := spec.Validate(); err != nil {
+			t.Fatalf("Parse accepted a spec that does not validate: %v", err)
+		}
+	})
+}
