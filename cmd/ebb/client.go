@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ebb-run/ebb/internal/bundle"
+	"github.com/ebb-run/ebb/internal/client"
+	"github.com/ebb-run/ebb/internal/logbuf"
+	"github.com/ebb-run/ebb/internal/manifest"
+)
+
+// clientFlags adds --url and --key to fs.
+func clientFlags(fs *flag.FlagSet) func() *client.Client {
+	u := os.Getenv("EBB_URL")
+	if u == "" {
+		u = "http://127.0.0.1:8080"
+	}
+	url := fs.String("url", u, "ebb server URL (env EBB_URL)")
+	key := fs.String("key", os.Getenv("EBB_API_KEY"), "API key (env EBB_API_KEY)")
+	return func() *client.Client { return client.New(*url, *key) }
+}
+
+// parse parses flags that may come before or after positional arguments.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func runDeploy(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
+	mk := clientFlags(fs)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	dir := "."
+	if len(pos) > 0 {
+		dir = pos[0]
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, manifest.FileName))
+	if err != nil {
+		return fmt.Errorf("read manifest: %w", err)
+	}
+	spec, err := manifest.Parse(raw)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	if _, err := bundle.Pack(dir, &buf); err != nil {
+		return fmt.Errorf("pack %s: %w", dir, err)
+	}
+	rep, err := mk().Deploy(ctx, spec.Name, &buf)
+	if err != nil {
+		return fmt.Errorf("deploy %s: %w", spec.Name, err)
+	}
+	fmt.Printf("deployed %s version %d (%s, %d bytes)\n  invoke: %s\n  url:    %s\n", rep.Name, rep.Version, rep.Digest[:12], buf.Len(), rep.URL, rep.FunctionURL)
+	return nil
+}
+
+func runInvoke(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("invoke", flag.ContinueOnError)
+	mk := clientFlags(fs)
+	data := fs.String("d", "", "event JSON")
+	file := fs.String("f", "", "read the event from FILE (- for stdin)")
+	verbose := fs.Bool("v", false, "print request id, cold start and status to stderr")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: ebb invoke NAME [-d JSON | -f FILE]")
+	}
+	payload := []byte(*data)
+	switch {
+	case *file == "-":
+		payload, err = io.ReadAll(os.Stdin)
+	case *file != "":
+		payload, err = os.ReadFile(*file)
+	}
+	if err != nil {
+		return err
+	}
+	res, err := mk().Invoke(ctx, pos[0], payload)
+	if err != nil {
+		return err
+	}
+	if *verbose {
+		fmt.Fprintf(os.Stderr, "status=%d request_id=%s cold_start=%v\n", res.Status, res.RequestID, res.ColdStart)
+	}
+	out := res.Body
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	if res.Status/100 != 2 {
+		os.Stderr.Write(out)
+		return exitCode(1)
+	}
+	os.Stdout.Write(out)
+	return nil
+}
+
+func runList(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("ls", flag.ContinueOnError)
+	mk := clientFlags(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	fns, err := mk().List(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tVERSION\tRUNTIME\tINSTANCES\tINVOCATIONS\tCOLD STARTS\tERRORS")
+	for _, f := range fns {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\n", f.Name, f.Version, f.Runtime, len(f.Instances), f.Invocations, f.ColdStarts, f.Errors)
+	}
+	return tw.Flush()
+}
+
+func runStatus(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	mk := clientFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: ebb status NAME")
+	}
+	st, err := mk().Status(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	s := st.Spec
+	fmt.Printf("%s  version %d  (%s %s)\n", st.Name, st.Version, st.Runtime, s.Handler)
+	fmt.Printf("  deployed     %s\n", st.DeployedAt.Local().Format(time.RFC3339))
+	fmt.Printf("  url          %s\n", st.URL)
+	fmt.Printf("  limits       memory %d MiB, timeout %s, concurrency %d, instances %d..%d, idle %s\n",
+		s.Memory, s.Timeout, s.Concurrency, s.MinInstances, s.MaxInstances, s.IdleTimeout)
+	fmt.Printf("  invocations  %d (cold starts %d, errors %d), in flight %d, waiting %d\n",
+		st.Invocations, st.ColdStarts, st.Errors, st.InFlight, st.Waiting)
+	if len(st.Draining) > 0 {
+		fmt.Printf("  draining     versions %v\n", st.Draining)
+	}
+	if len(st.Instances) == 0 {
+		fmt.Println("  instances    none (scaled to zero)")
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  INSTANCE\tVERSION\tSTATE\tIN FLIGHT\tREQUESTS\tSTARTED\tLAST USED")
+	for _, in := range st.Instances {
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%d\t%s ago\t%s ago\n", in.ID, in.Version, in.Phase, in.InFlight, in.Requests,
+			time.Since(in.StartedAt).Round(time.Second), time.Since(in.LastUsed).Round(time.Millisecond))
+	}
+	return tw.Flush()
+}
+
+func runLogs(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
+	mk := clientFlags(fs)
+	follow := fs.Bool("f", false, "follow: keep printing new lines")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: ebb logs NAME [-f]")
+	}
+	return mk().Logs(ctx, pos[0], 0, *follow, func(l logbuf.Line) {
+		rid := l.RequestID
+		if rid == "" {
+			rid = "-"
+		}
+		fmt.Printf("%s %s %s %s\n", l.Time.Local().Format("15:04:05.000"), rid, l.Stream, strings.TrimRight(l.Text, "\r"))
+	})
+}
+
+func runRemove(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("rm", flag.ContinueOnError)
+	mk := clientFlags(fs)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: ebb rm NAME")
+	}
+	if err := mk().Remove(ctx, pos[0]); err != nil {
+		return err
+	}
+	fmt.Printf("removed %s\n", pos[0])
+	return nil
+}

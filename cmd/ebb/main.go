@@ -1,0 +1,73 @@
+// Command ebb is the ebb serverless platform: `ebb serve` runs it, the other
+// subcommands talk to a running server over its HTTP API.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `ebb: serverless inference on your own machines
+
+Usage:
+  ebb serve [--listen ADDR] [--data DIR]     run the platform
+  ebb deploy [DIR]                            deploy the function in DIR (default .)
+  ebb invoke NAME [-d JSON | -f FILE]         invoke a function, print its result
+  ebb ls                                      list functions
+  ebb status NAME                             show a function's version, instances and counters
+  ebb logs NAME [-f]                          show a function's output
+  ebb rm NAME                                 remove a function
+
+Client commands find the server with --url or EBB_URL (default http://127.0.0.1:8080)
+and authenticate with --key or EBB_API_KEY.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd, args := os.Args[1], os.Args[2:]
+	var err error
+	switch cmd {
+	case "serve":
+		err = runServe(ctx, args)
+	case "deploy":
+		err = runDeploy(ctx, args)
+	case "invoke":
+		err = runInvoke(ctx, args)
+	case "ls", "list":
+		err = runList(ctx, args)
+	case "status":
+		err = runStatus(ctx, args)
+	case "logs":
+		err = runLogs(ctx, args)
+	case "rm", "remove":
+		err = runRemove(ctx, args)
+	case "onnx-serve":
+		err = runONNXServe(ctx, args)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "ebb: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ebb:", err)
+		if e, ok := err.(exitCode); ok {
+			os.Exit(int(e))
+		}
+		os.Exit(1)
+	}
+}
+
+// exitCode is an error that only sets the exit status (the message was printed).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/platform"
+)
+
+func runServe(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
+	data := fs.String("data", "./ebb-data", "data directory (state, bundles, instance dirs)")
+	natsURL := fs.String("nats", "", "external NATS URL (default: embedded NATS with JetStream in --data)")
+	requireAuth := fs.Bool("require-auth", false, "require API keys even on loopback (always on for other addresses)")
+	maxPayload := fs.Int64("max-payload", 6<<20, "largest synchronous request payload, in bytes")
+	python := fs.String("python", "/usr/bin/python3", "default Python interpreter for python functions")
+	ortLib := fs.String("onnxruntime-lib", os.Getenv("EBB_ONNXRUNTIME_LIB"), "ONNX Runtime shared library for onnx functions")
+	cgroup := fs.String("cgroup", "auto", "memory limits: auto, v2, v1 or none")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	dataDir, err := filepath.Abs(*data)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	loopback := auth.IsLoopback(*listen)
+	p, adminKey, err := platform.New(ctx, platform.Config{
+		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
+		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib,
+		CgroupMode: *cgroup, Logger: log,
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if adminKey != "" {
+		// Shown once: only its hash is stored.
+		fmt.Fprintf(os.Stdout, "ebb: created the admin API key (it is shown only now; store it safely):\n\n    %s\n\n", adminKey)
+	}
+	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("ebb serving", "addr", ln.Addr().String(), "data", dataDir, "auth", *requireAuth || !loopback, "cgroup", p.CgroupMode())
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+	}
+	log.Info("ebb shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	if cerr := p.Close(sctx); cerr != nil {
+		log.Warn("close platform", "err", cerr)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}

@@ -1,0 +1,275 @@
+// Package api serves ebb's management API: deploying, listing, inspecting
+// and removing functions, and reading their logs. The invoke path lives in
+// package gateway; this one is for the people and tools that operate ebb.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/logbuf"
+)
+
+// FunctionStatus is what GET /v1/functions/{name} answers.
+type FunctionStatus struct {
+	Name        string           `json:"name"`
+	Version     int              `json:"version"`
+	Runtime     ebb.Runtime      `json:"runtime"`
+	Digest      string           `json:"digest"`
+	Size        int64            `json:"size"`
+	DeployedAt  time.Time        `json:"deployed_at"`
+	URL         string           `json:"url"`
+	FunctionURL string           `json:"function_url"`
+	Spec        SpecJSON         `json:"spec"`
+	Instances   []InstanceStatus `json:"instances"`
+	InFlight    int              `json:"in_flight"`
+	Waiting     int              `json:"waiting"`
+	Invocations uint64           `json:"invocations"`
+	ColdStarts  uint64           `json:"cold_starts"`
+	Errors      uint64           `json:"errors"`
+	// Draining lists older versions still finishing their requests.
+	Draining []int `json:"draining,omitempty"`
+}
+
+// SpecJSON is the manifest as a client reads it (durations as strings).
+type SpecJSON struct {
+	Runtime      ebb.Runtime       `json:"runtime"`
+	Handler      string            `json:"handler"`
+	Memory       int               `json:"memory"`
+	Timeout      string            `json:"timeout"`
+	Concurrency  int               `json:"concurrency"`
+	MinInstances int               `json:"min_instances"`
+	MaxInstances int               `json:"max_instances"`
+	IdleTimeout  string            `json:"idle_timeout"`
+	MaxQueue     int               `json:"max_queue"`
+	QueueTimeout string            `json:"queue_timeout"`
+	Env          map[string]string `json:"env,omitempty"`
+	Preload      []string          `json:"preload,omitempty"`
+}
+
+// SpecOf converts s for clients.
+func SpecOf(s *ebb.Spec) SpecJSON {
+	return SpecJSON{Runtime: s.Runtime, Handler: s.Handler, Memory: s.MemoryMiB, Timeout: s.Timeout.String(),
+		Concurrency: s.Concurrency, MinInstances: s.MinInstances, MaxInstances: s.MaxInstances,
+		IdleTimeout: s.IdleTimeout.String(), MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout.String(),
+		Env: s.Env, Preload: s.Preload}
+}
+
+// InstanceStatus describes one instance.
+type InstanceStatus struct {
+	ID        string    `json:"id"`
+	Version   int       `json:"version"`
+	Phase     string    `json:"phase"`
+	InFlight  int       `json:"in_flight"`
+	StartedAt time.Time `json:"started_at"`
+	LastUsed  time.Time `json:"last_used"`
+	Requests  uint64    `json:"requests"`
+	Pid       int       `json:"pid,omitempty"`
+	RSSBytes  uint64    `json:"peak_rss_bytes,omitempty"`
+}
+
+// Platform is what the API operates.
+type Platform interface {
+	Deploy(ctx context.Context, name string, bundle io.Reader) (*ebb.Function, error)
+	List(ctx context.Context) ([]FunctionStatus, error)
+	Status(ctx context.Context, name string) (*FunctionStatus, error)
+	Remove(ctx context.Context, name string) error
+}
+
+// Logs is where function output is read from.
+type Logs interface {
+	Since(fn string, since uint64, limit int) ([]logbuf.Line, uint64)
+	Wait(ctx context.Context, fn string, since uint64, limit int) ([]logbuf.Line, uint64)
+}
+
+// Config configures the API.
+type Config struct {
+	Platform Platform
+	Logs     Logs
+	// MaxBundleBytes bounds an upload (default 1 GiB).
+	MaxBundleBytes int64
+	// BaseURL is how clients reach ebb, for the URLs in replies.
+	BaseURL string
+	Logger  *slog.Logger
+}
+
+// Validate checks c and fills defaults.
+func (c *Config) Validate() error {
+	if c.Platform == nil || c.Logs == nil {
+		return errors.New("api config: Platform and Logs are required")
+	}
+	if c.MaxBundleBytes <= 0 {
+		c.MaxBundleBytes = 1 << 30
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// API serves /v1/functions.
+type API struct{ cfg Config }
+
+// New returns an API.
+func New(cfg Config) (*API, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &API{cfg: cfg}, nil
+}
+
+// Register adds the routes to mux.
+func (a *API) Register(mux *http.ServeMux) {
+	mux.HandleFunc("PUT /v1/functions/{name}", a.deploy)
+	mux.HandleFunc("GET /v1/functions", a.list)
+	mux.HandleFunc("GET /v1/functions/{name}", a.status)
+	mux.HandleFunc("DELETE /v1/functions/{name}", a.remove)
+	mux.HandleFunc("GET /v1/functions/{name}/logs", a.logs)
+}
+
+// DeployReply is the answer to a deploy.
+type DeployReply struct {
+	Name        string `json:"name"`
+	Version     int    `json:"version"`
+	Digest      string `json:"digest"`
+	URL         string `json:"url"`
+	FunctionURL string `json:"function_url"`
+}
+
+// BadRequest is an error whose message is meant for the client (a manifest
+// problem, a bad bundle).
+type BadRequest struct{ Err error }
+
+func (e *BadRequest) Error() string { return e.Err.Error() }
+func (e *BadRequest) Unwrap() error { return e.Err }
+
+func (a *API) deploy(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if r.ContentLength > a.cfg.MaxBundleBytes {
+		a.fail(w, fmt.Errorf("bundle is larger than %d bytes: %w", a.cfg.MaxBundleBytes, ebb.ErrPayloadTooLarge))
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, a.cfg.MaxBundleBytes)
+	fn, err := a.cfg.Platform.Deploy(r.Context(), name, body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			err = fmt.Errorf("bundle is larger than %d bytes: %w", a.cfg.MaxBundleBytes, ebb.ErrPayloadTooLarge)
+		}
+		a.fail(w, err)
+		return
+	}
+	a.cfg.Logger.Info("deployed", "function", fn.Spec.Name, "version", fn.Version, "digest", fn.Digest)
+	writeJSON(w, http.StatusCreated, DeployReply{Name: fn.Spec.Name, Version: fn.Version, Digest: fn.Digest,
+		URL: a.cfg.BaseURL + "/v1/functions/" + fn.Spec.Name + "/invoke", FunctionURL: a.cfg.BaseURL + "/fn/" + fn.Spec.Name + "/"})
+}
+
+func (a *API) list(w http.ResponseWriter, r *http.Request) {
+	fns, err := a.cfg.Platform.List(r.Context())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if fns == nil {
+		fns = []FunctionStatus{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"functions": fns})
+}
+
+func (a *API) status(w http.ResponseWriter, r *http.Request) {
+	st, err := a.cfg.Platform.Status(r.Context(), r.PathValue("name"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *API) remove(w http.ResponseWriter, r *http.Request) {
+	if err := a.cfg.Platform.Remove(r.Context(), r.PathValue("name")); err != nil {
+		a.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// logs answers GET /v1/functions/{name}/logs?since=N&limit=N[&follow=1] with
+// newline-delimited JSON lines; with follow it streams until the client goes.
+func (a *API) logs(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := a.cfg.Platform.Status(r.Context(), name); err != nil {
+		a.fail(w, err)
+		return
+	}
+	q := r.URL.Query()
+	since, _ := strconv.ParseUint(q.Get("since"), 10, 64)
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	if limit <= 0 || limit > 10000 {
+		limit = 10000
+	}
+	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	lines, next := a.cfg.Logs.Since(name, since, limit)
+	for i := range lines {
+		enc.Encode(&lines[i])
+	}
+	if !follow {
+		w.Header().Set("Ebb-Next-Seq", strconv.FormatUint(next, 10))
+		return
+	}
+	flusher, _ := w.(http.Flusher)
+	for {
+		if flusher != nil {
+			flusher.Flush()
+		}
+		lines, next = a.cfg.Logs.Wait(r.Context(), name, next, limit)
+		if r.Context().Err() != nil {
+			return
+		}
+		for i := range lines {
+			if enc.Encode(&lines[i]) != nil {
+				return
+			}
+		}
+	}
+}
+
+// fail maps err to a status: the client gets a clear message, the log the cause.
+func (a *API) fail(w http.ResponseWriter, err error) {
+	var br *BadRequest
+	switch {
+	case errors.Is(err, ebb.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, errorBody{"ResourceNotFound", "function not found"})
+	case errors.Is(err, ebb.ErrPayloadTooLarge):
+		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{"RequestTooLarge", err.Error()})
+	case errors.As(err, &br):
+		writeJSON(w, http.StatusBadRequest, errorBody{"InvalidBundle", br.Error()})
+	default:
+		a.cfg.Logger.Error("api request failed", "err", err)
+		writeJSON(w, http.StatusInternalServerError, errorBody{"Ebb.InternalError", "internal error"})
+	}
+}
+
+type errorBody struct {
+	Type    string `json:"errorType"`
+	Message string `json:"errorMessage"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"errorType":"Ebb.InternalError","errorMessage":"internal error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}

@@ -1,0 +1,170 @@
+// Package client is a Go client for ebb's HTTP API, used by the CLI and by
+// tests.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/logbuf"
+)
+
+// Client talks to one ebb server.
+type Client struct {
+	URL  string // e.g. http://127.0.0.1:8080
+	Key  string // API key, if the server requires one
+	HTTP *http.Client
+}
+
+// New returns a client for baseURL.
+func New(baseURL, key string) *Client {
+	return &Client{URL: strings.TrimRight(baseURL, "/"), Key: key, HTTP: &http.Client{}}
+}
+
+// Error is a non-2xx answer.
+type Error struct {
+	Status  int
+	Type    string `json:"errorType"`
+	Message string `json:"errorMessage"`
+	Body    []byte
+}
+
+func (e *Error) Error() string {
+	if e.Message != "" {
+		return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Type)
+	}
+	return fmt.Sprintf("HTTP %d: %s", e.Status, strings.TrimSpace(string(e.Body)))
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, hdr http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.URL+path, body)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if c.Key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Key)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func decodeError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	e := &Error{Status: resp.StatusCode, Body: b}
+	json.Unmarshal(b, e)
+	return e
+}
+
+func (c *Client) getJSON(ctx context.Context, method, path string, body io.Reader, hdr http.Header, out any) error {
+	resp, err := c.do(ctx, method, path, body, hdr)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return decodeError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Deploy uploads a bundle (tar.gz) for name.
+func (c *Client) Deploy(ctx context.Context, name string, bundle io.Reader) (*api.DeployReply, error) {
+	var out api.DeployReply
+	err := c.getJSON(ctx, http.MethodPut, "/v1/functions/"+url.PathEscape(name), bundle,
+		http.Header{"Content-Type": {"application/gzip"}}, &out)
+	return &out, err
+}
+
+// List returns every function.
+func (c *Client) List(ctx context.Context) ([]api.FunctionStatus, error) {
+	var out struct {
+		Functions []api.FunctionStatus `json:"functions"`
+	}
+	err := c.getJSON(ctx, http.MethodGet, "/v1/functions", nil, nil, &out)
+	return out.Functions, err
+}
+
+// Status returns one function's status.
+func (c *Client) Status(ctx context.Context, name string) (*api.FunctionStatus, error) {
+	var out api.FunctionStatus
+	err := c.getJSON(ctx, http.MethodGet, "/v1/functions/"+url.PathEscape(name), nil, nil, &out)
+	return &out, err
+}
+
+// Remove deletes a function.
+func (c *Client) Remove(ctx context.Context, name string) error {
+	return c.getJSON(ctx, http.MethodDelete, "/v1/functions/"+url.PathEscape(name), nil, nil, nil)
+}
+
+// InvokeResult is a finished invocation.
+type InvokeResult struct {
+	Status    int
+	Body      []byte
+	RequestID string
+	ColdStart bool
+}
+
+// Invoke runs payload through name. A handler error is not a Go error: it is
+// a result with Status 500 and the error JSON as Body.
+func (c *Client) Invoke(ctx context.Context, name string, payload []byte) (*InvokeResult, error) {
+	resp, err := c.do(ctx, http.MethodPost, "/v1/functions/"+url.PathEscape(name)+"/invoke", bytes.NewReader(payload),
+		http.Header{"Content-Type": {"application/json"}})
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	cold, _ := strconv.ParseBool(resp.Header.Get("Ebb-Cold-Start"))
+	return &InvokeResult{Status: resp.StatusCode, Body: b, RequestID: resp.Header.Get("Ebb-Request-Id"), ColdStart: cold}, nil
+}
+
+// Logs calls fn for each of name's log lines from since; with follow it
+// streams until ctx ends.
+func (c *Client) Logs(ctx context.Context, name string, since uint64, follow bool, fn func(logbuf.Line)) error {
+	q := url.Values{"since": {strconv.FormatUint(since, 10)}}
+	if follow {
+		q.Set("follow", "1")
+	}
+	resp, err := c.do(ctx, http.MethodGet, "/v1/functions/"+url.PathEscape(name)+"/logs?"+q.Encode(), nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return decodeError(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var l logbuf.Line
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return fmt.Errorf("decode log line: %w", err)
+		}
+		fn(l)
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return sc.Err()
+}

@@ -1,0 +1,231 @@
+// Package gateway is the invoke path's HTTP edge: the native invoke API, the
+// Lambda Invoke API, function URLs and the Open Inference Protocol routes. It
+// parses and bounds requests, hands them to a Backend, and turns results and
+// errors into responses. The client gets a clear message; the log gets the
+// cause. Admission, scaling and instances are the Backend's business.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/ebb-run/ebb"
+)
+
+// Result is what the backend says about a finished invocation.
+type Result struct {
+	Body      []byte
+	ColdStart bool
+	Version   int
+}
+
+// Backend runs invocations on the current version of a function.
+type Backend interface {
+	// Invoke runs payload (a JSON event) through name's handler.
+	Invoke(ctx context.Context, name, requestID string, payload []byte) (*Result, error)
+	// Proxy forwards r to an instance of name (an http or onnx function) and
+	// writes the response to w, calling admitted once an instance slot is held
+	// (before anything is written). On error nothing has been written.
+	Proxy(ctx context.Context, name, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error
+	// Runtime returns name's runtime, or ebb.ErrNotFound.
+	Runtime(name string) (ebb.Runtime, error)
+}
+
+// Config configures the gateway.
+type Config struct {
+	Backend        Backend
+	MaxSyncPayload int64 // bytes; default 6 MiB (Lambda's limit)
+	Logger         *slog.Logger
+}
+
+// Validate checks c and fills defaults.
+func (c *Config) Validate() error {
+	if c.Backend == nil {
+		return errors.New("gateway config: Backend is required")
+	}
+	if c.MaxSyncPayload <= 0 {
+		c.MaxSyncPayload = 6 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Gateway serves the invoke routes.
+type Gateway struct {
+	cfg Config
+}
+
+// New returns a Gateway.
+func New(cfg Config) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Gateway{cfg: cfg}, nil
+}
+
+// Register adds the gateway's routes to mux.
+func (g *Gateway) Register(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/functions/{name}/invoke", g.invoke)
+	mux.HandleFunc("POST /2015-03-31/functions/{name}/invocations", g.lambdaInvoke)
+	mux.HandleFunc("/fn/{name}/{path...}", g.functionURL)
+	mux.HandleFunc("/fn/{name}", g.functionURL)
+	mux.HandleFunc("GET /v2/health/live", g.health)
+	mux.HandleFunc("GET /v2/health/ready", g.health)
+	mux.HandleFunc("/v2/models/{model}/{rest...}", g.inference)
+	mux.HandleFunc("GET /v2/models/{model}", g.inference)
+}
+
+// NewRequestID returns a random UUID (v4), the shape Lambda uses.
+func NewRequestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+// readPayload reads a bounded JSON body. An empty body is the event {}.
+func (g *Gateway) readPayload(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if r.ContentLength > g.cfg.MaxSyncPayload {
+		return nil, ebb.ErrPayloadTooLarge
+	}
+	var body []byte
+	var err error
+	if r.ContentLength > 0 {
+		body = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(r.Body, body)
+	} else {
+		body, err = io.ReadAll(io.LimitReader(r.Body, g.cfg.MaxSyncPayload+1))
+		if int64(len(body)) > g.cfg.MaxSyncPayload {
+			return nil, ebb.ErrPayloadTooLarge
+		}
+	}
+	if err != nil {
+		return nil, &BadRequestError{"could not read the request body"}
+	}
+	if len(body) == 0 {
+		return []byte("{}"), nil
+	}
+	if !json.Valid(body) {
+		return nil, &BadRequestError{"the request body is not valid JSON"}
+	}
+	return body, nil
+}
+
+// BadRequestError is a request the client must fix; its message is for them.
+type BadRequestError struct{ Msg string }
+
+func (e *BadRequestError) Error() string { return e.Msg }
+
+func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	rid := NewRequestID()
+	h := w.Header()
+	h["Ebb-Request-Id"] = []string{rid}
+	if t := r.Header.Get("Ebb-Invocation-Type"); t != "" && !strings.EqualFold(t, "RequestResponse") {
+		g.writeError(w, r, name, &BadRequestError{fmt.Sprintf("invocation type %q is not supported here (use RequestResponse)", t)})
+		return
+	}
+	payload, err := g.readPayload(w, r)
+	if err != nil {
+		g.writeError(w, r, name, err)
+		return
+	}
+	res, err := g.cfg.Backend.Invoke(r.Context(), name, rid, payload)
+	if err != nil {
+		if res != nil {
+			h["Ebb-Cold-Start"] = []string{strconv.FormatBool(res.ColdStart)}
+		}
+		g.writeError(w, r, name, err)
+		return
+	}
+	h["Ebb-Cold-Start"] = []string{strconv.FormatBool(res.ColdStart)}
+	h["Ebb-Version"] = []string{strconv.Itoa(res.Version)}
+	h["Content-Type"] = []string{"application/json"}
+	h["Content-Length"] = []string{strconv.Itoa(len(res.Body))}
+	w.WriteHeader(http.StatusOK)
+	w.Write(res.Body)
+}
+
+// errorBody is Lambda's error shape, the body of every invoke error.
+type errorBody struct {
+	Type    string `json:"errorType"`
+	Message string `json:"errorMessage"`
+}
+
+// Classify maps an invocation error to its HTTP status, the body the client
+// sees, and a short kind for metrics.
+func Classify(err error) (status int, body errorBody, kind string) {
+	var he *ebb.HandlerError
+	var ie *ebb.InitError
+	var br *BadRequestError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &he):
+		return http.StatusInternalServerError, errorBody{he.Type, he.Message}, "handler"
+	case errors.As(err, &ie):
+		return http.StatusBadGateway, errorBody{ie.Type, ie.Message}, "init"
+	case errors.As(err, &br):
+		return http.StatusBadRequest, errorBody{"InvalidRequestContent", br.Msg}, "bad_request"
+	case errors.Is(err, ebb.ErrNotFound):
+		return http.StatusNotFound, errorBody{"ResourceNotFound", "function not found"}, "not_found"
+	case errors.Is(err, ebb.ErrPayloadTooLarge), errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge, errorBody{"RequestTooLarge", "the request payload is larger than the limit"}, "payload"
+	case errors.Is(err, ebb.ErrOverloaded):
+		return http.StatusTooManyRequests, errorBody{"TooManyRequests", "the function is at its maximum instances and its queue is full or was waited on too long; retry later"}, "overloaded"
+	case errors.Is(err, ebb.ErrTimeout):
+		return http.StatusGatewayTimeout, errorBody{"Sandbox.Timedout", err.Error()}, "timeout"
+	case errors.Is(err, ebb.ErrOutOfMemory):
+		return http.StatusBadGateway, errorBody{"Runtime.OutOfMemory", "the instance exceeded its memory limit and was stopped"}, "oom"
+	case errors.Is(err, ebb.ErrCrashed):
+		return http.StatusBadGateway, errorBody{"Runtime.ExitError", "the instance crashed while handling the request"}, "crashed"
+	case errors.Is(err, context.Canceled):
+		return 499, errorBody{"ClientClosedRequest", "the client went away"}, "canceled"
+	}
+	return http.StatusInternalServerError, errorBody{"Ebb.InternalError", "internal error"}, "internal"
+}
+
+func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, name string, err error) {
+	status, body, kind := Classify(err)
+	if kind == "internal" {
+		g.cfg.Logger.Error("invoke failed", "function", name, "err", err)
+	}
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, status, body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, _ := json.Marshal(v)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func (g *Gateway) health(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusOK)
+}

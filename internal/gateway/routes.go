@@ -1,0 +1,290 @@
+package gateway
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ebb-run/ebb"
+)
+
+// lambdaInvoke serves the Lambda Invoke API, so that AWS SDKs and the AWS CLI
+// (with --endpoint-url) can call ebb functions. As in Lambda, a function error
+// is a 200 with X-Amz-Function-Error; service errors use Lambda's names.
+func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
+	name := lambdaName(r.PathValue("name"))
+	rid := NewRequestID()
+	h := w.Header()
+	h.Set("X-Amzn-Requestid", rid)
+	h.Set("Ebb-Request-Id", rid)
+	switch t := r.Header.Get("X-Amz-Invocation-Type"); t {
+	case "", "RequestResponse":
+	case "DryRun":
+		if _, err := g.cfg.Backend.Runtime(name); err != nil {
+			g.lambdaError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	default:
+		g.lambdaError(w, &BadRequestError{"invocation type " + strconv.Quote(t) + " is not supported here"})
+		return
+	}
+	payload, err := g.readPayload(w, r)
+	if err != nil {
+		g.lambdaError(w, err)
+		return
+	}
+	res, err := g.cfg.Backend.Invoke(r.Context(), name, rid, payload)
+	if res != nil {
+		h.Set("Ebb-Cold-Start", strconv.FormatBool(res.ColdStart))
+		h.Set("X-Amz-Executed-Version", strconv.Itoa(res.Version))
+	}
+	var body []byte
+	if err != nil {
+		status, eb, _ := Classify(err)
+		if status != http.StatusInternalServerError && status != http.StatusBadGateway && status != http.StatusGatewayTimeout {
+			g.lambdaError(w, err)
+			return
+		}
+		// The function failed: Lambda answers 200 and says so in a header.
+		h.Set("X-Amz-Function-Error", "Unhandled")
+		body, _ = json.Marshal(eb)
+	} else {
+		body = res.Body
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
+}
+
+// lambdaName accepts a name, name:qualifier, or a function ARN.
+func lambdaName(s string) string {
+	if strings.HasPrefix(s, "arn:") {
+		parts := strings.Split(s, ":")
+		if len(parts) >= 7 {
+			return parts[6]
+		}
+	}
+	name, _, _ := strings.Cut(s, ":")
+	return name
+}
+
+func (g *Gateway) lambdaError(w http.ResponseWriter, err error) {
+	status, eb, _ := Classify(err)
+	typ := map[int]string{
+		http.StatusBadRequest:            "InvalidRequestContentException",
+		http.StatusNotFound:              "ResourceNotFoundException",
+		http.StatusRequestEntityTooLarge: "RequestTooLargeException",
+		http.StatusTooManyRequests:       "TooManyRequestsException",
+	}[status]
+	if typ == "" {
+		typ = "ServiceException"
+	}
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "1")
+	}
+	w.Header().Set("X-Amzn-Errortype", typ)
+	writeJSON(w, status, map[string]string{"Type": "User", "message": eb.Message, "__type": typ})
+}
+
+// functionURL serves ANY /fn/{name}/{path...}. http functions get the request
+// as it is (with the /fn/{name} prefix removed); exec and python functions get
+// a Lambda function URL event (payload format 2.0) and answer with
+// {statusCode, headers, body}, as behind a Lambda function URL.
+func (g *Gateway) functionURL(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	rt, err := g.cfg.Backend.Runtime(name)
+	if err != nil {
+		g.writeError(w, r, name, err)
+		return
+	}
+	rid := NewRequestID()
+	w.Header()["Ebb-Request-Id"] = []string{rid}
+	if rt == ebb.RuntimeHTTP || rt == ebb.RuntimeONNX {
+		g.proxy(w, r, name, "/"+r.PathValue("path"), rid)
+		return
+	}
+	g.urlEvent(w, r, name, rid)
+}
+
+// inference routes the Open Inference Protocol's /v2/models/{model}/... to the
+// onnx function of that name.
+func (g *Gateway) inference(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("model")
+	rt, err := g.cfg.Backend.Runtime(name)
+	if err == nil && rt != ebb.RuntimeONNX {
+		err = ebb.ErrNotFound
+	}
+	if err != nil {
+		// OIP clients expect {"error": ...}.
+		status, eb, _ := Classify(err)
+		if status == http.StatusNotFound {
+			eb.Message = "model " + strconv.Quote(name) + " not found"
+		}
+		writeJSON(w, status, map[string]string{"error": eb.Message})
+		return
+	}
+	rid := NewRequestID()
+	w.Header()["Ebb-Request-Id"] = []string{rid}
+	g.proxy(w, r, name, r.URL.Path, rid)
+}
+
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, name, path, rid string) {
+	if r.ContentLength > g.cfg.MaxSyncPayload {
+		g.writeError(w, r, name, ebb.ErrPayloadTooLarge)
+		return
+	}
+	if r.ContentLength < 0 {
+		r.Body = http.MaxBytesReader(w, r.Body, g.cfg.MaxSyncPayload)
+	}
+	out := r.Clone(r.Context())
+	out.URL.Path = path
+	out.URL.RawPath = ""
+	out.Header.Set("Ebb-Request-Id", rid)
+	err := g.cfg.Backend.Proxy(r.Context(), name, rid, w, out, func(cold bool, version int) {
+		h := w.Header()
+		h["Ebb-Cold-Start"] = []string{strconv.FormatBool(cold)}
+		h["Ebb-Version"] = []string{strconv.Itoa(version)}
+	})
+	if err != nil {
+		g.writeError(w, r, name, err)
+	}
+}
+
+// urlEvent is the Lambda function URL payload format 2.0.
+type urlEvent struct {
+	Version         string            `json:"version"`
+	RouteKey        string            `json:"routeKey"`
+	RawPath         string            `json:"rawPath"`
+	RawQueryString  string            `json:"rawQueryString"`
+	Cookies         []string          `json:"cookies,omitempty"`
+	Headers         map[string]string `json:"headers"`
+	QueryParameters map[string]string `json:"queryStringParameters,omitempty"`
+	RequestContext  urlRequestContext `json:"requestContext"`
+	Body            string            `json:"body,omitempty"`
+	IsBase64Encoded bool              `json:"isBase64Encoded"`
+}
+
+type urlRequestContext struct {
+	AccountID  string `json:"accountId"`
+	APIID      string `json:"apiId"`
+	DomainName string `json:"domainName"`
+	RequestID  string `json:"requestId"`
+	RouteKey   string `json:"routeKey"`
+	Stage      string `json:"stage"`
+	Time       string `json:"time"`
+	TimeEpoch  int64  `json:"timeEpoch"`
+	HTTP       struct {
+		Method    string `json:"method"`
+		Path      string `json:"path"`
+		Protocol  string `json:"protocol"`
+		SourceIP  string `json:"sourceIp"`
+		UserAgent string `json:"userAgent"`
+	} `json:"http"`
+}
+
+type urlResponse struct {
+	StatusCode      int               `json:"statusCode"`
+	Headers         map[string]string `json:"headers"`
+	Body            string            `json:"body"`
+	IsBase64Encoded bool              `json:"isBase64Encoded"`
+	Cookies         []string          `json:"cookies"`
+}
+
+func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid string) {
+	body, err := readAllLimit(r, g.cfg.MaxSyncPayload)
+	if err != nil {
+		g.writeError(w, r, name, err)
+		return
+	}
+	now := time.Now()
+	ev := urlEvent{Version: "2.0", RouteKey: "$default", RawPath: "/" + r.PathValue("path"), RawQueryString: r.URL.RawQuery,
+		Headers: map[string]string{}}
+	for k, v := range r.Header {
+		if strings.EqualFold(k, "Cookie") {
+			ev.Cookies = append(ev.Cookies, strings.Split(strings.Join(v, "; "), "; ")...)
+			continue
+		}
+		ev.Headers[strings.ToLower(k)] = strings.Join(v, ",")
+	}
+	if q := r.URL.Query(); len(q) > 0 {
+		ev.QueryParameters = map[string]string{}
+		for k, v := range q {
+			ev.QueryParameters[k] = strings.Join(v, ",")
+		}
+	}
+	rc := &ev.RequestContext
+	rc.AccountID, rc.APIID, rc.DomainName, rc.RequestID, rc.RouteKey, rc.Stage = "anonymous", name, r.Host, rid, "$default", "$default"
+	rc.Time, rc.TimeEpoch = now.UTC().Format("02/Jan/2006:15:04:05 -0700"), now.UnixMilli()
+	rc.HTTP.Method, rc.HTTP.Path, rc.HTTP.Protocol, rc.HTTP.SourceIP, rc.HTTP.UserAgent = r.Method, ev.RawPath, r.Proto, clientIP(r), r.UserAgent()
+	if utf8.Valid(body) {
+		ev.Body = string(body)
+	} else {
+		ev.Body, ev.IsBase64Encoded = base64.StdEncoding.EncodeToString(body), true
+	}
+	payload, _ := json.Marshal(ev)
+	res, err := g.cfg.Backend.Invoke(r.Context(), name, rid, payload)
+	if res != nil {
+		w.Header().Set("Ebb-Cold-Start", strconv.FormatBool(res.ColdStart))
+	}
+	if err != nil {
+		g.writeError(w, r, name, err)
+		return
+	}
+	// A handler may answer with the structured response or with any JSON
+	// value, which becomes a 200 JSON body (as Lambda does).
+	var resp urlResponse
+	if dec := json.Unmarshal(res.Body, &resp); dec != nil || resp.StatusCode == 0 {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		w.Write(res.Body)
+		return
+	}
+	out := []byte(resp.Body)
+	if resp.IsBase64Encoded {
+		if out, err = base64.StdEncoding.DecodeString(resp.Body); err != nil {
+			g.writeError(w, r, name, &ebb.HandlerError{Type: "Runtime.InvalidResponse", Message: "body is not valid base64"})
+			return
+		}
+	}
+	for k, v := range resp.Headers {
+		w.Header().Set(k, v)
+	}
+	for _, c := range resp.Cookies {
+		w.Header().Add("Set-Cookie", c)
+	}
+	if resp.StatusCode < 100 || resp.StatusCode > 599 {
+		resp.StatusCode = http.StatusBadGateway
+	}
+	w.WriteHeader(resp.StatusCode)
+	w.Write(out)
+}
+
+func readAllLimit(r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength > max {
+		return nil, ebb.ErrPayloadTooLarge
+	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return nil, &BadRequestError{"could not read the request body"}
+	}
+	if int64(len(buf)) > max {
+		return nil, ebb.ErrPayloadTooLarge
+	}
+	return buf, nil
+}
+
+func clientIP(r *http.Request) string {
+	host := r.RemoteAddr
+	if i := strings.LastIndexByte(host, ':'); i > 0 {
+		host = host[:i]
+	}
+	return strings.Trim(host, "[]")
+}

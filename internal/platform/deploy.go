@@ -1,0 +1,278 @@
+package platform
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/bundle"
+	"github.com/ebb-run/ebb/internal/instance"
+	"github.com/ebb-run/ebb/internal/manifest"
+)
+
+// Deploy implements api.Platform: it validates the bundle and its manifest,
+// stores both, and swaps the new version in. The old version drains: its
+// in-flight requests finish, new ones go to the new version.
+func (p *Platform) Deploy(ctx context.Context, name string, body io.Reader) (*ebb.Function, error) {
+	// Spool to disk while hashing: the bundle is read three times (manifest,
+	// unpack, store) and may be large.
+	f, err := os.CreateTemp(filepath.Join(p.cfg.DataDir, "tmp"), "upload-*.tar.gz")
+	if err != nil {
+		return nil, fmt.Errorf("spool bundle: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	h := sha256.New()
+	size, err := io.Copy(io.MultiWriter(f, h), body)
+	if err != nil {
+		return nil, fmt.Errorf("read bundle: %w", err)
+	}
+	digest := hex.EncodeToString(h.Sum(nil))
+	if size == 0 {
+		return nil, &api.BadRequest{Err: errors.New("the bundle is empty; send a tar.gz of the function directory")}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("rewind bundle: %w", err)
+	}
+	raw, err := bundle.ReadFile(f, manifest.FileName, manifest.MaxSize)
+	if err != nil {
+		return nil, &api.BadRequest{Err: err}
+	}
+	spec, err := manifest.Parse(raw)
+	if err != nil {
+		return nil, &api.BadRequest{Err: err}
+	}
+	if spec.Name != name {
+		return nil, &api.BadRequest{Err: fmt.Errorf("%s: name: %q does not match the URL's function name %q", manifest.FileName, spec.Name, name)}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("rewind bundle: %w", err)
+	}
+	codeDir, err := p.unpack(f, digest)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkEntrypoint(spec, codeDir); err != nil {
+		return nil, &api.BadRequest{Err: err}
+	}
+	if spec.Runtime == ebb.RuntimePython {
+		p.compilePython(ctx, spec, codeDir)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("rewind bundle: %w", err)
+	}
+	if err := p.store.PutBundle(ctx, digest, f); err != nil {
+		return nil, fmt.Errorf("store bundle: %w", err)
+	}
+
+	p.deployMu.Lock()
+	defer p.deployMu.Unlock()
+	version, err := p.store.NextVersion(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("allocate version: %w", err)
+	}
+	fn := &ebb.Function{Spec: *spec, Version: version, Digest: digest, Size: size, CreatedAt: p.cfg.Now().UTC()}
+	d, err := p.newDeployment(fn, codeDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.store.PutFunction(ctx, fn); err != nil {
+		d.pool.Close(ctx)
+		return nil, fmt.Errorf("store function: %w", err)
+	}
+	p.mu.Lock()
+	old := p.fns[name]
+	p.fns[name] = d
+	p.mu.Unlock()
+	if old != nil {
+		p.drain(old)
+	}
+	return fn, nil
+}
+
+// drain lets an old version finish in the background.
+func (p *Platform) drain(d *deployment) {
+	p.mu.Lock()
+	p.draining[d] = struct{}{}
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.DrainTimeout)
+		defer cancel()
+		if err := d.pool.Drain(ctx); err != nil {
+			p.log.Warn("drain old version", "function", d.fn.Spec.Name, "version", d.fn.Version, "err", err)
+		}
+		p.mu.Lock()
+		delete(p.draining, d)
+		p.mu.Unlock()
+	}()
+}
+
+// unpack makes the bundle's directory, cached by content hash.
+func (p *Platform) unpack(r io.Reader, digest string) (string, error) {
+	dir := filepath.Join(p.cfg.DataDir, "bundles", digest)
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	if err := bundle.Unpack(r, dir, bundle.Limits{}); err != nil {
+		if errors.Is(err, bundle.ErrInvalid) {
+			return "", &api.BadRequest{Err: err}
+		}
+		return "", fmt.Errorf("unpack bundle: %w", err)
+	}
+	return dir, nil
+}
+
+// ensureBundle returns the local directory of a stored bundle, fetching it
+// from the store when the local cache does not have it (a new node, a wiped
+// cache).
+func (p *Platform) ensureBundle(ctx context.Context, digest string) (string, error) {
+	dir := filepath.Join(p.cfg.DataDir, "bundles", digest)
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	f, err := os.CreateTemp(filepath.Join(p.cfg.DataDir, "tmp"), "fetch-*.tar.gz")
+	if err != nil {
+		return "", fmt.Errorf("spool bundle: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := p.store.GetBundle(ctx, digest, f); err != nil {
+		return "", fmt.Errorf("fetch bundle %s: %w", digest, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	return p.unpack(f, digest)
+}
+
+// checkEntrypoint refuses at deploy what could only fail at every cold start.
+func checkEntrypoint(spec *ebb.Spec, codeDir string) error {
+	switch spec.Runtime {
+	case ebb.RuntimeExec, ebb.RuntimeHTTP:
+		args := strings.Fields(spec.Handler)
+		if _, err := instance.ResolveCommand(codeDir, args[0]); err != nil {
+			var ie *ebb.InitError
+			if errors.As(err, &ie) {
+				return fmt.Errorf("%s: handler: %s", manifest.FileName, ie.Message)
+			}
+			return err
+		}
+	case ebb.RuntimePython:
+		mod := spec.Handler[:strings.LastIndexByte(spec.Handler, '.')]
+		rel := strings.ReplaceAll(mod, ".", "/")
+		for _, c := range []string{rel + ".py", rel + "/__init__.py", rel} {
+			if _, err := os.Stat(filepath.Join(codeDir, c)); err == nil {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s: handler: module %q is not in the bundle (looked for %s.py)", manifest.FileName, mod, rel)
+	case ebb.RuntimeONNX:
+		fi, err := os.Stat(filepath.Join(codeDir, spec.Handler))
+		if err != nil || fi.IsDir() {
+			return fmt.Errorf("%s: handler: model file %q is not in the bundle", manifest.FileName, spec.Handler)
+		}
+	}
+	return nil
+}
+
+// compilePython writes the bundle's bytecode once, so that no instance pays
+// for compiling at start. Errors are the function's (a syntax error shows at
+// init, as in Lambda), so they are only logged.
+func (p *Platform) compilePython(ctx context.Context, spec *ebb.Spec, codeDir string) {
+	py := spec.Python
+	if py == "" {
+		py = p.instCfg.Python
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, py, "-m", "compileall", "-q", "-j", "0", codeDir).CombinedOutput()
+	if err != nil {
+		p.log.Info("python bytecode compile reported errors", "function", spec.Name, "err", err, "output", string(out))
+	}
+}
+
+// List implements api.Platform.
+func (p *Platform) List(ctx context.Context) ([]api.FunctionStatus, error) {
+	p.mu.RLock()
+	names := make([]string, 0, len(p.fns))
+	for n := range p.fns {
+		names = append(names, n)
+	}
+	p.mu.RUnlock()
+	sort.Strings(names)
+	out := make([]api.FunctionStatus, 0, len(names))
+	for _, n := range names {
+		st, err := p.Status(ctx, n)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		out = append(out, *st)
+	}
+	return out, nil
+}
+
+// Status implements api.Platform.
+func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus, error) {
+	d, err := p.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	fn := d.fn
+	st := &api.FunctionStatus{Name: name, Version: fn.Version, Runtime: fn.Spec.Runtime, Digest: fn.Digest, Size: fn.Size,
+		DeployedAt: fn.CreatedAt, URL: p.cfg.BaseURL + "/v1/functions/" + name + "/invoke", FunctionURL: p.cfg.BaseURL + "/fn/" + name + "/",
+		Spec: api.SpecOf(&fn.Spec), Instances: []api.InstanceStatus{}, Errors: d.errors.Load()}
+	ps := d.pool.Stats()
+	st.Waiting, st.Invocations, st.ColdStarts = ps.Waiting, ps.Invocations, ps.ColdStarts
+	for _, in := range ps.Instances {
+		st.InFlight += in.InFlight
+		st.Instances = append(st.Instances, api.InstanceStatus{ID: in.ID, Version: fn.Version, Phase: string(in.Phase),
+			InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
+	}
+	p.mu.RLock()
+	for od := range p.draining {
+		if od.fn.Spec.Name == name {
+			st.Draining = append(st.Draining, od.fn.Version)
+			for _, in := range od.pool.Stats().Instances {
+				st.Instances = append(st.Instances, api.InstanceStatus{ID: in.ID, Version: od.fn.Version, Phase: string(in.Phase),
+					InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
+			}
+		}
+	}
+	p.mu.RUnlock()
+	sort.Ints(st.Draining)
+	return st, nil
+}
+
+// Remove implements api.Platform: the function stops taking requests, its
+// instances stop, and it is deleted from the registry.
+func (p *Platform) Remove(ctx context.Context, name string) error {
+	p.deployMu.Lock()
+	defer p.deployMu.Unlock()
+	p.mu.Lock()
+	d := p.fns[name]
+	delete(p.fns, name)
+	p.mu.Unlock()
+	if d == nil {
+		return ebb.ErrNotFound
+	}
+	if err := p.store.DeleteFunction(ctx, name); err != nil && !errors.Is(err, ebb.ErrNotFound) {
+		return fmt.Errorf("delete function: %w", err)
+	}
+	p.drain(d)
+	p.metrics.Forget(name)
+	p.logs.Forget(name)
+	return nil
+}

@@ -1,0 +1,285 @@
+package platform
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb/internal/bundle"
+	"github.com/ebb-run/ebb/internal/client"
+)
+
+const python = "/usr/bin/python3"
+
+// env is the whole platform running in-process on 127.0.0.1:0.
+type env struct {
+	t        *testing.T
+	p        *Platform
+	url      string
+	c        *client.Client
+	srv      *http.Server
+	dataDir  string
+	adminKey string
+	logs     *bytes.Buffer
+	logMu    *sync.Mutex
+}
+
+type envOpt func(*Config)
+
+// start runs a platform on a fresh (or given) data dir until the test ends.
+func start(t *testing.T, dataDir string, opts ...envOpt) *env {
+	t.Helper()
+	if dataDir == "" {
+		dataDir = t.TempDir()
+	}
+	e := &env{t: t, dataDir: dataDir, logs: &bytes.Buffer{}, logMu: &sync.Mutex{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.url = "http://" + ln.Addr().String()
+	cfg := Config{DataDir: dataDir, BaseURL: e.url, Python: python, MaxSyncPayload: 1 << 20,
+		Logger: slog.New(slog.NewJSONHandler(lockedWriter{e.logMu, e.logs}, nil))}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	p, key, err := New(context.Background(), cfg)
+	if err != nil {
+		ln.Close()
+		t.Fatalf("platform.New: %v", err)
+	}
+	e.p, e.adminKey = p, key
+	e.srv = &http.Server{Handler: p.Handler()}
+	go e.srv.Serve(ln)
+	e.c = client.New(e.url, key)
+	t.Cleanup(e.stop)
+	return e
+}
+
+func (e *env) stop() {
+	if e.p == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	e.srv.Shutdown(ctx)
+	e.p.Close(ctx)
+	e.p = nil
+	if e.t.Failed() {
+		e.logMu.Lock()
+		e.t.Logf("platform log:\n%s", tail(e.logs.String(), 4000))
+		e.logMu.Unlock()
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// logText returns the platform's log so far.
+func (e *env) logText() string {
+	e.logMu.Lock()
+	defer e.logMu.Unlock()
+	return e.logs.String()
+}
+
+// deploy packs dir and deploys it, failing the test on error.
+func (e *env) deploy(dir string) int {
+	e.t.Helper()
+	var buf bytes.Buffer
+	if _, err := bundle.Pack(dir, &buf); err != nil {
+		e.t.Fatal(err)
+	}
+	name := manifestName(e.t, dir)
+	rep, err := e.c.Deploy(context.Background(), name, &buf)
+	if err != nil {
+		e.t.Fatalf("deploy %s: %v", dir, err)
+	}
+	return rep.Version
+}
+
+func manifestName(t *testing.T, dir string) string {
+	raw, err := os.ReadFile(filepath.Join(dir, "ebb.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "name:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no name in %s", dir)
+	return ""
+}
+
+// invoke posts an event and returns status, body and headers.
+func (e *env) invoke(name, payload string) (int, string, http.Header) {
+	e.t.Helper()
+	return e.do("POST", "/v1/functions/"+name+"/invoke", payload, nil)
+}
+
+func (e *env) do(method, path, body string, hdr map[string]string) (int, string, http.Header) {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.url+path, strings.NewReader(body))
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	if e.adminKey != "" && req.Header.Get("Authorization") == "" {
+		req.Header.Set("Authorization", "Bearer "+e.adminKey)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (e *env) instances(name string) int {
+	st, err := e.c.Status(context.Background(), name)
+	if err != nil {
+		e.t.Fatalf("status %s: %v", name, err)
+	}
+	return len(st.Instances)
+}
+
+// idle counts name's instances that are ready and idle.
+func (e *env) idle(name string) int {
+	st, err := e.c.Status(context.Background(), name)
+	if err != nil {
+		e.t.Fatalf("status %s: %v", name, err)
+	}
+	n := 0
+	for _, in := range st.Instances {
+		if in.Phase == "idle" {
+			n++
+		}
+	}
+	return n
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// binaries builds the test functions once per test run.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "ebb-testbin-")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range []string{"lambdafn", "httpfn"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, b), "./testdata/"+b)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", b, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildDir
+}
+
+// fnDir writes a function directory: ebb.yaml plus files; "@lambdafn" and
+// "@httpfn" as a file's content copy the built test binary.
+func fnDir(t *testing.T, manifest string, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ebb.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if b, ok := strings.CutPrefix(body, "@"); ok {
+			data, err := os.ReadFile(filepath.Join(binaries(t), b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, data, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func goFn(t *testing.T, name, extra string) string {
+	return fnDir(t, "name: "+name+"\nruntime: exec\nhandler: ./bootstrap\n"+extra, map[string]string{"bootstrap": "@lambdafn"})
+}
+
+func decode(t *testing.T, body string) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(body), &m); err != nil {
+		t.Fatalf("decode %q: %v", body, err)
+	}
+	return m
+}
+
+func needPython(t *testing.T) {
+	if _, err := os.Stat(python); err != nil {
+		t.Skip("Debian's /usr/bin/python3 is not installed")
+	}
+}
+
+// deployRaw deploys dir under name and returns the raw status and body.
+func deployRaw(t *testing.T, e *env, name, dir string) (int, string) {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := bundle.Pack(dir, &buf); err != nil {
+		t.Fatal(err)
+	}
+	code, body, _ := e.do("PUT", "/v1/functions/"+name, buf.String(), nil)
+	return code, body
+}

@@ -1,0 +1,182 @@
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/dispatch"
+	"github.com/ebb-run/ebb/internal/gateway"
+	"github.com/ebb-run/ebb/internal/instance"
+)
+
+// maxVersionRetries bounds how often a request follows a redeploy: a request
+// that reaches a version as it starts draining tries the new one.
+const maxVersionRetries = 3
+
+// acquire admits a request onto name's current version.
+func (p *Platform) acquire(ctx context.Context, name string) (*deployment, *dispatch.Lease, error) {
+	for range maxVersionRetries {
+		d, err := p.lookup(name)
+		if err != nil {
+			return nil, nil, err
+		}
+		lease, err := d.pool.Acquire(ctx)
+		if errors.Is(err, ebb.ErrDraining) {
+			continue
+		}
+		if err != nil {
+			return d, nil, err
+		}
+		return d, lease, nil
+	}
+	return nil, nil, fmt.Errorf("acquire %s: %w", name, ebb.ErrOverloaded)
+}
+
+// Invoke implements gateway.Backend: it runs one event through the function,
+// under its timeout, and records the invocation.
+func (p *Platform) Invoke(ctx context.Context, name, requestID string, payload []byte) (*gateway.Result, error) {
+	start := p.cfg.Now()
+	d, lease, err := p.acquire(ctx, name)
+	if err != nil {
+		if d != nil {
+			p.record(d, nil, requestID, start, start, 0, err)
+		}
+		return nil, err
+	}
+	inst, ok := lease.Instance.(*instance.Instance)
+	if !ok || inst.IsHTTP() {
+		lease.Release()
+		return nil, &gateway.BadRequestError{Msg: fmt.Sprintf("function %q serves HTTP; call it at /fn/%s/", name, name)}
+	}
+	timeout := d.fn.Spec.Timeout
+	began := p.cfg.Now()
+	deadline := began.Add(timeout)
+	ictx, cancel := context.WithDeadline(ctx, deadline)
+	body, err := inst.Invoke(ictx, requestID, payload, deadline)
+	end := p.cfg.Now()
+	cancel()
+	err = p.settle(lease, inst, ctx, ictx, err, timeout)
+	p.record(d, lease, requestID, start, began, end.Sub(began), err)
+	return &gateway.Result{Body: body, ColdStart: lease.Cold, Version: d.fn.Version}, err
+}
+
+// settle gives the lease back and says what an invocation error means. An
+// instance that timed out or died is discarded: its state cannot be trusted.
+func (p *Platform) settle(lease *dispatch.Lease, inst *instance.Instance, ctx, ictx context.Context, err error, timeout time.Duration) error {
+	var he *ebb.HandlerError
+	switch {
+	case err == nil || errors.As(err, &he):
+		lease.Release()
+		return err
+	case ictx.Err() == context.DeadlineExceeded && ctx.Err() == nil:
+		inst.Kill()
+		lease.Discard("timeout")
+		return fmt.Errorf("%w: task timed out after %.2f seconds", ebb.ErrTimeout, timeout.Seconds())
+	case ctx.Err() != nil:
+		// The client went away while the handler ran. The handler is still
+		// busy with it, so the slot cannot be handed out again.
+		inst.Kill()
+		lease.Discard("canceled")
+		return ctx.Err()
+	default:
+		lease.Discard("crashed")
+		return err
+	}
+}
+
+// Proxy implements gateway.Backend for http and onnx functions.
+func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error {
+	start := p.cfg.Now()
+	d, lease, err := p.acquire(ctx, name)
+	if err != nil {
+		if d != nil {
+			p.record(d, nil, requestID, start, start, 0, err)
+		}
+		return err
+	}
+	inst, ok := lease.Instance.(*instance.Instance)
+	if !ok || !inst.IsHTTP() {
+		lease.Release()
+		return ebb.ErrNotFound
+	}
+	admitted(lease.Cold, d.fn.Version)
+	timeout := d.fn.Spec.Timeout
+	began := p.cfg.Now()
+	ictx, cancel := context.WithTimeout(ctx, timeout)
+	err = inst.Proxy(w, r.WithContext(ictx))
+	end := p.cfg.Now()
+	cancel()
+	if err != nil {
+		switch {
+		case ictx.Err() == context.DeadlineExceeded && ctx.Err() == nil:
+			inst.Kill()
+			lease.Discard("timeout")
+			err = fmt.Errorf("%w: request timed out after %.2f seconds", ebb.ErrTimeout, timeout.Seconds())
+		case ctx.Err() != nil:
+			lease.Release() // the server saw the cancellation too
+			err = ctx.Err()
+		default:
+			select {
+			case <-inst.Done():
+				err = inst.Err()
+			case <-time.After(50 * time.Millisecond):
+				// The process is alive but the connection failed: it is not
+				// serving, so it is treated like a crash.
+				inst.Kill()
+				err = fmt.Errorf("%w: %v", ebb.ErrCrashed, err)
+			}
+			lease.Discard("crashed")
+		}
+	} else {
+		lease.Release()
+	}
+	p.record(d, lease, requestID, start, began, end.Sub(began), err)
+	return err
+}
+
+// record emits the invocation's log line and metrics.
+func (p *Platform) record(d *deployment, lease *dispatch.Lease, requestID string, start, began time.Time, dur time.Duration, err error) {
+	inv := ebb.Invocation{Function: d.fn.Spec.Name, Version: d.fn.Version, RequestID: requestID, Start: start,
+		Queued: began.Sub(start), Duration: dur, MemoryMiB: d.fn.Spec.MemoryMiB, Status: http.StatusOK}
+	var kind string
+	if err != nil {
+		inv.Status, _, kind = gateway.Classify(err)
+		inv.ErrorType = kind
+		d.errors.Add(1)
+	}
+	if lease != nil {
+		inv.ColdStart, inv.Init, inv.InstanceID = lease.Cold, lease.Init, lease.InstanceID
+		if inst, ok := lease.Instance.(*instance.Instance); ok {
+			inv.PeakRSS = inst.PeakRSS()
+		}
+	}
+	d.metrics.Record(&inv, kind)
+	level := slog.LevelInfo
+	if err != nil && kind != "handler" {
+		level = slog.LevelWarn
+	}
+	if !p.log.Enabled(context.Background(), level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("function", inv.Function), slog.Int("version", inv.Version), slog.String("request_id", requestID),
+		slog.Bool("cold_start", inv.ColdStart), slog.Float64("init_ms", ms(inv.Init)), slog.Float64("queued_ms", ms(inv.Queued)),
+		slog.Float64("duration_ms", ms(inv.Duration)), slog.Int64("billed_ms", inv.BilledMS()),
+		slog.Int("memory_mib", inv.MemoryMiB), slog.Float64("peak_rss_mib", float64(inv.PeakRSS)/(1<<20)),
+		slog.Float64("gb_seconds", inv.GBSeconds()), slog.Int("status", inv.Status), slog.String("instance", inv.InstanceID),
+	}
+	if kind != "" {
+		attrs = append(attrs, slog.String("error", kind))
+		if err != nil {
+			attrs = append(attrs, slog.String("cause", err.Error()))
+		}
+	}
+	p.log.LogAttrs(context.Background(), level, "invocation", attrs...)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

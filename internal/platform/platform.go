@@ -1,0 +1,361 @@
+// Package platform assembles ebb: the store, the process manager, one
+// dispatch pool per deployed function version, the gateway, the management
+// API, auth and metrics. It is the composition root that `ebb serve` and the
+// end-to-end tests share, and it implements what the gateway and the API call
+// (invoking, proxying, deploying) on top of the packages that own each job.
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/dispatch"
+	"github.com/ebb-run/ebb/internal/gateway"
+	"github.com/ebb-run/ebb/internal/instance"
+	"github.com/ebb-run/ebb/internal/logbuf"
+	"github.com/ebb-run/ebb/internal/metrics"
+	"github.com/ebb-run/ebb/internal/process"
+	"github.com/ebb-run/ebb/internal/store"
+)
+
+// Config configures a platform.
+type Config struct {
+	DataDir string // required: JetStream, bundles, instance dirs
+	NATSURL string // external NATS; empty = embedded
+	// RequireAuth makes every request but /healthz carry an API key. main
+	// sets it whenever ebb listens beyond loopback.
+	RequireAuth    bool
+	MaxSyncPayload int64 // default 6 MiB
+	MaxBundleBytes int64 // default 1 GiB
+	BaseURL        string
+	Python         string // default python for python functions
+	Executable     string // the ebb binary, for onnx instances
+	ONNXLibrary    string
+	CgroupMode     string // auto, v1, v2, none
+	LogLines       int    // lines of output kept per function
+	// DrainTimeout bounds how long an old version may finish its requests
+	// after a redeploy or removal (default 15 min, the longest timeout).
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+	// Now is injected for tests of time-dependent behaviour.
+	Now func() time.Time
+}
+
+// Validate checks c and fills defaults.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("platform config: DataDir is required")
+	}
+	if c.MaxSyncPayload <= 0 {
+		c.MaxSyncPayload = 6 << 20
+	}
+	if c.MaxBundleBytes <= 0 {
+		c.MaxBundleBytes = 1 << 30
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = ebb.MaxTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.CgroupMode == "" {
+		c.CgroupMode = "auto"
+	}
+	return nil
+}
+
+// Platform is a running ebb.
+type Platform struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *store.Store
+	procs   *process.Manager
+	metrics *metrics.Metrics
+	logs    *logbuf.Buffer
+	keys    auth.Keys
+	handler http.Handler
+	instCfg instance.Config
+
+	deployMu sync.Mutex // serialises deploys and removals, so versions swap in order
+
+	mu       sync.RWMutex // guards fns and draining
+	fns      map[string]*deployment
+	draining map[*deployment]struct{}
+
+	ctx    context.Context // cancelled by Close; parent of background work
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // drains of old versions
+	seq    atomic.Uint64  // instance ids
+}
+
+// deployment is one function version with its pool.
+type deployment struct {
+	fn      *ebb.Function
+	codeDir string
+	pool    *dispatch.Pool
+	metrics *metrics.Function
+	errors  atomic.Uint64
+}
+
+// New opens the store, restores every deployed function and returns a
+// platform ready to serve. The admin key, when one had to be made, is
+// returned once in AdminKey.
+func New(ctx context.Context, cfg Config) (*Platform, string, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, "", err
+	}
+	for _, d := range []string{"bundles", "instances", "tmp", "runtime"} {
+		if err := os.MkdirAll(filepath.Join(cfg.DataDir, d), 0o755); err != nil {
+			return nil, "", fmt.Errorf("make data dir: %w", err)
+		}
+	}
+	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*deployment{}, draining: map[*deployment]struct{}{},
+		logs: logbuf.New(cfg.LogLines)}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger})
+	if err != nil {
+		return nil, "", fmt.Errorf("open store: %w", err)
+	}
+	p.store = st
+	procs, err := process.NewManager(process.Config{Root: filepath.Join(cfg.DataDir, "instances"), CgroupMode: cfg.CgroupMode, Logger: cfg.Logger})
+	if err != nil {
+		st.Close()
+		return nil, "", fmt.Errorf("start process manager: %w", err)
+	}
+	p.procs = procs
+	p.metrics = metrics.New(p.poolStats)
+	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
+		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger}
+	if err := p.instCfg.Validate(); err != nil {
+		p.closeStores()
+		return nil, "", err
+	}
+	adminKey, err := p.loadKeys(ctx)
+	if err != nil {
+		p.closeStores()
+		return nil, "", err
+	}
+	if err := p.restore(ctx); err != nil {
+		p.closeStores()
+		return nil, "", err
+	}
+	if err := p.buildHandler(); err != nil {
+		p.Close(ctx)
+		return nil, "", err
+	}
+	return p, adminKey, nil
+}
+
+func (p *Platform) closeStores() {
+	p.procs.Close()
+	p.store.Close()
+}
+
+// loadKeys reads the API keys into memory, and makes the admin key when auth
+// is required and there is none yet.
+func (p *Platform) loadKeys(ctx context.Context) (string, error) {
+	keys, err := p.store.KeyHashes(ctx)
+	if err != nil {
+		return "", fmt.Errorf("load api keys: %w", err)
+	}
+	for _, h := range keys {
+		p.keys.Add(h)
+	}
+	if !p.cfg.RequireAuth || len(keys) > 0 {
+		return "", nil
+	}
+	secret, hash := auth.NewKey()
+	if err := p.store.PutKey(ctx, hash, store.Key{ID: hash[:8], Name: "admin", Admin: true, CreatedAt: p.cfg.Now()}); err != nil {
+		return "", fmt.Errorf("store admin key: %w", err)
+	}
+	p.keys.Add(hash)
+	return secret, nil
+}
+
+// restore brings back every function in the registry, as after a restart.
+func (p *Platform) restore(ctx context.Context) error {
+	fns, err := p.store.ListFunctions(ctx)
+	if err != nil {
+		return fmt.Errorf("list functions: %w", err)
+	}
+	for _, fn := range fns {
+		codeDir, err := p.ensureBundle(ctx, fn.Digest)
+		if err != nil {
+			// One broken function must not keep the others down.
+			p.log.Error("restore function", "function", fn.Spec.Name, "err", err)
+			continue
+		}
+		d, err := p.newDeployment(fn, codeDir)
+		if err != nil {
+			p.log.Error("restore function", "function", fn.Spec.Name, "err", err)
+			continue
+		}
+		p.fns[fn.Spec.Name] = d
+		p.log.Info("restored function", "function", fn.Spec.Name, "version", fn.Version)
+	}
+	return nil
+}
+
+func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment, error) {
+	starter, err := instance.NewStarter(p.instCfg, fn, codeDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &deployment{fn: fn, codeDir: codeDir, metrics: p.metrics.For(fn.Spec.Name)}
+	s := &fn.Spec
+	pool, err := dispatch.NewPool(dispatch.Config{
+		Function: s.Name, Version: fn.Version,
+		Concurrency: s.Concurrency, MinInstances: s.MinInstances, MaxInstances: s.MaxInstances,
+		MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout, IdleTimeout: s.IdleTimeout,
+		Now: p.cfg.Now, Observer: p.metrics, Logger: p.log,
+	}, starterFunc(func(ctx context.Context, id string) (dispatch.Instance, error) {
+		inst, err := starter.Start(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return inst, nil
+	}))
+	if err != nil {
+		return nil, err
+	}
+	d.pool = pool
+	return d, nil
+}
+
+// starterFunc adapts instance.Starter to dispatch.Starter.
+type starterFunc func(ctx context.Context, id string) (dispatch.Instance, error)
+
+func (f starterFunc) Start(ctx context.Context, id string) (dispatch.Instance, error) {
+	return f(ctx, id)
+}
+
+func (p *Platform) buildHandler() error {
+	gw, err := gateway.New(gateway.Config{Backend: p, MaxSyncPayload: p.cfg.MaxSyncPayload, Logger: p.log})
+	if err != nil {
+		return err
+	}
+	a, err := api.New(api.Config{Platform: p, Logs: p.logs, MaxBundleBytes: p.cfg.MaxBundleBytes, BaseURL: p.cfg.BaseURL, Logger: p.log})
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	gw.Register(mux)
+	a.Register(mux)
+	mux.Handle("GET /metrics", p.metrics.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	var h http.Handler = mux
+	if p.cfg.RequireAuth {
+		h = p.keys.Middleware(h, "/healthz")
+	}
+	p.handler = recoverer(h, p.log)
+	return nil
+}
+
+// recoverer turns a panic in a handler into a 500 and a log line: the server
+// never dies of one request.
+func recoverer(next http.Handler, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.Error("panic serving request", "path", r.URL.Path, "panic", fmt.Sprint(v))
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusInternalServerError)
+				w.Write([]byte(`{"errorType":"Ebb.InternalError","errorMessage":"internal error"}` + "\n"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Handler serves ebb's whole HTTP API.
+func (p *Platform) Handler() http.Handler { return p.handler }
+
+// CgroupMode says how memory limits are enforced ("v2", "v1" or "none").
+func (p *Platform) CgroupMode() string { return p.procs.CgroupMode() }
+
+func (p *Platform) lookup(name string) (*deployment, error) {
+	p.mu.RLock()
+	d := p.fns[name]
+	p.mu.RUnlock()
+	if d == nil {
+		return nil, ebb.ErrNotFound
+	}
+	return d, nil
+}
+
+// Runtime implements gateway.Backend.
+func (p *Platform) Runtime(name string) (ebb.Runtime, error) {
+	d, err := p.lookup(name)
+	if err != nil {
+		return "", err
+	}
+	return d.fn.Spec.Runtime, nil
+}
+
+// Close stops every instance and closes the store.
+func (p *Platform) Close(ctx context.Context) error {
+	p.cancel()
+	p.mu.Lock()
+	all := make([]*deployment, 0, len(p.fns)+len(p.draining))
+	for _, d := range p.fns {
+		all = append(all, d)
+	}
+	for d := range p.draining {
+		all = append(all, d)
+	}
+	p.fns = map[string]*deployment{}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, d := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.pool.Close(ctx)
+		}()
+	}
+	wg.Wait()
+	p.wg.Wait()
+	p.procs.Close()
+	return p.store.Close()
+}
+
+func (p *Platform) poolStats() []metrics.PoolStats {
+	p.mu.RLock()
+	ds := make([]*deployment, 0, len(p.fns))
+	for _, d := range p.fns {
+		ds = append(ds, d)
+	}
+	p.mu.RUnlock()
+	sort.Slice(ds, func(i, j int) bool { return ds[i].fn.Spec.Name < ds[j].fn.Spec.Name })
+	out := make([]metrics.PoolStats, 0, len(ds))
+	for _, d := range ds {
+		st := d.pool.Stats()
+		ps := metrics.PoolStats{Function: d.fn.Spec.Name, Phases: map[string]int{}, Waiting: st.Waiting}
+		for _, in := range st.Instances {
+			ps.Phases[string(in.Phase)]++
+		}
+		out = append(out, ps)
+	}
+	return out
+}
