@@ -69,11 +69,12 @@ func runDeploy(ctx context.Context, args []string) error {
 	if _, err := bundle.Pack(dir, &buf); err != nil {
 		return fmt.Errorf("pack %s: %w", dir, err)
 	}
+	size := buf.Len()
 	rep, err := mk().Deploy(ctx, spec.Name, &buf)
 	if err != nil {
 		return fmt.Errorf("deploy %s: %w", spec.Name, err)
 	}
-	fmt.Printf("deployed %s version %d (%s, %d bytes)\n  invoke: %s\n  url:    %s\n", rep.Name, rep.Version, rep.Digest[:12], buf.Len(), rep.URL, rep.FunctionURL)
+	fmt.Printf("deployed %s version %d (%s, %d bytes)\n  invoke: %s\n  url:    %s\n", rep.Name, rep.Version, rep.Digest[:12], size, rep.URL, rep.FunctionURL)
 	return nil
 }
 
