@@ -25,7 +25,7 @@ const python = "/usr/bin/python3"
 
 // env is the whole platform running in-process on 127.0.0.1:0.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	p        *Platform
 	url      string
 	c        *client.Client
@@ -39,7 +39,7 @@ type env struct {
 type envOpt func(*Config)
 
 // start runs a platform on a fresh (or given) data dir until the test ends.
-func start(t *testing.T, dataDir string, opts ...envOpt) *env {
+func start(t testing.TB, dataDir string, opts ...envOpt) *env {
 	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
@@ -124,7 +124,7 @@ func (e *env) deploy(dir string) int {
 	return rep.Version
 }
 
-func manifestName(t *testing.T, dir string) string {
+func manifestName(t testing.TB, dir string) string {
 	raw, err := os.ReadFile(filepath.Join(dir, "ebb.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +163,7 @@ func (e *env) do(method, path, body string, hdr map[string]string) (int, string,
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -204,7 +204,7 @@ var (
 )
 
 // binaries builds the test functions once per test run.
-func binaries(t *testing.T) string {
+func binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "ebb-testbin-")
@@ -228,7 +228,7 @@ func binaries(t *testing.T) string {
 
 // fnDir writes a function directory: ebb.yaml plus files; "@lambdafn" and
 // "@httpfn" as a file's content copy the built test binary.
-func fnDir(t *testing.T, manifest string, files map[string]string) string {
+func fnDir(t testing.TB, manifest string, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "ebb.yaml"), []byte(manifest), 0o644); err != nil {
@@ -254,11 +254,11 @@ func fnDir(t *testing.T, manifest string, files map[string]string) string {
 	return dir
 }
 
-func goFn(t *testing.T, name, extra string) string {
+func goFn(t testing.TB, name, extra string) string {
 	return fnDir(t, "name: "+name+"\nruntime: exec\nhandler: ./bootstrap\n"+extra, map[string]string{"bootstrap": "@lambdafn"})
 }
 
-func decode(t *testing.T, body string) map[string]any {
+func decode(t testing.TB, body string) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal([]byte(body), &m); err != nil {
@@ -267,14 +267,14 @@ func decode(t *testing.T, body string) map[string]any {
 	return m
 }
 
-func needPython(t *testing.T) {
+func needPython(t testing.TB) {
 	if _, err := os.Stat(python); err != nil {
 		t.Skip("Debian's /usr/bin/python3 is not installed")
 	}
 }
 
 // deployRaw deploys dir under name and returns the raw status and body.
-func deployRaw(t *testing.T, e *env, name, dir string) (int, string) {
+func deployRaw(t testing.TB, e *env, name, dir string) (int, string) {
 	t.Helper()
 	var buf bytes.Buffer
 	if _, err := bundle.Pack(dir, &buf); err != nil {

@@ -1,0 +1,35 @@
+package platform
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"testing"
+)
+
+// BenchmarkInvokeWarm measures a warm exec (aws-lambda-go) invoke end to end
+// over HTTP on loopback, as a client sees it.
+func BenchmarkInvokeWarm(b *testing.B) {
+	e := start(b, "")
+	e.deploy(goFn(b, "bench", "min_instances: 1\n"))
+	url := e.url + "/v1/functions/bench/invoke"
+	body := []byte(`{"name":"bench"}`)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	do := func() {
+		resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	do()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		do()
+	}
+}
