@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/ebb-run/ebb/internal/auth"
@@ -27,6 +30,7 @@ func runServe(ctx context.Context, args []string) error {
 	ortLib := fs.String("onnxruntime-lib", os.Getenv("EBB_ONNXRUNTIME_LIB"), "ONNX Runtime shared library for onnx functions")
 	cgroup := fs.String("cgroup", "auto", "memory limits: auto, v2, v1 or none")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	instanceDir := fs.String("instance-dir", "", "where instances' working and scratch dirs live (default: a tmpfs under /dev/shm when there is one, else DATA/instances)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -43,6 +47,9 @@ func runServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *instanceDir == "" {
+		*instanceDir = defaultInstanceDir(dataDir)
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -51,7 +58,7 @@ func runServe(ctx context.Context, args []string) error {
 	p, adminKey, err := platform.New(ctx, platform.Config{
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib,
-		CgroupMode: *cgroup, Logger: log,
+		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log,
 	})
 	if err != nil {
 		ln.Close()
@@ -80,4 +87,18 @@ func runServe(ctx context.Context, args []string) error {
 		err = nil
 	}
 	return err
+}
+
+// defaultInstanceDir puts instance directories on /dev/shm when it is a
+// writable tmpfs: making and removing them is on every cold start's path, and
+// on a slow disk that costs milliseconds. The name is derived from the data
+// directory so that two ebb servers never share one.
+func defaultInstanceDir(dataDir string) string {
+	var st syscall.Statfs_t
+	const tmpfsMagic = 0x01021994
+	if err := syscall.Statfs("/dev/shm", &st); err != nil || st.Type != tmpfsMagic || syscall.Access("/dev/shm", 2) != nil {
+		return filepath.Join(dataDir, "instances")
+	}
+	sum := sha256.Sum256([]byte(dataDir))
+	return filepath.Join("/dev/shm", "ebb-"+hex.EncodeToString(sum[:6]))
 }
