@@ -44,6 +44,10 @@ type Config struct {
 	Executable     string // the ebb binary, for onnx instances
 	ONNXLibrary    string
 	CgroupMode     string // auto, v1, v2, none
+	// InstanceDir holds each instance's working and scratch directories;
+	// default DataDir/instances. A tmpfs here makes starts faster (directory
+	// creation and removal are on every cold start's path).
+	InstanceDir string
 	LogLines       int    // lines of output kept per function
 	// DrainTimeout bounds how long an old version may finish its requests
 	// after a redeploy or removal (default 15 min, the longest timeout).
@@ -132,7 +136,10 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", fmt.Errorf("open store: %w", err)
 	}
 	p.store = st
-	procs, err := process.NewManager(process.Config{Root: filepath.Join(cfg.DataDir, "instances"), CgroupMode: cfg.CgroupMode, Logger: cfg.Logger})
+	if cfg.InstanceDir == "" {
+		cfg.InstanceDir = filepath.Join(cfg.DataDir, "instances")
+	}
+	procs, err := process.NewManager(process.Config{Root: cfg.InstanceDir, CgroupMode: cfg.CgroupMode, Logger: cfg.Logger})
 	if err != nil {
 		st.Close()
 		return nil, "", fmt.Errorf("start process manager: %w", err)
