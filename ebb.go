@@ -6,7 +6,9 @@ package ebb
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -69,6 +71,42 @@ type Spec struct {
 	Zygote *bool `json:"zygote,omitempty"`
 	// Python is the interpreter for a python function; empty means ebb's default.
 	Python string `json:"python,omitempty"`
+	// Async configures asynchronous invocations (retries, age, destinations).
+	Async *AsyncConfig `json:"async,omitempty"`
+	// Schedule, when set, invokes the function on a cron schedule ("*/5 * * * *")
+	// or an interval ("@every 30s"). Its syntax is checked by the manifest parser.
+	Schedule string `json:"schedule,omitempty"`
+	// Events subscribes the function to NATS subjects and bucket uploads.
+	Events []EventSource `json:"events,omitempty"`
+}
+
+// Defaults and limits of asynchronous invocations.
+const (
+	DefaultAsyncMaxRetries = 2
+	DefaultAsyncMaxAge     = 6 * time.Hour
+	MaxAsyncRetries        = 100
+	MaxAsyncAge            = 14 * 24 * time.Hour
+	maxScheduleBytes       = 256
+	maxEventSources        = 32
+)
+
+// AsyncConfig configures how asynchronous invocations of a function are retried
+// and where their outcome is sent. OnSuccess and OnFailure name a webhook
+// (http:// or https:// URL) or another function.
+type AsyncConfig struct {
+	MaxRetries int           `json:"max_retries"`
+	MaxAge     time.Duration `json:"max_age"`
+	OnSuccess  string        `json:"on_success,omitempty"`
+	OnFailure  string        `json:"on_failure,omitempty"`
+}
+
+// EventSource is one subscription of a function: a NATS subject, or uploads to
+// an ebb bucket whose keys match Prefix and Suffix.
+type EventSource struct {
+	Subject string `json:"subject,omitempty"`
+	Bucket  string `json:"bucket,omitempty"`
+	Prefix  string `json:"prefix,omitempty"`
+	Suffix  string `json:"suffix,omitempty"`
 }
 
 // Batching configures dynamic batching for onnx functions.
@@ -111,6 +149,12 @@ func (s *Spec) Defaults() {
 	}
 	if s.Batching != nil && s.Batching.MaxBatchSize == 0 {
 		s.Batching.MaxBatchSize = 32
+	}
+	if s.Async == nil {
+		s.Async = &AsyncConfig{MaxRetries: DefaultAsyncMaxRetries}
+	}
+	if s.Async.MaxAge == 0 {
+		s.Async.MaxAge = DefaultAsyncMaxAge
 	}
 }
 
@@ -171,7 +215,112 @@ func (s *Spec) Validate() error {
 			return &FieldError{"batching.max_delay", fmt.Sprintf("%s is out of range (0 to 1s)", b.MaxDelay)}
 		}
 	}
+	if a := s.Async; a != nil {
+		if err := a.validate(s.Name); err != nil {
+			return err
+		}
+	}
+	if len(s.Schedule) > maxScheduleBytes {
+		return &FieldError{"schedule", "is too long"}
+	}
+	if len(s.Events) > maxEventSources {
+		return &FieldError{"events", fmt.Sprintf("has %d entries; the limit is %d", len(s.Events), maxEventSources)}
+	}
+	for i := range s.Events {
+		if err := s.Events[i].validate(fmt.Sprintf("events[%d]", i)); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+func (a *AsyncConfig) validate(self string) error {
+	switch {
+	case a.MaxRetries < 0 || a.MaxRetries > MaxAsyncRetries:
+		return &FieldError{"async.max_retries", fmt.Sprintf("%d is out of range (0 to %d)", a.MaxRetries, MaxAsyncRetries)}
+	case a.MaxAge < time.Second || a.MaxAge > MaxAsyncAge:
+		return &FieldError{"async.max_age", fmt.Sprintf("%s is out of range (1s to %s)", a.MaxAge, MaxAsyncAge)}
+	}
+	for _, d := range []struct{ field, v string }{{"async.on_success", a.OnSuccess}, {"async.on_failure", a.OnFailure}} {
+		if d.v == "" {
+			continue
+		}
+		if err := validDestination(d.v); err != "" {
+			return &FieldError{d.field, err}
+		}
+		if d.v == self && d.field == "async.on_failure" {
+			// A failing function would feed its own failures back to itself.
+			return &FieldError{d.field, "must not name the function itself"}
+		}
+	}
+	return nil
+}
+
+// validDestination returns why d is neither a webhook URL nor a function name.
+func validDestination(d string) string {
+	if strings.HasPrefix(d, "http://") || strings.HasPrefix(d, "https://") {
+		u, err := url.Parse(d)
+		if err != nil || u.Host == "" || len(d) > 2048 {
+			return fmt.Sprintf("%q is not a valid URL", d)
+		}
+		return ""
+	}
+	if len(d) > maxNameLength || !nameRE.MatchString(d) {
+		return fmt.Sprintf("%q is neither an http(s) URL nor a function name", d)
+	}
+	return ""
+}
+
+func (e *EventSource) validate(field string) error {
+	switch {
+	case e.Subject != "" && e.Bucket != "":
+		return &FieldError{field, "has both subject and bucket; use one per entry"}
+	case e.Subject == "" && e.Bucket == "":
+		return &FieldError{field, "needs a subject or a bucket"}
+	case e.Subject != "":
+		if !ValidSubscribeSubject(e.Subject) {
+			return &FieldError{field + ".subject", fmt.Sprintf("%q is not a NATS subject one may subscribe to (tokens of letters, digits, '-', '_', '*' or a final '>', not starting with $ or ebb.)", e.Subject)}
+		}
+		if e.Prefix != "" || e.Suffix != "" {
+			return &FieldError{field, "prefix and suffix apply only to bucket events"}
+		}
+	default:
+		if !ValidBucketName(e.Bucket) {
+			return &FieldError{field + ".bucket", fmt.Sprintf("%q must be 3-63 characters of a-z, 0-9 and '-'", e.Bucket)}
+		}
+		if len(e.Prefix) > 1024 || len(e.Suffix) > 1024 {
+			return &FieldError{field, "prefix and suffix must be at most 1024 bytes"}
+		}
+	}
+	return nil
+}
+
+var (
+	subjectTokenRE = regexp.MustCompile(`^([A-Za-z0-9_-]+|\*)$`)
+	bucketRE       = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$`)
+)
+
+// ValidBucketName reports whether b may name an ebb bucket.
+func ValidBucketName(b string) bool { return bucketRE.MatchString(b) }
+
+// ValidSubscribeSubject reports whether s is a NATS subject that a function
+// may subscribe to. ebb's own subjects (ebb.…) and system subjects ($…,
+// _INBOX…) are refused: a function must not read the job queue.
+func ValidSubscribeSubject(s string) bool {
+	if len(s) == 0 || len(s) > 255 || strings.HasPrefix(s, "$") || strings.HasPrefix(s, "_INBOX") ||
+		s == "ebb" || strings.HasPrefix(s, "ebb.") || s == ">" || strings.HasPrefix(s, "*.") || s == "*" {
+		return false
+	}
+	toks := strings.Split(s, ".")
+	for i, t := range toks {
+		if t == ">" && i == len(toks)-1 {
+			continue
+		}
+		if !subjectTokenRE.MatchString(t) {
+			return false
+		}
+	}
+	return true
 }
 
 var (

@@ -20,6 +20,7 @@ Usage:
   ebb status NAME                             show a function's version, instances and counters
   ebb logs NAME [-f]                          show a function's output
   ebb rm NAME                                 remove a function
+  ebb jobs ls NAME | get ID | redrive NAME    async jobs: list, inspect, re-queue dead letters
 
 Client commands find the server with --url or EBB_URL (default http://127.0.0.1:8080)
 and authenticate with --key or EBB_API_KEY.
@@ -49,6 +50,8 @@ func main() {
 		err = runLogs(ctx, args)
 	case "rm", "remove":
 		err = runRemove(ctx, args)
+	case "jobs":
+		err = runJobs(ctx, args)
 	case "onnx-serve":
 		err = runONNXServe(ctx, args)
 	case "help", "-h", "--help":

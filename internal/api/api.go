@@ -37,6 +37,21 @@ type FunctionStatus struct {
 	Errors      uint64           `json:"errors"`
 	// Draining lists older versions still finishing their requests.
 	Draining []int `json:"draining,omitempty"`
+	// Zygote is the python fork-server of the current version, if any.
+	Zygote *ZygoteStatus `json:"zygote,omitempty"`
+}
+
+// ZygoteStatus describes a python function's fork-server.
+type ZygoteStatus struct {
+	PID      int       `json:"pid,omitempty"`
+	BuiltAt  time.Time `json:"built_at,omitzero"`
+	BuildMS  float64   `json:"build_ms,omitempty"`
+	RSS      uint64    `json:"rss_bytes"`
+	PSS      uint64    `json:"pss_bytes"`
+	Children int       `json:"children"`
+	Spare    bool      `json:"spare"`
+	// Fallback says why instances start as fresh interpreters instead.
+	Fallback string `json:"fallback,omitempty"`
 }
 
 // SpecJSON is the manifest as a client reads it (durations as strings).

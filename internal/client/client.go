@@ -16,6 +16,7 @@ import (
 
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/logbuf"
+	"github.com/ebb-run/ebb/internal/queue"
 )
 
 // Client talks to one ebb server.
@@ -167,4 +168,44 @@ func (c *Client) Logs(ctx context.Context, name string, since uint64, follow boo
 		return nil
 	}
 	return sc.Err()
+}
+
+// InvokeAsync queues payload for name (invocation type Event) and returns
+// the job id once the server has stored the job.
+func (c *Client) InvokeAsync(ctx context.Context, name string, payload []byte) (string, error) {
+	var out struct {
+		ID string `json:"id"`
+	}
+	err := c.getJSON(ctx, http.MethodPost, "/v1/functions/"+url.PathEscape(name)+"/invoke", bytes.NewReader(payload),
+		http.Header{"Content-Type": {"application/json"}, "Ebb-Invocation-Type": {"Event"}}, &out)
+	return out.ID, err
+}
+
+// Job returns the record of an async job.
+func (c *Client) Job(ctx context.Context, id string) (*queue.Job, error) {
+	var out queue.Job
+	err := c.getJSON(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id), nil, nil, &out)
+	return &out, err
+}
+
+// Jobs lists name's jobs, newest first; status "" means any.
+func (c *Client) Jobs(ctx context.Context, name string, status queue.Status, limit int) ([]*queue.Job, error) {
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if status != "" {
+		q.Set("status", string(status))
+	}
+	var out struct {
+		Jobs []*queue.Job `json:"jobs"`
+	}
+	err := c.getJSON(ctx, http.MethodGet, "/v1/functions/"+url.PathEscape(name)+"/jobs?"+q.Encode(), nil, nil, &out)
+	return out.Jobs, err
+}
+
+// Redrive re-queues name's dead-letter jobs and returns how many.
+func (c *Client) Redrive(ctx context.Context, name string) (int, error) {
+	var out struct {
+		N int `json:"redriven"`
+	}
+	err := c.getJSON(ctx, http.MethodPost, "/v1/functions/"+url.PathEscape(name)+"/jobs/redrive", nil, nil, &out)
+	return out.N, err
 }

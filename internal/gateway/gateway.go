@@ -40,11 +40,22 @@ type Backend interface {
 	Runtime(name string) (ebb.Runtime, error)
 }
 
+// Enqueuer queues asynchronous invocations (invocation type Event).
+type Enqueuer interface {
+	// Enqueue durably queues payload for name under id, returning only
+	// once the job is stored; ebb.ErrNotFound if there is no such function.
+	Enqueue(ctx context.Context, name, id string, payload []byte) error
+}
+
 // Config configures the gateway.
 type Config struct {
 	Backend        Backend
 	MaxSyncPayload int64 // bytes; default 6 MiB (Lambda's limit)
-	Logger         *slog.Logger
+	// Enqueuer takes Event invocations; nil answers them with 400.
+	Enqueuer Enqueuer
+	// MaxAsyncPayload bounds an Event invocation; default 1 MiB.
+	MaxAsyncPayload int64
+	Logger          *slog.Logger
 }
 
 // Validate checks c and fills defaults.
@@ -54,6 +65,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxSyncPayload <= 0 {
 		c.MaxSyncPayload = 6 << 20
+	}
+	if c.MaxAsyncPayload <= 0 {
+		c.MaxAsyncPayload = 1 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -107,7 +121,11 @@ func NewRequestID() string {
 
 // readPayload reads a bounded JSON body. An empty body is the event {}.
 func (g *Gateway) readPayload(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if r.ContentLength > g.cfg.MaxSyncPayload {
+	return readJSON(r, g.cfg.MaxSyncPayload)
+}
+
+func readJSON(r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
 		return nil, ebb.ErrPayloadTooLarge
 	}
 	var body []byte
@@ -116,8 +134,8 @@ func (g *Gateway) readPayload(w http.ResponseWriter, r *http.Request) ([]byte, e
 		body = make([]byte, r.ContentLength)
 		_, err = io.ReadFull(r.Body, body)
 	} else {
-		body, err = io.ReadAll(io.LimitReader(r.Body, g.cfg.MaxSyncPayload+1))
-		if int64(len(body)) > g.cfg.MaxSyncPayload {
+		body, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+		if int64(len(body)) > limit {
 			return nil, ebb.ErrPayloadTooLarge
 		}
 	}
@@ -143,8 +161,16 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	rid := NewRequestID()
 	h := w.Header()
 	h["Ebb-Request-Id"] = []string{rid}
-	if t := r.Header.Get("Ebb-Invocation-Type"); t != "" && !strings.EqualFold(t, "RequestResponse") {
-		g.writeError(w, r, name, &BadRequestError{fmt.Sprintf("invocation type %q is not supported here (use RequestResponse)", t)})
+	t := r.Header.Get("Ebb-Invocation-Type")
+	if t == "" {
+		t = r.Header.Get("X-Amz-Invocation-Type")
+	}
+	if strings.EqualFold(t, "Event") {
+		g.enqueue(w, r, name, rid, g.writeError)
+		return
+	}
+	if t != "" && !strings.EqualFold(t, "RequestResponse") {
+		g.writeError(w, r, name, &BadRequestError{fmt.Sprintf("invocation type %q is not supported (use RequestResponse or Event)", t)})
 		return
 	}
 	payload, err := g.readPayload(w, r)
@@ -166,6 +192,26 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	h["Content-Length"] = []string{strconv.Itoa(len(res.Body))}
 	w.WriteHeader(http.StatusOK)
 	w.Write(res.Body)
+}
+
+// enqueue answers an Event invocation: 202 {"id"} once the job is stored.
+func (g *Gateway) enqueue(w http.ResponseWriter, r *http.Request, name, rid string, fail func(http.ResponseWriter, *http.Request, string, error)) {
+	if g.cfg.Enqueuer == nil {
+		fail(w, r, name, &BadRequestError{"asynchronous invocations are not enabled on this server"})
+		return
+	}
+	payload, err := readJSON(r, g.cfg.MaxAsyncPayload)
+	if err != nil {
+		fail(w, r, name, err)
+		return
+	}
+	if err := g.cfg.Enqueuer.Enqueue(r.Context(), name, rid, payload); err != nil {
+		fail(w, r, name, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, struct {
+		ID string `json:"id"`
+	}{rid})
 }
 
 // errorBody is Lambda's error shape, the body of every invoke error.

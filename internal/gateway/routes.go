@@ -24,6 +24,9 @@ func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
 	h.Set("Ebb-Request-Id", rid)
 	switch t := r.Header.Get("X-Amz-Invocation-Type"); t {
 	case "", "RequestResponse":
+	case "Event":
+		g.enqueue(w, r, name, rid, func(w http.ResponseWriter, _ *http.Request, _ string, err error) { g.lambdaError(w, err) })
+		return
 	case "DryRun":
 		if _, err := g.cfg.Backend.Runtime(name); err != nil {
 			g.lambdaError(w, err)

@@ -49,6 +49,9 @@ type Config struct {
 	ONNXLibrary string
 	Logs        LogSink
 	Logger      *slog.Logger
+	// ZygoteKeepAlive is how long an unused python zygote stays; 0 means
+	// DefaultZygoteKeepAliveFactor times the function's idle_timeout.
+	ZygoteKeepAlive time.Duration
 }
 
 // Validate checks c and fills defaults.
@@ -77,6 +80,11 @@ type Starter struct {
 	shimOnce sync.Once
 	shimPath string
 	shimErr  error
+
+	zygMu sync.Mutex // guards zyg and zygClosed
+	// zyg forks python instances; made at the first start or Prewarm.
+	zyg       *zygoteManager
+	zygClosed bool
 }
 
 type kind int
@@ -208,17 +216,19 @@ func isExecutable(p string) bool {
 // Start starts one instance and returns once it is ready for requests. An
 // *ebb.InitError says the function itself failed to start.
 func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
+	if zm := s.zygote(); zm != nil {
+		inst, err := zm.start(ctx, id)
+		if !errors.Is(err, errFallback) {
+			return inst, err
+		}
+	}
 	argv := s.argv
 	if s.fn.Spec.Runtime == ebb.RuntimePython {
 		s.shimOnce.Do(func() { s.shimPath, s.shimErr = pyruntime.WriteShim(s.cfg.ShimDir) })
 		if s.shimErr != nil {
 			return nil, fmt.Errorf("write python shim: %w", s.shimErr)
 		}
-		py := s.fn.Spec.Python
-		if py == "" {
-			py = s.cfg.Python
-		}
-		argv = pyruntime.Command(py, s.shimPath)
+		argv = pyruntime.Command(s.python(), s.shimPath)
 	}
 	inst := &Instance{id: id, fn: s.fn, sink: s.cfg.Logs, log: s.cfg.Logger, done: make(chan struct{}), started: time.Now()}
 	env := make([]string, len(s.env), len(s.env)+4)
@@ -294,6 +304,12 @@ type Instance struct {
 	ready   time.Time
 	done    chan struct{} // closed by watch once the process is gone
 
+	// alias is the id a spare was handed out under; ID returns it.
+	alias atomic.Pointer[string]
+	// cold says how the instance started (zygote, spare); set before
+	// Start returns, read-only after.
+	cold ColdStart
+
 	// inflight and current tag log lines with the request being served when
 	// exactly one is in flight.
 	inflight atomic.Int32
@@ -303,7 +319,14 @@ type Instance struct {
 }
 
 // ID returns the instance id.
-func (i *Instance) ID() string { return i.id }
+func (i *Instance) ID() string {
+	if a := i.alias.Load(); a != nil {
+		return *a
+	}
+	return i.id
+}
+
+func (i *Instance) setAlias(id string) { i.alias.Store(&id) }
 
 // Pid returns the process id.
 func (i *Instance) Pid() int { return i.proc.Pid() }
@@ -416,7 +439,7 @@ func (i *Instance) lineFunc(stream string) func([]byte) {
 				rid = *p
 			}
 		}
-		i.sink.Line(i.fn.Spec.Name, i.fn.Version, i.id, rid, stream, line)
+		i.sink.Line(i.fn.Spec.Name, i.fn.Version, i.ID(), rid, stream, line)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/schedule"
 )
 
 // FileName is the manifest's name inside a function directory.
@@ -114,6 +115,12 @@ func Parse(data []byte) (*ebb.Spec, error) {
 			s.Zygote = &b
 		case "python":
 			s.Python = p.str(name, v)
+		case "async":
+			s.Async = p.async(name, v)
+		case "schedule":
+			s.Schedule = p.schedule(name, v)
+		case "events":
+			s.Events = p.events(name, v)
 		default:
 			return nil, &Error{Field: name, Line: k.Line, Reason: "unknown field" + suggest(name)}
 		}
@@ -140,7 +147,8 @@ func Parse(data []byte) (*ebb.Spec, error) {
 }
 
 var fields = []string{"name", "runtime", "handler", "memory", "timeout", "concurrency", "min_instances",
-	"max_instances", "idle_timeout", "max_queue", "queue_timeout", "preload", "env", "batching", "zygote", "python"}
+	"max_instances", "idle_timeout", "max_queue", "queue_timeout", "preload", "env", "batching", "zygote", "python",
+	"async", "schedule", "events"}
 
 // suggest proposes a known field for a misspelt one.
 func suggest(name string) string {
@@ -394,4 +402,93 @@ func kindName(k yaml.Kind) string {
 		return "mapping"
 	}
 	return "value"
+}
+
+// async parses {max_retries, max_age, on_success, on_failure}; an absent
+// max_retries is the default, an explicit 0 means no retries.
+func (p *parser) async(field string, n *yaml.Node) *ebb.AsyncConfig {
+	if n.Kind != yaml.MappingNode {
+		p.fail(field, n, "must be a mapping, like {max_retries: 2, max_age: 1h, on_failure: https://…}")
+		return nil
+	}
+	a := &ebb.AsyncConfig{MaxRetries: ebb.DefaultAsyncMaxRetries}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		sub := field + "." + k.Value
+		if seen[k.Value] {
+			p.fail(sub, k, "appears twice")
+			return nil
+		}
+		seen[k.Value] = true
+		switch k.Value {
+		case "max_retries":
+			a.MaxRetries = p.nonNegative(sub, v)
+		case "max_age":
+			a.MaxAge = p.duration(sub, v)
+		case "on_success":
+			a.OnSuccess = p.str(sub, v)
+		case "on_failure":
+			a.OnFailure = p.str(sub, v)
+		default:
+			p.fail(sub, k, "unknown field (known: max_retries, max_age, on_success, on_failure)")
+		}
+	}
+	return a
+}
+
+func (p *parser) schedule(field string, n *yaml.Node) string {
+	v, ok := p.scalar(field, n)
+	if !ok {
+		return ""
+	}
+	if _, err := schedule.Parse(v); err != nil {
+		p.fail(field, n, "%s", err.Error())
+		return ""
+	}
+	return v
+}
+
+// events parses a list of {subject} or {bucket, prefix, suffix} entries.
+func (p *parser) events(field string, n *yaml.Node) []ebb.EventSource {
+	if n.Kind != yaml.SequenceNode {
+		p.fail(field, n, "must be a list, like [{subject: orders.*}, {bucket: uploads, suffix: .csv}]")
+		return nil
+	}
+	out := make([]ebb.EventSource, 0, len(n.Content))
+	for i, c := range n.Content {
+		item := fmt.Sprintf("%s[%d]", field, i)
+		if c.Kind != yaml.MappingNode {
+			p.fail(item, c, "must be a mapping, like {subject: orders.*} or {bucket: uploads, prefix: in/}")
+			return nil
+		}
+		var e ebb.EventSource
+		seen := map[string]bool{}
+		for j := 0; j+1 < len(c.Content); j += 2 {
+			k, v := c.Content[j], c.Content[j+1]
+			sub := item + "." + k.Value
+			if seen[k.Value] {
+				p.fail(sub, k, "appears twice")
+				return nil
+			}
+			seen[k.Value] = true
+			switch k.Value {
+			case "subject":
+				e.Subject = p.str(sub, v)
+			case "bucket":
+				e.Bucket = p.str(sub, v)
+			case "prefix":
+				e.Prefix = p.str(sub, v)
+			case "suffix":
+				e.Suffix = p.str(sub, v)
+			default:
+				p.fail(sub, k, "unknown field (known: subject, bucket, prefix, suffix)")
+			}
+		}
+		if p.err != nil {
+			return nil
+		}
+		out = append(out, e)
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,26 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"batching field", base + "batching: {size: 3}\n", "batching.size", "unknown"},
 		{"null handler", "name: a\nruntime: exec\nhandler:\n", "handler", "empty"},
 		{"zygote junk", base + "zygote: maybe\n", "zygote", "true or false"},
+		{"async not map", base + "async: 3\n", "async", "mapping"},
+		{"async unknown", base + "async: {retries: 3}\n", "async.retries", "unknown field"},
+		{"async negative retries", base + "async: {max_retries: -1}\n", "async.max_retries", "negative"},
+		{"async too many retries", base + "async: {max_retries: 1000}\n", "async.max_retries", "out of range"},
+		{"async max_age junk", base + "async: {max_age: forever}\n", "async.max_age", "not a duration"},
+		{"async max_age too long", base + "async: {max_age: 9999h}\n", "async.max_age", "out of range"},
+		{"async bad destination", base + "async: {on_success: \"ftp://x\"}\n", "async.on_success", "neither"},
+		{"async self failure", base + "async: {on_failure: a}\n", "async.on_failure", "itself"},
+		{"schedule junk", base + "schedule: sometimes\n", "schedule", "5 fields"},
+		{"schedule bad minute", base + "schedule: \"61 * * * *\"\n", "schedule", "minute"},
+		{"schedule every tiny", base + "schedule: \"@every 1ms\"\n", "schedule", "interval"},
+		{"events not list", base + "events: {subject: a}\n", "events", "list"},
+		{"events item not map", base + "events: [a]\n", "events[0]", "mapping"},
+		{"events unknown", base + "events: [{topic: a}]\n", "events[0].topic", "unknown field"},
+		{"events both", base + "events: [{subject: a, bucket: bbb}]\n", "events[0]", "both"},
+		{"events neither", base + "events: [{prefix: a}]\n", "events[0]", "needs a subject or a bucket"},
+		{"events ebb subject", base + "events: [{subject: ebb.jobs.a}]\n", "events[0].subject", "NATS subject"},
+		{"events bad subject", base + "events: [{subject: \"a b\"}]\n", "events[0].subject", "NATS subject"},
+		{"events bad bucket", base + "events: [{bucket: B}]\n", "events[0].bucket", "3-63"},
+		{"events subject prefix", base + "events: [{subject: a.b, prefix: x}]\n", "events[0]", "only to bucket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +138,42 @@ func TestParseErrorsNameTheField(t *testing.T) {
 	}
 }
 
+func TestParseAsyncScheduleEvents(t *testing.T) {
+	tests := []struct {
+		name, extra string
+		want        ebb.AsyncConfig
+		schedule    string
+		events      []ebb.EventSource
+	}{
+		{"defaults", "", ebb.AsyncConfig{MaxRetries: 2, MaxAge: ebb.DefaultAsyncMaxAge}, "", nil},
+		{"explicit zero retries", "async: {max_retries: 0}\n", ebb.AsyncConfig{MaxRetries: 0, MaxAge: ebb.DefaultAsyncMaxAge}, "", nil},
+		{"all async fields", "async: {max_retries: 5, max_age: 1h, on_success: \"https://hooks.example/ok\", on_failure: other}\n",
+			ebb.AsyncConfig{MaxRetries: 5, MaxAge: time.Hour, OnSuccess: "https://hooks.example/ok", OnFailure: "other"}, "", nil},
+		{"cron", "schedule: \"*/5 * * * *\"\n", ebb.AsyncConfig{MaxRetries: 2, MaxAge: ebb.DefaultAsyncMaxAge}, "*/5 * * * *", nil},
+		{"every", "schedule: \"@every 30s\"\n", ebb.AsyncConfig{MaxRetries: 2, MaxAge: ebb.DefaultAsyncMaxAge}, "@every 30s", nil},
+		{"events", "events:\n  - subject: orders.*\n  - {bucket: uploads, prefix: in/, suffix: .csv}\n",
+			ebb.AsyncConfig{MaxRetries: 2, MaxAge: ebb.DefaultAsyncMaxAge}, "",
+			[]ebb.EventSource{{Subject: "orders.*"}, {Bucket: "uploads", Prefix: "in/", Suffix: ".csv"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec, err := Parse([]byte("name: a\nruntime: exec\nhandler: ./b\n" + tt.extra))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if spec.Async == nil || *spec.Async != tt.want {
+				t.Errorf("async = %+v, want %+v", spec.Async, tt.want)
+			}
+			if spec.Schedule != tt.schedule {
+				t.Errorf("schedule = %q, want %q", spec.Schedule, tt.schedule)
+			}
+			if fmt.Sprint(spec.Events) != fmt.Sprint(tt.events) {
+				t.Errorf("events = %+v, want %+v", spec.Events, tt.events)
+			}
+		})
+	}
+}
+
 func TestParseErrorHasLine(t *testing.T) {
 	_, err := Parse([]byte("name: a\nruntime: python\nhandler: app.handler\ntimeout: never\n"))
 	if err == nil || !strings.HasPrefix(err.Error(), "ebb.yaml:4: timeout:") {
@@ -129,6 +186,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("name: b\nruntime: onnx\nhandler: model.onnx\nbatching: {max_batch_size: 8, max_delay: 1ms}\n"))
 	f.Add([]byte("env: {A: b}\npreload: [x, y]\nmin_instances: 2\nmax_instances: 1\n"))
 	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("name: c\nruntime: exec\nhandler: x\nasync: {max_retries: 1, on_failure: d}\nschedule: \"0 9 * * mon-fri\"\nevents: [{subject: a.*}, {bucket: up, suffix: .csv}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		spec, err := Parse(data)
 		if err != nil {

@@ -19,7 +19,14 @@ type PoolStats struct {
 	Function string
 	Phases   map[string]int // instances by phase: starting, idle, busy, stopping
 	Waiting  int
-	// ZygoteRSS and friends can be added by runtimes that keep helper processes.
+	// Zygote is the memory of the function's python fork-server; nil
+	// when it has none running.
+	Zygote *ZygoteMemory
+}
+
+// ZygoteMemory is a fork-server's memory in bytes (/proc/PID/smaps_rollup).
+type ZygoteMemory struct {
+	RSS, PSS uint64
 }
 
 // StatsFunc returns the current pool stats of every function.
@@ -149,11 +156,13 @@ type poolCollector struct{ stats StatsFunc }
 var (
 	instancesDesc = prometheus.NewDesc("ebb_instances", "Instances by function and state.", []string{"function", "state"}, nil)
 	queueDesc     = prometheus.NewDesc("ebb_queue_depth", "Requests waiting for an instance slot.", []string{"function"}, nil)
+	zygoteDesc    = prometheus.NewDesc("ebb_zygote_memory_bytes", "Memory of a python function's fork-server (kind: rss, or pss with shared pages divided among its children).", []string{"function", "kind"}, nil)
 )
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- instancesDesc
 	ch <- queueDesc
+	ch <- zygoteDesc
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -165,5 +174,9 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(s.Phases[phase]), s.Function, phase)
 		}
 		ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(s.Waiting), s.Function)
+		if z := s.Zygote; z != nil {
+			ch <- prometheus.MustNewConstMetric(zygoteDesc, prometheus.GaugeValue, float64(z.RSS), s.Function, "rss")
+			ch <- prometheus.MustNewConstMetric(zygoteDesc, prometheus.GaugeValue, float64(z.PSS), s.Function, "pss")
+		}
 	}
 }

@@ -89,6 +89,7 @@ func (p *Platform) Deploy(ctx context.Context, name string, body io.Reader) (*eb
 	}
 	if err := p.store.PutFunction(ctx, fn); err != nil {
 		d.pool.Close(ctx)
+		d.starter.Close()
 		return nil, fmt.Errorf("store function: %w", err)
 	}
 	p.mu.Lock()
@@ -114,6 +115,7 @@ func (p *Platform) drain(d *deployment) {
 		if err := d.pool.Drain(ctx); err != nil {
 			p.log.Warn("drain old version", "function", d.fn.Spec.Name, "version", d.fn.Version, "err", err)
 		}
+		d.starter.Close()
 		p.mu.Lock()
 		delete(p.draining, d)
 		p.mu.Unlock()
@@ -241,6 +243,7 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 		st.Instances = append(st.Instances, api.InstanceStatus{ID: in.ID, Version: fn.Version, Phase: string(in.Phase),
 			InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
 	}
+	st.Zygote = zygoteStatus(d)
 	p.mu.RLock()
 	for od := range p.draining {
 		if od.fn.Spec.Name == name {

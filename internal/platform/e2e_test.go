@@ -507,7 +507,7 @@ def handler(event, context):
     if event.get("fail"):
         raise ValidationError("bad input: " + event["fail"])
     print("handling", context.aws_request_id)
-    return {"calls": calls, "same_process": loaded_pid == os.getpid(), "request_id": context.aws_request_id,
+    return {"calls": calls, "pid": os.getpid(), "request_id": context.aws_request_id,
             "function_name": context.function_name, "memory": context.memory_limit_in_mb,
             "remaining_ok": 0 < context.get_remaining_time_in_millis() <= 30000}
 `
@@ -520,9 +520,11 @@ def handler(event, context):
 	if m["calls"] != 1.0 || m["request_id"] != h.Get("Ebb-Request-Id") || m["function_name"] != "py" || m["memory"] != 128.0 || m["remaining_ok"] != true {
 		t.Errorf("reply = %v", m)
 	}
+	// The module may have been imported in a zygote (another pid); what
+	// matters is that its scope ran once for this instance.
 	_, body, _ = e.invoke("py", `{}`)
-	if m := decode(t, body); m["calls"] != 2.0 || m["same_process"] != true {
-		t.Errorf("module scope ran again: %v", m)
+	if m2 := decode(t, body); m2["calls"] != 2.0 || m2["pid"] != m["pid"] {
+		t.Errorf("module scope ran again: %v after %v", m2, m)
 	}
 	code, body, _ = e.invoke("py", `{"fail":"x"}`)
 	if code != 500 {

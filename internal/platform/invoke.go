@@ -170,6 +170,7 @@ func (p *Platform) record(d *deployment, lease *dispatch.Lease, requestID string
 		slog.Int("memory_mib", inv.MemoryMiB), slog.Float64("peak_rss_mib", float64(inv.PeakRSS)/(1<<20)),
 		slog.Float64("gb_seconds", inv.GBSeconds()), slog.Int("status", inv.Status), slog.String("instance", inv.InstanceID),
 	}
+	attrs = append(attrs, coldStartAttrs(lease)...)
 	if kind != "" {
 		attrs = append(attrs, slog.String("error", kind))
 		if err != nil {

@@ -48,11 +48,16 @@ type Config struct {
 	// default DataDir/instances. A tmpfs here makes starts faster (directory
 	// creation and removal are on every cold start's path).
 	InstanceDir string
-	LogLines       int    // lines of output kept per function
+	LogLines    int // lines of output kept per function
 	// DrainTimeout bounds how long an old version may finish its requests
 	// after a redeploy or removal (default 15 min, the longest timeout).
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
+	// ZygoteKeepAlive is how long an unused python zygote stays (default
+	// 3 × the function's idle_timeout).
+	ZygoteKeepAlive time.Duration
+	// Async tunes asynchronous invocations, schedules and events.
+	Async  AsyncOptions
+	Logger *slog.Logger
 	// Now is injected for tests of time-dependent behaviour.
 	Now func() time.Time
 }
@@ -105,6 +110,7 @@ type Platform struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // drains of old versions
 	seq    atomic.Uint64  // instance ids
+	async  *async         // jobs, schedules and events; see async.go
 }
 
 // deployment is one function version with its pool.
@@ -112,6 +118,7 @@ type deployment struct {
 	fn      *ebb.Function
 	codeDir string
 	pool    *dispatch.Pool
+	starter *instance.Starter
 	metrics *metrics.Function
 	errors  atomic.Uint64
 }
@@ -147,7 +154,7 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	p.procs = procs
 	p.metrics = metrics.New(p.poolStats)
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
-		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger}
+		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive}
 	if err := p.instCfg.Validate(); err != nil {
 		p.closeStores()
 		return nil, "", err
@@ -159,6 +166,10 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	}
 	if err := p.restore(ctx); err != nil {
 		p.closeStores()
+		return nil, "", err
+	}
+	if err := p.startAsync(ctx); err != nil {
+		p.Close(ctx)
 		return nil, "", err
 	}
 	if err := p.buildHandler(); err != nil {
@@ -223,7 +234,7 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 	if err != nil {
 		return nil, err
 	}
-	d := &deployment{fn: fn, codeDir: codeDir, metrics: p.metrics.For(fn.Spec.Name)}
+	d := &deployment{fn: fn, codeDir: codeDir, starter: starter, metrics: p.metrics.For(fn.Spec.Name)}
 	s := &fn.Spec
 	pool, err := dispatch.NewPool(dispatch.Config{
 		Function: s.Name, Version: fn.Version,
@@ -238,9 +249,13 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 		return inst, nil
 	}))
 	if err != nil {
+		starter.Close()
 		return nil, err
 	}
 	d.pool = pool
+	// A python function's zygote is built now, so that even the first
+	// request finds it (and a spare instance) ready.
+	starter.Prewarm()
 	return d, nil
 }
 
@@ -252,7 +267,8 @@ func (f starterFunc) Start(ctx context.Context, id string) (dispatch.Instance, e
 }
 
 func (p *Platform) buildHandler() error {
-	gw, err := gateway.New(gateway.Config{Backend: p, MaxSyncPayload: p.cfg.MaxSyncPayload, Logger: p.log})
+	gw, err := gateway.New(gateway.Config{Backend: p, MaxSyncPayload: p.cfg.MaxSyncPayload, Enqueuer: p,
+		MaxAsyncPayload: p.async.queue.MaxPayload(), Logger: p.log})
 	if err != nil {
 		return err
 	}
@@ -263,6 +279,7 @@ func (p *Platform) buildHandler() error {
 	mux := http.NewServeMux()
 	gw.Register(mux)
 	a.Register(mux)
+	p.registerAsync(mux)
 	mux.Handle("GET /metrics", p.metrics.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -322,6 +339,8 @@ func (p *Platform) Runtime(name string) (ebb.Runtime, error) {
 
 // Close stops every instance and closes the store.
 func (p *Platform) Close(ctx context.Context) error {
+	// Jobs finish (or are handed back) while their functions still run.
+	p.stopAsync(ctx)
 	p.cancel()
 	p.mu.Lock()
 	all := make([]*deployment, 0, len(p.fns)+len(p.draining))
@@ -339,6 +358,7 @@ func (p *Platform) Close(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			d.pool.Close(ctx)
+			d.starter.Close()
 		}()
 	}
 	wg.Wait()
@@ -359,6 +379,9 @@ func (p *Platform) poolStats() []metrics.PoolStats {
 	for _, d := range ds {
 		st := d.pool.Stats()
 		ps := metrics.PoolStats{Function: d.fn.Spec.Name, Phases: map[string]int{}, Waiting: st.Waiting}
+		if zs := d.starter.Zygote(); zs != nil && zs.Pid != 0 {
+			ps.Zygote = &metrics.ZygoteMemory{RSS: zs.RSS, PSS: zs.PSS}
+		}
 		for _, in := range st.Instances {
 			ps.Phases[string(in.Phase)]++
 		}

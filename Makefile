@@ -1,0 +1,86 @@
+# ebb — build, run, test, benchmark and fuzz.
+#
+#   make build   bin/ebb plus the example binaries
+#   make run     build, start `bin/ebb serve`, deploy every example, stay in the foreground
+#   make test    what CI runs: gofmt check, go vet, go test (prepares what tests need)
+#   make bench   proxy-overhead and cold-start benchmarks (bench/*.sh), tables on stdout
+#   make fuzz    every Fuzz target for FUZZTIME each
+#   make clean   remove build outputs, local data and benchmark output
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+GO ?= go
+# Where `make run` serves and keeps its state.
+EBB_LISTEN ?= 127.0.0.1:8080
+EBB_DATA ?= ./ebb-data
+# Generous: the whole suite runs on 2 shared cores in CI.
+TEST_TIMEOUT ?= 30m
+TESTFLAGS ?=
+FUZZTIME ?= 30s
+# Where scripts/fetch-onnxruntime.sh installs ONNX Runtime. Tests get the
+# absolute path, since they run in their package directories.
+ORT_LIB := $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so.1
+FUZZPKGS ?= ./...
+
+# Example binaries are shipped inside their bundles, so they are static
+# (CGO_ENABLED=0) and built without local paths.
+EXAMPLE_GOFLAGS := -trimpath -ldflags=-s\ -w
+
+.PHONY: all build ebb examples run test fmt-check vet onnxruntime bench bench-proxy bench-coldstart fuzz clean
+
+all: build
+
+build: ebb examples
+
+# Always invoke go build: its cache decides what is stale, make cannot.
+ebb:
+	$(GO) build -o bin/ebb ./cmd/ebb
+
+examples:
+	CGO_ENABLED=0 $(GO) build $(EXAMPLE_GOFLAGS) -tags lambda.norpc -o examples/hello-go/bootstrap ./examples/hello-go
+	CGO_ENABLED=0 $(GO) build $(EXAMPLE_GOFLAGS) -o examples/hello-http/server ./examples/hello-http
+
+run: build
+	EBB_LISTEN='$(EBB_LISTEN)' EBB_DATA='$(EBB_DATA)' ./scripts/run.sh
+
+# The ONNX Runtime library is not in the repository; tests of the onnx runtime
+# load it from ./.cache/onnxruntime/lib, where this script puts it.
+onnxruntime:
+	@if [[ -f scripts/fetch-onnxruntime.sh ]]; then bash scripts/fetch-onnxruntime.sh; \
+	else echo "make: no scripts/fetch-onnxruntime.sh; onnx tests will use what is installed"; fi
+
+fmt-check:
+	@files=$$(gofmt -l $$(find . -name '*.go' -not -path './.cache/*' -not -path './ebb-data/*' -not -path './bench/out/*')); \
+	if [[ -n "$$files" ]]; then echo "gofmt needed on:"; echo "$$files"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+test: fmt-check build onnxruntime vet
+	@if [[ -z "$${EBB_ONNXRUNTIME_LIB:-}" && -f '$(ORT_LIB)' ]]; then export EBB_ONNXRUNTIME_LIB='$(ORT_LIB)'; fi; \
+	echo "$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...   (EBB_ONNXRUNTIME_LIB=$${EBB_ONNXRUNTIME_LIB:-unset})"; \
+	$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
+
+bench: bench-proxy bench-coldstart
+
+bench-proxy: build
+	./bench/proxy.sh
+
+bench-coldstart: build
+	./bench/coldstart.sh
+
+# `go test -list` prints each package's matching tests, then an "ok" line
+# naming the package; awk pairs them up. Each target is fuzzed on its own
+# because go test -fuzz accepts exactly one target per run.
+fuzz:
+	@targets=$$($(GO) test -list '^Fuzz' $(FUZZPKGS) | awk '/^Fuzz/ { names[n++] = $$1; next } /^ok[ \t]/ { for (i = 0; i < n; i++) print $$2, names[i]; n = 0; next } { n = 0 }'); \
+	if [[ -z "$$targets" ]]; then echo "make fuzz: no Fuzz targets found"; exit 0; fi; \
+	while read -r pkg name; do \
+		echo "== fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" </dev/null; \
+	done <<< "$$targets"
+
+clean:
+	rm -rf bin bench/out examples/hello-go/bootstrap examples/hello-http/server
+	rm -rf '$(EBB_DATA)'

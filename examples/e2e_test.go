@@ -1,0 +1,319 @@
+package examples
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lockedBuffer collects a process's output for failure messages while a
+// goroutine is still writing to it.
+type lockedBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// goBuild compiles pkg (relative to the module root) to out with the extra
+// environment, e.g. CGO_ENABLED=0 for the static example binaries.
+func goBuild(t *testing.T, out, pkg string, env []string, extra ...string) {
+	t.Helper()
+	args := append([]string{"build", "-o", out}, extra...)
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), env...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+}
+
+// copyExample copies examples/NAME to dst without build outputs, so the test
+// deploys what it built itself, never a stale binary from the work tree.
+func copyExample(t *testing.T, name, dst string) {
+	t.Helper()
+	skip := map[string]bool{"bootstrap": true, "server": true, "__pycache__": true}
+	err := filepath.WalkDir(name, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(name, path)
+		if skip[d.Name()] {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, 0o644)
+	})
+	if err != nil {
+		t.Fatalf("copy example %s: %v", name, err)
+	}
+}
+
+// ebbServer is a real `ebb serve` process on a loopback port of its choosing.
+type ebbServer struct {
+	bin    string
+	url    string
+	stderr *lockedBuffer
+}
+
+func startEbb(t *testing.T, bin, dataDir string) *ebbServer {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data", dataDir)
+	cmd.Stdout = io.Discard
+	pipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatalf("stderr pipe: %v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start ebb serve: %v", err)
+	}
+	s := &ebbServer{bin: bin, stderr: &lockedBuffer{}}
+	exited := make(chan struct{})
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			t.Errorf("ebb serve did not exit 20s after SIGTERM; killing it")
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	// ebb logs the address it really listens on (we asked for port 0) as a
+	// JSON line; the reader owns the pipe until the process exits.
+	addrc := make(chan string, 1)
+	go func() {
+		defer close(exited)
+		sc := bufio.NewScanner(pipe)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			s.stderr.Write(append(line, '\n'))
+			var rec struct {
+				Msg  string `json:"msg"`
+				Addr string `json:"addr"`
+			}
+			if json.Unmarshal(line, &rec) == nil && rec.Msg == "ebb serving" && rec.Addr != "" {
+				select {
+				case addrc <- rec.Addr:
+				default:
+				}
+			}
+		}
+		io.Copy(io.Discard, pipe)
+		cmd.Wait()
+	}()
+
+	select {
+	case addr := <-addrc:
+		s.url = "http://" + addr
+	case <-exited:
+		t.Fatalf("ebb serve exited before serving:\n%s", s.stderr.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("ebb serve did not log its address within 60s:\n%s", s.stderr.String())
+	}
+
+	resp, err := http.Get(s.url + "/healthz")
+	if err != nil {
+		t.Fatalf("GET /healthz: %v\n%s", err, s.stderr.String())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /healthz: got %d, want 200", resp.StatusCode)
+	}
+	return s
+}
+
+// cli runs an ebb client command against the server.
+func (s *ebbServer) cli(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(s.bin, args...)
+	cmd.Env = append(os.Environ(), "EBB_URL="+s.url)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ebb %s: %v\n%s\nserver log:\n%s", strings.Join(args, " "), err, out, s.stderr.String())
+	}
+	return string(out)
+}
+
+// call sends one request and returns status, headers and body.
+func (s *ebbServer) call(t *testing.T, method, path, body string) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.url+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("build request: %v", err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v\nserver log:\n%s", method, path, err, s.stderr.String())
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// TestExamplesOnEbb deploys every example to a real ebb server, the way a
+// user following the README would, and calls each one.
+func TestExamplesOnEbb(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs ebb; skipped with -short")
+	}
+	if _, err := os.Stat(debianPython); err != nil {
+		t.Skipf("hello-python needs %s: %v", debianPython, err)
+	}
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "ebb")
+	goBuild(t, bin, "./cmd/ebb", nil)
+
+	fnDir := filepath.Join(tmp, "fn")
+	for _, name := range []string{"hello-go", "hello-python", "hello-http"} {
+		copyExample(t, name, filepath.Join(fnDir, name))
+	}
+	static := []string{"CGO_ENABLED=0"}
+	goBuild(t, filepath.Join(fnDir, "hello-go", "bootstrap"), "./examples/hello-go", static, "-tags", "lambda.norpc")
+	goBuild(t, filepath.Join(fnDir, "hello-http", "server"), "./examples/hello-http", static)
+
+	s := startEbb(t, bin, filepath.Join(tmp, "data"))
+	for _, name := range []string{"hello-go", "hello-python", "hello-http"} {
+		out := s.cli(t, "deploy", filepath.Join(fnDir, name))
+		if !strings.Contains(out, name) {
+			t.Errorf("ebb deploy %s: output %q does not name the function", name, out)
+		}
+	}
+
+	t.Run("hello-go", func(t *testing.T) {
+		for i, wantCold := range []string{"true", "false"} {
+			code, h, body := s.call(t, "POST", "/v1/functions/hello-go/invoke", `{"name":"ada"}`)
+			if code != http.StatusOK {
+				t.Fatalf("invoke %d: got %d %s, want 200", i, code, body)
+			}
+			var got struct {
+				Message   string `json:"message"`
+				RequestID string `json:"request_id"`
+			}
+			if err := json.Unmarshal([]byte(body), &got); err != nil {
+				t.Fatalf("invoke %d: decode %q: %v", i, body, err)
+			}
+			if got.Message != "hello, ada" {
+				t.Errorf("invoke %d: message: got %q, want %q", i, got.Message, "hello, ada")
+			}
+			if rid := h.Get("Ebb-Request-Id"); rid == "" || got.RequestID != rid {
+				t.Errorf("invoke %d: request_id: got %q, want the Ebb-Request-Id header %q", i, got.RequestID, rid)
+			}
+			if c := h.Get("Ebb-Cold-Start"); c != wantCold {
+				t.Errorf("invoke %d: Ebb-Cold-Start: got %q, want %q", i, c, wantCold)
+			}
+		}
+		code, _, body := s.call(t, "POST", "/v1/functions/hello-go/invoke", `{}`)
+		if code != http.StatusOK || !strings.Contains(body, `"hello, world"`) {
+			t.Errorf("invoke without a name: got %d %s, want 200 with hello, world", code, body)
+		}
+		if out := s.cli(t, "invoke", "hello-go", "-d", `{"name":"cli"}`); !strings.Contains(out, "hello, cli") {
+			t.Errorf("ebb invoke: got %q, want it to contain %q", out, "hello, cli")
+		}
+	})
+
+	t.Run("hello-python", func(t *testing.T) {
+		var pid int
+		for i := 1; i <= 3; i++ {
+			code, h, body := s.call(t, "POST", "/v1/functions/hello-python/invoke", `{"name":"py"}`)
+			if code != http.StatusOK {
+				t.Fatalf("invoke %d: got %d %s, want 200\nserver log:\n%s", i, code, body, s.stderr.String())
+			}
+			var got struct {
+				Message             string `json:"message"`
+				RequestID           string `json:"request_id"`
+				InstanceInvocations int    `json:"instance_invocations"`
+				PID                 int    `json:"pid"`
+			}
+			if err := json.Unmarshal([]byte(body), &got); err != nil {
+				t.Fatalf("invoke %d: decode %q: %v", i, body, err)
+			}
+			if got.Message != "hello, py" {
+				t.Errorf("invoke %d: message: got %q, want %q", i, got.Message, "hello, py")
+			}
+			if rid := h.Get("Ebb-Request-Id"); rid == "" || got.RequestID != rid {
+				t.Errorf("invoke %d: request_id: got %q, want the Ebb-Request-Id header %q", i, got.RequestID, rid)
+			}
+			// Sequential invokes reuse the warm instance, so module state
+			// carries over: the point of the example.
+			if got.InstanceInvocations != i {
+				t.Errorf("invoke %d: instance_invocations: got %d, want %d", i, got.InstanceInvocations, i)
+			}
+			if i == 1 {
+				pid = got.PID
+			} else if got.PID != pid {
+				t.Errorf("invoke %d: pid: got %d, want %d (the same warm instance)", i, got.PID, pid)
+			}
+		}
+	})
+
+	t.Run("hello-http", func(t *testing.T) {
+		code, h, body := s.call(t, "GET", "/fn/hello-http/", "")
+		if code != http.StatusOK || body != "hello" {
+			t.Errorf("GET /fn/hello-http/: got %d %q, want 200 %q", code, body, "hello")
+		}
+		if h.Get("Ebb-Request-Id") == "" {
+			t.Errorf("GET /fn/hello-http/: no Ebb-Request-Id header")
+		}
+		code, _, body = s.call(t, "POST", "/fn/hello-http/echo", `{"x":1}`)
+		if code != http.StatusOK || body != `{"x":1}` {
+			t.Errorf("POST /fn/hello-http/echo: got %d %q, want 200 %q", code, body, `{"x":1}`)
+		}
+	})
+
+	t.Run("status lists instances", func(t *testing.T) {
+		code, _, body := s.call(t, "GET", "/v1/functions/hello-go", "")
+		if code != http.StatusOK {
+			t.Fatalf("GET /v1/functions/hello-go: got %d %s", code, body)
+		}
+		var st struct {
+			Version   int               `json:"version"`
+			Instances []json.RawMessage `json:"instances"`
+		}
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			t.Fatalf("decode status %q: %v", body, err)
+		}
+		if st.Version < 1 || len(st.Instances) == 0 {
+			t.Errorf("status: got version %d and %d instances, want version ≥ 1 and the warm instance", st.Version, len(st.Instances))
+		}
+	})
+}

@@ -1,0 +1,696 @@
+package instance
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/process"
+	"github.com/ebb-run/ebb/internal/pyruntime"
+	"github.com/ebb-run/ebb/internal/runtimeapi"
+)
+
+// DefaultZygoteKeepAliveFactor times a function's idle_timeout is how long
+// an unused zygote stays when Config.ZygoteKeepAlive is zero: longer than
+// an instance, since rebuilding it costs every import again.
+const DefaultZygoteKeepAliveFactor = 3
+
+// zygoteBuildTimeout bounds a zygote's imports when the start that needs it
+// has no deadline of its own (a background refill).
+const zygoteBuildTimeout = 5 * time.Minute
+
+// ColdStart breaks down how an instance came to be, for the invocation log.
+type ColdStart struct {
+	// Zygote says the instance was forked from a zygote.
+	Zygote bool
+	// Spare says it was forked ahead of time and only handed out.
+	Spare bool
+	// ZygoteBuild is how long building the zygote took, when this start
+	// had to build it (0 when it was warm).
+	ZygoteBuild time.Duration
+	// ForkToReady is from asking for the fork to the child polling for
+	// its first event.
+	ForkToReady time.Duration
+}
+
+// ZygoteStatus describes a function version's zygote.
+type ZygoteStatus struct {
+	Pid      int
+	BuiltAt  time.Time
+	Build    time.Duration // imports and module scope
+	RSS, PSS uint64        // bytes, from /proc/PID/smaps_rollup
+	Children int           // live forked instances, the spare included
+	Spare    bool
+	// Fallback says why instances are fresh interpreters instead ("" when
+	// the zygote is used).
+	Fallback string
+}
+
+// errFallback makes Start spawn a fresh interpreter.
+var errFallback = errors.New("zygote unusable")
+
+// zygoteManager owns one function version's zygote, its forked children's
+// exit reports and the spare child.
+type zygoteManager struct {
+	s         *Starter
+	keepAlive time.Duration
+	idBase    string
+	seq       atomic.Uint64
+
+	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
+
+	mu sync.Mutex // guards z, spare, fallback, lastUse, closed
+	z  *zygote
+	// spare is a forked, ready instance waiting for a Start.
+	spare    *Instance
+	fallback string
+	lastUse  time.Time
+	closed   bool
+
+	kick chan struct{} // asks run to refill the spare
+	stop chan struct{} // closed by close
+	wg   sync.WaitGroup
+}
+
+// zygote is one running fork-server.
+type zygote struct {
+	proc    *process.Process
+	client  *pyruntime.Zygote
+	builtAt time.Time
+	build   time.Duration
+
+	mu sync.Mutex // guards slots, early
+	// slots are the adopted children by pid, for their exit reports.
+	slots map[int]*process.Slot
+	// early holds exits reported before the child was registered.
+	early map[int]syscall.WaitStatus
+}
+
+func newZygoteManager(s *Starter) *zygoteManager {
+	ka := s.cfg.ZygoteKeepAlive
+	if ka <= 0 {
+		ka = DefaultZygoteKeepAliveFactor * s.fn.Spec.IdleTimeout
+	}
+	if ka <= 0 {
+		ka = DefaultZygoteKeepAliveFactor * ebb.DefaultIdleTimeout
+	}
+	var b [3]byte
+	rand.Read(b[:])
+	zm := &zygoteManager{s: s, keepAlive: ka, idBase: fmt.Sprintf("%s-v%d-z%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:])),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), lastUse: time.Now()}
+	zm.wg.Add(1)
+	go zm.run()
+	return zm
+}
+
+func (zm *zygoteManager) nextID(kind string) string {
+	return zm.idBase + kind + strconv.FormatUint(zm.seq.Add(1), 10)
+}
+
+// usesZygote says whether fn's instances are forked from a zygote.
+func usesZygote(fn *ebb.Function) bool {
+	return fn.Spec.Runtime == ebb.RuntimePython && (fn.Spec.Zygote == nil || *fn.Spec.Zygote)
+}
+
+// run owns the spare and the keep-alive: it refills the spare when kicked
+// and retires an unused zygote.
+func (zm *zygoteManager) run() {
+	defer zm.wg.Done()
+	tick := time.NewTicker(min(max(zm.keepAlive/4, 10*time.Millisecond), 30*time.Second))
+	defer tick.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-zm.stop
+		cancel()
+	}()
+	for {
+		select {
+		case <-zm.stop:
+			return
+		case <-zm.kick:
+			zm.refill(ctx)
+		case now := <-tick.C:
+			zm.expire(now)
+		}
+	}
+}
+
+func (zm *zygoteManager) kickRefill() {
+	select {
+	case zm.kick <- struct{}{}:
+	default:
+	}
+}
+
+// refill forks a spare if there is none.
+func (zm *zygoteManager) refill(ctx context.Context) {
+	zm.mu.Lock()
+	skip := zm.closed || zm.fallback != "" || (zm.spare != nil && !isDone(zm.spare))
+	zm.mu.Unlock()
+	if skip {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, zygoteBuildTimeout)
+	defer cancel()
+	inst, err := zm.fork(ctx, zm.nextID("s"))
+	if err != nil {
+		if !errors.Is(err, errFallback) && ctx.Err() == nil {
+			zm.s.cfg.Logger.Warn("fork spare instance", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "err", err)
+		}
+		return
+	}
+	inst.cold.Spare = true
+	zm.mu.Lock()
+	if zm.closed {
+		zm.mu.Unlock()
+		inst.Kill()
+		<-inst.done
+		return
+	}
+	old := zm.spare
+	zm.spare = inst
+	zm.mu.Unlock()
+	if old != nil {
+		old.Kill()
+	}
+}
+
+func isDone(i *Instance) bool {
+	select {
+	case <-i.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// expire retires the zygote (and its spare) when nothing used it for the
+// keep-alive and no instance forked from it still runs: those would die
+// with it.
+func (zm *zygoteManager) expire(now time.Time) {
+	zm.mu.Lock()
+	z := zm.z
+	if z == nil || now.Sub(zm.lastUse) < zm.keepAlive {
+		zm.mu.Unlock()
+		return
+	}
+	spare := zm.spare
+	n := z.children()
+	if spare != nil && !isDone(spare) {
+		n--
+	}
+	if n > 0 {
+		zm.mu.Unlock()
+		return
+	}
+	zm.z, zm.spare = nil, nil
+	zm.mu.Unlock()
+	zm.s.cfg.Logger.Info("zygote idle; stopping it", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "keep_alive", zm.keepAlive)
+	if spare != nil {
+		spare.Kill()
+		<-spare.done
+	}
+	z.shutdown()
+}
+
+// take hands out the spare when there is a live one.
+func (zm *zygoteManager) take() *Instance {
+	zm.mu.Lock()
+	defer zm.mu.Unlock()
+	zm.lastUse = time.Now()
+	sp := zm.spare
+	zm.spare = nil
+	if sp == nil || isDone(sp) {
+		return nil
+	}
+	return sp
+}
+
+// start starts one instance from the zygote: the spare if one is ready,
+// else a fresh fork. errFallback means a fresh interpreter must do.
+func (zm *zygoteManager) start(ctx context.Context, id string) (*Instance, error) {
+	defer zm.kickRefill()
+	if sp := zm.take(); sp != nil {
+		sp.setAlias(id)
+		return sp, nil
+	}
+	return zm.fork(ctx, id)
+}
+
+// ensure returns a live zygote, building one if needed; built is how long
+// that took, 0 when it was warm.
+func (zm *zygoteManager) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
+	if z, err := zm.current(); z != nil || err != nil {
+		return z, 0, err
+	}
+	zm.buildMu.Lock()
+	defer zm.buildMu.Unlock()
+	if z, err := zm.current(); z != nil || err != nil {
+		return z, 0, err
+	}
+	t0 := time.Now()
+	z, err = zm.build(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	zm.mu.Lock()
+	if zm.closed {
+		zm.mu.Unlock()
+		z.shutdown()
+		return nil, 0, fmt.Errorf("start zygote: %w", ebb.ErrClosed)
+	}
+	zm.z = z
+	zm.mu.Unlock()
+	return z, time.Since(t0), nil
+}
+
+// current is the live zygote, nil if none; errFallback once disabled.
+func (zm *zygoteManager) current() (*zygote, error) {
+	zm.mu.Lock()
+	defer zm.mu.Unlock()
+	switch {
+	case zm.closed:
+		return nil, fmt.Errorf("start zygote: %w", ebb.ErrClosed)
+	case zm.fallback != "":
+		return nil, errFallback
+	}
+	if zm.z != nil {
+		select {
+		case <-zm.z.client.Dead():
+			zm.s.cfg.Logger.Warn("zygote died; rebuilding it", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "err", zm.z.proc.Err())
+			zm.z = nil
+		default:
+			return zm.z, nil
+		}
+	}
+	return nil, nil
+}
+
+// disable makes every later start a fresh interpreter, logging why once.
+func (zm *zygoteManager) disable(reason string) {
+	zm.mu.Lock()
+	first := zm.fallback == ""
+	if first {
+		zm.fallback = reason
+	}
+	z, spare := zm.z, zm.spare
+	zm.z, zm.spare = nil, nil
+	zm.mu.Unlock()
+	if !first {
+		return
+	}
+	zm.s.cfg.Logger.Warn("python zygote disabled; instances start as fresh interpreters", "function", zm.s.fn.Spec.Name,
+		"version", zm.s.fn.Version, "reason", reason)
+	if spare != nil {
+		spare.Kill()
+	}
+	if z != nil {
+		// Children it forked already keep running until they stop;
+		// closing the channel only ends the zygote when it reads EOF,
+		// which kills them (parent-death signal), so wait for them
+		// in the background.
+		zm.wg.Add(1)
+		go func() {
+			defer zm.wg.Done()
+			z.waitChildren(zm.stop)
+			z.shutdown()
+		}()
+	}
+}
+
+// build starts a zygote process and waits for its imports.
+func (zm *zygoteManager) build(ctx context.Context) (*zygote, error) {
+	s := zm.s
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, zygoteBuildTimeout)
+		defer cancel()
+	}
+	path, err := pyruntime.WriteZygote(s.cfg.ShimDir)
+	if err != nil {
+		return nil, fmt.Errorf("write python zygote: %w", err)
+	}
+	ours, theirs, err := pyruntime.ControlPair()
+	if err != nil {
+		return nil, err
+	}
+	z := &zygote{slots: map[int]*process.Slot{}, early: map[int]syscall.WaitStatus{}}
+	client, err := pyruntime.NewZygote(ours, z.onExit)
+	if err != nil {
+		theirs.Close()
+		return nil, err
+	}
+	z.client = client
+	env := make([]string, 0, len(s.env)+len(pyruntime.ZygoteThreadEnv)+1)
+	env = append(env, s.env...)
+	for _, kv := range pyruntime.ZygoteThreadEnv {
+		if k, _, _ := strings.Cut(kv, "="); !hasEnv(env, k) {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "EBB_PRELOAD="+strings.Join(s.fn.Spec.Preload, ","))
+	id := zm.nextID("ygote")
+	argv := pyruntime.ZygoteCommand(s.python(), path)
+	t0 := time.Now()
+	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
+		ID: id, Path: argv[0], Args: argv[1:], Env: env, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
+		Stdout: zm.zygoteLines(id, "stdout"), Stderr: zm.zygoteLines(id, "stderr"),
+		ExtraFiles: []*os.File{theirs},
+	})
+	theirs.Close()
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("start zygote: %w", err)
+	}
+	z.proc = proc
+	info, err := client.WaitReady(ctx)
+	if err != nil {
+		proc.Kill()
+		client.Close()
+		<-proc.Done()
+		var ie *ebb.InitError
+		switch {
+		case errors.As(err, &ie):
+			return nil, ie
+		case ctx.Err() != nil:
+			return nil, &ebb.InitError{Type: "Runtime.InitTimeout", Message: "the function's module did not finish importing in time"}
+		case proc.OOMKilled():
+			return nil, &ebb.InitError{Type: "Runtime.OutOfMemory", Message: fmt.Sprintf("the function ran out of memory (%d MiB) during init", s.fn.Spec.MemoryMiB)}
+		}
+		return nil, &ebb.InitError{Type: "Runtime.ExitError", Message: fmt.Sprintf("the python zygote exited during init (%v); see the function's logs", proc.Err())}
+	}
+	z.build = time.Since(t0)
+	z.builtAt = t0
+	if info.Threads != "" {
+		// Forking would only be refused; say why now and spawn fresh.
+		proc.Kill()
+		client.Close()
+		<-proc.Done()
+		zm.disable(info.Threads)
+		return nil, errFallback
+	}
+	s.cfg.Logger.Info("python zygote ready", "function", s.fn.Spec.Name, "version", s.fn.Version, "pid", proc.Pid(),
+		"build_ms", float64(z.build.Microseconds())/1000, "imports_ms", info.InitMS)
+	return z, nil
+}
+
+func hasEnv(env []string, key string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, key+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+func (zm *zygoteManager) zygoteLines(id, stream string) func([]byte) {
+	sink := zm.s.cfg.Logs
+	if sink == nil {
+		return nil
+	}
+	fn := zm.s.fn
+	return func(line []byte) { sink.Line(fn.Spec.Name, fn.Version, id, "", stream, line) }
+}
+
+// fork starts one instance as a child of the zygote, building the zygote
+// first if needed.
+func (zm *zygoteManager) fork(ctx context.Context, id string) (*Instance, error) {
+	s := zm.s
+	z, built, err := zm.ensure(ctx)
+	if err != nil {
+		return nil, err
+	}
+	inst := &Instance{id: id, fn: s.fn, sink: s.cfg.Logs, log: s.cfg.Logger, done: make(chan struct{}), started: time.Now()}
+	inst.cold = ColdStart{Zygote: true, ZygoteBuild: built}
+	rt, err := runtimeapi.New(runtimeapi.Config{FunctionName: s.fn.Spec.Name, FunctionVersion: strconv.Itoa(s.fn.Version), Logger: s.cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("start runtime api: %w", err)
+	}
+	inst.rt = rt
+	slot, err := s.cfg.Processes.Prepare(ctx, process.AdoptSpec{ID: id, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
+		Stdout: inst.lineFunc("stdout"), Stderr: inst.lineFunc("stderr")})
+	if err != nil {
+		rt.Close()
+		return nil, fmt.Errorf("start instance: %w", err)
+	}
+	envList := slot.Env(append(append([]string(nil), s.env...), "AWS_LAMBDA_RUNTIME_API="+rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id))
+	env := make(map[string]string, len(envList))
+	for _, kv := range envList {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	stdout, stderr := slot.Output()
+	forkAt := time.Now()
+	pid, err := z.client.Fork(ctx, pyruntime.ForkRequest{Env: env, Dir: slot.WorkDir(), CgroupProcs: slot.CgroupProcs(), Stdout: stdout, Stderr: stderr})
+	if err != nil {
+		slot.Abort()
+		rt.Close()
+		if errors.Is(err, pyruntime.ErrRefused) {
+			zm.disable(strings.TrimPrefix(err.Error(), pyruntime.ErrRefused.Error()+": "))
+			return nil, errFallback
+		}
+		return nil, fmt.Errorf("start instance: %w", err)
+	}
+	proc, err := z.adopt(slot, pid)
+	if err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		rt.Close()
+		return nil, fmt.Errorf("start instance: %w", err)
+	}
+	inst.proc = proc
+	go inst.watch()
+	if err := inst.waitReady(ctx); err != nil {
+		inst.proc.Kill()
+		<-inst.done
+		return nil, err
+	}
+	inst.ready = time.Now()
+	inst.cold.ForkToReady = inst.ready.Sub(forkAt)
+	return inst, nil
+}
+
+// adopt registers the child for its exit report and hands it to the
+// process manager.
+func (z *zygote) adopt(slot *process.Slot, pid int) (*process.Process, error) {
+	z.mu.Lock()
+	if ws, ok := z.early[pid]; ok {
+		delete(z.early, pid)
+		slot.SetExit(ws, true)
+	} else {
+		z.slots[pid] = slot
+	}
+	z.mu.Unlock()
+	select {
+	case <-z.client.Dead():
+		slot.SetExit(0, false)
+	default:
+	}
+	p, err := slot.Adopt(pid)
+	if err != nil {
+		z.mu.Lock()
+		delete(z.slots, pid)
+		z.mu.Unlock()
+		slot.Abort()
+	}
+	return p, err
+}
+
+// onExit routes the zygote's exit reports; it runs on the client's reader.
+func (z *zygote) onExit(pid int, ws syscall.WaitStatus) {
+	z.mu.Lock()
+	slot := z.slots[pid]
+	delete(z.slots, pid)
+	if slot == nil {
+		z.early[pid] = ws
+	}
+	z.mu.Unlock()
+	if slot != nil {
+		slot.SetExit(ws, true)
+	}
+}
+
+func (z *zygote) children() int {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return len(z.slots)
+}
+
+// waitChildren returns when no forked child is left, or stop is closed.
+func (z *zygote) waitChildren(stop <-chan struct{}) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for z.children() > 0 {
+		select {
+		case <-stop:
+			return
+		case <-z.client.Dead():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// shutdown ends the zygote: closing its channel makes it exit, and its
+// children with it.
+func (z *zygote) shutdown() {
+	z.client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	z.proc.Stop(ctx)
+	// The children's exits can no longer be reported.
+	z.mu.Lock()
+	slots := z.slots
+	z.slots = map[int]*process.Slot{}
+	z.mu.Unlock()
+	for _, s := range slots {
+		s.SetExit(0, false)
+	}
+}
+
+// close stops the spare and the zygote. Instances forked from it must be
+// stopped first: they die with it.
+func (zm *zygoteManager) close() {
+	zm.mu.Lock()
+	if zm.closed {
+		zm.mu.Unlock()
+		return
+	}
+	zm.closed = true
+	z, spare := zm.z, zm.spare
+	zm.z, zm.spare = nil, nil
+	zm.mu.Unlock()
+	close(zm.stop)
+	zm.wg.Wait()
+	if spare != nil {
+		spare.Kill()
+		<-spare.done
+	}
+	zm.buildMu.Lock() // a build in flight sees closed and shuts its zygote down
+	zm.buildMu.Unlock()
+	if z != nil {
+		z.shutdown()
+	}
+}
+
+// status reports the zygote, if any.
+func (zm *zygoteManager) status() *ZygoteStatus {
+	zm.mu.Lock()
+	z, spare, fallback := zm.z, zm.spare, zm.fallback
+	zm.mu.Unlock()
+	st := &ZygoteStatus{Fallback: fallback}
+	if z == nil {
+		if fallback == "" {
+			return nil
+		}
+		return st
+	}
+	st.Pid, st.BuiltAt, st.Build = z.proc.Pid(), z.builtAt, z.build
+	st.RSS, st.PSS = ReadPSS(z.proc.Pid())
+	st.Children = z.children()
+	st.Spare = spare != nil && !isDone(spare)
+	return st
+}
+
+// ReadPSS returns the resident and proportional set sizes of pid in bytes,
+// from /proc/PID/smaps_rollup (0, 0 when unreadable). PSS divides each
+// shared page among the processes that map it, so the PSS of a zygote and
+// its children adds up to what they really use.
+func ReadPSS(pid int) (rss, pss uint64) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return 0, 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Bytes()
+		var dst *uint64
+		switch {
+		case bytes.HasPrefix(line, []byte("Rss:")):
+			dst = &rss
+		case bytes.HasPrefix(line, []byte("Pss:")):
+			dst = &pss
+		default:
+			continue
+		}
+		f := strings.Fields(string(line))
+		if len(f) >= 2 {
+			if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+				*dst = v << 10
+			}
+		}
+	}
+	return rss, pss
+}
+
+// python is the interpreter of the function's instances.
+func (s *Starter) python() string {
+	if s.fn.Spec.Python != "" {
+		return s.fn.Spec.Python
+	}
+	return s.cfg.Python
+}
+
+// zygote returns the function's zygote manager, making it at first use; nil
+// when the function does not use one or the starter is closed.
+func (s *Starter) zygote() *zygoteManager {
+	if !usesZygote(s.fn) {
+		return nil
+	}
+	s.zygMu.Lock()
+	defer s.zygMu.Unlock()
+	if s.zygClosed {
+		return nil
+	}
+	if s.zyg == nil {
+		s.zyg = newZygoteManager(s)
+	}
+	return s.zyg
+}
+
+// Prewarm builds a python function's zygote and its spare instance in the
+// background, so that even the first request finds them ready. It does
+// nothing for other functions.
+func (s *Starter) Prewarm() {
+	if zm := s.zygote(); zm != nil {
+		zm.kickRefill()
+	}
+}
+
+// Close stops the zygote and the spare instance, if any. The instances the
+// starter started must be stopped first: forked ones die with the zygote.
+func (s *Starter) Close() {
+	s.zygMu.Lock()
+	zm := s.zyg
+	s.zygClosed = true
+	s.zygMu.Unlock()
+	if zm != nil {
+		zm.close()
+	}
+}
+
+// Zygote reports the function's zygote; nil when it has none running.
+func (s *Starter) Zygote() *ZygoteStatus {
+	s.zygMu.Lock()
+	zm := s.zyg
+	s.zygMu.Unlock()
+	if zm == nil {
+		return nil
+	}
+	return zm.status()
+}
+
+// ColdStart says how the instance was started.
+func (i *Instance) ColdStart() ColdStart { return i.cold }

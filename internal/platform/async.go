@@ -1,0 +1,266 @@
+package platform
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/events"
+	"github.com/ebb-run/ebb/internal/gateway"
+	"github.com/ebb-run/ebb/internal/queue"
+	"github.com/ebb-run/ebb/internal/schedule"
+	"github.com/ebb-run/ebb/internal/store"
+)
+
+// AsyncOptions tune asynchronous invocations; zero values are the queue's
+// defaults.
+type AsyncOptions struct {
+	MaxPayload      int64         // default 1 MiB
+	AckWait         time.Duration // how soon a crashed node's jobs resume; default 10s
+	RetryBase       time.Duration // first retry delay; default 1s
+	RetryMax        time.Duration // longest retry delay; default 5m
+	WebhookAttempts int           // default 4
+}
+
+// async is the part of the platform that runs jobs, schedules and events.
+type async struct {
+	queue  *queue.Queue
+	sched  *schedule.Scheduler
+	events *events.Events
+	// stopWatch ends the registry watch; watchDone is closed when it has.
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+}
+
+// startAsync opens the queue and follows the function registry, starting and
+// stopping each function's workers as it is deployed and removed. Following
+// the registry rather than local deploys keeps every node of a cluster in
+// step with every deploy.
+func (p *Platform) startAsync(ctx context.Context) error {
+	o := p.cfg.Async
+	q, err := queue.New(ctx, queue.Config{
+		JetStream: p.store.JetStream(), Invoker: asyncInvoker{p}, MaxPayload: o.MaxPayload, AckWait: o.AckWait,
+		RetryBase: o.RetryBase, RetryMax: o.RetryMax, WebhookAttempts: o.WebhookAttempts, Logger: p.log, Now: p.cfg.Now,
+	})
+	if err != nil {
+		return fmt.Errorf("start async queue: %w", err)
+	}
+	a := &async{queue: q, watchDone: make(chan struct{})}
+	a.sched, err = schedule.New(ctx, schedule.Config{JetStream: p.store.JetStream(), Fire: p.fireSchedule, Logger: p.log, Now: p.cfg.Now})
+	if err != nil {
+		q.Close(ctx)
+		return fmt.Errorf("start scheduler: %w", err)
+	}
+	a.events, err = events.New(events.Config{JetStream: p.store.JetStream(), Logger: p.log, Now: p.cfg.Now,
+		Enqueue: func(ctx context.Context, fn, id string, payload []byte, source string) error {
+			_, err := q.Enqueue(ctx, fn, id, payload, queue.EnqueueOptions{Source: source})
+			return err
+		}})
+	if err != nil {
+		a.sched.Close(ctx)
+		q.Close(ctx)
+		return fmt.Errorf("start events: %w", err)
+	}
+	wctx, cancel := context.WithCancel(p.ctx)
+	changes, err := p.store.WatchFunctions(wctx)
+	if err != nil {
+		cancel()
+		a.events.Close()
+		a.sched.Close(ctx)
+		q.Close(ctx)
+		return fmt.Errorf("watch functions: %w", err)
+	}
+	a.stopWatch = cancel
+	p.async = a
+	go p.followRegistry(wctx, changes)
+	return nil
+}
+
+// scheduledEvent is the EventBridge "Scheduled Event" shape, which scheduled
+// Lambda handlers expect.
+type scheduledEvent struct {
+	Version    string   `json:"version"`
+	ID         string   `json:"id"`
+	DetailType string   `json:"detail-type"`
+	Source     string   `json:"source"`
+	Account    string   `json:"account"`
+	Time       string   `json:"time"`
+	Region     string   `json:"region"`
+	Resources  []string `json:"resources"`
+	Detail     struct {
+		CatchUp bool `json:"catch_up"`
+	} `json:"detail"`
+}
+
+// fireSchedule queues one tick. Its job id is derived from the tick, so that
+// every node of a cluster (and a node that fires again after a crash) queues
+// the same job, which the queue keeps once.
+func (p *Platform) fireSchedule(ctx context.Context, fn string, tick time.Time, catchUp bool) error {
+	id := "s-" + fn + "-" + strconv.FormatInt(tick.Unix(), 10)
+	ev := scheduledEvent{Version: "0", ID: id, DetailType: "Scheduled Event", Source: "ebb.schedule", Account: "000000000000",
+		Time: tick.UTC().Format(time.RFC3339), Region: "local", Resources: []string{"ebb:schedule:" + fn}}
+	ev.Detail.CatchUp = catchUp
+	b, _ := json.Marshal(ev)
+	_, err := p.async.queue.Enqueue(ctx, fn, id, b, queue.EnqueueOptions{Source: "schedule"})
+	return err
+}
+
+func (p *Platform) followRegistry(ctx context.Context, events <-chan store.FunctionEvent) {
+	defer close(p.async.watchDone)
+	for {
+		var ev store.FunctionEvent
+		var ok bool
+		select {
+		case ev, ok = <-events:
+			if !ok {
+				return
+			}
+		case <-ctx.Done():
+			// Unblock the store's watcher, which may be handing us an event.
+			for range events {
+			}
+			return
+		}
+		a := p.async
+		if ev.Function == nil {
+			a.queue.Stop(ev.Name)
+			a.sched.Set(ev.Name, "")
+			a.events.Set(ev.Name, nil)
+			continue
+		}
+		spec := &ev.Function.Spec
+		if err := a.queue.Start(ctx, ev.Name, queue.SettingsOf(spec)); err != nil && ctx.Err() == nil {
+			p.log.Error("start async workers", "function", ev.Name, "err", err)
+		}
+		if err := a.sched.Set(ev.Name, spec.Schedule); err != nil {
+			p.log.Error("schedule function", "function", ev.Name, "err", err)
+		}
+		if err := a.events.Set(ev.Name, spec.Events); err != nil && ctx.Err() == nil {
+			p.log.Error("subscribe function to events", "function", ev.Name, "err", err)
+		}
+	}
+}
+
+// stopAsync lets running jobs finish until ctx ends, then cancels them.
+func (p *Platform) stopAsync(ctx context.Context) {
+	if p.async == nil {
+		return
+	}
+	p.async.stopWatch()
+	<-p.async.watchDone
+	p.async.events.Close()
+	if err := p.async.sched.Close(ctx); err != nil {
+		p.log.Warn("close scheduler", "err", err)
+	}
+	if err := p.async.queue.Close(ctx); err != nil {
+		p.log.Warn("close async queue", "err", err)
+	}
+}
+
+// Enqueue implements gateway.Enqueuer.
+func (p *Platform) Enqueue(ctx context.Context, name, id string, payload []byte) error {
+	if _, err := p.lookup(name); err != nil {
+		return err
+	}
+	_, err := p.async.queue.Enqueue(ctx, name, id, payload, queue.EnqueueOptions{})
+	return err
+}
+
+// asyncInvoker runs jobs through the synchronous invoke path.
+type asyncInvoker struct{ p *Platform }
+
+func (a asyncInvoker) Invoke(ctx context.Context, name, id string, payload []byte) ([]byte, error) {
+	res, err := a.p.Invoke(ctx, name, id, payload)
+	var br *gateway.BadRequestError
+	switch {
+	case errors.Is(err, ebb.ErrNotFound):
+		// Deployed but not yet swapped in on this node (the registry watch
+		// can run ahead of the deploy that caused it), or being redeployed:
+		// try again later. Gone from the registry: no retry will help.
+		if _, gerr := a.p.store.GetFunction(ctx, name); gerr == nil {
+			return nil, ebb.ErrOverloaded
+		}
+		return nil, &queue.PermanentError{Err: err}
+	case errors.As(err, &br):
+		return nil, &queue.PermanentError{Err: err}
+	}
+	if res == nil {
+		return nil, err
+	}
+	return res.Body, err
+}
+
+// registerAsync adds the jobs routes.
+func (p *Platform) registerAsync(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/jobs/{id}", p.getJob)
+	mux.HandleFunc("GET /v1/functions/{name}/jobs", p.listJobs)
+	mux.HandleFunc("POST /v1/functions/{name}/jobs/redrive", p.redrive)
+	p.async.events.Register(mux)
+}
+
+func (p *Platform) getJob(w http.ResponseWriter, r *http.Request) {
+	j, err := p.async.queue.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		p.jobError(w, err, "job not found")
+		return
+	}
+	writeAsyncJSON(w, http.StatusOK, j)
+}
+
+func (p *Platform) listJobs(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	status := queue.Status(r.URL.Query().Get("status"))
+	switch status {
+	case "", queue.StatusQueued, queue.StatusRunning, queue.StatusFailed, queue.StatusSucceeded, queue.StatusDead:
+	default:
+		writeAsyncJSON(w, http.StatusBadRequest, map[string]string{"errorType": "InvalidRequestContent",
+			"errorMessage": "status must be queued, running, failed, succeeded or dead"})
+		return
+	}
+	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+	if limit <= 0 || limit > 10000 {
+		limit = 100
+	}
+	jobs, err := p.async.queue.List(r.Context(), name, status, limit)
+	if err != nil {
+		p.jobError(w, err, "")
+		return
+	}
+	if jobs == nil {
+		jobs = []*queue.Job{}
+	}
+	writeAsyncJSON(w, http.StatusOK, map[string]any{"jobs": jobs})
+}
+
+func (p *Platform) redrive(w http.ResponseWriter, r *http.Request) {
+	n, err := p.async.queue.Redrive(r.Context(), r.PathValue("name"))
+	if err != nil {
+		p.jobError(w, err, "")
+		return
+	}
+	writeAsyncJSON(w, http.StatusOK, map[string]int{"redriven": n})
+}
+
+func (p *Platform) jobError(w http.ResponseWriter, err error, notFound string) {
+	if errors.Is(err, ebb.ErrNotFound) && notFound != "" {
+		writeAsyncJSON(w, http.StatusNotFound, map[string]string{"errorType": "ResourceNotFound", "errorMessage": notFound})
+		return
+	}
+	p.log.Error("jobs request failed", "err", err)
+	writeAsyncJSON(w, http.StatusInternalServerError, map[string]string{"errorType": "Ebb.InternalError", "errorMessage": "internal error"})
+}
+
+func writeAsyncJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"errorType":"Ebb.InternalError","errorMessage":"internal error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}

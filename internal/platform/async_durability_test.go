@@ -1,0 +1,233 @@
+package platform
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb/internal/bundle"
+	"github.com/ebb-run/ebb/internal/client"
+	"github.com/ebb-run/ebb/internal/queue"
+)
+
+// server is a real `ebb serve` process.
+type server struct {
+	t   *testing.T
+	cmd *exec.Cmd
+	url string
+	log *os.File
+}
+
+func buildEbb(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ebb")
+	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/ebb")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build ebb: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startServer runs bin serve on addr and dataDir and waits for /healthz.
+func startServer(t *testing.T, bin, addr, dataDir, logPath string) *server {
+	t.Helper()
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", "--listen", addr, "--data", dataDir, "--log-level", "warn", "--python", python)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, cmd: cmd, url: "http://" + addr, log: lf}
+	t.Cleanup(func() { s.stop() })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(s.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ebb serve did not become healthy: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *server) stop() {
+	if s.cmd.ProcessState != nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+	}
+	s.log.Close()
+}
+
+func (s *server) kill9() {
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	s.cmd.Wait()
+	s.log.Close()
+}
+
+// countLines counts the lines of path per line.
+func countLines(t *testing.T, path string) (map[string]int, int) {
+	t.Helper()
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return map[string]int{}, 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, n := map[string]int{}, 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		m[sc.Text()]++
+		n++
+	}
+	return m, n
+}
+
+// TestAsyncDurabilityKill9 queues 1,000 jobs on a real `ebb serve`, kills it
+// with SIGKILL while they run, restarts it on the same data directory and
+// checks that every accepted job succeeds. At-least-once delivery means a job
+// running at the kill may run again: duplicates are counted and reported.
+func TestAsyncDurabilityKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the ebb binary")
+	}
+	const jobs = 1000
+	bin := buildEbb(t)
+	dataDir, work := t.TempDir(), t.TempDir()
+	execLog := filepath.Join(work, "executions.log")
+	serverLog := filepath.Join(work, "ebb.log")
+	addr := freeAddr(t)
+	s := startServer(t, bin, addr, dataDir, serverLog)
+	defer func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(serverLog)
+			t.Logf("ebb log:\n%s", tail(string(b), 6000))
+		}
+	}()
+	c := client.New(s.url, "")
+	ctx := context.Background()
+	var buf bytes.Buffer
+	if _, err := bundle.Pack(asyncFn(t, "dur", "memory: 64\nmax_instances: 24\nasync: {max_retries: 2}\n"), &buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Deploy(ctx, "dur", &buf); err != nil {
+		t.Fatal(err)
+	}
+
+	payload := []byte(fmt.Sprintf(`{"log":%q,"sleep_ms":25}`, execLog))
+	ids := make([]string, jobs)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, jobs)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < jobs; i += 16 {
+				id, err := c.InvokeAsync(ctx, "dur", payload)
+				if err != nil {
+					errs <- err
+					return
+				}
+				ids[i] = id
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("async invoke: %v", err)
+	}
+	t.Logf("%d jobs accepted in %s", jobs, time.Since(start).Round(time.Millisecond))
+
+	// Kill while jobs run: after some have finished, well before all have.
+	waitFor(t, "a quarter of the jobs to run", 30*time.Second, func() bool {
+		_, n := countLines(t, execLog)
+		return n >= jobs/4
+	})
+	s.kill9()
+	_, before := countLines(t, execLog)
+	t.Logf("killed ebb with SIGKILL after %d executions", before)
+
+	restarted := time.Now()
+	s = startServer(t, bin, addr, dataDir, serverLog)
+	c = client.New(s.url, "")
+	var succeeded []*queue.Job
+	waitFor(t, "every job to succeed", 60*time.Second, func() bool {
+		js, err := c.Jobs(ctx, "dur", queue.StatusSucceeded, 10*jobs)
+		if err != nil {
+			t.Fatalf("list jobs: %v", err)
+		}
+		succeeded = js
+		return len(js) >= jobs
+	})
+	t.Logf("all jobs succeeded %s after the restart", time.Since(restarted).Round(time.Millisecond))
+
+	done := map[string]bool{}
+	for _, j := range succeeded {
+		done[j.ID] = true
+		var res struct {
+			RequestID string `json:"request_id"`
+		}
+		if err := json.Unmarshal(j.Result, &res); err != nil || res.RequestID != j.ID {
+			t.Errorf("job %s: handler saw request id %q, want the job id", j.ID, res.RequestID)
+		}
+	}
+	runs, total := countLines(t, execLog)
+	lost, dups, dupJobs := 0, 0, 0
+	for _, id := range ids {
+		if !done[id] {
+			lost++
+			t.Errorf("job %s did not succeed", id)
+		}
+		if runs[id] == 0 {
+			t.Errorf("job %s never ran", id)
+		}
+		if runs[id] > 1 {
+			dupJobs++
+			dups += runs[id] - 1
+		}
+	}
+	if len(runs) != jobs {
+		t.Errorf("executions name %d distinct request ids, want %d (the job ids)", len(runs), jobs)
+	}
+	t.Logf("durability: %d jobs, %d lost, %d executions, %d duplicate executions over %d jobs (at-least-once; killed mid-run)",
+		jobs, lost, total, dups, dupJobs)
+}

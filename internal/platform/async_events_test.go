@@ -1,0 +1,119 @@
+package platform
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb/internal/queue"
+)
+
+func TestBucketUploadEvents(t *testing.T) {
+	e := start(t, "", fastRetries)
+	e.deploy(asyncFn(t, "s3fn", "events:\n  - {bucket: uploads, prefix: in/, suffix: .csv}\n"))
+	const content = "a,b\n1,2\n"
+	var put struct {
+		Size int64    `json:"size"`
+		ETag string   `json:"etag"`
+		Jobs []string `json:"jobs"`
+	}
+	// The subscription follows the deploy through the registry watch.
+	waitFor(t, "the upload to reach s3fn", 10*time.Second, func() bool {
+		code, body, _ := e.do("PUT", "/v1/buckets/uploads/in/a b.csv", content, nil)
+		if code != 200 {
+			t.Fatalf("PUT = %d %s", code, body)
+		}
+		json.Unmarshal([]byte(body), &put)
+		return len(put.Jobs) == 1
+	})
+	sum := md5.Sum([]byte(content))
+	if put.Size != int64(len(content)) || put.ETag != hex.EncodeToString(sum[:]) {
+		t.Errorf("PUT reply size=%d etag=%s, want %d and the md5", put.Size, put.ETag, len(content))
+	}
+	j := e.waitJob(put.Jobs[0], queue.StatusSucceeded)
+	var res struct {
+		Event struct {
+			Records []struct {
+				EventSource string `json:"eventSource"`
+				S3          struct {
+					Bucket struct {
+						Name string `json:"name"`
+					} `json:"bucket"`
+					Object struct {
+						Key  string `json:"key"`
+						Size int64  `json:"size"`
+						ETag string `json:"eTag"`
+					} `json:"object"`
+				} `json:"s3"`
+			} `json:"Records"`
+		} `json:"event"`
+	}
+	if err := json.Unmarshal(j.Result, &res); err != nil || len(res.Event.Records) != 1 {
+		t.Fatalf("result %s: %v", j.Result, err)
+	}
+	r := res.Event.Records[0]
+	if r.EventSource != "aws:s3" || r.S3.Bucket.Name != "uploads" || r.S3.Object.Key != "in/a+b.csv" ||
+		r.S3.Object.Size != int64(len(content)) || r.S3.Object.ETag != put.ETag {
+		t.Errorf("S3 event record = %+v", r)
+	}
+	tests := []struct {
+		key  string
+		jobs int
+	}{{"out/x.csv", 0}, {"in/x.txt", 0}, {"in/deep/y.csv", 1}}
+	for _, tt := range tests {
+		code, body, _ := e.do("PUT", "/v1/buckets/uploads/"+tt.key, "x", nil)
+		json.Unmarshal([]byte(body), &put)
+		if code != 200 || len(put.Jobs) != tt.jobs {
+			t.Errorf("PUT %s = %d, %d jobs; want 200 and %d (prefix/suffix filter)", tt.key, code, len(put.Jobs), tt.jobs)
+		}
+	}
+	code, body, _ := e.do("GET", "/v1/buckets/uploads/in/a b.csv", "", nil)
+	if code != 200 || body != content {
+		t.Errorf("GET = %d %q, want 200 %q", code, body, content)
+	}
+	for _, path := range []string{"/v1/buckets/uploads/nope", "/v1/buckets/nobucket/x"} {
+		if code, _, _ := e.do("GET", path, "", nil); code != 404 {
+			t.Errorf("GET %s = %d, want 404", path, code)
+		}
+	}
+	if code, _, _ := e.do("PUT", "/v1/buckets/BAD/x", "x", nil); code != 400 {
+		t.Errorf("PUT to an invalid bucket name = %d, want 400", code)
+	}
+}
+
+func TestSubjectEventsAndSchedule(t *testing.T) {
+	e := start(t, "", fastRetries)
+	e.deploy(asyncFn(t, "subfn", "events: [{subject: orders.*}]\n"))
+	e.deploy(asyncFn(t, "tick", "schedule: \"@every 1s\"\n"))
+	nc := e.p.store.Conn()
+	waitFor(t, "subfn to subscribe", 10*time.Second, func() bool {
+		reply, err := nc.Request("orders.new", []byte(`{"order":7}`), time.Second)
+		return err == nil && string(reply.Data) == `{"queued":true}`
+	})
+	var jobs []*queue.Job
+	waitFor(t, "the subject event to run", 10*time.Second, func() bool {
+		jobs, _ = e.c.Jobs(context.Background(), "subfn", queue.StatusSucceeded, 10)
+		return len(jobs) >= 1
+	})
+	if jobs[0].Source != "event" || !json.Valid(jobs[0].Result) || string(jobs[0].Result) == "" {
+		t.Errorf("subject job = %+v", jobs[0])
+	}
+	var res struct {
+		Event map[string]any `json:"event"`
+	}
+	json.Unmarshal(jobs[0].Result, &res)
+	if res.Event["order"] != 7.0 {
+		t.Errorf("handler got %v, want the message {\"order\":7}", res.Event)
+	}
+	waitFor(t, "a scheduled run", 10*time.Second, func() bool {
+		jobs, _ = e.c.Jobs(context.Background(), "tick", queue.StatusSucceeded, 10)
+		return len(jobs) >= 1
+	})
+	json.Unmarshal(jobs[0].Result, &res)
+	if jobs[0].Source != "schedule" || res.Event["detail-type"] != "Scheduled Event" || res.Event["source"] != "ebb.schedule" {
+		t.Errorf("scheduled job %+v got event %v", jobs[0], res.Event)
+	}
+}

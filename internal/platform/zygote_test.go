@@ -1,0 +1,291 @@
+package platform
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb/internal/api"
+)
+
+// forkProbe reports what a forked instance inherited.
+const forkProbe = `
+import os, random, time
+try:
+    import numpy
+except ImportError:
+    numpy = None
+zygote_pid = os.getpid()
+
+def handler(event, context):
+    if event.get("alloc_mib"):
+        hog = bytearray(event["alloc_mib"] << 20)
+        for i in range(0, len(hog), 4096):
+            hog[i] = 1
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            pass
+    return {"pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0), "pgid": os.getpgid(0),
+            "imported_in": zygote_pid, "rand": random.random(),
+            "np": float(numpy.random.random()) if numpy else None,
+            "fds": fds, "cgroup": open("/proc/self/cgroup").read(), "cwd": os.getcwd(),
+            "tmp": os.environ.get("TMPDIR", ""), "stream": context.log_stream_name}
+`
+
+func zygoteOf(t *testing.T, e *env, name string) *api.ZygoteStatus {
+	t.Helper()
+	st, err := e.c.Status(context.Background(), name)
+	if err != nil {
+		t.Fatalf("status %s: %v", name, err)
+	}
+	return st.Zygote
+}
+
+func waitSpare(t *testing.T, e *env, name string) *api.ZygoteStatus {
+	t.Helper()
+	var zs *api.ZygoteStatus
+	waitFor(t, "the zygote and its spare", 30*time.Second, func() bool {
+		zs = zygoteOf(t, e, name)
+		return zs != nil && zs.Spare
+	})
+	return zs
+}
+
+// invokeAll sends the payloads at once and returns the decoded replies.
+func invokeAll(t *testing.T, e *env, name string, payloads ...string) []map[string]any {
+	t.Helper()
+	out := make([]map[string]any, len(payloads))
+	codes := make([]int, len(payloads))
+	bodies := make([]string, len(payloads))
+	var wg sync.WaitGroup
+	for i, p := range payloads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i], bodies[i], _ = e.invoke(name, p)
+		}()
+	}
+	wg.Wait()
+	for i := range payloads {
+		if codes[i] != 200 {
+			t.Fatalf("invoke %s %s = %d %s", name, payloads[i], codes[i], bodies[i])
+		}
+		out[i] = decode(t, bodies[i])
+	}
+	return out
+}
+
+func memoryCgroup(s string) string {
+	for _, line := range strings.Split(s, "\n") {
+		if f := strings.SplitN(line, ":", 3); len(f) == 3 && (f[1] == "memory" || (f[0] == "0" && f[1] == "")) {
+			return f[2]
+		}
+	}
+	return ""
+}
+
+func TestZygoteForkedInstancesAreIsolated(t *testing.T) {
+	needPython(t)
+	e := start(t, "")
+	e.deploy(fnDir(t, "name: zfork\nruntime: python\nhandler: app.handler\nmax_instances: 4\npreload: [json]\n", map[string]string{"app.py": forkProbe}))
+	zs := waitSpare(t, e, "zfork")
+	zygoteCg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", zs.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies := invokeAll(t, e, "zfork", `{"sleep":0.5}`, `{"sleep":0.5}`, `{"sleep":0.5}`)
+
+	seen := map[string]map[string]bool{"pid": {}, "rand": {}, "np": {}, "socket": {}, "cgroup": {}, "cwd": {}}
+	for _, m := range replies {
+		pid := m["pid"].(float64)
+		if m["ppid"] != float64(zs.PID) || m["imported_in"] != float64(zs.PID) {
+			t.Errorf("ppid %v, module imported in %v; want both the zygote %d", m["ppid"], m["imported_in"], zs.PID)
+		}
+		if m["sid"] != pid || m["pgid"] != pid {
+			t.Errorf("sid %v pgid %v, want its own session and group %v", m["sid"], m["pgid"], pid)
+		}
+		cg := memoryCgroup(m["cgroup"].(string))
+		if zcg := memoryCgroup(string(zygoteCg)); cg == "" || cg == zcg || path.Dir(cg) != path.Dir(zcg) {
+			t.Errorf("instance cgroup %q, zygote cgroup %q: want its own next to it", cg, memoryCgroup(string(zygoteCg)))
+		}
+		if !strings.Contains(m["tmp"].(string), "/instances/") || !strings.HasPrefix(m["cwd"].(string), strings.TrimSuffix(m["tmp"].(string), "/tmp")) {
+			t.Errorf("cwd %v tmp %v: want the instance's own directories", m["cwd"], m["tmp"])
+		}
+		sockets := 0
+		for fd, target := range m["fds"].(map[string]any) {
+			switch {
+			case fd == "0" || fd == "1" || fd == "2":
+			case strings.HasPrefix(target.(string), "socket:"):
+				sockets++
+				seen["socket"][target.(string)] = true
+			case strings.HasPrefix(target.(string), "/proc/"):
+				// the directory listdir read
+			default:
+				t.Errorf("inherited fd %s -> %s", fd, target)
+			}
+		}
+		if sockets != 1 {
+			t.Errorf("%d sockets open, want only its Runtime API connection: %v", sockets, m["fds"])
+		}
+		for _, k := range []string{"pid", "rand", "np", "cgroup", "cwd"} {
+			v := fmt.Sprint(m[k])
+			if k == "cgroup" {
+				v = cg
+			}
+			if k == "np" && m[k] == nil {
+				continue // numpy not installed
+			}
+			if seen[k][v] {
+				t.Errorf("%s %s is shared between instances", k, v)
+			}
+			seen[k][v] = true
+		}
+	}
+	if len(seen["socket"]) != len(replies) {
+		t.Errorf("sockets %v shared between instances", seen["socket"])
+	}
+	if st := zygoteOf(t, e, "zfork"); st == nil || st.PSS == 0 || st.Children < 3 {
+		t.Errorf("zygote status = %+v, want its memory and >= 3 children", st)
+	}
+	if _, metrics, _ := e.do("GET", "/metrics", "", nil); !strings.Contains(metrics, `ebb_zygote_memory_bytes{function="zfork",kind="pss"}`) {
+		t.Errorf("no zygote memory gauge in /metrics")
+	}
+	if !strings.Contains(e.logText(), `"fork_to_ready_ms"`) {
+		t.Errorf("no cold-start breakdown in the invocation log")
+	}
+}
+
+func TestZygoteMemoryLimitHolds(t *testing.T) {
+	needPython(t)
+	e := start(t, "")
+	if e.p.CgroupMode() == "none" {
+		t.Skip("no cgroups: memory limits are not enforced")
+	}
+	e.deploy(fnDir(t, "name: zmem\nruntime: python\nhandler: app.handler\nmemory: 64\n", map[string]string{"app.py": forkProbe}))
+	waitSpare(t, e, "zmem")
+	code, body, _ := e.invoke("zmem", `{"alloc_mib": 200}`)
+	if code == 200 {
+		t.Fatalf("allocating 200 MiB under a 64 MiB limit succeeded: %s", body)
+	}
+	if !strings.Contains(body, "OutOfMemory") && !strings.Contains(strings.ToLower(body), "memory") {
+		t.Errorf("over the limit = %d %s, want an out-of-memory error", code, body)
+	}
+	// The zygote is charged to its own cgroup and survives a child's OOM.
+	if code, body, _ := e.invoke("zmem", `{}`); code != 200 {
+		t.Errorf("after an OOM = %d %s", code, body)
+	}
+}
+
+func TestZygoteDeathIsRebuilt(t *testing.T) {
+	needPython(t)
+	e := start(t, "")
+	e.deploy(fnDir(t, "name: zdie\nruntime: python\nhandler: app.handler\n", map[string]string{"app.py": forkProbe}))
+	zs := waitSpare(t, e, "zdie")
+	first := decode(t, mustInvoke(t, e, "zdie", `{}`))
+	if err := syscall.Kill(zs.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Its children die with it (parent-death signal); the next cold start
+	// builds a new zygote.
+	waitFor(t, "the old instance to be gone", 10*time.Second, func() bool { return e.instances("zdie") == 0 })
+	m := decode(t, mustInvoke(t, e, "zdie", `{}`))
+	if m["ppid"] == float64(zs.PID) || m["pid"] == first["pid"] {
+		t.Errorf("served by %v (parent %v) after the zygote %d died", m["pid"], m["ppid"], zs.PID)
+	}
+	if st := zygoteOf(t, e, "zdie"); st == nil || st.PID == zs.PID || float64(st.PID) != m["ppid"] {
+		t.Errorf("zygote after rebuild = %+v, want a new one that forked %v", st, m["ppid"])
+	}
+}
+
+func mustInvoke(t *testing.T, e *env, name, payload string) string {
+	t.Helper()
+	code, body, _ := e.invoke(name, payload)
+	if code != 200 {
+		t.Fatalf("invoke %s = %d %s", name, code, body)
+	}
+	return body
+}
+
+func TestZygoteInitErrors(t *testing.T) {
+	needPython(t)
+	e := start(t, "")
+	cases := []struct {
+		name, app, manifest, want string
+	}{
+		{"zraise", "raise RuntimeError('model file is corrupt')\n", "", "Runtime.ImportModuleError"},
+		{"zmissing", "x = 1\n", "", "Runtime.HandlerNotFound"},
+		{"zsyntax", "def handler(:\n", "", "Runtime.UserCodeSyntaxError"},
+		{"zpreload", "def handler(e, c):\n    return 1\n", "preload: [no_such_library]\n", "Runtime.ImportModuleError"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e.deploy(fnDir(t, "name: "+c.name+"\nruntime: python\nhandler: app.handler\n"+c.manifest, map[string]string{"app.py": c.app}))
+			t0 := time.Now()
+			code, body, _ := e.invoke(c.name, `{}`)
+			if code != 502 || decode(t, body)["errorType"] != c.want {
+				t.Errorf("invoke = %d %s, want 502 %s", code, body, c.want)
+			}
+			if d := time.Since(t0); d > 10*time.Second {
+				t.Errorf("init error took %s to report", d)
+			}
+		})
+	}
+}
+
+func TestZygoteOptOut(t *testing.T) {
+	needPython(t)
+	e := start(t, "")
+	e.deploy(fnDir(t, "name: zoff\nruntime: python\nhandler: app.handler\nzygote: false\n", map[string]string{"app.py": forkProbe}))
+	m := decode(t, mustInvoke(t, e, "zoff", `{}`))
+	if m["ppid"] != float64(os.Getpid()) || m["imported_in"] != m["pid"] {
+		t.Errorf("opted-out instance: ppid %v (ebb is %d), imported in %v; want a fresh interpreter", m["ppid"], os.Getpid(), m["imported_in"])
+	}
+	if zs := zygoteOf(t, e, "zoff"); zs != nil {
+		t.Errorf("zygote = %+v for an opted-out function", zs)
+	}
+}
+
+func TestZygoteWithThreadsFallsBack(t *testing.T) {
+	needPython(t)
+	e := start(t, "")
+	threads := "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True, name='poller').start()\n"
+	e.deploy(fnDir(t, "name: zthr\nruntime: python\nhandler: app.handler\npreload: [spawner]\n",
+		map[string]string{"app.py": forkProbe, "spawner.py": threads}))
+	m := decode(t, mustInvoke(t, e, "zthr", `{}`))
+	if m["ppid"] != float64(os.Getpid()) {
+		t.Errorf("instance parent %v, want ebb %d (a fresh spawn)", m["ppid"], os.Getpid())
+	}
+	zs := zygoteOf(t, e, "zthr")
+	if zs == nil || !strings.Contains(zs.Fallback, "poller") {
+		t.Errorf("zygote status = %+v, want a fallback naming the thread", zs)
+	}
+	if !strings.Contains(e.logText(), "python zygote disabled") {
+		t.Errorf("fallback not logged")
+	}
+}
+
+func TestZygoteKeepAlive(t *testing.T) {
+	needPython(t)
+	e := start(t, "", func(c *Config) { c.ZygoteKeepAlive = 300 * time.Millisecond })
+	e.deploy(fnDir(t, "name: zidle\nruntime: python\nhandler: app.handler\nidle_timeout: 100ms\n", map[string]string{"app.py": forkProbe}))
+	zs := waitSpare(t, e, "zidle")
+	mustInvoke(t, e, "zidle", `{}`)
+	// The instance goes idle and stops, then the zygote and its spare.
+	waitFor(t, "the zygote to retire", 20*time.Second, func() bool { return zygoteOf(t, e, "zidle") == nil })
+	waitFor(t, "the retired zygote to exit", 10*time.Second, func() bool { return syscall.Kill(zs.PID, 0) != nil })
+	m := decode(t, mustInvoke(t, e, "zidle", `{}`))
+	if m["ppid"] == float64(zs.PID) || m["ppid"] == float64(os.Getpid()) {
+		t.Errorf("after retirement served by a child of %v; want a new zygote", m["ppid"])
+	}
+}
