@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/platform"
 )
 
@@ -46,6 +47,13 @@ func runServe(ctx context.Context, args []string) error {
 	dataDir, err := filepath.Abs(*data)
 	if err != nil {
 		return err
+	}
+	if *ortLib == "" {
+		// Resolved here, where the working directory is the user's: instances
+		// run in their own directories and could not find a relative default.
+		if p, err := onnx.DefaultLibraryPath(); err == nil {
+			*ortLib = p
+		}
 	}
 	if *instanceDir == "" {
 		*instanceDir = defaultInstanceDir(dataDir)

@@ -7,7 +7,9 @@
 package instance
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -251,7 +253,7 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 			return nil, err
 		}
 		inst.addr = "127.0.0.1:" + strconv.Itoa(port)
-		env = append(env, "PORT="+strconv.Itoa(port), "HOST=127.0.0.1")
+		env = append(env, "PORT="+strconv.Itoa(port), "HOST=127.0.0.1", "EBB_SPAWN_NS="+strconv.FormatInt(time.Now().UnixNano(), 10))
 		inst.proxy = newProxy(inst.addr)
 	}
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
@@ -315,7 +317,10 @@ type Instance struct {
 	inflight atomic.Int32
 	current  atomic.Pointer[string]
 	stopping atomic.Bool
-	exitErr  error // set by watch before done is closed
+	// initErr is an init error the process reported on stderr as an
+	// InitErrorPrefix line (runtimes ebb ships, such as onnx-serve).
+	initErr atomic.Pointer[ebb.InitError]
+	exitErr error // set by watch before done is closed
 }
 
 // ID returns the instance id.
@@ -421,15 +426,28 @@ func (i *Instance) exitedEarly() error {
 	if errors.Is(i.exitErr, ebb.ErrOutOfMemory) {
 		return &ebb.InitError{Type: "Runtime.OutOfMemory", Message: fmt.Sprintf("the instance ran out of memory (%d MiB) during init", i.fn.Spec.MemoryMiB)}
 	}
+	if ie := i.initErr.Load(); ie != nil {
+		return ie
+	}
 	msg := strings.TrimPrefix(i.exitErr.Error(), ebb.ErrCrashed.Error()+": ")
 	return &ebb.InitError{Type: "Runtime.ExitError", Message: "the instance exited before it was ready (" + msg + "); see its logs"}
 }
 
+// InitErrorPrefix starts a stderr line with which a runtime that ships with
+// ebb reports why it could not start: the rest is an ebb.InitError as JSON.
+const InitErrorPrefix = "EBB-INIT-ERROR "
+
 func (i *Instance) lineFunc(stream string) func([]byte) {
-	if i.sink == nil {
-		return nil
-	}
 	return func(line []byte) {
+		if stream == "stderr" && bytes.HasPrefix(line, []byte(InitErrorPrefix)) && i.initErr.Load() == nil {
+			var ie ebb.InitError
+			if json.Unmarshal(line[len(InitErrorPrefix):], &ie) == nil && ie.Type != "" {
+				i.initErr.Store(&ie)
+			}
+		}
+		if i.sink == nil {
+			return
+		}
 		// The pipe is read after the handler wrote, possibly after its
 		// response: so the last request stays current until the next one
 		// begins. With several in flight, a line's owner is unknown.

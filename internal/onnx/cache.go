@@ -1,0 +1,116 @@
+package onnx
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// ModelCache keeps model files on local disk named by the sha256 of their
+// content, so that a model is fetched (from the object store, or copied out
+// of a bundle) once per node: every later cold start of any function or
+// version using the same bytes finds it in place. Writes go to a temporary
+// file that is renamed into place, so concurrent writers of the same model
+// and readers never see a partial file.
+type ModelCache struct {
+	// Dir holds the models; it is created on first use.
+	Dir string
+}
+
+// Path is where the model with the given hex sha256 lives in the cache.
+func (c *ModelCache) Path(digest string) string {
+	return filepath.Join(c.Dir, digest+".onnx")
+}
+
+// Lookup returns the cached model's path if it is there.
+func (c *ModelCache) Lookup(digest string) (string, bool) {
+	if !validDigest(digest) {
+		return "", false
+	}
+	p := c.Path(digest)
+	fi, err := os.Stat(p)
+	if err != nil || !fi.Mode().IsRegular() {
+		return "", false
+	}
+	return p, true
+}
+
+func validDigest(d string) bool {
+	if len(d) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(d)
+	return err == nil
+}
+
+// Put stores the model read from r and returns its digest and cached path.
+// If want is not empty it is the expected hex sha256, and content that does
+// not match is refused. Reading stops when ctx ends.
+func (c *ModelCache) Put(ctx context.Context, r io.Reader, want string) (digest, path string, err error) {
+	if want != "" && !validDigest(want) {
+		return "", "", fmt.Errorf("cache model: %q is not a hex sha256", want)
+	}
+	if p, ok := c.Lookup(want); ok {
+		return want, p, nil
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return "", "", fmt.Errorf("cache model: %w", err)
+	}
+	tmp, err := os.CreateTemp(c.Dir, ".incoming-*")
+	if err != nil {
+		return "", "", fmt.Errorf("cache model: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	h := sha256.New()
+	if _, err = io.Copy(io.MultiWriter(tmp, h), ctxReader{ctx, r}); err != nil {
+		return "", "", fmt.Errorf("cache model: %w", err)
+	}
+	digest = hex.EncodeToString(h.Sum(nil))
+	if want != "" && digest != want {
+		err = fmt.Errorf("cache model: content has sha256 %s, want %s", digest, want)
+		return "", "", err
+	}
+	if err = tmp.Sync(); err != nil {
+		return "", "", fmt.Errorf("cache model: %w", err)
+	}
+	if err = tmp.Close(); err != nil {
+		return "", "", fmt.Errorf("cache model: %w", err)
+	}
+	path = c.Path(digest)
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return "", "", fmt.Errorf("cache model: %w", err)
+	}
+	return digest, path, nil
+}
+
+// PutFile stores a copy of the model file at src.
+func (c *ModelCache) PutFile(ctx context.Context, src string) (digest, path string, err error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return "", "", fmt.Errorf("cache model: %w", err)
+	}
+	defer f.Close()
+	return c.Put(ctx, f, "")
+}
+
+// ctxReader stops a copy when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}

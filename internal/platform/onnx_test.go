@@ -1,0 +1,190 @@
+package platform
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ebb-run/ebb/internal/onnx/conformance"
+)
+
+var (
+	ebbOnce sync.Once
+	ebbBin  string
+	ebbErr  error
+)
+
+// ebbBinary builds ./cmd/ebb, which serves onnx models in its instances.
+func ebbBinary(t testing.TB) string {
+	t.Helper()
+	ebbOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ebb-bin-")
+		if err != nil {
+			ebbErr = err
+			return
+		}
+		ebbBin = filepath.Join(dir, "ebb")
+		if out, err := exec.Command("go", "build", "-o", ebbBin, "../../cmd/ebb").CombinedOutput(); err != nil {
+			ebbErr = fmt.Errorf("build ebb: %v\n%s", err, out)
+		}
+	})
+	if ebbErr != nil {
+		t.Fatal(ebbErr)
+	}
+	return ebbBin
+}
+
+// onnxLibrary finds the ONNX Runtime library that scripts/fetch-onnxruntime.sh
+// installs, or skips.
+func onnxLibrary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("EBB_ONNXRUNTIME_LIB"); p != "" {
+		return p
+	}
+	p, _ := filepath.Abs("../../.cache/onnxruntime/lib/libonnxruntime.so.1")
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("ONNX Runtime library not found at %s: run scripts/fetch-onnxruntime.sh", p)
+	}
+	return p
+}
+
+func startONNX(t *testing.T) *env {
+	lib := onnxLibrary(t)
+	bin := ebbBinary(t)
+	return start(t, "", func(c *Config) { c.Executable, c.ONNXLibrary = bin, lib })
+}
+
+func TestONNXModelThroughThePlatform(t *testing.T) {
+	e := startONNX(t)
+	dir := fnDir(t, "name: mlp\nruntime: onnx\nhandler: model.onnx\nconcurrency: 32\nbatching: {max_batch_size: 16, max_delay: 1ms}\n", nil)
+	model, err := os.ReadFile("../onnx/testdata/mlp.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+	e.deploy(dir)
+
+	code, body, _ := e.do("GET", "/v2/models/mlp", "", nil)
+	if code != 200 {
+		t.Fatalf("metadata = %d %s", code, body)
+	}
+	var meta struct {
+		Inputs []struct {
+			Name     string  `json:"name"`
+			Datatype string  `json:"datatype"`
+			Shape    []int64 `json:"shape"`
+		} `json:"inputs"`
+	}
+	json.Unmarshal([]byte(body), &meta)
+	if len(meta.Inputs) != 1 || meta.Inputs[0].Name != "input" || fmt.Sprint(meta.Inputs[0].Shape) != "[-1 64]" {
+		t.Errorf("metadata inputs = %+v", meta.Inputs)
+	}
+
+	ref, err := os.ReadFile("../onnx/testdata/mlp_ref.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want struct {
+		Inputs  json.RawMessage `json:"inputs"`
+		Outputs []struct {
+			Data []float64 `json:"data"`
+		} `json:"outputs"`
+	}
+	json.Unmarshal(ref, &want)
+	// Concurrent callers, batched together inside the instance, each get
+	// exactly their own answer.
+	var wg sync.WaitGroup
+	var bad atomic.Int32
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, body, _ := e.do("POST", "/v2/models/mlp/infer", `{"inputs":`+string(want.Inputs)+`}`, nil)
+			var got struct {
+				Outputs []struct {
+					Name string    `json:"name"`
+					Data []float64 `json:"data"`
+				} `json:"outputs"`
+			}
+			if code != 200 || json.Unmarshal([]byte(body), &got) != nil || len(got.Outputs) != 1 || len(got.Outputs[0].Data) != len(want.Outputs[0].Data) {
+				t.Errorf("infer = %d %.300s", code, body)
+				bad.Add(1)
+				return
+			}
+			for i, w := range want.Outputs[0].Data {
+				if math.Abs(got.Outputs[0].Data[i]-w) > 1e-4+1e-4*math.Abs(w) {
+					t.Errorf("logit %d = %v, want %v", i, got.Outputs[0].Data[i], w)
+					bad.Add(1)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	code, body, _ = e.do("POST", "/v2/models/mlp/infer", `{"inputs":[{"name":"nope","datatype":"FP32","shape":[1,64],"data":[`+strings.Repeat("0,", 63)+`0]}]}`, nil)
+	if code != 400 || !strings.Contains(body, "nope") {
+		t.Errorf("wrong input name = %d %s, want 400 naming it", code, body)
+	}
+	if code, _, _ := e.do("GET", "/v2/models/nosuch", "", nil); code != 404 {
+		t.Errorf("unknown model = %d, want 404", code)
+	}
+}
+
+// TestONNXConformanceFullPath deploys every ONNX backend test case that the
+// protocol can carry as an onnx function and checks its outputs through
+// ebb's HTTP path: deploy, cold start of an instance, infer, compare.
+func TestONNXConformanceFullPath(t *testing.T) {
+	e := startONNX(t)
+	cases, err := conformance.Load(conformance.DefaultRoot)
+	if err != nil || len(cases) == 0 {
+		t.Skipf("no ONNX backend test cases under %s (Debian package libonnx-testdata): %v", conformance.DefaultRoot, err)
+	}
+	if testing.Short() {
+		cases = cases[:min(len(cases), 60)]
+	}
+	var n atomic.Int64
+	deploy := func(ctx context.Context, c *conformance.Case) (string, string, func(), error) {
+		name := fmt.Sprintf("case-%d", n.Add(1))
+		dir, err := os.MkdirTemp(t.TempDir(), "case-")
+		if err != nil {
+			return "", "", nil, err
+		}
+		manifest := fmt.Sprintf("name: %s\nruntime: onnx\nhandler: model.onnx\nmemory: 1024\ntimeout: 60s\n", name)
+		os.WriteFile(filepath.Join(dir, "ebb.yaml"), []byte(manifest), 0o644)
+		model, err := os.ReadFile(c.Model)
+		if err != nil {
+			return "", "", nil, err
+		}
+		os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+		if code, body := deployRaw(t, e, name, dir); code != 201 {
+			return "", "", nil, fmt.Errorf("deploy: %d %s", code, body)
+		}
+		cleanup := func() { e.c.Remove(context.Background(), name); os.RemoveAll(dir) }
+		return e.url, name, cleanup, nil
+	}
+	sum := conformance.Run(context.Background(), cases, deploy, 2, conformance.Options{})
+	var report strings.Builder
+	sum.Write(&report)
+	t.Log("\n" + report.String())
+	known := 0
+	for _, r := range sum.Results {
+		if r.Status != conformance.Fail {
+			continue
+		}
+		if _, ok := conformance.KnownFailure(r); ok {
+			known++
+			continue
+		}
+		t.Errorf("%s: %s", r.Case, r.Reason)
+	}
+	t.Logf("through the full HTTP path: %d passed, %d skipped, %d failed (%d of them known ONNX Runtime differences or limitations)",
+		sum.Count(conformance.Pass), sum.Count(conformance.Skip), sum.Count(conformance.Fail), known)
+}
