@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # async.sh — end-to-end async job throughput for a no-op Go function.
-# N (default 2000) jobs from C (default 16) clients; prints a Markdown row.
+# N (default 1000) jobs from C (default 16) clients; prints a Markdown row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-2000}
+N=${N:-1000}
 C=${C:-16}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -27,7 +27,7 @@ import (
 func main() {
 	bin := flag.String("ebb", "", "ebb binary (required)")
 	fnDir := flag.String("fn", "", "function directory to deploy (required)")
-	n := flag.Int("n", 2000, "jobs")
+	n := flag.Int("n", 1000, "jobs")
 	c := flag.Int("c", 16, "concurrent clients queueing jobs")
 	flag.Parse()
 	if err := run(*bin, *fnDir, *n, *c); err != nil {
