@@ -116,7 +116,7 @@ func run(bin, fnDir string, n, conc int) error {
 	}
 	queued := time.Since(start)
 	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		js, err := cl.Jobs(ctx, spec.Name, queue.StatusSucceeded, 10*n)
+		js, err := cl.Jobs(ctx, spec.Name, queue.StatusSucceeded, n)
 		if err != nil {
 			return err
 		}

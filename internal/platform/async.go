@@ -223,8 +223,11 @@ func (p *Platform) listJobs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-	if limit <= 0 || limit > 10000 {
+	switch {
+	case limit <= 0:
 		limit = 100
+	case limit > 10000:
+		limit = 10000 // a larger ask gets the most there is, not the default
 	}
 	jobs, err := p.async.queue.List(r.Context(), name, status, limit)
 	if err != nil {
