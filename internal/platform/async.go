@@ -128,7 +128,9 @@ func (p *Platform) followRegistry(ctx context.Context, events <-chan store.Funct
 		}
 		a := p.async
 		if ev.Function == nil {
-			a.queue.Stop(ev.Name)
+			if err := a.queue.Remove(ctx, ev.Name); err != nil && ctx.Err() == nil {
+				p.log.Warn("remove async jobs", "function", ev.Name, "err", err)
+			}
 			a.sched.Set(ev.Name, "")
 			a.events.Set(ev.Name, nil)
 			continue

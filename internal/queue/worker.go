@@ -68,6 +68,25 @@ func (q *Queue) Stop(fn string) {
 	}
 }
 
+// Remove is for a function that was removed: its workers stop, its consumer
+// is deleted (a removed function must not hold a consumer slot of the jobs
+// stream forever) and its queued jobs are purged, since nothing can run them.
+// Their records stay readable with their last status.
+func (q *Queue) Remove(ctx context.Context, fn string) error {
+	q.Stop(fn)
+	if err := q.js.DeleteConsumer(ctx, JobsStream, "fn-"+fn); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("delete consumer of %s: %w", fn, err)
+	}
+	st, err := q.js.Stream(ctx, JobsStream)
+	if err != nil {
+		return fmt.Errorf("open jobs stream: %w", err)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(jobsPrefix+fn)); err != nil {
+		return fmt.Errorf("purge jobs of %s: %w", fn, err)
+	}
+	return nil
+}
+
 // fetchLoop pulls only as many jobs as there are idle workers, so that no
 // job waits in a local buffer while its ack deadline runs.
 func (q *Queue) fetchLoop(ctx context.Context, g *group, cons jetstream.Consumer) {
