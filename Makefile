@@ -15,7 +15,7 @@ GO ?= go
 EBB_LISTEN ?= 127.0.0.1:8080
 EBB_DATA ?= ./ebb-data
 # Generous: the whole suite runs on 2 shared cores in CI.
-TEST_TIMEOUT ?= 30m
+TEST_TIMEOUT ?= 15m
 TESTFLAGS ?=
 FUZZTIME ?= 30s
 # Where scripts/fetch-onnxruntime.sh installs ONNX Runtime. Tests get the
@@ -42,6 +42,7 @@ examples:
 	CGO_ENABLED=0 $(GO) build $(EXAMPLE_GOFLAGS) -o examples/hello-http/server ./examples/hello-http
 
 run: build
+	@$(MAKE) --no-print-directory onnxruntime || echo "make: could not fetch ONNX Runtime: onnx functions will answer Runtime.ONNXRuntimeMissing"
 	EBB_LISTEN='$(EBB_LISTEN)' EBB_DATA='$(EBB_DATA)' ./scripts/run.sh
 
 # The ONNX Runtime library is not in the repository; tests of the onnx runtime

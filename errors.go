@@ -12,6 +12,9 @@ var (
 	ErrOutOfMemory     = errors.New("instance exceeded its memory limit") // 502
 	ErrDraining        = errors.New("function version is draining")       // retried on the new version
 	ErrClosed          = errors.New("closed")
+	// ErrResponseStarted: a proxied response failed after its status and
+	// headers went out; nothing more can be sent to the client.
+	ErrResponseStarted = errors.New("response already started")
 )
 
 // HandlerError is an error the function's handler returned (Lambda's

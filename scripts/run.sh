@@ -70,6 +70,10 @@ server_pid=$$
 			echo "  curl $EBB_URL/fn/$name/"
 			echo "  curl -d '{\"x\":1}' $EBB_URL/fn/$name/echo"
 			;;
+		onnx)
+			echo "  curl $EBB_URL/v2/models/$name"
+			echo "  curl -d '{\"inputs\":[{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[1,64],\"data\":[$(printf '0.5,%.0s' {1..63})0.5]}]}' $EBB_URL/v2/models/$name/infer"
+			;;
 		*)
 			echo "  $cli invoke $name -d '{\"name\":\"ada\"}'"
 			echo "  curl -i -d '{\"name\":\"ada\"}' $EBB_URL/v1/functions/$name/invoke"

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -147,16 +148,16 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, name, path, rid 
 	if r.ContentLength < 0 {
 		r.Body = http.MaxBytesReader(w, r.Body, g.cfg.MaxSyncPayload)
 	}
-	out := r.Clone(r.Context())
-	out.URL.Path = path
-	out.URL.RawPath = ""
-	out.Header.Set("Ebb-Request-Id", rid)
-	err := g.cfg.Backend.Proxy(r.Context(), name, rid, w, out, func(cold bool, version int) {
+	// The request is ours to rewrite: the proxy copies it for the instance.
+	r.URL.Path = path
+	r.URL.RawPath = ""
+	r.Header["Ebb-Request-Id"] = []string{rid}
+	err := g.cfg.Backend.Proxy(r.Context(), name, rid, w, r, func(cold bool, version int) {
 		h := w.Header()
 		h["Ebb-Cold-Start"] = []string{strconv.FormatBool(cold)}
 		h["Ebb-Version"] = []string{strconv.Itoa(version)}
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, ebb.ErrResponseStarted) {
 		g.writeError(w, r, name, err)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/http/httputil"
 	"os"
 	"os/exec"
@@ -255,6 +254,7 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 		inst.addr = "127.0.0.1:" + strconv.Itoa(port)
 		env = append(env, "PORT="+strconv.Itoa(port), "HOST=127.0.0.1", "EBB_SPAWN_NS="+strconv.FormatInt(time.Now().UnixNano(), 10))
 		inst.proxy = newProxy(inst.addr)
+		inst.up = &upstream{addr: inst.addr}
 	}
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
 		ID:        id,
@@ -297,9 +297,10 @@ type Instance struct {
 	id      string
 	fn      *ebb.Function
 	proc    *process.Process
-	rt      *runtimeapi.Server // exec, python
-	addr    string             // http, onnx
-	proxy   *httputil.ReverseProxy
+	rt      *runtimeapi.Server     // exec, python
+	addr    string                 // http, onnx
+	proxy   *httputil.ReverseProxy // for protocol upgrades
+	up      *upstream              // for everything else
 	sink    LogSink
 	log     *slog.Logger
 	started time.Time
@@ -482,15 +483,6 @@ func (i *Instance) Invoke(ctx context.Context, requestID string, payload []byte,
 	i.begin(rid)
 	defer i.end(rid)
 	return i.rt.Invoke(ctx, runtimeapi.Request{ID: requestID, Payload: payload, Deadline: deadline})
-}
-
-// ServeHTTP proxies one request to the instance (http and onnx). The request's
-// URL path must already be what the function should see.
-func (i *Instance) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rid := r.Header.Get("Ebb-Request-Id")
-	i.begin(&rid)
-	defer i.end(&rid)
-	i.proxy.ServeHTTP(w, r)
 }
 
 // IsHTTP reports whether the instance takes HTTP requests rather than events.

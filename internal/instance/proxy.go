@@ -3,6 +3,7 @@ package instance
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -60,20 +61,36 @@ func newProxy(addr string) *httputil.ReverseProxy {
 }
 
 // Proxy forwards r to the instance and writes its response to w. When the
-// instance could not answer, nothing is written and the transport's error is
-// returned for the caller to turn into a response.
-func (i *Instance) Proxy(w http.ResponseWriter, r *http.Request) error {
+// instance could not answer, nothing is written and the error is returned for
+// the caller to turn into a response; an error wrapping
+// ebb.ErrResponseStarted means the response was cut after it had begun.
+// The instance must answer by deadline; past it the error wraps
+// context.DeadlineExceeded.
+func (i *Instance) Proxy(w http.ResponseWriter, r *http.Request, deadline time.Time) error {
 	if i.proxy == nil {
 		return errors.New("proxy: function does not serve HTTP")
 	}
-	h := &proxyErr{}
-	r = r.WithContext(context.WithValue(r.Context(), proxyErrKey{}, h))
-	i.ServeHTTP(w, r)
-	return h.err
+	rid := r.Header.Get("Ebb-Request-Id")
+	i.begin(&rid)
+	defer i.end(&rid)
+	if r.Header.Get("Upgrade") != "" {
+		// Protocol switches (WebSocket) need the connection hijacking that
+		// ReverseProxy implements.
+		h := &proxyErr{}
+		ctx, cancel := context.WithDeadline(context.WithValue(r.Context(), proxyErrKey{}, h), deadline)
+		defer cancel()
+		i.proxy.ServeHTTP(w, r.WithContext(ctx))
+		if h.err != nil && ctx.Err() == context.DeadlineExceeded {
+			return fmt.Errorf("%w: %v", context.DeadlineExceeded, h.err)
+		}
+		return h.err
+	}
+	return i.up.roundTrip(w, r, deadline)
 }
 
 func (i *Instance) closeIdle() {
 	if i.proxy != nil {
 		i.proxy.Transport.(*http.Transport).CloseIdleConnections()
+		i.up.close()
 	}
 }

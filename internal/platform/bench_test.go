@@ -33,3 +33,28 @@ func BenchmarkInvokeWarm(b *testing.B) {
 		do()
 	}
 }
+
+// BenchmarkProxyWarm measures a warm http function through /fn/ end to end.
+func BenchmarkProxyWarm(b *testing.B) {
+	e := start(b, "")
+	e.deploy(fnDir(b, "name: web\nruntime: http\nhandler: ./server\nmin_instances: 1\nconcurrency: 64\n", map[string]string{"server": "@httpfn"}))
+	url := e.url + "/fn/web/log"
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	do := func() {
+		resp, err := client.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	do()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		do()
+	}
+}

@@ -107,13 +107,22 @@ func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.Res
 	admitted(lease.Cold, d.fn.Version)
 	timeout := d.fn.Spec.Timeout
 	began := p.cfg.Now()
-	ictx, cancel := context.WithTimeout(ctx, timeout)
-	err = inst.Proxy(w, r.WithContext(ictx))
+	// The deadline goes on the instance connection itself: a context timer
+	// per request would cost more than the rest of ebb's bookkeeping.
+	err = inst.Proxy(w, r, began.Add(timeout))
 	end := p.cfg.Now()
-	cancel()
 	if err != nil {
 		switch {
-		case ictx.Err() == context.DeadlineExceeded && ctx.Err() == nil:
+		case errors.Is(err, ebb.ErrResponseStarted):
+			// Cut mid-body: by the client going away or the instance closing
+			// its side. Only a dead instance is let go.
+			select {
+			case <-inst.Done():
+				lease.Discard("crashed")
+			default:
+				lease.Release()
+			}
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 			inst.Kill()
 			lease.Discard("timeout")
 			err = fmt.Errorf("%w: request timed out after %.2f seconds", ebb.ErrTimeout, timeout.Seconds())
@@ -156,6 +165,10 @@ func (p *Platform) record(d *deployment, lease *dispatch.Lease, requestID string
 		}
 	}
 	d.metrics.Record(&inv, kind)
+	if err == nil && !inv.ColdStart && p.cfg.InvocationLog != nil && p.log.Enabled(context.Background(), slog.LevelInfo) {
+		writeInvocationLine(p.cfg.InvocationLog, p.cfg.Now(), &inv)
+		return
+	}
 	level := slog.LevelInfo
 	if err != nil && kind != "handler" {
 		level = slog.LevelWarn

@@ -7,8 +7,11 @@ package platform
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -58,6 +61,10 @@ type Config struct {
 	// Async tunes asynchronous invocations, schedules and events.
 	Async  AsyncOptions
 	Logger *slog.Logger
+	// InvocationLog, when set, receives the log lines of warm successful
+	// invocations directly (the same JSON shape as Logger's lines, written
+	// without slog's per-line cost); it should be Logger's own writer.
+	InvocationLog io.Writer
 	// Now is injected for tests of time-dependent behaviour.
 	Now func() time.Time
 }
@@ -146,7 +153,11 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	if cfg.InstanceDir == "" {
 		cfg.InstanceDir = filepath.Join(cfg.DataDir, "instances")
 	}
-	procs, err := process.NewManager(process.Config{Root: cfg.InstanceDir, CgroupMode: cfg.CgroupMode, Logger: cfg.Logger})
+	// One cgroup per data directory: two ebb servers on one machine each
+	// manage (and after a crash, clean up) only their own instances.
+	sum := sha256.Sum256([]byte(cfg.DataDir))
+	procs, err := process.NewManager(process.Config{Root: cfg.InstanceDir, CgroupName: "ebb-" + hex.EncodeToString(sum[:6]),
+		CgroupMode: cfg.CgroupMode, Logger: cfg.Logger})
 	if err != nil {
 		st.Close()
 		return nil, "", fmt.Errorf("start process manager: %w", err)

@@ -40,6 +40,10 @@ type Process struct {
 	// lastPeak is the latest peak memory reading, for PeakRSS to fall back
 	// on while the cgroup is being removed.
 	lastPeak atomic.Uint64
+	// peakAt is when lastPeak was read (unix ns): PeakRSS reads the kernel at
+	// most every peakEvery, so that a busy instance does not pay two
+	// syscalls per request for it.
+	peakAt atomic.Int64
 	// oomSeen caches a positive OOMKilled reading.
 	oomSeen atomic.Bool
 
@@ -98,13 +102,19 @@ func (p *Process) OOMKilled() bool {
 // PeakRSS is the instance's peak memory use in bytes: the cgroup's peak
 // where the kernel records it (v1 memory.max_usage_in_bytes, which counts
 // page cache too; v2 memory.peak), else the main process's VmHWM. Cheap
-// enough to call after every invocation: one small file read.
+// enough to call after every invocation: the kernel is read at most every
+// peakEvery; in between the last reading (a lower bound) is returned.
 func (p *Process) PeakRSS() uint64 {
 	select {
 	case <-p.done:
 		return p.finalPeak
 	default:
 	}
+	now := time.Now().UnixNano()
+	if at := p.peakAt.Load(); at != 0 && now-at < int64(peakEvery) {
+		return p.lastPeak.Load()
+	}
+	p.peakAt.Store(now)
 	if p.cg != nil {
 		if v, ok := p.cg.peak(); ok {
 			p.lastPeak.Store(v)
@@ -123,6 +133,9 @@ func (p *Process) PeakRSS() uint64 {
 	}
 	return p.lastPeak.Load()
 }
+
+// peakEvery bounds how often PeakRSS reads the kernel.
+const peakEvery = 25 * time.Millisecond
 
 // Kill sends SIGKILL to the process group and to every process in the
 // instance's cgroup. It does not wait; Done says when all is gone. Calling

@@ -1,0 +1,340 @@
+package instance
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ebb-run/ebb"
+)
+
+// upstream forwards requests to an http instance over keep-alive
+// connections, on the caller's goroutine. net/http's Transport hands every
+// request to a writer goroutine and every response back from a reader
+// goroutine; on the warm path those two hand-offs cost more than the rest of
+// the proxying, so ebb speaks HTTP/1.1 to its own instances directly.
+// Upgrades (WebSocket) still go through httputil.ReverseProxy.
+type upstream struct {
+	addr string
+
+	mu     sync.Mutex // guards idle and closed
+	idle   []*upConn  // LIFO: the most recently used connection is warmest
+	closed bool
+}
+
+type upConn struct {
+	c  net.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+}
+
+const maxIdleUpstream = 1024
+
+func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
+	u.mu.Lock()
+	if n := len(u.idle); n > 0 {
+		c := u.idle[n-1]
+		u.idle = u.idle[:n-1]
+		u.mu.Unlock()
+		return c, true, nil
+	}
+	u.mu.Unlock()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", u.addr)
+	if err != nil {
+		return nil, false, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	return &upConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}, false, nil
+}
+
+func (u *upstream) put(c *upConn) {
+	c.c.SetDeadline(time.Time{})
+	u.mu.Lock()
+	if u.closed || len(u.idle) >= maxIdleUpstream {
+		u.mu.Unlock()
+		c.c.Close()
+		return
+	}
+	u.idle = append(u.idle, c)
+	u.mu.Unlock()
+}
+
+func (u *upstream) close() {
+	u.mu.Lock()
+	u.closed = true
+	idle := u.idle
+	u.idle = nil
+	u.mu.Unlock()
+	for _, c := range idle {
+		c.c.Close()
+	}
+}
+
+// hopHeaders are meaningful for one connection only and are not forwarded
+// (RFC 9110 §7.6.1).
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func removeHop(h http.Header) {
+	if c := h["Connection"]; len(c) > 0 {
+		for _, v := range c {
+			for _, f := range strings.Split(v, ",") {
+				if f = textprotoTrim(f); f != "" {
+					h.Del(f)
+				}
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+func textprotoTrim(s string) string { return strings.TrimSpace(s) }
+
+// upstreamError says whether the response had started (written) when the
+// exchange failed: before that the caller may still answer with an error
+// status, after it nothing more can be said to the client.
+type upstreamError struct {
+	err     error
+	written bool
+}
+
+func (e *upstreamError) Error() string { return e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+var (
+	xfProtoHTTP  = []string{"http"}
+	xfProtoHTTPS = []string{"https"}
+)
+
+// maxReplayBody is the largest request body kept in memory so that a request
+// that met a connection the instance had just closed can be sent again.
+const maxReplayBody = 64 << 10
+
+// roundTrip forwards r and writes the response to w.
+func (u *upstream) roundTrip(w http.ResponseWriter, r *http.Request, deadline time.Time) error {
+	ctx := r.Context()
+	// The request's own header map is written out as it is, less the
+	// hop-by-hop fields: copying it would be the largest allocation here.
+	removeHop(r.Header)
+	if te := r.Header.Values("Te"); len(te) > 0 && strings.Contains(strings.Join(te, ","), "trailers") {
+		r.Header["Te"] = []string{"trailers"}
+	}
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		r.Header["X-Forwarded-For"] = []string{ip}
+	}
+	r.Header["X-Forwarded-Host"] = []string{r.Host}
+	if r.TLS != nil {
+		r.Header["X-Forwarded-Proto"] = xfProtoHTTPS
+	} else {
+		r.Header["X-Forwarded-Proto"] = xfProtoHTTP
+	}
+	out := r.Header
+
+	// A small body is read first so that the request can be replayed on a
+	// fresh connection if a kept-alive one turns out to be dead.
+	var body []byte
+	replayable := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	if !replayable && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return &upstreamError{err: fmt.Errorf("read request body: %w", err)}
+		}
+		body, replayable = buf, true
+	}
+	for attempt := 0; ; attempt++ {
+		c, reused, err := u.get(ctx)
+		if err != nil {
+			return &upstreamError{err: err}
+		}
+		err = u.send(ctx, c, w, r, out, body, deadline)
+		if err == nil {
+			return nil
+		}
+		c.c.Close()
+		var ue *upstreamError
+		if errors.As(err, &ue) && !ue.written && reused && replayable && attempt == 0 && ctx.Err() == nil {
+			continue // the instance closed an idle connection: try a fresh one
+		}
+		if errors.As(err, &ue) && ue.written {
+			return fmt.Errorf("%w: %v", ebb.ErrResponseStarted, ue.err)
+		}
+		// The connection's deadline is the request's: its expiry is the
+		// request timing out, even if ctx's own timer has not fired yet.
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			return fmt.Errorf("%w: %v", context.DeadlineExceeded, err)
+		}
+		return err
+	}
+}
+
+// send writes the request on c and copies the response to w. On success it
+// returns c to the pool or closes it; on error the caller closes it.
+func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r *http.Request, h http.Header, body []byte, deadline time.Time) error {
+	c.c.SetDeadline(deadline)
+	// A client that goes away unblocks the connection's reads and writes.
+	stop := context.AfterFunc(ctx, func() { c.c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	bw := c.bw
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(r.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(r.Host)
+	bw.WriteString("\r\n")
+	chunked := false
+	switch {
+	case body != nil:
+		h["Content-Length"] = []string{itoa(len(body))}
+	case r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0:
+		if r.ContentLength > 0 {
+			h["Content-Length"] = []string{itoa64(r.ContentLength)}
+		} else {
+			chunked = true
+			h["Transfer-Encoding"] = []string{"chunked"}
+			delete(h, "Content-Length")
+		}
+	default:
+		delete(h, "Content-Length")
+	}
+	if err := h.Write(bw); err != nil {
+		return &upstreamError{err: err}
+	}
+	bw.WriteString("\r\n")
+	switch {
+	case body != nil:
+		bw.Write(body)
+	case chunked:
+		cw := newChunkedWriter(bw)
+		if _, err := io.Copy(cw, r.Body); err != nil {
+			return &upstreamError{err: fmt.Errorf("send request body: %w", err)}
+		}
+		cw.Close()
+	case r.Body != nil && r.Body != http.NoBody && r.ContentLength > 0:
+		if _, err := io.CopyN(bw, r.Body, r.ContentLength); err != nil {
+			return &upstreamError{err: fmt.Errorf("send request body: %w", err)}
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return &upstreamError{err: err}
+	}
+
+	resp, err := http.ReadResponse(c.br, r)
+	if err != nil {
+		return &upstreamError{err: err}
+	}
+	defer resp.Body.Close()
+	wh := w.Header()
+	removeHop(resp.Header)
+	for k, v := range resp.Header {
+		wh[k] = v
+	}
+	announced := len(resp.Trailer) > 0
+	if announced {
+		names := make([]string, 0, len(resp.Trailer))
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		wh["Trailer"] = []string{strings.Join(names, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
+	// Responses of unknown length are streamed: each read is flushed at once
+	// (server-sent events, token streams).
+	streaming := resp.ContentLength < 0
+	buf := buffers.Get()
+	defer buffers.Put(buf)
+	var werr error
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				werr = err
+				break
+			}
+			if streaming {
+				if f, ok := w.(http.Flusher); ok {
+					f.Flush()
+				}
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			// Headers are out: the client sees a cut response, as from any
+			// proxy whose upstream failed mid-body.
+			return &upstreamError{err: rerr, written: true}
+		}
+	}
+	if werr != nil {
+		return &upstreamError{err: werr, written: true}
+	}
+	for k, v := range resp.Trailer {
+		if announced {
+			wh[k] = v
+		} else {
+			wh[http.TrailerPrefix+k] = v
+		}
+	}
+	if !stop() || resp.Close || r.Close {
+		c.c.Close() // complete, but the connection is done
+		return nil
+	}
+	u.put(c)
+	return nil
+}
+
+func itoa(n int) string { return itoa64(int64(n)) }
+
+func itoa64(n int64) string {
+	var b [20]byte
+	i := len(b)
+	if n == 0 {
+		return "0"
+	}
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}
+
+// chunkedWriter writes HTTP/1.1 chunked transfer coding.
+type chunkedWriter struct{ w *bufio.Writer }
+
+func newChunkedWriter(w *bufio.Writer) *chunkedWriter { return &chunkedWriter{w: w} }
+
+func (c *chunkedWriter) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	fmt.Fprintf(c.w, "%x\r\n", len(p))
+	c.w.Write(p)
+	_, err := c.w.WriteString("\r\n")
+	if err != nil {
+		return 0, err
+	}
+	// Flush so that a streamed request body reaches the instance as it comes.
+	return len(p), c.w.Flush()
+}
+
+func (c *chunkedWriter) Close() error {
+	_, err := c.w.WriteString("0\r\n\r\n")
+	return err
+}
