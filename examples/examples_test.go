@@ -68,8 +68,12 @@ func TestManifests(t *testing.T) {
 				if _, err := os.Stat(filepath.Join(dir, module+".py")); err != nil {
 					t.Errorf("handler module: %v", err)
 				}
+			case ebb.RuntimeONNX:
+				if _, err := os.Stat(filepath.Join(dir, spec.Handler)); err != nil {
+					t.Errorf("model file: %v", err)
+				}
 			default:
-				t.Errorf("runtime: got %q, want exec, http or python", spec.Runtime)
+				t.Errorf("runtime: got %q, want exec, http, python or onnx", spec.Runtime)
 			}
 
 			readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
