@@ -27,6 +27,11 @@ import (
 // an instance, since rebuilding it costs every import again.
 const DefaultZygoteKeepAliveFactor = 3
 
+// MinZygoteKeepAlive is the least default keep-alive: with a short
+// idle_timeout (instances stopped after 100 ms) the zygote, which costs all
+// the imports to rebuild, would otherwise go almost as fast.
+const MinZygoteKeepAlive = time.Minute
+
 // zygoteBuildTimeout bounds a zygote's imports when the start that needs it
 // has no deadline of its own (a background refill).
 const zygoteBuildTimeout = 5 * time.Minute
@@ -105,6 +110,9 @@ func newZygoteManager(s *Starter) *zygoteManager {
 	}
 	if ka <= 0 {
 		ka = DefaultZygoteKeepAliveFactor * ebb.DefaultIdleTimeout
+	}
+	if s.cfg.ZygoteKeepAlive <= 0 {
+		ka = max(ka, MinZygoteKeepAlive)
 	}
 	var b [3]byte
 	rand.Read(b[:])
