@@ -2,87 +2,178 @@ package platform
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/ebb-run/ebb/internal/onnx"
 )
 
-// TestONNXBatchingThroughEbb measures the MLP through ebb's full HTTP path
-// (gateway, proxy, onnx instance) with 32 closed-loop clients sending one
-// row each, with and without dynamic batching, and one batch of 32 rows per
-// request. Set EBB_ONNX_BENCH=1 to run it; it prints a table.
+// TestONNXBatchingThroughEbb measures dense MLPs of three sizes through
+// ebb's full HTTP path (gateway, proxy, onnx instance): 32 closed-loop
+// clients sending one row each with and without dynamic batching, and one
+// batch of 32 rows (binary tensor extension) against the same batch run by
+// ONNX Runtime in this process. Set EBB_ONNX_BENCH=1 to run it; it prints a
+// table. The larger models are generated at run time (python3-onnx).
 func TestONNXBatchingThroughEbb(t *testing.T) {
 	if os.Getenv("EBB_ONNX_BENCH") == "" {
 		t.Skip("set EBB_ONNX_BENCH=1 to run the ONNX benchmark through ebb")
 	}
 	e := startONNX(t)
-	model, err := os.ReadFile("../onnx/testdata/mlp.onnx")
-	if err != nil {
+	if err := onnx.InitLibrary(onnxLibrary(t)); err != nil {
 		t.Fatal(err)
 	}
-	for _, fn := range []struct{ name, extra string }{
-		{"mlp-nobatch", ""},
-		{"mlp-batch", "batching: {max_batch_size: 32, max_delay: 2ms}\n"},
-	} {
-		dir := fnDir(t, "name: "+fn.name+"\nruntime: onnx\nhandler: model.onnx\nconcurrency: 64\nmin_instances: 1\nmax_instances: 1\n"+fn.extra, nil)
-		os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
-		e.deploy(dir)
-	}
-	row := strings.TrimSuffix(strings.Repeat("0.25,", 64), ",")
-	one := []byte(`{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":[` + row + `]}]}`)
-	batch := []byte(`{"inputs":[{"name":"input","datatype":"FP32","shape":[32,64],"data":[` + strings.TrimSuffix(strings.Repeat(row+",", 32), ",") + `]}]}`)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	post := func(fn string, body []byte) time.Duration {
-		t0 := time.Now()
-		resp, err := client.Post(e.url+"/v2/models/"+fn+"/infer", "application/json", bytes.NewReader(body))
+	models := []struct {
+		name  string
+		sizes []int
+		path  string
+	}{{name: "mlp-s", sizes: []int{64, 256, 256, 10}, path: "../onnx/testdata/mlp.onnx"},
+		{name: "mlp-m", sizes: []int{256, 1024, 1024, 10}}, {name: "mlp-l", sizes: []int{512, 2048, 2048, 10}}}
+	gen := t.TempDir()
+	var out strings.Builder
+	fmt.Fprintf(&out, "\nDense MLPs through ebb (/v2/models/NAME/infer), one instance, 2 intra-op threads\n")
+	fmt.Fprintf(&out, "%-20s %-34s %9s %10s %10s %8s\n", "model", "load", "req/s", "p50", "p99", "")
+	for _, m := range models {
+		if m.path == "" {
+			args := []string{"../onnx/testdata/gen_models.py", "--mlp", gen, m.name}
+			for _, d := range m.sizes {
+				args = append(args, strconv.Itoa(d))
+			}
+			if b, err := exec.Command("/usr/bin/python3", args...).CombinedOutput(); err != nil {
+				t.Logf("skip %s: generate: %v %s", m.name, err, b)
+				continue
+			}
+			m.path = filepath.Join(gen, m.name+".onnx")
+		}
+		model, err := os.ReadFile(m.path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		for _, fn := range []struct{ suffix, extra string }{{"-off", ""}, {"-on", "batching: {max_batch_size: 32, max_delay: 2ms}\n"}} {
+			dir := fnDir(t, "name: "+m.name+fn.suffix+"\nruntime: onnx\nhandler: model.onnx\nmemory: 2048\nconcurrency: 64\nmin_instances: 1\nmax_instances: 1\n"+fn.extra, nil)
+			os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+			e.deploy(dir)
+		}
+		width := m.sizes[0]
+		row := strings.TrimSuffix(strings.Repeat("0.25,", width), ",")
+		one := []byte(`{"inputs":[{"name":"input","datatype":"FP32","shape":[1,` + strconv.Itoa(width) + `],"data":[` + row + `]}]}`)
+		label := fmt.Sprintf("%d-%d-%d-%d", m.sizes[0], m.sizes[1], m.sizes[2], m.sizes[3])
+		off := loadTest(t, e.url, m.name+"-off", one, nil, 32, 4*time.Second)
+		on := loadTest(t, e.url, m.name+"-on", one, nil, 32, 4*time.Second)
+		fmt.Fprintf(&out, "%-20s %-34s %9.0f %10s %10s\n", label, "32 clients x 1 row, batching off", off.rps, off.p50, off.p99)
+		fmt.Fprintf(&out, "%-20s %-34s %9.0f %10s %10s %7.2fx\n", label, "32 clients x 1 row, batching on", on.rps, on.p50, on.p99, on.rps/off.rps)
+
+		// One batch of 32 rows, binary tensor data, sequential.
+		raw := make([]byte, 32*width*4)
+		for i := 0; i < 32*width; i++ {
+			binary.LittleEndian.PutUint32(raw[i*4:], math.Float32bits(0.25))
+		}
+		hdr := fmt.Sprintf(`{"inputs":[{"name":"input","datatype":"FP32","shape":[32,%d],"parameters":{"binary_data_size":%d}}],"outputs":[{"name":"logits","parameters":{"binary_data":true}}]}`, width, len(raw))
+		body := append([]byte(hdr), raw...)
+		full := loadTest(t, e.url, m.name+"-off", body, map[string]string{"Inference-Header-Content-Length": strconv.Itoa(len(hdr))}, 1, 3*time.Second)
+		inproc := ortInProcess(t, m.path, width, 32, 3*time.Second)
+		fmt.Fprintf(&out, "%-20s %-34s %9s %10s %10s\n", label, "batch of 32, ORT in-process", "", inproc, "")
+		fmt.Fprintf(&out, "%-20s %-34s %9.0f %10s %10s %+7.0f%%\n", label, "batch of 32, through ebb (binary)", full.rps, full.p50, full.p99,
+			100*(float64(full.p50)/float64(inproc)-1))
+	}
+	t.Log(out.String())
+}
+
+type loadResult struct {
+	rps      float64
+	p50, p99 time.Duration
+}
+
+func loadTest(t *testing.T, base, fn string, body []byte, hdr map[string]string, clients int, d time.Duration) loadResult {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	post := func() time.Duration {
+		req, _ := http.NewRequest("POST", base+"/v2/models/"+fn+"/infer", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		t0 := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 200 {
-			t.Fatalf("%s: status %d", fn, resp.StatusCode)
+			t.Fatalf("%s: status %d %.200s", fn, resp.StatusCode, b)
 		}
 		return time.Since(t0)
 	}
-	run := func(fn string, body []byte, clients int, d time.Duration) (float64, time.Duration, time.Duration) {
-		post(fn, body)
-		var mu sync.Mutex
-		var lat []time.Duration
-		var wg sync.WaitGroup
-		stop := time.Now().Add(d)
-		for range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var mine []time.Duration
-				for time.Now().Before(stop) {
-					mine = append(mine, post(fn, body))
-				}
-				mu.Lock()
-				lat = append(lat, mine...)
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-		return float64(len(lat)) / d.Seconds(), lat[len(lat)/2], lat[len(lat)*99/100]
+	post()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	stop := time.Now().Add(d)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for time.Now().Before(stop) {
+				mine = append(mine, post())
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
 	}
-	var out strings.Builder
-	fmt.Fprintf(&out, "\nMLP 64-256-256-10 through ebb (/v2/models/NAME/infer, JSON), one instance\n")
-	fmt.Fprintf(&out, "%-44s %10s %10s %10s\n", "load", "req/s", "p50", "p99")
-	rOff, p50Off, p99Off := run("mlp-nobatch", one, 32, 5*time.Second)
-	fmt.Fprintf(&out, "%-44s %10.0f %10s %10s\n", "32 clients x 1 row, batching off", rOff, p50Off.Round(time.Microsecond), p99Off.Round(time.Microsecond))
-	rOn, p50On, p99On := run("mlp-batch", one, 32, 5*time.Second)
-	fmt.Fprintf(&out, "%-44s %10.0f %10s %10s   gain %.2fx\n", "32 clients x 1 row, batching 32 / 2ms", rOn, p50On.Round(time.Microsecond), p99On.Round(time.Microsecond), rOn/rOff)
-	r32, p50b, p99b := run("mlp-nobatch", batch, 1, 3*time.Second)
-	fmt.Fprintf(&out, "%-44s %10.0f %10s %10s\n", "1 client x batch of 32 rows (sequential)", r32, p50b.Round(time.Microsecond), p99b.Round(time.Microsecond))
-	t.Log(out.String())
+	wg.Wait()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return loadResult{float64(len(lat)) / d.Seconds(), lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond)}
+}
+
+// ortInProcess is the p50 of running one batch with ONNX Runtime directly,
+// with the session options an onnx instance uses on this machine.
+func ortInProcess(t *testing.T, path string, width, rows int, d time.Duration) time.Duration {
+	opts, err := ort.NewSessionOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opts.Destroy()
+	opts.SetIntraOpNumThreads(2)
+	opts.SetInterOpNumThreads(1)
+	s, err := ort.NewDynamicAdvancedSession(path, []string{"input"}, []string{"logits"}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destroy()
+	data := make([]float32, rows*width)
+	for i := range data {
+		data[i] = 0.25
+	}
+	var lat []time.Duration
+	for stop := time.Now().Add(d); time.Now().Before(stop); {
+		in, err := ort.NewTensor(ort.NewShape(int64(rows), int64(width)), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outs := []ort.Value{nil}
+		t0 := time.Now()
+		if err := s.Run([]ort.Value{in}, outs); err != nil {
+			t.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+		in.Destroy()
+		outs[0].Destroy()
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return lat[len(lat)/2].Round(time.Microsecond)
 }

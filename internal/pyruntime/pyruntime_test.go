@@ -257,8 +257,12 @@ func TestHandlerException(t *testing.T) {
 	if !strings.Contains(trace, "app.py") || strings.Contains(trace, ShimName) {
 		t.Errorf("stack trace = %q, want the user's frames only", he.Trace)
 	}
-	if !strings.Contains(in.stderr.String(), "[ERROR] ValueError: bad value: 7") {
-		t.Errorf("stderr lacks the error line:\n%s", in.stderr.String())
+	// The log line may reach the pipe after the error was posted.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(in.stderr.String(), "[ERROR] ValueError: bad value: 7"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("stderr lacks the error line:\n%s", in.stderr.String())
+			break
+		}
 	}
 	// The instance keeps serving.
 	if got, err := in.invoke(t, "x2", `"ok"`); err != nil || string(got) != `"ok"` {

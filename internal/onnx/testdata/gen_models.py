@@ -261,6 +261,11 @@ def gen_batch_mixing():
 
 
 def main():
+    if len(sys.argv) >= 5 and sys.argv[1] == "--mlp":
+        # --mlp DIR NAME D0 D1 ... : an MLP of any shape, for benchmarks.
+        sizes = tuple(int(d) for d in sys.argv[4:])
+        gen_mlp(np.random.default_rng(7), sizes, sys.argv[3], sys.argv[2], reference=False)
+        return
     if len(sys.argv) == 3 and sys.argv[1] == "--wide":
         gen_mlp(np.random.default_rng(7), (256, 1024, 1024, 10), "mlp_wide", sys.argv[2], reference=False)
         return
