@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/platform"
 )
@@ -94,7 +95,7 @@ func runServe(ctx context.Context, args []string) error {
 		}
 		go http.ListenAndServe(*pprofAddr, nil) // the default mux, where net/http/pprof registers
 	}
-	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	srv := &h1.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second, Logger: log}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("ebb serving", "addr", ln.Addr().String(), "data", dataDir, "auth", *requireAuth || !loopback, "cgroup", p.CgroupMode())

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/client"
+	"github.com/ebb-run/ebb/internal/h1"
 )
 
 const python = "/usr/bin/python3"
@@ -29,7 +30,7 @@ type env struct {
 	p        *Platform
 	url      string
 	c        *client.Client
-	srv      *http.Server
+	srv      *h1.Server
 	dataDir  string
 	adminKey string
 	logs     *bytes.Buffer
@@ -61,7 +62,7 @@ func start(t testing.TB, dataDir string, opts ...envOpt) *env {
 		t.Fatalf("platform.New: %v", err)
 	}
 	e.p, e.adminKey = p, key
-	e.srv = &http.Server{Handler: p.Handler()}
+	e.srv = &h1.Server{Handler: p.Handler()}
 	go e.srv.Serve(ln)
 	e.c = client.New(e.url, key)
 	t.Cleanup(e.stop)

@@ -1,0 +1,258 @@
+package h1
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// bufferBeforeHeader is how much of a body is held back before the header is
+// written: a response that fits gets an exact Content-Length, one that does
+// not is sent chunked.
+const bufferBeforeHeader = 16 << 10
+
+// response is the http.ResponseWriter of one request.
+type response struct {
+	conn   *conn
+	bw     *bufio.Writer
+	br     *bufio.Reader
+	req    *http.Request
+	header http.Header
+
+	status        int   // 0 until WriteHeader
+	wroteHeader   bool  // status line and header are in bw
+	chunked       bool  // body framing: chunked
+	noBody        bool  // HEAD, 1xx, 204, 304: the body is not sent
+	contentLength int64 // declared, or -1
+	written       int64 // body bytes accepted
+	buf           []byte
+	closeAfter    bool
+	hijacked      bool
+}
+
+func (w *response) Header() http.Header { return w.header }
+
+func (w *response) WriteHeader(code int) {
+	if w.hijacked || w.wroteHeader || w.status != 0 {
+		return
+	}
+	if code < 100 || code > 999 {
+		code = http.StatusInternalServerError
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		// Informational: sent at once, the final status comes later.
+		w.bw.WriteString(statusLine(code))
+		w.header.Write(w.bw)
+		w.bw.WriteString("\r\n")
+		w.bw.Flush()
+		return
+	}
+	w.status = code
+	w.contentLength = -1
+	if cl := w.header.Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			w.contentLength = n
+		} else {
+			w.header.Del("Content-Length")
+		}
+	}
+	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+}
+
+func (w *response) Write(p []byte) (int, error) {
+	if w.hijacked {
+		return 0, http.ErrHijacked
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.contentLength >= 0 && w.written+int64(len(p)) > w.contentLength {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if w.noBody {
+		if w.req.Method == http.MethodHead && !w.wroteHeader && len(w.buf)+len(p) <= bufferBeforeHeader {
+			w.buf = append(w.buf, p...) // for its length only
+		}
+		return len(p), nil
+	}
+	if !w.wroteHeader {
+		if len(w.buf)+len(p) <= bufferBeforeHeader {
+			w.buf = append(w.buf, p...)
+			return len(p), nil
+		}
+		w.writeHeader(false)
+	}
+	return w.writeBody(p)
+}
+
+func (w *response) WriteString(s string) (int, error) { return w.Write([]byte(s)) }
+
+func (w *response) writeBody(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if w.chunked {
+		w.bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		w.bw.WriteString("\r\n")
+		n, err := w.bw.Write(p)
+		if err != nil {
+			return n, err
+		}
+		_, err = w.bw.WriteString("\r\n")
+		return n, err
+	}
+	return w.bw.Write(p)
+}
+
+// writeHeader commits the status and header. final says the handler is done,
+// so a buffered body's length is its whole length.
+func (w *response) writeHeader(final bool) {
+	h := w.header
+	if w.noBody {
+		if w.req.Method == http.MethodHead && final && w.contentLength < 0 && len(w.buf) > 0 {
+			h["Content-Length"] = []string{strconv.Itoa(len(w.buf))}
+		}
+		if w.status == http.StatusNoContent || w.status == http.StatusNotModified {
+			delete(h, "Content-Length")
+			delete(h, "Transfer-Encoding")
+		}
+	} else if w.contentLength < 0 && w.status != http.StatusSwitchingProtocols {
+		switch {
+		case final:
+			h["Content-Length"] = []string{strconv.Itoa(len(w.buf))}
+		case w.req.ProtoAtLeast(1, 1):
+			w.chunked = true
+			h["Transfer-Encoding"] = chunkedTE
+		default:
+			w.closeAfter = true // HTTP/1.0: the body ends with the connection
+		}
+	}
+	if _, ok := h["Content-Type"]; !ok && len(w.buf) > 0 && !w.noBody && h.Get("Content-Encoding") == "" {
+		h["Content-Type"] = []string{http.DetectContentType(w.buf)}
+	}
+	if _, ok := h["Date"]; !ok {
+		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+	}
+	if w.closeAfter || w.req.Close || w.conn.s.isClosing() {
+		w.closeAfter = true
+		h["Connection"] = closeValue
+	}
+	// Trailer values are sent after the body, not here.
+	var trailers []string
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			trailers = append(trailers, k)
+		}
+	}
+	w.bw.WriteString(statusLine(w.status))
+	if len(trailers) == 0 {
+		h.Write(w.bw)
+	} else {
+		skip := map[string]bool{}
+		for _, k := range trailers {
+			skip[k] = true
+		}
+		h.WriteSubset(w.bw, skip)
+	}
+	w.bw.WriteString("\r\n")
+	w.wroteHeader = true
+	if len(w.buf) > 0 && !w.noBody {
+		w.writeBody(w.buf)
+	}
+	w.buf = nil
+}
+
+var (
+	chunkedTE  = []string{"chunked"}
+	closeValue = []string{"close"}
+)
+
+func (w *response) Flush() {
+	if w.hijacked {
+		return
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.wroteHeader {
+		w.writeHeader(false)
+	}
+	w.bw.Flush()
+}
+
+// FlushError is http.ResponseController's flush.
+func (w *response) FlushError() error {
+	w.Flush()
+	return w.connErr()
+}
+
+func (w *response) connErr() error {
+	if w.bw.Buffered() > 0 {
+		return w.bw.Flush()
+	}
+	return nil
+}
+
+// finish completes the response after the handler returned.
+func (w *response) finish() error {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.wroteHeader {
+		w.writeHeader(true)
+	}
+	if w.chunked {
+		w.bw.WriteString("0\r\n")
+		w.writeTrailers()
+		w.bw.WriteString("\r\n")
+	}
+	if w.contentLength >= 0 && w.written < w.contentLength && !w.noBody {
+		// The handler promised more than it wrote: the connection cannot
+		// carry another response.
+		w.closeAfter = true
+	}
+	return w.bw.Flush()
+}
+
+func (w *response) writeTrailers() {
+	declared := w.header["Trailer"]
+	for _, list := range declared {
+		for _, k := range strings.Split(list, ",") {
+			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
+			for _, v := range w.header[k] {
+				w.bw.WriteString(k + ": " + v + "\r\n")
+			}
+		}
+	}
+	for k, vs := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			for _, v := range vs {
+				w.bw.WriteString(name + ": " + v + "\r\n")
+			}
+		}
+	}
+}
+
+// Hijack hands the connection to the handler (protocol upgrades).
+func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.hijacked {
+		return nil, nil, http.ErrHijacked
+	}
+	if w.wroteHeader {
+		return nil, nil, errors.New("h1: hijack after the response header was written")
+	}
+	w.hijacked = true
+	w.conn.c.SetDeadline(time.Time{})
+	return w.conn.c, bufio.NewReadWriter(w.br, w.bw), nil
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
