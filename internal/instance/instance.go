@@ -247,10 +247,11 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 		inst.rt = rt
 		env = append(env, "AWS_LAMBDA_RUNTIME_API="+rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id)
 	case kindHTTP:
-		port, err := freePort()
+		port, err := reservePort()
 		if err != nil {
 			return nil, err
 		}
+		inst.port = port
 		inst.addr = "127.0.0.1:" + strconv.Itoa(port)
 		env = append(env, "PORT="+strconv.Itoa(port), "HOST=127.0.0.1", "EBB_SPAWN_NS="+strconv.FormatInt(time.Now().UnixNano(), 10))
 		inst.proxy = newProxy(inst.addr)
@@ -270,6 +271,7 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 		if inst.rt != nil {
 			inst.rt.Close()
 		}
+		releasePort(inst.port)
 		return nil, fmt.Errorf("start process: %w", err)
 	}
 	inst.proc = proc
@@ -283,13 +285,42 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 	return inst, nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find free port: %w", err)
+// ports are the loopback ports handed to live http instances. The kernel
+// only says a port is free when asked; between that and the child's bind,
+// another start could be handed the same port, and its readiness probe would
+// then reach the other instance's server and send it the wrong function's
+// requests.
+var ports = struct {
+	mu   sync.Mutex // guards used
+	used map[int]bool
+}{used: map[int]bool{}}
+
+func reservePort() (int, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("find free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		ports.mu.Lock()
+		if !ports.used[port] {
+			ports.used[port] = true
+			ports.mu.Unlock()
+			return port, nil
+		}
+		ports.mu.Unlock()
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("find free port: every port offered is taken by an instance")
+}
+
+func releasePort(port int) {
+	if port == 0 {
+		return
+	}
+	ports.mu.Lock()
+	delete(ports.used, port)
+	ports.mu.Unlock()
 }
 
 // Instance is one running process of a function version.
@@ -299,6 +330,7 @@ type Instance struct {
 	proc    *process.Process
 	rt      *runtimeapi.Server     // exec, python
 	addr    string                 // http, onnx
+	port    int                    // reserved for addr until the process is gone
 	proxy   *httputil.ReverseProxy // for protocol upgrades
 	up      *upstream              // for everything else
 	sink    LogSink
@@ -383,6 +415,7 @@ func (i *Instance) watch() {
 		i.rt.Close()
 	}
 	i.closeIdle()
+	releasePort(i.port)
 	close(i.done)
 }
 
