@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -136,7 +137,7 @@ func (w *response) writeHeader(final bool) {
 		h["Content-Type"] = []string{http.DetectContentType(w.buf)}
 	}
 	if _, ok := h["Date"]; !ok {
-		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+		h["Date"] = httpDate()
 	}
 	if w.closeAfter || w.req.Close || w.conn.s.isClosing() {
 		w.closeAfter = true
@@ -255,4 +256,21 @@ func (s *Server) isClosing() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closing
+}
+
+// dateCache holds the Date header value, formatted once a second.
+var dateCache struct {
+	mu  sync.Mutex // guards sec and val
+	sec int64
+	val []string
+}
+
+func httpDate() []string {
+	now := time.Now()
+	dateCache.mu.Lock()
+	defer dateCache.mu.Unlock()
+	if s := now.Unix(); s != dateCache.sec {
+		dateCache.sec, dateCache.val = s, []string{now.UTC().Format(http.TimeFormat)}
+	}
+	return dateCache.val
 }

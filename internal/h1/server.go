@@ -262,22 +262,14 @@ func (cn *conn) serve() {
 			return
 		}
 		req.RemoteAddr = remote
-		ctx, cancel := context.WithCancel(s.baseCtx)
-		req = req.WithContext(ctx)
+		// The server's own context: it ends at shutdown. A per-request
+		// cancel would register every request with that shared parent.
+		req = req.WithContext(s.baseCtx)
 		w := &response{conn: cn, bw: bw, br: br, req: req, header: make(http.Header, 4), status: 0}
 		if req.Header.Get("Expect") == "100-continue" && req.ProtoAtLeast(1, 1) && req.ContentLength != 0 {
 			req.Body = &expectContinue{r: req.Body, w: w}
 		}
-		func() {
-			defer func() {
-				if v := recover(); v != nil {
-					cancel()
-					panic(v)
-				}
-			}()
-			s.Handler.ServeHTTP(w, req)
-		}()
-		cancel()
+		s.Handler.ServeHTTP(w, req)
 		if w.hijacked {
 			hijacked = true
 			return
