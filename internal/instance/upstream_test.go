@@ -1,0 +1,205 @@
+package instance
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb"
+)
+
+// countingListener counts the connections a test server accepts.
+type countingListener struct {
+	net.Listener
+	n atomic.Int32
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+func startBackend(t *testing.T, h http.Handler) (*upstream, *countingListener) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	srv := &httptest.Server{Listener: cl, Config: &http.Server{Handler: h}}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	u := &upstream{addr: ln.Addr().String()}
+	t.Cleanup(u.close)
+	return u, cl
+}
+
+func proxyOnce(u *upstream, method, target string, body io.Reader, hdr http.Header, timeout time.Duration) (*httptest.ResponseRecorder, error) {
+	r := httptest.NewRequest(method, target, body)
+	for k, v := range hdr {
+		r.Header[k] = v
+	}
+	if body != nil && hdr.Get("X-Unknown-Length") != "" {
+		r.ContentLength = -1
+	}
+	w := httptest.NewRecorder()
+	err := u.roundTrip(w, r, time.Now().Add(timeout))
+	return w, err
+}
+
+func TestUpstreamForwardsAndReusesConnections(t *testing.T) {
+	var seen atomic.Value
+	u, cl := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		seen.Store(r.Clone(context.Background()))
+		w.Header().Set("Connection", "X-Drop")
+		w.Header().Set("X-Drop", "hop")
+		w.Header().Set("X-Kept", "yes")
+		io.WriteString(w, r.Method+" "+r.URL.RequestURI()+" "+string(b))
+	}))
+	tests := []struct {
+		name, method, target, body string
+		hdr                        http.Header
+		want                       string
+	}{
+		{"get", "GET", "/a/b?x=1", "", nil, "GET /a/b?x=1 "},
+		{"post", "POST", "/echo", "payload", nil, "POST /echo payload"},
+		{"unknown length is sent chunked", "POST", "/echo", strings.Repeat("z", 100000), http.Header{"X-Unknown-Length": {"1"}}, "POST /echo " + strings.Repeat("z", 100000)},
+		{"large known length", "PUT", "/big", strings.Repeat("y", 200000), nil, "PUT /big " + strings.Repeat("y", 200000)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var body io.Reader
+			if tt.body != "" {
+				body = strings.NewReader(tt.body)
+			}
+			hdr := http.Header{"Connection": {"X-Secret"}, "X-Secret": {"hop"}, "Keep-Alive": {"timeout=5"}}
+			for k, v := range tt.hdr {
+				hdr[k] = v
+			}
+			w, err := proxyOnce(u, tt.method, tt.target, body, hdr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := w.Body.String(); got != tt.want {
+				t.Errorf("body = %.80q, want %.80q", got, tt.want)
+			}
+			if w.Header().Get("X-Kept") != "yes" || w.Header().Get("X-Drop") != "" {
+				t.Errorf("response headers = %v: want X-Kept, and no hop-by-hop X-Drop", w.Header())
+			}
+			r := seen.Load().(*http.Request)
+			if r.Header.Get("X-Secret") != "" || r.Header.Get("Keep-Alive") != "" {
+				t.Errorf("hop-by-hop request headers reached the instance: %v", r.Header)
+			}
+			if r.Header.Get("X-Forwarded-For") == "" || r.Header.Get("X-Forwarded-Proto") != "http" {
+				t.Errorf("X-Forwarded-* missing: %v", r.Header)
+			}
+		})
+	}
+	if n := cl.n.Load(); n != 1 {
+		t.Errorf("backend accepted %d connections for sequential requests, want 1 (keep-alive)", n)
+	}
+}
+
+// A connection the instance closed while it sat idle is found dead on
+// reuse; the request is sent again on a fresh one, not failed.
+func TestUpstreamRetriesOnAStaleConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				// Answer one request as if keeping the connection, then
+				// close it, as a server with a short idle timeout does.
+				br := bufio.NewReader(c)
+				if req, err := http.ReadRequest(br); err == nil {
+					io.Copy(io.Discard, req.Body)
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+				time.Sleep(20 * time.Millisecond)
+				c.Close()
+			}()
+		}
+	}()
+	u := &upstream{addr: ln.Addr().String()}
+	defer u.close()
+	for i := range 3 {
+		w, err := proxyOnce(u, "POST", "/", strings.NewReader("body"), nil, 5*time.Second)
+		if err != nil || w.Body.String() != "ok" {
+			t.Fatalf("request %d: %v %q", i, err, w.Body.String())
+		}
+		time.Sleep(50 * time.Millisecond) // the server closes the idle connection meanwhile
+	}
+}
+
+func TestUpstreamErrors(t *testing.T) {
+	u, _ := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow":
+			time.Sleep(2 * time.Second)
+		case "/cut":
+			w.Header().Set("Content-Length", "1000")
+			io.WriteString(w, "partial")
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // drop the connection mid-body
+		}
+	}))
+	_, err := proxyOnce(u, "GET", "/slow", nil, nil, 100*time.Millisecond)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("slow instance: error = %v, want context.DeadlineExceeded", err)
+	}
+	w, err := proxyOnce(u, "GET", "/cut", nil, nil, 5*time.Second)
+	if !errors.Is(err, ebb.ErrResponseStarted) {
+		t.Errorf("cut response: error = %v, want ebb.ErrResponseStarted", err)
+	}
+	if w.Code != 200 || w.Body.String() != "partial" {
+		t.Errorf("cut response wrote %d %q, want the status and the part that came", w.Code, w.Body.String())
+	}
+	dead := &upstream{addr: "127.0.0.1:1"}
+	if _, err := proxyOnce(dead, "GET", "/", nil, nil, time.Second); err == nil || errors.Is(err, ebb.ErrResponseStarted) {
+		t.Errorf("refused connection: error = %v, want a dial error before any response", err)
+	}
+}
+
+func TestReservePortNeverHandsOutALivePort(t *testing.T) {
+	seen := map[int]bool{}
+	var got []int
+	for range 50 {
+		p, err := reservePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice while reserved", p)
+		}
+		seen[p] = true
+		got = append(got, p)
+	}
+	for _, p := range got {
+		releasePort(p)
+	}
+	ports.mu.Lock()
+	n := len(ports.used)
+	ports.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d ports still reserved after release", n)
+	}
+}
