@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go/jetstream"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -373,5 +374,32 @@ func TestCloseWaitsForRunningJobs(t *testing.T) {
 	j, err := f.q.get(context.Background(), "slow", "c1")
 	if err != nil || j.Status != StatusSucceeded {
 		t.Errorf("after Close: %+v, %v; want succeeded", j, err)
+	}
+}
+
+// A removed function's consumer is deleted and its queued jobs purged: they
+// do not run if a function of that name is deployed again, and the consumer
+// slot is not held forever.
+func TestRemovePurgesQueuedJobs(t *testing.T) {
+	f := newFixture(t, nil)
+	f.handle("gone", Settings{Workers: 1, MaxRetries: 2, MaxAge: time.Hour}, echo)
+	f.q.Stop("gone") // jobs now stay queued
+	for _, id := range []string{"g-1", "g-2", "g-3"} {
+		f.enqueue("gone", id, `{}`)
+	}
+	ctx := context.Background()
+	if err := f.q.Remove(ctx, "gone"); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	if _, err := f.st.JetStream().Consumer(ctx, JobsStream, "fn-gone"); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Errorf("consumer after Remove: %v, want ErrConsumerNotFound", err)
+	}
+	f.handle("gone", Settings{Workers: 1, MaxRetries: 2, MaxAge: time.Hour}, echo)
+	time.Sleep(200 * time.Millisecond)
+	if n := f.inv.calls.Load(); n != 0 {
+		t.Errorf("%d purged jobs ran after the function came back", n)
+	}
+	if err := f.q.Remove(ctx, "never-deployed"); err != nil {
+		t.Errorf("Remove of a function without a consumer: %v", err)
 	}
 }
