@@ -27,7 +27,7 @@ FUZZPKGS ?= ./...
 # (CGO_ENABLED=0) and built without local paths.
 EXAMPLE_GOFLAGS := -trimpath -ldflags=-s\ -w
 
-.PHONY: all build ebb examples run test fmt-check vet onnxruntime bench bench-proxy bench-coldstart fuzz clean
+.PHONY: all build ebb examples run test fmt-check vet onnxruntime bench bench-proxy bench-coldstart bench-zygote bench-async bench-onnx fuzz clean
 
 all: build
 
@@ -63,13 +63,22 @@ test: fmt-check build onnxruntime vet
 	echo "$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...   (EBB_ONNXRUNTIME_LIB=$${EBB_ONNXRUNTIME_LIB:-unset})"; \
 	$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
 
-bench: bench-proxy bench-coldstart
+bench: bench-proxy bench-coldstart bench-zygote bench-async bench-onnx
 
 bench-proxy: build
 	./bench/proxy.sh
 
 bench-coldstart: build
 	./bench/coldstart.sh
+
+bench-zygote:
+	bash bench/zygote.sh
+
+bench-async:
+	N=3000 bash bench/async.sh
+
+bench-onnx: onnxruntime
+	EBB_ONNX_BENCH=1 $(GO) test -run 'TestONNXBatchingThroughEbb|TestBenchmarkReport' -v -timeout 20m ./internal/platform ./internal/onnx
 
 # `go test -list` prints each package's matching tests, then an "ok" line
 # naming the package; awk pairs them up. Each target is fuzzed on its own
