@@ -508,10 +508,13 @@ func (q *Queue) redriveOne(ctx context.Context, fn string, msg jetstream.Msg) (b
 	if !ValidID(id) {
 		return false, nil
 	}
-	job, err := q.get(ctx, fn, id)
+	entry, err := q.records.Get(ctx, recordKey(fn, id))
+	if err != nil {
+		return false, nil // its record expired
+	}
+	job, err := decodeJob(entry.Value())
 	if err != nil || job.Status != StatusDead {
-		// Already redriven (a dead letter left by a crash mid-redrive), or
-		// its record expired.
+		// Already redriven (a dead letter left by a crash mid-redrive).
 		return false, nil
 	}
 	job.redriven(job.Redrives+1, q.cfg.Now().UTC())
@@ -523,8 +526,15 @@ func (q *Queue) redriveOne(ctx context.Context, fn string, msg jetstream.Msg) (b
 	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(id+"-r"+strconv.Itoa(job.Redrives))); err != nil {
 		return false, fmt.Errorf("redrive job %s: %w", id, err)
 	}
-	if err := q.put(ctx, job); err != nil {
-		return false, fmt.Errorf("redrive job %s: %w", id, err)
+	// A worker may already have taken the job and written a newer record
+	// (running, succeeded): the queued record goes in only over the dead one
+	// it replaces, never over the worker's.
+	b, err := json.Marshal(job)
+	if err != nil {
+		return false, fmt.Errorf("redrive job %s: encode record: %w", id, err)
+	}
+	if _, err := q.records.Update(ctx, recordKey(fn, id), b, entry.Revision()); err != nil {
+		q.log.Debug("redriven job's record already moved on", "job", id, "function", fn, "err", err)
 	}
 	return true, nil
 }
