@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,12 @@ func runONNXServe(ctx context.Context, args []string) error {
 	maxDelay := fs.Duration("max-delay", 0, "dynamic batching: longest wait for a batch to fill")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if os.Getenv("GOGC") == "" {
+		// The model lives in ONNX Runtime's memory, so the Go heap is a few
+		// MiB of request buffers: at the default it would be collected
+		// every few dozen large requests, on the cores the model runs on.
+		debug.SetGCPercent(400)
 	}
 	port := os.Getenv("PORT")
 	if *model == "" || *name == "" || port == "" {
@@ -59,6 +66,7 @@ func runONNXServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	fmt.Fprintln(os.Stderr, instance.ReadyLine)
 	hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

@@ -232,6 +232,11 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 		argv = pyruntime.Command(s.python(), s.shimPath)
 	}
 	inst := &Instance{id: id, fn: s.fn, sink: s.cfg.Logs, log: s.cfg.Logger, done: make(chan struct{}), started: time.Now()}
+	if s.fn.Spec.Runtime == ebb.RuntimeONNX {
+		// onnx-serve says when it listens: no probe interval is lost on
+		// top of a model load of tens of milliseconds.
+		inst.readyLine = make(chan struct{})
+	}
 	env := make([]string, len(s.env), len(s.env)+4)
 	copy(env, s.env)
 	switch s.kind {
@@ -353,7 +358,12 @@ type Instance struct {
 	// initErr is an init error the process reported on stderr as an
 	// InitErrorPrefix line (runtimes ebb ships, such as onnx-serve).
 	initErr atomic.Pointer[ebb.InitError]
-	exitErr error // set by watch before done is closed
+	// readyLine, for runtimes ebb ships, is closed when the process prints
+	// ReadyLine on stderr; nil for user processes, whose output is not
+	// trusted to say so.
+	readyLine chan struct{}
+	readyOnce sync.Once
+	exitErr   error // set by watch before done is closed
 }
 
 // ID returns the instance id.
@@ -445,6 +455,8 @@ func (i *Instance) waitReady(ctx context.Context) error {
 			return nil
 		}
 		select {
+		case <-i.readyLine: // nil unless the runtime announces itself
+			return nil
 		case <-i.done:
 			return i.exitedEarly()
 		case <-ctx.Done():
@@ -471,8 +483,16 @@ func (i *Instance) exitedEarly() error {
 // ebb reports why it could not start: the rest is an ebb.InitError as JSON.
 const InitErrorPrefix = "EBB-INIT-ERROR "
 
+// ReadyLine is the stderr line with which a runtime that ships with ebb
+// (onnx-serve) says that it accepts connections on $PORT.
+const ReadyLine = "EBB-READY"
+
 func (i *Instance) lineFunc(stream string) func([]byte) {
 	return func(line []byte) {
+		if i.readyLine != nil && stream == "stderr" && string(line) == ReadyLine {
+			i.readyOnce.Do(func() { close(i.readyLine) })
+			return
+		}
 		if stream == "stderr" && bytes.HasPrefix(line, []byte(InitErrorPrefix)) && i.initErr.Load() == nil {
 			var ie ebb.InitError
 			if json.Unmarshal(line[len(InitErrorPrefix):], &ie) == nil && ie.Type != "" {
