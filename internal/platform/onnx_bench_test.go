@@ -3,6 +3,7 @@ package platform
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -176,4 +177,136 @@ func ortInProcess(t *testing.T, path string, width, rows int, d time.Duration) t
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	return lat[len(lat)/2].Round(time.Microsecond)
+}
+
+// TestONNXColdStart measures scale-from-zero starts of onnx functions, one
+// model at a time: rounds of "wait until the function has no instance, then
+// infer one request", timed at the client, and the instance's own split of
+// its start (process start, library init, model read, session creation) from
+// the line it logs once the model is loaded. Set EBB_ONNX_BENCH=1 to run it;
+// it prints a table (p50 of each column over the rounds).
+func TestONNXColdStart(t *testing.T) {
+	if os.Getenv("EBB_ONNX_BENCH") == "" {
+		t.Skip("set EBB_ONNX_BENCH=1 to run the ONNX cold-start benchmark")
+	}
+	rounds := 12
+	if n, err := strconv.Atoi(os.Getenv("EBB_ONNX_COLD_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	e := startONNX(t)
+	gen := t.TempDir()
+	models := []struct {
+		name, label, path string
+		sizes             []int // generated MLP when path is empty
+		request           string
+	}{
+		{name: "cold-mlp", label: "MLP 64-256-256-10 (mlp.onnx)", path: "../onnx/testdata/mlp.onnx", request: refRequest(t, "../onnx/testdata/mlp_ref.json")},
+		{name: "cold-cnn", label: "CNN 1x28x28 (cnn.onnx)", path: "../onnx/testdata/cnn.onnx", request: refRequest(t, "../onnx/testdata/cnn_ref.json")},
+		{name: "cold-mlp-m", label: "MLP 256-1024-1024-10", sizes: []int{256, 1024, 1024, 10}},
+		{name: "cold-mlp-l", label: "MLP 512-2048-2048-10", sizes: []int{512, 2048, 2048, 10}},
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "\nonnx cold starts: %d scale-from-zero rounds per model, p50 of each column\n", rounds)
+	fmt.Fprintf(&out, "%-30s %9s %8s %12s %13s %12s %12s %14s\n", "model", "size", "cold", "client p50", "process start", "library init", "model read", "session create")
+	for _, m := range models {
+		if m.path == "" {
+			args := []string{"../onnx/testdata/gen_models.py", "--mlp", gen, m.name}
+			for _, d := range m.sizes {
+				args = append(args, strconv.Itoa(d))
+			}
+			if b, err := exec.Command("/usr/bin/python3", args...).CombinedOutput(); err != nil {
+				t.Logf("skip %s: generate: %v %s", m.name, err, b)
+				continue
+			}
+			m.path = filepath.Join(gen, m.name+".onnx")
+			row := strings.TrimSuffix(strings.Repeat("0.25,", m.sizes[0]), ",")
+			m.request = `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,` + strconv.Itoa(m.sizes[0]) + `],"data":[` + row + `]}]}`
+		}
+		model, err := os.ReadFile(m.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := fnDir(t, "name: "+m.name+"\nruntime: onnx\nhandler: model.onnx\nmemory: 2048\nidle_timeout: 100ms\n", nil)
+		os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+		e.deploy(dir)
+		var client, proc, lib, read, sess []time.Duration
+		cold := 0
+		for range rounds {
+			waitFor(t, m.name+" to scale to zero", 30*time.Second, func() bool { return e.instances(m.name) == 0 })
+			t0 := time.Now()
+			code, body, hdr := e.do("POST", "/v2/models/"+m.name+"/infer", m.request, map[string]string{"Content-Type": "application/json"})
+			client = append(client, time.Since(t0))
+			if code != 200 {
+				t.Fatalf("%s: infer = %d %.300s", m.name, code, body)
+			}
+			if hdr.Get("Ebb-Cold-Start") == "true" {
+				cold++
+			}
+		}
+		// Every start logged its split once its model was loaded.
+		for _, l := range loadedLines(t, e, m.name) {
+			proc, lib, read, sess = append(proc, l.ProcessStart), append(lib, l.LibraryInit), append(read, l.ModelRead), append(sess, l.SessionCreate)
+		}
+		if len(sess) < rounds {
+			t.Fatalf("%s: %d load lines in the logs for %d cold starts", m.name, len(sess), rounds)
+		}
+		fmt.Fprintf(&out, "%-30s %8.1fM %4d/%-3d %12s %13s %12s %12s %14s\n", m.label, float64(len(model))/1e6, cold, rounds,
+			p50(client), p50(proc), p50(lib), p50(read), p50(sess))
+		if cold != rounds {
+			t.Errorf("%s: %d of %d rounds were cold starts", m.name, cold, rounds)
+		}
+	}
+	t.Log(out.String())
+}
+
+// refRequest is the request part (the inputs) of a reference file.
+func refRequest(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref struct {
+		Inputs json.RawMessage `json:"inputs"`
+	}
+	if err := json.Unmarshal(b, &ref); err != nil || ref.Inputs == nil {
+		t.Fatalf("%s: no inputs: %v", path, err)
+	}
+	return `{"inputs":` + string(ref.Inputs) + `}`
+}
+
+// loadSplit is the timing part of onnx-serve's "model loaded" log line
+// (slog writes durations as nanoseconds).
+type loadSplit struct {
+	Msg           string        `json:"msg"`
+	ProcessStart  time.Duration `json:"process_start"`
+	LibraryInit   time.Duration `json:"library_init"`
+	ModelRead     time.Duration `json:"model_read"`
+	SessionCreate time.Duration `json:"session_create"`
+}
+
+func loadedLines(t *testing.T, e *env, fn string) []loadSplit {
+	code, body, _ := e.do("GET", "/v1/functions/"+fn+"/logs?limit=10000", "", nil)
+	if code != 200 {
+		t.Fatalf("logs of %s = %d %s", fn, code, body)
+	}
+	var out []loadSplit
+	for _, raw := range strings.Split(strings.TrimSpace(body), "\n") {
+		var l struct {
+			Text string `json:"text"`
+		}
+		var s loadSplit
+		if json.Unmarshal([]byte(raw), &l) == nil && json.Unmarshal([]byte(l.Text), &s) == nil && s.Msg == "onnx: model loaded" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func p50(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2].Round(10 * time.Microsecond)
 }
