@@ -55,6 +55,7 @@ func testBatchingExactRows(t *testing.T, delay time.Duration) {
 	url := serve(t, s)
 	const callers = 64
 	errs := make([]error, callers)
+	shared := make([]bool, callers) // the caller's run had others' rows too
 	concurrently(callers, func(i int) {
 		rows := 1 + i%3
 		a := make([]float32, rows*4)
@@ -65,11 +66,18 @@ func testBatchingExactRows(t *testing.T, delay time.Duration) {
 		}
 		body := fmt.Sprintf(`{"id":"%d","inputs":[{"name":"a","datatype":"FP32","shape":[%d,4],"data":%s},{"name":"b","datatype":"FP32","shape":[%d,4],"data":%s}]}`,
 			i, rows, floatList(a), rows, floatList(b))
-		status, _, got := post(t, url, []byte(body), nil)
+		status, hdr, got := post(t, url, []byte(body), nil)
 		if status != 200 {
 			errs[i] = fmt.Errorf("status %d: %s", status, got)
 			return
 		}
+		// Server-Timing names the rows of the run that answered.
+		st := parseServerTiming(t, hdr.Get("Server-Timing"))
+		if st.batch < int64(rows) || st.batch > 16 || st.infer <= 0 {
+			errs[i] = fmt.Errorf("Server-Timing %q: want infer > 0 and a batch of %d to 16 rows", hdr.Get("Server-Timing"), rows)
+			return
+		}
+		shared[i] = st.batch > int64(rows)
 		var resp inferResponse
 		if err := json.Unmarshal(got, &resp); err != nil {
 			errs[i] = err
@@ -105,6 +113,9 @@ func testBatchingExactRows(t *testing.T, delay time.Duration) {
 	// Without a delay, batching depends on what happens to be queued.
 	if delay > 0 && runs >= callers {
 		t.Errorf("batcher made %d runs for %d requests; want fewer runs", runs, jobs)
+	}
+	if n := countTrue(shared); delay > 0 && n == 0 {
+		t.Errorf("no caller's Server-Timing shows a batch with others' rows")
 	}
 	t.Logf("%d requests in %d runs", jobs, runs)
 }
@@ -213,7 +224,7 @@ func TestBatchingTurnsOffWhenOutputsDoNotFollow(t *testing.T) {
 	errs := make([]error, 4)
 	concurrently(4, func(i int) {
 		x := f32tensor("x", []int64{1, 2}, float32(i), float32(10*i))
-		outs[i], errs[i] = b.submit(context.Background(), []*tensor{x}, 1)
+		outs[i], errs[i] = b.submit(context.Background(), []*tensor{x}, 1, nil)
 	})
 	for i := range outs {
 		if errs[i] != nil {
@@ -276,7 +287,7 @@ func TestBatcherFlushes(t *testing.T) {
 				for k := range vals {
 					vals[k] = float32(i*10 + k)
 				}
-				outs, err := b.submit(context.Background(), []*tensor{f32tensor("x", []int64{tc.rows[i], 2}, vals...)}, tc.rows[i])
+				outs, err := b.submit(context.Background(), []*tensor{f32tensor("x", []int64{tc.rows[i], 2}, vals...)}, tc.rows[i], nil)
 				if err != nil {
 					errs[i] = err
 					return
@@ -348,7 +359,7 @@ func TestBatcherFlushes(t *testing.T) {
 		b := newBatcher(sess, 4, time.Hour, nil)
 		res := make(chan error, 1)
 		go func() {
-			_, err := b.submit(context.Background(), []*tensor{f32tensor("x", []int64{1, 2}, 1, 2)}, 1)
+			_, err := b.submit(context.Background(), []*tensor{f32tensor("x", []int64{1, 2}, 1, 2)}, 1, nil)
 			res <- err
 		}()
 		b.stop()
@@ -390,4 +401,14 @@ func TestBatchingOff(t *testing.T) {
 	if one := newServer(t, "mlp.onnx", func(c *Config) { c.MaxBatchSize = 1 }); one.batch != nil {
 		t.Error("batching on with MaxBatchSize 1")
 	}
+}
+
+func countTrue(b []bool) int {
+	n := 0
+	for _, v := range b {
+		if v {
+			n++
+		}
+	}
+	return n
 }

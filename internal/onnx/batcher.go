@@ -46,8 +46,9 @@ type job struct {
 }
 
 type jobResult struct {
-	outs []tensor
-	err  error
+	outs  []tensor
+	err   error
+	stats runStats
 }
 
 // group is a pending batch of one input shape.
@@ -104,8 +105,8 @@ func batchKey(inputs []*tensor) string {
 
 // submit queues inputs (rows rows each) and waits for their outputs. Once
 // queued, a job is always waited for, even if ctx ends: the batch may be
-// reading the caller's buffers.
-func (b *batcher) submit(ctx context.Context, inputs []*tensor, rows int64) ([]tensor, error) {
+// reading the caller's buffers. st, if not nil, receives how the run went.
+func (b *batcher) submit(ctx context.Context, inputs []*tensor, rows int64, st *runStats) ([]tensor, error) {
 	j := &job{inputs: inputs, rows: rows, key: batchKey(inputs), arrived: time.Now(), res: make(chan jobResult, 1)}
 	select {
 	case b.queue <- j:
@@ -116,11 +117,17 @@ func (b *batcher) submit(ctx context.Context, inputs []*tensor, rows int64) ([]t
 	}
 	select {
 	case r := <-j.res:
+		if st != nil {
+			*st = r.stats
+		}
 		return r.outs, r.err
 	case <-b.done:
 		// The loop may have answered just before exiting.
 		select {
 		case r := <-j.res:
+			if st != nil {
+				*st = r.stats
+			}
 			return r.outs, r.err
 		default:
 			return nil, ebb.ErrClosed
@@ -241,7 +248,9 @@ func (b *batcher) run(g *group) {
 		return
 	}
 	inputs := concat(g.jobs, g.rows)
+	start := time.Now()
 	outs, err := b.sess.runHeld(inputs)
+	took := time.Since(start)
 	if err != nil {
 		// One request's values can fail a whole batch (an index out of
 		// range, say); running them apart fails only that one.
@@ -267,14 +276,15 @@ func (b *batcher) run(g *group) {
 			res[i] = tensor{name: o.name, dt: o.dt, shape: shape, data: o.data[off*rowBytes : (off+j.rows)*rowBytes]}
 		}
 		off += j.rows
-		j.res <- jobResult{outs: res}
+		j.res <- jobResult{outs: res, stats: runStats{queued: start.Sub(j.arrived), run: took, rows: g.rows}}
 	}
 }
 
 func (b *batcher) runAlone(jobs []*job) {
 	for _, j := range jobs {
+		start := time.Now()
 		outs, err := b.sess.runHeld(j.inputs)
-		j.res <- jobResult{outs: outs, err: err}
+		j.res <- jobResult{outs: outs, err: err, stats: runStats{queued: start.Sub(j.arrived), run: time.Since(start), rows: j.rows}}
 	}
 }
 

@@ -288,11 +288,13 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	outs, err := s.execute(r.Context(), inputs)
+	var st runStats
+	outs, err := s.execute(r.Context(), inputs, &st)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
+	w.Header()["Server-Timing"] = []string{serverTiming(st)}
 	s.writeResponse(w, req, outs, sel)
 }
 
@@ -443,7 +445,7 @@ func names(specs []ioSpec) string {
 }
 
 // execute runs the inputs, batched with other requests when it can be.
-func (s *Server) execute(ctx context.Context, inputs []*tensor) ([]tensor, error) {
+func (s *Server) execute(ctx context.Context, inputs []*tensor, st *runStats) ([]tensor, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -454,10 +456,10 @@ func (s *Server) execute(ctx context.Context, inputs []*tensor) ([]tensor, error
 	defer s.runs.Done()
 	if b := s.batch; b != nil && !b.off.Load() {
 		if rows, ok := s.batchRows(inputs); ok {
-			return b.submit(ctx, inputs, rows)
+			return b.submit(ctx, inputs, rows, st)
 		}
 	}
-	return s.sess.run(ctx, inputs)
+	return s.sess.run(ctx, inputs, st)
 }
 
 // batchRows says whether the request can join a batch, and with how many
@@ -474,6 +476,23 @@ func (s *Server) batchRows(inputs []*tensor) (int64, bool) {
 		}
 	}
 	return rows, true
+}
+
+// serverTiming is the Server-Timing header of an answered inference: how
+// long it waited (for a run slot, or for its batch), how long the model run
+// took, and, when batching is on, how many rows that run had. Clients see
+// where time went, and benchmarks can split the HTTP path from the model.
+func serverTiming(st runStats) string {
+	b := make([]byte, 0, 64)
+	b = append(b, "queue;dur="...)
+	b = strconv.AppendFloat(b, float64(st.queued.Microseconds())/1000, 'f', -1, 64)
+	b = append(b, ", infer;dur="...)
+	b = strconv.AppendFloat(b, float64(st.run.Microseconds())/1000, 'f', -1, 64)
+	if st.rows > 0 {
+		b = append(b, ", batch;desc="...)
+		b = strconv.AppendInt(b, st.rows, 10)
+	}
+	return string(b)
 }
 
 // writeErr answers with the status an error calls for.

@@ -449,6 +449,56 @@ func TestBodyTooLargeChunked(t *testing.T) {
 	}
 }
 
+// serverTimingValues is what an answer's Server-Timing header says.
+type serverTimingValues struct {
+	queue, infer float64 // ms
+	batch        int64   // 0 when absent
+}
+
+func parseServerTiming(t testing.TB, h string) serverTimingValues {
+	t.Helper()
+	var v serverTimingValues
+	for _, part := range strings.Split(h, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		key, val, _ := strings.Cut(params, "=")
+		var err error
+		switch {
+		case name == "queue" && key == "dur":
+			v.queue, err = strconv.ParseFloat(val, 64)
+		case name == "infer" && key == "dur":
+			v.infer, err = strconv.ParseFloat(val, 64)
+		case name == "batch" && key == "desc":
+			v.batch, err = strconv.ParseInt(val, 10, 64)
+		default:
+			t.Errorf("Server-Timing %q: unexpected part %q", h, part)
+		}
+		if err != nil {
+			t.Errorf("Server-Timing %q: %v", h, err)
+		}
+	}
+	return v
+}
+
+func TestServerTiming(t *testing.T) {
+	needLibrary(t)
+	url := serve(t, newServer(t, "mlp.onnx", nil))
+	jsonBody, _, _ := inferBodies(4, 1)
+	status, hdr, body := post(t, url, jsonBody, nil)
+	if status != 200 {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	h := hdr.Get("Server-Timing")
+	st := parseServerTiming(t, h)
+	if st.infer <= 0 || st.queue < 0 || st.batch != 0 {
+		t.Errorf("Server-Timing %q: want infer > 0, queue >= 0 and no batch (batching is off)", h)
+	}
+	// A failed request reports no run.
+	status, hdr, _ = post(t, url, []byte(`{"inputs":[]}`), nil)
+	if status != 400 || hdr.Get("Server-Timing") != "" {
+		t.Errorf("bad request: status %d, Server-Timing %q; want 400 and none", status, hdr.Get("Server-Timing"))
+	}
+}
+
 func TestTimings(t *testing.T) {
 	needLibrary(t)
 	s := newServer(t, "mlp.onnx", nil)

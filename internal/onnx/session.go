@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 	"unsafe"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -109,16 +110,31 @@ func (e *errInput) Error() string { return e.msg }
 // dummy backs zero-element tensors: the binding refuses an empty buffer.
 var dummy = make([]byte, 8)
 
+// runStats says how a request's model run went; the server reports it in
+// the Server-Timing header.
+type runStats struct {
+	queued time.Duration // waiting for a run slot, or for a batch to fill and run
+	run    time.Duration // the model run that answered the request
+	rows   int64         // rows in that run, when it went through the batcher; else 0
+}
+
 // run runs the model on inputs (in model input order) and returns every
 // servable output in model order. It waits for a free slot until ctx ends.
-func (s *session) run(ctx context.Context, inputs []*tensor) ([]tensor, error) {
+// st, if not nil, receives how the run went.
+func (s *session) run(ctx context.Context, inputs []*tensor, st *runStats) ([]tensor, error) {
+	arrived := time.Now()
 	select {
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	defer func() { <-s.slots }()
-	return s.runHeld(inputs)
+	start := time.Now()
+	outs, err := s.runHeld(inputs)
+	if st != nil {
+		*st = runStats{queued: start.Sub(arrived), run: time.Since(start)}
+	}
+	return outs, err
 }
 
 // runHeld is run for a caller that holds a slot.

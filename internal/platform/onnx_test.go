@@ -108,7 +108,11 @@ func TestONNXModelThroughThePlatform(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			code, body, _ := e.do("POST", "/v2/models/mlp/infer", `{"inputs":`+string(want.Inputs)+`}`, nil)
+			code, body, hdr := e.do("POST", "/v2/models/mlp/infer", `{"inputs":`+string(want.Inputs)+`}`, nil)
+			// The instance's timing reaches the client through ebb.
+			if st := hdr.Get("Server-Timing"); !strings.Contains(st, "infer;dur=") || !strings.Contains(st, "batch;desc=") {
+				t.Errorf("Server-Timing = %q, want the instance's infer and batch entries", st)
+			}
 			var got struct {
 				Outputs []struct {
 					Name string    `json:"name"`
