@@ -32,12 +32,18 @@ type upstream struct {
 
 	// busy counts requests in flight, for the decision to spin (awaitReply).
 	busy atomic.Int32
+	// replyNs is a moving average of how long the instance takes to start
+	// answering (ns): spinning for an answer is worth it only when it
+	// usually comes within the spin.
+	replyNs atomic.Int64
 }
 
 type upConn struct {
-	c  net.Conn
-	br *bufio.Reader
-	bw *bufio.Writer
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer // streamed request bodies
+	head []byte        // the request line and header, reused
+	bufs net.Buffers   // head and body, for one writev
 }
 
 const maxIdleUpstream = 1024
@@ -67,12 +73,14 @@ func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
 const spinFor = 40 * time.Microsecond
 
 // awaitReply polls, for a few tens of microseconds, for the instance's answer
-// when this is the only request in flight on the instance. Parking the
-// goroutine and having the netpoller wake it costs more than that on the
-// warm path of a quiet function; under load (several in flight) there is
-// other work for the CPU and the goroutine parks at once.
+// when this is the only request in flight on the instance and its answers
+// usually come that fast. Parking the goroutine and having the netpoller wake
+// it costs more than that on the warm path of a quiet function; under load
+// (several in flight) there is other work for the CPU, and a function that
+// takes milliseconds (a model run) would only lose a core to the spin, so
+// the goroutine parks at once.
 func (u *upstream) awaitReply(c *upConn) {
-	if u.busy.Load() > 1 || c.br.Buffered() > 0 {
+	if u.busy.Load() > 1 || c.br.Buffered() > 0 || u.replyNs.Load() > int64(2*spinFor) {
 		return
 	}
 	rc, ok := c.c.(syscall.Conn)
@@ -96,6 +104,13 @@ func (u *upstream) awaitReply(c *upConn) {
 			}
 		}
 	})
+}
+
+// observeReply folds one answer's wait into replyNs (weight 1/8). Concurrent
+// callers may lose each other's update; an average is all the spin needs.
+func (u *upstream) observeReply(d time.Duration) {
+	old := u.replyNs.Load()
+	u.replyNs.Store(old - old/8 + int64(d)/8)
 }
 
 func (u *upstream) put(c *upConn) {
@@ -159,9 +174,41 @@ var (
 	xfProtoHTTPS = []string{"https"}
 )
 
-// maxReplayBody is the largest request body kept in memory so that a request
-// that met a connection the instance had just closed can be sent again.
-const maxReplayBody = 64 << 10
+// maxReplayBody is the largest request body read whole before it is sent:
+// in one write with its header, so that the instance wakes once to read a
+// complete request (an inference request of a batch of rows is tens to
+// hundreds of KiB), and kept so that a request that met a connection the
+// instance had just closed can be sent again. Larger or unannounced bodies
+// are streamed.
+const maxReplayBody = 1 << 20
+
+// bodyPool lends whole-body buffers in power-of-four size classes from 4 KiB
+// up to maxReplayBody, so that large requests do not feed the garbage
+// collector.
+var bodyPool [6]sync.Pool
+
+func bodyClass(n int64) int {
+	c, size := 0, int64(4<<10)
+	for size < n {
+		c, size = c+1, size*4
+	}
+	return c
+}
+
+func getBody(n int64) []byte {
+	c := bodyClass(n)
+	if v := bodyPool[c].Get(); v != nil {
+		return (*v.(*[]byte))[:n]
+	}
+	return make([]byte, n, int64(4<<10)<<(2*c))
+}
+
+func putBody(b []byte) {
+	c := bodyClass(int64(cap(b)))
+	if c < len(bodyPool) && int64(4<<10)<<(2*c) == int64(cap(b)) {
+		bodyPool[c].Put(&b)
+	}
+}
 
 // roundTrip forwards r and writes the response to w.
 func (u *upstream) roundTrip(w http.ResponseWriter, r *http.Request, deadline time.Time) error {
@@ -193,7 +240,8 @@ func (u *upstream) roundTrip(w http.ResponseWriter, r *http.Request, deadline ti
 	var body []byte
 	replayable := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
 	if !replayable && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
-		buf := make([]byte, r.ContentLength)
+		buf := getBody(r.ContentLength)
+		defer putBody(buf)
 		if _, err := io.ReadFull(r.Body, buf); err != nil {
 			return &upstreamError{err: fmt.Errorf("read request body: %w", err)}
 		}
@@ -233,55 +281,61 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 	stop := context.AfterFunc(ctx, func() { c.c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	bw := c.bw
-	bw.WriteString(r.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(r.URL.RequestURI())
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(r.Host)
-	bw.WriteString("\r\n")
-	chunked := false
+	head := append(c.head[:0], r.Method...)
+	head = append(head, ' ')
+	head = append(head, r.URL.RequestURI()...)
+	head = append(head, " HTTP/1.1\r\nHost: "...)
+	head = append(head, r.Host...)
+	head = append(head, "\r\n"...)
+	streamed := body == nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	chunked := streamed && r.ContentLength < 0
 	switch {
 	case body != nil:
 		h["Content-Length"] = []string{itoa(len(body))}
-	case r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0:
-		if r.ContentLength > 0 {
-			h["Content-Length"] = []string{itoa64(r.ContentLength)}
-		} else {
-			chunked = true
-			h["Transfer-Encoding"] = []string{"chunked"}
-			delete(h, "Content-Length")
-		}
+	case chunked:
+		h["Transfer-Encoding"] = []string{"chunked"}
+		delete(h, "Content-Length")
+	case streamed:
+		h["Content-Length"] = []string{itoa64(r.ContentLength)}
 	default:
 		delete(h, "Content-Length")
 	}
-	if err := h.Write(bw); err != nil {
+	hw := headWriter{&head}
+	if err := h.Write(hw); err != nil {
 		return &upstreamError{err: err}
 	}
-	bw.WriteString("\r\n")
-	switch {
-	case body != nil:
-		bw.Write(body)
-	case chunked:
-		cw := newChunkedWriter(bw)
-		if _, err := io.Copy(cw, r.Body); err != nil {
+	head = append(head, "\r\n"...)
+	c.head = head
+	if !streamed {
+		// The whole request in one writev.
+		c.bufs = append(c.bufs[:0], head, body)
+		if _, err := c.bufs.WriteTo(c.c); err != nil {
+			return &upstreamError{err: err}
+		}
+	} else {
+		bw := c.bw
+		bw.Write(head)
+		if chunked {
+			cw := newChunkedWriter(bw)
+			if _, err := io.Copy(cw, r.Body); err != nil {
+				return &upstreamError{err: fmt.Errorf("send request body: %w", err)}
+			}
+			cw.Close()
+		} else if _, err := io.CopyN(bw, r.Body, r.ContentLength); err != nil {
 			return &upstreamError{err: fmt.Errorf("send request body: %w", err)}
 		}
-		cw.Close()
-	case r.Body != nil && r.Body != http.NoBody && r.ContentLength > 0:
-		if _, err := io.CopyN(bw, r.Body, r.ContentLength); err != nil {
-			return &upstreamError{err: fmt.Errorf("send request body: %w", err)}
+		if err := bw.Flush(); err != nil {
+			return &upstreamError{err: err}
 		}
-	}
-	if err := bw.Flush(); err != nil {
-		return &upstreamError{err: err}
 	}
 
+	sent := time.Now()
 	u.awaitReply(c)
 	resp, err := http.ReadResponse(c.br, r)
 	if err != nil {
 		return &upstreamError{err: err}
 	}
+	u.observeReply(time.Since(sent))
 	defer resp.Body.Close()
 	wh := w.Header()
 	removeHop(resp.Header)
@@ -341,6 +395,19 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 	}
 	u.put(c)
 	return nil
+}
+
+// headWriter appends what http.Header.Write writes to a request head.
+type headWriter struct{ b *[]byte }
+
+func (w headWriter) Write(p []byte) (int, error) {
+	*w.b = append(*w.b, p...)
+	return len(p), nil
+}
+
+func (w headWriter) WriteString(s string) (int, error) {
+	*w.b = append(*w.b, s...)
+	return len(s), nil
 }
 
 func itoa(n int) string { return itoa64(int64(n)) }

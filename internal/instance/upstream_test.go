@@ -76,7 +76,9 @@ func TestUpstreamForwardsAndReusesConnections(t *testing.T) {
 		{"get", "GET", "/a/b?x=1", "", nil, "GET /a/b?x=1 "},
 		{"post", "POST", "/echo", "payload", nil, "POST /echo payload"},
 		{"unknown length is sent chunked", "POST", "/echo", strings.Repeat("z", 100000), http.Header{"X-Unknown-Length": {"1"}}, "POST /echo " + strings.Repeat("z", 100000)},
-		{"large known length", "PUT", "/big", strings.Repeat("y", 200000), nil, "PUT /big " + strings.Repeat("y", 200000)},
+		{"large known length, sent whole", "PUT", "/big", strings.Repeat("y", 200000), nil, "PUT /big " + strings.Repeat("y", 200000)},
+		{"known length beyond the whole-body limit, streamed", "PUT", "/huge", strings.Repeat("h", maxReplayBody+1), nil, "PUT /huge " + strings.Repeat("h", maxReplayBody+1)},
+		{"pooled buffer reused for a smaller body", "POST", "/echo", strings.Repeat("s", 5000), nil, "POST /echo " + strings.Repeat("s", 5000)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -201,5 +203,24 @@ func TestReservePortNeverHandsOutALivePort(t *testing.T) {
 	ports.mu.Unlock()
 	if n != 0 {
 		t.Errorf("%d ports still reserved after release", n)
+	}
+}
+
+func TestBodyPoolClasses(t *testing.T) {
+	for _, n := range []int64{1, 4 << 10, 4<<10 + 1, 64 << 10, 300 << 10, maxReplayBody} {
+		b := getBody(n)
+		if int64(len(b)) != n || int64(cap(b)) < n {
+			t.Fatalf("getBody(%d): len %d cap %d", n, len(b), cap(b))
+		}
+		for i := range b {
+			b[i] = 1
+		}
+		putBody(b)
+		if again := getBody(n); int64(len(again)) != n {
+			t.Errorf("getBody(%d) after put: len %d", n, len(again))
+		}
+	}
+	if c := bodyClass(maxReplayBody); c >= len(bodyPool) {
+		t.Errorf("bodyClass(maxReplayBody) = %d, want < %d", c, len(bodyPool))
 	}
 }

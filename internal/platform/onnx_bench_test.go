@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
+	"runtime"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,11 +27,23 @@ import (
 )
 
 // TestONNXBatchingThroughEbb measures dense MLPs of three sizes through
-// ebb's full HTTP path (gateway, proxy, onnx instance): 32 closed-loop
-// clients sending one row each with and without dynamic batching, and one
-// batch of 32 rows (binary tensor extension) against the same batch run by
-// ONNX Runtime in this process. Set EBB_ONNX_BENCH=1 to run it; it prints a
-// table. The larger models are generated at run time (python3-onnx).
+// ebb's full HTTP path (gateway, proxy, onnx instance). Set EBB_ONNX_BENCH=1
+// to run it; it prints two tables. The larger models are generated at run
+// time (python3-onnx).
+//
+// Batching: 32 closed-loop clients sending one row each (JSON), with and
+// without dynamic batching, one instance.
+//
+// Overhead at batch 32: one batch of 32 rows (binary tensor extension) run by
+// ONNX Runtime in this process, sent to an `ebb onnx-serve` process directly
+// (the instance without ebb in front), and sent through ebb, all with the
+// same session options. Latency is one client, sequential; the three are
+// measured in alternating blocks, and each figure is the median of the
+// blocks' p50s, so that drift on a shared machine hits all three. The
+// instance's own model time comes from its Server-Timing header. Throughput
+// is batches per second at saturation: ONNX Runtime in-process with one
+// caller (its best here; two contend) against 4 clients through ebb.
+// EBB_ONNX_BENCH_MODELS=mlp-l (a comma-separated list) runs only those.
 func TestONNXBatchingThroughEbb(t *testing.T) {
 	if os.Getenv("EBB_ONNX_BENCH") == "" {
 		t.Skip("set EBB_ONNX_BENCH=1 to run the ONNX benchmark through ebb")
@@ -44,10 +59,16 @@ func TestONNXBatchingThroughEbb(t *testing.T) {
 	}{{name: "mlp-s", sizes: []int{64, 256, 256, 10}, path: "../onnx/testdata/mlp.onnx"},
 		{name: "mlp-m", sizes: []int{256, 1024, 1024, 10}}, {name: "mlp-l", sizes: []int{512, 2048, 2048, 10}}}
 	gen := t.TempDir()
-	var out strings.Builder
-	fmt.Fprintf(&out, "\nDense MLPs through ebb (/v2/models/NAME/infer), one instance, 2 intra-op threads\n")
-	fmt.Fprintf(&out, "%-20s %-34s %9s %10s %10s %8s\n", "model", "load", "req/s", "p50", "p99", "")
+	var batching, overhead strings.Builder
+	fmt.Fprintf(&batching, "\nDynamic batching through ebb: 32 clients x 1 row (JSON), one instance\n")
+	fmt.Fprintf(&batching, "%-18s %-12s %9s %10s %10s %8s\n", "model", "batching", "req/s", "p50", "p99", "gain")
+	fmt.Fprintf(&overhead, "\nOne batch of 32 rows (binary): p50 latency, 1 client (median of 3 alternating blocks); throughput at saturation\n")
+	fmt.Fprintf(&overhead, "%-18s %10s %17s %10s %10s %8s %8s | %10s %10s %8s\n", "model", "in-process", "run in instance", "direct", "via ebb", "direct", "via ebb", "in-proc/s", "ebb/s", "ratio")
+	only := os.Getenv("EBB_ONNX_BENCH_MODELS") // e.g. "mlp-l" or "mlp-s,mlp-m"
 	for _, m := range models {
+		if only != "" && !slices.Contains(strings.Split(only, ","), m.name) {
+			continue
+		}
 		if m.path == "" {
 			args := []string{"../onnx/testdata/gen_models.py", "--mlp", gen, m.name}
 			for _, d := range m.sizes {
@@ -72,36 +93,54 @@ func TestONNXBatchingThroughEbb(t *testing.T) {
 		row := strings.TrimSuffix(strings.Repeat("0.25,", width), ",")
 		one := []byte(`{"inputs":[{"name":"input","datatype":"FP32","shape":[1,` + strconv.Itoa(width) + `],"data":[` + row + `]}]}`)
 		label := fmt.Sprintf("%d-%d-%d-%d", m.sizes[0], m.sizes[1], m.sizes[2], m.sizes[3])
-		off := loadTest(t, e.url, m.name+"-off", one, nil, 32, 4*time.Second)
-		on := loadTest(t, e.url, m.name+"-on", one, nil, 32, 4*time.Second)
-		fmt.Fprintf(&out, "%-20s %-34s %9.0f %10s %10s\n", label, "32 clients x 1 row, batching off", off.rps, off.p50, off.p99)
-		fmt.Fprintf(&out, "%-20s %-34s %9.0f %10s %10s %7.2fx\n", label, "32 clients x 1 row, batching on", on.rps, on.p50, on.p99, on.rps/off.rps)
+		off := loadTest(t, e.url+"/v2/models/"+m.name+"-off/infer", one, nil, 32, 4*time.Second)
+		on := loadTest(t, e.url+"/v2/models/"+m.name+"-on/infer", one, nil, 32, 4*time.Second)
+		fmt.Fprintf(&batching, "%-18s %-12s %9.0f %10s %10s\n", label, "off", off.rps, off.p50, off.p99)
+		fmt.Fprintf(&batching, "%-18s %-12s %9.0f %10s %10s %7.2fx\n", label, "32, 2ms", on.rps, on.p50, on.p99, on.rps/off.rps)
+		// The batched function's instance is idle from here on; leave
+		// the CPU to the measurements below.
+		e.do("DELETE", "/v1/functions/"+m.name+"-on", "", nil)
 
-		// One batch of 32 rows, binary tensor data, sequential.
+		// One batch of 32 rows, binary tensor data.
 		raw := make([]byte, 32*width*4)
 		for i := 0; i < 32*width; i++ {
 			binary.LittleEndian.PutUint32(raw[i*4:], math.Float32bits(0.25))
 		}
 		hdr := fmt.Sprintf(`{"inputs":[{"name":"input","datatype":"FP32","shape":[32,%d],"parameters":{"binary_data_size":%d}}],"outputs":[{"name":"logits","parameters":{"binary_data":true}}]}`, width, len(raw))
 		body := append([]byte(hdr), raw...)
-		full := loadTest(t, e.url, m.name+"-off", body, map[string]string{"Inference-Header-Content-Length": strconv.Itoa(len(hdr))}, 1, 3*time.Second)
-		inproc := ortInProcess(t, m.path, width, 32, 3*time.Second)
-		fmt.Fprintf(&out, "%-20s %-34s %9s %10s %10s\n", label, "batch of 32, ORT in-process", "", inproc, "")
-		fmt.Fprintf(&out, "%-20s %-34s %9.0f %10s %10s %+7.0f%%\n", label, "batch of 32, through ebb (binary)", full.rps, full.p50, full.p99,
-			100*(float64(full.p50)/float64(inproc)-1))
+		hh := map[string]string{"Inference-Header-Content-Length": strconv.Itoa(len(hdr))}
+		direct := startONNXServe(t, m.path, m.name+"-off")
+		ort := newORTBaseline(t, m.path, width, 32)
+		var inproc, instance, instDirect, viaDirect, viaEbb []time.Duration
+		for range 3 {
+			inproc = append(inproc, ort.p50(1500*time.Millisecond))
+			d := loadTest(t, direct+"/v2/models/"+m.name+"-off/infer", body, hh, 1, 1500*time.Millisecond)
+			viaDirect, instDirect = append(viaDirect, d.p50), append(instDirect, d.inferP50)
+			r := loadTest(t, e.url+"/v2/models/"+m.name+"-off/infer", body, hh, 1, 1500*time.Millisecond)
+			viaEbb, instance = append(viaEbb, r.p50), append(instance, r.inferP50)
+		}
+		ortRate := ort.rate(3 * time.Second)
+		ebbRate := loadTest(t, e.url+"/v2/models/"+m.name+"-off/infer", body, hh, 4, 3*time.Second).rps
+		ort.close()
+		pi, pd, pe := median(inproc), median(viaDirect), median(viaEbb)
+		fmt.Fprintf(&overhead, "%-18s %10s %8s/%-8s %10s %10s %+7.0f%% %+7.0f%% | %10.0f %10.0f %7.2fx\n", label, pi, median(instDirect), median(instance), pd, pe,
+			100*(float64(pd)/float64(pi)-1), 100*(float64(pe)/float64(pi)-1), ortRate, ebbRate, ebbRate/ortRate)
+		e.do("DELETE", "/v1/functions/"+m.name+"-off", "", nil)
 	}
-	t.Log(out.String())
+	t.Log(batching.String() + overhead.String() + "\n(run in instance: the model run inside the instance, from its Server-Timing, direct/via ebb; direct: HTTP straight to an onnx-serve process)\n")
 }
 
 type loadResult struct {
 	rps      float64
 	p50, p99 time.Duration
+	inferP50 time.Duration // the instance's model run (Server-Timing infer)
 }
 
-func loadTest(t *testing.T, base, fn string, body []byte, hdr map[string]string, clients int, d time.Duration) loadResult {
+func loadTest(t *testing.T, url string, body []byte, hdr map[string]string, clients int, d time.Duration) loadResult {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	post := func() time.Duration {
-		req, _ := http.NewRequest("POST", base+"/v2/models/"+fn+"/infer", bytes.NewReader(body))
+	defer client.CloseIdleConnections()
+	post := func() (time.Duration, time.Duration) {
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/octet-stream")
 		for k, v := range hdr {
 			req.Header.Set(k, v)
@@ -113,70 +152,148 @@ func loadTest(t *testing.T, base, fn string, body []byte, hdr map[string]string,
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		took := time.Since(t0)
 		if resp.StatusCode != 200 {
-			t.Fatalf("%s: status %d %.200s", fn, resp.StatusCode, b)
+			t.Fatalf("%s: status %d %.200s", url, resp.StatusCode, b)
 		}
-		return time.Since(t0)
+		return took, inferDur(resp.Header.Get("Server-Timing"))
 	}
 	post()
 	var mu sync.Mutex
-	var lat []time.Duration
+	var lat, inf []time.Duration
 	var wg sync.WaitGroup
 	stop := time.Now().Add(d)
 	for range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var mine []time.Duration
+			var mine, mineInf []time.Duration
 			for time.Now().Before(stop) {
-				mine = append(mine, post())
+				l, i := post()
+				mine, mineInf = append(mine, l), append(mineInf, i)
 			}
 			mu.Lock()
-			lat = append(lat, mine...)
+			lat, inf = append(lat, mine...), append(inf, mineInf...)
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return loadResult{float64(len(lat)) / d.Seconds(), lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond)}
+	sort.Slice(inf, func(i, j int) bool { return inf[i] < inf[j] })
+	return loadResult{float64(len(lat)) / d.Seconds(), lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond), inf[len(inf)/2].Round(time.Microsecond)}
 }
 
-// ortInProcess is the p50 of running one batch with ONNX Runtime directly,
-// with the session options an onnx instance uses on this machine.
-func ortInProcess(t *testing.T, path string, width, rows int, d time.Duration) time.Duration {
+// inferDur is the infer entry of a Server-Timing header.
+func inferDur(h string) time.Duration {
+	for _, part := range strings.Split(h, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(part), "infer;dur="); ok {
+			ms, _ := strconv.ParseFloat(v, 64)
+			return time.Duration(ms * float64(time.Millisecond))
+		}
+	}
+	return 0
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+// startONNXServe runs `ebb onnx-serve` for the model on a free port, as ebb
+// would but with nothing in front, and returns its base URL once it listens.
+func startONNXServe(t *testing.T, model, name string) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(ebbBinary(t), "onnx-serve", "--model", model, "--name", name, "--onnxruntime-lib", onnxLibrary(t))
+	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(port))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	url := "http://127.0.0.1:" + strconv.Itoa(port)
+	waitFor(t, "onnx-serve to listen", 30*time.Second, func() bool {
+		resp, err := http.Get(url + "/v2/health/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return url
+}
+
+// ortBaseline runs one batch with ONNX Runtime directly, with the session
+// options an onnx instance uses on this machine (ONNX Runtime's defaults but
+// for intra-op threads = the CPUs, one inter-op thread, no spinning).
+type ortBaseline struct {
+	t    *testing.T
+	s    *ort.DynamicAdvancedSession
+	data []float32
+	dims ort.Shape
+}
+
+func newORTBaseline(t *testing.T, path string, width, rows int) *ortBaseline {
 	opts, err := ort.NewSessionOptions()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer opts.Destroy()
-	opts.SetIntraOpNumThreads(2)
+	opts.SetIntraOpNumThreads(runtime.NumCPU())
 	opts.SetInterOpNumThreads(1)
+	opts.AddSessionConfigEntry("session.intra_op.allow_spinning", "0")
 	s, err := ort.NewDynamicAdvancedSession(path, []string{"input"}, []string{"logits"}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Destroy()
 	data := make([]float32, rows*width)
 	for i := range data {
 		data[i] = 0.25
 	}
+	return &ortBaseline{t: t, s: s, data: data, dims: ort.NewShape(int64(rows), int64(width))}
+}
+
+func (b *ortBaseline) close() { b.s.Destroy() }
+
+func (b *ortBaseline) run() time.Duration {
+	in, err := ort.NewTensor(b.dims, b.data)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer in.Destroy()
+	outs := []ort.Value{nil}
+	t0 := time.Now()
+	if err := b.s.Run([]ort.Value{in}, outs); err != nil {
+		b.t.Fatal(err)
+	}
+	took := time.Since(t0)
+	outs[0].Destroy()
+	return took
+}
+
+// p50 is the median time of one run, back to back for d.
+func (b *ortBaseline) p50(d time.Duration) time.Duration {
+	b.run()
 	var lat []time.Duration
 	for stop := time.Now().Add(d); time.Now().Before(stop); {
-		in, err := ort.NewTensor(ort.NewShape(int64(rows), int64(width)), data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		outs := []ort.Value{nil}
-		t0 := time.Now()
-		if err := s.Run([]ort.Value{in}, outs); err != nil {
-			t.Fatal(err)
-		}
-		lat = append(lat, time.Since(t0))
-		in.Destroy()
-		outs[0].Destroy()
+		lat = append(lat, b.run())
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return lat[len(lat)/2].Round(time.Microsecond)
+	return median(lat).Round(time.Microsecond)
+}
+
+// rate is runs per second, back to back for d.
+func (b *ortBaseline) rate(d time.Duration) float64 {
+	n := 0
+	start := time.Now()
+	for time.Since(start) < d {
+		b.run()
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds()
 }
 
 // TestONNXColdStart measures scale-from-zero starts of onnx functions, one
