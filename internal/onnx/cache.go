@@ -4,18 +4,21 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
 
 // ModelCache keeps model files on local disk named by the sha256 of their
-// content, so that a model is fetched (from the object store, or copied out
-// of a bundle) once per node: every later cold start of any function or
-// version using the same bytes finds it in place. Writes go to a temporary
-// file that is renamed into place, so concurrent writers of the same model
-// and readers never see a partial file.
+// content, so that a model is stored once per node: every function and
+// version whose bundle carries the same bytes shares one file (Intern makes
+// the bundle's copy a hard link to it), one copy on disk and in the page
+// cache, whatever its manifest says. Writes go to a temporary file that is
+// renamed into place, so concurrent writers of the same model and readers
+// never see a partial file.
 type ModelCache struct {
 	// Dir holds the models; it is created on first use.
 	Dir string
@@ -100,6 +103,67 @@ func (c *ModelCache) PutFile(ctx context.Context, src string) (digest, path stri
 	}
 	defer f.Close()
 	return c.Put(ctx, f, "")
+}
+
+// Intern puts the model file at path in the cache and makes path a hard
+// link to the cached file, so that every copy of the same model on this
+// node is one file. A path that is already linked to its cache entry costs a
+// hash of the file. Where links are impossible (another file system) the
+// cache gets a copy and path is left as it is.
+func (c *ModelCache) Intern(ctx context.Context, path string) (digest string, err error) {
+	digest, err = hashFile(ctx, path)
+	if err != nil {
+		return "", fmt.Errorf("cache model: %w", err)
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return "", fmt.Errorf("cache model: %w", err)
+	}
+	cached := c.Path(digest)
+	switch err := os.Link(path, cached); {
+	case err == nil:
+		return digest, nil // path is the cache entry now
+	case !errors.Is(err, fs.ErrExist):
+		// No link (another file system, say): a copy serves the cache.
+		f, err := os.Open(path)
+		if err != nil {
+			return "", fmt.Errorf("cache model: %w", err)
+		}
+		defer f.Close()
+		_, _, err = c.Put(ctx, f, digest)
+		return digest, err
+	}
+	// The cache has these bytes already: point path at them.
+	fp, errP := os.Stat(path)
+	fc, errC := os.Stat(cached)
+	if errP != nil || errC != nil {
+		return "", fmt.Errorf("cache model: %w", errors.Join(errP, errC))
+	}
+	if os.SameFile(fp, fc) {
+		return digest, nil
+	}
+	tmp := path + ".link"
+	os.Remove(tmp)
+	if err := os.Link(cached, tmp); err != nil {
+		return digest, nil // a copy of the same bytes still serves
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("cache model: %w", err)
+	}
+	return digest, nil
+}
+
+func hashFile(ctx context.Context, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // ctxReader stops a copy when its context ends.

@@ -327,6 +327,59 @@ func parseForTest(b []byte) (*modelView, error) {
 	return &modelView{inputs: view(pm.Inputs), outputs: view(pm.Outputs)}, nil
 }
 
+func TestModelCacheIntern(t *testing.T) {
+	c := &ModelCache{Dir: filepath.Join(t.TempDir(), "models")}
+	ctx := context.Background()
+	model, err := os.ReadFile("testdata/mlp.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two bundles with the same model, one with another.
+	dir := t.TempDir()
+	a, b, other := filepath.Join(dir, "a.onnx"), filepath.Join(dir, "b.onnx"), filepath.Join(dir, "other.onnx")
+	os.WriteFile(a, model, 0o644)
+	os.WriteFile(b, model, 0o644)
+	os.WriteFile(other, []byte("other bytes"), 0o644)
+	da, err := c.Intern(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := c.Intern(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	do, err := c.Intern(ctx, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(model)
+	if want := hex.EncodeToString(sum[:]); da != want || db != want || do == want {
+		t.Errorf("digests %s %s %s, want %s twice and another", da, db, do, want)
+	}
+	sameFile := func(x, y string) bool {
+		fx, errX := os.Stat(x)
+		fy, errY := os.Stat(y)
+		return errX == nil && errY == nil && os.SameFile(fx, fy)
+	}
+	if !sameFile(a, b) || !sameFile(a, c.Path(da)) || sameFile(a, other) {
+		t.Errorf("same model: linked %v to each other, %v to the cache; other model linked to it: %v", sameFile(a, b), sameFile(a, c.Path(da)), sameFile(a, other))
+	}
+	if got, _ := os.ReadFile(b); !bytes.Equal(got, model) {
+		t.Error("interned copy differs from the model")
+	}
+	// Again: nothing changes.
+	if d, err := c.Intern(ctx, b); err != nil || d != da || !sameFile(b, c.Path(da)) {
+		t.Errorf("second Intern = %s %v", d, err)
+	}
+	entries, _ := os.ReadDir(c.Dir)
+	if len(entries) != 2 {
+		t.Errorf("cache holds %d files, want 2", len(entries))
+	}
+	if _, err := c.Intern(ctx, filepath.Join(dir, "missing.onnx")); err == nil {
+		t.Error("Intern of a missing file succeeded")
+	}
+}
+
 func TestModelCache(t *testing.T) {
 	c := &ModelCache{Dir: filepath.Join(t.TempDir(), "models")}
 	ctx := context.Background()

@@ -202,3 +202,38 @@ func TestONNXConformanceFullPath(t *testing.T) {
 	t.Logf("through the full HTTP path: %d passed, %d skipped, %d failed (%d of them known ONNX Runtime differences or limitations)",
 		sum.Count(conformance.Pass), sum.Count(conformance.Skip), sum.Count(conformance.Fail), known)
 }
+
+// TestONNXModelCache deploys the same model in two functions (different
+// manifests, so different bundles): the node keeps one file for it, and
+// both functions serve from it.
+func TestONNXModelCache(t *testing.T) {
+	e := startONNX(t)
+	model, err := os.ReadFile("../onnx/testdata/mlp.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, name := range []string{"cache-a", "cache-b"} {
+		dir := fnDir(t, "name: "+name+"\nruntime: onnx\nhandler: model.onnx\n", nil)
+		os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+		e.deploy(dir)
+		e.p.mu.RLock()
+		paths = append(paths, filepath.Join(e.p.fns[name].codeDir, "model.onnx"))
+		e.p.mu.RUnlock()
+	}
+	fa, errA := os.Stat(paths[0])
+	fb, errB := os.Stat(paths[1])
+	if errA != nil || errB != nil || paths[0] == paths[1] || !os.SameFile(fa, fb) {
+		t.Errorf("bundles' models %s and %s are not one file (%v %v)", paths[0], paths[1], errA, errB)
+	}
+	entries, _ := os.ReadDir(filepath.Join(e.dataDir, "models"))
+	if len(entries) != 1 {
+		t.Errorf("model cache holds %d files, want 1", len(entries))
+	}
+	for _, name := range []string{"cache-a", "cache-b"} {
+		row := strings.TrimSuffix(strings.Repeat("0.5,", 64), ",")
+		if code, body, _ := e.do("POST", "/v2/models/"+name+"/infer", `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":[`+row+`]}]}`, nil); code != 200 {
+			t.Errorf("%s: infer = %d %s", name, code, body)
+		}
+	}
+}

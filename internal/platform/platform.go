@@ -29,6 +29,7 @@ import (
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/metrics"
+	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/store"
 )
@@ -106,6 +107,7 @@ type Platform struct {
 	keys    auth.Keys
 	handler http.Handler
 	instCfg instance.Config
+	models  *onnx.ModelCache // onnx models by content hash, shared by bundles
 
 	deployMu sync.Mutex // serialises deploys and removals, so versions swap in order
 
@@ -137,13 +139,13 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, "", err
 	}
-	for _, d := range []string{"bundles", "instances", "tmp", "runtime"} {
+	for _, d := range []string{"bundles", "instances", "tmp", "runtime", "models"} {
 		if err := os.MkdirAll(filepath.Join(cfg.DataDir, d), 0o755); err != nil {
 			return nil, "", fmt.Errorf("make data dir: %w", err)
 		}
 	}
 	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*deployment{}, draining: map[*deployment]struct{}{},
-		logs: logbuf.New(cfg.LogLines)}
+		logs: logbuf.New(cfg.LogLines), models: &onnx.ModelCache{Dir: filepath.Join(cfg.DataDir, "models")}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger})
 	if err != nil {
@@ -241,6 +243,13 @@ func (p *Platform) restore(ctx context.Context) error {
 }
 
 func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment, error) {
+	if fn.Spec.Runtime == ebb.RuntimeONNX {
+		// One file per model on this node, however many bundles carry it.
+		// Failing that, the bundle's own copy serves.
+		if _, err := p.models.Intern(p.ctx, filepath.Join(codeDir, fn.Spec.Handler)); err != nil {
+			p.log.Warn("cache onnx model", "function", fn.Spec.Name, "err", err)
+		}
+	}
 	starter, err := instance.NewStarter(p.instCfg, fn, codeDir)
 	if err != nil {
 		return nil, err
