@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +32,7 @@ func runONNXServe(ctx context.Context, args []string) error {
 	lib := fs.String("onnxruntime-lib", os.Getenv(onnx.LibraryEnv), "ONNX Runtime shared library")
 	maxBatch := fs.Int("max-batch-size", 0, "dynamic batching: largest batch (0 or 1: off)")
 	maxDelay := fs.Duration("max-delay", 0, "dynamic batching: longest wait for a batch to fill")
+	spare := fs.Bool("spare", false, "start ONNX Runtime, then wait for ebb's word on fd 3 before loading the model")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -49,8 +51,24 @@ func runONNXServe(ctx context.Context, args []string) error {
 		spawned = time.Unix(0, ns)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	s, err := onnx.NewServer(ctx, onnx.Config{ModelPath: *model, ModelName: *name, LibraryPath: *lib,
-		MaxBatchSize: *maxBatch, MaxDelay: *maxDelay, SpawnedAt: spawned, Logger: log})
+	var err error
+	if *spare {
+		// A spare pays for process start and ONNX Runtime's own start-up
+		// (tens of milliseconds, most of it registering operator schemas)
+		// before any request needs it; a cold start then only loads the
+		// model. ebb closes fd 3 to let an unused spare go.
+		if err = onnx.InitLibrary(*lib); err == nil {
+			fmt.Fprintln(os.Stderr, instance.SpareLine)
+			if !awaitClaim(ctx, os.NewFile(3, "claim")) {
+				return nil
+			}
+		}
+	}
+	var s *onnx.Server
+	if err == nil {
+		s, err = onnx.NewServer(ctx, onnx.Config{ModelPath: *model, ModelName: *name, LibraryPath: *lib,
+			MaxBatchSize: *maxBatch, MaxDelay: *maxDelay, SpawnedAt: spawned, Spare: *spare, Logger: log})
+	}
 	if err != nil {
 		// Tell ebb why, in words fit for the caller: no server paths.
 		ie := ebb.InitError{Type: "Runtime.ModelLoadError", Message: strings.ReplaceAll(err.Error(), *model, filepath.Base(*model))}
@@ -81,4 +99,20 @@ func runONNXServe(ctx context.Context, args []string) error {
 		err = nil
 	}
 	return err
+}
+
+// awaitClaim waits for ebb to hand this spare a request ("go" on f), and
+// says false when ebb let it go instead (f closed) or it is stopped.
+func awaitClaim(ctx context.Context, f *os.File) bool {
+	got := make(chan bool, 1)
+	go func() {
+		line, err := bufio.NewReader(f).ReadString('\n')
+		got <- err == nil && line == "go\n"
+	}()
+	select {
+	case ok := <-got:
+		return ok
+	case <-ctx.Done():
+		return false
+	}
 }

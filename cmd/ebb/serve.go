@@ -35,6 +35,7 @@ func runServe(ctx context.Context, args []string) error {
 	cgroup := fs.String("cgroup", "auto", "memory limits: auto, v2, v1 or none")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this (loopback) address, for profiling ebb itself")
+	onnxSpares := fs.Int("onnx-spares", 8, "onnx spare processes (ONNX Runtime started, model not yet loaded) kept for cold starts, node-wide; 0 for none")
 	instanceDir := fs.String("instance-dir", "", "where instances' working and scratch dirs live (default: a tmpfs under /dev/shm when there is one, else DATA/instances)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -76,7 +77,7 @@ func runServe(ctx context.Context, args []string) error {
 	loopback := auth.IsLoopback(*listen)
 	p, adminKey, err := platform.New(ctx, platform.Config{
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
-		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib,
+		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
 	})
 	if err != nil {
@@ -128,4 +129,12 @@ func defaultInstanceDir(dataDir string) string {
 	}
 	sum := sha256.Sum256([]byte(dataDir))
 	return filepath.Join("/dev/shm", "ebb-"+hex.EncodeToString(sum[:6]))
+}
+
+// sparesOrNone maps the flag's 0 ("none") to the platform's negative.
+func sparesOrNone(n int) int {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }

@@ -50,9 +50,14 @@ type Config struct {
 	ONNXLibrary string
 	Logs        LogSink
 	Logger      *slog.Logger
-	// ZygoteKeepAlive is how long an unused python zygote stays; 0 means
-	// DefaultZygoteKeepAliveFactor times the function's idle_timeout.
+	// ZygoteKeepAlive is how long an unused python zygote, or onnx spare
+	// process, stays; 0 means DefaultZygoteKeepAliveFactor times the
+	// function's idle_timeout (at least MinZygoteKeepAlive).
 	ZygoteKeepAlive time.Duration
+	// Spares caps the onnx spare processes of every starter sharing it;
+	// Validate makes one of DefaultMaxSpares when it is nil, so starters
+	// should share a validated Config.
+	Spares *SpareLimit
 }
 
 // Validate checks c and fills defaults.
@@ -65,6 +70,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Spares == nil {
+		c.Spares = NewSpareLimit(DefaultMaxSpares)
 	}
 	return nil
 }
@@ -82,9 +90,11 @@ type Starter struct {
 	shimPath string
 	shimErr  error
 
-	zygMu sync.Mutex // guards zyg and zygClosed
+	zygMu sync.Mutex // guards zyg, spareMgr and zygClosed
 	// zyg forks python instances; made at the first start or Prewarm.
-	zyg       *zygoteManager
+	zyg *zygoteManager
+	// spareMgr keeps an onnx spare process; made likewise.
+	spareMgr  *spareManager
 	zygClosed bool
 }
 
@@ -223,6 +233,15 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 			return inst, err
 		}
 	}
+	if sm := s.spares(); sm != nil {
+		return sm.start(ctx, id)
+	}
+	return s.spawn(ctx, id, false)
+}
+
+// spawn starts a process for one instance and waits until it is ready; with
+// asSpare (onnx) until it has started its runtime and waits to be claimed.
+func (s *Starter) spawn(ctx context.Context, id string, asSpare bool) (*Instance, error) {
 	argv := s.argv
 	if s.fn.Spec.Runtime == ebb.RuntimePython {
 		s.shimOnce.Do(func() { s.shimPath, s.shimErr = pyruntime.WriteShim(s.cfg.ShimDir) })
@@ -232,10 +251,21 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 		argv = pyruntime.Command(s.python(), s.shimPath)
 	}
 	inst := &Instance{id: id, fn: s.fn, sink: s.cfg.Logs, log: s.cfg.Logger, done: make(chan struct{}), started: time.Now()}
+	var extra []*os.File
 	if s.fn.Spec.Runtime == ebb.RuntimeONNX {
 		// onnx-serve says when it listens: no probe interval is lost on
 		// top of a model load of tens of milliseconds.
 		inst.readyLine = make(chan struct{})
+		if asSpare {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return nil, fmt.Errorf("create claim pipe: %w", err)
+			}
+			defer r.Close() // the child has its copy
+			inst.claim, inst.spareLine = w, make(chan struct{})
+			extra = append(extra, r)
+			argv = append(argv[:len(argv):len(argv)], "--spare")
+		}
 	}
 	env := make([]string, len(s.env), len(s.env)+4)
 	copy(env, s.env)
@@ -263,24 +293,40 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 		inst.up = &upstream{addr: inst.addr}
 	}
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
-		ID:        id,
-		Path:      argv[0],
-		Args:      argv[1:],
-		Env:       env,
-		CodeDir:   s.codeDir,
-		MemoryMiB: s.fn.Spec.MemoryMiB,
-		Stdout:    inst.lineFunc("stdout"),
-		Stderr:    inst.lineFunc("stderr"),
+		ID:         id,
+		Path:       argv[0],
+		Args:       argv[1:],
+		Env:        env,
+		CodeDir:    s.codeDir,
+		MemoryMiB:  s.fn.Spec.MemoryMiB,
+		Stdout:     inst.lineFunc("stdout"),
+		Stderr:     inst.lineFunc("stderr"),
+		ExtraFiles: extra,
 	})
 	if err != nil {
 		if inst.rt != nil {
 			inst.rt.Close()
+		}
+		if inst.claim != nil {
+			inst.claim.Close()
 		}
 		releasePort(inst.port)
 		return nil, fmt.Errorf("start process: %w", err)
 	}
 	inst.proc = proc
 	go inst.watch()
+	if asSpare {
+		select {
+		case <-inst.spareLine:
+			return inst, nil
+		case <-inst.done:
+			return nil, inst.exitedEarly()
+		case <-ctx.Done():
+			inst.proc.Kill()
+			<-inst.done
+			return nil, ctx.Err()
+		}
+	}
 	if err := inst.waitReady(ctx); err != nil {
 		inst.proc.Kill()
 		<-inst.done
@@ -363,6 +409,12 @@ type Instance struct {
 	// trusted to say so.
 	readyLine chan struct{}
 	readyOnce sync.Once
+	// spareLine is closed when an onnx spare prints SpareLine: its runtime
+	// is up and it waits on claim for the word to load its model. Closing
+	// claim lets an unused spare exit.
+	spareLine chan struct{}
+	spareOnce sync.Once
+	claim     *os.File
 	exitErr   error // set by watch before done is closed
 }
 
@@ -426,6 +478,9 @@ func (i *Instance) watch() {
 	}
 	i.closeIdle()
 	releasePort(i.port)
+	if i.claim != nil {
+		i.claim.Close()
+	}
 	close(i.done)
 }
 
@@ -487,10 +542,18 @@ const InitErrorPrefix = "EBB-INIT-ERROR "
 // (onnx-serve) says that it accepts connections on $PORT.
 const ReadyLine = "EBB-READY"
 
+// SpareLine is the stderr line with which onnx-serve --spare says that ONNX
+// Runtime is up and it waits to be claimed.
+const SpareLine = "EBB-SPARE"
+
 func (i *Instance) lineFunc(stream string) func([]byte) {
 	return func(line []byte) {
 		if i.readyLine != nil && stream == "stderr" && string(line) == ReadyLine {
 			i.readyOnce.Do(func() { close(i.readyLine) })
+			return
+		}
+		if i.spareLine != nil && stream == "stderr" && string(line) == SpareLine {
+			i.spareOnce.Do(func() { close(i.spareLine) })
 			return
 		}
 		if stream == "stderr" && bytes.HasPrefix(line, []byte(InitErrorPrefix)) && i.initErr.Load() == nil {

@@ -668,12 +668,15 @@ func (s *Starter) zygote() *zygoteManager {
 	return s.zyg
 }
 
-// Prewarm builds a python function's zygote and its spare instance in the
-// background, so that even the first request finds them ready. It does
-// nothing for other functions.
+// Prewarm builds a python function's zygote and its spare instance, or an
+// onnx function's spare process, in the background, so that even the first
+// request finds them ready. It does nothing for other functions.
 func (s *Starter) Prewarm() {
 	if zm := s.zygote(); zm != nil {
 		zm.kickRefill()
+	}
+	if sm := s.spares(); sm != nil {
+		sm.kickRefill()
 	}
 }
 
@@ -681,11 +684,14 @@ func (s *Starter) Prewarm() {
 // starter started must be stopped first: forked ones die with the zygote.
 func (s *Starter) Close() {
 	s.zygMu.Lock()
-	zm := s.zyg
+	zm, sm := s.zyg, s.spareMgr
 	s.zygClosed = true
 	s.zygMu.Unlock()
 	if zm != nil {
 		zm.close()
+	}
+	if sm != nil {
+		sm.close()
 	}
 }
 

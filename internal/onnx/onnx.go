@@ -89,6 +89,10 @@ type Config struct {
 	// SpawnedAt is when the parent started this process, if it said so; it
 	// lets Timings report how long the process took to start.
 	SpawnedAt time.Time
+	// Spare says the process was started ahead of need and loads the model
+	// only now: its process start and library init were paid before the
+	// request that waits for the model (logged, for the cold-start split).
+	Spare bool
 	// Logger receives load and shutdown events; nil discards them.
 	Logger *slog.Logger
 }

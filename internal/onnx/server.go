@@ -86,7 +86,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.routes()
 	s.log.Info("onnx: model loaded", "model", cfg.ModelName, "bytes", m.size,
-		"onnxruntime", LibraryVersion(), "threads", cfg.IntraOpThreads, "batching", s.batch != nil,
+		"onnxruntime", LibraryVersion(), "threads", cfg.IntraOpThreads, "batching", s.batch != nil, "spare", cfg.Spare,
 		"process_start", s.timings.ProcessStart, "library_init", s.timings.LibraryInit,
 		"model_read", s.timings.ModelRead, "session_create", s.timings.SessionCreate)
 	return s, nil

@@ -298,10 +298,12 @@ func (b *ortBaseline) rate(d time.Duration) float64 {
 
 // TestONNXColdStart measures scale-from-zero starts of onnx functions, one
 // model at a time: rounds of "wait until the function has no instance, then
-// infer one request", timed at the client, and the instance's own split of
-// its start (process start, library init, model read, session creation) from
-// the line it logs once the model is loaded. Set EBB_ONNX_BENCH=1 to run it;
-// it prints a table (p50 of each column over the rounds).
+// infer one request", timed at the client, with spare processes (the
+// default: ONNX Runtime is up before the request comes) and without (every
+// start spawns onnx-serve). The instance's own split of its start (process
+// start, library init, model read, session creation) comes from the line it
+// logs once the model is loaded. Set EBB_ONNX_BENCH=1 to run it; it prints a
+// table (p50 of each column over the rounds).
 func TestONNXColdStart(t *testing.T) {
 	if os.Getenv("EBB_ONNX_BENCH") == "" {
 		t.Skip("set EBB_ONNX_BENCH=1 to run the ONNX cold-start benchmark")
@@ -310,7 +312,15 @@ func TestONNXColdStart(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("EBB_ONNX_COLD_ROUNDS")); err == nil && n > 0 {
 		rounds = n
 	}
-	e := startONNX(t)
+	lib, bin := onnxLibrary(t), ebbBinary(t)
+	envs := map[bool]*env{}
+	for _, spares := range []bool{false, true} {
+		n := -1
+		if spares {
+			n = 0 // the default
+		}
+		envs[spares] = start(t, "", func(c *Config) { c.Executable, c.ONNXLibrary, c.MaxSyncPayload, c.ONNXSpares = bin, lib, 64<<20, n })
+	}
 	gen := t.TempDir()
 	models := []struct {
 		name, label, path string
@@ -323,8 +333,8 @@ func TestONNXColdStart(t *testing.T) {
 		{name: "cold-mlp-l", label: "MLP 512-2048-2048-10", sizes: []int{512, 2048, 2048, 10}},
 	}
 	var out strings.Builder
-	fmt.Fprintf(&out, "\nonnx cold starts: %d scale-from-zero rounds per model, p50 of each column\n", rounds)
-	fmt.Fprintf(&out, "%-30s %9s %8s %12s %13s %12s %12s %14s\n", "model", "size", "cold", "client p50", "process start", "library init", "model read", "session create")
+	fmt.Fprintf(&out, "\nonnx cold starts: %d scale-from-zero rounds per model and mode, p50 of each column\n", rounds)
+	fmt.Fprintf(&out, "%-30s %7s | %12s %12s %7s | %13s %12s %12s %14s\n", "model", "size", "no spare", "spare", "", "process start", "library init", "model read", "session create")
 	for _, m := range models {
 		if m.path == "" {
 			args := []string{"../onnx/testdata/gen_models.py", "--mlp", gen, m.name}
@@ -343,37 +353,56 @@ func TestONNXColdStart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dir := fnDir(t, "name: "+m.name+"\nruntime: onnx\nhandler: model.onnx\nmemory: 2048\nidle_timeout: 100ms\n", nil)
-		os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
-		e.deploy(dir)
-		var client, proc, lib, read, sess []time.Duration
-		cold := 0
-		for range rounds {
-			waitFor(t, m.name+" to scale to zero", 30*time.Second, func() bool { return e.instances(m.name) == 0 })
-			t0 := time.Now()
-			code, body, hdr := e.do("POST", "/v2/models/"+m.name+"/infer", m.request, map[string]string{"Content-Type": "application/json"})
-			client = append(client, time.Since(t0))
-			if code != 200 {
-				t.Fatalf("%s: infer = %d %.300s", m.name, code, body)
+		client := map[bool]time.Duration{}
+		var split []loadSplit
+		for _, spares := range []bool{false, true} {
+			e := envs[spares]
+			dir := fnDir(t, "name: "+m.name+"\nruntime: onnx\nhandler: model.onnx\nmemory: 2048\nidle_timeout: 100ms\n", nil)
+			os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+			e.deploy(dir)
+			var lat []time.Duration
+			cold := 0
+			for range rounds {
+				waitFor(t, m.name+" to scale to zero", 30*time.Second, func() bool { return e.instances(m.name) == 0 })
+				if spares {
+					waitFor(t, m.name+"'s spare", 30*time.Second, func() bool {
+						e.p.mu.RLock()
+						defer e.p.mu.RUnlock()
+						return e.p.fns[m.name].starter.SpareReady()
+					})
+				}
+				t0 := time.Now()
+				code, body, hdr := e.do("POST", "/v2/models/"+m.name+"/infer", m.request, map[string]string{"Content-Type": "application/json"})
+				lat = append(lat, time.Since(t0))
+				if code != 200 {
+					t.Fatalf("%s: infer = %d %.300s", m.name, code, body)
+				}
+				if hdr.Get("Ebb-Cold-Start") == "true" {
+					cold++
+				}
 			}
-			if hdr.Get("Ebb-Cold-Start") == "true" {
-				cold++
+			if cold != rounds {
+				t.Errorf("%s: %d of %d rounds were cold starts", m.name, cold, rounds)
 			}
+			client[spares] = p50(lat)
+			// Every start logged its split once its model was loaded.
+			lines := loadedLines(t, e, m.name)
+			if len(lines) < rounds {
+				t.Fatalf("%s: %d load lines in the logs for %d cold starts", m.name, len(lines), rounds)
+			}
+			if spares {
+				split = lines
+			}
+			e.do("DELETE", "/v1/functions/"+m.name, "", nil)
 		}
-		// Every start logged its split once its model was loaded.
-		for _, l := range loadedLines(t, e, m.name) {
+		var proc, lib, read, sess []time.Duration
+		for _, l := range split {
 			proc, lib, read, sess = append(proc, l.ProcessStart), append(lib, l.LibraryInit), append(read, l.ModelRead), append(sess, l.SessionCreate)
 		}
-		if len(sess) < rounds {
-			t.Fatalf("%s: %d load lines in the logs for %d cold starts", m.name, len(sess), rounds)
-		}
-		fmt.Fprintf(&out, "%-30s %8.1fM %4d/%-3d %12s %13s %12s %12s %14s\n", m.label, float64(len(model))/1e6, cold, rounds,
-			p50(client), p50(proc), p50(lib), p50(read), p50(sess))
-		if cold != rounds {
-			t.Errorf("%s: %d of %d rounds were cold starts", m.name, cold, rounds)
-		}
+		fmt.Fprintf(&out, "%-30s %6.1fM | %12s %12s %6.1fx | %13s %12s %12s %14s\n", m.label, float64(len(model))/1e6,
+			client[false], client[true], float64(client[false])/float64(client[true]), p50(proc), p50(lib), p50(read), p50(sess))
 	}
-	t.Log(out.String())
+	t.Log(out.String() + "\n(process start and library init are paid before the request when a spare is claimed)\n")
 }
 
 // refRequest is the request part (the inputs) of a reference file.
@@ -395,6 +424,7 @@ func refRequest(t *testing.T, path string) string {
 // (slog writes durations as nanoseconds).
 type loadSplit struct {
 	Msg           string        `json:"msg"`
+	Spare         bool          `json:"spare"`
 	ProcessStart  time.Duration `json:"process_start"`
 	LibraryInit   time.Duration `json:"library_init"`
 	ModelRead     time.Duration `json:"model_read"`

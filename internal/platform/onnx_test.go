@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ebb-run/ebb/internal/onnx/conformance"
 )
@@ -56,11 +57,11 @@ func onnxLibrary(t testing.TB) string {
 	return p
 }
 
-func startONNX(t *testing.T) *env {
+func startONNX(t *testing.T, opts ...envOpt) *env {
 	lib := onnxLibrary(t)
 	bin := ebbBinary(t)
 	// Tensors in JSON are large: allow what an inference server would.
-	return start(t, "", func(c *Config) { c.Executable, c.ONNXLibrary, c.MaxSyncPayload = bin, lib, 64<<20 })
+	return start(t, "", append([]envOpt{func(c *Config) { c.Executable, c.ONNXLibrary, c.MaxSyncPayload = bin, lib, 64<<20 }}, opts...)...)
 }
 
 func TestONNXModelThroughThePlatform(t *testing.T) {
@@ -147,7 +148,9 @@ func TestONNXModelThroughThePlatform(t *testing.T) {
 // protocol can carry as an onnx function and checks its outputs through
 // ebb's HTTP path: deploy, cold start of an instance, infer, compare.
 func TestONNXConformanceFullPath(t *testing.T) {
-	e := startONNX(t)
+	// A thousand functions, each started once: spare processes (tested
+	// on their own) would only double the process starts.
+	e := startONNX(t, func(c *Config) { c.ONNXSpares = -1 })
 	cases, err := conformance.Load(conformance.DefaultRoot)
 	if err != nil || len(cases) == 0 {
 		t.Skipf("no ONNX backend test cases under %s (Debian package libonnx-testdata): %v", conformance.DefaultRoot, err)
@@ -235,5 +238,54 @@ func TestONNXModelCache(t *testing.T) {
 		if code, body, _ := e.do("POST", "/v2/models/"+name+"/infer", `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":[`+row+`]}]}`, nil); code != 200 {
 			t.Errorf("%s: infer = %d %s", name, code, body)
 		}
+	}
+}
+
+// TestONNXSpare checks that onnx cold starts claim a spare process (ONNX
+// Runtime already up) and that a new spare replaces it; and that with
+// spares turned off every start spawns a process.
+func TestONNXSpare(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		spares int
+		want   bool
+	}{{"on", 0, true}, {"off", -1, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			lib, bin := onnxLibrary(t), ebbBinary(t)
+			e := start(t, "", func(c *Config) { c.Executable, c.ONNXLibrary, c.ONNXSpares = bin, lib, tc.spares })
+			model, err := os.ReadFile("../onnx/testdata/mlp.onnx")
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := fnDir(t, "name: sp\nruntime: onnx\nhandler: model.onnx\nidle_timeout: 100ms\n", nil)
+			os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+			e.deploy(dir)
+			row := strings.TrimSuffix(strings.Repeat("0.5,", 64), ",")
+			req := `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":[` + row + `]}]}`
+			for round := range 2 {
+				if tc.want {
+					waitFor(t, "a spare process", 30*time.Second, func() bool {
+						e.p.mu.RLock()
+						defer e.p.mu.RUnlock()
+						return e.p.fns["sp"].starter.SpareReady()
+					})
+				}
+				waitFor(t, "scale to zero", 30*time.Second, func() bool { return e.instances("sp") == 0 })
+				code, body, hdr := e.do("POST", "/v2/models/sp/infer", req, nil)
+				if code != 200 || hdr.Get("Ebb-Cold-Start") != "true" {
+					t.Fatalf("round %d: infer = %d cold=%q %s", round, code, hdr.Get("Ebb-Cold-Start"), body)
+				}
+			}
+			loads := loadedLines(t, e, "sp")
+			spared := 0
+			for _, l := range loads {
+				if l.Spare {
+					spared++
+				}
+			}
+			if got := spared == len(loads) && len(loads) == 2; got != tc.want || (!tc.want && spared != 0) {
+				t.Errorf("%d of %d model loads were in spares; want all: %v", spared, len(loads), tc.want)
+			}
+		})
 	}
 }

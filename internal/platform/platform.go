@@ -56,9 +56,13 @@ type Config struct {
 	// DrainTimeout bounds how long an old version may finish its requests
 	// after a redeploy or removal (default 15 min, the longest timeout).
 	DrainTimeout time.Duration
-	// ZygoteKeepAlive is how long an unused python zygote stays (default
-	// 3 × the function's idle_timeout).
+	// ZygoteKeepAlive is how long an unused python zygote or onnx spare
+	// process stays (default 3 × the function's idle_timeout, at least 1m).
 	ZygoteKeepAlive time.Duration
+	// ONNXSpares is how many onnx spare processes (ONNX Runtime started, no
+	// model yet) the node keeps for the next cold starts; 0 means
+	// instance.DefaultMaxSpares, negative none.
+	ONNXSpares int
 	// Async tunes asynchronous invocations, schedules and events.
 	Async  AsyncOptions
 	Logger *slog.Logger
@@ -168,6 +172,12 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	p.metrics = metrics.New(p.poolStats)
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
 		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive}
+	switch {
+	case cfg.ONNXSpares > 0:
+		p.instCfg.Spares = instance.NewSpareLimit(cfg.ONNXSpares)
+	case cfg.ONNXSpares < 0:
+		p.instCfg.Spares = instance.NewSpareLimit(0)
+	}
 	if err := p.instCfg.Validate(); err != nil {
 		p.closeStores()
 		return nil, "", err

@@ -19,8 +19,9 @@ func zygoteStatus(d *deployment) *api.ZygoteStatus {
 }
 
 // coldStartAttrs break a cold start down for the invocation log: whether
-// the instance was forked from a zygote or handed out as a spare, how long
-// building the zygote took when this start had to, and fork-to-ready.
+// the instance was forked from a zygote or handed out as a spare (python),
+// or claimed as a spare process (onnx), how long building the zygote took
+// when this start had to, and fork-to-ready.
 func coldStartAttrs(lease *dispatch.Lease) []slog.Attr {
 	if lease == nil || !lease.Cold {
 		return nil
@@ -31,6 +32,9 @@ func coldStartAttrs(lease *dispatch.Lease) []slog.Attr {
 	}
 	cs := inst.ColdStart()
 	if !cs.Zygote {
+		if cs.Spare { // an onnx process started ahead, claimed
+			return []slog.Attr{slog.Bool("spare", true)}
+		}
 		return nil
 	}
 	attrs := []slog.Attr{slog.Bool("zygote", true), slog.Bool("spare", cs.Spare), slog.Float64("fork_to_ready_ms", ms(cs.ForkToReady))}
