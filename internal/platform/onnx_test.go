@@ -289,3 +289,38 @@ func TestONNXSpare(t *testing.T) {
 		})
 	}
 }
+
+// TestONNXSpareExpires checks that an unused spare goes after the
+// keep-alive, and that removing the function stops its spare.
+func TestONNXSpareExpires(t *testing.T) {
+	short := startONNX(t, func(c *Config) { c.ZygoteKeepAlive = 300 * time.Millisecond })
+	long := startONNX(t) // a minute at least
+	model, err := os.ReadFile("../onnx/testdata/mlp.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spareReady := func(e *env, name string) func() bool {
+		return func() bool {
+			e.p.mu.RLock()
+			defer e.p.mu.RUnlock()
+			d := e.p.fns[name]
+			return d != nil && d.starter.SpareReady()
+		}
+	}
+	for _, e := range []*env{short, long} {
+		dir := fnDir(t, "name: exp\nruntime: onnx\nhandler: model.onnx\n", nil)
+		os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+		e.deploy(dir)
+		waitFor(t, "a spare", 30*time.Second, spareReady(e, "exp"))
+	}
+	waitFor(t, "the unused spare to go", 30*time.Second, func() bool { return !spareReady(short, "exp")() })
+	// Removal: the starter is closed once the version is drained, and its
+	// spare with it, long before the keep-alive.
+	long.p.mu.RLock()
+	st := long.p.fns["exp"].starter
+	long.p.mu.RUnlock()
+	if code, body, _ := long.do("DELETE", "/v1/functions/exp", "", nil); code >= 300 {
+		t.Fatalf("rm = %d %s", code, body)
+	}
+	waitFor(t, "the removed function's spare to go", 20*time.Second, func() bool { return !st.SpareReady() })
+}
