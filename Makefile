@@ -78,7 +78,7 @@ bench-async:
 	N=3000 bash bench/async.sh
 
 bench-onnx: onnxruntime
-	EBB_ONNX_BENCH=1 $(GO) test -p 1 -run 'TestONNXBatchingThroughEbb|TestBenchmarkReport' -v -timeout 20m ./internal/platform ./internal/onnx
+	EBB_ONNX_BENCH=1 $(GO) test -p 1 -run 'TestONNXBatchingThroughEbb|TestONNXColdStart|TestBenchmarkReport' -v -timeout 20m ./internal/platform ./internal/onnx
 
 # `go test -list` prints each package's matching tests, then an "ok" line
 # naming the package; awk pairs them up. Each target is fuzzed on its own
