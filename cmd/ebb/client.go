@@ -169,6 +169,19 @@ func runStatus(ctx context.Context, args []string) error {
 	if len(st.Draining) > 0 {
 		fmt.Printf("  draining     versions %v\n", st.Draining)
 	}
+	if z := st.Zygote; z != nil {
+		switch {
+		case z.Fallback != "":
+			fmt.Printf("  zygote       off: %s\n", z.Fallback)
+		case z.PID != 0:
+			fmt.Printf("  zygote       pid %d, built in %.0f ms, RSS %.1f MiB, PSS %.1f MiB, %d children, spare %v\n",
+				z.PID, z.BuildMS, float64(z.RSS)/(1<<20), float64(z.PSS)/(1<<20), z.Children, z.Spare)
+		}
+	}
+	if sp := st.Spare; sp != nil {
+		fmt.Printf("  spare        pid %d, ready %s ago, RSS %.1f MiB, PSS %.1f MiB (ONNX Runtime up; the next cold start loads the model in it)\n",
+			sp.PID, time.Since(sp.Since).Round(time.Second), float64(sp.RSS)/(1<<20), float64(sp.PSS)/(1<<20))
+	}
 	if len(st.Instances) == 0 {
 		fmt.Println("  instances    none (scaled to zero)")
 		return nil

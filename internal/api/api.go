@@ -39,6 +39,17 @@ type FunctionStatus struct {
 	Draining []int `json:"draining,omitempty"`
 	// Zygote is the python fork-server of the current version, if any.
 	Zygote *ZygoteStatus `json:"zygote,omitempty"`
+	// Spare is the onnx spare process of the current version, if one waits.
+	Spare *SpareStatus `json:"spare,omitempty"`
+}
+
+// SpareStatus describes an onnx function's spare process: ONNX Runtime
+// started, waiting for a cold start to load the model.
+type SpareStatus struct {
+	PID   int       `json:"pid"`
+	Since time.Time `json:"since"`
+	RSS   uint64    `json:"rss_bytes"`
+	PSS   uint64    `json:"pss_bytes"`
 }
 
 // ZygoteStatus describes a python function's fork-server.

@@ -318,6 +318,7 @@ func (s *Starter) spawn(ctx context.Context, id string, asSpare bool) (*Instance
 	if asSpare {
 		select {
 		case <-inst.spareLine:
+			inst.ready = time.Now() // as a spare; a claim sets it again
 			return inst, nil
 		case <-inst.done:
 			return nil, inst.exitedEarly()

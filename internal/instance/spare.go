@@ -22,9 +22,9 @@ const spareStartTimeout = time.Minute
 // for the model's session, not for the process and the library (about 40 of
 // the 46 ms of a small model's cold start here). The spare is a real
 // instance of the function (its cgroup, memory limit, environment, port),
-// so claiming it is one write. It costs the runtime's memory (about 12 MiB
-// private), and goes after the keep-alive without a cold start, like a
-// python zygote.
+// so claiming it is one write. It costs the runtime's memory (about 9 MiB
+// anonymous, plus library pages shared with the other onnx processes), and
+// goes after the keep-alive without a cold start, like a python zygote.
 type spareManager struct {
 	s         *Starter
 	keepAlive time.Duration
@@ -240,16 +240,37 @@ func (l *SpareLimit) release() {
 }
 
 // SpareReady says whether an onnx spare process waits to be claimed.
-func (s *Starter) SpareReady() bool {
+func (s *Starter) SpareReady() bool { return s.Spare() != nil }
+
+// SpareStatus describes a waiting spare process.
+type SpareStatus struct {
+	Pid   int
+	Since time.Time // when it was ready
+	RSS   uint64    // bytes, from /proc/PID/smaps_rollup
+	PSS   uint64    // RSS with shared pages (the library, ebb's binary) divided among their users
+}
+
+// Spare reports the onnx spare process waiting to be claimed; nil if none.
+func (s *Starter) Spare() *SpareStatus {
 	s.zygMu.Lock()
 	sm := s.spareMgr
 	s.zygMu.Unlock()
 	if sm == nil {
-		return false
+		return nil
 	}
 	sm.mu.Lock()
-	defer sm.mu.Unlock()
-	return sm.spare != nil && !isDone(sm.spare)
+	sp := sm.spare
+	var st SpareStatus
+	if sp != nil {
+		// ready changes when a cold start claims the spare, after take.
+		st = SpareStatus{Pid: sp.Pid(), Since: sp.ready}
+	}
+	sm.mu.Unlock()
+	if sp == nil || isDone(sp) {
+		return nil
+	}
+	st.RSS, st.PSS = ReadPSS(st.Pid)
+	return &st
 }
 
 // spares returns the function's spare manager, making it at first use; nil

@@ -244,6 +244,9 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 			InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
 	}
 	st.Zygote = zygoteStatus(d)
+	if sp := d.starter.Spare(); sp != nil {
+		st.Spare = &api.SpareStatus{PID: sp.Pid, Since: sp.Since, RSS: sp.RSS, PSS: sp.PSS}
+	}
 	p.mu.RLock()
 	for od := range p.draining {
 		if od.fn.Spec.Name == name {

@@ -271,6 +271,17 @@ func TestONNXSpare(t *testing.T) {
 					})
 				}
 				waitFor(t, "scale to zero", 30*time.Second, func() bool { return e.instances("sp") == 0 })
+				_, status, _ := e.do("GET", "/v1/functions/sp", "", nil)
+				var st struct {
+					Spare *struct {
+						PID int    `json:"pid"`
+						RSS uint64 `json:"rss_bytes"`
+					} `json:"spare"`
+				}
+				json.Unmarshal([]byte(status), &st)
+				if got := st.Spare != nil && st.Spare.PID > 0 && st.Spare.RSS > 0; got != tc.want {
+					t.Errorf("round %d: status shows a spare with pid and RSS: %v, want %v (%s)", round, got, tc.want, status)
+				}
 				code, body, hdr := e.do("POST", "/v2/models/sp/infer", req, nil)
 				if code != 200 || hdr.Get("Ebb-Cold-Start") != "true" {
 					t.Fatalf("round %d: infer = %d cold=%q %s", round, code, hdr.Get("Ebb-Cold-Start"), body)
