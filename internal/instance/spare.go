@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -31,10 +32,14 @@ type spareManager struct {
 	idBase    string
 	seq       atomic.Uint64
 
-	mu      sync.Mutex // guards spare, lastUse, closed
+	mu      sync.Mutex // guards spare, lastUse, closed, off
 	spare   *Instance  // started, waiting to be claimed; nil if none
 	lastUse time.Time
 	closed  bool
+	// off is set when a spare failed to start its runtime (no library, say):
+	// every later one would too, so cold starts spawn as usual and the
+	// failure shows once, in their init error.
+	off bool
 
 	kick chan struct{} // asks run to make a spare
 	stop chan struct{} // closed by close
@@ -93,7 +98,7 @@ func (sm *spareManager) kickRefill() {
 // spares allows one more.
 func (sm *spareManager) refill(ctx context.Context) {
 	sm.mu.Lock()
-	skip := sm.closed || (sm.spare != nil && !isDone(sm.spare))
+	skip := sm.closed || sm.off || (sm.spare != nil && !isDone(sm.spare))
 	sm.mu.Unlock()
 	if skip || !sm.s.cfg.Spares.acquire() {
 		return
@@ -104,7 +109,12 @@ func (sm *spareManager) refill(ctx context.Context) {
 	if err != nil {
 		sm.s.cfg.Spares.release()
 		if ctx.Err() == nil {
-			sm.s.cfg.Logger.Warn("start spare instance", "function", sm.s.fn.Spec.Name, "version", sm.s.fn.Version, "err", err)
+			if _, ok := errors.AsType[*ebb.InitError](err); ok {
+				sm.mu.Lock()
+				sm.off = true
+				sm.mu.Unlock()
+			}
+			sm.s.cfg.Logger.Warn("start spare instance; cold starts of this version spawn as usual", "function", sm.s.fn.Spec.Name, "version", sm.s.fn.Version, "err", err)
 		}
 		return
 	}
@@ -237,6 +247,20 @@ func (l *SpareLimit) release() {
 	if l != nil {
 		<-l.slots
 	}
+}
+
+// SparesOff says whether spares were turned off for this version after one
+// could not start its runtime.
+func (s *Starter) SparesOff() bool {
+	s.zygMu.Lock()
+	sm := s.spareMgr
+	s.zygMu.Unlock()
+	if sm == nil {
+		return false
+	}
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	return sm.off
 }
 
 // SpareReady says whether an onnx spare process waits to be claimed.

@@ -335,3 +335,53 @@ func TestONNXSpareExpires(t *testing.T) {
 	}
 	waitFor(t, "the removed function's spare to go", 20*time.Second, func() bool { return !st.SpareReady() })
 }
+
+// TestONNXInitErrors: a model ONNX Runtime cannot load and a missing
+// library answer with the init error's type and no server paths, and a spare
+// that cannot start its runtime turns spares off instead of failing again
+// at every cold start.
+func TestONNXInitErrors(t *testing.T) {
+	tests := []struct {
+		name, lib string // lib "" means the real one
+		model     []byte
+		wantType  string
+		spareOff  bool
+	}{
+		{"bad model", "", []byte("this is not an onnx model"), "Runtime.ModelLoadError", false},
+		{"no library", "/nonexistent/libonnxruntime.so.1", nil, "Runtime.ONNXRuntimeMissing", true},
+	}
+	good, err := os.ReadFile("../onnx/testdata/mlp.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := []envOpt{}
+			if tc.lib != "" {
+				opts = append(opts, func(c *Config) { c.ONNXLibrary = tc.lib })
+			}
+			e := startONNX(t, opts...)
+			model := tc.model
+			if model == nil {
+				model = good
+			}
+			dir := fnDir(t, "name: ie\nruntime: onnx\nhandler: model.onnx\n", nil)
+			os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
+			if code, body := deployRaw(t, e, "ie", dir); code != 200 && code != 201 {
+				t.Fatalf("deploy = %d %s", code, body)
+			}
+			for round := range 2 {
+				code, body, _ := e.do("POST", "/v2/models/ie/infer", `{"inputs":[]}`, nil)
+				if code < 500 || !strings.Contains(body, tc.wantType) || strings.Contains(body, e.dataDir) || strings.Contains(body, "/nonexistent") {
+					t.Errorf("round %d: infer = %d %s; want a 5xx naming %s and no server paths", round, code, body, tc.wantType)
+				}
+			}
+			e.p.mu.RLock()
+			st := e.p.fns["ie"].starter
+			e.p.mu.RUnlock()
+			if tc.spareOff {
+				waitFor(t, "spares off", 10*time.Second, func() bool { return st.SparesOff() })
+			}
+		})
+	}
+}
