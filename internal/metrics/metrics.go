@@ -22,6 +22,9 @@ type PoolStats struct {
 	// Zygote is the memory of the function's python fork-server; nil
 	// when it has none running.
 	Zygote *ZygoteMemory
+	// Spare is the memory of the function's onnx spare process; nil when
+	// none waits.
+	Spare *ZygoteMemory
 }
 
 // ZygoteMemory is a fork-server's memory in bytes (/proc/PID/smaps_rollup).
@@ -157,12 +160,14 @@ var (
 	instancesDesc = prometheus.NewDesc("ebb_instances", "Instances by function and state.", []string{"function", "state"}, nil)
 	queueDesc     = prometheus.NewDesc("ebb_queue_depth", "Requests waiting for an instance slot.", []string{"function"}, nil)
 	zygoteDesc    = prometheus.NewDesc("ebb_zygote_memory_bytes", "Memory of a python function's fork-server (kind: rss, or pss with shared pages divided among its children).", []string{"function", "kind"}, nil)
+	spareDesc     = prometheus.NewDesc("ebb_spare_memory_bytes", "Memory of an onnx function's spare process, ONNX Runtime started and no model loaded (kind: rss, or pss with shared pages divided among their users).", []string{"function", "kind"}, nil)
 )
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- instancesDesc
 	ch <- queueDesc
 	ch <- zygoteDesc
+	ch <- spareDesc
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -177,6 +182,10 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		if z := s.Zygote; z != nil {
 			ch <- prometheus.MustNewConstMetric(zygoteDesc, prometheus.GaugeValue, float64(z.RSS), s.Function, "rss")
 			ch <- prometheus.MustNewConstMetric(zygoteDesc, prometheus.GaugeValue, float64(z.PSS), s.Function, "pss")
+		}
+		if sp := s.Spare; sp != nil {
+			ch <- prometheus.MustNewConstMetric(spareDesc, prometheus.GaugeValue, float64(sp.RSS), s.Function, "rss")
+			ch <- prometheus.MustNewConstMetric(spareDesc, prometheus.GaugeValue, float64(sp.PSS), s.Function, "pss")
 		}
 	}
 }

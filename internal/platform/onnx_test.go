@@ -282,6 +282,10 @@ func TestONNXSpare(t *testing.T) {
 				if got := st.Spare != nil && st.Spare.PID > 0 && st.Spare.RSS > 0; got != tc.want {
 					t.Errorf("round %d: status shows a spare with pid and RSS: %v, want %v (%s)", round, got, tc.want, status)
 				}
+				_, m, _ := e.do("GET", "/metrics", "", nil)
+				if got := strings.Contains(m, `ebb_spare_memory_bytes{function="sp",kind="pss"}`); got != tc.want {
+					t.Errorf("round %d: /metrics has the spare's memory: %v, want %v", round, got, tc.want)
+				}
 				code, body, hdr := e.do("POST", "/v2/models/sp/infer", req, nil)
 				if code != 200 || hdr.Get("Ebb-Cold-Start") != "true" {
 					t.Fatalf("round %d: infer = %d cold=%q %s", round, code, hdr.Get("Ebb-Cold-Start"), body)

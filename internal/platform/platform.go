@@ -412,6 +412,9 @@ func (p *Platform) poolStats() []metrics.PoolStats {
 		if zs := d.starter.Zygote(); zs != nil && zs.Pid != 0 {
 			ps.Zygote = &metrics.ZygoteMemory{RSS: zs.RSS, PSS: zs.PSS}
 		}
+		if sp := d.starter.Spare(); sp != nil {
+			ps.Spare = &metrics.ZygoteMemory{RSS: sp.RSS, PSS: sp.PSS}
+		}
 		for _, in := range st.Instances {
 			ps.Phases[string(in.Phase)]++
 		}
