@@ -1,9 +1,12 @@
 package onnx
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -251,4 +254,41 @@ func BenchmarkParseRequestJSON(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// FuzzInfer sends arbitrary bodies through a Server with a real model and
+// ONNX Runtime, batching on: every answer is a 200 or a 4xx with a JSON
+// error, never a panic or a 500, and a 200 has the model's outputs.
+func FuzzInfer(f *testing.F) {
+	s := newServer(f, "add_mul.onnx", func(c *Config) { c.MaxBatchSize = 8; c.MaxDelay = 0 })
+	f.Add([]byte(`{"inputs":[{"name":"a","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]},{"name":"b","datatype":"FP32","shape":[1,4],"data":[1,1,1,1]}]}`), -1)
+	f.Add([]byte(`{"inputs":[{"name":"a","datatype":"FP32","shape":[2,4],"data":[[1,2,3,4],[5,6,7,8]]},{"name":"b","datatype":"FP32","shape":[2,4],"data":[1,1,1,1,2,2,2,2]}],"outputs":[{"name":"sum","parameters":{"binary_data":true}}]}`), -1)
+	f.Add([]byte(`{"inputs":[{"name":"a","datatype":"FP32","shape":[1,4],"parameters":{"binary_data_size":16}},{"name":"b","datatype":"FP64","shape":[1,4],"data":[1,1,1,1]}]}`+"\x00\x00\x80\x3f\x00\x00\x80\x3f\x00\x00\x80\x3f\x00\x00\x80\x3f"), 126)
+	f.Add([]byte(`{"inputs":[{"name":"a","datatype":"FP32","shape":[0,4],"data":[]},{"name":"b","datatype":"FP32","shape":[0,4],"data":[]}]}`), -1)
+	f.Fuzz(func(t *testing.T, body []byte, headerLen int) {
+		req := httptest.NewRequest("POST", "/v2/models/m/infer", bytes.NewReader(body))
+		if headerLen >= 0 {
+			req.Header.Set(HeaderContentLength, strconv.Itoa(headerLen))
+		}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, req)
+		switch {
+		case w.Code == 200:
+			var resp struct {
+				Outputs []json.RawMessage `json:"outputs"`
+			}
+			if w.Header().Get(HeaderContentLength) == "" && (json.Unmarshal(w.Body.Bytes(), &resp) != nil || len(resp.Outputs) == 0) {
+				t.Fatalf("200 without outputs: %.300s", w.Body.Bytes())
+			}
+		case w.Code >= 400 && w.Code < 500:
+			var e struct {
+				Error string `json:"error"`
+			}
+			if json.Unmarshal(w.Body.Bytes(), &e) != nil || e.Error == "" {
+				t.Fatalf("%d without a JSON error: %.300s", w.Code, w.Body.Bytes())
+			}
+		default:
+			t.Fatalf("status %d for %.300q: %.300s", w.Code, body, w.Body.Bytes())
+		}
+	})
 }

@@ -402,7 +402,9 @@ func (s *Server) bind(req *inferRequest) ([]*tensor, []selected, error) {
 		}
 	}
 	var sel []selected
-	if !req.hasOutputs {
+	// An empty "outputs" list asks for nothing in particular, as an absent
+	// one: every output, rather than a 200 that carries none.
+	if len(req.outputs) == 0 {
 		sel = make([]selected, len(m.outputs))
 		for i := range m.outputs {
 			sel[i] = selected{index: i, binary: req.binaryOutput}

@@ -316,6 +316,7 @@ func TestOutputsFilter(t *testing.T) {
 		want    string
 	}{
 		{"", `"outputs":[{"name":"sum","datatype":"FP32","shape":[1,4],"data":[3,4,5,6]},{"name":"product","datatype":"FP32","shape":[1,4],"data":[2,4,6,8]}]`},
+		{`,"outputs":[]`, `"outputs":[{"name":"sum","datatype":"FP32","shape":[1,4],"data":[3,4,5,6]},{"name":"product","datatype":"FP32","shape":[1,4],"data":[2,4,6,8]}]`},
 		{`,"outputs":[{"name":"product"}]`, `"outputs":[{"name":"product","datatype":"FP32","shape":[1,4],"data":[2,4,6,8]}]`},
 		{`,"outputs":[{"name":"product"},{"name":"sum"}]`, `"outputs":[{"name":"product","datatype":"FP32","shape":[1,4],"data":[2,4,6,8]},{"name":"sum","datatype":"FP32","shape":[1,4],"data":[3,4,5,6]}]`},
 		{`,"outputs":[{"name":"sum","parameters":{"binary_data":true}},{"name":"product"}]`,
