@@ -233,11 +233,21 @@ func TestONNXModelCache(t *testing.T) {
 	if len(entries) != 1 {
 		t.Errorf("model cache holds %d files, want 1", len(entries))
 	}
-	for _, name := range []string{"cache-a", "cache-b"} {
-		row := strings.TrimSuffix(strings.Repeat("0.5,", 64), ",")
-		if code, body, _ := e.do("POST", "/v2/models/"+name+"/infer", `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":[`+row+`]}]}`, nil); code != 200 {
-			t.Errorf("%s: infer = %d %s", name, code, body)
+	infer := func(e *env) {
+		for _, name := range []string{"cache-a", "cache-b"} {
+			row := strings.TrimSuffix(strings.Repeat("0.5,", 64), ",")
+			if code, body, _ := e.do("POST", "/v2/models/"+name+"/infer", `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":[`+row+`]}]}`, nil); code != 200 {
+				t.Errorf("%s: infer = %d %s", name, code, body)
+			}
 		}
+	}
+	infer(e)
+	// After a restart the interned models are found as they are.
+	e.stop()
+	e2 := start(t, e.dataDir, func(c *Config) { c.Executable, c.ONNXLibrary = ebbBinary(t), onnxLibrary(t) })
+	infer(e2)
+	if fa, err := os.Stat(paths[0]); err != nil || !os.SameFile(fa, fb) {
+		t.Errorf("after restart the model is not the cached file (%v)", err)
 	}
 }
 

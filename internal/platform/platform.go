@@ -19,6 +19,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ebb-run/ebb"
@@ -253,10 +254,12 @@ func (p *Platform) restore(ctx context.Context) error {
 }
 
 func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment, error) {
-	if fn.Spec.Runtime == ebb.RuntimeONNX {
+	if model := filepath.Join(codeDir, fn.Spec.Handler); fn.Spec.Runtime == ebb.RuntimeONNX && !linked(model) {
 		// One file per model on this node, however many bundles carry it.
-		// Failing that, the bundle's own copy serves.
-		if _, err := p.models.Intern(p.ctx, filepath.Join(codeDir, fn.Spec.Handler)); err != nil {
+		// Failing that, the bundle's own copy serves. A model that is a
+		// link already was interned before this restart: hashing gigabytes
+		// again on every start would only delay it.
+		if _, err := p.models.Intern(p.ctx, model); err != nil {
 			p.log.Warn("cache onnx model", "function", fn.Spec.Name, "err", err)
 		}
 	}
@@ -287,6 +290,17 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 	// request finds it (and a spare instance) ready.
 	starter.Prewarm()
 	return d, nil
+}
+
+// linked says whether path is a file with more than one name: in a bundle's
+// directory, one that ModelCache.Intern linked to its cache entry.
+func linked(path string) bool {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink > 1
 }
 
 // starterFunc adapts instance.Starter to dispatch.Starter.
