@@ -67,24 +67,7 @@ func newSpareManager(s *Starter) *spareManager {
 // start has wanted one for the keep-alive.
 func (sm *spareManager) run() {
 	defer sm.wg.Done()
-	tick := time.NewTicker(min(max(sm.keepAlive/4, 10*time.Millisecond), 30*time.Second))
-	defer tick.Stop()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-sm.stop
-		cancel()
-	}()
-	for {
-		select {
-		case <-sm.stop:
-			return
-		case <-sm.kick:
-			sm.refill(ctx)
-		case now := <-tick.C:
-			sm.expire(now)
-		}
-	}
+	keep(sm.stop, sm.kick, sm.keepAlive, sm.refill, sm.expire)
 }
 
 func (sm *spareManager) kickRefill() {

@@ -136,22 +136,30 @@ func usesZygote(fn *ebb.Function) bool {
 // and retires an unused zygote.
 func (zm *zygoteManager) run() {
 	defer zm.wg.Done()
-	tick := time.NewTicker(min(max(zm.keepAlive/4, 10*time.Millisecond), 30*time.Second))
+	keep(zm.stop, zm.kick, zm.keepAlive, zm.refill, zm.expire)
+}
+
+// keep is the loop of a keeper of something started ahead of need (a
+// zygote's spare, an onnx spare process): it calls refill when kicked and
+// expire now and then (often enough for keepAlive), until stop is closed,
+// which also cancels the context a refill in progress runs under.
+func keep(stop, kick <-chan struct{}, keepAlive time.Duration, refill func(context.Context), expire func(time.Time)) {
+	tick := time.NewTicker(min(max(keepAlive/4, 10*time.Millisecond), 30*time.Second))
 	defer tick.Stop()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		<-zm.stop
+		<-stop
 		cancel()
 	}()
 	for {
 		select {
-		case <-zm.stop:
+		case <-stop:
 			return
-		case <-zm.kick:
-			zm.refill(ctx)
+		case <-kick:
+			refill(ctx)
 		case now := <-tick.C:
-			zm.expire(now)
+			expire(now)
 		}
 	}
 }

@@ -70,15 +70,12 @@ func TestONNXBatchingThroughEbb(t *testing.T) {
 			continue
 		}
 		if m.path == "" {
-			args := []string{"../onnx/testdata/gen_models.py", "--mlp", gen, m.name}
-			for _, d := range m.sizes {
-				args = append(args, strconv.Itoa(d))
-			}
-			if b, err := exec.Command("/usr/bin/python3", args...).CombinedOutput(); err != nil {
-				t.Logf("skip %s: generate: %v %s", m.name, err, b)
+			path, err := genMLP(gen, m.name, m.sizes)
+			if err != nil {
+				t.Logf("skip %s: %v", m.name, err)
 				continue
 			}
-			m.path = filepath.Join(gen, m.name+".onnx")
+			m.path = path
 		}
 		model, err := os.ReadFile(m.path)
 		if err != nil {
@@ -343,15 +340,12 @@ func TestONNXColdStart(t *testing.T) {
 	fmt.Fprintf(&out, "%-30s %7s | %12s %12s %7s | %13s %12s %12s %14s\n", "model", "size", "no spare", "spare", "", "process start", "library init", "model read", "session create")
 	for _, m := range models {
 		if m.path == "" {
-			args := []string{"../onnx/testdata/gen_models.py", "--mlp", gen, m.name}
-			for _, d := range m.sizes {
-				args = append(args, strconv.Itoa(d))
-			}
-			if b, err := exec.Command("/usr/bin/python3", args...).CombinedOutput(); err != nil {
-				t.Logf("skip %s: generate: %v %s", m.name, err, b)
+			path, err := genMLP(gen, m.name, m.sizes)
+			if err != nil {
+				t.Logf("skip %s: %v", m.name, err)
 				continue
 			}
-			m.path = filepath.Join(gen, m.name+".onnx")
+			m.path = path
 			row := strings.TrimSuffix(strings.Repeat("0.25,", m.sizes[0]), ",")
 			m.request = `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,` + strconv.Itoa(m.sizes[0]) + `],"data":[` + row + `]}]}`
 		}
@@ -409,6 +403,19 @@ func TestONNXColdStart(t *testing.T) {
 			client[false], client[true], float64(client[false])/float64(client[true]), p50(proc), p50(lib), p50(read), p50(sess))
 	}
 	t.Log(out.String() + "\n(process start and library init are paid before the request when a spare is claimed)\n")
+}
+
+// genMLP writes a dense MLP of the given layer sizes as DIR/NAME.onnx with
+// gen_models.py (python3-onnx).
+func genMLP(dir, name string, sizes []int) (string, error) {
+	args := []string{"../onnx/testdata/gen_models.py", "--mlp", dir, name}
+	for _, d := range sizes {
+		args = append(args, strconv.Itoa(d))
+	}
+	if b, err := exec.Command("/usr/bin/python3", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("generate: %v %s", err, b)
+	}
+	return filepath.Join(dir, name+".onnx"), nil
 }
 
 // refRequest is the request part (the inputs) of a reference file.
