@@ -574,37 +574,27 @@ func (d *dataDecoder) element() error {
 		return badRequest("input %q: %s elements must be integers, got %q", in.name, dt.name, tok)
 	}
 	str := bytesString(tok)
+	var bits uint64 // two's complement for the signed types
 	switch dt {
 	case dtUint8, dtUint16, dtUint32, dtUint64:
-		v, err := strconv.ParseUint(str, 10, dt.size*8)
-		if err != nil {
-			return badRequest("input %q: %s is out of range for %s", in.name, tok, dt.name)
-		}
-		switch dt.size {
-		case 1:
-			out[0] = byte(v)
-		case 2:
-			binary.LittleEndian.PutUint16(out, uint16(v))
-		case 4:
-			binary.LittleEndian.PutUint32(out, uint32(v))
-		default:
-			binary.LittleEndian.PutUint64(out, v)
-		}
+		bits, err = strconv.ParseUint(str, 10, dt.size*8)
 	default:
-		v, err := strconv.ParseInt(str, 10, dt.size*8)
-		if err != nil {
-			return badRequest("input %q: %s is out of range for %s", in.name, tok, dt.name)
-		}
-		switch dt.size {
-		case 1:
-			out[0] = byte(v)
-		case 2:
-			binary.LittleEndian.PutUint16(out, uint16(v))
-		case 4:
-			binary.LittleEndian.PutUint32(out, uint32(v))
-		default:
-			binary.LittleEndian.PutUint64(out, uint64(v))
-		}
+		var v int64
+		v, err = strconv.ParseInt(str, 10, dt.size*8)
+		bits = uint64(v)
+	}
+	if err != nil {
+		return badRequest("input %q: %s is out of range for %s", in.name, tok, dt.name)
+	}
+	switch dt.size {
+	case 1:
+		out[0] = byte(bits)
+	case 2:
+		binary.LittleEndian.PutUint16(out, uint16(bits))
+	case 4:
+		binary.LittleEndian.PutUint32(out, uint32(bits))
+	default:
+		binary.LittleEndian.PutUint64(out, bits)
 	}
 	return nil
 }

@@ -249,6 +249,22 @@ func (r *reader) skipDepth(wt, depth int) error {
 	return fmt.Errorf("invalid wire type %d", wt)
 }
 
+// lenField reads a length-delimited field whose key (num, wt) has been read.
+func (r *reader) lenField(num, wt int) ([]byte, error) {
+	if err := expect(num, wt, wtLen); err != nil {
+		return nil, err
+	}
+	return r.bytes()
+}
+
+// varintField reads a varint field whose key (num, wt) has been read.
+func (r *reader) varintField(num, wt int) (uint64, error) {
+	if err := expect(num, wt, wtVarint); err != nil {
+		return 0, err
+	}
+	return r.varint()
+}
+
 // expect checks that field num arrived with wire type want.
 func expect(num, wt, want int) error {
 	if wt != want {
@@ -271,28 +287,19 @@ func ParseModel(b []byte) (*Model, error) {
 		}
 		switch num {
 		case 1: // ir_version
-			if err := expect(num, wt, wtVarint); err != nil {
-				return nil, fmt.Errorf("parse model: %w", err)
-			}
-			v, err := r.varint()
+			v, err := r.varintField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse model: %w", err)
 			}
 			m.IRVersion = int64(v)
 		case 2: // producer_name
-			if err := expect(num, wt, wtLen); err != nil {
-				return nil, fmt.Errorf("parse model: %w", err)
-			}
-			v, err := r.bytes()
+			v, err := r.lenField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse model: %w", err)
 			}
 			m.ProducerName = string(v)
 		case 7: // graph
-			if err := expect(num, wt, wtLen); err != nil {
-				return nil, fmt.Errorf("parse model: %w", err)
-			}
-			g, err := r.bytes()
+			g, err := r.lenField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse model: %w", err)
 			}
@@ -301,10 +308,7 @@ func ParseModel(b []byte) (*Model, error) {
 			}
 			seenGraph = true
 		case 8: // opset_import
-			if err := expect(num, wt, wtLen); err != nil {
-				return nil, fmt.Errorf("parse model: %w", err)
-			}
-			o, err := r.bytes()
+			o, err := r.lenField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse model: %w", err)
 			}
@@ -377,10 +381,7 @@ func (m *Model) parseGraph(b []byte) error {
 		}
 		switch num {
 		case 2, 5, 11, 12, 15:
-			if err := expect(num, wt, wtLen); err != nil {
-				return err
-			}
-			v, err := r.bytes()
+			v, err := r.lenField(num, wt)
 			if err != nil {
 				return err
 			}
@@ -681,10 +682,7 @@ func ParseTensor(b []byte) (*Tensor, error) {
 				t.Dims = append(t.Dims, int64(v))
 			}
 		case 2: // data_type
-			if err := expect(num, wt, wtVarint); err != nil {
-				return nil, fmt.Errorf("parse tensor: %w", err)
-			}
-			v, err := r.varint()
+			v, err := r.varintField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse tensor: %w", err)
 			}
@@ -703,10 +701,7 @@ func ParseTensor(b []byte) (*Tensor, error) {
 			}
 			int32s = append(int32s, vals...)
 		case 6: // string_data
-			if err := expect(num, wt, wtLen); err != nil {
-				return nil, fmt.Errorf("parse tensor: %w", err)
-			}
-			v, err := r.bytes()
+			v, err := r.lenField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse tensor: string_data: %w", err)
 			}
@@ -718,19 +713,13 @@ func ParseTensor(b []byte) (*Tensor, error) {
 			}
 			int64s = append(int64s, vals...)
 		case 8: // name
-			if err := expect(num, wt, wtLen); err != nil {
-				return nil, fmt.Errorf("parse tensor: %w", err)
-			}
-			v, err := r.bytes()
+			v, err := r.lenField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse tensor: %w", err)
 			}
 			t.Name = string(v)
 		case 9: // raw_data
-			if err := expect(num, wt, wtLen); err != nil {
-				return nil, fmt.Errorf("parse tensor: %w", err)
-			}
-			v, err := r.bytes()
+			v, err := r.lenField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse tensor: %w", err)
 			}
@@ -750,10 +739,7 @@ func ParseTensor(b []byte) (*Tensor, error) {
 			}
 			u64s = append(u64s, vals...)
 		case 14: // data_location
-			if err := expect(num, wt, wtVarint); err != nil {
-				return nil, fmt.Errorf("parse tensor: %w", err)
-			}
-			v, err := r.varint()
+			v, err := r.varintField(num, wt)
 			if err != nil {
 				return nil, fmt.Errorf("parse tensor: %w", err)
 			}
