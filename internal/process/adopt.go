@@ -305,26 +305,7 @@ func (s *Slot) waitAdopted() {
 	}
 	timer.Stop()
 
-	p.drain()
-	oom := false
-	peak := p.lastPeak.Load()
-	if p.cg != nil {
-		oom = p.oomSeen.Load() || p.cg.oomKilled(ws.Signaled() && ws.Signal() == syscall.SIGKILL)
-		if v, ok := p.cg.peak(); ok {
-			peak = max(peak, v)
-		}
-		if err := p.cg.remove(); err != nil {
-			m.log.Warn("cannot remove instance cgroup", "id", p.id, "err", err)
-		}
-	}
-	if err := removeTree(p.dir); err != nil {
-		m.log.Warn("cannot remove instance directory", "id", p.id, "err", err)
-	}
-	p.oom = oom
-	p.finalPeak = peak
-	p.err = exitError(ws, oom)
-	m.forget(p)
-	close(p.done)
+	p.finish(ws, 0)
 }
 
 // waitPidfdReadable returns once the pidfd's process has exited. Unlike

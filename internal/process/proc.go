@@ -220,10 +220,18 @@ func (p *Process) wait() {
 		p.pidfd.Close()
 	}
 
-	p.drain()
+	p.finish(ws, maxRSS)
+}
 
+// finish tears down an exited process, started or adopted: it waits for its
+// output, reads whether it ran out of memory and its peak (at least
+// peakFloor), removes its cgroup and directory, records why it exited and
+// closes done.
+func (p *Process) finish(ws syscall.WaitStatus, peakFloor uint64) {
+	m := p.m
+	p.drain()
 	oom := false
-	peak := max(p.lastPeak.Load(), maxRSS)
+	peak := max(p.lastPeak.Load(), peakFloor)
 	if p.cg != nil {
 		oom = p.oomSeen.Load() || p.cg.oomKilled(ws.Signaled() && ws.Signal() == syscall.SIGKILL)
 		if v, ok := p.cg.peak(); ok {
@@ -236,7 +244,6 @@ func (p *Process) wait() {
 	if err := removeTree(p.dir); err != nil {
 		m.log.Warn("cannot remove instance directory", "id", p.id, "err", err)
 	}
-
 	p.oom = oom
 	p.finalPeak = peak
 	p.err = exitError(ws, oom)
