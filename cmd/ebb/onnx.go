@@ -56,7 +56,7 @@ func runONNXServe(ctx context.Context, args []string) error {
 		// A spare pays for process start and ONNX Runtime's own start-up
 		// (tens of milliseconds, most of it registering operator schemas)
 		// before any request needs it; a cold start then only loads the
-		// model. ebb closes fd 3 to let an unused spare go.
+		// model. A spare whose fd 3 closes (ebb gone) exits.
 		if err = onnx.InitLibrary(*lib); err == nil {
 			fmt.Fprintln(os.Stderr, instance.SpareLine)
 			if !awaitClaim(ctx, os.NewFile(3, "claim")) {

@@ -411,8 +411,8 @@ type Instance struct {
 	readyLine chan struct{}
 	readyOnce sync.Once
 	// spareLine is closed when an onnx spare prints SpareLine: its runtime
-	// is up and it waits on claim for the word to load its model. Closing
-	// claim lets an unused spare exit.
+	// is up and it waits on claim for the word to load its model. An unused
+	// spare is killed; claim is closed when the process is gone.
 	spareLine chan struct{}
 	spareOnce sync.Once
 	claim     *os.File

@@ -207,7 +207,7 @@ func TestReservePortNeverHandsOutALivePort(t *testing.T) {
 }
 
 func TestBodyPoolClasses(t *testing.T) {
-	for _, n := range []int64{1, 4 << 10, 4<<10 + 1, 64 << 10, 300 << 10, maxReplayBody} {
+	for _, n := range []int64{1, 4 << 10, 4<<10 + 1, 16<<10 + 1, maxReplayBody} {
 		b := getBody(n)
 		if int64(len(b)) != n || int64(cap(b)) < n {
 			t.Fatalf("getBody(%d): len %d cap %d", n, len(b), cap(b))
@@ -223,4 +223,46 @@ func TestBodyPoolClasses(t *testing.T) {
 	if c := bodyClass(maxReplayBody); c >= len(bodyPool) {
 		t.Errorf("bodyClass(maxReplayBody) = %d, want < %d", c, len(bodyPool))
 	}
+}
+
+// TestSpinOnlyForQuickAnswers: the proxy polls for an answer only while the
+// instance's answers come within the spin; a model run of milliseconds turns
+// it off (the spin would take a core from it), and quick answers turn it on
+// again.
+func TestSpinOnlyForQuickAnswers(t *testing.T) {
+	var slow atomic.Bool
+	u, _ := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slow.Load() {
+			time.Sleep(3 * time.Millisecond)
+		}
+		w.Write([]byte("ok"))
+	}))
+	send := func(n int) {
+		for range n {
+			if _, err := proxyOnce(u, "GET", "/", nil, nil, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !u.spinWorthIt() {
+		t.Fatal("no answers yet: want the spin on")
+	}
+	slow.Store(true)
+	send(20)
+	if u.spinWorthIt() {
+		t.Errorf("after 3 ms answers: spin on (average %v), want off", time.Duration(u.replyNs.Load()))
+	}
+	// Quick answers (fed to the average directly: how quick a real server
+	// answers depends on the machine's load) turn it on again.
+	for range 60 {
+		u.observeReply(10 * time.Microsecond)
+	}
+	if !u.spinWorthIt() {
+		t.Errorf("after quick answers: spin off (average %v), want on", time.Duration(u.replyNs.Load()))
+	}
+	u.busy.Add(2)
+	if u.spinWorthIt() {
+		t.Error("with requests in flight: spin on, want off")
+	}
+	u.busy.Add(-2)
 }
