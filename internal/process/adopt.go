@@ -33,6 +33,8 @@ type AdoptSpec struct {
 	MemoryMiB int
 	// Stdout and Stderr are called per output line, as in Spec.
 	Stdout, Stderr func(line []byte)
+	// NoDirs says the process has its own directories, as in Spec.
+	NoDirs bool
 }
 
 // Slot is an instance prepared for a process that ebb does not start: it
@@ -79,8 +81,12 @@ func (m *Manager) Prepare(ctx context.Context, spec AdoptSpec) (_ *Slot, err err
 
 	s := &Slot{statusc: make(chan exitReport, 1), outFn: [2]func([]byte){spec.Stdout, spec.Stderr}}
 	p := &Process{m: m, id: spec.ID, dir: filepath.Join(m.root, spec.ID), done: make(chan struct{}), readerDone: make(chan struct{}, 2)}
-	p.workDir = filepath.Join(p.dir, workDirName)
-	p.scratchDir = filepath.Join(p.dir, scratchDirName)
+	if spec.NoDirs {
+		p.dir = ""
+	} else {
+		p.workDir = filepath.Join(p.dir, workDirName)
+		p.scratchDir = filepath.Join(p.dir, scratchDirName)
+	}
 	s.p = p
 	defer func() {
 		if err != nil {
@@ -94,11 +100,13 @@ func (m *Manager) Prepare(ctx context.Context, spec AdoptSpec) (_ *Slot, err err
 			return nil, fmt.Errorf("resolve code directory: %w", err)
 		}
 	}
-	if err := makeInstanceDirs(p.dir, codeDir); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			p.dir = "" // see start: kept for a look, not deleted
+	if p.dir != "" {
+		if err := makeInstanceDirs(p.dir, codeDir); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				p.dir = "" // see start: kept for a look, not deleted
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	if m.cg.mode != ModeNone {
 		if p.cg, err = m.cg.create(spec.ID, int64(spec.MemoryMiB)<<20); err != nil {
@@ -154,6 +162,26 @@ func (s *Slot) CgroupProcs() []string {
 		out = append(out, filepath.Join(cg.pidsDir, "cgroup.procs"))
 	}
 	return out
+}
+
+// OpenCgroupProcs opens the CgroupProcs files for writing, for a process
+// that cannot open them itself (a sandboxed one, which sees no cgroup files
+// and does not own them): the kernel checks a write to cgroup.procs against
+// the credentials of whoever opened the file, so the process may enter its
+// cgroups through these. The caller closes them once handed over.
+func (s *Slot) OpenCgroupProcs() ([]*os.File, error) {
+	var out []*os.File
+	for _, path := range s.CgroupProcs() {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			for _, g := range out {
+				g.Close()
+			}
+			return nil, fmt.Errorf("open cgroup: %w", err)
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 // Output returns the write ends of the instance's stdout and stderr, to be

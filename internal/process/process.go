@@ -126,6 +126,10 @@ type Manager struct {
 	// devNull is handed to every instance as stdin, and as stdout or
 	// stderr when nobody reads them; opened once instead of per start.
 	devNull *os.File
+	// hostNet is ebb's own network namespace, which a spawner thread
+	// returns to after starting a process in an instance's (Spec.NetNS);
+	// nil when it cannot be opened, and then Spec.NetNS is refused.
+	hostNet *os.File
 
 	spawnc    chan *spawnRequest
 	spawnStop chan struct{}
@@ -185,6 +189,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		rootLock:  rootLock,
 		cg:        cg,
 		devNull:   devNull,
+		hostNet:   openHostNetns(cfg.Logger),
 		spawnc:    make(chan *spawnRequest),
 		spawnStop: make(chan struct{}),
 		procs:     map[string]*Process{},
@@ -259,6 +264,9 @@ func (m *Manager) Close() error {
 
 	err := m.cg.close()
 	m.devNull.Close()
+	if m.hostNet != nil {
+		m.hostNet.Close()
+	}
 	m.rootLock.Close()
 	return err
 }
@@ -292,6 +300,18 @@ type Spec struct {
 	// ExtraFiles become file descriptors 3, 4, … of the process. The
 	// caller keeps ownership and may close them once Start returned.
 	ExtraFiles []*os.File
+	// NoDirs says the process brings its own working and scratch
+	// directories (a sandbox mounts the code and a private /tmp): no
+	// Root/<id> directories are made, the process starts in "/" and Env
+	// gets no TMPDIR or HOME.
+	NoDirs bool
+	// Credential, when set, is the identity the process runs as (a
+	// sandboxed function's own uid). nil keeps ebb's.
+	Credential *syscall.Credential
+	// NetNS, when set, is a network namespace (an open /proc/…/ns/net
+	// file) the process is born in: the spawner thread enters it for the
+	// fork and leaves it after. The caller keeps ownership.
+	NetNS *os.File
 }
 
 func (s *Spec) validate() error {
@@ -369,8 +389,12 @@ func (m *Manager) start(ctx context.Context, spec *Spec) (_ *Process, err error)
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}, 2),
 	}
-	p.workDir = filepath.Join(p.dir, workDirName)
-	p.scratchDir = filepath.Join(p.dir, scratchDirName)
+	if spec.NoDirs {
+		p.dir = ""
+	} else {
+		p.workDir = filepath.Join(p.dir, workDirName)
+		p.scratchDir = filepath.Join(p.dir, scratchDirName)
+	}
 
 	// Everything made from here on is undone if the start fails.
 	var closers []*os.File
@@ -397,13 +421,16 @@ func (m *Manager) start(ctx context.Context, spec *Spec) (_ *Process, err error)
 			}
 		}
 	}()
-	if err := makeInstanceDirs(p.dir, codeDir); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			// A directory whose removal failed before: keep it for
-			// a look rather than delete what may still be in use.
-			p.dir = ""
+	if p.dir != "" {
+		if err := makeInstanceDirs(p.dir, codeDir); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				// A directory whose removal failed before: keep it
+				// for a look rather than delete what may still be in
+				// use.
+				p.dir = ""
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	if m.cg.mode != ModeNone {
 		if p.cg, err = m.cg.create(spec.ID, int64(spec.MemoryMiB)<<20); err != nil {
@@ -431,23 +458,31 @@ func (m *Manager) start(ctx context.Context, spec *Spec) (_ *Process, err error)
 	}
 	files = append(files, spec.ExtraFiles...)
 
+	dir, env := p.workDir, instanceEnv(spec.Env, p.workDir, p.scratchDir)
+	if spec.NoDirs {
+		dir, env = "/", spec.Env
+	}
 	req := &spawnRequest{
 		path: path,
 		argv: append([]string{spec.Path}, spec.Args...),
 		attr: &os.ProcAttr{
-			Dir:   p.workDir,
-			Env:   instanceEnv(spec.Env, p.workDir, p.scratchDir),
+			Dir:   dir,
+			Env:   env,
 			Files: files,
 			Sys: &syscall.SysProcAttr{
 				// Its own group, so that signals reach its children
 				// and not ebb.
 				Setpgid: true,
 				// If ebb dies the instance must not live on
-				// unsupervised; see spawnLoop for the thread.
-				Pdeathsig: syscall.SIGKILL,
+				// unsupervised; see spawnLoop for the thread. Go
+				// sets it after the credentials change, which would
+				// otherwise clear it.
+				Pdeathsig:  syscall.SIGKILL,
+				Credential: spec.Credential,
 			},
 		},
 		cg:    p.cg,
+		netns: spec.NetNS,
 		reply: make(chan spawnResult, 1),
 	}
 	if p.cg != nil && m.cg.mode == ModeV2 && !m.cg.noCloneInto.Load() {
@@ -492,8 +527,12 @@ func (m *Manager) start(ctx context.Context, spec *Spec) (_ *Process, err error)
 	return p, nil
 }
 
-// instanceEnv is env plus the scratch and home variables it does not set.
+// instanceEnv is env plus the scratch and home variables it does not set
+// (none without directories).
 func instanceEnv(env []string, work, scratch string) []string {
+	if work == "" {
+		return env
+	}
 	out := make([]string, len(env), len(env)+4)
 	copy(out, env)
 	set := func(key, value string) {
@@ -517,6 +556,7 @@ type spawnRequest struct {
 	argv  []string
 	attr  *os.ProcAttr
 	cg    *instanceCgroup // nil without cgroups
+	netns *os.File        // the network namespace to be born in; nil: ebb's
 	reply chan spawnResult
 }
 
@@ -535,7 +575,7 @@ func (m *Manager) spawnLoop() {
 	defer m.spawnWG.Done()
 	runtime.LockOSThread()
 	// Deliberately never unlocked: the thread exits with this goroutine.
-	st := spawnThread{tid: syscall.Gettid()}
+	st := spawnThread{tid: syscall.Gettid(), host: m.hostNet}
 	if m.cg.mode == ModeV1 {
 		st.setupV1(m)
 	}
@@ -556,6 +596,11 @@ type spawnThread struct {
 	// visiting an instance's; homeMem == "" means it does not visit and
 	// processes are moved after they start instead.
 	homeMem, homePids string
+	// host is ebb's own network namespace (nil if it could not be
+	// opened: then no spawn may ask for another); away says the thread
+	// is not in it (it entered an instance's and could not leave).
+	host *os.File
+	away bool
 }
 
 // setupV1 finds the thread's own cgroups and checks that it may move
@@ -606,6 +651,19 @@ func (st *spawnThread) spawn(m *Manager, req *spawnRequest) spawnResult {
 		} else {
 			entered = true
 		}
+	}
+	if req.netns != nil || st.away {
+		target := req.netns
+		if target == nil {
+			target = st.host
+		}
+		if err := st.setns(target); err != nil {
+			if entered {
+				st.goHome(m)
+			}
+			return spawnResult{err: err}
+		}
+		defer st.leaveNetns(m)
 	}
 	proc, err := os.StartProcess(req.path, req.argv, req.attr)
 	if err != nil && req.attr.Sys.UseCgroupFD && (errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.E2BIG)) {
