@@ -84,12 +84,14 @@ func copyExample(t *testing.T, name, dst string) {
 type ebbServer struct {
 	bin    string
 	url    string
+	pid    int
 	stderr *lockedBuffer
 }
 
-func startEbb(t *testing.T, bin, dataDir string) *ebbServer {
+// startEbb starts `ebb serve` on dataDir with the extra flags.
+func startEbb(t *testing.T, bin, dataDir string, flags ...string) *ebbServer {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data", dataDir)
+	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--data", dataDir}, flags...)...)
 	cmd.Stdout = io.Discard
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
@@ -98,7 +100,7 @@ func startEbb(t *testing.T, bin, dataDir string) *ebbServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start ebb serve: %v", err)
 	}
-	s := &ebbServer{bin: bin, stderr: &lockedBuffer{}}
+	s := &ebbServer{bin: bin, pid: cmd.Process.Pid, stderr: &lockedBuffer{}}
 	exited := make(chan struct{})
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
