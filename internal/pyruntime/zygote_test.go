@@ -440,4 +440,3 @@ func TestZygoteFreezesBeforeFork(t *testing.T) {
 		t.Errorf("gc.get_freeze_count() in a child = %d (%v), want the zygote's objects (thousands)", n, err)
 	}
 }
-
