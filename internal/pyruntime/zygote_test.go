@@ -1,6 +1,7 @@
 package pyruntime
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -438,5 +439,189 @@ func TestZygoteFreezesBeforeFork(t *testing.T) {
 	n, err := strconv.Atoi(string(invokeChild(t, c, "r1", `{}`)))
 	if err != nil || n < 1000 {
 		t.Errorf("gc.get_freeze_count() in a child = %d (%v), want the zygote's objects (thousands)", n, err)
+	}
+}
+
+// modelPy is a handler with numpy and sklearn at module scope, as a typical
+// python function has them.
+const modelPy = `
+import gc
+import resource
+import time
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(500, 20))
+model = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+
+def handler(event, context):
+    if event.get("collect"):
+        gc.collect()  # what a long-lived instance does now and then
+    t0, f0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = np.asarray(event["features"], dtype=float)
+    p = model.predict_proba(x)[:, 1].tolist()
+    f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return {"p": p, "ms": (time.perf_counter() - t0) * 1000, "faults": f1 - f0}
+`
+
+var (
+	modelEvent = `{"features": [[` + strings.TrimSuffix(strings.Repeat("0.5,", 20), ",") + `]]}`
+	// collectEvent also runs a full collection in the child first: the
+	// collection of the oldest generation is what walks (and without
+	// gc.freeze copies) the objects shared with the zygote.
+	collectEvent = strings.Replace(modelEvent, "{", `{"collect": true, `, 1)
+)
+
+func needModules(tb testing.TB) {
+	tb.Helper()
+	if err := exec.Command(DefaultPython, "-c", "import numpy, sklearn").Run(); err != nil {
+		tb.Skipf("%s lacks numpy or sklearn: %v", DefaultPython, err)
+	}
+}
+
+// minorFaults is field 10 of /proc/PID/stat.
+func minorFaults(tb testing.TB, pid int) int {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	n, _ := strconv.Atoi(f[7]) // fields from 3 (state) on
+	return n
+}
+
+// pssKiB is the Pss line of /proc/PID/smaps_rollup.
+func pssKiB(tb testing.TB, pid int) int {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			return n
+		}
+	}
+	tb.Fatalf("no Pss in /proc/%d/smaps_rollup", pid)
+	return 0
+}
+
+// BenchmarkForkFirstCall measures the first request of a freshly forked
+// child (numpy and sklearn at module scope): as forked, and primed with
+// EBB_WARMUP before its first poll. ms/first and faults/first are that
+// request's latency (through the Runtime API) and the child's minor page
+// faults during it; ms/second is the next request, for reference. The
+// handler-* metrics are the same measured inside the handler, without the
+// Runtime API's round trip and the machine's scheduling noise around it.
+//
+//	go test -run XXX -bench ForkFirstCall -benchtime 20x ./internal/pyruntime
+func BenchmarkForkFirstCall(b *testing.B) {
+	needModules(b)
+	tz := startZygote(b, map[string]string{"app.py": modelPy}, "app.handler", zygoteOpts{preload: []string{"numpy", "sklearn"}})
+	for _, primed := range []bool{false, true} {
+		b.Run(map[bool]string{false: "as-forked", true: "primed"}[primed], func(b *testing.B) {
+			env := map[string]string{}
+			if primed {
+				env["EBB_WARMUP"] = modelEvent
+			}
+			var first, second time.Duration
+			var faults int
+			var inFirst, inSecond struct{ ms, faults float64 }
+			inHandler := func(out []byte, acc *struct{ ms, faults float64 }) {
+				var r struct{ Ms, Faults float64 }
+				if err := json.Unmarshal(out, &r); err != nil {
+					b.Fatal(err)
+				}
+				acc.ms += r.Ms
+				acc.faults += r.Faults
+			}
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				c := tz.fork(b, forkOpts{env: env})
+				waitReady(b, c)
+				time.Sleep(5 * time.Millisecond) // the poll is in; let the child settle in its read
+				f0 := minorFaults(b, c.pid)
+				t0 := time.Now()
+				out := invokeChild(b, c, "first", modelEvent)
+				first += time.Since(t0)
+				faults += minorFaults(b, c.pid) - f0
+				inHandler(out, &inFirst)
+				t1 := time.Now()
+				out = invokeChild(b, c, "second", modelEvent)
+				second += time.Since(t1)
+				inHandler(out, &inSecond)
+				syscall.Kill(c.pid, syscall.SIGKILL)
+				c.srv.Close()
+			}
+			b.ReportMetric(float64(first.Microseconds())/1000/float64(b.N), "ms/first")
+			b.ReportMetric(float64(faults)/float64(b.N), "faults/first")
+			b.ReportMetric(float64(second.Microseconds())/1000/float64(b.N), "ms/second")
+			n := float64(b.N)
+			b.ReportMetric(inFirst.ms/n, "handler-ms/first")
+			b.ReportMetric(inFirst.faults/n, "handler-faults/first")
+			b.ReportMetric(inSecond.ms/n, "handler-ms/second")
+			b.ReportMetric(inSecond.faults/n, "handler-faults/second")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// BenchmarkForkPSS measures the proportional set size of a zygote with one
+// child and with eight (numpy and sklearn at module scope, each child has
+// served one request and then one that runs a full gc.collect() first), with
+// the zygote's gc.freeze and without it. It runs
+// once whatever b.N is.
+//
+//	go test -run XXX -bench ForkPSS -benchtime 1x ./internal/pyruntime
+func BenchmarkForkPSS(b *testing.B) {
+	needModules(b)
+	for _, freeze := range []bool{true, false} {
+		b.Run(map[bool]string{true: "gc.freeze", false: "no-freeze"}[freeze], func(b *testing.B) {
+			prog := ZygoteProgram
+			if !freeze {
+				prog = bytes.Replace(prog, []byte("    gc.freeze()\n"), []byte("    pass\n"), 1)
+				if bytes.Equal(prog, ZygoteProgram) {
+					b.Fatal("gc.freeze() not found in zygote.py")
+				}
+			}
+			tz := startZygote(b, map[string]string{"app.py": modelPy}, "app.handler", zygoteOpts{preload: []string{"numpy", "sklearn"}, program: prog})
+			var kids []*child
+			total := func() (all, children int) {
+				all = pssKiB(b, tz.cmd.Process.Pid)
+				for _, c := range kids {
+					p := pssKiB(b, c.pid)
+					all += p
+					children += p
+				}
+				return all, children
+			}
+			grow := func(n int) {
+				for len(kids) < n {
+					c := tz.fork(b, forkOpts{})
+					waitReady(b, c)
+					invokeChild(b, c, "r", modelEvent)
+					kids = append(kids, c)
+				}
+				for _, c := range kids {
+					invokeChild(b, c, "again", collectEvent)
+				}
+			}
+			grow(1)
+			all1, kid1 := total()
+			grow(8)
+			all8, kid8 := total()
+			for _, c := range kids {
+				syscall.Kill(c.pid, syscall.SIGKILL)
+			}
+			b.ReportMetric(float64(all1)/1024, "MiB-pss-1")
+			b.ReportMetric(float64(all8)/1024, "MiB-pss-8")
+			b.ReportMetric(float64(kid1)/1024, "MiB-child-1")
+			b.ReportMetric(float64(kid8-kid1)/7/1024, "MiB/extra-child")
+			b.ReportMetric(0, "ns/op")
+		})
 	}
 }
