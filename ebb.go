@@ -5,6 +5,7 @@
 package ebb
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -78,7 +79,27 @@ type Spec struct {
 	Schedule string `json:"schedule,omitempty"`
 	// Events subscribes the function to NATS subjects and bucket uploads.
 	Events []EventSource `json:"events,omitempty"`
+	// Warmup is an event (JSON) that a python instance started ahead of
+	// need runs once before it is handed out, so that the first request
+	// does not pay for the handler's first-call costs (lazy imports, page
+	// faults in a forked child). Empty means no priming.
+	Warmup json.RawMessage `json:"warmup,omitempty"`
+	// Network is the sandbox's network: NetworkOutbound (the default) or
+	// NetworkNone. Empty, as in specs stored before the field, is outbound.
+	Network string `json:"network,omitempty"`
 }
+
+// Networks a function's sandbox may have.
+const (
+	// NetworkOutbound lets the function open connections to the internet.
+	NetworkOutbound = "outbound"
+	// NetworkNone gives the function loopback only.
+	NetworkNone = "none"
+)
+
+// MaxWarmupBytes bounds the warmup event: it travels to the instance in an
+// environment variable, and the kernel refuses one over 128 KiB.
+const MaxWarmupBytes = 64 << 10
 
 // Defaults and limits of asynchronous invocations.
 const (
@@ -156,6 +177,9 @@ func (s *Spec) Defaults() {
 	if s.Async.MaxAge == 0 {
 		s.Async.MaxAge = DefaultAsyncMaxAge
 	}
+	if s.Network == "" {
+		s.Network = NetworkOutbound
+	}
 }
 
 // Validate reports the first field of s that is out of range as a *FieldError.
@@ -229,6 +253,21 @@ func (s *Spec) Validate() error {
 	for i := range s.Events {
 		if err := s.Events[i].validate(fmt.Sprintf("events[%d]", i)); err != nil {
 			return err
+		}
+	}
+	switch s.Network {
+	case "", NetworkOutbound, NetworkNone:
+	default:
+		return &FieldError{"network", fmt.Sprintf("%q is not outbound or none", s.Network)}
+	}
+	if len(s.Warmup) > 0 {
+		switch {
+		case s.Runtime != RuntimePython:
+			return &FieldError{"warmup", fmt.Sprintf("applies only to python functions, not runtime %s", s.Runtime)}
+		case len(s.Warmup) > MaxWarmupBytes:
+			return &FieldError{"warmup", fmt.Sprintf("is %d bytes as JSON; the limit is %d", len(s.Warmup), MaxWarmupBytes)}
+		case !json.Valid(s.Warmup):
+			return &FieldError{"warmup", "is not valid JSON"}
 		}
 	}
 	return nil

@@ -7,8 +7,10 @@
 package manifest
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -121,6 +123,10 @@ func Parse(data []byte) (*ebb.Spec, error) {
 			s.Schedule = p.schedule(name, v)
 		case "events":
 			s.Events = p.events(name, v)
+		case "warmup":
+			s.Warmup = p.jsonValue(name, v)
+		case "network":
+			s.Network = p.str(name, v)
 		default:
 			return nil, &Error{Field: name, Line: k.Line, Reason: "unknown field" + suggest(name)}
 		}
@@ -148,7 +154,7 @@ func Parse(data []byte) (*ebb.Spec, error) {
 
 var fields = []string{"name", "runtime", "handler", "memory", "timeout", "concurrency", "min_instances",
 	"max_instances", "idle_timeout", "max_queue", "queue_timeout", "preload", "env", "batching", "zygote", "python",
-	"async", "schedule", "events"}
+	"async", "schedule", "events", "warmup", "network"}
 
 // suggest proposes a known field for a misspelt one.
 func suggest(name string) string {
@@ -491,4 +497,88 @@ func (p *parser) events(field string, n *yaml.Node) []ebb.EventSource {
 		out = append(out, e)
 	}
 	return out
+}
+
+// jsonValue turns any YAML value into the JSON the handler will get as its
+// event. It is converted here, node by node, so that what YAML has and JSON
+// lacks (non-string keys, .inf, aliases, tags like !!binary) is refused with
+// the line it is on rather than changed silently.
+func (p *parser) jsonValue(field string, n *yaml.Node) json.RawMessage {
+	if n.Tag == "!!null" {
+		p.fail(field, n, "must not be empty (write {} for an empty event)")
+		return nil
+	}
+	v, ok := p.toJSON(field, n, 0)
+	if !ok {
+		return nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		p.fail(field, n, "cannot be written as JSON: %v", err)
+		return nil
+	}
+	return b
+}
+
+func (p *parser) toJSON(field string, n *yaml.Node, depth int) (any, bool) {
+	if depth > 64 {
+		p.fail(field, n, "is nested too deeply")
+		return nil, false
+	}
+	switch n.Kind {
+	case yaml.AliasNode:
+		p.fail(field, n, "aliases are not supported")
+		return nil, false
+	case yaml.SequenceNode:
+		out := make([]any, 0, len(n.Content))
+		for i, c := range n.Content {
+			v, ok := p.toJSON(fmt.Sprintf("%s[%d]", field, i), c, depth+1)
+			if !ok {
+				return nil, false
+			}
+			out = append(out, v)
+		}
+		return out, true
+	case yaml.MappingNode:
+		out := make(map[string]any, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, c := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode || (k.Tag != "!!str" && k.Tag != "!!int") {
+				p.fail(field, k, "keys must be strings (JSON has no other keys)")
+				return nil, false
+			}
+			if _, dup := out[k.Value]; dup {
+				p.fail(field+"."+k.Value, k, "appears twice")
+				return nil, false
+			}
+			v, ok := p.toJSON(field+"."+k.Value, c, depth+1)
+			if !ok {
+				return nil, false
+			}
+			out[k.Value] = v
+		}
+		return out, true
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!null":
+			return nil, true
+		case "!!str":
+			return n.Value, true
+		case "!!bool", "!!int", "!!float":
+			var v any
+			if err := n.Decode(&v); err != nil {
+				p.fail(field, n, "%q: %v", n.Value, err)
+				return nil, false
+			}
+			if f, ok := v.(float64); ok && (math.IsInf(f, 0) || math.IsNaN(f)) {
+				p.fail(field, n, "%q has no JSON form", n.Value)
+				return nil, false
+			}
+			return v, true
+		}
+		p.fail(field, n, "YAML type %s has no JSON form", n.Tag)
+		return nil, false
+	}
+	p.fail(field, n, "must be a YAML value")
+	return nil, false
 }

@@ -120,6 +120,16 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"events bad subject", base + "events: [{subject: \"a b\"}]\n", "events[0].subject", "NATS subject"},
 		{"events bad bucket", base + "events: [{bucket: B}]\n", "events[0].bucket", "3-63"},
 		{"events subject prefix", base + "events: [{subject: a.b, prefix: x}]\n", "events[0]", "only to bucket"},
+		{"network junk", base + "network: internet\n", "network", "outbound or none"},
+		{"network list", base + "network: [outbound]\n", "network", "single value"},
+		{"warmup exec", "name: a\nruntime: exec\nhandler: ./b\nwarmup: {x: 1}\n", "warmup", "only to python"},
+		{"warmup onnx before runtime", "warmup: 1\nname: a\nruntime: onnx\nhandler: m.onnx\n", "warmup", "only to python"},
+		{"warmup null", base + "warmup:\n", "warmup", "empty"},
+		{"warmup inf", base + "warmup: {x: .inf}\n", "warmup.x", "no JSON form"},
+		{"warmup bool key", base + "warmup: {true: 1}\n", "warmup", "keys must be strings"},
+		{"warmup alias", base + "warmup: {a: &x 1, b: *x}\n", "warmup.b", "aliases"},
+		{"warmup binary", base + "warmup: !!binary aGk=\n", "warmup", "no JSON form"},
+		{"warmup duplicate key", base + "warmup: {a: 1, a: 2}\n", "warmup.a", "twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -174,6 +184,45 @@ func TestParseAsyncScheduleEvents(t *testing.T) {
 	}
 }
 
+func TestParseWarmupAndNetwork(t *testing.T) {
+	base := "name: a\nruntime: python\nhandler: app.handler\n"
+	tests := []struct {
+		name, extra, warmup, network string
+	}{
+		{"defaults", "", "", ebb.NetworkOutbound},
+		{"network none", "network: none\n", "", ebb.NetworkNone},
+		{"network outbound", "network: outbound\n", "", ebb.NetworkOutbound},
+		{"flow mapping", "warmup: {features: [[0, 1.5]], id: \"7\", ok: true, none: null}\n", `{"features":[[0,1.5]],"id":"7","none":null,"ok":true}`, ebb.NetworkOutbound},
+		{"block mapping", "warmup:\n  features:\n    - [0, 1]\n  n: 3\n", `{"features":[[0,1]],"n":3}`, ebb.NetworkOutbound},
+		{"scalar string", "warmup: hello\n", `"hello"`, ebb.NetworkOutbound},
+		{"empty object", "warmup: {}\n", `{}`, ebb.NetworkOutbound},
+		{"list", "warmup: [1, two]\n", `[1,"two"]`, ebb.NetworkOutbound},
+		{"number key", "warmup: {1: x}\n", `{"1":"x"}`, ebb.NetworkOutbound},
+		{"quoted number stays a string", "warmup: {v: \"1\"}\n", `{"v":"1"}`, ebb.NetworkOutbound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec, err := Parse([]byte(base + tt.extra))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if string(spec.Warmup) != tt.warmup {
+				t.Errorf("warmup = %s, want %s", spec.Warmup, tt.warmup)
+			}
+			if spec.Network != tt.network {
+				t.Errorf("network = %q, want %q", spec.Network, tt.network)
+			}
+		})
+	}
+}
+
+func TestWarmupErrorHasLine(t *testing.T) {
+	_, err := Parse([]byte("name: a\nruntime: http\nhandler: ./srv\n\nwarmup: {x: 1}\n"))
+	if err == nil || !strings.HasPrefix(err.Error(), "ebb.yaml:5: warmup: applies only to python") {
+		t.Errorf("error = %v, want prefix ebb.yaml:5: warmup: applies only to python", err)
+	}
+}
+
 func TestParseErrorHasLine(t *testing.T) {
 	_, err := Parse([]byte("name: a\nruntime: python\nhandler: app.handler\ntimeout: never\n"))
 	if err == nil || !strings.HasPrefix(err.Error(), "ebb.yaml:4: timeout:") {
@@ -186,6 +235,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("name: b\nruntime: onnx\nhandler: model.onnx\nbatching: {max_batch_size: 8, max_delay: 1ms}\n"))
 	f.Add([]byte("env: {A: b}\npreload: [x, y]\nmin_instances: 2\nmax_instances: 1\n"))
 	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("name: d\nruntime: python\nhandler: a.b\nnetwork: none\nwarmup: {x: [1, 2.5, \"s\", null, true]}\n"))
 	f.Add([]byte("name: c\nruntime: exec\nhandler: x\nasync: {max_retries: 1, on_failure: d}\nschedule: \"0 9 * * mon-fri\"\nevents: [{subject: a.*}, {bucket: up, suffix: .csv}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		spec, err := Parse(data)

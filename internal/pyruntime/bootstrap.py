@@ -10,6 +10,13 @@ without installing anything next to the user's code.
 load_handler() and serve() are separate so that a fork-server can import the
 user's module once and fork children that each call serve(); everything that
 must not be shared between processes (the HTTP connection) is made in serve().
+
+Priming: when EBB_WARMUP holds a JSON event, serve() calls the handler once
+with it before its first poll of /next (which ebb takes as "ready"), so that
+an instance started ahead of need pays for the handler's first call (lazy
+imports, caches, the page faults of a freshly forked child) before it is
+handed a request. The result is discarded; an exception is one "[WARN] warmup"
+line on stderr. The variable is removed before user code runs again.
 """
 
 import decimal
@@ -30,6 +37,12 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 # The handler found by load_handler, for serve() in this or a forked process.
 _handler = None
+
+WARMUP_ENV = "EBB_WARMUP"
+WARMUP_REQUEST_ID = "warmup"
+# The warmup call's deadline: generous, since nobody waits on its answer;
+# ebb bounds how long it waits for the instance to become ready.
+WARMUP_DEADLINE_MS = 15 * 60 * 1000
 
 
 class InitError(Exception):
@@ -306,8 +319,9 @@ def serve(api_addr, handler=None):
     returns only by raising when the API goes away or refuses to serve."""
     if handler is None:
         handler = load_handler()
-    api = _API(api_addr)
     statics = _statics()
+    warmup(handler, statics)
+    api = _API(api_addr)
     environ = os.environ
     try:
         while True:
@@ -338,6 +352,42 @@ def serve(api_addr, handler=None):
             _invoke(api, handler, request_id, body, context)
     finally:
         api.close()
+
+
+def warmup(handler, statics=None):
+    """Calls handler once with the event in EBB_WARMUP, if any, and removes
+    the variable. Nothing it does is fatal: a spare that failed to prime is
+    still a working instance."""
+    raw = os.environ.pop(WARMUP_ENV, None)
+    if not raw:
+        return
+    try:
+        event = json.loads(raw)
+        context = LambdaContext(
+            statics or _statics(),
+            WARMUP_REQUEST_ID,
+            time.time() * 1000 + WARMUP_DEADLINE_MS,
+            "",
+            CognitoIdentity(),
+            None,
+            None,
+        )
+        # Encoded and dropped: the encoder's first run is part of the
+        # first request's cost too.
+        _to_json(handler(event, context))
+    except (Exception, SystemExit) as e:
+        try:
+            sys.stderr.write("[WARN] warmup: %s: %s\n" % (type(e).__name__, " ".join(_describe(e).split())))
+        except Exception:
+            pass
+    finally:
+        # The warmup's output must be out before the first poll, when ebb
+        # stops tagging the instance's lines as the warmup's.
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:
+                pass
 
 
 def _invoke(api, handler, request_id, body, context):

@@ -58,6 +58,12 @@ func needPython(t *testing.T) {
 // manager would.
 func start(t *testing.T, files map[string]string, handler string, cfg runtimeapi.Config) *instance {
 	t.Helper()
+	return startWith(t, files, handler, cfg)
+}
+
+// startWith is start with extra environment variables ("K=V").
+func startWith(t *testing.T, files map[string]string, handler string, cfg runtimeapi.Config, env ...string) *instance {
+	t.Helper()
 	needPython(t)
 	root := t.TempDir()
 	for name, body := range files {
@@ -95,6 +101,7 @@ func start(t *testing.T, files map[string]string, handler string, cfg runtimeapi
 		"AWS_LAMBDA_FUNCTION_VERSION=" + cfg.FunctionVersion,
 		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE=512",
 	}
+	in.cmd.Env = append(in.cmd.Env, env...)
 	in.cmd.Stdout, in.cmd.Stderr = in.stdout, in.stderr
 	if err := in.cmd.Start(); err != nil {
 		t.Fatalf("start python: %v", err)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/ebb-run/ebb"
 )
@@ -72,11 +73,117 @@ type ForkRequest struct {
 	// Dir is the child's working directory.
 	Dir string
 	// CgroupProcs are the files the child writes its pid into before it
-	// does anything else (cgroup.procs of each of its cgroups).
+	// does anything else (cgroup.procs of each of its cgroups). Ignored
+	// when CgroupFiles is set.
 	CgroupProcs []string
+	// CgroupFiles are cgroup.procs files the caller opened for writing
+	// (OpenCgroupProcs); the child writes "0" to each as its first act.
+	// They work where the paths cannot: the kernel checks the write
+	// against the opener's credentials, so an unprivileged child without
+	// /sys still enters its cgroups. The caller keeps them and may close
+	// them once Fork returned.
+	CgroupFiles []*os.File
+	// Hello, when set, is the child's end of a HelloPair: the child sends
+	// its credentials on it right after entering its cgroups, and ReadHello
+	// on the other end returns its pid in the caller's pid namespace. The
+	// caller keeps it and should close it once Fork returned.
+	Hello *os.File
 	// Stdout and Stderr become the child's fds 1 and 2; the caller keeps
 	// them and may close them once Fork returned.
 	Stdout, Stderr *os.File
+}
+
+// maxForkFiles is the most descriptors one fork request may carry; the
+// zygote reads no more (MAX_FDS in zygote.py).
+const maxForkFiles = 64
+
+// OpenCgroupProcs opens the cgroup.procs files at paths for writing, for
+// ForkRequest.CgroupFiles. The caller closes them.
+func OpenCgroupProcs(paths []string) ([]*os.File, error) {
+	files := make([]*os.File, 0, len(paths))
+	for _, p := range paths {
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("open cgroup: %w", err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+// HelloPair returns the two ends of a child's hello socket: ours, to pass
+// to ReadHello, with SO_PASSCRED set so that the kernel attaches (and
+// translates) the sender's credentials; and the child's, for
+// ForkRequest.Hello.
+func HelloPair() (ours, theirs *os.File, err error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create hello socket: %w", err)
+	}
+	if err := syscall.SetsockoptInt(fds[0], syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1); err != nil {
+		syscall.Close(fds[0])
+		syscall.Close(fds[1])
+		return nil, nil, fmt.Errorf("create hello socket: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "hello"), os.NewFile(uintptr(fds[1]), "hello-child"), nil
+}
+
+// ReadHello waits, until ctx is done, for the child's hello on ours (from
+// HelloPair) and returns the child's pid as the caller's pid namespace
+// numbers it. That is the pid to watch, signal and measure the child by when
+// the zygote runs in a pid namespace of its own, where the pid Fork returns
+// is the namespace's. It does not close f. A child that died before saying
+// hello is an error (EOF), once the caller closed its copy of the child's
+// end.
+func ReadHello(ctx context.Context, f *os.File) (pid int, err error) {
+	c, err := net.FileConn(f)
+	if err != nil {
+		return 0, fmt.Errorf("read hello: %w", err)
+	}
+	defer c.Close()
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0, errors.New("read hello: not a unix socket")
+	}
+	// The end of ctx wakes the read by moving its deadline into the past;
+	// ctx's own deadline is not copied to the read so that a timeout is
+	// always reported as ctx's error.
+	stop := context.AfterFunc(ctx, func() { uc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	buf := make([]byte, 64)
+	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("read hello: %w", ctx.Err())
+		}
+		return 0, fmt.Errorf("read hello: %w", err)
+	}
+	if n == 0 && oobn == 0 {
+		return 0, errors.New("read hello: the child closed its end without a word")
+	}
+	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return 0, fmt.Errorf("read hello: %w", err)
+	}
+	for i := range msgs {
+		if msgs[i].Header.Level != syscall.SOL_SOCKET || msgs[i].Header.Type != syscall.SCM_CREDENTIALS {
+			continue
+		}
+		cred, err := syscall.ParseUnixCredentials(&msgs[i])
+		if err != nil {
+			return 0, fmt.Errorf("read hello: %w", err)
+		}
+		if cred.Pid <= 0 {
+			// 0: the child is not visible from the caller's namespace.
+			return 0, fmt.Errorf("read hello: pid %d is not in this pid namespace", cred.Pid)
+		}
+		return int(cred.Pid), nil
+	}
+	return 0, errors.New("read hello: no credentials (is SO_PASSCRED set on this end?)")
 }
 
 // Zygote is ebb's end of one zygote's control channel.
@@ -167,6 +274,23 @@ func (z *Zygote) Fork(ctx context.Context, req ForkRequest) (int, error) {
 	if req.Stdout == nil || req.Stderr == nil {
 		return 0, errors.New("fork: stdout and stderr are required")
 	}
+	fds := []int{int(req.Stdout.Fd()), int(req.Stderr.Fd())}
+	msg := map[string]any{"op": "fork", "env": req.Env, "dir": req.Dir}
+	if len(req.CgroupFiles) > 0 {
+		for _, f := range req.CgroupFiles {
+			fds = append(fds, int(f.Fd()))
+		}
+		msg["cgroup_fds"] = len(req.CgroupFiles)
+	} else {
+		msg["cgroup"] = req.CgroupProcs
+	}
+	if req.Hello != nil {
+		fds = append(fds, int(req.Hello.Fd()))
+		msg["hello"] = true
+	}
+	if len(fds) > maxForkFiles {
+		return 0, fmt.Errorf("fork: %d descriptors; the zygote takes at most %d", len(fds), maxForkFiles)
+	}
 	reply := make(chan forkReply, 1)
 	z.mu.Lock()
 	if z.err != nil {
@@ -176,13 +300,14 @@ func (z *Zygote) Fork(ctx context.Context, req ForkRequest) (int, error) {
 	}
 	z.tag++
 	tag := z.tag
-	body, err := json.Marshal(map[string]any{"op": "fork", "tag": tag, "env": req.Env, "dir": req.Dir, "cgroup": req.CgroupProcs})
+	msg["tag"] = tag
+	body, err := json.Marshal(msg)
 	if err != nil {
 		z.mu.Unlock()
 		return 0, fmt.Errorf("fork: %w", err)
 	}
 	z.pending[tag] = reply
-	oob := syscall.UnixRights(int(req.Stdout.Fd()), int(req.Stderr.Fd()))
+	oob := syscall.UnixRights(fds...)
 	_, _, err = z.conn.WriteMsgUnix(body, oob, nil)
 	if err != nil {
 		delete(z.pending, tag)

@@ -3,14 +3,36 @@
 It imports the manifest's preload modules and the handler's module once
 (paying for library imports and the module's global scope, e.g. loading a
 model), then forks instances on request. A forked child shares the zygote's
-memory copy-on-write and serves the Lambda Runtime API at once.
+memory copy-on-write and serves the Lambda Runtime API at once. Before its
+first fork the zygote collects garbage and freezes what is left (gc.freeze),
+so that the children's collector never walks, and so never writes to and
+copies, the objects they share with it.
 
 Control channel: a SOCK_SEQPACKET unix socket on fd 3, one JSON object per
-message. ebb sends {"op": "fork", "tag", "env", "dir", "cgroup"} with the
-child's stdout and stderr write ends attached (SCM_RIGHTS); the zygote answers
+message. ebb sends {"op": "fork", "tag", "env", "dir", "cgroup",
+"cgroup_fds", "hello"} with descriptors attached (SCM_RIGHTS), in this order:
+
+  - the child's stdout and stderr write ends (always);
+  - "cgroup_fds" (a count, default 0) descriptors of cgroup.procs files that
+    ebb opened for writing. The child writes "0" (itself) to each as its
+    first act, then closes them: the kernel checks such a write against the
+    credentials of the opener, so a child that runs unprivileged, or sees no
+    /sys, still enters its cgroups. When there are none, the child writes
+    its pid into each path of "cgroup" (a list) instead, as before;
+  - when "hello" is true, one end of a unix socket whose other end ebb reads
+    with SO_PASSCRED. Right after its cgroup writes the child sends one
+    message on it with SCM_CREDENTIALS (its pid, uid, gid), then closes it:
+    the kernel translates the pid into the reader's pid namespace, which is
+    how ebb learns the child's pid when the zygote runs in a pid namespace
+    of its own (the pids in this channel are the zygote's namespace's).
+
+The zygote closes its copies of all of them right after the fork. It answers
 {"op": "forked", "tag", "pid"} or {"op": "refused", "tag", "reason"}, and
 reports each child it reaps as {"op": "exit", "pid", "status"} (the raw wait
 status). At start it sends {"op": "ready"} or {"op": "init_error", ...}.
+
+Nothing is written next to this file at run time (the directory may be a
+read-only mount): the shim is imported without writing its bytecode.
 
 The zygote must be single-threaded whenever it forks: a thread's locks would
 be copied held into the child with no thread left to release them. Thread
@@ -21,17 +43,22 @@ check; a zygote that grew a thread refuses to fork and says why.
 
 import array
 import errno
+import gc
 import json
 import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
 
 CTRL_FD = 3
 MAX_MSG = 1 << 20
+# Descriptors one fork request may carry: stdout, stderr, the cgroup.procs
+# files (several with cgroup v1) and the hello socket.
+MAX_FDS = 64
 
 _libc_prctl = None
 
@@ -82,7 +109,7 @@ def _recv(sock):
     fds = array.array("i")
     while True:
         try:
-            data, ancdata, flags, _ = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(16 * fds.itemsize))
+            data, ancdata, flags, _ = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
             break
         except InterruptedError:
             continue
@@ -100,17 +127,34 @@ def _recv(sock):
     return msg, list(fds)
 
 
-def _child(shim, handler, msg, out_fd, err_fd, zygote_pid):
-    """Runs in the forked child; never returns."""
+def _child(shim, handler, msg, fds, zygote_pid):
+    """Runs in the forked child; never returns. fds are those of the fork
+    request: stdout, stderr, then the cgroup.procs files, then hello."""
     code = 1
     try:
-        os.setsid()
+        out_fd, err_fd = fds[0], fds[1]
+        n_cgroup = msg.get("cgroup_fds") or 0
+        cgroup_fds = fds[2 : 2 + n_cgroup]
+        hello_fd = fds[2 + n_cgroup] if msg.get("hello") else -1
         # Into the instance's cgroups before anything else, so that all it
         # allocates from now on counts against its own memory limit.
-        me = str(os.getpid())
-        for path in msg.get("cgroup") or ():
-            with open(path, "w") as f:
-                f.write(me)
+        if cgroup_fds:
+            for fd in cgroup_fds:
+                os.write(fd, b"0")
+                os.close(fd)
+        else:
+            me = str(os.getpid())
+            for path in msg.get("cgroup") or ():
+                with open(path, "w") as f:
+                    f.write(me)
+        if hello_fd >= 0:
+            # The credentials are checked and translated by the kernel; the
+            # payload is only there because a message needs one.
+            hello = socket.socket(fileno=hello_fd)
+            creds = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+            hello.sendmsg([b"hello"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+            hello.close()
+        os.setsid()
         if _libc_prctl is not None:
             _libc_prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
             if os.getppid() != zygote_pid:
@@ -184,7 +228,14 @@ def main():
     os.set_inheritable(CTRL_FD, False)
     shim_dir = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, shim_dir)
-    import bootstrap as shim
+    # No __pycache__ next to the shim: its directory may be read-only, and
+    # a zygote is started rarely enough not to need one.
+    dont_write = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        import bootstrap as shim
+    finally:
+        sys.dont_write_bytecode = dont_write
 
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != shim_dir]
     _prctl()
@@ -208,6 +259,12 @@ def main():
         _send(sock, {"op": "init_error", "type": e.error_type, "message": e.message, "stack": e.stack_trace})
         os._exit(1)
     init_ms = (time.monotonic() - started) * 1000
+    # Everything alive now is shared with every child; freezing it keeps the
+    # children's collections off these pages (each visit would write to an
+    # object's header and copy its page). The collect first leaves out what
+    # import-time garbage there is.
+    gc.collect()
+    gc.freeze()
     sys.stdout.flush()
     sys.stderr.flush()
     _, reason = _threads()
@@ -238,7 +295,10 @@ def main():
             # with it (parent-death signal).
             os._exit(0)
         tag = msg.get("tag")
-        if msg.get("op") != "fork" or len(fds) != 2 or not isinstance(msg.get("dir"), str):
+        n_cgroup = msg.get("cgroup_fds") or 0
+        ok = isinstance(n_cgroup, int) and 0 <= n_cgroup <= MAX_FDS
+        want = 2 + n_cgroup + (1 if msg.get("hello") else 0) if ok else -1
+        if msg.get("op") != "fork" or len(fds) != want or not isinstance(msg.get("dir"), str):
             for fd in fds:
                 os.close(fd)
             _send(sock, {"op": "refused", "tag": tag, "reason": "malformed fork request"})
@@ -257,7 +317,7 @@ def main():
             _send(sock, {"op": "refused", "tag": tag, "reason": "fork: %s" % e})
             continue
         if pid == 0:
-            _child(shim, handler, msg, fds[0], fds[1], zygote_pid)
+            _child(shim, handler, msg, fds, zygote_pid)
         children.add(pid)
         for fd in fds:
             os.close(fd)
