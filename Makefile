@@ -27,7 +27,7 @@ FUZZPKGS ?= ./...
 # (CGO_ENABLED=0) and built without local paths.
 EXAMPLE_GOFLAGS := -trimpath -ldflags=-s\ -w
 
-.PHONY: all build ebb examples run test fmt-check vet onnxruntime bench bench-proxy bench-coldstart bench-zygote bench-async bench-onnx fuzz clean
+.PHONY: all build ebb examples run test fmt-check vet onnxruntime bench bench-proxy bench-coldstart bench-zygote bench-async bench-onnx bench-sandbox fuzz clean
 
 all: build
 
@@ -63,7 +63,7 @@ test: fmt-check build onnxruntime vet
 	echo "$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...   (EBB_ONNXRUNTIME_LIB=$${EBB_ONNXRUNTIME_LIB:-unset})"; \
 	$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
 
-bench: bench-proxy bench-coldstart bench-zygote bench-async bench-onnx
+bench: bench-proxy bench-coldstart bench-zygote bench-async bench-onnx bench-sandbox
 
 bench-proxy: build
 	./bench/proxy.sh
@@ -76,6 +76,11 @@ bench-zygote:
 
 bench-async:
 	N=3000 bash bench/async.sh
+
+# Cold starts as ratios against RIE, a direct start and a fresh interpreter,
+# measured in the same run; ROUNDS, WARMUP, SANDBOX_COMPARE pass through.
+bench-sandbox: build
+	./bench/sandbox.sh
 
 bench-onnx: onnxruntime
 	EBB_ONNX_BENCH=1 $(GO) test -p 1 -run 'TestONNXBatchingThroughEbb|TestONNXColdStart|TestBenchmarkReport' -v -timeout 20m ./internal/platform ./internal/onnx

@@ -136,6 +136,50 @@ start_ebb() {
 	log "ebb serving on $EBB_URL (pid $EBB_PID, log $logfile)"
 }
 
+# try_start_ebb PORT LOGFILE [SERVE_FLAG...] — like start_ebb, with extra
+# flags for `ebb serve` and its own data dir per port, but returns 1 (having
+# logged why) instead of failing the script, so that a script can go on
+# measuring what does not need this server (a flag not there yet, a crash).
+try_start_ebb() {
+	local port=$1 logfile=$2 deadline
+	shift 2
+	EBB_URL="http://127.0.0.1:$port"
+	export EBB_URL
+	setsid "$BENCH_ROOT/bin/ebb" serve --listen "127.0.0.1:$port" --data "$BENCH_TMP/ebb-data-$port" "$@" >"$logfile" 2>&1 &
+	EBB_PID=$!
+	bench_track "$EBB_PID"
+	deadline=$((SECONDS + 60))
+	until curl -fsS -o /dev/null --max-time 2 "$EBB_URL/healthz" 2>/dev/null; do
+		if ! kill -0 "$EBB_PID" 2>/dev/null; then
+			tail -n 20 "$logfile" >&2 || true
+			log "ebb serve $* exited before answering (log: $logfile)"
+			return 1
+		fi
+		if ((SECONDS >= deadline)); then
+			tail -n 20 "$logfile" >&2 || true
+			log "ebb serve $* did not answer within 60s (log: $logfile)"
+			return 1
+		fi
+		sleep 0.1
+	done
+	log "ebb serving on $EBB_URL (pid $EBB_PID, flags: ${*:-none}, log $logfile)"
+}
+
+# stop_ebb — stops the server started last (SIGTERM, then SIGKILL to its
+# process group after 10s), so that the next one measures on a quiet machine.
+stop_ebb() {
+	local i
+	[[ -n ${EBB_PID:-} ]] || return 0
+	kill -TERM "$EBB_PID" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$EBB_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL -- "-$EBB_PID" 2>/dev/null || true
+	wait "$EBB_PID" 2>/dev/null || true
+	EBB_PID=
+}
+
 # bench_copy SRC NAME KEY=VALUE... — copies example SRC to BENCH_TMP/fn/NAME
 # with its manifest's name and the given top-level keys replaced, and prints
 # the new directory. The copy keeps the example itself untouched.
