@@ -257,6 +257,10 @@ func (n *Netns) Close() error {
 	return n.closeErr
 }
 
+// PastaDone is closed when pasta has exited (outbound networking is gone:
+// the instance should be replaced); nil without outbound.
+func (n *Netns) PastaDone() <-chan struct{} { return n.pastaDone }
+
 // PastaPID is pasta's pid, or 0 without outbound (for tests and metrics).
 func (n *Netns) PastaPID() int {
 	if n.pasta == nil {

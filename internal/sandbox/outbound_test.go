@@ -153,6 +153,11 @@ func TestNetworkOutbound(t *testing.T) {
 			if outbound {
 				pid := ns.PastaPID()
 				ns.Close()
+				select {
+				case <-ns.PastaDone():
+				default:
+					t.Error("PastaDone not closed after Close")
+				}
 				if err := exec.Command("kill", "-0", strconv.Itoa(pid)).Run(); err == nil {
 					if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(b), ") Z") {
 						t.Errorf("pasta %d still running after Close", pid)

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/elastic/go-seccomp-bpf/arch"
 )
 
 // requireSandbox skips when the host genuinely cannot sandbox, unless
@@ -197,9 +199,9 @@ out("capeff", st["CapEff"].strip())
 out("unshare_user", sys_errno(libc.unshare(0x10000000)))
 out("unshare_net", sys_errno(libc.unshare(0x40000000)))
 out("mount", sys_errno(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)))
-out("keyctl", sys_errno(libc.syscall(250, 0, 0, 0, 0, 0)))   # keyctl(KEYCTL_GET_KEYRING_ID) on amd64
-out("add_key", sys_errno(libc.syscall(248, b"user", b"x", b"y", 1, -3)))
-out("bpf", sys_errno(libc.syscall(321, 0, 0, 0)))
+out("keyctl", sys_errno(libc.syscall(NR_keyctl, 0, 0, 0, 0, 0)))   # KEYCTL_GET_KEYRING_ID
+out("add_key", sys_errno(libc.syscall(NR_add_key, b"user", b"x", b"y", 1, -3)))
+out("bpf", sys_errno(libc.syscall(NR_bpf, 0, 0, 0)))
 out("hostname", socket.gethostname())
 for host in sys.argv[1:]:
     h, p = host.rsplit(":", 1)
@@ -233,7 +235,15 @@ func TestIsolation(t *testing.T) {
 	defer hostL.Close()
 	port := strconv.Itoa(hostL.Addr().(*net.TCPAddr).Port)
 
-	code := codeDir(t, map[string]string{"facts.py": isolationScript})
+	info, err := arch.GetInfo("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := isolationScript
+	for _, name := range []string{"keyctl", "add_key", "bpf"} {
+		script = strings.ReplaceAll(script, "NR_"+name, strconv.Itoa(info.SyscallNames[name]))
+	}
+	code := codeDir(t, map[string]string{"facts.py": script})
 	out, err := run(t, s, ns, Spec{Code: code, TmpBytes: 2 << 20, Hostname: "fn",
 		Argv: []string{"/usr/bin/python3", "facts.py", "127.0.0.1:" + port, "[::1]:" + port}})
 	if err != nil {
