@@ -127,17 +127,19 @@ func BenchmarkNetns(b *testing.B) {
 			if outbound && s.cfg.Pasta == "" {
 				b.Skip("no pasta")
 			}
-			var t samples
+			var mk, cl samples
 			for b.Loop() {
-				t.time(func() {
-					ns, err := s.NewNetns(context.Background(), outbound)
-					if err != nil {
+				var ns *Netns
+				mk.time(func() {
+					var err error
+					if ns, err = s.NewNetns(context.Background(), outbound); err != nil {
 						b.Fatal(err)
 					}
-					ns.Close()
 				})
+				cl.time(func() { ns.Close() })
 			}
-			t.report(b, "p50-µs")
+			mk.report(b, "p50-µs-new")
+			cl.report(b, "p50-µs-close")
 		})
 	}
 	dial := func(b *testing.B, l net.Listener, dial func() (net.Conn, error)) {
