@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -245,7 +246,7 @@ func (s *Sandbox) UIDs() UIDRange { return s.cfg.UIDs }
 // limitedWriter keeps the first n bytes and drops the rest without failing
 // the writer (a failing Stderr would kill the child with EPIPE).
 type limitedWriter struct {
-	w interface{ Write([]byte) (int, error) }
+	w io.Writer
 	n int
 }
 
