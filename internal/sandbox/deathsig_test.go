@@ -40,12 +40,21 @@ func TestDieWithEbb(t *testing.T) {
 		t.Fatal("helper did not report its pids")
 	}
 	// The sandboxed sleep must be running before we kill "ebb".
-	waitFor(t, "sandboxed sleep to start", func() bool { return len(procsWith(token)) > 0 })
+	// The sleep itself, not just bwrap (whose command line holds the token
+	// too): bwrap's inner process sets its parent-death signal only after
+	// setup, so a kill during setup can orphan it (see docs/sandbox.md).
+	waitFor(t, "sandboxed sleep to start", func() bool { return strings.Contains(procState(procsWith(token)...), "(sleep)") }, nil)
 	helper.Process.Kill()
 	helper.Wait()
+	killed := time.Now()
 	waitFor(t, "sandbox and pasta to die", func() bool {
 		return len(procsWith(token)) == 0 && !alive(bwrapPID) && (pastaPID == 0 || !alive(pastaPID))
+	}, func() string {
+		return fmt.Sprintf("sandbox pids %v (%s), bwrap %d alive %v (%s), pasta %d alive %v (%s)",
+			procsWith(token), procState(procsWith(token)...), bwrapPID, alive(bwrapPID), procState(bwrapPID),
+			pastaPID, alive(pastaPID), procState(pastaPID))
 	})
+	t.Logf("all gone %v after the kill", time.Since(killed))
 }
 
 // TestHelperEbb is TestDieWithEbb's "ebb": it starts a sandboxed sleep
@@ -73,12 +82,16 @@ func TestHelperEbb(t *testing.T) {
 	time.Sleep(time.Minute)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t *testing.T, what string, cond func() bool, state func() string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			why := ""
+			if state != nil {
+				why = state()
+			}
+			t.Fatalf("timed out waiting for %s: %s", what, why)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -91,6 +104,19 @@ func alive(pid int) bool {
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	return err == nil && !strings.Contains(string(b), ") Z ")
+}
+
+// procState is the stat line (state, ppid) of each pid, for failures.
+func procState[T int | string](pids ...T) string {
+	var out []string
+	for _, p := range pids {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%v/stat", p))
+		f := strings.Fields(string(b))
+		if len(f) > 3 {
+			out = append(out, fmt.Sprintf("%v:%s ppid %s %s", p, f[1], f[3], f[2]))
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 // procsWith lists live pids whose command line contains token.
