@@ -202,6 +202,7 @@ out("mount", sys_errno(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)))
 out("keyctl", sys_errno(libc.syscall(NR_keyctl, 0, 0, 0, 0, 0)))   # KEYCTL_GET_KEYRING_ID
 out("add_key", sys_errno(libc.syscall(NR_add_key, b"user", b"x", b"y", 1, -3)))
 out("bpf", sys_errno(libc.syscall(NR_bpf, 0, 0, 0)))
+out("clone3", sys_errno(libc.syscall(NR_clone3, 0, 0)))  # ENOSYS, so libc falls back to clone
 out("hostname", socket.gethostname())
 for host in sys.argv[1:]:
     h, p = host.rsplit(":", 1)
@@ -240,7 +241,7 @@ func TestIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := isolationScript
-	for _, name := range []string{"keyctl", "add_key", "bpf"} {
+	for _, name := range []string{"keyctl", "add_key", "bpf", "clone3"} {
 		script = strings.ReplaceAll(script, "NR_"+name, strconv.Itoa(info.SyscallNames[name]))
 	}
 	code := codeDir(t, map[string]string{"facts.py": script})
