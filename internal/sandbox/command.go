@@ -150,7 +150,7 @@ func (s *Sandbox) command(spec Spec) (*Command, error) {
 		ExtraFiles: []*os.File{prog},
 		// Groups empty (not nil): setgroups(0) drops root's supplementary
 		// groups.
-		Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: []uint32{}},
+		Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: []uint32{s.Group()}},
 	}
 	var blockR *os.File
 	if spec.Block {

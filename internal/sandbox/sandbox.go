@@ -89,7 +89,13 @@ type Config struct {
 	// interface or addresses (-i, -a, -g, -4). They must not forward ports
 	// or map the host: the defaults forbid both.
 	PastaArgs []string
-	Logger    *slog.Logger
+	// ViewDir is where host paths are made reachable by the function uids
+	// (see Reach): a directory ebb owns whose parents everyone may search,
+	// such as one under /run or /dev/shm, and no other ebb uses (what is
+	// mounted there at start is a dead run's and is unmounted). Default: a
+	// new temporary directory.
+	ViewDir string
+	Logger  *slog.Logger
 }
 
 // Validate checks c and fills defaults. A missing bwrap or pasta is not an
@@ -127,6 +133,7 @@ type Sandbox struct {
 	enabled bool
 	reason  string          // why not enabled
 	seccomp *seccompProgram // compiled once; nil when disabled
+	view    *view           // nil when disabled
 }
 
 // probeTimeout bounds New's trial run; a healthy one takes ~15 ms.
@@ -155,6 +162,22 @@ func New(cfg Config) (*Sandbox, error) {
 		cfg.Logger.Warn("sandbox unavailable; functions run unconfined", "reason", s.reason)
 		return s, nil
 	}
+	viewDir := cfg.ViewDir
+	if viewDir == "" {
+		// A private one, for tests and embedders that do not care where.
+		viewDir = tempViewDir()
+	}
+	v, err := newView(viewDir, s.Group())
+	if err != nil {
+		if cfg.Mode == ModeOn {
+			return nil, fmt.Errorf("sandbox mode on: %w", err)
+		}
+		s.reason = err.Error()
+		s.seccomp = nil
+		cfg.Logger.Warn("sandbox unavailable; functions run unconfined", "reason", s.reason)
+		return s, nil
+	}
+	s.view = v
 	s.enabled = true
 	if cfg.Pasta == "" {
 		cfg.Logger.Warn("pasta not found; functions with network: outbound cannot start")
@@ -240,8 +263,34 @@ func (s *Sandbox) Mode() string {
 	return ModeOff
 }
 
-// UIDs is the configured host id range.
+// UIDs is the configured host id range. Its first id is the sandbox group
+// (Group), which every function uid also carries; functions get the others.
 func (s *Sandbox) UIDs() UIDRange { return s.cfg.UIDs }
+
+// Group is the group id every sandboxed process carries besides its own:
+// the one allowed to search the view directory.
+func (s *Sandbox) Group() uint32 { return s.cfg.UIDs.First }
+
+// Reach returns a path at which bwrap, running as a function uid, finds the
+// host path p (a file or directory): p below a directory already reached,
+// or a new read-only bind of p in the view. Reach the roots (the bundles
+// directory) once rather than each path under them: each new root is a
+// mount.
+func (s *Sandbox) Reach(p string) (string, error) {
+	if s.view == nil {
+		return "", fmt.Errorf("reach %s: sandbox disabled: %s", p, s.reason)
+	}
+	return s.view.reach(p)
+}
+
+// Close undoes what the sandbox mounted (the view). Processes started from
+// it must be gone first.
+func (s *Sandbox) Close() error {
+	if s.view == nil {
+		return nil
+	}
+	return s.view.close()
+}
 
 // limitedWriter keeps the first n bytes and drops the rest without failing
 // the writer (a failing Stderr would kill the child with EPIPE).
