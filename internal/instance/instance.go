@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http/httputil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +27,7 @@ import (
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/pyruntime"
 	"github.com/ebb-run/ebb/internal/runtimeapi"
+	"github.com/ebb-run/ebb/internal/upstream"
 )
 
 // LogSink receives every line an instance writes, tagged with the request it
@@ -289,8 +289,7 @@ func (s *Starter) spawn(ctx context.Context, id string, asSpare bool) (*Instance
 		inst.port = port
 		inst.addr = "127.0.0.1:" + strconv.Itoa(port)
 		env = append(env, "PORT="+strconv.Itoa(port), "HOST=127.0.0.1", "EBB_SPAWN_NS="+strconv.FormatInt(time.Now().UnixNano(), 10))
-		inst.proxy = newProxy(inst.addr)
-		inst.up = &upstream{addr: inst.addr}
+		inst.up = upstream.New(upstream.Config{Addr: inst.addr})
 	}
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
 		ID:         id,
@@ -380,11 +379,10 @@ type Instance struct {
 	id      string
 	fn      *ebb.Function
 	proc    *process.Process
-	rt      *runtimeapi.Server     // exec, python
-	addr    string                 // http, onnx
-	port    int                    // reserved for addr until the process is gone
-	proxy   *httputil.ReverseProxy // for protocol upgrades
-	up      *upstream              // for everything else
+	rt      *runtimeapi.Server // exec, python
+	addr    string             // http, onnx
+	port    int                // reserved for addr until the process is gone
+	up      *upstream.Client   // http, onnx
 	sink    LogSink
 	log     *slog.Logger
 	started time.Time
@@ -603,4 +601,4 @@ func (i *Instance) Invoke(ctx context.Context, requestID string, payload []byte,
 }
 
 // IsHTTP reports whether the instance takes HTTP requests rather than events.
-func (i *Instance) IsHTTP() bool { return i.proxy != nil }
+func (i *Instance) IsHTTP() bool { return i.up != nil }
