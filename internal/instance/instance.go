@@ -7,9 +7,7 @@
 package instance
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/pyruntime"
 	"github.com/ebb-run/ebb/internal/runtimeapi"
@@ -401,10 +400,10 @@ type Instance struct {
 	current  atomic.Pointer[string]
 	stopping atomic.Bool
 	// initErr is an init error the process reported on stderr as an
-	// InitErrorPrefix line (runtimes ebb ships, such as onnx-serve).
+	// onnx.InitErrorPrefix line (runtimes ebb ships, such as onnx-serve).
 	initErr atomic.Pointer[ebb.InitError]
 	// readyLine, for runtimes ebb ships, is closed when the process prints
-	// ReadyLine on stderr; nil for user processes, whose output is not
+	// onnx.ReadyLine on stderr; nil for user processes, whose output is not
 	// trusted to say so.
 	readyLine chan struct{}
 	readyOnce sync.Once
@@ -533,32 +532,19 @@ func (i *Instance) exitedEarly() error {
 	return &ebb.InitError{Type: "Runtime.ExitError", Message: "the instance exited before it was ready (" + msg + "); see its logs"}
 }
 
-// InitErrorPrefix starts a stderr line with which a runtime that ships with
-// ebb reports why it could not start: the rest is an ebb.InitError as JSON.
-const InitErrorPrefix = "EBB-INIT-ERROR "
-
-// ReadyLine is the stderr line with which a runtime that ships with ebb
-// (onnx-serve) says that it accepts connections on $PORT.
-const ReadyLine = "EBB-READY"
-
-// SpareLine is the stderr line with which onnx-serve --spare says that ONNX
-// Runtime is up and it waits to be claimed.
-const SpareLine = "EBB-SPARE"
-
 func (i *Instance) lineFunc(stream string) func([]byte) {
 	return func(line []byte) {
-		if i.readyLine != nil && stream == "stderr" && string(line) == ReadyLine {
+		if i.readyLine != nil && stream == "stderr" && string(line) == onnx.ReadyLine {
 			i.readyOnce.Do(func() { close(i.readyLine) })
 			return
 		}
-		if i.spareLine != nil && stream == "stderr" && string(line) == SpareLine {
+		if i.spareLine != nil && stream == "stderr" && string(line) == onnx.SpareLine {
 			i.spareOnce.Do(func() { close(i.spareLine) })
 			return
 		}
-		if stream == "stderr" && bytes.HasPrefix(line, []byte(InitErrorPrefix)) && i.initErr.Load() == nil {
-			var ie ebb.InitError
-			if json.Unmarshal(line[len(InitErrorPrefix):], &ie) == nil && ie.Type != "" {
-				i.initErr.Store(&ie)
+		if stream == "stderr" && i.initErr.Load() == nil {
+			if ie, ok := onnx.ParseInitError(line); ok {
+				i.initErr.Store(ie)
 			}
 		}
 		if i.sink == nil {

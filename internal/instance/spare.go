@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/onnx"
 )
 
 // spareStartTimeout bounds a background spare's start (process and ONNX
@@ -163,7 +164,7 @@ func (sm *spareManager) start(ctx context.Context, id string) (*Instance, error)
 	sp.setAlias(id)
 	sp.started = time.Now() // init time is what the claim waits for
 	sp.cold.Spare = true
-	if _, err := sp.claim.Write([]byte("go\n")); err != nil {
+	if err := onnx.Claim(sp.claim); err != nil {
 		// It died between take and now: start one the usual way.
 		sp.Kill()
 		<-sp.done
