@@ -21,9 +21,3 @@ func (i *Instance) Proxy(w http.ResponseWriter, r *http.Request, deadline time.T
 	defer i.end(&rid)
 	return i.up.Forward(w, r, deadline)
 }
-
-func (i *Instance) closeIdle() {
-	if i.up != nil {
-		i.up.Close()
-	}
-}

@@ -19,7 +19,6 @@ import (
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/pyruntime"
-	"github.com/ebb-run/ebb/internal/runtimeapi"
 )
 
 // DefaultZygoteKeepAliveFactor times a function's idle_timeout is how long
@@ -66,27 +65,30 @@ type ZygoteStatus struct {
 // errFallback makes Start spawn a fresh interpreter.
 var errFallback = errors.New("zygote unusable")
 
-// zygoteManager owns one function version's zygote, its forked children's
-// exit reports and the spare child.
-type zygoteManager struct {
+// pythonLauncher starts a python function's instances by forking them from
+// its zygote, a fork-server that has imported the function's module, and
+// keeps one forked child spare for the next cold start. When the zygote
+// cannot be used (threads at import, a refused fork) instances start as
+// fresh interpreters (fresh).
+type pythonLauncher struct {
 	s         *Starter
+	fresh     *execLauncher
 	keepAlive time.Duration
 	idBase    string
 	seq       atomic.Uint64
+	spares    *keeper[forkedSpare]
 
 	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
 
-	mu sync.Mutex // guards z, spare, fallback, lastUse, closed
-	z  *zygote
-	// spare is a forked, ready instance waiting for a Start.
-	spare    *Instance
+	// mu guards z, fallback, closed. The keeper takes it under its own
+	// lock (busy, retire): never call the keeper with it held.
+	mu       sync.Mutex
+	z        *zygote
 	fallback string
-	lastUse  time.Time
 	closed   bool
 
-	kick chan struct{} // asks run to refill the spare
-	stop chan struct{} // closed by close
-	wg   sync.WaitGroup
+	stop chan struct{}  // closed by close
+	wg   sync.WaitGroup // a disabled zygote waiting for its children
 }
 
 // zygote is one running fork-server.
@@ -103,7 +105,7 @@ type zygote struct {
 	early map[int]syscall.WaitStatus
 }
 
-func newZygoteManager(s *Starter) *zygoteManager {
+func newPythonLauncher(s *Starter, fresh *execLauncher) *pythonLauncher {
 	ka := s.cfg.ZygoteKeepAlive
 	if ka <= 0 {
 		ka = DefaultZygoteKeepAliveFactor * s.fn.Spec.IdleTimeout
@@ -116,69 +118,40 @@ func newZygoteManager(s *Starter) *zygoteManager {
 	}
 	var b [3]byte
 	rand.Read(b[:])
-	zm := &zygoteManager{s: s, keepAlive: ka, idBase: fmt.Sprintf("%s-v%d-z%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:])),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), lastUse: time.Now()}
-	zm.wg.Add(1)
-	go zm.run()
+	zm := &pythonLauncher{s: s, fresh: fresh, keepAlive: ka, idBase: fmt.Sprintf("%s-v%d-z%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:])),
+		stop: make(chan struct{})}
+	// The spare child has no node-wide cap: it costs only the pages that
+	// differ from the zygote's. It is kept while instances forked from the
+	// zygote run, and the zygote goes with it: those would die with it.
+	zm.spares = newKeeper(keeperConfig[forkedSpare]{
+		keepAlive: ka,
+		start:     zm.startSpare,
+		busy:      zm.busy,
+		retire:    func(bool) func() { return zm.retire() },
+	})
 	return zm
 }
 
-func (zm *zygoteManager) nextID(kind string) string {
+func (zm *pythonLauncher) nextID(kind string) string {
 	return zm.idBase + kind + strconv.FormatUint(zm.seq.Add(1), 10)
 }
 
-// usesZygote says whether fn's instances are forked from a zygote.
-func usesZygote(fn *ebb.Function) bool {
-	return fn.Spec.Runtime == ebb.RuntimePython && (fn.Spec.Zygote == nil || *fn.Spec.Zygote)
+func (zm *pythonLauncher) prewarm() { zm.spares.refill() }
+
+// forkedSpare is an instance forked ahead of need, polling its Runtime API;
+// claiming it only renames it.
+type forkedSpare struct{ inst *Instance }
+
+func (sp forkedSpare) claim(id string) error {
+	sp.inst.setAlias(id)
+	return nil
 }
 
-// run owns the spare and the keep-alive: it refills the spare when kicked
-// and retires an unused zygote.
-func (zm *zygoteManager) run() {
-	defer zm.wg.Done()
-	keep(zm.stop, zm.kick, zm.keepAlive, zm.refill, zm.expire)
-}
+func (sp forkedSpare) kill()                 { sp.inst.Kill() }
+func (sp forkedSpare) done() <-chan struct{} { return sp.inst.done }
 
-// keep is the loop of a keeper of something started ahead of need (a
-// zygote's spare, an onnx spare process): it calls refill when kicked and
-// expire now and then (often enough for keepAlive), until stop is closed,
-// which also cancels the context a refill in progress runs under.
-func keep(stop, kick <-chan struct{}, keepAlive time.Duration, refill func(context.Context), expire func(time.Time)) {
-	tick := time.NewTicker(min(max(keepAlive/4, 10*time.Millisecond), 30*time.Second))
-	defer tick.Stop()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-stop
-		cancel()
-	}()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-kick:
-			refill(ctx)
-		case now := <-tick.C:
-			expire(now)
-		}
-	}
-}
-
-func (zm *zygoteManager) kickRefill() {
-	select {
-	case zm.kick <- struct{}{}:
-	default:
-	}
-}
-
-// refill forks a spare if there is none.
-func (zm *zygoteManager) refill(ctx context.Context) {
-	zm.mu.Lock()
-	skip := zm.closed || zm.fallback != "" || (zm.spare != nil && !isDone(zm.spare))
-	zm.mu.Unlock()
-	if skip {
-		return
-	}
+// startSpare forks a spare child, building the zygote first if needed.
+func (zm *pythonLauncher) startSpare(ctx context.Context) (forkedSpare, error) {
 	ctx, cancel := context.WithTimeout(ctx, zygoteBuildTimeout)
 	defer cancel()
 	inst, err := zm.fork(ctx, zm.nextID("s"))
@@ -186,89 +159,74 @@ func (zm *zygoteManager) refill(ctx context.Context) {
 		if !errors.Is(err, errFallback) && ctx.Err() == nil {
 			zm.s.cfg.Logger.Warn("fork spare instance", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "err", err)
 		}
-		return
+		return forkedSpare{}, err
 	}
 	inst.cold.Spare = true
-	zm.mu.Lock()
-	if zm.closed {
-		zm.mu.Unlock()
-		inst.Kill()
-		<-inst.done
-		return
-	}
-	old := zm.spare
-	zm.spare = inst
-	zm.mu.Unlock()
-	if old != nil {
-		old.Kill()
-	}
+	return forkedSpare{inst}, nil
 }
 
-func isDone(i *Instance) bool {
-	select {
-	case <-i.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// expire retires the zygote (and its spare) when nothing used it for the
-// keep-alive and no instance forked from it still runs: those would die
-// with it.
-func (zm *zygoteManager) expire(now time.Time) {
+// busy says whether instances forked from the zygote, other than the spare,
+// still run.
+func (zm *pythonLauncher) busy(spareLive bool) bool {
 	zm.mu.Lock()
 	z := zm.z
-	if z == nil || now.Sub(zm.lastUse) < zm.keepAlive {
-		zm.mu.Unlock()
-		return
+	zm.mu.Unlock()
+	if z == nil {
+		return false
 	}
-	spare := zm.spare
 	n := z.children()
-	if spare != nil && !isDone(spare) {
+	if spareLive {
 		n--
 	}
-	if n > 0 {
-		zm.mu.Unlock()
-		return
-	}
-	zm.z, zm.spare = nil, nil
-	zm.mu.Unlock()
-	zm.s.cfg.Logger.Info("zygote idle; stopping it", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "keep_alive", zm.keepAlive)
-	if spare != nil {
-		spare.Kill()
-		<-spare.done
-	}
-	z.shutdown()
+	return n > 0
 }
 
-// take hands out the spare when there is a live one.
-func (zm *zygoteManager) take() *Instance {
+// retire lets go of the zygote, which nothing used for the keep-alive: a
+// later start builds a new one. It returns the zygote's shutdown.
+func (zm *pythonLauncher) retire() func() {
 	zm.mu.Lock()
-	defer zm.mu.Unlock()
-	zm.lastUse = time.Now()
-	sp := zm.spare
-	zm.spare = nil
-	if sp == nil || isDone(sp) {
+	z := zm.z
+	zm.z = nil
+	zm.mu.Unlock()
+	if z == nil {
 		return nil
 	}
-	return sp
+	return func() {
+		zm.s.cfg.Logger.Info("zygote idle; stopping it", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "keep_alive", zm.keepAlive)
+		z.shutdown()
+	}
 }
 
 // start starts one instance from the zygote: the spare if one is ready,
-// else a fresh fork. errFallback means a fresh interpreter must do.
-func (zm *zygoteManager) start(ctx context.Context, id string) (*Instance, error) {
-	defer zm.kickRefill()
-	if sp := zm.take(); sp != nil {
-		sp.setAlias(id)
-		return sp, nil
+// else a fresh fork, else (the zygote unusable) a fresh interpreter.
+func (zm *pythonLauncher) start(ctx context.Context, id string) (*Instance, error) {
+	inst, err := zm.forkOrTake(ctx, id)
+	if errors.Is(err, errFallback) {
+		return zm.fresh.start(ctx, id)
+	}
+	return inst, err
+}
+
+func (zm *pythonLauncher) forkOrTake(ctx context.Context, id string) (*Instance, error) {
+	if zm.disabled() {
+		return nil, errFallback
+	}
+	defer zm.spares.refill()
+	if sp, ok := zm.spares.take(id); ok {
+		return sp.inst, nil
 	}
 	return zm.fork(ctx, id)
 }
 
+func (zm *pythonLauncher) disabled() bool {
+	zm.mu.Lock()
+	defer zm.mu.Unlock()
+	return zm.fallback != ""
+}
+
 // ensure returns a live zygote, building one if needed; built is how long
 // that took, 0 when it was warm.
-func (zm *zygoteManager) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
+func (zm *pythonLauncher) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
 	if z, err := zm.current(); z != nil || err != nil {
 		return z, 0, err
 	}
@@ -294,7 +252,7 @@ func (zm *zygoteManager) ensure(ctx context.Context) (z *zygote, built time.Dura
 }
 
 // current is the live zygote, nil if none; errFallback once disabled.
-func (zm *zygoteManager) current() (*zygote, error) {
+func (zm *pythonLauncher) current() (*zygote, error) {
 	zm.mu.Lock()
 	defer zm.mu.Unlock()
 	switch {
@@ -316,23 +274,21 @@ func (zm *zygoteManager) current() (*zygote, error) {
 }
 
 // disable makes every later start a fresh interpreter, logging why once.
-func (zm *zygoteManager) disable(reason string) {
+func (zm *pythonLauncher) disable(reason string) {
 	zm.mu.Lock()
 	first := zm.fallback == ""
 	if first {
 		zm.fallback = reason
 	}
-	z, spare := zm.z, zm.spare
-	zm.z, zm.spare = nil, nil
+	z := zm.z
+	zm.z = nil
 	zm.mu.Unlock()
 	if !first {
 		return
 	}
 	zm.s.cfg.Logger.Warn("python zygote disabled; instances start as fresh interpreters", "function", zm.s.fn.Spec.Name,
 		"version", zm.s.fn.Version, "reason", reason)
-	if spare != nil {
-		spare.Kill()
-	}
+	zm.spares.disable()
 	if z != nil {
 		// Children it forked already keep running until they stop;
 		// closing the channel only ends the zygote when it reads EOF,
@@ -348,7 +304,7 @@ func (zm *zygoteManager) disable(reason string) {
 }
 
 // build starts a zygote process and waits for its imports.
-func (zm *zygoteManager) build(ctx context.Context) (*zygote, error) {
+func (zm *pythonLauncher) build(ctx context.Context) (*zygote, error) {
 	s := zm.s
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -379,7 +335,7 @@ func (zm *zygoteManager) build(ctx context.Context) (*zygote, error) {
 	}
 	env = append(env, "EBB_PRELOAD="+strings.Join(s.fn.Spec.Preload, ","))
 	id := zm.nextID("ygote")
-	argv := pyruntime.ZygoteCommand(s.python(), path)
+	argv := pyruntime.ZygoteCommand(s.pythonPath(), path)
 	t0 := time.Now()
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
 		ID: id, Path: argv[0], Args: argv[1:], Env: env, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
@@ -432,7 +388,7 @@ func hasEnv(env []string, key string) bool {
 	return false
 }
 
-func (zm *zygoteManager) zygoteLines(id, stream string) func([]byte) {
+func (zm *pythonLauncher) zygoteLines(id, stream string) func([]byte) {
 	sink := zm.s.cfg.Logs
 	if sink == nil {
 		return nil
@@ -443,26 +399,24 @@ func (zm *zygoteManager) zygoteLines(id, stream string) func([]byte) {
 
 // fork starts one instance as a child of the zygote, building the zygote
 // first if needed.
-func (zm *zygoteManager) fork(ctx context.Context, id string) (*Instance, error) {
+func (zm *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error) {
 	s := zm.s
 	z, built, err := zm.ensure(ctx)
 	if err != nil {
 		return nil, err
 	}
-	inst := &Instance{id: id, fn: s.fn, sink: s.cfg.Logs, log: s.cfg.Logger, done: make(chan struct{}), started: time.Now()}
+	inst := s.newInstance(id)
 	inst.cold = ColdStart{Zygote: true, ZygoteBuild: built}
-	rt, err := runtimeapi.New(runtimeapi.Config{FunctionName: s.fn.Spec.Name, FunctionVersion: strconv.Itoa(s.fn.Version), Logger: s.cfg.Logger})
-	if err != nil {
-		return nil, fmt.Errorf("start runtime api: %w", err)
+	if err := attachRuntimeAPI(s, inst); err != nil {
+		return nil, err
 	}
-	inst.rt = rt
 	slot, err := s.cfg.Processes.Prepare(ctx, process.AdoptSpec{ID: id, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
 		Stdout: inst.lineFunc("stdout"), Stderr: inst.lineFunc("stderr")})
 	if err != nil {
-		rt.Close()
+		inst.runExitHooks(err)
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
-	envList := slot.Env(append(append([]string(nil), s.env...), "AWS_LAMBDA_RUNTIME_API="+rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id))
+	envList := slot.Env(s.instanceEnv("AWS_LAMBDA_RUNTIME_API="+inst.rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id))
 	env := make(map[string]string, len(envList))
 	for _, kv := range envList {
 		k, v, _ := strings.Cut(kv, "=")
@@ -473,7 +427,7 @@ func (zm *zygoteManager) fork(ctx context.Context, id string) (*Instance, error)
 	pid, err := z.client.Fork(ctx, pyruntime.ForkRequest{Env: env, Dir: slot.WorkDir(), CgroupProcs: slot.CgroupProcs(), Stdout: stdout, Stderr: stderr})
 	if err != nil {
 		slot.Abort()
-		rt.Close()
+		inst.runExitHooks(err)
 		if errors.Is(err, pyruntime.ErrRefused) {
 			zm.disable(strings.TrimPrefix(err.Error(), pyruntime.ErrRefused.Error()+": "))
 			return nil, errFallback
@@ -483,14 +437,13 @@ func (zm *zygoteManager) fork(ctx context.Context, id string) (*Instance, error)
 	proc, err := z.adopt(slot, pid)
 	if err != nil {
 		syscall.Kill(pid, syscall.SIGKILL)
-		rt.Close()
+		inst.runExitHooks(err)
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
 	inst.proc = proc
 	go inst.watch()
-	if err := inst.waitReady(ctx); err != nil {
-		inst.proc.Kill()
-		<-inst.done
+	if err := inst.waitRuntimeAPI(ctx); err != nil {
+		inst.abort()
 		return nil, err
 	}
 	inst.ready = time.Now()
@@ -578,22 +531,19 @@ func (z *zygote) shutdown() {
 
 // close stops the spare and the zygote. Instances forked from it must be
 // stopped first: they die with it.
-func (zm *zygoteManager) close() {
+func (zm *pythonLauncher) close() {
 	zm.mu.Lock()
 	if zm.closed {
 		zm.mu.Unlock()
 		return
 	}
 	zm.closed = true
-	z, spare := zm.z, zm.spare
-	zm.z, zm.spare = nil, nil
+	z := zm.z
+	zm.z = nil
 	zm.mu.Unlock()
+	zm.spares.close()
 	close(zm.stop)
 	zm.wg.Wait()
-	if spare != nil {
-		spare.Kill()
-		<-spare.done
-	}
 	zm.buildMu.Lock() // a build in flight sees closed and shuts its zygote down
 	zm.buildMu.Unlock()
 	if z != nil {
@@ -602,9 +552,9 @@ func (zm *zygoteManager) close() {
 }
 
 // status reports the zygote, if any.
-func (zm *zygoteManager) status() *ZygoteStatus {
+func (zm *pythonLauncher) status() *ZygoteStatus {
 	zm.mu.Lock()
-	z, spare, fallback := zm.z, zm.spare, zm.fallback
+	z, fallback := zm.z, zm.fallback
 	zm.mu.Unlock()
 	st := &ZygoteStatus{Fallback: fallback}
 	if z == nil {
@@ -616,7 +566,7 @@ func (zm *zygoteManager) status() *ZygoteStatus {
 	st.Pid, st.BuiltAt, st.Build = z.proc.Pid(), z.builtAt, z.build
 	st.RSS, st.PSS = ReadPSS(z.proc.Pid())
 	st.Children = z.children()
-	st.Spare = spare != nil && !isDone(spare)
+	st.Spare = zm.spares.live()
 	return st
 }
 
@@ -651,68 +601,33 @@ func ReadPSS(pid int) (rss, pss uint64) {
 	return rss, pss
 }
 
-// python is the interpreter of the function's instances.
-func (s *Starter) python() string {
+// pythonPath is the interpreter of the function's instances.
+func (s *Starter) pythonPath() string {
 	if s.fn.Spec.Python != "" {
 		return s.fn.Spec.Python
 	}
 	return s.cfg.Python
 }
 
-// zygote returns the function's zygote manager, making it at first use; nil
-// when the function does not use one or the starter is closed.
-func (s *Starter) zygote() *zygoteManager {
-	if !usesZygote(s.fn) {
-		return nil
-	}
-	s.zygMu.Lock()
-	defer s.zygMu.Unlock()
-	if s.zygClosed {
-		return nil
-	}
-	if s.zyg == nil {
-		s.zyg = newZygoteManager(s)
-	}
-	return s.zyg
-}
-
-// Prewarm builds a python function's zygote and its spare instance, or an
-// onnx function's spare process, in the background, so that even the first
-// request finds them ready. It does nothing for other functions.
-func (s *Starter) Prewarm() {
-	if zm := s.zygote(); zm != nil {
-		zm.kickRefill()
-	}
-	if sm := s.spares(); sm != nil {
-		sm.kickRefill()
-	}
-}
-
-// Close stops the zygote and the spare instance, if any. The instances the
-// starter started must be stopped first: forked ones die with the zygote.
-func (s *Starter) Close() {
-	s.zygMu.Lock()
-	zm, sm := s.zyg, s.spareMgr
-	s.zygClosed = true
-	s.zygMu.Unlock()
-	if zm != nil {
-		zm.close()
-	}
-	if sm != nil {
-		sm.close()
+// pythonCommand resolves the argv of a fresh python instance: the
+// interpreter running ebb's shim, written at first use.
+func (s *Starter) pythonCommand() func() ([]string, error) {
+	var once sync.Once
+	var shim string
+	var err error
+	return func() ([]string, error) {
+		once.Do(func() { shim, err = pyruntime.WriteShim(s.cfg.ShimDir) })
+		if err != nil {
+			return nil, fmt.Errorf("write python shim: %w", err)
+		}
+		return pyruntime.Command(s.pythonPath(), shim), nil
 	}
 }
 
 // Zygote reports the function's zygote; nil when it has none running.
 func (s *Starter) Zygote() *ZygoteStatus {
-	s.zygMu.Lock()
-	zm := s.zyg
-	s.zygMu.Unlock()
-	if zm == nil {
+	if s.python == nil {
 		return nil
 	}
-	return zm.status()
+	return s.python.status()
 }
-
-// ColdStart says how the instance was started.
-func (i *Instance) ColdStart() ColdStart { return i.cold }

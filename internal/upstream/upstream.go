@@ -39,6 +39,7 @@ type Config struct {
 // ebb speaks HTTP/1.1 to its own instances directly. Upgrades (WebSocket)
 // still go through httputil.ReverseProxy. Safe for concurrent use.
 type Client struct {
+	addr  string
 	dial  func(ctx context.Context) (net.Conn, error)
 	proxy *httputil.ReverseProxy // for protocol upgrades
 
@@ -72,8 +73,15 @@ func New(cfg Config) *Client {
 		addr := cfg.Addr
 		dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	return &Client{dial: dial, proxy: newProxy(cfg.Addr, dial)}
+	return &Client{addr: cfg.Addr, dial: dial, proxy: newProxy(cfg.Addr, dial)}
 }
+
+// Dial opens a connection to the instance, as the Client does: for a
+// readiness probe that must reach it the same way.
+func (u *Client) Dial(ctx context.Context) (net.Conn, error) { return u.dial(ctx) }
+
+// Addr is the instance's address, as Config gave it.
+func (u *Client) Addr() string { return u.addr }
 
 func (u *Client) get(ctx context.Context) (*upConn, bool, error) {
 	u.mu.Lock()
