@@ -6,7 +6,7 @@
 // decides when to call Start and Stop.
 //
 // Each runtime has its own launcher, chosen once by NewStarter: exec.go,
-// http.go, zygote.go (python: forked from a zygote, else a fresh
+// http.go, python.go (forked from a zygote, zygote.go, else a fresh
 // interpreter) and onnx.go (a spare process claimed, else spawned). What a
 // runtime starts ahead of need (a zygote's spare child, an onnx spare
 // process) is kept by one keeper (keeper.go), whatever it is.

@@ -4,15 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,35 +59,6 @@ type ZygoteStatus struct {
 	Fallback string
 }
 
-// errFallback makes Start spawn a fresh interpreter.
-var errFallback = errors.New("zygote unusable")
-
-// pythonLauncher starts a python function's instances by forking them from
-// its zygote, a fork-server that has imported the function's module, and
-// keeps one forked child spare for the next cold start. When the zygote
-// cannot be used (threads at import, a refused fork) instances start as
-// fresh interpreters (fresh).
-type pythonLauncher struct {
-	s         *Starter
-	fresh     *execLauncher
-	keepAlive time.Duration
-	idBase    string
-	seq       atomic.Uint64
-	spares    *keeper[forkedSpare]
-
-	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
-
-	// mu guards z, fallback, closed. The keeper takes it under its own
-	// lock (busy, retire): never call the keeper with it held.
-	mu       sync.Mutex
-	z        *zygote
-	fallback string
-	closed   bool
-
-	stop chan struct{}  // closed by close
-	wg   sync.WaitGroup // a disabled zygote waiting for its children
-}
-
 // zygote is one running fork-server.
 type zygote struct {
 	proc    *process.Process
@@ -105,207 +73,88 @@ type zygote struct {
 	early map[int]syscall.WaitStatus
 }
 
-func newPythonLauncher(s *Starter, fresh *execLauncher) *pythonLauncher {
-	ka := s.cfg.ZygoteKeepAlive
-	if ka <= 0 {
-		ka = DefaultZygoteKeepAliveFactor * s.fn.Spec.IdleTimeout
-	}
-	if ka <= 0 {
-		ka = DefaultZygoteKeepAliveFactor * ebb.DefaultIdleTimeout
-	}
-	if s.cfg.ZygoteKeepAlive <= 0 {
-		ka = max(ka, MinZygoteKeepAlive)
-	}
-	var b [3]byte
-	rand.Read(b[:])
-	zm := &pythonLauncher{s: s, fresh: fresh, keepAlive: ka, idBase: fmt.Sprintf("%s-v%d-z%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:])),
-		stop: make(chan struct{})}
-	// The spare child has no node-wide cap: it costs only the pages that
-	// differ from the zygote's. It is kept while instances forked from the
-	// zygote run, and the zygote goes with it: those would die with it.
-	zm.spares = newKeeper(keeperConfig[forkedSpare]{
-		keepAlive: ka,
-		start:     zm.startSpare,
-		busy:      zm.busy,
-		retire:    func(bool) func() { return zm.retire() },
-	})
-	return zm
-}
-
-func (zm *pythonLauncher) nextID(kind string) string {
-	return zm.idBase + kind + strconv.FormatUint(zm.seq.Add(1), 10)
-}
-
-func (zm *pythonLauncher) prewarm() { zm.spares.refill() }
-
-// forkedSpare is an instance forked ahead of need, polling its Runtime API;
-// claiming it only renames it.
-type forkedSpare struct{ inst *Instance }
-
-func (sp forkedSpare) claim(id string) error {
-	sp.inst.setAlias(id)
-	return nil
-}
-
-func (sp forkedSpare) kill()                 { sp.inst.Kill() }
-func (sp forkedSpare) done() <-chan struct{} { return sp.inst.done }
-
-// startSpare forks a spare child, building the zygote first if needed.
-func (zm *pythonLauncher) startSpare(ctx context.Context) (forkedSpare, error) {
-	ctx, cancel := context.WithTimeout(ctx, zygoteBuildTimeout)
-	defer cancel()
-	inst, err := zm.fork(ctx, zm.nextID("s"))
-	if err != nil {
-		if !errors.Is(err, errFallback) && ctx.Err() == nil {
-			zm.s.cfg.Logger.Warn("fork spare instance", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "err", err)
-		}
-		return forkedSpare{}, err
-	}
-	inst.cold.Spare = true
-	return forkedSpare{inst}, nil
-}
-
-// busy says whether instances forked from the zygote, other than the spare,
-// still run.
-func (zm *pythonLauncher) busy(spareLive bool) bool {
-	zm.mu.Lock()
-	z := zm.z
-	zm.mu.Unlock()
-	if z == nil {
-		return false
-	}
-	n := z.children()
-	if spareLive {
-		n--
-	}
-	return n > 0
-}
-
-// retire lets go of the zygote, which nothing used for the keep-alive: a
-// later start builds a new one. It returns the zygote's shutdown.
-func (zm *pythonLauncher) retire() func() {
-	zm.mu.Lock()
-	z := zm.z
-	zm.z = nil
-	zm.mu.Unlock()
-	if z == nil {
-		return nil
-	}
-	return func() {
-		zm.s.cfg.Logger.Info("zygote idle; stopping it", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "keep_alive", zm.keepAlive)
-		z.shutdown()
-	}
-}
-
-// start starts one instance from the zygote: the spare if one is ready,
-// else a fresh fork, else (the zygote unusable) a fresh interpreter.
-func (zm *pythonLauncher) start(ctx context.Context, id string) (*Instance, error) {
-	inst, err := zm.forkOrTake(ctx, id)
-	if errors.Is(err, errFallback) {
-		return zm.fresh.start(ctx, id)
-	}
-	return inst, err
-}
-
-func (zm *pythonLauncher) forkOrTake(ctx context.Context, id string) (*Instance, error) {
-	if zm.disabled() {
-		return nil, errFallback
-	}
-	defer zm.spares.refill()
-	if sp, ok := zm.spares.take(id); ok {
-		return sp.inst, nil
-	}
-	return zm.fork(ctx, id)
-}
-
-func (zm *pythonLauncher) disabled() bool {
-	zm.mu.Lock()
-	defer zm.mu.Unlock()
-	return zm.fallback != ""
-}
-
 // ensure returns a live zygote, building one if needed; built is how long
 // that took, 0 when it was warm.
-func (zm *pythonLauncher) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
-	if z, err := zm.current(); z != nil || err != nil {
+func (py *pythonLauncher) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
+	if z, err := py.current(); z != nil || err != nil {
 		return z, 0, err
 	}
-	zm.buildMu.Lock()
-	defer zm.buildMu.Unlock()
-	if z, err := zm.current(); z != nil || err != nil {
+	py.buildMu.Lock()
+	defer py.buildMu.Unlock()
+	if z, err := py.current(); z != nil || err != nil {
 		return z, 0, err
 	}
 	t0 := time.Now()
-	z, err = zm.build(ctx)
+	z, err = py.build(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	zm.mu.Lock()
-	if zm.closed {
-		zm.mu.Unlock()
+	py.mu.Lock()
+	if py.closed {
+		py.mu.Unlock()
 		z.shutdown()
 		return nil, 0, fmt.Errorf("start zygote: %w", ebb.ErrClosed)
 	}
-	zm.z = z
-	zm.mu.Unlock()
+	py.z = z
+	py.mu.Unlock()
 	return z, time.Since(t0), nil
 }
 
 // current is the live zygote, nil if none; errFallback once disabled.
-func (zm *pythonLauncher) current() (*zygote, error) {
-	zm.mu.Lock()
-	defer zm.mu.Unlock()
+func (py *pythonLauncher) current() (*zygote, error) {
+	py.mu.Lock()
+	defer py.mu.Unlock()
 	switch {
-	case zm.closed:
+	case py.closed:
 		return nil, fmt.Errorf("start zygote: %w", ebb.ErrClosed)
-	case zm.fallback != "":
+	case py.fallback != "":
 		return nil, errFallback
 	}
-	if zm.z != nil {
+	if py.z != nil {
 		select {
-		case <-zm.z.client.Dead():
-			zm.s.cfg.Logger.Warn("zygote died; rebuilding it", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "err", zm.z.proc.Err())
-			zm.z = nil
+		case <-py.z.client.Dead():
+			py.s.cfg.Logger.Warn("zygote died; rebuilding it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "err", py.z.proc.Err())
+			py.z = nil
 		default:
-			return zm.z, nil
+			return py.z, nil
 		}
 	}
 	return nil, nil
 }
 
 // disable makes every later start a fresh interpreter, logging why once.
-func (zm *pythonLauncher) disable(reason string) {
-	zm.mu.Lock()
-	first := zm.fallback == ""
+func (py *pythonLauncher) disable(reason string) {
+	py.mu.Lock()
+	first := py.fallback == ""
 	if first {
-		zm.fallback = reason
+		py.fallback = reason
 	}
-	z := zm.z
-	zm.z = nil
-	zm.mu.Unlock()
+	z := py.z
+	py.z = nil
+	py.mu.Unlock()
 	if !first {
 		return
 	}
-	zm.s.cfg.Logger.Warn("python zygote disabled; instances start as fresh interpreters", "function", zm.s.fn.Spec.Name,
-		"version", zm.s.fn.Version, "reason", reason)
-	zm.spares.disable()
+	py.s.cfg.Logger.Warn("python zygote disabled; instances start as fresh interpreters", "function", py.s.fn.Spec.Name,
+		"version", py.s.fn.Version, "reason", reason)
+	py.spares.disable()
 	if z != nil {
 		// Children it forked already keep running until they stop;
 		// closing the channel only ends the zygote when it reads EOF,
 		// which kills them (parent-death signal), so wait for them
 		// in the background.
-		zm.wg.Add(1)
+		py.wg.Add(1)
 		go func() {
-			defer zm.wg.Done()
-			z.waitChildren(zm.stop)
+			defer py.wg.Done()
+			z.waitChildren(py.stop)
 			z.shutdown()
 		}()
 	}
 }
 
 // build starts a zygote process and waits for its imports.
-func (zm *pythonLauncher) build(ctx context.Context) (*zygote, error) {
-	s := zm.s
+func (py *pythonLauncher) build(ctx context.Context) (*zygote, error) {
+	s := py.s
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, zygoteBuildTimeout)
@@ -334,12 +183,12 @@ func (zm *pythonLauncher) build(ctx context.Context) (*zygote, error) {
 		}
 	}
 	env = append(env, "EBB_PRELOAD="+strings.Join(s.fn.Spec.Preload, ","))
-	id := zm.nextID("ygote")
+	id := py.nextID("ygote")
 	argv := pyruntime.ZygoteCommand(s.pythonPath(), path)
 	t0 := time.Now()
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
 		ID: id, Path: argv[0], Args: argv[1:], Env: env, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
-		Stdout: zm.zygoteLines(id, "stdout"), Stderr: zm.zygoteLines(id, "stderr"),
+		Stdout: py.zygoteLines(id, "stdout"), Stderr: py.zygoteLines(id, "stderr"),
 		ExtraFiles: []*os.File{theirs},
 	})
 	theirs.Close()
@@ -371,7 +220,7 @@ func (zm *pythonLauncher) build(ctx context.Context) (*zygote, error) {
 		proc.Kill()
 		client.Close()
 		<-proc.Done()
-		zm.disable(info.Threads)
+		py.disable(info.Threads)
 		return nil, errFallback
 	}
 	s.cfg.Logger.Info("python zygote ready", "function", s.fn.Spec.Name, "version", s.fn.Version, "pid", proc.Pid(),
@@ -388,20 +237,20 @@ func hasEnv(env []string, key string) bool {
 	return false
 }
 
-func (zm *pythonLauncher) zygoteLines(id, stream string) func([]byte) {
-	sink := zm.s.cfg.Logs
+func (py *pythonLauncher) zygoteLines(id, stream string) func([]byte) {
+	sink := py.s.cfg.Logs
 	if sink == nil {
 		return nil
 	}
-	fn := zm.s.fn
+	fn := py.s.fn
 	return func(line []byte) { sink.Line(fn.Spec.Name, fn.Version, id, "", stream, line) }
 }
 
 // fork starts one instance as a child of the zygote, building the zygote
 // first if needed.
-func (zm *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error) {
-	s := zm.s
-	z, built, err := zm.ensure(ctx)
+func (py *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error) {
+	s := py.s
+	z, built, err := py.ensure(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +278,7 @@ func (zm *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error
 		slot.Abort()
 		inst.runExitHooks(err)
 		if errors.Is(err, pyruntime.ErrRefused) {
-			zm.disable(strings.TrimPrefix(err.Error(), pyruntime.ErrRefused.Error()+": "))
+			py.disable(strings.TrimPrefix(err.Error(), pyruntime.ErrRefused.Error()+": "))
 			return nil, errFallback
 		}
 		return nil, fmt.Errorf("start instance: %w", err)
@@ -529,47 +378,6 @@ func (z *zygote) shutdown() {
 	}
 }
 
-// close stops the spare and the zygote. Instances forked from it must be
-// stopped first: they die with it.
-func (zm *pythonLauncher) close() {
-	zm.mu.Lock()
-	if zm.closed {
-		zm.mu.Unlock()
-		return
-	}
-	zm.closed = true
-	z := zm.z
-	zm.z = nil
-	zm.mu.Unlock()
-	zm.spares.close()
-	close(zm.stop)
-	zm.wg.Wait()
-	zm.buildMu.Lock() // a build in flight sees closed and shuts its zygote down
-	zm.buildMu.Unlock()
-	if z != nil {
-		z.shutdown()
-	}
-}
-
-// status reports the zygote, if any.
-func (zm *pythonLauncher) status() *ZygoteStatus {
-	zm.mu.Lock()
-	z, fallback := zm.z, zm.fallback
-	zm.mu.Unlock()
-	st := &ZygoteStatus{Fallback: fallback}
-	if z == nil {
-		if fallback == "" {
-			return nil
-		}
-		return st
-	}
-	st.Pid, st.BuiltAt, st.Build = z.proc.Pid(), z.builtAt, z.build
-	st.RSS, st.PSS = ReadPSS(z.proc.Pid())
-	st.Children = z.children()
-	st.Spare = zm.spares.live()
-	return st
-}
-
 // ReadPSS returns the resident and proportional set sizes of pid in bytes,
 // from /proc/PID/smaps_rollup (0, 0 when unreadable). PSS divides each
 // shared page among the processes that map it, so the PSS of a zygote and
@@ -599,35 +407,4 @@ func ReadPSS(pid int) (rss, pss uint64) {
 		}
 	}
 	return rss, pss
-}
-
-// pythonPath is the interpreter of the function's instances.
-func (s *Starter) pythonPath() string {
-	if s.fn.Spec.Python != "" {
-		return s.fn.Spec.Python
-	}
-	return s.cfg.Python
-}
-
-// pythonCommand resolves the argv of a fresh python instance: the
-// interpreter running ebb's shim, written at first use.
-func (s *Starter) pythonCommand() func() ([]string, error) {
-	var once sync.Once
-	var shim string
-	var err error
-	return func() ([]string, error) {
-		once.Do(func() { shim, err = pyruntime.WriteShim(s.cfg.ShimDir) })
-		if err != nil {
-			return nil, fmt.Errorf("write python shim: %w", err)
-		}
-		return pyruntime.Command(s.pythonPath(), shim), nil
-	}
-}
-
-// Zygote reports the function's zygote; nil when it has none running.
-func (s *Starter) Zygote() *ZygoteStatus {
-	if s.python == nil {
-		return nil
-	}
-	return s.python.status()
 }
