@@ -125,60 +125,75 @@ func NewStarter(cfg Config, fn *ebb.Function, codeDir string) (*Starter, error) 
 		"EBB_FUNCTION_VERSION=" + ver,
 		"EBB_MEMORY_MIB=" + strconv.Itoa(spec.MemoryMiB),
 	}
+	// The one choice by runtime: its environment and its launcher.
+	var err error
 	switch spec.Runtime {
-	case ebb.RuntimeExec, ebb.RuntimePython:
-		env = append(env,
-			"_HANDLER="+spec.Handler,
-			"LAMBDA_TASK_ROOT="+codeDir,
-			"LAMBDA_RUNTIME_DIR="+codeDir,
-			"AWS_LAMBDA_FUNCTION_NAME="+spec.Name,
-			"AWS_LAMBDA_FUNCTION_VERSION="+ver,
-			"AWS_LAMBDA_FUNCTION_MEMORY_SIZE="+strconv.Itoa(spec.MemoryMiB),
-			"AWS_LAMBDA_LOG_GROUP_NAME=/ebb/"+spec.Name,
-			"AWS_REGION=local",
-			"AWS_DEFAULT_REGION=local",
-			"AWS_EXECUTION_ENV=ebb_"+string(spec.Runtime),
-		)
-		if spec.Concurrency > 1 {
-			env = append(env, "AWS_LAMBDA_MAX_CONCURRENCY="+strconv.Itoa(spec.Concurrency))
+	case ebb.RuntimeExec:
+		env = append(env, lambdaEnv(spec, codeDir, ver)...)
+		var argv []string
+		if argv, err = s.handlerCommand(); err == nil {
+			s.launch = &execLauncher{s: s, command: func() ([]string, error) { return argv, nil }}
 		}
-	case ebb.RuntimeHTTP, ebb.RuntimeONNX:
-		env = append(env, "K_SERVICE="+spec.Name, "K_REVISION="+spec.Name+"-"+ver)
+	case ebb.RuntimePython:
+		env = append(env, lambdaEnv(spec, codeDir, ver)...)
+		fresh := &execLauncher{s: s, command: s.pythonCommand()}
+		if spec.Zygote != nil && !*spec.Zygote {
+			s.launch = fresh
+		} else {
+			s.python = newPythonLauncher(s, fresh)
+			s.launch = s.python
+		}
+	case ebb.RuntimeHTTP:
+		env = append(env, serviceEnv(spec, ver)...)
+		var argv []string
+		if argv, err = s.handlerCommand(); err == nil {
+			s.launch = &httpLauncher{s: s, argv: argv}
+		}
+	case ebb.RuntimeONNX:
+		env = append(env, serviceEnv(spec, ver)...)
+		var argv []string
+		if argv, err = s.onnxCommand(); err == nil {
+			s.onnx = newONNXLauncher(s, argv)
+			s.launch = s.onnx
+		}
 	default:
 		return nil, fmt.Errorf("new starter: unknown runtime %q", spec.Runtime)
+	}
+	if err != nil {
+		return nil, err
 	}
 	for k, v := range spec.Env {
 		env = append(env, k+"="+v)
 	}
 	s.env = env
-	switch spec.Runtime {
-	case ebb.RuntimePython:
-		fresh := &execLauncher{s: s, command: s.pythonCommand()}
-		if spec.Zygote != nil && !*spec.Zygote {
-			s.launch = fresh
-			break
-		}
-		s.python = newPythonLauncher(s, fresh)
-		s.launch = s.python
-	case ebb.RuntimeONNX:
-		argv, err := s.onnxCommand()
-		if err != nil {
-			return nil, err
-		}
-		s.onnx = newONNXLauncher(s, argv)
-		s.launch = s.onnx
-	default:
-		argv, err := s.handlerCommand()
-		if err != nil {
-			return nil, err
-		}
-		if spec.Runtime == ebb.RuntimeHTTP {
-			s.launch = &httpLauncher{s: s, argv: argv}
-		} else {
-			s.launch = &execLauncher{s: s, command: func() ([]string, error) { return argv, nil }}
-		}
-	}
 	return s, nil
+}
+
+// lambdaEnv is the environment of a function that polls the Runtime API, as
+// Lambda sets it.
+func lambdaEnv(spec *ebb.Spec, codeDir, ver string) []string {
+	env := []string{
+		"_HANDLER=" + spec.Handler,
+		"LAMBDA_TASK_ROOT=" + codeDir,
+		"LAMBDA_RUNTIME_DIR=" + codeDir,
+		"AWS_LAMBDA_FUNCTION_NAME=" + spec.Name,
+		"AWS_LAMBDA_FUNCTION_VERSION=" + ver,
+		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE=" + strconv.Itoa(spec.MemoryMiB),
+		"AWS_LAMBDA_LOG_GROUP_NAME=/ebb/" + spec.Name,
+		"AWS_REGION=local",
+		"AWS_DEFAULT_REGION=local",
+		"AWS_EXECUTION_ENV=ebb_" + string(spec.Runtime),
+	}
+	if spec.Concurrency > 1 {
+		env = append(env, "AWS_LAMBDA_MAX_CONCURRENCY="+strconv.Itoa(spec.Concurrency))
+	}
+	return env
+}
+
+// serviceEnv is the environment of a function that serves HTTP, as Cloud Run
+// (Knative) sets it.
+func serviceEnv(spec *ebb.Spec, ver string) []string {
+	return []string{"K_SERVICE=" + spec.Name, "K_REVISION=" + spec.Name + "-" + ver}
 }
 
 func envOr(k, def string) string {
