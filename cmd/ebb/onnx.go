@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,7 +16,6 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb"
-	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/onnx"
 )
 
@@ -58,8 +55,8 @@ func runONNXServe(ctx context.Context, args []string) error {
 		// before any request needs it; a cold start then only loads the
 		// model. A spare whose fd 3 closes (ebb gone) exits.
 		if err = onnx.InitLibrary(*lib); err == nil {
-			fmt.Fprintln(os.Stderr, instance.SpareLine)
-			if !awaitClaim(ctx, os.NewFile(3, "claim")) {
+			onnx.ReportSpare(os.Stderr)
+			if !onnx.AwaitClaim(ctx, os.NewFile(onnx.ClaimFD, "claim")) {
 				return nil
 			}
 		}
@@ -75,8 +72,7 @@ func runONNXServe(ctx context.Context, args []string) error {
 		if errors.Is(err, onnx.ErrLibraryNotFound) {
 			ie = ebb.InitError{Type: "Runtime.ONNXRuntimeMissing", Message: "the ONNX Runtime library is not installed on the server"}
 		}
-		b, _ := json.Marshal(ie)
-		fmt.Fprintf(os.Stderr, "%s%s\n", instance.InitErrorPrefix, b)
+		onnx.ReportInitError(os.Stderr, ie)
 		return err
 	}
 	defer s.Close()
@@ -84,7 +80,7 @@ func runONNXServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	fmt.Fprintln(os.Stderr, instance.ReadyLine)
+	onnx.ReportReady(os.Stderr)
 	hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -99,20 +95,4 @@ func runONNXServe(ctx context.Context, args []string) error {
 		err = nil
 	}
 	return err
-}
-
-// awaitClaim waits for ebb to hand this spare a request ("go" on f), and
-// says false when ebb let it go instead (f closed) or it is stopped.
-func awaitClaim(ctx context.Context, f *os.File) bool {
-	got := make(chan bool, 1)
-	go func() {
-		line, err := bufio.NewReader(f).ReadString('\n')
-		got <- err == nil && line == "go\n"
-	}()
-	select {
-	case ok := <-got:
-		return ok
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -5,8 +5,8 @@
 // drains on redeploy.
 //
 // It knows nothing of processes or HTTP: instances come from a Starter that main
-// wires in, and callers type-assert a Lease's Instance to whatever richer
-// interface they need. Scaling decisions are a pure function (Plan) of the
+// wires in, and a Pool is generic over the instance type that Starter returns,
+// so that a Lease's Instance is already what its caller invokes or proxies to. Scaling decisions are a pure function (Plan) of the
 // pool's state and the time, so that they can be tested without waiting.
 package dispatch
 
@@ -20,9 +20,9 @@ import (
 	"github.com/ebb-run/ebb"
 )
 
-// Instance is one running copy of a function version, as a pool sees it.
-// Callers type-assert a Lease's Instance to the richer interface they declare
-// (an invoker, a proxy).
+// Instance is one running copy of a function version, as a pool sees it:
+// the least a Pool's instance type must do. The type itself is the caller's
+// (Pool[I]), with whatever else it does (invoke, proxy).
 //
 // The pool calls Stop exactly once for every Instance a Starter gave it,
 // crashed ones included, so that an implementation can free what it holds in
@@ -39,8 +39,8 @@ type Instance interface {
 // (or fails; an *ebb.InitError says the function's own init failed). It must
 // return when ctx ends, having cleaned up whatever it began. id is unique
 // within the process and made of [a-z0-9-].
-type Starter interface {
-	Start(ctx context.Context, id string) (Instance, error)
+type Starter[I Instance] interface {
+	Start(ctx context.Context, id string) (I, error)
 }
 
 // Observer receives metrics hooks. The pool calls it without holding its

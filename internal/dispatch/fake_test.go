@@ -76,7 +76,7 @@ func newFakeStarter(manual bool) *fakeStarter {
 	return &fakeStarter{manual: manual, calls: make(chan *startCall, 1024), insts: map[string]*fakeInstance{}}
 }
 
-func (s *fakeStarter) Start(ctx context.Context, id string) (Instance, error) {
+func (s *fakeStarter) Start(ctx context.Context, id string) (*fakeInstance, error) {
 	c := &startCall{id: id, answer: make(chan error, 1)}
 	s.mu.Lock()
 	s.n++
@@ -162,7 +162,7 @@ type fakeObserver struct {
 	failed  chan error
 
 	mu     sync.Mutex // guards pool and starts
-	pool   *Pool
+	pool   *Pool[*fakeInstance]
 	starts []string
 }
 
@@ -224,12 +224,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 type acquired struct {
-	l   *Lease
+	l   *Lease[*fakeInstance]
 	err error
 }
 
 // acquireAsync runs Acquire in a goroutine and delivers its result.
-func acquireAsync(ctx context.Context, p *Pool) <-chan acquired {
+func acquireAsync(ctx context.Context, p *Pool[*fakeInstance]) <-chan acquired {
 	ch := make(chan acquired, 1)
 	go func() {
 		l, err := p.Acquire(ctx)

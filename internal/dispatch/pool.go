@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -31,9 +32,9 @@ func backoff(failures int) time.Duration {
 
 // Pool hands out instance slots of one function version and scales its
 // instances. All its methods are safe for concurrent use.
-type Pool struct {
+type Pool[I Instance] struct {
 	cfg     Config
-	starter Starter
+	starter Starter[I]
 	obs     Observer
 	log     *slog.Logger
 	name    string // "fn v3", for errors
@@ -54,12 +55,12 @@ type Pool struct {
 	// mu guards every field below, and the unexported fields of this pool's
 	// members, waiters and Leases.
 	mu         sync.Mutex
-	members    []*member // every instance from start to stopped, in start order
-	ready      int       // members in phReady
-	starting   int       // members in phStarting
-	head, tail *waiter   // requests waiting for a slot, oldest first
-	waiting    int       // length of that list
-	seq        uint64    // last instance sequence number
+	members    []*member[I] // every instance from start to stopped, in start order
+	ready      int          // members in phReady
+	starting   int          // members in phStarting
+	head, tail *waiter[I]   // requests waiting for a slot, oldest first
+	waiting    int          // length of that list
+	seq        uint64       // last instance sequence number
 	draining   bool
 	reason     string // StopDrained or StopClosed, once draining
 	goneClosed bool
@@ -91,10 +92,10 @@ const (
 
 // member is one instance as the pool tracks it, from the moment its start
 // begins until its Stop returns.
-type member struct {
+type member[I Instance] struct {
 	id        string
 	stop      chan struct{} // closed to ask its lifecycle goroutine to stop it
-	inst      Instance      // nil while starting
+	inst      I             // the zero value while starting
 	ph        memberPhase
 	reason    string // why it stops, once phStopping
 	inFlight  int
@@ -105,25 +106,25 @@ type member struct {
 }
 
 // waiter is a request in Acquire that found no free slot.
-type waiter struct {
+type waiter[I Instance] struct {
 	// ch carries the one grant a waiter gets. It is buffered and the grant is
 	// sent under Pool.mu as the waiter leaves the list, so sending never
 	// blocks and a waiter that is no longer listed always has its grant ready.
-	ch         chan grant
+	ch         chan grant[I]
 	enq        time.Time
-	prev, next *waiter
+	prev, next *waiter[I]
 	listed     bool
 }
 
-type grant struct {
-	lease *Lease
+type grant[I Instance] struct {
+	lease *Lease[I]
 	err   error
 }
 
 // Lease is one slot on one instance. Give it back with exactly one of Release
 // or Discard (further calls are harmless); do not copy it.
-type Lease struct {
-	Instance   Instance
+type Lease[I Instance] struct {
+	Instance   I
 	InstanceID string
 	// Cold says this request waited for a fresh instance's start and got one
 	// of that instance's first slots; Init is then how long the start took.
@@ -135,14 +136,14 @@ type Lease struct {
 	// A Lease is not recycled through a sync.Pool: Release must stay
 	// idempotent, and a second Release on a recycled Lease would free a slot
 	// that another request now holds.
-	pool *Pool
-	m    *member
+	pool *Pool[I]
+	m    *member[I]
 	done bool
 }
 
 // NewPool validates cfg and starts the pool's loop and its MinInstances
 // instances; it does not wait for them to be ready. Close the pool to stop it.
-func NewPool(cfg Config, s Starter) (*Pool, error) {
+func NewPool[I Instance](cfg Config, s Starter[I]) (*Pool[I], error) {
 	if s == nil {
 		return nil, errors.New("new pool: starter is nil")
 	}
@@ -151,7 +152,7 @@ func NewPool(cfg Config, s Starter) (*Pool, error) {
 	}
 	var nonce [3]byte
 	_, _ = rand.Read(nonce[:]) // never fails (crypto/rand panics instead)
-	p := &Pool{
+	p := &Pool[I]{
 		cfg:     cfg,
 		starter: s,
 		obs:     cfg.Observer,
@@ -186,12 +187,12 @@ func NewPool(cfg Config, s Starter) (*Pool, error) {
 // the Starter's error (e.g. wrapping an *ebb.InitError) for the requests a
 // failed start was serving or, while starts back off, for requests that
 // nothing could serve, and ctx.Err().
-func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
+func (p *Pool[I]) Acquire(ctx context.Context) (*Lease[I], error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	now := p.cfg.Now()
-	l := new(Lease) // before the lock, to keep the critical section short
+	l := new(Lease[I]) // before the lock, to keep the critical section short
 	p.mu.Lock()
 	if p.draining {
 		p.mu.Unlock()
@@ -208,8 +209,8 @@ func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
 // pickLocked returns the ready instance with the most requests in flight that
 // still has a free slot (ties: the most recently used), so that traffic packs
 // onto few instances and the rest can go idle and be stopped; nil if none.
-func (p *Pool) pickLocked() *member {
-	var best *member
+func (p *Pool[I]) pickLocked() *member[I] {
+	var best *member[I]
 	full := p.cfg.Concurrency
 	for _, m := range p.members {
 		if m.ph != phReady || m.inFlight >= full {
@@ -225,12 +226,12 @@ func (p *Pool) pickLocked() *member {
 	return best
 }
 
-func (p *Pool) leaseLocked(l *Lease, m *member, now time.Time, cold bool) {
+func (p *Pool[I]) leaseLocked(l *Lease[I], m *member[I], now time.Time, cold bool) {
 	m.inFlight++
 	m.leases++
 	m.lastUsed = now
 	p.invocations++
-	*l = Lease{Instance: m.inst, InstanceID: m.id, pool: p, m: m}
+	*l = Lease[I]{Instance: m.inst, InstanceID: m.id, pool: p, m: m}
 	if cold {
 		p.coldStarts++
 		l.Cold = true
@@ -240,8 +241,8 @@ func (p *Pool) leaseLocked(l *Lease, m *member, now time.Time, cold bool) {
 
 // waitUnlock is Acquire's slow path: it is called with p.mu held, finding no
 // free slot, and unlocks it.
-func (p *Pool) waitUnlock(ctx context.Context, now time.Time) (*Lease, error) {
-	w := &waiter{ch: make(chan grant, 1), enq: now}
+func (p *Pool[I]) waitUnlock(ctx context.Context, now time.Time) (*Lease[I], error) {
+	w := &waiter[I]{ch: make(chan grant[I], 1), enq: now}
 	p.pushLocked(w)
 	p.growLocked(now)
 	if !w.listed { // nothing can serve it: growLocked failed it already
@@ -287,7 +288,7 @@ func (p *Pool) waitUnlock(ctx context.Context, now time.Time) (*Lease, error) {
 
 // leave takes w out of the waiting list; if w was granted first, it returns
 // that grant and ok.
-func (p *Pool) leave(w *waiter) (grant, bool) {
+func (p *Pool[I]) leave(w *waiter[I]) (grant[I], bool) {
 	p.mu.Lock()
 	if !w.listed {
 		p.mu.Unlock()
@@ -297,10 +298,10 @@ func (p *Pool) leave(w *waiter) (grant, bool) {
 	depth := p.waiting
 	p.mu.Unlock()
 	p.obs.QueueDepth(p.cfg.Function, depth)
-	return grant{}, false
+	return grant[I]{}, false
 }
 
-func (p *Pool) pushLocked(w *waiter) {
+func (p *Pool[I]) pushLocked(w *waiter[I]) {
 	w.listed = true
 	w.prev = p.tail
 	if p.tail != nil {
@@ -312,7 +313,7 @@ func (p *Pool) pushLocked(w *waiter) {
 	p.waiting++
 }
 
-func (p *Pool) unlinkLocked(w *waiter) {
+func (p *Pool[I]) unlinkLocked(w *waiter[I]) {
 	if w.prev != nil {
 		w.prev.next = w.next
 	} else {
@@ -328,18 +329,18 @@ func (p *Pool) unlinkLocked(w *waiter) {
 }
 
 // grantLocked answers w and takes it out of the list.
-func (p *Pool) grantLocked(w *waiter, l *Lease, err error) {
+func (p *Pool[I]) grantLocked(w *waiter[I], l *Lease[I], err error) {
 	p.unlinkLocked(w)
-	w.ch <- grant{lease: l, err: err}
+	w.ch <- grant[I]{lease: l, err: err}
 }
 
 // serveLocked hands m's free slots to waiters, oldest first, and reports how
 // many it served.
-func (p *Pool) serveLocked(m *member, now time.Time, cold bool) int {
+func (p *Pool[I]) serveLocked(m *member[I], now time.Time, cold bool) int {
 	n := 0
 	for p.head != nil && m.inFlight < p.cfg.Concurrency {
 		w := p.head
-		l := new(Lease)
+		l := new(Lease[I])
 		p.leaseLocked(l, m, now, cold)
 		l.Waited = now.Sub(w.enq)
 		p.grantLocked(w, l, nil)
@@ -349,7 +350,7 @@ func (p *Pool) serveLocked(m *member, now time.Time, cold bool) int {
 }
 
 // canStartLocked reports whether one more instance may start now.
-func (p *Pool) canStartLocked(now time.Time) bool {
+func (p *Pool[I]) canStartLocked(now time.Time) bool {
 	return !p.draining && p.ready+p.starting < p.cfg.MaxInstances && !now.Before(p.retryAt)
 }
 
@@ -357,7 +358,7 @@ func (p *Pool) canStartLocked(now time.Time) bool {
 // request or the pool may not grow. Waiting requests that nothing running or
 // starting can ever serve (starts are backing off) fail with the last start
 // error rather than hang.
-func (p *Pool) growLocked(now time.Time) {
+func (p *Pool[I]) growLocked(now time.Time) {
 	for p.waiting > p.starting*p.cfg.Concurrency && p.canStartLocked(now) {
 		p.startLocked(now)
 	}
@@ -373,13 +374,13 @@ func (p *Pool) growLocked(now time.Time) {
 }
 
 // refillLocked starts what waiting requests and MinInstances need.
-func (p *Pool) refillLocked(now time.Time) {
+func (p *Pool[I]) refillLocked(now time.Time) {
 	p.growLocked(now)
 	p.fillFloorLocked(now, p.cfg.MinInstances)
 }
 
 // fillFloorLocked starts up to n instances, no more than MinInstances lacks.
-func (p *Pool) fillFloorLocked(now time.Time, n int) {
+func (p *Pool[I]) fillFloorLocked(now time.Time, n int) {
 	if now.Before(p.floorRetryAt) {
 		return
 	}
@@ -388,9 +389,9 @@ func (p *Pool) fillFloorLocked(now time.Time, n int) {
 	}
 }
 
-func (p *Pool) startLocked(now time.Time) {
+func (p *Pool[I]) startLocked(now time.Time) {
 	p.seq++
-	m := &member{
+	m := &member[I]{
 		id:        p.idBase + strconv.FormatUint(p.seq, 10),
 		stop:      make(chan struct{}),
 		startedAt: now,
@@ -403,7 +404,7 @@ func (p *Pool) startLocked(now time.Time) {
 
 // requestStopLocked takes a ready instance out of service and asks its
 // lifecycle goroutine to stop it.
-func (p *Pool) requestStopLocked(m *member, reason string) {
+func (p *Pool[I]) requestStopLocked(m *member[I], reason string) {
 	if m.ph != phReady {
 		return
 	}
@@ -413,7 +414,7 @@ func (p *Pool) requestStopLocked(m *member, reason string) {
 	close(m.stop)
 }
 
-func (p *Pool) removeMemberLocked(m *member) {
+func (p *Pool[I]) removeMemberLocked(m *member[I]) {
 	if i := slices.Index(p.members, m); i >= 0 {
 		p.members = slices.Delete(p.members, i, i+1)
 	}
@@ -425,14 +426,14 @@ func (p *Pool) removeMemberLocked(m *member) {
 
 // run is the lifecycle goroutine of one instance: it starts it, watches it,
 // and stops it when the pool asks or it exits on its own.
-func (p *Pool) run(m *member) {
+func (p *Pool[I]) run(m *member[I]) {
 	defer p.wg.Done()
 	ctx, cancel := context.WithTimeout(p.startCtx, p.cfg.StartTimeout)
 	t0 := p.cfg.Now()
 	in, err := p.starter.Start(ctx, m.id)
 	took := p.cfg.Now().Sub(t0)
 	cancel()
-	if err == nil && in == nil {
+	if err == nil && isNil(in) {
 		err = errors.New("starter returned no instance")
 	}
 	if err != nil {
@@ -462,10 +463,24 @@ func (p *Pool) run(m *member) {
 	p.obs.InstanceStopped(p.cfg.Function, m.id, reason)
 }
 
+// isNil says whether a Starter returned a nil instance (a nil interface, or
+// a nil pointer in one) without an error.
+func isNil[I Instance](in I) bool {
+	v := reflect.ValueOf(any(in))
+	if !v.IsValid() {
+		return true
+	}
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Chan, reflect.Func, reflect.Slice:
+		return v.IsNil()
+	}
+	return false
+}
+
 // started puts a freshly started instance into service, serving waiting
 // requests first. It reports false when the pool began draining meanwhile and
 // the instance is to be stopped at once.
-func (p *Pool) started(m *member, in Instance, took time.Duration) bool {
+func (p *Pool[I]) started(m *member[I], in I, took time.Duration) bool {
 	now := p.cfg.Now()
 	p.mu.Lock()
 	p.starting--
@@ -498,7 +513,7 @@ func (p *Pool) started(m *member, in Instance, took time.Duration) bool {
 // exited handles an instance whose Done closed: unless the pool had asked it
 // to stop, it crashed. Its in-flight requests see their own errors from the
 // instance; their leases are given back harmlessly later.
-func (p *Pool) exited(m *member) {
+func (p *Pool[I]) exited(m *member[I]) {
 	now := p.cfg.Now()
 	p.mu.Lock()
 	if m.ph != phReady {
@@ -522,7 +537,7 @@ func (p *Pool) exited(m *member) {
 
 // startFailed handles a start that returned an error: the requests it was
 // serving get the error, and further starts back off.
-func (p *Pool) startFailed(m *member, err error) {
+func (p *Pool[I]) startFailed(m *member[I], err error) {
 	now := p.cfg.Now()
 	err = fmt.Errorf("start instance %s: %w", m.id, err)
 	p.mu.Lock()
@@ -561,7 +576,7 @@ func (p *Pool) startFailed(m *member, err error) {
 // Release gives the slot back to the pool, handing it straight to the oldest
 // waiting request if any. It is idempotent, and harmless once the instance is
 // gone.
-func (l *Lease) Release() {
+func (l *Lease[I]) Release() {
 	p := l.poolOf()
 	if p == nil {
 		return
@@ -600,7 +615,7 @@ func (l *Lease) Release() {
 // the pool now and stopped in the background, and the lease is freed.
 // Replacements follow the usual rules (waiting requests, MinInstances).
 // Discard after Release, or twice, is harmless.
-func (l *Lease) Discard(reason string) {
+func (l *Lease[I]) Discard(reason string) {
 	p := l.poolOf()
 	if p == nil {
 		return
@@ -624,7 +639,7 @@ func (l *Lease) Discard(reason string) {
 	p.log.Info("instance discarded", "instance", m.id, "why", reason)
 }
 
-func (l *Lease) poolOf() *Pool {
+func (l *Lease[I]) poolOf() *Pool[I] {
 	if l == nil {
 		return nil
 	}
@@ -636,13 +651,13 @@ func (l *Lease) poolOf() *Pool {
 // It returns when all are gone, or when ctx ends: then every instance left is
 // stopped with an expired ctx (killed) and Drain returns without waiting for
 // that. Drain does not end the pool's loop; Close does.
-func (p *Pool) Drain(ctx context.Context) error {
+func (p *Pool[I]) Drain(ctx context.Context) error {
 	return p.shutdown(ctx, StopDrained)
 }
 
 // Close is Drain for shutdown, and then ends the pool's loop and waits for
 // every goroutine the pool owns, killed instances included.
-func (p *Pool) Close(ctx context.Context) error {
+func (p *Pool[I]) Close(ctx context.Context) error {
 	err := p.shutdown(ctx, StopClosed)
 	p.mu.Lock()
 	if !p.quitClosed {
@@ -655,7 +670,7 @@ func (p *Pool) Close(ctx context.Context) error {
 	return err
 }
 
-func (p *Pool) shutdown(ctx context.Context, reason string) error {
+func (p *Pool[I]) shutdown(ctx context.Context, reason string) error {
 	p.mu.Lock()
 	first := !p.draining
 	if first {
@@ -697,7 +712,7 @@ func (p *Pool) shutdown(ctx context.Context, reason string) error {
 }
 
 // loop applies Plan every TickInterval until Close.
-func (p *Pool) loop() {
+func (p *Pool[I]) loop() {
 	defer p.wg.Done()
 	t := time.NewTicker(p.cfg.TickInterval)
 	defer t.Stop()
@@ -714,7 +729,7 @@ func (p *Pool) loop() {
 // tick applies Plan for now: it stops idle instances (re-checking under the
 // lock that each is still idle) and starts what MinInstances and waiting
 // requests need, within MaxInstances and the start back-off.
-func (p *Pool) tick(now time.Time) {
+func (p *Pool[I]) tick(now time.Time) {
 	p.mu.Lock()
 	if p.draining {
 		p.mu.Unlock()
@@ -764,7 +779,7 @@ type Stats struct {
 }
 
 // Stats returns a snapshot of the pool.
-func (p *Pool) Stats() Stats {
+func (p *Pool[I]) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return Stats{
@@ -778,7 +793,7 @@ func (p *Pool) Stats() Stats {
 	}
 }
 
-func (p *Pool) instanceStatsLocked() []InstanceStats {
+func (p *Pool[I]) instanceStatsLocked() []InstanceStats {
 	out := make([]InstanceStats, len(p.members))
 	for i, m := range p.members {
 		s := InstanceStats{ID: m.id, InFlight: m.inFlight, StartedAt: m.startedAt, LastUsed: m.lastUsed, Leases: m.leases}

@@ -15,7 +15,7 @@ import (
 
 // newTestPool starts a pool whose loop never ticks on its own (tests call
 // tick), observed by a fakeObserver, and closes it when the test ends.
-func newTestPool(t *testing.T, cfg Config, s Starter) (*Pool, *fakeObserver) {
+func newTestPool(t *testing.T, cfg Config, s Starter[*fakeInstance]) (*Pool[*fakeInstance], *fakeObserver) {
 	t.Helper()
 	obs := newFakeObserver()
 	if cfg.Function == "" {
@@ -44,7 +44,7 @@ func newTestPool(t *testing.T, cfg Config, s Starter) (*Pool, *fakeObserver) {
 	return p, obs
 }
 
-func mustAcquire(t *testing.T, p *Pool) *Lease {
+func mustAcquire(t *testing.T, p *Pool[*fakeInstance]) *Lease[*fakeInstance] {
 	t.Helper()
 	l, err := p.Acquire(context.Background())
 	if err != nil {
@@ -53,7 +53,7 @@ func mustAcquire(t *testing.T, p *Pool) *Lease {
 	return l
 }
 
-func waitWaiting(t *testing.T, p *Pool, n int) {
+func waitWaiting(t *testing.T, p *Pool[*fakeInstance], n int) {
 	t.Helper()
 	waitFor(t, "waiting requests", func() bool { return p.Stats().Waiting == n })
 }
@@ -137,7 +137,7 @@ func TestConcurrencySlots(t *testing.T) {
 	fs := newFakeStarter(false)
 	p, _ := newTestPool(t, Config{Concurrency: 3, MaxInstances: 2}, fs)
 
-	var leases []*Lease
+	var leases []*Lease[*fakeInstance]
 	for i := range 3 {
 		l := mustAcquire(t, p)
 		leases = append(leases, l)
@@ -169,24 +169,24 @@ func TestConcurrencySlots(t *testing.T) {
 
 func TestPickPacksOntoBusiestInstance(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	m := func(id string, ph memberPhase, inFlight int, used time.Duration) *member {
-		return &member{id: id, ph: ph, inFlight: inFlight, lastUsed: t0.Add(used)}
+	m := func(id string, ph memberPhase, inFlight int, used time.Duration) *member[*fakeInstance] {
+		return &member[*fakeInstance]{id: id, ph: ph, inFlight: inFlight, lastUsed: t0.Add(used)}
 	}
 	tests := []struct {
 		name    string
-		members []*member
+		members []*member[*fakeInstance]
 		want    string
 	}{
 		{"none", nil, ""},
-		{"only full", []*member{m("a", phReady, 3, 0)}, ""},
-		{"most in flight", []*member{m("a", phReady, 0, 9), m("b", phReady, 2, 0), m("c", phReady, 1, 5)}, "b"},
-		{"tie: most recently used", []*member{m("a", phReady, 1, 1), m("b", phReady, 1, 3), m("c", phReady, 1, 2)}, "b"},
-		{"skips full", []*member{m("a", phReady, 3, 0), m("b", phReady, 0, 0)}, "b"},
-		{"skips starting and stopping", []*member{m("a", phStarting, 0, 0), m("b", phStopping, 0, 0), m("c", phReady, 2, 0)}, "c"},
+		{"only full", []*member[*fakeInstance]{m("a", phReady, 3, 0)}, ""},
+		{"most in flight", []*member[*fakeInstance]{m("a", phReady, 0, 9), m("b", phReady, 2, 0), m("c", phReady, 1, 5)}, "b"},
+		{"tie: most recently used", []*member[*fakeInstance]{m("a", phReady, 1, 1), m("b", phReady, 1, 3), m("c", phReady, 1, 2)}, "b"},
+		{"skips full", []*member[*fakeInstance]{m("a", phReady, 3, 0), m("b", phReady, 0, 0)}, "b"},
+		{"skips starting and stopping", []*member[*fakeInstance]{m("a", phStarting, 0, 0), m("b", phStopping, 0, 0), m("c", phReady, 2, 0)}, "c"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := &Pool{cfg: Config{Concurrency: 3}, members: tc.members}
+			p := &Pool[*fakeInstance]{cfg: Config{Concurrency: 3}, members: tc.members}
 			got := ""
 			if m := p.pickLocked(); m != nil {
 				got = m.id
@@ -229,7 +229,7 @@ func TestBurstStartsInstancesAtOnce(t *testing.T) {
 			for _, c := range calls {
 				c.answer <- nil
 			}
-			var leases []*Lease
+			var leases []*Lease[*fakeInstance]
 			for range want {
 				r := recv(t, results, "a held request")
 				if r.err != nil || !r.l.Cold {
@@ -846,10 +846,10 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 }
 
 func TestLeaseZeroValuesAreHarmless(t *testing.T) {
-	var nilLease *Lease
+	var nilLease *Lease[*fakeInstance]
 	nilLease.Release()
 	nilLease.Discard("nil")
-	var zero Lease
+	var zero Lease[*fakeInstance]
 	zero.Release()
 	zero.Discard("zero")
 }
@@ -858,7 +858,7 @@ func TestNewPoolRejectsBadConfig(t *testing.T) {
 	if _, err := NewPool(Config{Function: "fn", MinInstances: 3, MaxInstances: 2}, newFakeStarter(false)); err == nil {
 		t.Errorf("NewPool with min > max: no error")
 	}
-	if _, err := NewPool(Config{Function: "fn"}, nil); err == nil {
+	if _, err := NewPool[*fakeInstance](Config{Function: "fn"}, nil); err == nil {
 		t.Errorf("NewPool with no starter: no error")
 	}
 }
@@ -904,4 +904,13 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			l.Release()
 		}
 	})
+}
+
+func TestIsNilSeesNilPointersInTheInstanceType(t *testing.T) {
+	if !isNil[*fakeInstance](nil) || !isNil[Instance](nil) || !isNil[Instance]((*fakeInstance)(nil)) {
+		t.Error("a nil instance was not seen as nil")
+	}
+	if isNil(&fakeInstance{}) {
+		t.Error("a live instance was seen as nil")
+	}
 }

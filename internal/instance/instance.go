@@ -4,30 +4,33 @@
 // through the Lambda Runtime API) or proxied to (http, onnx: over HTTP on a
 // loopback port). Admission and scaling are not its business; the dispatcher
 // decides when to call Start and Stop.
+//
+// Each runtime has its own launcher, chosen once by NewStarter: exec.go,
+// http.go, python.go (forked from a zygote, zygote.go, else a fresh
+// interpreter) and onnx.go (a spare process claimed, else spawned). What a
+// runtime starts ahead of need (a zygote's spare child, an onnx spare
+// process) is kept by one keeper (keeper.go), whatever it is.
 package instance
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http/httputil"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/pyruntime"
 	"github.com/ebb-run/ebb/internal/runtimeapi"
+	"github.com/ebb-run/ebb/internal/upstream"
 )
 
 // LogSink receives every line an instance writes, tagged with the request it
@@ -77,33 +80,34 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Starter starts instances of one function version.
+// Starter starts instances of one function version, through the launcher
+// of its runtime, chosen once by NewStarter.
 type Starter struct {
 	cfg     Config
 	fn      *ebb.Function
 	codeDir string
 	env     []string // environment shared by every instance of fn
-	argv    []string // command, resolved
-	kind    kind
+	launch  launcher
 
-	shimOnce sync.Once
-	shimPath string
-	shimErr  error
-
-	zygMu sync.Mutex // guards zyg, spareMgr and zygClosed
-	// zyg forks python instances; made at the first start or Prewarm.
-	zyg *zygoteManager
-	// spareMgr keeps an onnx spare process; made likewise.
-	spareMgr  *spareManager
-	zygClosed bool
+	// python and onnx are launch when the runtime keeps something ahead of
+	// need (a zygote, a spare process), for the status they report; nil
+	// otherwise.
+	python *pythonLauncher
+	onnx   *onnxLauncher
 }
 
-type kind int
-
-const (
-	kindRuntimeAPI kind = iota // exec, python
-	kindHTTP                   // http, onnx
-)
+// launcher starts the instances of one runtime. There is one type per
+// runtime: exec, http, python (forked from a zygote, else fresh) and onnx (a
+// spare process claimed, else spawned).
+type launcher interface {
+	// start starts one instance and returns once it is ready for requests.
+	start(ctx context.Context, id string) (*Instance, error)
+	// prewarm makes what the runtime keeps ahead of need, in the
+	// background.
+	prewarm()
+	// close stops what prewarm and start kept, and waits for it.
+	close()
+}
 
 // NewStarter prepares to start instances of fn whose bundle is unpacked at codeDir.
 func NewStarter(cfg Config, fn *ebb.Function, codeDir string) (*Starter, error) {
@@ -121,40 +125,75 @@ func NewStarter(cfg Config, fn *ebb.Function, codeDir string) (*Starter, error) 
 		"EBB_FUNCTION_VERSION=" + ver,
 		"EBB_MEMORY_MIB=" + strconv.Itoa(spec.MemoryMiB),
 	}
+	// The one choice by runtime: its environment and its launcher.
+	var err error
 	switch spec.Runtime {
-	case ebb.RuntimeExec, ebb.RuntimePython:
-		s.kind = kindRuntimeAPI
-		env = append(env,
-			"_HANDLER="+spec.Handler,
-			"LAMBDA_TASK_ROOT="+codeDir,
-			"LAMBDA_RUNTIME_DIR="+codeDir,
-			"AWS_LAMBDA_FUNCTION_NAME="+spec.Name,
-			"AWS_LAMBDA_FUNCTION_VERSION="+ver,
-			"AWS_LAMBDA_FUNCTION_MEMORY_SIZE="+strconv.Itoa(spec.MemoryMiB),
-			"AWS_LAMBDA_LOG_GROUP_NAME=/ebb/"+spec.Name,
-			"AWS_REGION=local",
-			"AWS_DEFAULT_REGION=local",
-			"AWS_EXECUTION_ENV=ebb_"+string(spec.Runtime),
-		)
-		if spec.Concurrency > 1 {
-			env = append(env, "AWS_LAMBDA_MAX_CONCURRENCY="+strconv.Itoa(spec.Concurrency))
+	case ebb.RuntimeExec:
+		env = append(env, lambdaEnv(spec, codeDir, ver)...)
+		var argv []string
+		if argv, err = s.handlerCommand(); err == nil {
+			s.launch = &execLauncher{s: s, command: func() ([]string, error) { return argv, nil }}
 		}
-	case ebb.RuntimeHTTP, ebb.RuntimeONNX:
-		s.kind = kindHTTP
-		env = append(env, "K_SERVICE="+spec.Name, "K_REVISION="+spec.Name+"-"+ver)
+	case ebb.RuntimePython:
+		env = append(env, lambdaEnv(spec, codeDir, ver)...)
+		fresh := &execLauncher{s: s, command: s.pythonCommand()}
+		if spec.Zygote != nil && !*spec.Zygote {
+			s.launch = fresh
+		} else {
+			s.python = newPythonLauncher(s, fresh)
+			s.launch = s.python
+		}
+	case ebb.RuntimeHTTP:
+		env = append(env, serviceEnv(spec, ver)...)
+		var argv []string
+		if argv, err = s.handlerCommand(); err == nil {
+			s.launch = &httpLauncher{s: s, argv: argv}
+		}
+	case ebb.RuntimeONNX:
+		env = append(env, serviceEnv(spec, ver)...)
+		var argv []string
+		if argv, err = s.onnxCommand(); err == nil {
+			s.onnx = newONNXLauncher(s, argv)
+			s.launch = s.onnx
+		}
 	default:
 		return nil, fmt.Errorf("new starter: unknown runtime %q", spec.Runtime)
+	}
+	if err != nil {
+		return nil, err
 	}
 	for k, v := range spec.Env {
 		env = append(env, k+"="+v)
 	}
 	s.env = env
-	argv, err := s.command()
-	if err != nil {
-		return nil, err
-	}
-	s.argv = argv
 	return s, nil
+}
+
+// lambdaEnv is the environment of a function that polls the Runtime API, as
+// Lambda sets it.
+func lambdaEnv(spec *ebb.Spec, codeDir, ver string) []string {
+	env := []string{
+		"_HANDLER=" + spec.Handler,
+		"LAMBDA_TASK_ROOT=" + codeDir,
+		"LAMBDA_RUNTIME_DIR=" + codeDir,
+		"AWS_LAMBDA_FUNCTION_NAME=" + spec.Name,
+		"AWS_LAMBDA_FUNCTION_VERSION=" + ver,
+		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE=" + strconv.Itoa(spec.MemoryMiB),
+		"AWS_LAMBDA_LOG_GROUP_NAME=/ebb/" + spec.Name,
+		"AWS_REGION=local",
+		"AWS_DEFAULT_REGION=local",
+		"AWS_EXECUTION_ENV=ebb_" + string(spec.Runtime),
+	}
+	if spec.Concurrency > 1 {
+		env = append(env, "AWS_LAMBDA_MAX_CONCURRENCY="+strconv.Itoa(spec.Concurrency))
+	}
+	return env
+}
+
+// serviceEnv is the environment of a function that serves HTTP, as Cloud Run
+// (Knative) sets it.
+func serviceEnv(spec *ebb.Spec, ver string) []string {
+	return []string{"K_SERVICE=" + spec.Name, "K_REVISION=" + spec.Name + "-" + ver}
 }
 
 func envOr(k, def string) string {
@@ -164,26 +203,10 @@ func envOr(k, def string) string {
 	return def
 }
 
-// command resolves the argv an instance runs.
-func (s *Starter) command() ([]string, error) {
-	spec := &s.fn.Spec
-	switch spec.Runtime {
-	case ebb.RuntimePython:
-		return nil, nil // resolved at first start, when the shim is written
-	case ebb.RuntimeONNX:
-		if s.cfg.Executable == "" {
-			return nil, errors.New("resolve command: onnx needs the ebb executable path")
-		}
-		argv := []string{s.cfg.Executable, "onnx-serve", "--model", filepath.Join(s.codeDir, spec.Handler), "--name", spec.Name}
-		if s.cfg.ONNXLibrary != "" {
-			argv = append(argv, "--onnxruntime-lib", s.cfg.ONNXLibrary)
-		}
-		if b := spec.Batching; b != nil {
-			argv = append(argv, "--max-batch-size", strconv.Itoa(b.MaxBatchSize), "--max-delay", b.MaxDelay.String())
-		}
-		return argv, nil
-	}
-	argv := strings.Fields(spec.Handler)
+// handlerCommand resolves the argv of an exec or http instance: the
+// handler's words, the first one an executable.
+func (s *Starter) handlerCommand() ([]string, error) {
+	argv := strings.Fields(s.fn.Spec.Handler)
 	if len(argv) == 0 {
 		return nil, &ebb.InitError{Type: "Runtime.InvalidEntrypoint", Message: "handler is empty"}
 	}
@@ -227,73 +250,28 @@ func isExecutable(p string) bool {
 // Start starts one instance and returns once it is ready for requests. An
 // *ebb.InitError says the function itself failed to start.
 func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
-	if zm := s.zygote(); zm != nil {
-		inst, err := zm.start(ctx, id)
-		if !errors.Is(err, errFallback) {
-			return inst, err
-		}
-	}
-	if sm := s.spares(); sm != nil {
-		return sm.start(ctx, id)
-	}
-	return s.spawn(ctx, id, false)
+	return s.launch.start(ctx, id)
 }
 
-// spawn starts a process for one instance and waits until it is ready; with
-// asSpare (onnx) until it has started its runtime and waits to be claimed.
-func (s *Starter) spawn(ctx context.Context, id string, asSpare bool) (*Instance, error) {
-	argv := s.argv
-	if s.fn.Spec.Runtime == ebb.RuntimePython {
-		s.shimOnce.Do(func() { s.shimPath, s.shimErr = pyruntime.WriteShim(s.cfg.ShimDir) })
-		if s.shimErr != nil {
-			return nil, fmt.Errorf("write python shim: %w", s.shimErr)
-		}
-		argv = pyruntime.Command(s.python(), s.shimPath)
-	}
-	inst := &Instance{id: id, fn: s.fn, sink: s.cfg.Logs, log: s.cfg.Logger, done: make(chan struct{}), started: time.Now()}
-	var extra []*os.File
-	if s.fn.Spec.Runtime == ebb.RuntimeONNX {
-		// onnx-serve says when it listens: no probe interval is lost on
-		// top of a model load of tens of milliseconds.
-		inst.readyLine = make(chan struct{})
-		if asSpare {
-			r, w, err := os.Pipe()
-			if err != nil {
-				return nil, fmt.Errorf("create claim pipe: %w", err)
-			}
-			defer r.Close() // the child has its copy
-			inst.claim, inst.spareLine = w, make(chan struct{})
-			extra = append(extra, r)
-			argv = append(argv[:len(argv):len(argv)], "--spare")
-		}
-	}
-	env := make([]string, len(s.env), len(s.env)+4)
-	copy(env, s.env)
-	switch s.kind {
-	case kindRuntimeAPI:
-		rt, err := runtimeapi.New(runtimeapi.Config{
-			FunctionName:    s.fn.Spec.Name,
-			FunctionVersion: strconv.Itoa(s.fn.Version),
-			Logger:          s.cfg.Logger,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("start runtime api: %w", err)
-		}
-		inst.rt = rt
-		env = append(env, "AWS_LAMBDA_RUNTIME_API="+rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id)
-	case kindHTTP:
-		port, err := reservePort()
-		if err != nil {
-			return nil, err
-		}
-		inst.port = port
-		inst.addr = "127.0.0.1:" + strconv.Itoa(port)
-		env = append(env, "PORT="+strconv.Itoa(port), "HOST=127.0.0.1", "EBB_SPAWN_NS="+strconv.FormatInt(time.Now().UnixNano(), 10))
-		inst.proxy = newProxy(inst.addr)
-		inst.up = &upstream{addr: inst.addr}
-	}
+// Prewarm builds a python function's zygote and its spare instance, or an
+// onnx function's spare process, in the background, so that even the first
+// request finds them ready. It does nothing for other functions.
+func (s *Starter) Prewarm() { s.launch.prewarm() }
+
+// Close stops the zygote and the spare instance, if any. The instances the
+// starter started must be stopped first: forked ones die with the zygote.
+func (s *Starter) Close() { s.launch.close() }
+
+// newInstance is an instance of s's function about to start as id.
+func (s *Starter) newInstance(id string) *Instance {
+	return &Instance{id: id, fn: s.fn, sink: s.cfg.Logs, log: s.cfg.Logger, done: make(chan struct{}), started: time.Now()}
+}
+
+// spawn starts argv as inst's process with env and watches it; the
+// launcher has set up inst's channel (Runtime API, port) and hooks.
+func (s *Starter) spawn(ctx context.Context, inst *Instance, argv, env []string, extra []*os.File) error {
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
-		ID:         id,
+		ID:         inst.id,
 		Path:       argv[0],
 		Args:       argv[1:],
 		Env:        env,
@@ -304,87 +282,31 @@ func (s *Starter) spawn(ctx context.Context, id string, asSpare bool) (*Instance
 		ExtraFiles: extra,
 	})
 	if err != nil {
-		if inst.rt != nil {
-			inst.rt.Close()
-		}
-		if inst.claim != nil {
-			inst.claim.Close()
-		}
-		releasePort(inst.port)
-		return nil, fmt.Errorf("start process: %w", err)
+		inst.runExitHooks(err)
+		return fmt.Errorf("start process: %w", err)
 	}
 	inst.proc = proc
 	go inst.watch()
-	if asSpare {
-		select {
-		case <-inst.spareLine:
-			inst.ready = time.Now() // as a spare; a claim sets it again
-			return inst, nil
-		case <-inst.done:
-			return nil, inst.exitedEarly()
-		case <-ctx.Done():
-			inst.proc.Kill()
-			<-inst.done
-			return nil, ctx.Err()
-		}
-	}
-	if err := inst.waitReady(ctx); err != nil {
-		inst.proc.Kill()
-		<-inst.done
-		return nil, err
-	}
-	inst.ready = time.Now()
-	return inst, nil
+	return nil
 }
 
-// ports are the loopback ports handed to live http instances. The kernel
-// only says a port is free when asked; between that and the child's bind,
-// another start could be handed the same port, and its readiness probe would
-// then reach the other instance's server and send it the wrong function's
-// requests.
-var ports = struct {
-	mu   sync.Mutex // guards used
-	used map[int]bool
-}{used: map[int]bool{}}
-
-func reservePort() (int, error) {
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, fmt.Errorf("find free port: %w", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		ports.mu.Lock()
-		if !ports.used[port] {
-			ports.used[port] = true
-			ports.mu.Unlock()
-			return port, nil
-		}
-		ports.mu.Unlock()
-	}
-	return 0, errors.New("find free port: every port offered is taken by an instance")
+// instanceEnv is s's environment for one instance, with room for what its
+// launcher adds.
+func (s *Starter) instanceEnv(extra ...string) []string {
+	env := make([]string, len(s.env), len(s.env)+len(extra))
+	copy(env, s.env)
+	return append(env, extra...)
 }
 
-func releasePort(port int) {
-	if port == 0 {
-		return
-	}
-	ports.mu.Lock()
-	delete(ports.used, port)
-	ports.mu.Unlock()
-}
-
-// Instance is one running process of a function version.
+// Instance is one running process of a function version. Its launcher
+// sets how ebb talks to it, rt or up, and the hooks of its runtime; the
+// rest is the same for every runtime.
 type Instance struct {
 	id      string
 	fn      *ebb.Function
 	proc    *process.Process
-	rt      *runtimeapi.Server     // exec, python
-	addr    string                 // http, onnx
-	port    int                    // reserved for addr until the process is gone
-	proxy   *httputil.ReverseProxy // for protocol upgrades
-	up      *upstream              // for everything else
+	rt      *runtimeapi.Server // the Runtime API it polls (exec, python); nil otherwise
+	up      *upstream.Client   // its HTTP server (http, onnx); nil otherwise
 	sink    LogSink
 	log     *slog.Logger
 	started time.Time
@@ -403,20 +325,27 @@ type Instance struct {
 	current  atomic.Pointer[string]
 	stopping atomic.Bool
 	// initErr is an init error the process reported on stderr as an
-	// InitErrorPrefix line (runtimes ebb ships, such as onnx-serve).
+	// onnx.InitErrorPrefix line (runtimes ebb ships, such as onnx-serve).
 	initErr atomic.Pointer[ebb.InitError]
-	// readyLine, for runtimes ebb ships, is closed when the process prints
-	// ReadyLine on stderr; nil for user processes, whose output is not
-	// trusted to say so.
-	readyLine chan struct{}
-	readyOnce sync.Once
-	// spareLine is closed when an onnx spare prints SpareLine: its runtime
-	// is up and it waits on claim for the word to load its model. An unused
-	// spare is killed; claim is closed when the process is gone.
-	spareLine chan struct{}
-	spareOnce sync.Once
-	claim     *os.File
+	// stderrHook, set by the launcher before the process starts, reads
+	// the lines of a runtime that ebb ships for what it says to ebb (ready,
+	// spare); true means the line was for ebb and is not logged.
+	stderrHook func(line []byte) bool
+	// exitHooks free what the launcher set up for the process (its
+	// Runtime API server, its port, a claim pipe); watch runs them once it
+	// is gone, or spawn when it never started.
+	exitHooks []func(err error)
 	exitErr   error // set by watch before done is closed
+}
+
+// onExit adds a hook that frees something of the instance once its process
+// is gone; call it before the process starts.
+func (i *Instance) onExit(f func(err error)) { i.exitHooks = append(i.exitHooks, f) }
+
+func (i *Instance) runExitHooks(err error) {
+	for _, f := range i.exitHooks {
+		f(err)
+	}
 }
 
 // ID returns the instance id.
@@ -459,8 +388,8 @@ func (i *Instance) Stop(ctx context.Context) error {
 	return err
 }
 
-// watch owns the process's exit: it fails whatever is pending on the Runtime
-// API with the reason, then closes done.
+// watch owns the process's exit: it runs the launcher's exit hooks with the
+// reason (failing whatever is pending on the Runtime API), then closes done.
 func (i *Instance) watch() {
 	<-i.proc.Done()
 	err := i.proc.Err()
@@ -473,54 +402,15 @@ func (i *Instance) watch() {
 		err = fmt.Errorf("%w: %v", ebb.ErrCrashed, err)
 	}
 	i.exitErr = err
-	if i.rt != nil {
-		i.rt.Fail(err)
-		i.rt.Close()
-	}
-	i.closeIdle()
-	releasePort(i.port)
-	if i.claim != nil {
-		i.claim.Close()
-	}
+	i.runExitHooks(err)
 	close(i.done)
 }
 
-func (i *Instance) waitReady(ctx context.Context) error {
-	if i.rt != nil {
-		err := i.rt.WaitReady(ctx)
-		if err == nil {
-			return nil
-		}
-		var ie *ebb.InitError
-		if errors.As(err, &ie) {
-			return ie
-		}
-		if ctx.Err() != nil {
-			return &ebb.InitError{Type: "Runtime.InitTimeout", Message: "the instance did not become ready in time"}
-		}
-		return i.exitedEarly()
-	}
-	// http: ready once the port accepts connections. Poll fast at first: a
-	// small Go server is up in a few milliseconds.
-	delay := 200 * time.Microsecond
-	var d net.Dialer
-	for {
-		c, err := d.DialContext(ctx, "tcp", i.addr)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-i.readyLine: // nil unless the runtime announces itself
-			return nil
-		case <-i.done:
-			return i.exitedEarly()
-		case <-ctx.Done():
-			return &ebb.InitError{Type: "Runtime.InitTimeout", Message: "the instance did not listen on $PORT in time"}
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 10*time.Millisecond)
-	}
+// abort kills an instance that did not become ready and waits until it is
+// gone.
+func (i *Instance) abort() {
+	i.proc.Kill()
+	<-i.done
 }
 
 func (i *Instance) exitedEarly() error {
@@ -535,32 +425,16 @@ func (i *Instance) exitedEarly() error {
 	return &ebb.InitError{Type: "Runtime.ExitError", Message: "the instance exited before it was ready (" + msg + "); see its logs"}
 }
 
-// InitErrorPrefix starts a stderr line with which a runtime that ships with
-// ebb reports why it could not start: the rest is an ebb.InitError as JSON.
-const InitErrorPrefix = "EBB-INIT-ERROR "
-
-// ReadyLine is the stderr line with which a runtime that ships with ebb
-// (onnx-serve) says that it accepts connections on $PORT.
-const ReadyLine = "EBB-READY"
-
-// SpareLine is the stderr line with which onnx-serve --spare says that ONNX
-// Runtime is up and it waits to be claimed.
-const SpareLine = "EBB-SPARE"
-
 func (i *Instance) lineFunc(stream string) func([]byte) {
 	return func(line []byte) {
-		if i.readyLine != nil && stream == "stderr" && string(line) == ReadyLine {
-			i.readyOnce.Do(func() { close(i.readyLine) })
-			return
-		}
-		if i.spareLine != nil && stream == "stderr" && string(line) == SpareLine {
-			i.spareOnce.Do(func() { close(i.spareLine) })
-			return
-		}
-		if stream == "stderr" && bytes.HasPrefix(line, []byte(InitErrorPrefix)) && i.initErr.Load() == nil {
-			var ie ebb.InitError
-			if json.Unmarshal(line[len(InitErrorPrefix):], &ie) == nil && ie.Type != "" {
-				i.initErr.Store(&ie)
+		if stream == "stderr" {
+			if i.stderrHook != nil && i.stderrHook(line) {
+				return
+			}
+			if i.initErr.Load() == nil {
+				if ie, ok := onnx.ParseInitError(line); ok {
+					i.initErr.Store(ie)
+				}
 			}
 		}
 		if i.sink == nil {
@@ -603,4 +477,7 @@ func (i *Instance) Invoke(ctx context.Context, requestID string, payload []byte,
 }
 
 // IsHTTP reports whether the instance takes HTTP requests rather than events.
-func (i *Instance) IsHTTP() bool { return i.proxy != nil }
+func (i *Instance) IsHTTP() bool { return i.up != nil }
+
+// ColdStart says how the instance was started.
+func (i *Instance) ColdStart() ColdStart { return i.cold }

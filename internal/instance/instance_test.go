@@ -63,7 +63,7 @@ func TestReadyLine(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { inst.Kill(); <-inst.Done() }()
-			c, err := net.Dial("tcp", inst.addr)
+			c, err := net.Dial("tcp", inst.up.Addr())
 			listening := err == nil
 			if c != nil {
 				c.Close()

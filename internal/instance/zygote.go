@@ -4,22 +4,18 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/pyruntime"
-	"github.com/ebb-run/ebb/internal/runtimeapi"
 )
 
 // DefaultZygoteKeepAliveFactor times a function's idle_timeout is how long
@@ -63,32 +59,6 @@ type ZygoteStatus struct {
 	Fallback string
 }
 
-// errFallback makes Start spawn a fresh interpreter.
-var errFallback = errors.New("zygote unusable")
-
-// zygoteManager owns one function version's zygote, its forked children's
-// exit reports and the spare child.
-type zygoteManager struct {
-	s         *Starter
-	keepAlive time.Duration
-	idBase    string
-	seq       atomic.Uint64
-
-	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
-
-	mu sync.Mutex // guards z, spare, fallback, lastUse, closed
-	z  *zygote
-	// spare is a forked, ready instance waiting for a Start.
-	spare    *Instance
-	fallback string
-	lastUse  time.Time
-	closed   bool
-
-	kick chan struct{} // asks run to refill the spare
-	stop chan struct{} // closed by close
-	wg   sync.WaitGroup
-}
-
 // zygote is one running fork-server.
 type zygote struct {
 	proc    *process.Process
@@ -103,253 +73,88 @@ type zygote struct {
 	early map[int]syscall.WaitStatus
 }
 
-func newZygoteManager(s *Starter) *zygoteManager {
-	ka := s.cfg.ZygoteKeepAlive
-	if ka <= 0 {
-		ka = DefaultZygoteKeepAliveFactor * s.fn.Spec.IdleTimeout
-	}
-	if ka <= 0 {
-		ka = DefaultZygoteKeepAliveFactor * ebb.DefaultIdleTimeout
-	}
-	if s.cfg.ZygoteKeepAlive <= 0 {
-		ka = max(ka, MinZygoteKeepAlive)
-	}
-	var b [3]byte
-	rand.Read(b[:])
-	zm := &zygoteManager{s: s, keepAlive: ka, idBase: fmt.Sprintf("%s-v%d-z%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:])),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), lastUse: time.Now()}
-	zm.wg.Add(1)
-	go zm.run()
-	return zm
-}
-
-func (zm *zygoteManager) nextID(kind string) string {
-	return zm.idBase + kind + strconv.FormatUint(zm.seq.Add(1), 10)
-}
-
-// usesZygote says whether fn's instances are forked from a zygote.
-func usesZygote(fn *ebb.Function) bool {
-	return fn.Spec.Runtime == ebb.RuntimePython && (fn.Spec.Zygote == nil || *fn.Spec.Zygote)
-}
-
-// run owns the spare and the keep-alive: it refills the spare when kicked
-// and retires an unused zygote.
-func (zm *zygoteManager) run() {
-	defer zm.wg.Done()
-	keep(zm.stop, zm.kick, zm.keepAlive, zm.refill, zm.expire)
-}
-
-// keep is the loop of a keeper of something started ahead of need (a
-// zygote's spare, an onnx spare process): it calls refill when kicked and
-// expire now and then (often enough for keepAlive), until stop is closed,
-// which also cancels the context a refill in progress runs under.
-func keep(stop, kick <-chan struct{}, keepAlive time.Duration, refill func(context.Context), expire func(time.Time)) {
-	tick := time.NewTicker(min(max(keepAlive/4, 10*time.Millisecond), 30*time.Second))
-	defer tick.Stop()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-stop
-		cancel()
-	}()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-kick:
-			refill(ctx)
-		case now := <-tick.C:
-			expire(now)
-		}
-	}
-}
-
-func (zm *zygoteManager) kickRefill() {
-	select {
-	case zm.kick <- struct{}{}:
-	default:
-	}
-}
-
-// refill forks a spare if there is none.
-func (zm *zygoteManager) refill(ctx context.Context) {
-	zm.mu.Lock()
-	skip := zm.closed || zm.fallback != "" || (zm.spare != nil && !isDone(zm.spare))
-	zm.mu.Unlock()
-	if skip {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, zygoteBuildTimeout)
-	defer cancel()
-	inst, err := zm.fork(ctx, zm.nextID("s"))
-	if err != nil {
-		if !errors.Is(err, errFallback) && ctx.Err() == nil {
-			zm.s.cfg.Logger.Warn("fork spare instance", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "err", err)
-		}
-		return
-	}
-	inst.cold.Spare = true
-	zm.mu.Lock()
-	if zm.closed {
-		zm.mu.Unlock()
-		inst.Kill()
-		<-inst.done
-		return
-	}
-	old := zm.spare
-	zm.spare = inst
-	zm.mu.Unlock()
-	if old != nil {
-		old.Kill()
-	}
-}
-
-func isDone(i *Instance) bool {
-	select {
-	case <-i.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// expire retires the zygote (and its spare) when nothing used it for the
-// keep-alive and no instance forked from it still runs: those would die
-// with it.
-func (zm *zygoteManager) expire(now time.Time) {
-	zm.mu.Lock()
-	z := zm.z
-	if z == nil || now.Sub(zm.lastUse) < zm.keepAlive {
-		zm.mu.Unlock()
-		return
-	}
-	spare := zm.spare
-	n := z.children()
-	if spare != nil && !isDone(spare) {
-		n--
-	}
-	if n > 0 {
-		zm.mu.Unlock()
-		return
-	}
-	zm.z, zm.spare = nil, nil
-	zm.mu.Unlock()
-	zm.s.cfg.Logger.Info("zygote idle; stopping it", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "keep_alive", zm.keepAlive)
-	if spare != nil {
-		spare.Kill()
-		<-spare.done
-	}
-	z.shutdown()
-}
-
-// take hands out the spare when there is a live one.
-func (zm *zygoteManager) take() *Instance {
-	zm.mu.Lock()
-	defer zm.mu.Unlock()
-	zm.lastUse = time.Now()
-	sp := zm.spare
-	zm.spare = nil
-	if sp == nil || isDone(sp) {
-		return nil
-	}
-	return sp
-}
-
-// start starts one instance from the zygote: the spare if one is ready,
-// else a fresh fork. errFallback means a fresh interpreter must do.
-func (zm *zygoteManager) start(ctx context.Context, id string) (*Instance, error) {
-	defer zm.kickRefill()
-	if sp := zm.take(); sp != nil {
-		sp.setAlias(id)
-		return sp, nil
-	}
-	return zm.fork(ctx, id)
-}
-
 // ensure returns a live zygote, building one if needed; built is how long
 // that took, 0 when it was warm.
-func (zm *zygoteManager) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
-	if z, err := zm.current(); z != nil || err != nil {
+func (py *pythonLauncher) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
+	if z, err := py.current(); z != nil || err != nil {
 		return z, 0, err
 	}
-	zm.buildMu.Lock()
-	defer zm.buildMu.Unlock()
-	if z, err := zm.current(); z != nil || err != nil {
+	py.buildMu.Lock()
+	defer py.buildMu.Unlock()
+	if z, err := py.current(); z != nil || err != nil {
 		return z, 0, err
 	}
 	t0 := time.Now()
-	z, err = zm.build(ctx)
+	z, err = py.build(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	zm.mu.Lock()
-	if zm.closed {
-		zm.mu.Unlock()
+	py.mu.Lock()
+	if py.closed {
+		py.mu.Unlock()
 		z.shutdown()
 		return nil, 0, fmt.Errorf("start zygote: %w", ebb.ErrClosed)
 	}
-	zm.z = z
-	zm.mu.Unlock()
+	py.z = z
+	py.mu.Unlock()
 	return z, time.Since(t0), nil
 }
 
 // current is the live zygote, nil if none; errFallback once disabled.
-func (zm *zygoteManager) current() (*zygote, error) {
-	zm.mu.Lock()
-	defer zm.mu.Unlock()
+func (py *pythonLauncher) current() (*zygote, error) {
+	py.mu.Lock()
+	defer py.mu.Unlock()
 	switch {
-	case zm.closed:
+	case py.closed:
 		return nil, fmt.Errorf("start zygote: %w", ebb.ErrClosed)
-	case zm.fallback != "":
+	case py.fallback != "":
 		return nil, errFallback
 	}
-	if zm.z != nil {
+	if py.z != nil {
 		select {
-		case <-zm.z.client.Dead():
-			zm.s.cfg.Logger.Warn("zygote died; rebuilding it", "function", zm.s.fn.Spec.Name, "version", zm.s.fn.Version, "err", zm.z.proc.Err())
-			zm.z = nil
+		case <-py.z.client.Dead():
+			py.s.cfg.Logger.Warn("zygote died; rebuilding it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "err", py.z.proc.Err())
+			py.z = nil
 		default:
-			return zm.z, nil
+			return py.z, nil
 		}
 	}
 	return nil, nil
 }
 
 // disable makes every later start a fresh interpreter, logging why once.
-func (zm *zygoteManager) disable(reason string) {
-	zm.mu.Lock()
-	first := zm.fallback == ""
+func (py *pythonLauncher) disable(reason string) {
+	py.mu.Lock()
+	first := py.fallback == ""
 	if first {
-		zm.fallback = reason
+		py.fallback = reason
 	}
-	z, spare := zm.z, zm.spare
-	zm.z, zm.spare = nil, nil
-	zm.mu.Unlock()
+	z := py.z
+	py.z = nil
+	py.mu.Unlock()
 	if !first {
 		return
 	}
-	zm.s.cfg.Logger.Warn("python zygote disabled; instances start as fresh interpreters", "function", zm.s.fn.Spec.Name,
-		"version", zm.s.fn.Version, "reason", reason)
-	if spare != nil {
-		spare.Kill()
-	}
+	py.s.cfg.Logger.Warn("python zygote disabled; instances start as fresh interpreters", "function", py.s.fn.Spec.Name,
+		"version", py.s.fn.Version, "reason", reason)
+	py.spares.disable()
 	if z != nil {
 		// Children it forked already keep running until they stop;
 		// closing the channel only ends the zygote when it reads EOF,
 		// which kills them (parent-death signal), so wait for them
 		// in the background.
-		zm.wg.Add(1)
+		py.wg.Add(1)
 		go func() {
-			defer zm.wg.Done()
-			z.waitChildren(zm.stop)
+			defer py.wg.Done()
+			z.waitChildren(py.stop)
 			z.shutdown()
 		}()
 	}
 }
 
 // build starts a zygote process and waits for its imports.
-func (zm *zygoteManager) build(ctx context.Context) (*zygote, error) {
-	s := zm.s
+func (py *pythonLauncher) build(ctx context.Context) (*zygote, error) {
+	s := py.s
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, zygoteBuildTimeout)
@@ -378,12 +183,12 @@ func (zm *zygoteManager) build(ctx context.Context) (*zygote, error) {
 		}
 	}
 	env = append(env, "EBB_PRELOAD="+strings.Join(s.fn.Spec.Preload, ","))
-	id := zm.nextID("ygote")
-	argv := pyruntime.ZygoteCommand(s.python(), path)
+	id := py.nextID("ygote")
+	argv := pyruntime.ZygoteCommand(s.pythonPath(), path)
 	t0 := time.Now()
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
 		ID: id, Path: argv[0], Args: argv[1:], Env: env, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
-		Stdout: zm.zygoteLines(id, "stdout"), Stderr: zm.zygoteLines(id, "stderr"),
+		Stdout: py.zygoteLines(id, "stdout"), Stderr: py.zygoteLines(id, "stderr"),
 		ExtraFiles: []*os.File{theirs},
 	})
 	theirs.Close()
@@ -415,7 +220,7 @@ func (zm *zygoteManager) build(ctx context.Context) (*zygote, error) {
 		proc.Kill()
 		client.Close()
 		<-proc.Done()
-		zm.disable(info.Threads)
+		py.disable(info.Threads)
 		return nil, errFallback
 	}
 	s.cfg.Logger.Info("python zygote ready", "function", s.fn.Spec.Name, "version", s.fn.Version, "pid", proc.Pid(),
@@ -432,37 +237,35 @@ func hasEnv(env []string, key string) bool {
 	return false
 }
 
-func (zm *zygoteManager) zygoteLines(id, stream string) func([]byte) {
-	sink := zm.s.cfg.Logs
+func (py *pythonLauncher) zygoteLines(id, stream string) func([]byte) {
+	sink := py.s.cfg.Logs
 	if sink == nil {
 		return nil
 	}
-	fn := zm.s.fn
+	fn := py.s.fn
 	return func(line []byte) { sink.Line(fn.Spec.Name, fn.Version, id, "", stream, line) }
 }
 
 // fork starts one instance as a child of the zygote, building the zygote
 // first if needed.
-func (zm *zygoteManager) fork(ctx context.Context, id string) (*Instance, error) {
-	s := zm.s
-	z, built, err := zm.ensure(ctx)
+func (py *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error) {
+	s := py.s
+	z, built, err := py.ensure(ctx)
 	if err != nil {
 		return nil, err
 	}
-	inst := &Instance{id: id, fn: s.fn, sink: s.cfg.Logs, log: s.cfg.Logger, done: make(chan struct{}), started: time.Now()}
+	inst := s.newInstance(id)
 	inst.cold = ColdStart{Zygote: true, ZygoteBuild: built}
-	rt, err := runtimeapi.New(runtimeapi.Config{FunctionName: s.fn.Spec.Name, FunctionVersion: strconv.Itoa(s.fn.Version), Logger: s.cfg.Logger})
-	if err != nil {
-		return nil, fmt.Errorf("start runtime api: %w", err)
+	if err := attachRuntimeAPI(s, inst); err != nil {
+		return nil, err
 	}
-	inst.rt = rt
 	slot, err := s.cfg.Processes.Prepare(ctx, process.AdoptSpec{ID: id, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
 		Stdout: inst.lineFunc("stdout"), Stderr: inst.lineFunc("stderr")})
 	if err != nil {
-		rt.Close()
+		inst.runExitHooks(err)
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
-	envList := slot.Env(append(append([]string(nil), s.env...), "AWS_LAMBDA_RUNTIME_API="+rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id))
+	envList := slot.Env(s.instanceEnv("AWS_LAMBDA_RUNTIME_API="+inst.rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id))
 	env := make(map[string]string, len(envList))
 	for _, kv := range envList {
 		k, v, _ := strings.Cut(kv, "=")
@@ -473,9 +276,9 @@ func (zm *zygoteManager) fork(ctx context.Context, id string) (*Instance, error)
 	pid, err := z.client.Fork(ctx, pyruntime.ForkRequest{Env: env, Dir: slot.WorkDir(), CgroupProcs: slot.CgroupProcs(), Stdout: stdout, Stderr: stderr})
 	if err != nil {
 		slot.Abort()
-		rt.Close()
+		inst.runExitHooks(err)
 		if errors.Is(err, pyruntime.ErrRefused) {
-			zm.disable(strings.TrimPrefix(err.Error(), pyruntime.ErrRefused.Error()+": "))
+			py.disable(strings.TrimPrefix(err.Error(), pyruntime.ErrRefused.Error()+": "))
 			return nil, errFallback
 		}
 		return nil, fmt.Errorf("start instance: %w", err)
@@ -483,14 +286,13 @@ func (zm *zygoteManager) fork(ctx context.Context, id string) (*Instance, error)
 	proc, err := z.adopt(slot, pid)
 	if err != nil {
 		syscall.Kill(pid, syscall.SIGKILL)
-		rt.Close()
+		inst.runExitHooks(err)
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
 	inst.proc = proc
 	go inst.watch()
-	if err := inst.waitReady(ctx); err != nil {
-		inst.proc.Kill()
-		<-inst.done
+	if err := inst.waitRuntimeAPI(ctx); err != nil {
+		inst.abort()
 		return nil, err
 	}
 	inst.ready = time.Now()
@@ -576,50 +378,6 @@ func (z *zygote) shutdown() {
 	}
 }
 
-// close stops the spare and the zygote. Instances forked from it must be
-// stopped first: they die with it.
-func (zm *zygoteManager) close() {
-	zm.mu.Lock()
-	if zm.closed {
-		zm.mu.Unlock()
-		return
-	}
-	zm.closed = true
-	z, spare := zm.z, zm.spare
-	zm.z, zm.spare = nil, nil
-	zm.mu.Unlock()
-	close(zm.stop)
-	zm.wg.Wait()
-	if spare != nil {
-		spare.Kill()
-		<-spare.done
-	}
-	zm.buildMu.Lock() // a build in flight sees closed and shuts its zygote down
-	zm.buildMu.Unlock()
-	if z != nil {
-		z.shutdown()
-	}
-}
-
-// status reports the zygote, if any.
-func (zm *zygoteManager) status() *ZygoteStatus {
-	zm.mu.Lock()
-	z, spare, fallback := zm.z, zm.spare, zm.fallback
-	zm.mu.Unlock()
-	st := &ZygoteStatus{Fallback: fallback}
-	if z == nil {
-		if fallback == "" {
-			return nil
-		}
-		return st
-	}
-	st.Pid, st.BuiltAt, st.Build = z.proc.Pid(), z.builtAt, z.build
-	st.RSS, st.PSS = ReadPSS(z.proc.Pid())
-	st.Children = z.children()
-	st.Spare = spare != nil && !isDone(spare)
-	return st
-}
-
 // ReadPSS returns the resident and proportional set sizes of pid in bytes,
 // from /proc/PID/smaps_rollup (0, 0 when unreadable). PSS divides each
 // shared page among the processes that map it, so the PSS of a zygote and
@@ -650,69 +408,3 @@ func ReadPSS(pid int) (rss, pss uint64) {
 	}
 	return rss, pss
 }
-
-// python is the interpreter of the function's instances.
-func (s *Starter) python() string {
-	if s.fn.Spec.Python != "" {
-		return s.fn.Spec.Python
-	}
-	return s.cfg.Python
-}
-
-// zygote returns the function's zygote manager, making it at first use; nil
-// when the function does not use one or the starter is closed.
-func (s *Starter) zygote() *zygoteManager {
-	if !usesZygote(s.fn) {
-		return nil
-	}
-	s.zygMu.Lock()
-	defer s.zygMu.Unlock()
-	if s.zygClosed {
-		return nil
-	}
-	if s.zyg == nil {
-		s.zyg = newZygoteManager(s)
-	}
-	return s.zyg
-}
-
-// Prewarm builds a python function's zygote and its spare instance, or an
-// onnx function's spare process, in the background, so that even the first
-// request finds them ready. It does nothing for other functions.
-func (s *Starter) Prewarm() {
-	if zm := s.zygote(); zm != nil {
-		zm.kickRefill()
-	}
-	if sm := s.spares(); sm != nil {
-		sm.kickRefill()
-	}
-}
-
-// Close stops the zygote and the spare instance, if any. The instances the
-// starter started must be stopped first: forked ones die with the zygote.
-func (s *Starter) Close() {
-	s.zygMu.Lock()
-	zm, sm := s.zyg, s.spareMgr
-	s.zygClosed = true
-	s.zygMu.Unlock()
-	if zm != nil {
-		zm.close()
-	}
-	if sm != nil {
-		sm.close()
-	}
-}
-
-// Zygote reports the function's zygote; nil when it has none running.
-func (s *Starter) Zygote() *ZygoteStatus {
-	s.zygMu.Lock()
-	zm := s.zyg
-	s.zygMu.Unlock()
-	if zm == nil {
-		return nil
-	}
-	return zm.status()
-}
-
-// ColdStart says how the instance was started.
-func (i *Instance) ColdStart() ColdStart { return i.cold }

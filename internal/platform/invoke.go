@@ -19,7 +19,7 @@ import (
 const maxVersionRetries = 3
 
 // acquire admits a request onto name's current version.
-func (p *Platform) acquire(ctx context.Context, name string) (*deployment, *dispatch.Lease, error) {
+func (p *Platform) acquire(ctx context.Context, name string) (*deployment, *dispatch.Lease[*instance.Instance], error) {
 	for range maxVersionRetries {
 		d, err := p.lookup(name)
 		if err != nil {
@@ -48,8 +48,8 @@ func (p *Platform) Invoke(ctx context.Context, name, requestID string, payload [
 		}
 		return nil, err
 	}
-	inst, ok := lease.Instance.(*instance.Instance)
-	if !ok || inst.IsHTTP() {
+	inst := lease.Instance
+	if inst.IsHTTP() {
 		lease.Release()
 		return nil, &gateway.BadRequestError{Msg: fmt.Sprintf("function %q serves HTTP; call it at /fn/%s/", name, name)}
 	}
@@ -67,7 +67,7 @@ func (p *Platform) Invoke(ctx context.Context, name, requestID string, payload [
 
 // settle gives the lease back and says what an invocation error means. An
 // instance that timed out or died is discarded: its state cannot be trusted.
-func (p *Platform) settle(lease *dispatch.Lease, inst *instance.Instance, ctx, ictx context.Context, err error, timeout time.Duration) error {
+func (p *Platform) settle(lease *dispatch.Lease[*instance.Instance], inst *instance.Instance, ctx, ictx context.Context, err error, timeout time.Duration) error {
 	var he *ebb.HandlerError
 	switch {
 	case err == nil || errors.As(err, &he):
@@ -99,8 +99,8 @@ func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.Res
 		}
 		return err
 	}
-	inst, ok := lease.Instance.(*instance.Instance)
-	if !ok || !inst.IsHTTP() {
+	inst := lease.Instance
+	if !inst.IsHTTP() {
 		lease.Release()
 		return ebb.ErrNotFound
 	}
@@ -149,7 +149,7 @@ func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.Res
 }
 
 // record emits the invocation's log line and metrics.
-func (p *Platform) record(d *deployment, lease *dispatch.Lease, requestID string, start, began time.Time, dur time.Duration, err error) {
+func (p *Platform) record(d *deployment, lease *dispatch.Lease[*instance.Instance], requestID string, start, began time.Time, dur time.Duration, err error) {
 	inv := ebb.Invocation{Function: d.fn.Spec.Name, Version: d.fn.Version, RequestID: requestID, Start: start,
 		Queued: began.Sub(start), Duration: dur, MemoryMiB: d.fn.Spec.MemoryMiB, Status: http.StatusOK}
 	var kind string
@@ -160,9 +160,7 @@ func (p *Platform) record(d *deployment, lease *dispatch.Lease, requestID string
 	}
 	if lease != nil {
 		inv.ColdStart, inv.Init, inv.InstanceID = lease.Cold, lease.Init, lease.InstanceID
-		if inst, ok := lease.Instance.(*instance.Instance); ok {
-			inv.PeakRSS = inst.PeakRSS()
-		}
+		inv.PeakRSS = lease.Instance.PeakRSS()
 	}
 	d.metrics.Record(&inv, kind)
 	if err == nil && !inv.ColdStart && p.cfg.InvocationLog != nil && p.log.Enabled(context.Background(), slog.LevelInfo) {

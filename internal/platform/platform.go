@@ -131,7 +131,7 @@ type Platform struct {
 type deployment struct {
 	fn      *ebb.Function
 	codeDir string
-	pool    *dispatch.Pool
+	pool    *dispatch.Pool[*instance.Instance]
 	starter *instance.Starter
 	metrics *metrics.Function
 	errors  atomic.Uint64
@@ -274,13 +274,7 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 		Concurrency: s.Concurrency, MinInstances: s.MinInstances, MaxInstances: s.MaxInstances,
 		MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout, IdleTimeout: s.IdleTimeout,
 		Now: p.cfg.Now, Observer: p.metrics, Logger: p.log,
-	}, starterFunc(func(ctx context.Context, id string) (dispatch.Instance, error) {
-		inst, err := starter.Start(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		return inst, nil
-	}))
+	}, starter)
 	if err != nil {
 		starter.Close()
 		return nil, err
@@ -301,13 +295,6 @@ func linked(path string) bool {
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	return ok && st.Nlink > 1
-}
-
-// starterFunc adapts instance.Starter to dispatch.Starter.
-type starterFunc func(ctx context.Context, id string) (dispatch.Instance, error)
-
-func (f starterFunc) Start(ctx context.Context, id string) (dispatch.Instance, error) {
-	return f(ctx, id)
 }
 
 func (p *Platform) buildHandler() error {

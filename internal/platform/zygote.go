@@ -22,15 +22,11 @@ func zygoteStatus(d *deployment) *api.ZygoteStatus {
 // the instance was forked from a zygote or handed out as a spare (python),
 // or claimed as a spare process (onnx), how long building the zygote took
 // when this start had to, and fork-to-ready.
-func coldStartAttrs(lease *dispatch.Lease) []slog.Attr {
+func coldStartAttrs(lease *dispatch.Lease[*instance.Instance]) []slog.Attr {
 	if lease == nil || !lease.Cold {
 		return nil
 	}
-	inst, ok := lease.Instance.(*instance.Instance)
-	if !ok {
-		return nil
-	}
-	cs := inst.ColdStart()
+	cs := lease.Instance.ColdStart()
 	if !cs.Zygote {
 		if cs.Spare { // an onnx process started ahead, claimed
 			return []slog.Attr{slog.Bool("spare", true)}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 )
 
 // Defaults applied by Config.Validate.
@@ -30,6 +31,11 @@ type Config struct {
 	MaxResponseBytes int64
 	// Logger receives diagnostics about misbehaving runtimes; nil discards them.
 	Logger *slog.Logger
+	// Listener, when set, is where the server accepts the runtime's
+	// connections, instead of a new one on 127.0.0.1:0: a sandboxed
+	// instance reaches ebb only inside its own network namespace, where its
+	// listener is made. The server owns it from New on and closes it.
+	Listener net.Listener
 }
 
 // Validate fills the zero fields of c with defaults and reports the first

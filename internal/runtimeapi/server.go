@@ -101,14 +101,21 @@ type Server struct {
 	failErr  error
 }
 
-// New starts a Runtime API server on 127.0.0.1:0; it serves at once.
+// New starts a Runtime API server on cfg.Listener, or on 127.0.0.1:0 when
+// that is nil; it serves at once.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
+		if cfg.Listener != nil {
+			cfg.Listener.Close()
+		}
 		return nil, fmt.Errorf("validate runtime api config: %w", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("listen runtime api: %w", err)
+	ln := cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("listen runtime api: %w", err)
+		}
 	}
 	s := newServer(cfg)
 	s.ln = ln

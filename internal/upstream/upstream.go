@@ -1,4 +1,9 @@
-package instance
+// Package upstream forwards HTTP requests to one instance that serves HTTP
+// (an http or onnx function): HTTP/1.1 over kept-alive connections on the
+// caller's goroutine for ordinary requests, httputil.ReverseProxy for
+// protocol upgrades. How a connection is made is the caller's (Config.Dial),
+// since an instance may live in a network namespace of its own.
+package upstream
 
 import (
 	"bufio"
@@ -8,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,14 +23,25 @@ import (
 	"github.com/ebb-run/ebb"
 )
 
-// upstream forwards requests to an http instance over keep-alive
-// connections, on the caller's goroutine. net/http's Transport hands every
-// request to a writer goroutine and every response back from a reader
-// goroutine; on the warm path those two hand-offs cost more than the rest of
-// the proxying, so ebb speaks HTTP/1.1 to its own instances directly.
-// Upgrades (WebSocket) still go through httputil.ReverseProxy.
-type upstream struct {
-	addr string
+// Config says where a Client's instance is.
+type Config struct {
+	// Addr is the instance's host:port; it names the upstream in requests
+	// and is where the default Dial connects.
+	Addr string
+	// Dial opens one connection to the instance; nil means TCP to Addr.
+	Dial func(ctx context.Context) (net.Conn, error)
+}
+
+// Client forwards requests to one instance over keep-alive connections, on
+// the caller's goroutine. net/http's Transport hands every request to a
+// writer goroutine and every response back from a reader goroutine; on the
+// warm path those two hand-offs cost more than the rest of the proxying, so
+// ebb speaks HTTP/1.1 to its own instances directly. Upgrades (WebSocket)
+// still go through httputil.ReverseProxy. Safe for concurrent use.
+type Client struct {
+	addr  string
+	dial  func(ctx context.Context) (net.Conn, error)
+	proxy *httputil.ReverseProxy // for protocol upgrades
 
 	mu     sync.Mutex // guards idle and closed
 	idle   []*upConn  // LIFO: the most recently used connection is warmest
@@ -48,7 +65,25 @@ type upConn struct {
 
 const maxIdleUpstream = 1024
 
-func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
+// New returns a Client for the instance cfg names.
+func New(cfg Config) *Client {
+	dial := cfg.Dial
+	if dial == nil {
+		d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+		addr := cfg.Addr
+		dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	return &Client{addr: cfg.Addr, dial: dial, proxy: newProxy(cfg.Addr, dial)}
+}
+
+// Dial opens a connection to the instance, as the Client does: for a
+// readiness probe that must reach it the same way.
+func (u *Client) Dial(ctx context.Context) (net.Conn, error) { return u.dial(ctx) }
+
+// Addr is the instance's address, as Config gave it.
+func (u *Client) Addr() string { return u.addr }
+
+func (u *Client) get(ctx context.Context) (*upConn, bool, error) {
 	u.mu.Lock()
 	if n := len(u.idle); n > 0 {
 		c := u.idle[n-1]
@@ -57,8 +92,7 @@ func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
 		return c, true, nil
 	}
 	u.mu.Unlock()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", u.addr)
+	c, err := u.dial(ctx)
 	if err != nil {
 		return nil, false, err
 	}
@@ -79,7 +113,7 @@ const spinFor = 40 * time.Microsecond
 // (several in flight) there is other work for the CPU, and a function that
 // takes milliseconds (a model run) would only lose a core to the spin, so
 // the goroutine parks at once.
-func (u *upstream) awaitReply(c *upConn) {
+func (u *Client) awaitReply(c *upConn) {
 	if !u.spinWorthIt() || c.br.Buffered() > 0 {
 		return
 	}
@@ -108,18 +142,18 @@ func (u *upstream) awaitReply(c *upConn) {
 
 // spinWorthIt says whether polling for the next answer may pay: one request
 // in flight, and answers that usually come within the spin.
-func (u *upstream) spinWorthIt() bool {
+func (u *Client) spinWorthIt() bool {
 	return u.busy.Load() <= 1 && u.replyNs.Load() <= int64(2*spinFor)
 }
 
 // observeReply folds one answer's wait into replyNs (weight 1/8). Concurrent
 // callers may lose each other's update; an average is all the spin needs.
-func (u *upstream) observeReply(d time.Duration) {
+func (u *Client) observeReply(d time.Duration) {
 	old := u.replyNs.Load()
 	u.replyNs.Store(old - old/8 + int64(d)/8)
 }
 
-func (u *upstream) put(c *upConn) {
+func (u *Client) put(c *upConn) {
 	c.c.SetDeadline(time.Time{})
 	u.mu.Lock()
 	if u.closed || len(u.idle) >= maxIdleUpstream {
@@ -131,7 +165,10 @@ func (u *upstream) put(c *upConn) {
 	u.mu.Unlock()
 }
 
-func (u *upstream) close() {
+// Close closes the idle connections and every one given back later; the
+// instance is gone or going. Requests in flight finish on their own.
+func (u *Client) Close() {
+	u.proxy.Transport.(*http.Transport).CloseIdleConnections()
 	u.mu.Lock()
 	u.closed = true
 	idle := u.idle
@@ -217,7 +254,7 @@ func putBody(b []byte) {
 }
 
 // roundTrip forwards r and writes the response to w.
-func (u *upstream) roundTrip(w http.ResponseWriter, r *http.Request, deadline time.Time) error {
+func (u *Client) roundTrip(w http.ResponseWriter, r *http.Request, deadline time.Time) error {
 	u.busy.Add(1)
 	defer u.busy.Add(-1)
 	ctx := r.Context()
@@ -281,7 +318,7 @@ func (u *upstream) roundTrip(w http.ResponseWriter, r *http.Request, deadline ti
 
 // send writes the request on c and copies the response to w. On success it
 // returns c to the pool or closes it; on error the caller closes it.
-func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r *http.Request, h http.Header, body []byte, deadline time.Time) error {
+func (u *Client) send(ctx context.Context, c *upConn, w http.ResponseWriter, r *http.Request, h http.Header, body []byte, deadline time.Time) error {
 	c.c.SetDeadline(deadline)
 	// A client that goes away unblocks the connection's reads and writes.
 	stop := context.AfterFunc(ctx, func() { c.c.SetDeadline(time.Unix(1, 0)) })

@@ -1,4 +1,4 @@
-package instance
+package upstream
 
 import (
 	"bufio"
@@ -30,7 +30,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-func startBackend(t *testing.T, h http.Handler) (*upstream, *countingListener) {
+func startBackend(t *testing.T, h http.Handler) (*Client, *countingListener) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -40,12 +40,12 @@ func startBackend(t *testing.T, h http.Handler) (*upstream, *countingListener) {
 	srv := &httptest.Server{Listener: cl, Config: &http.Server{Handler: h}}
 	srv.Start()
 	t.Cleanup(srv.Close)
-	u := &upstream{addr: ln.Addr().String()}
-	t.Cleanup(u.close)
+	u := New(Config{Addr: ln.Addr().String()})
+	t.Cleanup(u.Close)
 	return u, cl
 }
 
-func proxyOnce(u *upstream, method, target string, body io.Reader, hdr http.Header, timeout time.Duration) (*httptest.ResponseRecorder, error) {
+func proxyOnce(u *Client, method, target string, body io.Reader, hdr http.Header, timeout time.Duration) (*httptest.ResponseRecorder, error) {
 	r := httptest.NewRequest(method, target, body)
 	for k, v := range hdr {
 		r.Header[k] = v
@@ -141,8 +141,8 @@ func TestUpstreamRetriesOnAStaleConnection(t *testing.T) {
 			}()
 		}
 	}()
-	u := &upstream{addr: ln.Addr().String()}
-	defer u.close()
+	u := New(Config{Addr: ln.Addr().String()})
+	defer u.Close()
 	for i := range 3 {
 		w, err := proxyOnce(u, "POST", "/", strings.NewReader("body"), nil, 5*time.Second)
 		if err != nil || w.Body.String() != "ok" {
@@ -175,34 +175,9 @@ func TestUpstreamErrors(t *testing.T) {
 	if w.Code != 200 || w.Body.String() != "partial" {
 		t.Errorf("cut response wrote %d %q, want the status and the part that came", w.Code, w.Body.String())
 	}
-	dead := &upstream{addr: "127.0.0.1:1"}
+	dead := New(Config{Addr: "127.0.0.1:1"})
 	if _, err := proxyOnce(dead, "GET", "/", nil, nil, time.Second); err == nil || errors.Is(err, ebb.ErrResponseStarted) {
 		t.Errorf("refused connection: error = %v, want a dial error before any response", err)
-	}
-}
-
-func TestReservePortNeverHandsOutALivePort(t *testing.T) {
-	seen := map[int]bool{}
-	var got []int
-	for range 50 {
-		p, err := reservePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if seen[p] {
-			t.Fatalf("port %d handed out twice while reserved", p)
-		}
-		seen[p] = true
-		got = append(got, p)
-	}
-	for _, p := range got {
-		releasePort(p)
-	}
-	ports.mu.Lock()
-	n := len(ports.used)
-	ports.mu.Unlock()
-	if n != 0 {
-		t.Errorf("%d ports still reserved after release", n)
 	}
 }
 
@@ -265,4 +240,28 @@ func TestSpinOnlyForQuickAnswers(t *testing.T) {
 		t.Error("with requests in flight: spin on, want off")
 	}
 	u.busy.Add(-2)
+}
+
+// Dial is the seam through which every connection is made (the sandbox dials
+// into a function's network namespace); Addr only names the upstream.
+func TestDialIsUsedForEveryConnection(t *testing.T) {
+	_, cl := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	var dials atomic.Int32
+	u := New(Config{Addr: "instance.invalid:80", Dial: func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", cl.Addr().String())
+	}})
+	defer u.Close()
+	for i := range 2 {
+		w, err := proxyOnce(u, "GET", "/", nil, nil, 5*time.Second)
+		if err != nil || w.Body.String() != "ok" {
+			t.Fatalf("request %d: %v %q", i, err, w.Body.String())
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("Dial called %d times for two requests, want 1 (kept alive)", n)
+	}
 }

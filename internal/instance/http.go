@@ -1,0 +1,130 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/upstream"
+)
+
+// httpLauncher starts an http function's instance: a fresh process that
+// serves HTTP on the loopback port in $PORT, ready once the port accepts
+// connections.
+type httpLauncher struct {
+	s    *Starter
+	argv []string
+}
+
+func (l *httpLauncher) prewarm() {}
+func (l *httpLauncher) close()   {}
+
+func (l *httpLauncher) start(ctx context.Context, id string) (*Instance, error) {
+	inst, err := spawnHTTP(ctx, l.s, id, l.argv, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := inst.waitListening(ctx, nil); err != nil {
+		inst.abort()
+		return nil, err
+	}
+	inst.ready = time.Now()
+	return inst, nil
+}
+
+// spawnHTTP starts argv as an instance serving HTTP on a port of its own;
+// prepare, when set, adds the runtime's hooks and files before the process
+// starts. It does not wait for the port.
+func spawnHTTP(ctx context.Context, s *Starter, id string, argv []string, prepare func(*Instance) ([]*os.File, error)) (*Instance, error) {
+	inst := s.newInstance(id)
+	port, err := reservePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	inst.up = upstream.New(upstream.Config{Addr: addr})
+	inst.onExit(func(error) {
+		inst.up.Close()
+		releasePort(port)
+	})
+	var extra []*os.File
+	if prepare != nil {
+		if extra, err = prepare(inst); err != nil {
+			inst.runExitHooks(err)
+			return nil, err
+		}
+	}
+	env := s.instanceEnv("PORT="+strconv.Itoa(port), "HOST=127.0.0.1", "EBB_SPAWN_NS="+strconv.FormatInt(time.Now().UnixNano(), 10))
+	if err := s.spawn(ctx, inst, argv, env, extra); err != nil {
+		return nil, err
+	}
+	return inst, nil
+}
+
+// waitListening waits until the instance accepts connections on its port,
+// or says so on announced (nil unless the runtime ships with ebb). Polls
+// fast at first: a small Go server is up in a few milliseconds.
+func (i *Instance) waitListening(ctx context.Context, announced <-chan struct{}) error {
+	delay := 200 * time.Microsecond
+	for {
+		c, err := i.up.Dial(ctx)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-announced:
+			return nil
+		case <-i.done:
+			return i.exitedEarly()
+		case <-ctx.Done():
+			return &ebb.InitError{Type: "Runtime.InitTimeout", Message: "the instance did not listen on $PORT in time"}
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Millisecond)
+	}
+}
+
+// ports are the loopback ports handed to live http instances. The kernel
+// only says a port is free when asked; between that and the child's bind,
+// another start could be handed the same port, and its readiness probe would
+// then reach the other instance's server and send it the wrong function's
+// requests.
+var ports = struct {
+	mu   sync.Mutex // guards used
+	used map[int]bool
+}{used: map[int]bool{}}
+
+func reservePort() (int, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("find free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		ports.mu.Lock()
+		if !ports.used[port] {
+			ports.used[port] = true
+			ports.mu.Unlock()
+			return port, nil
+		}
+		ports.mu.Unlock()
+	}
+	return 0, errors.New("find free port: every port offered is taken by an instance")
+}
+
+func releasePort(port int) {
+	if port == 0 {
+		return
+	}
+	ports.mu.Lock()
+	delete(ports.used, port)
+	ports.mu.Unlock()
+}

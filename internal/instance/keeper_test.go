@@ -1,0 +1,152 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeAhead is a spare whose life the test sees.
+type fakeAhead struct {
+	gone     chan struct{}
+	once     sync.Once
+	claimed  atomic.Pointer[string]
+	claimErr error
+}
+
+func newFakeAhead() *fakeAhead { return &fakeAhead{gone: make(chan struct{})} }
+
+func (f *fakeAhead) claim(id string) error {
+	if f.claimErr != nil {
+		return f.claimErr
+	}
+	f.claimed.Store(&id)
+	return nil
+}
+func (f *fakeAhead) kill()                 { f.once.Do(func() { close(f.gone) }) }
+func (f *fakeAhead) done() <-chan struct{} { return f.gone }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestKeeperRefillsWhenTakenAndExpires(t *testing.T) {
+	var made atomic.Int32
+	var last atomic.Pointer[fakeAhead]
+	retired := make(chan bool, 10)
+	k := newKeeper(keeperConfig[*fakeAhead]{
+		keepAlive: 50 * time.Millisecond,
+		start: func(ctx context.Context) (*fakeAhead, error) {
+			made.Add(1)
+			f := newFakeAhead()
+			last.Store(f)
+			return f, nil
+		},
+		retire: func(had bool) func() {
+			return func() { retired <- had }
+		},
+	})
+	defer k.close()
+	if _, ok := k.take("a"); ok {
+		t.Fatal("took a spare before any was made")
+	}
+	k.refill()
+	waitFor(t, "a spare", k.live)
+	sp, ok := k.take("inst-1")
+	if !ok || *sp.claimed.Load() != "inst-1" {
+		t.Fatalf("take = %v, %v; want the spare, claimed as inst-1", sp, ok)
+	}
+	k.refill()
+	waitFor(t, "the next spare", func() bool { return made.Load() == 2 && k.live() })
+	next := last.Load()
+	// Nothing takes it: it goes after the keep-alive.
+	select {
+	case had := <-retired:
+		if !had {
+			t.Error("retire said there was no spare")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("spare not let go after the keep-alive")
+	}
+	if !isClosed(next.done()) {
+		t.Error("expired spare still alive")
+	}
+	if isClosed(sp.done()) {
+		t.Error("the spare handed out was killed")
+	}
+}
+
+func TestKeeperLimitDisableAndClose(t *testing.T) {
+	limit := NewSpareLimit(1)
+	start := func(ctx context.Context) (*fakeAhead, error) { return newFakeAhead(), nil }
+	a := newKeeper(keeperConfig[*fakeAhead]{keepAlive: time.Hour, start: start, limit: limit})
+	b := newKeeper(keeperConfig[*fakeAhead]{keepAlive: time.Hour, start: start, limit: limit})
+	a.refill()
+	waitFor(t, "a's spare", a.live)
+	b.refill()
+	time.Sleep(20 * time.Millisecond)
+	if b.live() {
+		t.Fatal("a second spare beyond the node's limit of one")
+	}
+	var sp *fakeAhead
+	a.peek(func(f *fakeAhead) { sp = f })
+	a.disable()
+	if !a.disabled() || a.live() || !isClosed(sp.done()) {
+		t.Fatal("disable left the spare")
+	}
+	b.refill() // a's slot is free again
+	waitFor(t, "b's spare", b.live)
+	b.peek(func(f *fakeAhead) { sp = f })
+	a.close()
+	b.close()
+	if !isClosed(sp.done()) {
+		t.Error("close left the spare alive")
+	}
+	if !limit.acquire() {
+		t.Error("the limit's slot was not given back")
+	}
+}
+
+func TestKeeperClaimFailureKillsTheSpare(t *testing.T) {
+	f := newFakeAhead()
+	f.claimErr = errors.New("died")
+	k := newKeeper(keeperConfig[*fakeAhead]{keepAlive: time.Hour, start: func(context.Context) (*fakeAhead, error) { return f, nil }})
+	defer k.close()
+	k.refill()
+	waitFor(t, "a spare", k.live)
+	if _, ok := k.take("x"); ok {
+		t.Fatal("took a spare whose claim failed")
+	}
+	if !isClosed(f.done()) {
+		t.Error("a spare whose claim failed was not killed")
+	}
+}
+
+// busy keeps the spare past the keep-alive (a zygote's forked instances
+// still run).
+func TestKeeperBusyHoldsTheSpare(t *testing.T) {
+	var busy atomic.Bool
+	busy.Store(true)
+	k := newKeeper(keeperConfig[*fakeAhead]{keepAlive: 20 * time.Millisecond,
+		start: func(context.Context) (*fakeAhead, error) { return newFakeAhead(), nil },
+		busy:  func(bool) bool { return busy.Load() }})
+	defer k.close()
+	k.refill()
+	waitFor(t, "a spare", k.live)
+	time.Sleep(100 * time.Millisecond)
+	if !k.live() {
+		t.Fatal("spare let go while busy")
+	}
+	busy.Store(false)
+	waitFor(t, "the spare to go", func() bool { return !k.live() })
+}

@@ -1,0 +1,236 @@
+package instance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/pyruntime"
+)
+
+// errFallback makes Start spawn a fresh interpreter.
+var errFallback = errors.New("zygote unusable")
+
+// pythonLauncher starts a python function's instances by forking them from
+// its zygote, a fork-server that has imported the function's module, and
+// keeps one forked child spare for the next cold start. When the zygote
+// cannot be used (threads at import, a refused fork) instances start as
+// fresh interpreters (fresh).
+type pythonLauncher struct {
+	s         *Starter
+	fresh     *execLauncher
+	keepAlive time.Duration
+	idBase    string
+	seq       atomic.Uint64
+	spares    *keeper[forkedSpare]
+
+	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
+
+	// mu guards z, fallback, closed. The keeper takes it under its own
+	// lock (busy, retire): never call the keeper with it held.
+	mu       sync.Mutex
+	z        *zygote
+	fallback string
+	closed   bool
+
+	stop chan struct{}  // closed by close
+	wg   sync.WaitGroup // a disabled zygote waiting for its children
+}
+
+func newPythonLauncher(s *Starter, fresh *execLauncher) *pythonLauncher {
+	ka := s.cfg.ZygoteKeepAlive
+	if ka <= 0 {
+		ka = DefaultZygoteKeepAliveFactor * s.fn.Spec.IdleTimeout
+	}
+	if ka <= 0 {
+		ka = DefaultZygoteKeepAliveFactor * ebb.DefaultIdleTimeout
+	}
+	if s.cfg.ZygoteKeepAlive <= 0 {
+		ka = max(ka, MinZygoteKeepAlive)
+	}
+	var b [3]byte
+	rand.Read(b[:])
+	py := &pythonLauncher{s: s, fresh: fresh, keepAlive: ka, idBase: fmt.Sprintf("%s-v%d-z%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:])),
+		stop: make(chan struct{})}
+	// The spare child has no node-wide cap: it costs only the pages that
+	// differ from the zygote's. It is kept while instances forked from the
+	// zygote run, and the zygote goes with it: those would die with it.
+	py.spares = newKeeper(keeperConfig[forkedSpare]{
+		keepAlive: ka,
+		start:     py.startSpare,
+		busy:      py.busy,
+		retire:    func(bool) func() { return py.retire() },
+	})
+	return py
+}
+
+func (py *pythonLauncher) nextID(kind string) string {
+	return py.idBase + kind + strconv.FormatUint(py.seq.Add(1), 10)
+}
+
+func (py *pythonLauncher) prewarm() { py.spares.refill() }
+
+// forkedSpare is an instance forked ahead of need, polling its Runtime API;
+// claiming it only renames it.
+type forkedSpare struct{ inst *Instance }
+
+func (sp forkedSpare) claim(id string) error {
+	sp.inst.setAlias(id)
+	return nil
+}
+
+func (sp forkedSpare) kill()                 { sp.inst.Kill() }
+func (sp forkedSpare) done() <-chan struct{} { return sp.inst.done }
+
+// startSpare forks a spare child, building the zygote first if needed.
+func (py *pythonLauncher) startSpare(ctx context.Context) (forkedSpare, error) {
+	ctx, cancel := context.WithTimeout(ctx, zygoteBuildTimeout)
+	defer cancel()
+	inst, err := py.fork(ctx, py.nextID("s"))
+	if err != nil {
+		if !errors.Is(err, errFallback) && ctx.Err() == nil {
+			py.s.cfg.Logger.Warn("fork spare instance", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "err", err)
+		}
+		return forkedSpare{}, err
+	}
+	inst.cold.Spare = true
+	return forkedSpare{inst}, nil
+}
+
+// busy says whether instances forked from the zygote, other than the spare,
+// still run.
+func (py *pythonLauncher) busy(spareLive bool) bool {
+	py.mu.Lock()
+	z := py.z
+	py.mu.Unlock()
+	if z == nil {
+		return false
+	}
+	n := z.children()
+	if spareLive {
+		n--
+	}
+	return n > 0
+}
+
+// retire lets go of the zygote, which nothing used for the keep-alive: a
+// later start builds a new one. It returns the zygote's shutdown.
+func (py *pythonLauncher) retire() func() {
+	py.mu.Lock()
+	z := py.z
+	py.z = nil
+	py.mu.Unlock()
+	if z == nil {
+		return nil
+	}
+	return func() {
+		py.s.cfg.Logger.Info("zygote idle; stopping it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "keep_alive", py.keepAlive)
+		z.shutdown()
+	}
+}
+
+// start starts one instance from the zygote: the spare if one is ready,
+// else a fresh fork, else (the zygote unusable) a fresh interpreter.
+func (py *pythonLauncher) start(ctx context.Context, id string) (*Instance, error) {
+	inst, err := py.forkOrTake(ctx, id)
+	if errors.Is(err, errFallback) {
+		return py.fresh.start(ctx, id)
+	}
+	return inst, err
+}
+
+func (py *pythonLauncher) forkOrTake(ctx context.Context, id string) (*Instance, error) {
+	if py.disabled() {
+		return nil, errFallback
+	}
+	defer py.spares.refill()
+	if sp, ok := py.spares.take(id); ok {
+		return sp.inst, nil
+	}
+	return py.fork(ctx, id)
+}
+
+func (py *pythonLauncher) disabled() bool {
+	py.mu.Lock()
+	defer py.mu.Unlock()
+	return py.fallback != ""
+}
+
+// close stops the spare and the zygote. Instances forked from it must be
+// stopped first: they die with it.
+func (py *pythonLauncher) close() {
+	py.mu.Lock()
+	if py.closed {
+		py.mu.Unlock()
+		return
+	}
+	py.closed = true
+	z := py.z
+	py.z = nil
+	py.mu.Unlock()
+	py.spares.close()
+	close(py.stop)
+	py.wg.Wait()
+	py.buildMu.Lock() // a build in flight sees closed and shuts its zygote down
+	py.buildMu.Unlock()
+	if z != nil {
+		z.shutdown()
+	}
+}
+
+// status reports the zygote, if any.
+func (py *pythonLauncher) status() *ZygoteStatus {
+	py.mu.Lock()
+	z, fallback := py.z, py.fallback
+	py.mu.Unlock()
+	st := &ZygoteStatus{Fallback: fallback}
+	if z == nil {
+		if fallback == "" {
+			return nil
+		}
+		return st
+	}
+	st.Pid, st.BuiltAt, st.Build = z.proc.Pid(), z.builtAt, z.build
+	st.RSS, st.PSS = ReadPSS(z.proc.Pid())
+	st.Children = z.children()
+	st.Spare = py.spares.live()
+	return st
+}
+
+// pythonPath is the interpreter of the function's instances.
+func (s *Starter) pythonPath() string {
+	if s.fn.Spec.Python != "" {
+		return s.fn.Spec.Python
+	}
+	return s.cfg.Python
+}
+
+// pythonCommand resolves the argv of a fresh python instance: the
+// interpreter running ebb's shim, written at first use.
+func (s *Starter) pythonCommand() func() ([]string, error) {
+	var once sync.Once
+	var shim string
+	var err error
+	return func() ([]string, error) {
+		once.Do(func() { shim, err = pyruntime.WriteShim(s.cfg.ShimDir) })
+		if err != nil {
+			return nil, fmt.Errorf("write python shim: %w", err)
+		}
+		return pyruntime.Command(s.pythonPath(), shim), nil
+	}
+}
+
+// Zygote reports the function's zygote; nil when it has none running.
+func (s *Starter) Zygote() *ZygoteStatus {
+	if s.python == nil {
+		return nil
+	}
+	return s.python.status()
+}
