@@ -169,6 +169,12 @@ func runStatus(ctx context.Context, args []string) error {
 	if len(st.Draining) > 0 {
 		fmt.Printf("  draining     versions %v\n", st.Draining)
 	}
+	switch sb := st.Sandbox; {
+	case sb.UID != 0:
+		fmt.Printf("  sandbox      on: uid %d, network %s\n", sb.UID, sb.Network)
+	case sb.Mode != "":
+		fmt.Printf("  sandbox      %s\n", sb.Mode)
+	}
 	if z := st.Zygote; z != nil {
 		switch {
 		case z.Fallback != "":

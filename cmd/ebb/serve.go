@@ -21,6 +21,7 @@ import (
 	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/platform"
+	"github.com/ebb-run/ebb/internal/sandbox"
 )
 
 func runServe(ctx context.Context, args []string) error {
@@ -36,9 +37,15 @@ func runServe(ctx context.Context, args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this (loopback) address, for profiling ebb itself")
 	onnxSpares := fs.Int("onnx-spares", 8, "onnx spare processes (ONNX Runtime started, model not yet loaded) kept for cold starts, node-wide; 0 for none")
+	sandboxMode := fs.String("sandbox", "auto", "confine every function process: auto (wherever the host allows it, else a loud warning), on (refuse to start without) or off")
+	sandboxUIDs := fs.String("sandbox-uids", sandbox.DefaultUIDs.String(), "host uids for sandboxed functions, FIRST-LAST; FIRST is the sandbox group, each function gets one of the others")
 	instanceDir := fs.String("instance-dir", "", "where instances' working and scratch dirs live (default: a tmpfs under /dev/shm when there is one, else DATA/instances)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	uids, err := sandbox.ParseUIDRange(*sandboxUIDs)
+	if err != nil {
+		return fmt.Errorf("--sandbox-uids: %w", err)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -79,6 +86,7 @@ func runServe(ctx context.Context, args []string) error {
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
+		Sandbox: sandbox.Config{Mode: *sandboxMode, UIDs: uids},
 	})
 	if err != nil {
 		ln.Close()
@@ -99,7 +107,7 @@ func runServe(ctx context.Context, args []string) error {
 	srv := &h1.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second, Logger: log}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("ebb serving", "addr", ln.Addr().String(), "data", dataDir, "auth", *requireAuth || !loopback, "cgroup", p.CgroupMode())
+	log.Info("ebb serving", "addr", ln.Addr().String(), "data", dataDir, "auth", *requireAuth || !loopback, "cgroup", p.CgroupMode(), "sandbox", p.SandboxMode())
 	select {
 	case err = <-errc:
 	case <-ctx.Done():

@@ -41,6 +41,17 @@ type FunctionStatus struct {
 	Zygote *ZygoteStatus `json:"zygote,omitempty"`
 	// Spare is the onnx spare process of the current version, if one waits.
 	Spare *SpareStatus `json:"spare,omitempty"`
+	// Sandbox says how the current version's processes are confined: "on"
+	// or "off" (the node's mode), and with it their uid and network.
+	Sandbox SandboxStatus `json:"sandbox"`
+}
+
+// SandboxStatus is a function's confinement.
+type SandboxStatus struct {
+	Mode     string `json:"mode"`
+	UID      uint32 `json:"uid,omitempty"`
+	Network  string `json:"network,omitempty"`
+	PastaPID int    `json:"pasta_pid,omitempty"`
 }
 
 // SpareStatus describes an onnx function's spare process: ONNX Runtime

@@ -19,24 +19,39 @@ type execLauncher struct {
 	s *Starter
 	// command resolves the argv; python's writes the shim at first use.
 	command func() ([]string, error)
+	// warm primes each instance with the manifest's warmup event (a
+	// fresh python interpreter).
+	warm bool
+	// spares, in a sandbox, keeps one instance set up ahead of need
+	// (boxSpares); nil without one.
+	spares *keeper[boxedSpare]
 }
 
-func (l *execLauncher) prewarm() {}
-func (l *execLauncher) close()   {}
+func (l *execLauncher) prewarm() {
+	if l.spares != nil {
+		l.spares.refill()
+	}
+}
+
+func (l *execLauncher) close() {
+	if l.spares != nil {
+		l.spares.close()
+	}
+}
 
 func (l *execLauncher) start(ctx context.Context, id string) (*Instance, error) {
-	s := l.s
-	argv, err := l.command()
-	if err != nil {
-		return nil, err
+	var inst *Instance
+	if l.spares != nil {
+		defer l.spares.refill()
+		if sp, ok := l.spares.take(id); ok {
+			inst = sp.inst
+		}
 	}
-	inst := s.newInstance(id)
-	if err := attachRuntimeAPI(s, inst); err != nil {
-		return nil, err
-	}
-	env := s.instanceEnv("AWS_LAMBDA_RUNTIME_API="+inst.rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id)
-	if err := s.spawn(ctx, inst, argv, env, nil); err != nil {
-		return nil, err
+	if inst == nil {
+		var err error
+		if inst, _, err = l.begin(ctx, id, false); err != nil {
+			return nil, err
+		}
 	}
 	if err := inst.waitRuntimeAPI(ctx); err != nil {
 		inst.abort()
@@ -46,15 +61,51 @@ func (l *execLauncher) start(ctx context.Context, id string) (*Instance, error) 
 	return inst, nil
 }
 
+// begin starts an instance's process without waiting for it; with block
+// (a spare sandbox) it waits, set up, until release.
+func (l *execLauncher) begin(ctx context.Context, id string, block bool) (*Instance, func() error, error) {
+	s := l.s
+	argv, err := l.command()
+	if err != nil {
+		return nil, nil, err
+	}
+	inst := s.newInstance(id)
+	if err := attachRuntimeAPI(ctx, s, inst); err != nil {
+		return nil, nil, err
+	}
+	extra := []string{"AWS_LAMBDA_RUNTIME_API=" + inst.rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME=" + id}
+	if l.warm {
+		extra = append(extra, s.warmupEnv(inst)...)
+	}
+	release, err := spawnReleasable(ctx, s, inst, argv, s.instanceEnv(extra...), nil, block)
+	if err != nil {
+		return nil, nil, err
+	}
+	return inst, release, nil
+}
+
 // attachRuntimeAPI gives inst a Runtime API server of its own, failed and
 // closed when its process is gone.
-func attachRuntimeAPI(s *Starter, inst *Instance) error {
-	rt, err := runtimeapi.New(runtimeapi.Config{
+func attachRuntimeAPI(ctx context.Context, s *Starter, inst *Instance) error {
+	cfg := runtimeapi.Config{
 		FunctionName:    s.fn.Spec.Name,
 		FunctionVersion: strconv.Itoa(s.fn.Version),
 		Logger:          s.cfg.Logger,
-	})
+	}
+	if s.box != nil {
+		// In the version's network namespace: the only place the
+		// instance can reach, and nothing else can reach it there.
+		ln, err := s.box.listen(ctx)
+		if err != nil {
+			return fmt.Errorf("start runtime api: %w", err)
+		}
+		cfg.Listener = ln
+	}
+	rt, err := runtimeapi.New(cfg)
 	if err != nil {
+		if cfg.Listener != nil {
+			cfg.Listener.Close()
+		}
 		return fmt.Errorf("start runtime api: %w", err)
 	}
 	inst.rt = rt

@@ -20,15 +20,36 @@ import (
 type httpLauncher struct {
 	s    *Starter
 	argv []string
+	// spares, in a sandbox, keeps one instance set up ahead of need
+	// (boxSpares); nil without one.
+	spares *keeper[boxedSpare]
 }
 
-func (l *httpLauncher) prewarm() {}
-func (l *httpLauncher) close()   {}
+func (l *httpLauncher) prewarm() {
+	if l.spares != nil {
+		l.spares.refill()
+	}
+}
+
+func (l *httpLauncher) close() {
+	if l.spares != nil {
+		l.spares.close()
+	}
+}
 
 func (l *httpLauncher) start(ctx context.Context, id string) (*Instance, error) {
-	inst, err := spawnHTTP(ctx, l.s, id, l.argv, nil)
-	if err != nil {
-		return nil, err
+	var inst *Instance
+	if l.spares != nil {
+		defer l.spares.refill()
+		if sp, ok := l.spares.take(id); ok {
+			inst = sp.inst
+		}
+	}
+	if inst == nil {
+		var err error
+		if inst, _, err = spawnHTTP(ctx, l.s, id, l.argv, nil, false); err != nil {
+			return nil, err
+		}
 	}
 	if err := inst.waitListening(ctx, nil); err != nil {
 		inst.abort()
@@ -40,31 +61,42 @@ func (l *httpLauncher) start(ctx context.Context, id string) (*Instance, error) 
 
 // spawnHTTP starts argv as an instance serving HTTP on a port of its own;
 // prepare, when set, adds the runtime's hooks and files before the process
-// starts. It does not wait for the port.
-func spawnHTTP(ctx context.Context, s *Starter, id string, argv []string, prepare func(*Instance) ([]*os.File, error)) (*Instance, error) {
+// starts. It does not wait for the port. With block (a spare sandbox) the
+// process waits, set up, until release.
+func spawnHTTP(ctx context.Context, s *Starter, id string, argv []string, prepare func(*Instance) ([]*os.File, error), block bool) (*Instance, func() error, error) {
 	inst := s.newInstance(id)
-	port, err := reservePort()
+	var port int
+	var dial func(context.Context) (net.Conn, error)
+	freePort := releasePort
+	var err error
+	if s.box != nil {
+		port, dial, err = s.box.reservePort(ctx)
+		freePort = s.box.releasePort
+	} else {
+		port, err = reservePort()
+	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	inst.up = upstream.New(upstream.Config{Addr: addr})
+	inst.up = upstream.New(upstream.Config{Addr: addr, Dial: dial})
 	inst.onExit(func(error) {
 		inst.up.Close()
-		releasePort(port)
+		freePort(port)
 	})
 	var extra []*os.File
 	if prepare != nil {
 		if extra, err = prepare(inst); err != nil {
 			inst.runExitHooks(err)
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	env := s.instanceEnv("PORT="+strconv.Itoa(port), "HOST=127.0.0.1", "EBB_SPAWN_NS="+strconv.FormatInt(time.Now().UnixNano(), 10))
-	if err := s.spawn(ctx, inst, argv, env, extra); err != nil {
-		return nil, err
+	release, err := spawnReleasable(ctx, s, inst, argv, env, extra, block)
+	if err != nil {
+		return nil, nil, err
 	}
-	return inst, nil
+	return inst, release, nil
 }
 
 // waitListening waits until the instance accepts connections on its port,

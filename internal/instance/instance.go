@@ -30,6 +30,7 @@ import (
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/pyruntime"
 	"github.com/ebb-run/ebb/internal/runtimeapi"
+	"github.com/ebb-run/ebb/internal/sandbox"
 	"github.com/ebb-run/ebb/internal/upstream"
 )
 
@@ -61,6 +62,12 @@ type Config struct {
 	// Validate makes one of DefaultMaxSpares when it is nil, so starters
 	// should share a validated Config.
 	Spares *SpareLimit
+	// Sandbox, when set and enabled, confines every process of every
+	// function (see box); nil or disabled runs them as ebb's own.
+	Sandbox *sandbox.Sandbox
+	// UIDFor gives a function (by name) the host uid its sandboxed
+	// processes run as; required with an enabled Sandbox.
+	UIDFor func(name string) uint32
 }
 
 // Validate checks c and fills defaults.
@@ -77,6 +84,9 @@ func (c *Config) Validate() error {
 	if c.Spares == nil {
 		c.Spares = NewSpareLimit(DefaultMaxSpares)
 	}
+	if c.Sandbox != nil && c.Sandbox.Enabled() && c.UIDFor == nil {
+		return errors.New("instance config: UIDFor is required with a sandbox")
+	}
 	return nil
 }
 
@@ -88,6 +98,8 @@ type Starter struct {
 	codeDir string
 	env     []string // environment shared by every instance of fn
 	launch  launcher
+	// box confines the version's processes; nil without a sandbox.
+	box *box
 
 	// python and onnx are launch when the runtime keeps something ahead of
 	// need (a zygote, a spare process), for the status they report; nil
@@ -116,6 +128,13 @@ func NewStarter(cfg Config, fn *ebb.Function, codeDir string) (*Starter, error) 
 	}
 	s := &Starter{cfg: cfg, fn: fn, codeDir: codeDir}
 	spec := &fn.Spec
+	if cfg.Sandbox != nil && cfg.Sandbox.Enabled() {
+		b, err := newBox(&cfg, fn, codeDir)
+		if err != nil {
+			return nil, err
+		}
+		s.box = b
+	}
 	ver := strconv.Itoa(fn.Version)
 	env := []string{
 		"PATH=" + envOr("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -129,14 +148,18 @@ func NewStarter(cfg Config, fn *ebb.Function, codeDir string) (*Starter, error) 
 	var err error
 	switch spec.Runtime {
 	case ebb.RuntimeExec:
-		env = append(env, lambdaEnv(spec, codeDir, ver)...)
+		env = append(env, lambdaEnv(spec, s.inside(codeDir), ver)...)
 		var argv []string
 		if argv, err = s.handlerCommand(); err == nil {
-			s.launch = &execLauncher{s: s, command: func() ([]string, error) { return argv, nil }}
+			l := &execLauncher{s: s, command: func() ([]string, error) { return argv, nil }}
+			if s.box != nil {
+				l.spares = boxSpares(s, l.begin)
+			}
+			s.launch = l
 		}
 	case ebb.RuntimePython:
-		env = append(env, lambdaEnv(spec, codeDir, ver)...)
-		fresh := &execLauncher{s: s, command: s.pythonCommand()}
+		env = append(env, lambdaEnv(spec, s.inside(codeDir), ver)...)
+		fresh := &execLauncher{s: s, command: s.pythonCommand(), warm: true}
 		if spec.Zygote != nil && !*spec.Zygote {
 			s.launch = fresh
 		} else {
@@ -147,7 +170,13 @@ func NewStarter(cfg Config, fn *ebb.Function, codeDir string) (*Starter, error) 
 		env = append(env, serviceEnv(spec, ver)...)
 		var argv []string
 		if argv, err = s.handlerCommand(); err == nil {
-			s.launch = &httpLauncher{s: s, argv: argv}
+			l := &httpLauncher{s: s, argv: argv}
+			if s.box != nil {
+				l.spares = boxSpares(s, func(ctx context.Context, id string, block bool) (*Instance, func() error, error) {
+					return spawnHTTP(ctx, s, id, argv, nil, block)
+				})
+			}
+			s.launch = l
 		}
 	case ebb.RuntimeONNX:
 		env = append(env, serviceEnv(spec, ver)...)
@@ -160,6 +189,9 @@ func NewStarter(cfg Config, fn *ebb.Function, codeDir string) (*Starter, error) 
 		return nil, fmt.Errorf("new starter: unknown runtime %q", spec.Runtime)
 	}
 	if err != nil {
+		if s.box != nil {
+			s.box.close()
+		}
 		return nil, err
 	}
 	for k, v := range spec.Env {
@@ -214,7 +246,7 @@ func (s *Starter) handlerCommand() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	argv[0] = path
+	argv[0] = s.inside(path)
 	return argv, nil
 }
 
@@ -260,7 +292,12 @@ func (s *Starter) Prewarm() { s.launch.prewarm() }
 
 // Close stops the zygote and the spare instance, if any. The instances the
 // starter started must be stopped first: forked ones die with the zygote.
-func (s *Starter) Close() { s.launch.close() }
+func (s *Starter) Close() {
+	s.launch.close()
+	if s.box != nil {
+		s.box.close()
+	}
+}
 
 // newInstance is an instance of s's function about to start as id.
 func (s *Starter) newInstance(id string) *Instance {
@@ -270,7 +307,15 @@ func (s *Starter) newInstance(id string) *Instance {
 // spawn starts argv as inst's process with env and watches it; the
 // launcher has set up inst's channel (Runtime API, port) and hooks.
 func (s *Starter) spawn(ctx context.Context, inst *Instance, argv, env []string, extra []*os.File) error {
-	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
+	_, err := s.spawnBlocked(ctx, inst, argv, env, extra, false)
+	return err
+}
+
+// spawnBlocked is spawn, with block: the process is made, confined and
+// watched, but waits until release before it runs argv (in the sandbox
+// only; release is nil without one or without block).
+func (s *Starter) spawnBlocked(ctx context.Context, inst *Instance, argv, env []string, extra []*os.File, block bool) (release func() error, err error) {
+	proc, release, err := s.startProcess(ctx, process.Spec{
 		ID:         inst.id,
 		Path:       argv[0],
 		Args:       argv[1:],
@@ -280,14 +325,36 @@ func (s *Starter) spawn(ctx context.Context, inst *Instance, argv, env []string,
 		Stdout:     inst.lineFunc("stdout"),
 		Stderr:     inst.lineFunc("stderr"),
 		ExtraFiles: extra,
-	})
+	}, block)
 	if err != nil {
 		inst.runExitHooks(err)
-		return fmt.Errorf("start process: %w", err)
+		return nil, fmt.Errorf("start process: %w", err)
 	}
 	inst.proc = proc
 	go inst.watch()
-	return nil
+	return release, nil
+}
+
+// startProcess starts one process of the version, in its sandbox when it
+// has one.
+func (s *Starter) startProcess(ctx context.Context, ps process.Spec, block bool) (*process.Process, func() error, error) {
+	if s.box == nil {
+		p, err := s.cfg.Processes.Start(ctx, ps)
+		return p, nil, err
+	}
+	release, closeFiles, err := s.box.wrap(ctx, &ps, block)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := s.cfg.Processes.Start(ctx, ps)
+	closeFiles()
+	if err != nil {
+		if release != nil {
+			release() // nobody waits on it; closes ebb's end
+		}
+		return nil, nil, err
+	}
+	return p, release, nil
 }
 
 // instanceEnv is s's environment for one instance, with room for what its

@@ -40,15 +40,25 @@ type onnxLauncher struct {
 	spares *keeper[*onnxSpare]
 }
 
+// spareKeepAlive is how long a spare process (onnx, a sandbox set up ahead)
+// stays unused: Config.ZygoteKeepAlive, else DefaultZygoteKeepAliveFactor
+// times the function's idle_timeout, at least MinZygoteKeepAlive.
+func spareKeepAlive(s *Starter) time.Duration {
+	if ka := s.cfg.ZygoteKeepAlive; ka > 0 {
+		return ka
+	}
+	return max(DefaultZygoteKeepAliveFactor*s.fn.Spec.IdleTimeout, MinZygoteKeepAlive)
+}
+
 // onnxCommand is the argv of an onnx instance.
 func (s *Starter) onnxCommand() ([]string, error) {
 	spec := &s.fn.Spec
 	if s.cfg.Executable == "" {
 		return nil, errors.New("resolve command: onnx needs the ebb executable path")
 	}
-	argv := []string{s.cfg.Executable, "onnx-serve", "--model", filepath.Join(s.codeDir, spec.Handler), "--name", spec.Name}
+	argv := []string{s.inside(s.cfg.Executable), "onnx-serve", "--model", s.inside(filepath.Join(s.codeDir, spec.Handler)), "--name", spec.Name}
 	if s.cfg.ONNXLibrary != "" {
-		argv = append(argv, "--onnxruntime-lib", s.cfg.ONNXLibrary)
+		argv = append(argv, "--onnxruntime-lib", s.inside(s.cfg.ONNXLibrary))
 	}
 	if b := spec.Batching; b != nil {
 		argv = append(argv, "--max-batch-size", strconv.Itoa(b.MaxBatchSize), "--max-delay", b.MaxDelay.String())
@@ -57,10 +67,7 @@ func (s *Starter) onnxCommand() ([]string, error) {
 }
 
 func newONNXLauncher(s *Starter, argv []string) *onnxLauncher {
-	ka := s.cfg.ZygoteKeepAlive
-	if ka <= 0 {
-		ka = max(DefaultZygoteKeepAliveFactor*s.fn.Spec.IdleTimeout, MinZygoteKeepAlive)
-	}
+	ka := spareKeepAlive(s)
 	var b [3]byte
 	rand.Read(b[:])
 	l := &onnxLauncher{s: s, argv: argv, idBase: fmt.Sprintf("%s-v%d-p%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:]))}
@@ -101,10 +108,10 @@ func (l *onnxLauncher) start(ctx context.Context, id string) (*Instance, error) 
 // spawn starts a process for one instance and waits until it listens.
 func (l *onnxLauncher) spawn(ctx context.Context, id string) (*Instance, error) {
 	var ready chan struct{}
-	inst, err := spawnHTTP(ctx, l.s, id, l.argv, func(inst *Instance) ([]*os.File, error) {
+	inst, _, err := spawnHTTP(ctx, l.s, id, l.argv, func(inst *Instance) ([]*os.File, error) {
 		ready = announce(inst, nil)
 		return nil, nil
-	})
+	}, false)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +145,7 @@ func (l *onnxLauncher) spawnSpare(ctx context.Context, id string) (*onnxSpare, e
 	var waiting chan struct{}
 	var readEnd *os.File
 	argv := append(l.argv[:len(l.argv):len(l.argv)], "--spare")
-	inst, err := spawnHTTP(ctx, l.s, id, argv, func(inst *Instance) ([]*os.File, error) {
+	inst, _, err := spawnHTTP(ctx, l.s, id, argv, func(inst *Instance) ([]*os.File, error) {
 		r, w, err := os.Pipe()
 		if err != nil {
 			return nil, fmt.Errorf("create claim pipe: %w", err)
@@ -148,7 +155,7 @@ func (l *onnxLauncher) spawnSpare(ctx context.Context, id string) (*onnxSpare, e
 		waiting = make(chan struct{})
 		sp.ready = announce(inst, waiting)
 		return []*os.File{r}, nil // onnx.ClaimFD in the child
-	})
+	}, false)
 	if readEnd != nil {
 		readEnd.Close() // the child has its copy, or never will
 	}

@@ -93,7 +93,7 @@ func (sp forkedSpare) done() <-chan struct{} { return sp.inst.done }
 func (py *pythonLauncher) startSpare(ctx context.Context) (forkedSpare, error) {
 	ctx, cancel := context.WithTimeout(ctx, zygoteBuildTimeout)
 	defer cancel()
-	inst, err := py.fork(ctx, py.nextID("s"))
+	inst, err := py.fork(ctx, py.nextID("s"), true)
 	if err != nil {
 		if !errors.Is(err, errFallback) && ctx.Err() == nil {
 			py.s.cfg.Logger.Warn("fork spare instance", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "err", err)
@@ -154,7 +154,7 @@ func (py *pythonLauncher) forkOrTake(ctx context.Context, id string) (*Instance,
 	if sp, ok := py.spares.take(id); ok {
 		return sp.inst, nil
 	}
-	return py.fork(ctx, id)
+	return py.fork(ctx, id, false)
 }
 
 func (py *pythonLauncher) disabled() bool {
@@ -223,7 +223,7 @@ func (s *Starter) pythonCommand() func() ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("write python shim: %w", err)
 		}
-		return pyruntime.Command(s.pythonPath(), shim), nil
+		return pyruntime.Command(s.pythonPath(), s.inside(shim)), nil
 	}
 }
 
@@ -234,3 +234,20 @@ func (s *Starter) Zygote() *ZygoteStatus {
 	}
 	return s.python.status()
 }
+
+// warmupEnv is what primes a python instance that starts ahead of need (a
+// spare, a fresh interpreter) with the manifest's warmup event: the shim
+// runs the handler once with it before its first poll, and the lines that
+// prints are tagged "warmup".
+func (s *Starter) warmupEnv(inst *Instance) []string {
+	w := s.fn.Spec.Warmup
+	if len(w) == 0 {
+		return nil
+	}
+	tag := warmupRequestID
+	inst.current.Store(&tag)
+	return []string{"EBB_WARMUP=" + string(w)}
+}
+
+// warmupRequestID tags the log lines of a warmup call.
+const warmupRequestID = "warmup"

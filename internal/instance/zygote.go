@@ -184,13 +184,13 @@ func (py *pythonLauncher) build(ctx context.Context) (*zygote, error) {
 	}
 	env = append(env, "EBB_PRELOAD="+strings.Join(s.fn.Spec.Preload, ","))
 	id := py.nextID("ygote")
-	argv := pyruntime.ZygoteCommand(s.pythonPath(), path)
+	argv := pyruntime.ZygoteCommand(s.pythonPath(), s.inside(path))
 	t0 := time.Now()
-	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
+	proc, _, err := s.startProcess(ctx, process.Spec{
 		ID: id, Path: argv[0], Args: argv[1:], Env: env, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
 		Stdout: py.zygoteLines(id, "stdout"), Stderr: py.zygoteLines(id, "stderr"),
 		ExtraFiles: []*os.File{theirs},
-	})
+	}, false)
 	theirs.Close()
 	if err != nil {
 		client.Close()
@@ -247,8 +247,9 @@ func (py *pythonLauncher) zygoteLines(id, stream string) func([]byte) {
 }
 
 // fork starts one instance as a child of the zygote, building the zygote
-// first if needed.
-func (py *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error) {
+// first if needed. A spare (forked ahead of need) is primed with the
+// manifest's warmup event before it counts as ready.
+func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Instance, error) {
 	s := py.s
 	z, built, err := py.ensure(ctx)
 	if err != nil {
@@ -256,24 +257,51 @@ func (py *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error
 	}
 	inst := s.newInstance(id)
 	inst.cold = ColdStart{Zygote: true, ZygoteBuild: built}
-	if err := attachRuntimeAPI(s, inst); err != nil {
+	if err := attachRuntimeAPI(ctx, s, inst); err != nil {
 		return nil, err
 	}
 	slot, err := s.cfg.Processes.Prepare(ctx, process.AdoptSpec{ID: id, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
-		Stdout: inst.lineFunc("stdout"), Stderr: inst.lineFunc("stderr")})
+		Stdout: inst.lineFunc("stdout"), Stderr: inst.lineFunc("stderr"), NoDirs: s.box != nil})
 	if err != nil {
 		inst.runExitHooks(err)
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
-	envList := slot.Env(s.instanceEnv("AWS_LAMBDA_RUNTIME_API="+inst.rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME="+id))
+	extra := []string{"AWS_LAMBDA_RUNTIME_API=" + inst.rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME=" + id}
+	if spare {
+		extra = append(extra, s.warmupEnv(inst)...)
+	}
+	envList, dir := slot.Env(s.instanceEnv(extra...)), slot.WorkDir()
+	if s.box != nil {
+		envList, dir = boxEnv(envList), s.inside(s.codeDir)
+	}
 	env := make(map[string]string, len(envList))
 	for _, kv := range envList {
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v
 	}
+	fail := func(err error) (*Instance, error) {
+		slot.Abort()
+		inst.runExitHooks(err)
+		return nil, fmt.Errorf("start instance: %w", err)
+	}
+	// The child enters its cgroups through files ebb opens (a sandboxed
+	// one sees none), and says hello so that ebb learns its pid in ebb's
+	// own pid namespace (the zygote only knows it in the sandbox's).
+	cgroups, err := pyruntime.OpenCgroupProcs(slot.CgroupProcs())
+	if err != nil {
+		return fail(err)
+	}
+	hello, theirs, err := pyruntime.HelloPair()
+	if err != nil {
+		closeAll(cgroups)
+		return fail(err)
+	}
+	defer hello.Close()
 	stdout, stderr := slot.Output()
 	forkAt := time.Now()
-	pid, err := z.client.Fork(ctx, pyruntime.ForkRequest{Env: env, Dir: slot.WorkDir(), CgroupProcs: slot.CgroupProcs(), Stdout: stdout, Stderr: stderr})
+	nsPid, err := z.client.Fork(ctx, pyruntime.ForkRequest{Env: env, Dir: dir, CgroupFiles: cgroups, Hello: theirs, Stdout: stdout, Stderr: stderr})
+	closeAll(cgroups)
+	theirs.Close() // else a child that died never reads as EOF
 	if err != nil {
 		slot.Abort()
 		inst.runExitHooks(err)
@@ -283,7 +311,12 @@ func (py *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error
 		}
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
-	proc, err := z.adopt(slot, pid)
+	pid, err := pyruntime.ReadHello(ctx, hello)
+	if err != nil {
+		// The zygote reaps it; its exit report finds no slot.
+		return fail(err)
+	}
+	proc, err := z.adopt(slot, nsPid, pid)
 	if err != nil {
 		syscall.Kill(pid, syscall.SIGKILL)
 		inst.runExitHooks(err)
@@ -300,15 +333,22 @@ func (py *pythonLauncher) fork(ctx context.Context, id string) (*Instance, error
 	return inst, nil
 }
 
-// adopt registers the child for its exit report and hands it to the
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// adopt registers the child (by its pid in the zygote's namespace, which
+// the zygote's exit reports use) and hands it (by its pid in ebb's) to the
 // process manager.
-func (z *zygote) adopt(slot *process.Slot, pid int) (*process.Process, error) {
+func (z *zygote) adopt(slot *process.Slot, nsPid, pid int) (*process.Process, error) {
 	z.mu.Lock()
-	if ws, ok := z.early[pid]; ok {
-		delete(z.early, pid)
+	if ws, ok := z.early[nsPid]; ok {
+		delete(z.early, nsPid)
 		slot.SetExit(ws, true)
 	} else {
-		z.slots[pid] = slot
+		z.slots[nsPid] = slot
 	}
 	z.mu.Unlock()
 	select {
@@ -319,7 +359,7 @@ func (z *zygote) adopt(slot *process.Slot, pid int) (*process.Process, error) {
 	p, err := slot.Adopt(pid)
 	if err != nil {
 		z.mu.Lock()
-		delete(z.slots, pid)
+		delete(z.slots, nsPid)
 		z.mu.Unlock()
 		slot.Abort()
 	}

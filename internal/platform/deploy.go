@@ -244,6 +244,10 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 			InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
 	}
 	st.Zygote = zygoteStatus(d)
+	st.Sandbox = api.SandboxStatus{Mode: p.SandboxMode()}
+	if sb := d.starter.Sandbox(); sb != nil {
+		st.Sandbox.UID, st.Sandbox.Network, st.Sandbox.PastaPID = sb.UID, sb.Network, sb.PastaPID
+	}
 	if sp := d.starter.Spare(); sp != nil {
 		st.Spare = &api.SpareStatus{PID: sp.Pid, Since: sp.Since, RSS: sp.RSS, PSS: sp.PSS}
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/ebb-run/ebb/internal/metrics"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
+	"github.com/ebb-run/ebb/internal/sandbox"
 	"github.com/ebb-run/ebb/internal/store"
 )
 
@@ -64,6 +65,9 @@ type Config struct {
 	// model yet) the node keeps for the next cold starts; 0 means
 	// instance.DefaultMaxSpares, negative none.
 	ONNXSpares int
+	// Sandbox confines every function process (sandbox.Config; its Mode
+	// defaults to auto, its ViewDir to one derived from DataDir).
+	Sandbox sandbox.Config
 	// Async tunes asynchronous invocations, schedules and events.
 	Async  AsyncOptions
 	Logger *slog.Logger
@@ -107,6 +111,8 @@ type Platform struct {
 	log     *slog.Logger
 	store   *store.Store
 	procs   *process.Manager
+	sandbox *sandbox.Sandbox
+	uids    *uidAllocator
 	metrics *metrics.Metrics
 	logs    *logbuf.Buffer
 	keys    auth.Keys
@@ -170,9 +176,14 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", fmt.Errorf("start process manager: %w", err)
 	}
 	p.procs = procs
+	if err := p.openSandbox(sum[:6]); err != nil {
+		p.closeStores()
+		return nil, "", err
+	}
 	p.metrics = metrics.New(p.poolStats)
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
-		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive}
+		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive,
+		Sandbox: p.sandbox, UIDFor: p.uids.uidFor}
 	switch {
 	case cfg.ONNXSpares > 0:
 		p.instCfg.Spares = instance.NewSpareLimit(cfg.ONNXSpares)
@@ -205,6 +216,7 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 
 func (p *Platform) closeStores() {
 	p.procs.Close()
+	p.closeSandbox()
 	p.store.Close()
 }
 
@@ -314,7 +326,7 @@ func (p *Platform) buildHandler() error {
 	mux.Handle("GET /metrics", p.metrics.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte(`{"status":"ok"}` + "\n"))
+		w.Write([]byte(`{"status":"ok","sandbox":"` + p.SandboxMode() + `"}` + "\n"))
 	})
 	var h http.Handler = mux
 	if p.cfg.RequireAuth {
@@ -395,6 +407,7 @@ func (p *Platform) Close(ctx context.Context) error {
 	wg.Wait()
 	p.wg.Wait()
 	p.procs.Close()
+	p.closeSandbox()
 	return p.store.Close()
 }
 

@@ -174,7 +174,7 @@ func New(cfg Config) (*Sandbox, error) {
 		}
 		s.reason = err.Error()
 		s.seccomp = nil
-		cfg.Logger.Warn("sandbox unavailable; functions run unconfined", "reason", s.reason)
+		cfg.Logger.Warn("SANDBOX UNAVAILABLE: functions run unconfined, as ebb's own user, and can reach ebb's API and data", "reason", s.reason)
 		return s, nil
 	}
 	s.view = v

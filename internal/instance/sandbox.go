@@ -1,0 +1,317 @@
+package instance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/process"
+	"github.com/ebb-run/ebb/internal/sandbox"
+)
+
+// Where a sandboxed process finds what ebb gives it besides its code
+// (sandbox.TaskDir): ebb's Python shim, ebb's own binary (onnx-serve) and
+// the ONNX Runtime library's directory, all read-only.
+const (
+	boxShimDir = "/.ebb/runtime"
+	boxExe     = "/.ebb/ebb"
+	boxORTDir  = "/.ebb/onnxruntime"
+)
+
+// box confines the processes of one function version: each runs under
+// bubblewrap as the function's own uid, in the version's network namespace
+// (made at first need, with pasta for network: outbound), where ebb listens
+// for its Runtime API and dials its port. nil when the sandbox is off.
+type box struct {
+	sb       *sandbox.Sandbox
+	uid      uint32
+	code     string         // the bundle, as bwrap (the function's uid) reaches it
+	binds    []sandbox.Bind // the shim dir, ebb's binary, ONNX Runtime
+	tmpBytes int64
+	outbound bool
+	hostname string
+
+	mu     sync.Mutex // guards ns, closed, ports
+	ns     *sandbox.Netns
+	closed bool
+	// ports are the ports handed to live http instances inside ns, for
+	// the same reason as the host's (reservePort).
+	ports map[int]bool
+}
+
+// newBox prepares the confinement of fn, whose bundle is at codeDir.
+func newBox(cfg *Config, fn *ebb.Function, codeDir string) (*box, error) {
+	sb := cfg.Sandbox
+	uid := cfg.UIDFor(fn.Spec.Name)
+	code, err := sb.Reach(codeDir)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox function: %w", err)
+	}
+	b := &box{sb: sb, uid: uid, code: code, tmpBytes: int64(fn.Spec.MemoryMiB) << 20,
+		outbound: fn.Spec.Network != ebb.NetworkNone, hostname: fn.Spec.Name, ports: map[int]bool{}}
+	for _, m := range []struct{ src, dst string }{
+		{cfg.ShimDir, boxShimDir}, {cfg.Executable, boxExe}, {ortDir(cfg.ONNXLibrary), boxORTDir},
+	} {
+		if m.src == "" || (m.dst != boxShimDir && fn.Spec.Runtime != ebb.RuntimeONNX) {
+			continue
+		}
+		if m.dst == boxShimDir {
+			// Written at first use; it must exist to be bound.
+			if err := os.MkdirAll(m.src, 0o755); err != nil {
+				return nil, fmt.Errorf("sandbox function: %w", err)
+			}
+		}
+		p, err := sb.Reach(m.src)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox function: %w", err)
+		}
+		b.binds = append(b.binds, sandbox.Bind{Src: p, Dst: m.dst})
+	}
+	return b, nil
+}
+
+func ortDir(lib string) string {
+	if lib == "" {
+		return ""
+	}
+	return filepath.Dir(lib)
+}
+
+// netns is the version's network namespace, made at first need.
+func (b *box) netns(ctx context.Context) (*sandbox.Netns, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, fmt.Errorf("make network namespace: %w", ebb.ErrClosed)
+	}
+	if b.ns == nil {
+		ns, err := b.sb.NewNetns(ctx, b.outbound)
+		if err != nil {
+			return nil, fmt.Errorf("make network namespace: %w", err)
+		}
+		b.ns = ns
+	}
+	return b.ns, nil
+}
+
+// listen opens a listener for a Runtime API inside the namespace.
+func (b *box) listen(ctx context.Context) (net.Listener, error) {
+	ns, err := b.netns(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ns.Listen("tcp", "127.0.0.1:0")
+}
+
+// reservePort picks a free port inside the namespace for an http instance.
+func (b *box) reservePort(ctx context.Context) (int, func(ctx context.Context) (net.Conn, error), error) {
+	ns, err := b.netns(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	for range 100 {
+		l, err := ns.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, nil, fmt.Errorf("find free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		b.mu.Lock()
+		free := !b.ports[port]
+		if free {
+			b.ports[port] = true
+		}
+		b.mu.Unlock()
+		if free {
+			addr := "127.0.0.1:" + strconv.Itoa(port)
+			return port, func(ctx context.Context) (net.Conn, error) { return ns.Dial(ctx, "tcp", addr) }, nil
+		}
+	}
+	return 0, nil, errors.New("find free port: every port offered is taken by an instance")
+}
+
+func (b *box) releasePort(port int) {
+	b.mu.Lock()
+	delete(b.ports, port)
+	b.mu.Unlock()
+}
+
+// wrap turns a process spec into its sandboxed form: bwrap running argv as
+// the function's uid, born in the version's namespace, with its own
+// directories. With block, the process waits, set up, until release.
+func (b *box) wrap(ctx context.Context, ps *process.Spec, block bool) (release func() error, closeFn func(), err error) {
+	ns, err := b.netns(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	argv := append([]string{ps.Path}, ps.Args...)
+	c, err := b.sb.Command(sandbox.Spec{UID: b.uid, GID: b.uid, Code: b.code, ReadOnly: b.binds, TmpBytes: b.tmpBytes,
+		Argv: argv, Hostname: b.hostname, Block: block, FirstFD: 3 + len(ps.ExtraFiles)})
+	if err != nil {
+		return nil, nil, err
+	}
+	ps.Path, ps.Args = c.Path, c.Args[1:]
+	ps.ExtraFiles = append(ps.ExtraFiles[:len(ps.ExtraFiles):len(ps.ExtraFiles)], c.ExtraFiles...)
+	ps.Credential = c.Credential
+	ps.NetNS = ns.File()
+	ps.NoDirs = true
+	ps.Env = boxEnv(ps.Env)
+	return c.Release, c.Close, nil
+}
+
+// boxEnv points a sandboxed process's home and scratch at its private /tmp.
+func boxEnv(env []string) []string {
+	out := make([]string, 0, len(env)+4)
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "TMPDIR", "TMP", "TEMP", "HOME":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out, "TMPDIR="+sandbox.TmpDir, "TMP="+sandbox.TmpDir, "TEMP="+sandbox.TmpDir, "HOME="+sandbox.TmpDir)
+}
+
+// close ends the version's namespace (and its pasta); its processes must be
+// gone.
+func (b *box) close() {
+	b.mu.Lock()
+	ns := b.ns
+	b.ns, b.closed = nil, true
+	b.mu.Unlock()
+	if ns != nil {
+		ns.Close()
+	}
+}
+
+// inside maps a host path to where the function's processes see it: the
+// bundle at /var/task, the shim, ebb's binary and ONNX Runtime under /.ebb.
+// Paths elsewhere (the system's /usr) are the same inside. Without a
+// sandbox every path is the host's.
+func (s *Starter) inside(p string) string {
+	if s.box == nil || p == "" {
+		return p
+	}
+	for _, m := range []struct{ host, in string }{
+		{s.codeDir, sandbox.TaskDir}, {s.cfg.ShimDir, boxShimDir}, {ortDir(s.cfg.ONNXLibrary), boxORTDir},
+	} {
+		if m.host == "" {
+			continue
+		}
+		if p == m.host {
+			return m.in
+		}
+		if rel, ok := strings.CutPrefix(p, strings.TrimSuffix(m.host, "/")+"/"); ok {
+			return m.in + "/" + rel
+		}
+	}
+	if p == s.cfg.Executable {
+		return boxExe
+	}
+	return p
+}
+
+// SandboxStatus says how a function version's processes are confined.
+type SandboxStatus struct {
+	UID      uint32 // the host uid they run as
+	Network  string // outbound or none
+	PastaPID int    // the user-space network stack, 0 if none runs
+}
+
+// Sandbox reports the version's confinement; nil when it runs unconfined.
+func (s *Starter) Sandbox() *SandboxStatus {
+	b := s.box
+	if b == nil {
+		return nil
+	}
+	st := &SandboxStatus{UID: b.uid, Network: ebb.NetworkNone}
+	if b.outbound {
+		st.Network = ebb.NetworkOutbound
+	}
+	b.mu.Lock()
+	if b.ns != nil {
+		st.PastaPID = b.ns.PastaPID()
+	}
+	b.mu.Unlock()
+	return st
+}
+
+// boxedSpare is an exec or http instance whose sandbox was set up ahead of
+// need: bwrap has made its namespaces and mounts as the function's uid,
+// entered its cgroup, and waits to exec the function; its Runtime API
+// listens (exec) or its port is reserved (http). Claiming it releases it,
+// so a cold start pays for the function's own start only, as without a
+// sandbox. It costs bwrap's few hundred KiB while it waits.
+type boxedSpare struct {
+	inst    *Instance
+	release func() error
+}
+
+func (sp boxedSpare) claim(id string) error {
+	sp.inst.setAlias(id)
+	sp.inst.started = time.Now() // init is what the claim waits for
+	sp.inst.cold.Spare = true
+	return sp.release()
+}
+
+func (sp boxedSpare) kill()                 { sp.inst.Kill() }
+func (sp boxedSpare) done() <-chan struct{} { return sp.inst.done }
+
+// boxSpares is the keeper of a sandboxed exec or http version's spare;
+// begin starts an instance blocked before exec. Spares count against the
+// node's Config.Spares, like onnx spares.
+func boxSpares(s *Starter, begin func(ctx context.Context, id string, block bool) (*Instance, func() error, error)) *keeper[boxedSpare] {
+	var seq atomic.Uint64
+	var b [3]byte
+	rand.Read(b[:])
+	idBase := fmt.Sprintf("%s-v%d-b%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:]))
+	return newKeeper(keeperConfig[boxedSpare]{
+		keepAlive: spareKeepAlive(s),
+		limit:     s.cfg.Spares,
+		start: func(ctx context.Context) (boxedSpare, error) {
+			ctx, cancel := context.WithTimeout(ctx, spareStartTimeout)
+			defer cancel()
+			inst, release, err := begin(ctx, idBase+strconv.FormatUint(seq.Add(1), 10), true)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.cfg.Logger.Warn("set up spare sandbox; cold starts of this version set up their own", "function", s.fn.Spec.Name, "version", s.fn.Version, "err", err)
+				}
+				return boxedSpare{}, err
+			}
+			return boxedSpare{inst: inst, release: release}, nil
+		},
+	})
+}
+
+// spawnReleasable is Starter.spawnBlocked, with the block pipe closed once
+// the process is gone if nobody released it (an unused spare, killed).
+func spawnReleasable(ctx context.Context, s *Starter, inst *Instance, argv, env []string, extra []*os.File, block bool) (func() error, error) {
+	var rel atomic.Pointer[func() error]
+	if block {
+		inst.onExit(func(error) {
+			if r := rel.Load(); r != nil {
+				(*r)()
+			}
+		})
+	}
+	release, err := s.spawnBlocked(ctx, inst, argv, env, extra, block)
+	if err != nil {
+		return nil, err
+	}
+	if release != nil {
+		rel.Store(&release)
+	}
+	return release, nil
+}
