@@ -164,7 +164,7 @@ func extract(r io.Reader, root string, lim Limits) error {
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
-			return nil
+			return checkLinks(root, links)
 		}
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -235,6 +235,102 @@ func extract(r io.Reader, root string, lim Limits) error {
 			return fmt.Errorf("%w: %s has unsupported type %q", ErrInvalid, name, hdr.Typeflag)
 		}
 	}
+}
+
+// maxLinkHops is how many symlinks one path may pass through, as in Linux
+// (beyond it the kernel answers ELOOP).
+const maxLinkHops = 40
+
+// checkLinks resolves every symlink of the unpacked tree and refuses the
+// bundle if one leads outside root. A lexical check of each target alone is
+// not enough: `a/up -> ..` stays inside, but `e -> a/up/..` climbs through
+// it to root's parent.
+func checkLinks(root string, links map[string]bool) error {
+	names := make([]string, 0, len(links))
+	for name := range links {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := staysInside(root, name); err != nil {
+			return fmt.Errorf("%w: symlink %s %v", ErrInvalid, name, err)
+		}
+	}
+	return nil
+}
+
+var (
+	errLeaves = errors.New("points outside the bundle")
+	errLoop   = errors.New("is a loop of symlinks")
+)
+
+// staysInside follows name (slash-separated, relative to root) one component
+// at a time, as the kernel would, following every symlink on the way, and
+// returns an error if the walk ever climbs above root or takes more than
+// maxLinkHops links. A component that does not exist ends the following of
+// links (a path through it cannot be opened); the rest is taken lexically.
+func staysInside(root, name string) error {
+	var done []string // resolved components below root
+	todo := strings.Split(name, "/")
+	hops := 0
+	for len(todo) > 0 {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(done) == 0 {
+				return errLeaves
+			}
+			done = done[:len(done)-1]
+			continue
+		}
+		done = append(done, c)
+		p := filepath.Join(root, filepath.Join(done...))
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			continue
+		}
+		if hops++; hops > maxLinkHops {
+			return errLoop
+		}
+		target, err := os.Readlink(p)
+		if err != nil {
+			return fmt.Errorf("cannot be read: %v", err)
+		}
+		if path.IsAbs(target) {
+			return errLeaves
+		}
+		done = done[:len(done)-1]
+		todo = append(strings.Split(target, "/"), todo...)
+	}
+	return nil
+}
+
+// Resolve returns the path inside root that name (slash-separated, relative
+// to root) leads to once every symlink on the way is followed, or an error
+// if it leads outside root. Callers use it to check that a file named by a
+// manifest (an onnx model) really is in the bundle.
+func Resolve(root, name string) (string, error) {
+	if path.IsAbs(name) || strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("%q %w", name, errLeaves)
+	}
+	if err := staysInside(root, name); err != nil {
+		return "", fmt.Errorf("%q %w", name, err)
+	}
+	real, err := filepath.EvalSymlinks(filepath.Join(root, filepath.FromSlash(name)))
+	if err != nil {
+		return "", fmt.Errorf("resolve %q: %w", name, err)
+	}
+	rootReal, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return "", fmt.Errorf("resolve bundle root: %w", err)
+	}
+	if rel, err := filepath.Rel(rootReal, real); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("%q %w", name, errLeaves)
+	}
+	return real, nil
 }
 
 // cleanName refuses absolute names and names that climb out with "..".
