@@ -39,6 +39,29 @@ func (l *Limits) defaults() {
 // ErrInvalid wraps every reason a bundle is refused.
 var ErrInvalid = errors.New("invalid bundle")
 
+// ErrTooLarge is matched (with ErrInvalid) by the errors of a bundle over
+// its Limits, so that callers can answer 413 rather than 400.
+var ErrTooLarge = errors.New("bundle too large")
+
+// limitError is a bundle over its limits: it is both ErrInvalid and
+// ErrTooLarge.
+type limitError struct{ msg string }
+
+func (e *limitError) Error() string { return ErrTooLarge.Error() + ": " + e.msg }
+func (e *limitError) Is(target error) bool {
+	return target == ErrInvalid || target == ErrTooLarge
+}
+
+// bare drops the path from an *os.PathError (it names a server directory,
+// which a client must not see) and keeps what went wrong.
+func bare(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
 // skipped names are never packed: VCS metadata and ebb's own data directory.
 var skipped = map[string]bool{".git": true, ".hg": true, ".svn": true, "ebb-data": true, "__pycache__": true, ".DS_Store": true}
 
@@ -171,7 +194,7 @@ func extract(r io.Reader, root string, lim Limits) error {
 		}
 		files++
 		if files > lim.MaxFiles {
-			return fmt.Errorf("%w: more than %d files", ErrInvalid, lim.MaxFiles)
+			return &limitError{fmt.Sprintf("more than %d files", lim.MaxFiles)}
 		}
 		name, err := cleanName(hdr.Name)
 		if err != nil {
@@ -189,15 +212,15 @@ func extract(r io.Reader, root string, lim Limits) error {
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := os.MkdirAll(target, 0o755); err != nil {
-				return fmt.Errorf("make dir %s: %w", name, err)
+				return fmt.Errorf("%w: make dir %s: %v", ErrInvalid, name, bare(err))
 			}
 		case tar.TypeReg:
 			total += hdr.Size
 			if hdr.Size < 0 || total > lim.MaxBytes {
-				return fmt.Errorf("%w: larger than %d bytes unpacked", ErrInvalid, lim.MaxBytes)
+				return &limitError{fmt.Sprintf("larger than %d bytes unpacked", lim.MaxBytes)}
 			}
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return fmt.Errorf("make dir for %s: %w", name, err)
+				return fmt.Errorf("%w: make dir for %s: %v", ErrInvalid, name, bare(err))
 			}
 			mode := os.FileMode(0o644)
 			if hdr.Mode&0o111 != 0 {
@@ -205,14 +228,14 @@ func extract(r io.Reader, root string, lim Limits) error {
 			}
 			f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
 			if err != nil {
-				return fmt.Errorf("%w: create %s: %v", ErrInvalid, name, err)
+				return fmt.Errorf("%w: create %s: %v", ErrInvalid, name, bare(err))
 			}
 			_, err = io.CopyN(f, tr, hdr.Size)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
-				return fmt.Errorf("%w: write %s: %v", ErrInvalid, name, err)
+				return fmt.Errorf("%w: write %s: %v", ErrInvalid, name, bare(err))
 			}
 		case tar.TypeSymlink:
 			// Links may only point inside the bundle, so that code cannot read
@@ -224,10 +247,10 @@ func extract(r io.Reader, root string, lim Limits) error {
 				return fmt.Errorf("%w: symlink %s points outside the bundle", ErrInvalid, name)
 			}
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return fmt.Errorf("make dir for %s: %w", name, err)
+				return fmt.Errorf("%w: make dir for %s: %v", ErrInvalid, name, bare(err))
 			}
 			if err := os.Symlink(hdr.Linkname, target); err != nil {
-				return fmt.Errorf("%w: symlink %s: %v", ErrInvalid, name, err)
+				return fmt.Errorf("%w: symlink %s: %v", ErrInvalid, name, bare(err))
 			}
 			links[name] = true
 		default:
@@ -297,7 +320,7 @@ func staysInside(root, name string) error {
 		}
 		target, err := os.Readlink(p)
 		if err != nil {
-			return fmt.Errorf("cannot be read: %v", err)
+			return fmt.Errorf("cannot be read: %v", bare(err))
 		}
 		if path.IsAbs(target) {
 			return errLeaves
@@ -321,7 +344,7 @@ func Resolve(root, name string) (string, error) {
 	}
 	real, err := filepath.EvalSymlinks(filepath.Join(root, filepath.FromSlash(name)))
 	if err != nil {
-		return "", fmt.Errorf("resolve %q: %w", name, err)
+		return "", fmt.Errorf("resolve %q: %w", name, bare(err))
 	}
 	rootReal, err := filepath.EvalSymlinks(root)
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/dispatch"
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/instance"
@@ -44,6 +45,12 @@ type Config struct {
 	RequireAuth    bool
 	MaxSyncPayload int64 // default 6 MiB
 	MaxBundleBytes int64 // default 1 GiB
+	// MaxUnpackedBytes bounds a bundle's unpacked size; default 2 GiB.
+	MaxUnpackedBytes int64
+	// GCGrace is how old an unreferenced stored bundle must be before the
+	// collector deletes it (another node may be between storing a bundle
+	// and registering its version); default 15 min.
+	GCGrace time.Duration
 	BaseURL        string
 	Python         string // default python for python functions
 	Executable     string // the ebb binary, for onnx instances
@@ -86,6 +93,12 @@ func (c *Config) Validate() error {
 	if c.MaxBundleBytes <= 0 {
 		c.MaxBundleBytes = 1 << 30
 	}
+	if c.MaxUnpackedBytes <= 0 {
+		c.MaxUnpackedBytes = 2 << 30
+	}
+	if c.GCGrace <= 0 {
+		c.GCGrace = 15 * time.Minute
+	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = ebb.MaxTimeout
 	}
@@ -100,6 +113,9 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// storeTimeout bounds one store operation of background work.
+const storeTimeout = 30 * time.Second
 
 // Platform is a running ebb.
 type Platform struct {
@@ -116,9 +132,12 @@ type Platform struct {
 
 	deployMu sync.Mutex // serialises deploys and removals, so versions swap in order
 
-	mu       sync.RWMutex // guards fns and draining
+	mu       sync.RWMutex // guards fns, draining and pinned
 	fns      map[string]*deployment
 	draining map[*deployment]struct{}
+	pinned   map[string]int // digests of deploys in progress, with counts
+
+	gcMu sync.Mutex // serialises garbage collections (gc.go); guards no data
 
 	ctx    context.Context // cancelled by Close; parent of background work
 	cancel context.CancelFunc
@@ -149,7 +168,7 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 			return nil, "", fmt.Errorf("make data dir: %w", err)
 		}
 	}
-	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*deployment{}, draining: map[*deployment]struct{}{},
+	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*deployment{}, draining: map[*deployment]struct{}{}, pinned: map[string]int{},
 		logs: logbuf.New(cfg.LogLines), models: &onnx.ModelCache{Dir: filepath.Join(cfg.DataDir, "models")}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger})
@@ -157,6 +176,7 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", fmt.Errorf("open store: %w", err)
 	}
 	p.store = st
+	p.sweepTemp() // the store holds the data dir's lock: nobody else uses it
 	if cfg.InstanceDir == "" {
 		cfg.InstanceDir = filepath.Join(cfg.DataDir, "instances")
 	}
@@ -200,6 +220,12 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		p.Close(ctx)
 		return nil, "", err
 	}
+	// What versions removed while ebb was down left behind.
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.collect(p.ctx)
+	}()
 	return p, adminKey, nil
 }
 
@@ -254,7 +280,7 @@ func (p *Platform) restore(ctx context.Context) error {
 }
 
 func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment, error) {
-	if model := filepath.Join(codeDir, fn.Spec.Handler); fn.Spec.Runtime == ebb.RuntimeONNX && !linked(model) {
+	if model, err := bundle.Resolve(codeDir, fn.Spec.Handler); fn.Spec.Runtime == ebb.RuntimeONNX && err == nil && !linked(model) {
 		// One file per model on this node, however many bundles carry it.
 		// Failing that, the bundle's own copy serves. A model that is a
 		// link already was interned before this restart: hashing gigabytes
