@@ -50,12 +50,12 @@ type Config struct {
 	// GCGrace is how old an unreferenced stored bundle must be before the
 	// collector deletes it (another node may be between storing a bundle
 	// and registering its version); default 15 min.
-	GCGrace time.Duration
-	BaseURL        string
-	Python         string // default python for python functions
-	Executable     string // the ebb binary, for onnx instances
-	ONNXLibrary    string
-	CgroupMode     string // auto, v1, v2, none
+	GCGrace     time.Duration
+	BaseURL     string
+	Python      string // default python for python functions
+	Executable  string // the ebb binary, for onnx instances
+	ONNXLibrary string
+	CgroupMode  string // auto, v1, v2, none
 	// InstanceDir holds each instance's working and scratch directories;
 	// default DataDir/instances. A tmpfs here makes starts faster (directory
 	// creation and removal are on every cold start's path).
