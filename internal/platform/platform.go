@@ -60,7 +60,9 @@ type Config struct {
 	// default DataDir/instances. A tmpfs here makes starts faster (directory
 	// creation and removal are on every cold start's path).
 	InstanceDir string
-	LogLines    int // lines of output kept per function
+	LogLines    int // lines of output kept per function; default 10,000
+	// LogBufferBytes bounds the output kept per function; default 8 MiB.
+	LogBufferBytes int64
 	// DrainTimeout bounds how long an old version may finish its requests
 	// after a redeploy or removal (default 15 min, the longest timeout).
 	DrainTimeout time.Duration
@@ -169,7 +171,12 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		}
 	}
 	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*deployment{}, draining: map[*deployment]struct{}{}, pinned: map[string]int{},
-		logs: logbuf.New(cfg.LogLines), models: &onnx.ModelCache{Dir: filepath.Join(cfg.DataDir, "models")}}
+		models: &onnx.ModelCache{Dir: filepath.Join(cfg.DataDir, "models")}}
+	logs, err := logbuf.New(logbuf.Config{MaxLines: cfg.LogLines, MaxBytes: cfg.LogBufferBytes})
+	if err != nil {
+		return nil, "", fmt.Errorf("platform config: %w", err)
+	}
+	p.logs = logs
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger})
 	if err != nil {
