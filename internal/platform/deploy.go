@@ -56,6 +56,9 @@ func (p *Platform) Deploy(ctx context.Context, name string, body io.Reader) (*eb
 	if spec.Name != name {
 		return nil, &api.BadRequest{Err: fmt.Errorf("%s: name: %q does not match the URL's function name %q", manifest.FileName, spec.Name, name)}
 	}
+	if err := p.checkDestinations(ctx, spec); err != nil {
+		return nil, err
+	}
 	// From here the digest is pinned: the collector leaves its directory
 	// and stored object alone until this deploy has swapped in or failed.
 	p.pin(digest)
@@ -196,6 +199,73 @@ func (p *Platform) ensureBundle(ctx context.Context, digest string) (string, err
 		return "", err
 	}
 	return p.unpack(f, digest, nil)
+}
+
+// checkDestinations refuses a spec whose async destinations lead back to the
+// function through other functions' destinations (a → b → a): each outcome
+// would make another job without end. The registry is read as it is now; the
+// hop count that jobs carry (queue.MaxHops) stops what a race with another
+// deploy lets through.
+func (p *Platform) checkDestinations(ctx context.Context, spec *ebb.Spec) error {
+	if spec.Async == nil || (spec.Async.OnSuccess == "" && spec.Async.OnFailure == "") {
+		return nil
+	}
+	fns, err := p.store.ListFunctions(ctx)
+	if err != nil {
+		return fmt.Errorf("check async destinations: %w", err)
+	}
+	next := map[string][]string{}
+	for _, fn := range fns {
+		next[fn.Spec.Name] = functionDestinations(&fn.Spec)
+	}
+	next[spec.Name] = functionDestinations(spec)
+	for _, field := range []struct{ name, target string }{{"on_success", spec.Async.OnSuccess}, {"on_failure", spec.Async.OnFailure}} {
+		if field.target == "" || ebb.IsWebhook(field.target) {
+			continue
+		}
+		if path := pathTo(next, field.target, spec.Name); path != nil {
+			return &api.BadRequest{Err: fmt.Errorf("%s: async.%s: %s leads back to %s (%s), a loop of jobs without end",
+				manifest.FileName, field.name, field.target, spec.Name, strings.Join(append([]string{spec.Name}, path...), " → "))}
+		}
+	}
+	return nil
+}
+
+// functionDestinations returns the functions that s's outcomes go to.
+func functionDestinations(s *ebb.Spec) []string {
+	if s.Async == nil {
+		return nil
+	}
+	var out []string
+	for _, d := range []string{s.Async.OnSuccess, s.Async.OnFailure} {
+		if d != "" && !ebb.IsWebhook(d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// pathTo returns a path of destinations from `from` to `to` (both included),
+// or nil if there is none.
+func pathTo(next map[string][]string, from, to string) []string {
+	seen := map[string]bool{}
+	var walk func(n string) []string
+	walk = func(n string) []string {
+		if n == to {
+			return []string{n}
+		}
+		if seen[n] {
+			return nil
+		}
+		seen[n] = true
+		for _, m := range next[n] {
+			if rest := walk(m); rest != nil {
+				return append([]string{n}, rest...)
+			}
+		}
+		return nil
+	}
+	return walk(from)
 }
 
 // checkEntrypoint refuses at deploy what could only fail at every cold start.

@@ -100,3 +100,17 @@ func TestUnusedBundlesCollected(t *testing.T) {
 		return len(entries(t, bundles)) == 0 && stored() == 0
 	})
 }
+
+func TestDestinationLoopRefused(t *testing.T) {
+	e := start(t, "")
+	e.deploy(goFn(t, "la", "async: {on_success: lb}\n"))
+	e.deploy(goFn(t, "lc", "async: {on_failure: https://hooks.example/x}\n"))
+	code, body := deployRaw(t, e, "lb", goFn(t, "lb", "async: {on_failure: lc, on_success: la}\n"))
+	if code != 400 || !strings.Contains(body, "async.on_success") || !strings.Contains(body, "lb → la → lb") {
+		t.Fatalf("deploy of a loop = %d %s, want 400 naming async.on_success and the loop", code, body)
+	}
+	// Without the loop it deploys.
+	if code, body := deployRaw(t, e, "lb", goFn(t, "lb", "async: {on_failure: lc}\n")); code != 201 {
+		t.Fatalf("deploy = %d %s", code, body)
+	}
+}
