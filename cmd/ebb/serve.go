@@ -37,8 +37,22 @@ func runServe(ctx context.Context, args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this (loopback) address, for profiling ebb itself")
 	onnxSpares := fs.Int("onnx-spares", 8, "onnx spare processes (ONNX Runtime started, model not yet loaded) kept for cold starts, node-wide; 0 for none")
 	instanceDir := fs.String("instance-dir", "", "where instances' working and scratch dirs live (default: a tmpfs under /dev/shm when there is one, else DATA/instances)")
+	logBuffer, maxUnpacked := byteSize(8<<20), byteSize(2<<30)
+	fs.Var(&logBuffer, "log-buffer", "output kept in memory per function for `ebb logs` (e.g. 8MiB)")
+	fs.Var(&maxUnpacked, "max-unpacked", "largest unpacked size of a deployed bundle")
+	maxBuckets := fs.Int("max-buckets", 100, "most buckets (/v1/buckets/NAME) there may be")
+	bucketBytes, objectBytes := byteSize(1<<30), byteSize(64<<20)
+	fs.Var(&bucketBytes, "max-bucket-bytes", "most bytes one bucket holds")
+	fs.Var(&objectBytes, "max-object-bytes", "largest object uploaded to a bucket")
+	jobRetention := fs.Duration("job-retention", 7*24*time.Hour, "how long async job records and dead letters are kept")
+	recordBytes, queuedBytes := byteSize(256<<20), byteSize(1<<30)
+	fs.Var(&recordBytes, "max-job-records", "most bytes of job records (and, apart, of dead letters); the oldest go first")
+	fs.Var(&queuedBytes, "max-queued", "most bytes of queued async jobs; past it new ones get 429")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *maxBuckets <= 0 {
+		return errors.New("--max-buckets must be at least 1")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -79,6 +93,9 @@ func runServe(ctx context.Context, args []string) error {
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
+		LogBufferBytes: int64(logBuffer), MaxUnpackedBytes: int64(maxUnpacked),
+		Async: platform.AsyncOptions{JobRetention: *jobRetention, MaxRecordBytes: int64(recordBytes), MaxQueuedBytes: int64(queuedBytes),
+			MaxBuckets: *maxBuckets, MaxBucketBytes: int64(bucketBytes), MaxObjectBytes: int64(objectBytes)},
 	})
 	if err != nil {
 		ln.Close()
