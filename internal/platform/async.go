@@ -246,7 +246,16 @@ func (p *Platform) listJobs(w http.ResponseWriter, r *http.Request) {
 	case limit > 10000:
 		limit = 10000 // a larger ask gets the most there is, not the default
 	}
-	jobs, err := p.async.queue.List(r.Context(), name, status, limit)
+	var before uint64
+	if c := r.URL.Query().Get("before"); c != "" {
+		var err error
+		if before, err = strconv.ParseUint(c, 10, 64); err != nil || before == 0 {
+			writeAsyncJSON(w, http.StatusBadRequest, map[string]string{"errorType": "InvalidRequestContent",
+				"errorMessage": "before must be the next cursor of an earlier page"})
+			return
+		}
+	}
+	jobs, next, err := p.async.queue.ListPage(r.Context(), name, status, limit, before)
 	if err != nil {
 		p.jobError(w, err, "")
 		return
@@ -254,7 +263,11 @@ func (p *Platform) listJobs(w http.ResponseWriter, r *http.Request) {
 	if jobs == nil {
 		jobs = []*queue.Job{}
 	}
-	writeAsyncJSON(w, http.StatusOK, map[string]any{"jobs": jobs})
+	out := map[string]any{"jobs": jobs}
+	if next != 0 {
+		out["next"] = strconv.FormatUint(next, 10)
+	}
+	writeAsyncJSON(w, http.StatusOK, out)
 }
 
 func (p *Platform) redrive(w http.ResponseWriter, r *http.Request) {

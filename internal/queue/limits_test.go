@@ -73,3 +73,43 @@ func TestRecordsDropOldestPastMaxBytes(t *testing.T) {
 		t.Errorf("oldest record still there (err %v)", err)
 	}
 }
+
+func TestListPagesNewestFirst(t *testing.T) {
+	f := newFixture(t, nil)
+	const n = 1300 // more than two windows
+	for i := 0; i < n; i++ {
+		f.enqueue("p", fmt.Sprintf("p%04d", i), "{}")
+	}
+	// Another function's records interleave and must not show.
+	f.enqueue("other", "o1", "{}")
+	seen := map[string]bool{}
+	var before uint64
+	pages := 0
+	for {
+		jobs, next, err := f.q.ListPage(context.Background(), "p", "", 500, before)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for k, j := range jobs {
+			if j.Function != "p" || seen[j.ID] {
+				t.Fatalf("page %d: job %s of %s (seen %v)", pages, j.ID, j.Function, seen[j.ID])
+			}
+			seen[j.ID] = true
+			if pages == 1 && k == 0 && j.ID != fmt.Sprintf("p%04d", n-1) {
+				t.Errorf("first job = %s, want the newest", j.ID)
+			}
+		}
+		if next == 0 {
+			break
+		}
+		before = next
+	}
+	if len(seen) != n || pages != 3 {
+		t.Errorf("listed %d jobs in %d pages, want %d in 3", len(seen), pages, n)
+	}
+	jobs, next, err := f.q.ListPage(context.Background(), "p", StatusDead, 10, 0)
+	if err != nil || len(jobs) != 0 || next != 0 {
+		t.Errorf("dead jobs = %d, next %d, %v; want none", len(jobs), next, err)
+	}
+}

@@ -471,33 +471,118 @@ func (q *Queue) put(ctx context.Context, job *Job) error {
 	return nil
 }
 
-// List returns fn's job records, newest first, at most limit (default 100),
-// only those with status when it is not empty.
+// List returns the first page of fn's job records; see ListPage.
 func (q *Queue) List(ctx context.Context, fn string, status Status, limit int) ([]*Job, error) {
+	jobs, _, err := q.ListPage(ctx, fn, status, limit, 0)
+	return jobs, err
+}
+
+// listWindow is how many sequence numbers of the records' stream ListPage
+// reads at a time, and listScanMax how many records it reads for one page
+// at most (a rare status may need more: the cursor lets the caller go on).
+const (
+	listWindow  = 512
+	listScanMax = 20000
+)
+
+// ListPage returns up to limit (default 100) of fn's job records, only those
+// with status when it is not empty, most recently updated first, from below
+// the cursor before (0: from the newest), and the cursor of the next page
+// (0: there is none). It reads the records' stream backwards a window at a
+// time and stops when the page is full, so a page costs about its own size,
+// not the number of jobs kept.
+func (q *Queue) ListPage(ctx context.Context, fn string, status Status, limit int, before uint64) ([]*Job, uint64, error) {
 	if limit <= 0 {
 		limit = 100
 	}
-	keys, err := q.records.ListKeysFiltered(ctx, fn+".*")
+	st, err := q.js.Stream(ctx, "KV_"+RecordsBucket)
 	if err != nil {
-		return nil, fmt.Errorf("list jobs: %w", err)
+		return nil, 0, fmt.Errorf("list jobs: %w", err)
+	}
+	state := st.CachedInfo().State
+	hi := state.LastSeq
+	if before > 0 && before-1 < hi {
+		hi = before - 1
 	}
 	var out []*Job
-	for k := range keys.Keys() {
-		e, err := q.records.Get(ctx, k)
+	scanned := 0
+	for hi >= state.FirstSeq && hi > 0 {
+		lo := state.FirstSeq
+		if hi >= listWindow && hi-listWindow+1 > lo {
+			lo = hi - listWindow + 1
+		}
+		window, n, err := q.readWindow(ctx, st, fn, lo, hi)
 		if err != nil {
-			continue // expired or deleted meanwhile
+			return nil, 0, fmt.Errorf("list jobs: %w", err)
 		}
-		j, err := decodeJob(e.Value())
-		if err != nil || (status != "" && j.Status != status) {
-			continue
+		scanned += n
+		for k := len(window) - 1; k >= 0; k-- {
+			w := window[k]
+			if status != "" && w.job.Status != status {
+				continue
+			}
+			out = append(out, w.job)
+			if len(out) == limit {
+				return out, w.seq, nil
+			}
 		}
-		out = append(out, j)
+		if scanned >= listScanMax && lo > state.FirstSeq {
+			return out, lo, nil
+		}
+		hi = lo - 1
 	}
-	sortJobs(out)
-	if len(out) > limit {
-		out = out[:limit]
+	return out, 0, nil
+}
+
+type seqJob struct {
+	seq uint64
+	job *Job
+}
+
+// readWindow returns fn's records stored at sequences lo to hi, oldest first,
+// and how many messages it read.
+func (q *Queue) readWindow(ctx context.Context, st jetstream.Stream, fn string, lo, hi uint64) ([]seqJob, int, error) {
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"$KV." + RecordsBucket + "." + fn + ".*"},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: lo,
+	})
+	if err != nil {
+		return nil, 0, err
 	}
-	return out, nil
+	pending := cons.CachedInfo().NumPending
+	var out []seqJob
+	read := 0
+	for uint64(read) < pending {
+		batch, err := cons.FetchNoWait(min(int(pending)-read, 256))
+		if err != nil {
+			return nil, read, err
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			read++
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			if md.Sequence.Stream > hi {
+				return out, read, nil
+			}
+			if op := m.Headers().Get("KV-Operation"); op != "" {
+				continue // a deleted or purged record
+			}
+			if j, err := decodeJob(m.Data()); err == nil {
+				out = append(out, seqJob{md.Sequence.Stream, j})
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, read, err
+		}
+		if got == 0 {
+			break
+		}
+	}
+	return out, read, nil
 }
 
 // Close stops taking jobs, lets running ones finish until ctx ends, then
