@@ -114,3 +114,24 @@ func TestDestinationLoopRefused(t *testing.T) {
 		t.Fatalf("deploy = %d %s", code, body)
 	}
 }
+
+func TestUnusedModelsCollected(t *testing.T) {
+	data := t.TempDir()
+	models := filepath.Join(data, "models")
+	os.MkdirAll(models, 0o755)
+	// One model no bundle links to, and one that a bundle dir still links to
+	// (the bundle itself is unreferenced, so both go in the end).
+	orphan := filepath.Join(models, strings.Repeat("a", 64)+".onnx")
+	os.WriteFile(orphan, []byte("model"), 0o644)
+	kept := filepath.Join(models, strings.Repeat("b", 64)+".onnx")
+	os.WriteFile(kept, []byte("model 2"), 0o644)
+	bundleDir := filepath.Join(data, "bundles", strings.Repeat("c", 64))
+	os.MkdirAll(bundleDir, 0o755)
+	if err := os.Link(kept, filepath.Join(bundleDir, "model.onnx")); err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, data)
+	waitFor(t, "unused models and bundles to be collected", 30*time.Second, func() bool {
+		return len(entries(t, models)) == 0 && len(entries(t, filepath.Join(e.dataDir, "bundles"))) == 0
+	})
+}

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
-	"syscall"
 
 	"github.com/ebb-run/ebb"
 )
@@ -139,24 +137,14 @@ func (p *Platform) collect(ctx context.Context) {
 	p.collectModels()
 }
 
-// collectModels removes cached models that only the cache itself holds: a
-// bundle's model is a hard link to its cache entry (ModelCache.Intern), so
-// an entry with one link is no bundle's any more.
+// collectModels removes cached models that no bundle uses any more.
 func (p *Platform) collectModels() {
-	dir := filepath.Join(p.cfg.DataDir, "models")
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".onnx") || !validDigest(strings.TrimSuffix(e.Name(), ".onnx")) {
-			continue
-		}
-		path := filepath.Join(dir, e.Name())
-		fi, err := os.Lstat(path)
-		if err != nil {
-			continue
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 && fi.Mode().IsRegular() {
-			os.Remove(path)
-		}
+	freed, err := p.models.Prune()
+	if err != nil {
+		p.log.Warn("collect garbage: prune model cache", "err", err)
+	}
+	if freed > 0 {
+		p.log.Info("removed unused cached models", "bytes", freed)
 	}
 }
 
