@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/ebb-run/ebb"
 )
@@ -95,6 +96,22 @@ func (p *Platform) usedInRegistry(digest string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// collectLoop collects at start and then every GCGrace (at least a minute)
+// until the platform closes; drains and removals also collect as they end.
+func (p *Platform) collectLoop() {
+	p.collect(p.ctx)
+	t := time.NewTicker(max(p.cfg.GCGrace, time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+			p.collect(p.ctx)
+		}
+	}
 }
 
 // collect removes what no kept version references: local bundle

@@ -227,11 +227,12 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		p.Close(ctx)
 		return nil, "", err
 	}
-	// What versions removed while ebb was down left behind.
+	// What versions removed while ebb was down left behind goes now; stored
+	// bundles younger than GCGrace go on a later round.
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		p.collect(p.ctx)
+		p.collectLoop()
 	}()
 	return p, adminKey, nil
 }
