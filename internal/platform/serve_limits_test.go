@@ -67,6 +67,10 @@ func call(t *testing.T, method, url string, body io.Reader) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A connection per request: an answer given before the body was read
+	// (413 on Content-Length) may end its connection, and a reused one
+	// would then be reset under the next request.
+	req.Close = true
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
