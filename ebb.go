@@ -287,20 +287,37 @@ func (a *AsyncConfig) validate(self string) error {
 		if err := validDestination(d.v); err != "" {
 			return &FieldError{d.field, err}
 		}
-		if d.v == self && d.field == "async.on_failure" {
-			// A failing function would feed its own failures back to itself.
+		if d.v == self {
+			// Each outcome would make another job of the same function,
+			// without end.
 			return &FieldError{d.field, "must not name the function itself"}
 		}
 	}
 	return nil
 }
 
+// IsWebhook says whether an async destination is a webhook (an http or
+// https URL) rather than a function name.
+func IsWebhook(d string) bool {
+	u, err := url.Parse(d)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https")
+}
+
 // validDestination returns why d is neither a webhook URL nor a function name.
+// Webhooks must be http or https: any other scheme (file:, gopher:, …) is
+// refused, and so are URLs with credentials in them.
 func validDestination(d string) string {
-	if strings.HasPrefix(d, "http://") || strings.HasPrefix(d, "https://") {
+	if strings.Contains(d, ":") {
 		u, err := url.Parse(d)
-		if err != nil || u.Host == "" || len(d) > 2048 {
+		switch {
+		case err != nil || len(d) > 2048:
 			return fmt.Sprintf("%q is not a valid URL", d)
+		case u.Scheme != "http" && u.Scheme != "https":
+			return fmt.Sprintf("%q: a webhook must be an http:// or https:// URL", d)
+		case u.Host == "" || u.Hostname() == "":
+			return fmt.Sprintf("%q has no host", d)
+		case u.User != nil:
+			return fmt.Sprintf("%q carries credentials; put them in the query or a header the receiver checks", d)
 		}
 		return ""
 	}

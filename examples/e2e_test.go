@@ -2,7 +2,6 @@ package examples
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"io"
 	"io/fs"
@@ -11,41 +10,25 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
-// lockedBuffer collects a process's output for failure messages while a
-// goroutine is still writing to it.
-type lockedBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// goBuild compiles pkg (relative to the module root) to out with the extra
-// environment, e.g. CGO_ENABLED=0 for the static example binaries.
+// goBuild compiles pkg (relative to the module root) with the extra
+// environment, e.g. CGO_ENABLED=0 for the static example binaries, once per
+// test run, and puts a copy at out.
 func goBuild(t *testing.T, out, pkg string, env []string, extra ...string) {
 	t.Helper()
-	args := append([]string{"build", "-o", out}, extra...)
-	cmd := exec.Command("go", append(args, pkg)...)
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), env...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	bin := ebbtest.GoBinary(t, ebbtest.Go{Pkg: pkg, Env: env, Flags: extra})
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(out, data, 0o755); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -85,7 +68,7 @@ type ebbServer struct {
 	bin    string
 	url    string
 	pid    int
-	stderr *lockedBuffer
+	stderr *ebbtest.Buffer
 }
 
 // startEbb starts `ebb serve` on dataDir with the extra flags.
@@ -100,7 +83,7 @@ func startEbb(t *testing.T, bin, dataDir string, flags ...string) *ebbServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start ebb serve: %v", err)
 	}
-	s := &ebbServer{bin: bin, pid: cmd.Process.Pid, stderr: &lockedBuffer{}}
+	s := &ebbServer{bin: bin, pid: cmd.Process.Pid, stderr: &ebbtest.Buffer{}}
 	exited := make(chan struct{})
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)

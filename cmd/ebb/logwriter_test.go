@@ -1,32 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestBufferedWriterFlushesOnTimeAndClose(t *testing.T) {
-	var out lockedBuf
+	var out ebbtest.Buffer
 	w := newBufferedWriter(&out)
 	w.Write([]byte("one\n"))
 	if out.String() != "" {

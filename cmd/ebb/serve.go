@@ -40,12 +40,26 @@ func runServe(ctx context.Context, args []string) error {
 	sandboxMode := fs.String("sandbox", "auto", "confine every function process: auto (wherever the host allows it, else a loud warning), on (refuse to start without) or off")
 	sandboxUIDs := fs.String("sandbox-uids", sandbox.DefaultUIDs.String(), "host uids for sandboxed functions, FIRST-LAST; FIRST is the sandbox group, each function gets one of the others")
 	instanceDir := fs.String("instance-dir", "", "where instances' working and scratch dirs live (default: a tmpfs under /dev/shm when there is one, else DATA/instances)")
+	logBuffer, maxUnpacked := byteSize(8<<20), byteSize(2<<30)
+	fs.Var(&logBuffer, "log-buffer", "output kept in memory per function for `ebb logs` (e.g. 8MiB)")
+	fs.Var(&maxUnpacked, "max-unpacked", "largest unpacked size of a deployed bundle")
+	maxBuckets := fs.Int("max-buckets", 100, "most buckets (/v1/buckets/NAME) there may be")
+	bucketBytes, objectBytes := byteSize(1<<30), byteSize(64<<20)
+	fs.Var(&bucketBytes, "max-bucket-bytes", "most bytes one bucket holds")
+	fs.Var(&objectBytes, "max-object-bytes", "largest object uploaded to a bucket")
+	jobRetention := fs.Duration("job-retention", 7*24*time.Hour, "how long async job records and dead letters are kept")
+	recordBytes, queuedBytes := byteSize(256<<20), byteSize(1<<30)
+	fs.Var(&recordBytes, "max-job-records", "most bytes of job records (and, apart, of dead letters); the oldest go first")
+	fs.Var(&queuedBytes, "max-queued", "most bytes of queued async jobs; past it new ones get 429")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	uids, err := sandbox.ParseUIDRange(*sandboxUIDs)
 	if err != nil {
 		return fmt.Errorf("--sandbox-uids: %w", err)
+	}
+	if *maxBuckets <= 0 {
+		return errors.New("--max-buckets must be at least 1")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -87,6 +101,9 @@ func runServe(ctx context.Context, args []string) error {
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
 		Sandbox: sandbox.Config{Mode: *sandboxMode, UIDs: uids},
+		LogBufferBytes: int64(logBuffer), MaxUnpackedBytes: int64(maxUnpacked),
+		Async: platform.AsyncOptions{JobRetention: *jobRetention, MaxRecordBytes: int64(recordBytes), MaxQueuedBytes: int64(queuedBytes),
+			MaxBuckets: *maxBuckets, MaxBucketBytes: int64(bucketBytes), MaxObjectBytes: int64(objectBytes)},
 	})
 	if err != nil {
 		ln.Close()

@@ -39,6 +39,29 @@ func (l *Limits) defaults() {
 // ErrInvalid wraps every reason a bundle is refused.
 var ErrInvalid = errors.New("invalid bundle")
 
+// ErrTooLarge is matched (with ErrInvalid) by the errors of a bundle over
+// its Limits, so that callers can answer 413 rather than 400.
+var ErrTooLarge = errors.New("bundle too large")
+
+// limitError is a bundle over its limits: it is both ErrInvalid and
+// ErrTooLarge.
+type limitError struct{ msg string }
+
+func (e *limitError) Error() string { return ErrTooLarge.Error() + ": " + e.msg }
+func (e *limitError) Is(target error) bool {
+	return target == ErrInvalid || target == ErrTooLarge
+}
+
+// bare drops the path from an *os.PathError (it names a server directory,
+// which a client must not see) and keeps what went wrong.
+func bare(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
 // skipped names are never packed: VCS metadata and ebb's own data directory.
 var skipped = map[string]bool{".git": true, ".hg": true, ".svn": true, "ebb-data": true, "__pycache__": true, ".DS_Store": true}
 
@@ -164,14 +187,14 @@ func extract(r io.Reader, root string, lim Limits) error {
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
-			return nil
+			return checkLinks(root, links)
 		}
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
 		files++
 		if files > lim.MaxFiles {
-			return fmt.Errorf("%w: more than %d files", ErrInvalid, lim.MaxFiles)
+			return &limitError{fmt.Sprintf("more than %d files", lim.MaxFiles)}
 		}
 		name, err := cleanName(hdr.Name)
 		if err != nil {
@@ -189,15 +212,15 @@ func extract(r io.Reader, root string, lim Limits) error {
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := os.MkdirAll(target, 0o755); err != nil {
-				return fmt.Errorf("make dir %s: %w", name, err)
+				return fmt.Errorf("%w: make dir %s: %v", ErrInvalid, name, bare(err))
 			}
 		case tar.TypeReg:
 			total += hdr.Size
 			if hdr.Size < 0 || total > lim.MaxBytes {
-				return fmt.Errorf("%w: larger than %d bytes unpacked", ErrInvalid, lim.MaxBytes)
+				return &limitError{fmt.Sprintf("larger than %d bytes unpacked", lim.MaxBytes)}
 			}
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return fmt.Errorf("make dir for %s: %w", name, err)
+				return fmt.Errorf("%w: make dir for %s: %v", ErrInvalid, name, bare(err))
 			}
 			mode := os.FileMode(0o644)
 			if hdr.Mode&0o111 != 0 {
@@ -205,14 +228,14 @@ func extract(r io.Reader, root string, lim Limits) error {
 			}
 			f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
 			if err != nil {
-				return fmt.Errorf("%w: create %s: %v", ErrInvalid, name, err)
+				return fmt.Errorf("%w: create %s: %v", ErrInvalid, name, bare(err))
 			}
 			_, err = io.CopyN(f, tr, hdr.Size)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
-				return fmt.Errorf("%w: write %s: %v", ErrInvalid, name, err)
+				return fmt.Errorf("%w: write %s: %v", ErrInvalid, name, bare(err))
 			}
 		case tar.TypeSymlink:
 			// Links may only point inside the bundle, so that code cannot read
@@ -224,10 +247,10 @@ func extract(r io.Reader, root string, lim Limits) error {
 				return fmt.Errorf("%w: symlink %s points outside the bundle", ErrInvalid, name)
 			}
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return fmt.Errorf("make dir for %s: %w", name, err)
+				return fmt.Errorf("%w: make dir for %s: %v", ErrInvalid, name, bare(err))
 			}
 			if err := os.Symlink(hdr.Linkname, target); err != nil {
-				return fmt.Errorf("%w: symlink %s: %v", ErrInvalid, name, err)
+				return fmt.Errorf("%w: symlink %s: %v", ErrInvalid, name, bare(err))
 			}
 			links[name] = true
 		default:
@@ -235,6 +258,102 @@ func extract(r io.Reader, root string, lim Limits) error {
 			return fmt.Errorf("%w: %s has unsupported type %q", ErrInvalid, name, hdr.Typeflag)
 		}
 	}
+}
+
+// maxLinkHops is how many symlinks one path may pass through, as in Linux
+// (beyond it the kernel answers ELOOP).
+const maxLinkHops = 40
+
+// checkLinks resolves every symlink of the unpacked tree and refuses the
+// bundle if one leads outside root. A lexical check of each target alone is
+// not enough: `a/up -> ..` stays inside, but `e -> a/up/..` climbs through
+// it to root's parent.
+func checkLinks(root string, links map[string]bool) error {
+	names := make([]string, 0, len(links))
+	for name := range links {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := staysInside(root, name); err != nil {
+			return fmt.Errorf("%w: symlink %s %v", ErrInvalid, name, err)
+		}
+	}
+	return nil
+}
+
+var (
+	errLeaves = errors.New("points outside the bundle")
+	errLoop   = errors.New("is a loop of symlinks")
+)
+
+// staysInside follows name (slash-separated, relative to root) one component
+// at a time, as the kernel would, following every symlink on the way, and
+// returns an error if the walk ever climbs above root or takes more than
+// maxLinkHops links. A component that does not exist ends the following of
+// links (a path through it cannot be opened); the rest is taken lexically.
+func staysInside(root, name string) error {
+	var done []string // resolved components below root
+	todo := strings.Split(name, "/")
+	hops := 0
+	for len(todo) > 0 {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(done) == 0 {
+				return errLeaves
+			}
+			done = done[:len(done)-1]
+			continue
+		}
+		done = append(done, c)
+		p := filepath.Join(root, filepath.Join(done...))
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			continue
+		}
+		if hops++; hops > maxLinkHops {
+			return errLoop
+		}
+		target, err := os.Readlink(p)
+		if err != nil {
+			return fmt.Errorf("cannot be read: %v", bare(err))
+		}
+		if path.IsAbs(target) {
+			return errLeaves
+		}
+		done = done[:len(done)-1]
+		todo = append(strings.Split(target, "/"), todo...)
+	}
+	return nil
+}
+
+// Resolve returns the path inside root that name (slash-separated, relative
+// to root) leads to once every symlink on the way is followed, or an error
+// if it leads outside root. Callers use it to check that a file named by a
+// manifest (an onnx model) really is in the bundle.
+func Resolve(root, name string) (string, error) {
+	if path.IsAbs(name) || strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("%q %w", name, errLeaves)
+	}
+	if err := staysInside(root, name); err != nil {
+		return "", fmt.Errorf("%q %w", name, err)
+	}
+	real, err := filepath.EvalSymlinks(filepath.Join(root, filepath.FromSlash(name)))
+	if err != nil {
+		return "", fmt.Errorf("resolve %q: %w", name, bare(err))
+	}
+	rootReal, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return "", fmt.Errorf("resolve bundle root: %w", err)
+	}
+	if rel, err := filepath.Rel(rootReal, real); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("%q %w", name, errLeaves)
+	}
+	return real, nil
 }
 
 // cleanName refuses absolute names and names that climb out with "..".

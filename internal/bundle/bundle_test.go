@@ -128,10 +128,155 @@ func TestUnpackRefusesHostileBundles(t *testing.T) {
 	}
 }
 
+// tarBytes is tarGz without a test, for fuzz seeds.
+func tarBytes(hdrs ...*tar.Header) []byte {
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	for _, h := range hdrs {
+		if err := tw.WriteHeader(h); err != nil {
+			panic(err)
+		}
+		if h.Size > 0 && h.Size < 1<<20 {
+			tw.Write(bytes.Repeat([]byte("a"), int(h.Size)))
+		}
+	}
+	tw.Flush()
+	gz.Close()
+	return buf.Bytes()
+}
+
+func link(name, target string) *tar.Header {
+	return &tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target}
+}
+
+func dir(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755} }
+
+// escapes are bundles that try to reach outside their directory.
+var escapes = map[string][]*tar.Header{
+	// Each link is harmless lexically; followed, e1 is root's parent.
+	"chain up": {dir("a/"), link("a/up", ".."), link("e1", "a/up/..")},
+	"chain deeper": {dir("a/"), dir("a/b/"), link("a/b/up", "../.."), link("a/x", "b/up/.."),
+		link("e2", "a/x/etc/passwd")},
+	"chain through two links": {dir("d/"), link("d/self", "."), link("d/up", "self/.."), link("e3", "d/up/..")},
+	"chain to absolute":       {link("a", "b"), link("b", "/etc")},
+	"loop":                    {link("a", "b"), link("b", "a")},
+	"self loop":               {link("a", "a")},
+	"dotdot":                  {{Name: "../evil", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}},
+	"absolute":                {{Name: "/tmp/evil", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}},
+	"hard link":               {{Name: "x", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}, {Name: "h", Typeflag: tar.TypeLink, Linkname: "x"}},
+	"hard link out":           {{Name: "h", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}},
+	"char device":             {{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}},
+	"block device":            {{Name: "sda", Typeflag: tar.TypeBlock, Devmajor: 8}},
+	"fifo":                    {{Name: "p", Typeflag: tar.TypeFifo}},
+	"huge size":               {{Name: "big", Typeflag: tar.TypeReg, Size: 1 << 40, Mode: 0o644}},
+	"huge sparse":             {{Name: "big", Typeflag: tar.TypeGNUSparse, Size: 1 << 40, Mode: 0o644}},
+}
+
+func TestUnpackRefusesSymlinkChains(t *testing.T) {
+	for name, hdrs := range escapes {
+		t.Run(name, func(t *testing.T) {
+			parent := t.TempDir()
+			err := Unpack(bytes.NewReader(tarBytes(hdrs...)), filepath.Join(parent, "out"), Limits{MaxBytes: 1 << 20})
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Unpack error = %v, want ErrInvalid", err)
+			}
+			if entries, _ := os.ReadDir(parent); len(entries) != 0 {
+				t.Errorf("left %d entries behind", len(entries))
+			}
+		})
+	}
+}
+
+func TestUnpackKeepsLinksInside(t *testing.T) {
+	// Links that climb and come back down stay allowed.
+	data := tarBytes(dir("a/"), dir("a/b/"), &tar.Header{Name: "a/b/f", Typeflag: tar.TypeReg, Size: 3, Mode: 0o644},
+		link("a/up", ".."), link("f", "a/up/a/b/f"), link("dangling", "nowhere/x"), link("d", "a/b"))
+	dst := filepath.Join(t.TempDir(), "out")
+	if err := Unpack(bytes.NewReader(data), dst, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(dst, "f"))
+	if err != nil || string(got) != "aaa" {
+		t.Fatalf("read through links = %q, %v", got, err)
+	}
+	if p, err := Resolve(dst, "d/f"); err != nil || filepath.Base(p) != "f" {
+		t.Errorf("Resolve(d/f) = %q, %v", p, err)
+	}
+	for _, name := range []string{"../../etc/hostname", "/etc/hostname", "a/up/.."} {
+		if _, err := Resolve(dst, name); err == nil {
+			t.Errorf("Resolve(%q) succeeded, want an error", name)
+		}
+	}
+}
+
+// checkConfined fails t if anything but dst was written in parent, or dst
+// breaks lim, or a link in it leads out.
+func checkConfined(t *testing.T, parent, dst string, lim Limits) {
+	entries, _ := os.ReadDir(parent)
+	for _, e := range entries {
+		if filepath.Join(parent, e.Name()) != dst {
+			t.Fatalf("wrote %s beside the destination", e.Name())
+		}
+	}
+	if len(entries) == 0 {
+		return
+	}
+	var bytes int64
+	files := 0
+	err := filepath.WalkDir(dst, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == dst {
+			return nil
+		}
+		files++
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			bytes += fi.Size()
+		case fi.Mode()&os.ModeSymlink != 0:
+			rel, _ := filepath.Rel(dst, p)
+			if err := staysInside(dst, filepath.ToSlash(rel)); err != nil {
+				t.Errorf("link %s %v", rel, err)
+			}
+		case fi.IsDir():
+		default:
+			t.Errorf("%s has mode %s", p, fi.Mode())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes > lim.MaxBytes || files > lim.MaxFiles {
+		t.Errorf("unpacked %d bytes in %d files, over %+v", bytes, files, lim)
+	}
+}
+
 func FuzzUnpack(f *testing.F) {
 	f.Add([]byte{})
+	for _, hdrs := range escapes {
+		f.Add(tarBytes(hdrs...))
+	}
+	f.Add(tarBytes(dir("a/"), link("a/up", ".."), &tar.Header{Name: "a/up/x", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}))
+	f.Add(tarBytes(&tar.Header{Name: "a", Typeflag: tar.TypeReg, Size: 1000, Mode: 0o644},
+		&tar.Header{Name: "b", Typeflag: tar.TypeReg, Size: 1000, Mode: 0o644}))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		dst := filepath.Join(t.TempDir(), "out")
-		_ = Unpack(bytes.NewReader(data), dst, Limits{MaxBytes: 1 << 20, MaxFiles: 100})
+		parent := t.TempDir()
+		dst := filepath.Join(parent, "out")
+		lim := Limits{MaxBytes: 1500, MaxFiles: 100}
+		err := Unpack(bytes.NewReader(data), dst, lim)
+		if err != nil {
+			if entries, _ := os.ReadDir(parent); len(entries) != 0 {
+				t.Fatalf("refused (%v) but left %d entries", err, len(entries))
+			}
+			return
+		}
+		checkConfined(t, parent, dst, lim)
 	})
 }

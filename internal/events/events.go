@@ -42,9 +42,14 @@ type Config struct {
 	Enqueue   Enqueue
 	// MaxObjectBytes bounds an upload; default 64 MiB.
 	MaxObjectBytes int64
-	Replicas       int
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// MaxBucketBytes bounds what one bucket holds; default 1 GiB.
+	MaxBucketBytes int64
+	// MaxBuckets bounds how many buckets there are (each is a JetStream
+	// stream); default 100.
+	MaxBuckets int
+	Replicas   int
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // Validate checks c and fills defaults.
@@ -54,6 +59,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxObjectBytes <= 0 {
 		c.MaxObjectBytes = 64 << 20
+	}
+	if c.MaxBucketBytes <= 0 {
+		c.MaxBucketBytes = 1 << 30
+	}
+	if c.MaxObjectBytes > c.MaxBucketBytes {
+		return fmt.Errorf("events config: MaxObjectBytes %d is larger than MaxBucketBytes %d", c.MaxObjectBytes, c.MaxBucketBytes)
+	}
+	if c.MaxBuckets <= 0 {
+		c.MaxBuckets = 100
 	}
 	if c.Replicas <= 0 {
 		c.Replicas = 1
@@ -80,7 +94,18 @@ type Events struct {
 	buckets map[string][]ebb.EventSource     // per function: its bucket sources
 	stores  map[string]jetstream.ObjectStore // opened buckets
 	closed  bool
+
+	createMu sync.Mutex // serialises counting and creating buckets; guards no data
 }
+
+// Sentinels of a refused upload.
+var (
+	// ErrTooManyBuckets: a new bucket would pass MaxBuckets.
+	ErrTooManyBuckets = errors.New("too many buckets")
+	// ErrBucketFull: the object does not fit in what is left of its bucket
+	// (MaxBucketBytes) or of the server's storage.
+	ErrBucketFull = errors.New("bucket full")
+)
 
 // New returns Events with no subscriptions.
 func New(cfg Config) (*Events, error) {
@@ -178,6 +203,9 @@ func validKey(k string) bool {
 	return k != "" && len(k) <= 1024 && utf8.ValidString(k) && !strings.ContainsRune(k, 0)
 }
 
+// store opens bucket's object store; with create, it makes one that does not
+// exist yet (within MaxBuckets) and applies the current MaxBucketBytes to one
+// that does.
 func (e *Events) store(ctx context.Context, bucket string, create bool) (jetstream.ObjectStore, error) {
 	e.mu.Lock()
 	obs := e.stores[bucket]
@@ -185,13 +213,25 @@ func (e *Events) store(ctx context.Context, bucket string, create bool) (jetstre
 	if obs != nil {
 		return obs, nil
 	}
-	var err error
-	if create {
-		obs, err = e.cfg.JetStream.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket: bucketPrefix + bucket, Description: "ebb bucket " + bucket, Storage: jetstream.FileStorage, Replicas: e.cfg.Replicas,
-		})
-	} else {
-		obs, err = e.cfg.JetStream.ObjectStore(ctx, bucketPrefix+bucket)
+	cfg := jetstream.ObjectStoreConfig{
+		Bucket: bucketPrefix + bucket, Description: "ebb bucket " + bucket, Storage: jetstream.FileStorage,
+		Replicas: e.cfg.Replicas, MaxBytes: e.cfg.MaxBucketBytes,
+	}
+	obs, err := e.cfg.JetStream.ObjectStore(ctx, bucketPrefix+bucket)
+	switch {
+	case err == nil && create:
+		obs, err = e.cfg.JetStream.CreateOrUpdateObjectStore(ctx, cfg)
+	case errors.Is(err, jetstream.ErrBucketNotFound) && create:
+		e.createMu.Lock()
+		defer e.createMu.Unlock()
+		n, cerr := e.countBuckets(ctx)
+		if cerr != nil {
+			return nil, cerr
+		}
+		if n >= e.cfg.MaxBuckets {
+			return nil, ErrTooManyBuckets
+		}
+		obs, err = e.cfg.JetStream.CreateOrUpdateObjectStore(ctx, cfg)
 	}
 	if err != nil {
 		return nil, err
@@ -200,6 +240,31 @@ func (e *Events) store(ctx context.Context, bucket string, create bool) (jetstre
 	e.stores[bucket] = obs
 	e.mu.Unlock()
 	return obs, nil
+}
+
+// countBuckets counts the object stores that are ebb buckets.
+func (e *Events) countBuckets(ctx context.Context) (int, error) {
+	names := e.cfg.JetStream.ObjectStoreNames(ctx)
+	n := 0
+	for name := range names.Name() {
+		if strings.HasPrefix(name, bucketPrefix) {
+			n++
+		}
+	}
+	if err := names.Error(); err != nil {
+		return 0, fmt.Errorf("count buckets: %w", err)
+	}
+	return n, nil
+}
+
+// full says whether a store error means there is no room: the bucket's
+// MaxBytes, or the server's storage.
+func full(err error) bool {
+	var ae *jetstream.APIError
+	if errors.As(err, &ae) && (strings.Contains(ae.Description, "maximum bytes") || strings.Contains(ae.Description, "insufficient resources")) {
+		return true
+	}
+	return strings.Contains(err.Error(), "maximum bytes exceeded") || strings.Contains(err.Error(), "insufficient resources")
 }
 
 // Object is what a PUT answers.
@@ -219,10 +284,15 @@ func (e *Events) put(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.ContentLength > e.cfg.MaxObjectBytes {
-		writeError(w, http.StatusRequestEntityTooLarge, "RequestTooLarge", "the object is larger than "+strconv.FormatInt(e.cfg.MaxObjectBytes, 10)+" bytes")
+		writeError(w, http.StatusRequestEntityTooLarge, "RequestTooLarge", "the object is larger than "+strconv.FormatInt(e.cfg.MaxObjectBytes, 10)+" bytes (ebb serve --max-object-bytes)")
 		return
 	}
 	obs, err := e.store(r.Context(), bucket, true)
+	if errors.Is(err, ErrTooManyBuckets) {
+		writeError(w, http.StatusInsufficientStorage, "TooManyBuckets",
+			"there are "+strconv.Itoa(e.cfg.MaxBuckets)+" buckets already, the most this server allows (ebb serve --max-buckets)")
+		return
+	}
 	if err != nil {
 		e.internal(w, "open bucket", err)
 		return
@@ -233,7 +303,12 @@ func (e *Events) put(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, "RequestTooLarge", "the object is larger than "+strconv.FormatInt(e.cfg.MaxObjectBytes, 10)+" bytes")
+			writeError(w, http.StatusRequestEntityTooLarge, "RequestTooLarge", "the object is larger than "+strconv.FormatInt(e.cfg.MaxObjectBytes, 10)+" bytes (ebb serve --max-object-bytes)")
+			return
+		}
+		if full(err) {
+			writeError(w, http.StatusInsufficientStorage, "BucketFull",
+				"bucket "+bucket+" has no room for the object: it holds at most "+strconv.FormatInt(e.cfg.MaxBucketBytes, 10)+" bytes (ebb serve --max-bucket-bytes)")
 			return
 		}
 		e.internal(w, "store object", err)

@@ -1,12 +1,19 @@
 // Package logbuf keeps the recent output of each function in memory, so that
 // `ebb logs NAME` can show it (and follow it) without a log pipeline. Lines are
-// tagged with the request that produced them when that is known.
+// tagged with the request that produced them when that is known. Each
+// function's lines are bounded in count and in bytes, and over-long lines are
+// cut, so that a function printing without end costs ebb a fixed amount of
+// memory.
 package logbuf
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
+	"unsafe"
 )
 
 // Line is one line of a function's stdout or stderr.
@@ -20,44 +27,108 @@ type Line struct {
 	Text      string    `json:"text"`
 }
 
-// Buffer holds the last Size lines of every function.
-type Buffer struct {
-	size int
-	now  func() time.Time
+// Config bounds a Buffer. Every bound is per function.
+type Config struct {
+	// MaxLines is how many lines are kept; default 10,000.
+	MaxLines int
+	// MaxBytes bounds the memory the kept lines take (their text plus a
+	// fixed cost per line); default 8 MiB. The oldest lines go first.
+	MaxBytes int64
+	// MaxLineBytes is the longest line kept whole; a longer one is cut and
+	// marked " …[truncated N bytes]". Default 16 KiB.
+	MaxLineBytes int
+}
 
-	mu   sync.Mutex // guards fns
+// Validate checks c and fills defaults.
+func (c *Config) Validate() error {
+	if c.MaxLines <= 0 {
+		c.MaxLines = 10000
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = 8 << 20
+	}
+	if c.MaxLineBytes <= 0 {
+		c.MaxLineBytes = 16 << 10
+	}
+	if int64(c.MaxLineBytes)+lineCost > c.MaxBytes {
+		return fmt.Errorf("logbuf config: MaxBytes %d cannot hold one line of MaxLineBytes %d", c.MaxBytes, c.MaxLineBytes)
+	}
+	return nil
+}
+
+// lineCost is what a Line takes beside its strings' bytes.
+const lineCost = int64(unsafe.Sizeof(Line{}))
+
+// Buffer holds the last lines of every function, within its Config.
+type Buffer struct {
+	cfg Config
+	now func() time.Time
+
+	mu   sync.Mutex // guards fns and wake
 	fns  map[string]*ring
 	wake chan struct{} // closed and replaced when any line is added
 }
 
+// ring is one function's lines: lines[head:] are kept, oldest first, the
+// one at lines[head] has seq first.
 type ring struct {
 	lines []Line
-	next  uint64 // seq of the next line
+	head  int
+	first uint64 // seq of lines[head]
+	bytes int64  // cost of lines[head:]
 }
 
-// New returns a Buffer that keeps size lines per function (default 10,000).
-func New(size int) *Buffer {
-	if size <= 0 {
-		size = 10000
+// New returns a Buffer bounded by cfg.
+func New(cfg Config) (*Buffer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	return &Buffer{size: size, now: time.Now, fns: map[string]*ring{}, wake: make(chan struct{})}
+	return &Buffer{cfg: cfg, now: time.Now, fns: map[string]*ring{}, wake: make(chan struct{})}, nil
+}
+
+func cost(l *Line) int64 {
+	return lineCost + int64(len(l.Text)+len(l.Instance)+len(l.RequestID)+len(l.Stream))
+}
+
+// truncate cuts text to at most max bytes (on a UTF-8 boundary) and marks
+// the cut; only the kept part is copied.
+func truncate(text []byte, max int) string {
+	if len(text) <= max {
+		return string(text)
+	}
+	n := max
+	for n > 0 && !utf8.RuneStart(text[n]) {
+		n--
+	}
+	return string(text[:n]) + " …[truncated " + strconv.Itoa(len(text)-n) + " bytes]"
 }
 
 // Line records a line; it implements instance.LogSink.
 func (b *Buffer) Line(fn string, version int, instanceID, requestID, stream string, text []byte) {
-	l := Line{Time: b.now(), Version: version, Instance: instanceID, RequestID: requestID, Stream: stream, Text: string(text)}
+	l := Line{Time: b.now(), Version: version, Instance: instanceID, RequestID: requestID, Stream: stream,
+		Text: truncate(text, b.cfg.MaxLineBytes)}
+	c := cost(&l)
 	b.mu.Lock()
 	r := b.fns[fn]
 	if r == nil {
 		r = &ring{lines: make([]Line, 0, 64)}
 		b.fns[fn] = r
 	}
-	l.Seq = r.next
-	r.next++
-	if len(r.lines) < b.size {
-		r.lines = append(r.lines, l)
-	} else {
-		r.lines[l.Seq%uint64(b.size)] = l
+	l.Seq = r.first + uint64(len(r.lines)-r.head)
+	r.lines = append(r.lines, l)
+	r.bytes += c
+	for len(r.lines)-r.head > 1 && (len(r.lines)-r.head > b.cfg.MaxLines || r.bytes > b.cfg.MaxBytes) {
+		r.bytes -= cost(&r.lines[r.head])
+		r.lines[r.head] = Line{} // let its text go
+		r.head++
+		r.first++
+	}
+	if r.head > 64 && r.head > len(r.lines)/2 {
+		// Slide the kept lines down, so that the array does not grow
+		// without end and dropped lines' slots are reused.
+		n := copy(r.lines, r.lines[r.head:])
+		clear(r.lines[n:])
+		r.lines, r.head = r.lines[:n], 0
 	}
 	close(b.wake)
 	b.wake = make(chan struct{})
@@ -77,18 +148,11 @@ func (b *Buffer) sinceLocked(fn string, since uint64, limit int) ([]Line, uint64
 	if r == nil {
 		return nil, since
 	}
-	first := uint64(0)
-	if r.next > uint64(len(r.lines)) {
-		first = r.next - uint64(len(r.lines))
-	}
-	since = max(since, first)
+	next := r.first + uint64(len(r.lines)-r.head)
+	since = max(since, r.first)
 	var out []Line
-	for s := since; s < r.next && (limit <= 0 || len(out) < limit); s++ {
-		if len(r.lines) < b.size {
-			out = append(out, r.lines[s])
-		} else {
-			out = append(out, r.lines[s%uint64(b.size)])
-		}
+	for s := since; s < next && (limit <= 0 || len(out) < limit); s++ {
+		out = append(out, r.lines[r.head+int(s-r.first)])
 	}
 	return out, since + uint64(len(out))
 }

@@ -1,14 +1,17 @@
 package logbuf
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestRingKeepsLastLines(t *testing.T) {
-	b := New(3)
+	b := mustNew(t, Config{MaxLines: 3})
 	for i := 0; i < 5; i++ {
 		b.Line("f", 1, "i1", fmt.Sprint("r", i), "stdout", []byte(fmt.Sprint("line", i)))
 	}
@@ -29,7 +32,7 @@ func TestRingKeepsLastLines(t *testing.T) {
 }
 
 func TestWaitWakesOnNewLine(t *testing.T) {
-	b := New(10)
+	b := mustNew(t, Config{MaxLines: 10})
 	go func() {
 		time.Sleep(10 * time.Millisecond)
 		b.Line("f", 1, "i", "", "stderr", []byte("hi"))
@@ -39,5 +42,49 @@ func TestWaitWakesOnNewLine(t *testing.T) {
 	lines, next := b.Wait(ctx, "f", 0, 10)
 	if len(lines) != 1 || lines[0].Text != "hi" || next != 1 {
 		t.Fatalf("Wait = %v, %d", lines, next)
+	}
+}
+
+func mustNew(t *testing.T, cfg Config) *Buffer {
+	t.Helper()
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestBytesBound(t *testing.T) {
+	b := mustNew(t, Config{MaxBytes: 1 << 20, MaxLineBytes: 64 << 10})
+	line := bytes.Repeat([]byte("x"), 60<<10)
+	for i := 0; i < 6000; i++ {
+		b.Line("f", 1, "i", "r", "stdout", line)
+	}
+	lines, next := b.Since("f", 0, 0)
+	var total int64
+	for i := range lines {
+		total += cost(&lines[i])
+	}
+	if total > 1<<20 || len(lines) < 10 || next != 6000 || lines[len(lines)-1].Seq != 5999 {
+		t.Fatalf("kept %d lines of %d bytes, next %d; want at most 1 MiB ending at seq 5999", len(lines), total, next)
+	}
+	r := b.fns["f"]
+	if cap(r.lines) > 4*len(lines)+128 {
+		t.Errorf("ring array grew to %d slots for %d lines", cap(r.lines), len(lines))
+	}
+}
+
+func TestLongLineTruncatedAndMarked(t *testing.T) {
+	b := mustNew(t, Config{MaxLineBytes: 10})
+	b.Line("f", 1, "i", "", "stdout", []byte("ééééééééééééé")) // 26 bytes
+	lines, _ := b.Since("f", 0, 0)
+	if len(lines) != 1 || !strings.HasPrefix(lines[0].Text, "ééééé …[truncated 16 bytes]") || !utf8.ValidString(lines[0].Text) {
+		t.Fatalf("got %q", lines[0].Text)
+	}
+}
+
+func TestConfigRefusesLineLargerThanBuffer(t *testing.T) {
+	if _, err := New(Config{MaxBytes: 100, MaxLineBytes: 1000}); err == nil {
+		t.Fatal("New accepted a buffer smaller than one line")
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 )
 
 // ModelCache keeps model files on local disk named by the sha256 of their
@@ -177,4 +179,36 @@ func (r ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return r.r.Read(p)
+}
+
+// Prune removes the cached models that only the cache holds: Intern makes a
+// bundle's model a hard link to its cache entry, so an entry with one link
+// left belongs to no bundle any more. It returns how many bytes it freed.
+// Half-written entries (a crash during Put) are removed too; Prune must not
+// run while a Put is under way.
+func (c *ModelCache) Prune() (int64, error) {
+	entries, err := os.ReadDir(c.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("prune model cache: %w", err)
+	}
+	var freed int64
+	for _, e := range entries {
+		name := e.Name()
+		path := filepath.Join(c.Dir, name)
+		fi, err := os.Lstat(path)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || st.Nlink != 1 || !strings.HasSuffix(name, ".onnx") || !validDigest(strings.TrimSuffix(name, ".onnx")) {
+			continue
+		}
+		if err := os.Remove(path); err == nil {
+			freed += fi.Size()
+		}
+	}
+	return freed, nil
 }

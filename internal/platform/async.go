@@ -25,6 +25,19 @@ type AsyncOptions struct {
 	RetryBase       time.Duration // first retry delay; default 1s
 	RetryMax        time.Duration // longest retry delay; default 5m
 	WebhookAttempts int           // default 4
+	// Retention of jobs: records and dead letters are kept for JobRetention
+	// (default 7 days) within MaxRecordBytes (default 256 MiB; the oldest
+	// go first); queued jobs may take MaxQueuedBytes (default 1 GiB), past
+	// which new ones are refused with 429.
+	JobRetention   time.Duration
+	MaxRecordBytes int64
+	MaxQueuedBytes int64
+	// Buckets: at most MaxBuckets (default 100), each holding at most
+	// MaxBucketBytes (default 1 GiB), objects of at most MaxObjectBytes
+	// (default 64 MiB).
+	MaxBuckets     int
+	MaxBucketBytes int64
+	MaxObjectBytes int64
 }
 
 // async is the part of the platform that runs jobs, schedules and events.
@@ -46,6 +59,7 @@ func (p *Platform) startAsync(ctx context.Context) error {
 	q, err := queue.New(ctx, queue.Config{
 		JetStream: p.store.JetStream(), Invoker: asyncInvoker{p}, MaxPayload: o.MaxPayload, AckWait: o.AckWait,
 		RetryBase: o.RetryBase, RetryMax: o.RetryMax, WebhookAttempts: o.WebhookAttempts, Logger: p.log, Now: p.cfg.Now,
+		RecordTTL: o.JobRetention, MaxRecordBytes: o.MaxRecordBytes, MaxQueuedBytes: o.MaxQueuedBytes,
 	})
 	if err != nil {
 		return fmt.Errorf("start async queue: %w", err)
@@ -57,6 +71,7 @@ func (p *Platform) startAsync(ctx context.Context) error {
 		return fmt.Errorf("start scheduler: %w", err)
 	}
 	a.events, err = events.New(events.Config{JetStream: p.store.JetStream(), Logger: p.log, Now: p.cfg.Now,
+		MaxBuckets: o.MaxBuckets, MaxBucketBytes: o.MaxBucketBytes, MaxObjectBytes: o.MaxObjectBytes,
 		Enqueue: func(ctx context.Context, fn, id string, payload []byte, source string) error {
 			_, err := q.Enqueue(ctx, fn, id, payload, queue.EnqueueOptions{Source: source})
 			return err
@@ -231,7 +246,16 @@ func (p *Platform) listJobs(w http.ResponseWriter, r *http.Request) {
 	case limit > 10000:
 		limit = 10000 // a larger ask gets the most there is, not the default
 	}
-	jobs, err := p.async.queue.List(r.Context(), name, status, limit)
+	var before uint64
+	if c := r.URL.Query().Get("before"); c != "" {
+		var err error
+		if before, err = strconv.ParseUint(c, 10, 64); err != nil || before == 0 {
+			writeAsyncJSON(w, http.StatusBadRequest, map[string]string{"errorType": "InvalidRequestContent",
+				"errorMessage": "before must be the next cursor of an earlier page"})
+			return
+		}
+	}
+	jobs, next, err := p.async.queue.ListPage(r.Context(), name, status, limit, before)
 	if err != nil {
 		p.jobError(w, err, "")
 		return
@@ -239,7 +263,11 @@ func (p *Platform) listJobs(w http.ResponseWriter, r *http.Request) {
 	if jobs == nil {
 		jobs = []*queue.Job{}
 	}
-	writeAsyncJSON(w, http.StatusOK, map[string]any{"jobs": jobs})
+	out := map[string]any{"jobs": jobs}
+	if next != 0 {
+		out["next"] = strconv.FormatUint(next, 10)
+	}
+	writeAsyncJSON(w, http.StatusOK, out)
 }
 
 func (p *Platform) redrive(w http.ResponseWriter, r *http.Request) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/client"
+	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/queue"
 )
 
@@ -31,12 +32,7 @@ type server struct {
 
 func buildEbb(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "ebb")
-	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/ebb")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build ebb: %v\n%s", err, out)
-	}
-	return bin
+	return ebbtest.Ebb(t)
 }
 
 func freeAddr(t *testing.T) string {

@@ -5,42 +5,19 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/queue"
-)
-
-var (
-	asyncOnce sync.Once
-	asyncBin  string
-	asyncErr  error
 )
 
 // asyncFnBinary builds testdata/asyncfn once per test run.
 func asyncFnBinary(t *testing.T) string {
 	t.Helper()
-	asyncOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ebb-asyncfn-")
-		if err != nil {
-			asyncErr = err
-			return
-		}
-		asyncBin = filepath.Join(dir, "asyncfn")
-		cmd := exec.Command("go", "build", "-o", asyncBin, "./testdata/asyncfn")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			asyncErr = fmt.Errorf("build asyncfn: %v\n%s", err, out)
-		}
-	})
-	if asyncErr != nil {
-		t.Fatal(asyncErr)
-	}
-	return asyncBin
+	return ebbtest.GoBinary(t, ebbtest.Go{Pkg: "./internal/platform/testdata/asyncfn", Env: []string{"CGO_ENABLED=0"}})
 }
 
 // asyncFn writes a function directory running asyncfn.

@@ -56,15 +56,25 @@ func (p *Platform) Deploy(ctx context.Context, name string, body io.Reader) (*eb
 	if spec.Name != name {
 		return nil, &api.BadRequest{Err: fmt.Errorf("%s: name: %q does not match the URL's function name %q", manifest.FileName, spec.Name, name)}
 	}
+	if err := p.checkDestinations(ctx, spec); err != nil {
+		return nil, err
+	}
+	// From here the digest is pinned: the collector leaves its directory
+	// and stored object alone until this deploy has swapped in or failed.
+	p.pin(digest)
+	defer p.unpin(digest)
+	committed := false
+	defer func() {
+		if !committed {
+			p.dropUnused(digest)
+		}
+	}()
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("rewind bundle: %w", err)
 	}
-	codeDir, err := p.unpack(f, digest)
+	codeDir, err := p.unpack(f, digest, func(dir string) error { return checkEntrypoint(spec, dir) })
 	if err != nil {
 		return nil, err
-	}
-	if err := checkEntrypoint(spec, codeDir); err != nil {
-		return nil, &api.BadRequest{Err: err}
 	}
 	if spec.Runtime == ebb.RuntimePython {
 		p.compilePython(ctx, spec, codeDir)
@@ -96,6 +106,7 @@ func (p *Platform) Deploy(ctx context.Context, name string, body io.Reader) (*eb
 	old := p.fns[name]
 	p.fns[name] = d
 	p.mu.Unlock()
+	committed = true
 	if old != nil {
 		p.drain(old)
 	}
@@ -119,20 +130,50 @@ func (p *Platform) drain(d *deployment) {
 		p.mu.Lock()
 		delete(p.draining, d)
 		p.mu.Unlock()
+		p.collect(p.ctx)
 	}()
 }
 
-// unpack makes the bundle's directory, cached by content hash.
-func (p *Platform) unpack(r io.Reader, digest string) (string, error) {
+// unpack makes the bundle's directory, DATA/bundles/DIGEST, cached by
+// content hash. A bundle is unpacked into a staging directory under
+// DATA/tmp, checked there by check (when not nil), and only then renamed
+// into place: a refused or failed unpack leaves nothing behind. A directory
+// already in place is checked as it is.
+func (p *Platform) unpack(r io.Reader, digest string, check func(dir string) error) (string, error) {
 	dir := filepath.Join(p.cfg.DataDir, "bundles", digest)
 	if _, err := os.Stat(dir); err == nil {
+		if check != nil {
+			if err := check(dir); err != nil {
+				return "", &api.BadRequest{Err: err}
+			}
+		}
 		return dir, nil
 	}
-	if err := bundle.Unpack(r, dir, bundle.Limits{}); err != nil {
-		if errors.Is(err, bundle.ErrInvalid) {
+	stage, err := os.MkdirTemp(filepath.Join(p.cfg.DataDir, "tmp"), "stage-*")
+	if err != nil {
+		return "", fmt.Errorf("make staging dir: %w", err)
+	}
+	defer os.RemoveAll(stage)
+	code := filepath.Join(stage, "code")
+	if err := bundle.Unpack(r, code, bundle.Limits{MaxBytes: p.cfg.MaxUnpackedBytes}); err != nil {
+		switch {
+		case errors.Is(err, bundle.ErrTooLarge):
+			return "", fmt.Errorf("%w: %w", ebb.ErrPayloadTooLarge, err)
+		case errors.Is(err, bundle.ErrInvalid):
 			return "", &api.BadRequest{Err: err}
 		}
 		return "", fmt.Errorf("unpack bundle: %w", err)
+	}
+	if check != nil {
+		if err := check(code); err != nil {
+			return "", &api.BadRequest{Err: err}
+		}
+	}
+	if err := os.Rename(code, dir); err != nil {
+		if _, statErr := os.Stat(dir); statErr == nil {
+			return dir, nil // another deploy of the same content got there first
+		}
+		return "", fmt.Errorf("commit bundle dir: %w", err)
 	}
 	return dir, nil
 }
@@ -157,7 +198,74 @@ func (p *Platform) ensureBundle(ctx context.Context, digest string) (string, err
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return "", err
 	}
-	return p.unpack(f, digest)
+	return p.unpack(f, digest, nil)
+}
+
+// checkDestinations refuses a spec whose async destinations lead back to the
+// function through other functions' destinations (a → b → a): each outcome
+// would make another job without end. The registry is read as it is now; the
+// hop count that jobs carry (queue.MaxHops) stops what a race with another
+// deploy lets through.
+func (p *Platform) checkDestinations(ctx context.Context, spec *ebb.Spec) error {
+	if spec.Async == nil || (spec.Async.OnSuccess == "" && spec.Async.OnFailure == "") {
+		return nil
+	}
+	fns, err := p.store.ListFunctions(ctx)
+	if err != nil {
+		return fmt.Errorf("check async destinations: %w", err)
+	}
+	next := map[string][]string{}
+	for _, fn := range fns {
+		next[fn.Spec.Name] = functionDestinations(&fn.Spec)
+	}
+	next[spec.Name] = functionDestinations(spec)
+	for _, field := range []struct{ name, target string }{{"on_success", spec.Async.OnSuccess}, {"on_failure", spec.Async.OnFailure}} {
+		if field.target == "" || ebb.IsWebhook(field.target) {
+			continue
+		}
+		if path := pathTo(next, field.target, spec.Name); path != nil {
+			return &api.BadRequest{Err: fmt.Errorf("%s: async.%s: %s leads back to %s (%s), a loop of jobs without end",
+				manifest.FileName, field.name, field.target, spec.Name, strings.Join(append([]string{spec.Name}, path...), " → "))}
+		}
+	}
+	return nil
+}
+
+// functionDestinations returns the functions that s's outcomes go to.
+func functionDestinations(s *ebb.Spec) []string {
+	if s.Async == nil {
+		return nil
+	}
+	var out []string
+	for _, d := range []string{s.Async.OnSuccess, s.Async.OnFailure} {
+		if d != "" && !ebb.IsWebhook(d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// pathTo returns a path of destinations from `from` to `to` (both included),
+// or nil if there is none.
+func pathTo(next map[string][]string, from, to string) []string {
+	seen := map[string]bool{}
+	var walk func(n string) []string
+	walk = func(n string) []string {
+		if n == to {
+			return []string{n}
+		}
+		if seen[n] {
+			return nil
+		}
+		seen[n] = true
+		for _, m := range next[n] {
+			if rest := walk(m); rest != nil {
+				return append([]string{n}, rest...)
+			}
+		}
+		return nil
+	}
+	return walk(from)
 }
 
 // checkEntrypoint refuses at deploy what could only fail at every cold start.
@@ -182,9 +290,14 @@ func checkEntrypoint(spec *ebb.Spec, codeDir string) error {
 		}
 		return fmt.Errorf("%s: handler: module %q is not in the bundle (looked for %s.py)", manifest.FileName, mod, rel)
 	case ebb.RuntimeONNX:
-		fi, err := os.Stat(filepath.Join(codeDir, spec.Handler))
-		if err != nil || fi.IsDir() {
+		// The model is read by ebb's own process, outside any sandbox: it
+		// must be a regular file inside the bundle, whatever links lead to it.
+		real, err := bundle.Resolve(codeDir, spec.Handler)
+		if err != nil {
 			return fmt.Errorf("%s: handler: model file %q is not in the bundle", manifest.FileName, spec.Handler)
+		}
+		if fi, err := os.Lstat(real); err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s: handler: model file %q is not a regular file in the bundle", manifest.FileName, spec.Handler)
 		}
 	}
 	return nil

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/client"
+	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/h1"
 )
 
@@ -198,33 +197,11 @@ func (e *env) idle(name string) int {
 	return n
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
-
-// binaries builds the test functions once per test run.
-func binaries(t testing.TB) string {
+// testBinary builds the test function testdata/NAME (static, for the
+// sandbox) once per test run.
+func testBinary(t testing.TB, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "ebb-testbin-")
-		if buildErr != nil {
-			return
-		}
-		for _, b := range []string{"lambdafn", "httpfn"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, b), "./testdata/"+b)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("build %s: %v\n%s", b, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return buildDir
+	return ebbtest.GoBinary(t, ebbtest.Go{Pkg: "./internal/platform/testdata/" + name, Env: []string{"CGO_ENABLED=0"}})
 }
 
 // fnDir writes a function directory: ebb.yaml plus files; "@lambdafn" and
@@ -239,7 +216,7 @@ func fnDir(t testing.TB, manifest string, files map[string]string) string {
 		p := filepath.Join(dir, name)
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		if b, ok := strings.CutPrefix(body, "@"); ok {
-			data, err := os.ReadFile(filepath.Join(binaries(t), b))
+			data, err := os.ReadFile(testBinary(t, b))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,33 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/onnx/conformance"
-)
-
-var (
-	ebbOnce sync.Once
-	ebbBin  string
-	ebbErr  error
 )
 
 // ebbBinary builds ./cmd/ebb, which serves onnx models in its instances.
 func ebbBinary(t testing.TB) string {
 	t.Helper()
-	ebbOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ebb-bin-")
-		if err != nil {
-			ebbErr = err
-			return
-		}
-		ebbBin = filepath.Join(dir, "ebb")
-		if out, err := exec.Command("go", "build", "-o", ebbBin, "../../cmd/ebb").CombinedOutput(); err != nil {
-			ebbErr = fmt.Errorf("build ebb: %v\n%s", err, out)
-		}
-	})
-	if ebbErr != nil {
-		t.Fatal(ebbErr)
-	}
-	return ebbBin
+	return ebbtest.Ebb(t)
 }
 
 // onnxLibrary finds the ONNX Runtime library that scripts/fetch-onnxruntime.sh

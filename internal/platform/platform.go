@@ -25,6 +25,7 @@ import (
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/dispatch"
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/instance"
@@ -45,16 +46,24 @@ type Config struct {
 	RequireAuth    bool
 	MaxSyncPayload int64 // default 6 MiB
 	MaxBundleBytes int64 // default 1 GiB
-	BaseURL        string
-	Python         string // default python for python functions
-	Executable     string // the ebb binary, for onnx instances
-	ONNXLibrary    string
-	CgroupMode     string // auto, v1, v2, none
+	// MaxUnpackedBytes bounds a bundle's unpacked size; default 2 GiB.
+	MaxUnpackedBytes int64
+	// GCGrace is how old an unreferenced stored bundle must be before the
+	// collector deletes it (another node may be between storing a bundle
+	// and registering its version); default 15 min.
+	GCGrace     time.Duration
+	BaseURL     string
+	Python      string // default python for python functions
+	Executable  string // the ebb binary, for onnx instances
+	ONNXLibrary string
+	CgroupMode  string // auto, v1, v2, none
 	// InstanceDir holds each instance's working and scratch directories;
 	// default DataDir/instances. A tmpfs here makes starts faster (directory
 	// creation and removal are on every cold start's path).
 	InstanceDir string
-	LogLines    int // lines of output kept per function
+	LogLines    int // lines of output kept per function; default 10,000
+	// LogBufferBytes bounds the output kept per function; default 8 MiB.
+	LogBufferBytes int64
 	// DrainTimeout bounds how long an old version may finish its requests
 	// after a redeploy or removal (default 15 min, the longest timeout).
 	DrainTimeout time.Duration
@@ -90,6 +99,12 @@ func (c *Config) Validate() error {
 	if c.MaxBundleBytes <= 0 {
 		c.MaxBundleBytes = 1 << 30
 	}
+	if c.MaxUnpackedBytes <= 0 {
+		c.MaxUnpackedBytes = 2 << 30
+	}
+	if c.GCGrace <= 0 {
+		c.GCGrace = 15 * time.Minute
+	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = ebb.MaxTimeout
 	}
@@ -104,6 +119,9 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// storeTimeout bounds one store operation of background work.
+const storeTimeout = 30 * time.Second
 
 // Platform is a running ebb.
 type Platform struct {
@@ -122,9 +140,12 @@ type Platform struct {
 
 	deployMu sync.Mutex // serialises deploys and removals, so versions swap in order
 
-	mu       sync.RWMutex // guards fns and draining
+	mu       sync.RWMutex // guards fns, draining and pinned
 	fns      map[string]*deployment
 	draining map[*deployment]struct{}
+	pinned   map[string]int // digests of deploys in progress, with counts
+
+	gcMu sync.Mutex // serialises garbage collections (gc.go); guards no data
 
 	ctx    context.Context // cancelled by Close; parent of background work
 	cancel context.CancelFunc
@@ -155,14 +176,20 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 			return nil, "", fmt.Errorf("make data dir: %w", err)
 		}
 	}
-	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*deployment{}, draining: map[*deployment]struct{}{},
-		logs: logbuf.New(cfg.LogLines), models: &onnx.ModelCache{Dir: filepath.Join(cfg.DataDir, "models")}}
+	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*deployment{}, draining: map[*deployment]struct{}{}, pinned: map[string]int{},
+		models: &onnx.ModelCache{Dir: filepath.Join(cfg.DataDir, "models")}}
+	logs, err := logbuf.New(logbuf.Config{MaxLines: cfg.LogLines, MaxBytes: cfg.LogBufferBytes})
+	if err != nil {
+		return nil, "", fmt.Errorf("platform config: %w", err)
+	}
+	p.logs = logs
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger})
 	if err != nil {
 		return nil, "", fmt.Errorf("open store: %w", err)
 	}
 	p.store = st
+	p.sweepTemp() // the store holds the data dir's lock: nobody else uses it
 	if cfg.InstanceDir == "" {
 		cfg.InstanceDir = filepath.Join(cfg.DataDir, "instances")
 	}
@@ -211,6 +238,13 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		p.Close(ctx)
 		return nil, "", err
 	}
+	// What versions removed while ebb was down left behind goes now; stored
+	// bundles younger than GCGrace go on a later round.
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.collectLoop()
+	}()
 	return p, adminKey, nil
 }
 
@@ -266,7 +300,7 @@ func (p *Platform) restore(ctx context.Context) error {
 }
 
 func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment, error) {
-	if model := filepath.Join(codeDir, fn.Spec.Handler); fn.Spec.Runtime == ebb.RuntimeONNX && !linked(model) {
+	if model, err := bundle.Resolve(codeDir, fn.Spec.Handler); fn.Spec.Runtime == ebb.RuntimeONNX && err == nil && !linked(model) {
 		// One file per model on this node, however many bundles carry it.
 		// Failing that, the bundle's own copy serves. A model that is a
 		// link already was interned before this restart: hashing gigabytes

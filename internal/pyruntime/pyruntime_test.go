@@ -10,37 +10,20 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/runtimeapi"
+
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
-
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // instance is a Python function process attached to its Runtime API server.
 type instance struct {
 	srv            *runtimeapi.Server
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *ebbtest.Buffer
 	exited         chan struct{} // closed once the process has been waited for
 	exitErr        error         // valid once exited is closed
 }
@@ -88,7 +71,7 @@ func startWith(t *testing.T, files map[string]string, handler string, cfg runtim
 	}
 	t.Cleanup(func() { srv.Close() })
 
-	in := &instance{srv: srv, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	in := &instance{srv: srv, stdout: &ebbtest.Buffer{}, stderr: &ebbtest.Buffer{}, exited: make(chan struct{})}
 	argv := Command("", shim)
 	in.cmd = exec.Command(argv[0], argv[1:]...)
 	in.cmd.Dir = root
@@ -378,9 +361,11 @@ func TestPrintReachesStdout(t *testing.T) {
 	if _, err := in.invoke(t, "p1", `{"op":"print","v":"abc"}`); err != nil {
 		t.Fatalf("Invoke: %v", err)
 	}
-	// -u means the line is written before the response is posted.
-	if out := in.stdout.String(); !strings.Contains(out, "hello from the handler abc\n") {
-		t.Errorf("stdout = %q, want the handler's print", out)
+	// -u means the line is written before the response is posted, but it
+	// reaches the buffer through a pipe and a copying goroutine, which may
+	// not have run yet: wait for it.
+	if !in.stdout.WaitFor("hello from the handler abc\n", 30*time.Second) {
+		t.Errorf("stdout = %q, want the handler's print", in.stdout.String())
 	}
 }
 

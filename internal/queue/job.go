@@ -38,6 +38,9 @@ type Job struct {
 	// Source says what made the job: "invoke", "schedule", "event", or
 	// "destination".
 	Source string `json:"source,omitempty"`
+	// Hops counts the on_success/on_failure deliveries that led to this
+	// job; see MaxHops.
+	Hops int `json:"hops,omitempty"`
 	// Attempts counts executions started. Failures counts the ones that
 	// failed; a restart of ebb in the middle of one is not the function's
 	// failure and does not use up a retry.

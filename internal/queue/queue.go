@@ -25,6 +25,8 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,7 +54,15 @@ const (
 	hdrSource   = "Ebb-Source"
 	hdrObject   = "Ebb-Payload-Object"
 	hdrRedrive  = "Ebb-Redrive"
+	hdrHops     = "Ebb-Hops"
 )
+
+// MaxHops bounds a chain of destinations: a job made by delivering an
+// outcome to a function is one hop further than the job it reports on, and
+// one that would pass MaxHops is not made. Loops are refused at deploy; this
+// stops what the registry could not see (a loop formed by two deploys racing,
+// or through an event source).
+const MaxHops = 8
 
 // Invoker runs one invocation synchronously; the platform implements it.
 // requestID is what the handler sees as its request id.
@@ -93,6 +103,14 @@ type Config struct {
 	// RecordTTL is how long job records (and dead letters) are kept;
 	// default 7 days.
 	RecordTTL time.Duration
+	// MaxQueuedBytes bounds the jobs waiting to run (the job stream, and
+	// the store of payloads too large for one message, each); default
+	// 1 GiB. A full queue refuses new jobs with ebb.ErrOverloaded.
+	MaxQueuedBytes int64
+	// MaxRecordBytes bounds the job records and, separately, the dead
+	// letters; default 256 MiB. Past it the oldest go first, as past
+	// RecordTTL.
+	MaxRecordBytes int64
 	// WebhookAttempts bounds deliveries to a webhook destination; default 4.
 	WebhookAttempts int
 	// HTTPClient posts to webhooks; default a client with a 10s timeout.
@@ -134,6 +152,16 @@ func (c *Config) Validate() error {
 	}
 	if c.RecordTTL <= 0 {
 		c.RecordTTL = 7 * 24 * time.Hour
+	}
+	if c.MaxQueuedBytes <= 0 {
+		c.MaxQueuedBytes = 1 << 30
+	}
+	if c.MaxRecordBytes <= 0 {
+		c.MaxRecordBytes = 256 << 20
+	}
+	if c.MaxQueuedBytes < 2*c.MaxPayload || c.MaxRecordBytes < 2*int64(c.MaxResultBytes) {
+		return fmt.Errorf("queue config: MaxQueuedBytes %d and MaxRecordBytes %d must hold at least two payloads (%d) and results (%d)",
+			c.MaxQueuedBytes, c.MaxRecordBytes, c.MaxPayload, c.MaxResultBytes)
 	}
 	if c.WebhookAttempts <= 0 {
 		c.WebhookAttempts = 4
@@ -226,6 +254,9 @@ func New(ctx context.Context, cfg Config) (*Queue, error) {
 		Name: JobsStream, Description: "ebb async jobs", Subjects: []string{jobsPrefix + "*"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
 		MaxAge: ebb.MaxAsyncAge + 24*time.Hour, Duplicates: 2 * time.Minute,
+		// A full queue refuses new jobs; dropping queued ones would lose
+		// jobs whose callers were told they are stored.
+		MaxBytes: cfg.MaxQueuedBytes, Discard: jetstream.DiscardNew,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create stream %s: %w", JobsStream, err)
@@ -233,20 +264,24 @@ func New(ctx context.Context, cfg Config) (*Queue, error) {
 	q.dead, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: DeadStream, Description: "ebb dead-letter jobs", Subjects: []string{deadPrefix + "*"},
 		Storage: jetstream.FileStorage, Replicas: cfg.Replicas, MaxAge: cfg.RecordTTL, Duplicates: 2 * time.Minute,
+		MaxBytes: cfg.MaxRecordBytes, Discard: jetstream.DiscardOld,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create stream %s: %w", DeadStream, err)
 	}
 	q.records, err = q.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: RecordsBucket, Description: "ebb async job records", History: 1, TTL: cfg.RecordTTL,
-		Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+		Storage: jetstream.FileStorage, Replicas: cfg.Replicas, MaxBytes: cfg.MaxRecordBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create bucket %s: %w", RecordsBucket, err)
 	}
+	if err := q.dropOldRecords(ctx); err != nil {
+		return nil, err
+	}
 	q.payloads, err = q.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: PayloadsBucket, Description: "ebb async payloads too large for one message", TTL: cfg.RecordTTL,
-		Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+		Storage: jetstream.FileStorage, Replicas: cfg.Replicas, MaxBytes: cfg.MaxQueuedBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create object store %s: %w", PayloadsBucket, err)
@@ -255,6 +290,33 @@ func New(ctx context.Context, cfg Config) (*Queue, error) {
 	q.inlineMax = int(q.js.Conn().MaxPayload()) - 8<<10
 	q.runCtx, q.runCancel = context.WithCancel(context.Background())
 	return q, nil
+}
+
+// dropOldRecords makes the records bucket drop its oldest records when it
+// reaches MaxRecordBytes, as it does past RecordTTL: a KV bucket refuses new
+// writes by default, which would leave new jobs without a record.
+func (q *Queue) dropOldRecords(ctx context.Context) error {
+	name := "KV_" + RecordsBucket // the stream behind the bucket
+	st, err := q.js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("bind stream %s: %w", name, err)
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.Discard == jetstream.DiscardOld {
+		return nil
+	}
+	cfg.Discard = jetstream.DiscardOld
+	if _, err := q.js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("update stream %s: %w", name, err)
+	}
+	return nil
+}
+
+// full says whether a store error means a stream is at its MaxBytes (or
+// the server out of storage).
+func full(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "maximum bytes exceeded") || strings.Contains(s, "insufficient resources")
 }
 
 // MaxPayload is the largest payload Enqueue accepts.
@@ -271,6 +333,8 @@ func recordKey(fn, id string) string { return fn + "." + id }
 type EnqueueOptions struct {
 	// Source says what made the job ("invoke" when empty).
 	Source string
+	// Hops counts the destinations that led to this job (0: none).
+	Hops int
 }
 
 // Enqueue durably queues payload for fn under id and records it. It returns
@@ -289,10 +353,13 @@ func (q *Queue) Enqueue(ctx context.Context, fn, id string, payload []byte, opt 
 		opt.Source = "invoke"
 	}
 	now := q.cfg.Now().UTC()
-	job := &Job{ID: id, Function: fn, Status: StatusQueued, Source: opt.Source, EnqueuedAt: now}
+	job := &Job{ID: id, Function: fn, Status: StatusQueued, Source: opt.Source, EnqueuedAt: now, Hops: opt.Hops}
 	msg := q.message(jobsPrefix+fn, job, nil)
 	if len(payload) > q.inlineMax {
 		if _, err := q.payloads.PutBytes(ctx, id, payload); err != nil {
+			if full(err) {
+				return nil, fmt.Errorf("enqueue job: the job queue is full (%d bytes): %w", q.cfg.MaxQueuedBytes, ebb.ErrOverloaded)
+			}
 			return nil, fmt.Errorf("enqueue job: store payload: %w", err)
 		}
 		msg.Header.Set(hdrObject, id)
@@ -301,6 +368,9 @@ func (q *Queue) Enqueue(ctx context.Context, fn, id string, payload []byte, opt 
 	}
 	ack, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(JobsStream))
 	if err != nil {
+		if full(err) {
+			return nil, fmt.Errorf("enqueue job: the job queue is full (%d bytes): %w", q.cfg.MaxQueuedBytes, ebb.ErrOverloaded)
+		}
 		return nil, fmt.Errorf("enqueue job: publish: %w", err)
 	}
 	if ack.Duplicate {
@@ -327,6 +397,9 @@ func (q *Queue) message(subject string, job *Job, data []byte) *nats.Msg {
 	msg.Header.Set(hdrFunction, job.Function)
 	msg.Header.Set(hdrEnqueued, job.EnqueuedAt.Format(time.RFC3339Nano))
 	msg.Header.Set(hdrSource, job.Source)
+	if job.Hops > 0 {
+		msg.Header.Set(hdrHops, strconv.Itoa(job.Hops))
+	}
 	msg.Data = data
 	return msg
 }
@@ -398,33 +471,118 @@ func (q *Queue) put(ctx context.Context, job *Job) error {
 	return nil
 }
 
-// List returns fn's job records, newest first, at most limit (default 100),
-// only those with status when it is not empty.
+// List returns the first page of fn's job records; see ListPage.
 func (q *Queue) List(ctx context.Context, fn string, status Status, limit int) ([]*Job, error) {
+	jobs, _, err := q.ListPage(ctx, fn, status, limit, 0)
+	return jobs, err
+}
+
+// listWindow is how many sequence numbers of the records' stream ListPage
+// reads at a time, and listScanMax how many records it reads for one page
+// at most (a rare status may need more: the cursor lets the caller go on).
+const (
+	listWindow  = 512
+	listScanMax = 20000
+)
+
+// ListPage returns up to limit (default 100) of fn's job records, only those
+// with status when it is not empty, most recently updated first, from below
+// the cursor before (0: from the newest), and the cursor of the next page
+// (0: there is none). It reads the records' stream backwards a window at a
+// time and stops when the page is full, so a page costs about its own size,
+// not the number of jobs kept.
+func (q *Queue) ListPage(ctx context.Context, fn string, status Status, limit int, before uint64) ([]*Job, uint64, error) {
 	if limit <= 0 {
 		limit = 100
 	}
-	keys, err := q.records.ListKeysFiltered(ctx, fn+".*")
+	st, err := q.js.Stream(ctx, "KV_"+RecordsBucket)
 	if err != nil {
-		return nil, fmt.Errorf("list jobs: %w", err)
+		return nil, 0, fmt.Errorf("list jobs: %w", err)
+	}
+	state := st.CachedInfo().State
+	hi := state.LastSeq
+	if before > 0 && before-1 < hi {
+		hi = before - 1
 	}
 	var out []*Job
-	for k := range keys.Keys() {
-		e, err := q.records.Get(ctx, k)
+	scanned := 0
+	for hi >= state.FirstSeq && hi > 0 {
+		lo := state.FirstSeq
+		if hi >= listWindow && hi-listWindow+1 > lo {
+			lo = hi - listWindow + 1
+		}
+		window, n, err := q.readWindow(ctx, st, fn, lo, hi)
 		if err != nil {
-			continue // expired or deleted meanwhile
+			return nil, 0, fmt.Errorf("list jobs: %w", err)
 		}
-		j, err := decodeJob(e.Value())
-		if err != nil || (status != "" && j.Status != status) {
-			continue
+		scanned += n
+		for k := len(window) - 1; k >= 0; k-- {
+			w := window[k]
+			if status != "" && w.job.Status != status {
+				continue
+			}
+			out = append(out, w.job)
+			if len(out) == limit {
+				return out, w.seq, nil
+			}
 		}
-		out = append(out, j)
+		if scanned >= listScanMax && lo > state.FirstSeq {
+			return out, lo, nil
+		}
+		hi = lo - 1
 	}
-	sortJobs(out)
-	if len(out) > limit {
-		out = out[:limit]
+	return out, 0, nil
+}
+
+type seqJob struct {
+	seq uint64
+	job *Job
+}
+
+// readWindow returns fn's records stored at sequences lo to hi, oldest first,
+// and how many messages it read.
+func (q *Queue) readWindow(ctx context.Context, st jetstream.Stream, fn string, lo, hi uint64) ([]seqJob, int, error) {
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"$KV." + RecordsBucket + "." + fn + ".*"},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: lo,
+	})
+	if err != nil {
+		return nil, 0, err
 	}
-	return out, nil
+	pending := cons.CachedInfo().NumPending
+	var out []seqJob
+	read := 0
+	for uint64(read) < pending {
+		batch, err := cons.FetchNoWait(min(int(pending)-read, 256))
+		if err != nil {
+			return nil, read, err
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			read++
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			if md.Sequence.Stream > hi {
+				return out, read, nil
+			}
+			if op := m.Headers().Get("KV-Operation"); op != "" {
+				continue // a deleted or purged record
+			}
+			if j, err := decodeJob(m.Data()); err == nil {
+				out = append(out, seqJob{md.Sequence.Stream, j})
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, read, err
+		}
+		if got == 0 {
+			break
+		}
+	}
+	return out, read, nil
 }
 
 // Close stops taking jobs, lets running ones finish until ctx ends, then

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/store"
 )
 
@@ -56,10 +57,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, mod func(*Config)) *fixture {
 	t.Helper()
-	st, err := store.Open(context.Background(), store.Config{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := ebbtest.Store(t, store.Config{})
 	inv := &fakeInvoker{runs: map[string]int{}, fns: map[string]func(string, int, []byte) ([]byte, error){}}
 	cfg := Config{JetStream: st.JetStream(), Invoker: inv, RetryBase: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond,
 		OverloadDelay: 5 * time.Millisecond, AckWait: time.Second}
@@ -68,7 +66,6 @@ func newFixture(t *testing.T, mod func(*Config)) *fixture {
 	}
 	q, err := New(context.Background(), cfg)
 	if err != nil {
-		st.Close()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -77,7 +74,6 @@ func newFixture(t *testing.T, mod func(*Config)) *fixture {
 		if err := q.Close(ctx); err != nil {
 			t.Errorf("Close: %v", err)
 		}
-		st.Close()
 	})
 	return &fixture{t: t, q: q, inv: inv, st: st}
 }

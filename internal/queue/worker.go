@@ -251,6 +251,7 @@ func (q *Queue) putCtx(ctx context.Context, job *Job) error {
 func (q *Queue) jobFromHeaders(fn, id string, msg jetstream.Msg) *Job {
 	h := msg.Headers()
 	job := &Job{ID: id, Function: fn, Status: StatusQueued, Source: h.Get(hdrSource)}
+	job.Hops, _ = strconv.Atoi(h.Get(hdrHops))
 	job.EnqueuedAt, _ = time.Parse(time.RFC3339Nano, h.Get(hdrEnqueued))
 	if job.EnqueuedAt.IsZero() {
 		job.EnqueuedAt = q.cfg.Now().UTC()
@@ -362,7 +363,7 @@ func (q *Queue) finish(ctx context.Context, g *group, job *Job, msg jetstream.Ms
 func (q *Queue) deliver(ctx context.Context, job *Job) {
 	d := job.Destination
 	body, _ := json.Marshal(job)
-	if strings.HasPrefix(d.Target, "http://") || strings.HasPrefix(d.Target, "https://") {
+	if ebb.IsWebhook(d.Target) {
 		var last error
 		for attempt := 1; attempt <= q.cfg.WebhookAttempts; attempt++ {
 			d.Attempts = attempt
@@ -383,6 +384,17 @@ func (q *Queue) deliver(ctx context.Context, job *Job) {
 		q.log.Warn("webhook destination failed", "job", job.ID, "target", d.Target, "attempts", d.Attempts, "err", last)
 		return
 	}
+	if strings.Contains(d.Target, ":") {
+		// Neither a webhook nor a function: validation refuses these, so
+		// only an old record can hold one.
+		d.Error, d.At = "destination "+strconv.Quote(d.Target)+" is neither an http(s) URL nor a function", q.cfg.Now().UTC()
+		return
+	}
+	if job.Hops+1 > MaxHops {
+		d.Error, d.At = fmt.Sprintf("not delivered: the chain of destinations is %d hops long, the most allowed (a loop?)", MaxHops), q.cfg.Now().UTC()
+		q.log.Warn("destination chain too long; not delivered", "job", job.ID, "target", d.Target, "hops", job.Hops)
+		return
+	}
 	d.Attempts++
 	id := "d-" + job.ID
 	if len(id) > 128 {
@@ -390,7 +402,7 @@ func (q *Queue) deliver(ctx context.Context, job *Job) {
 	}
 	ectx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	if _, err := q.Enqueue(ectx, d.Target, id, body, EnqueueOptions{Source: "destination"}); err != nil {
+	if _, err := q.Enqueue(ectx, d.Target, id, body, EnqueueOptions{Source: "destination", Hops: job.Hops + 1}); err != nil {
 		d.Error, d.At = err.Error(), q.cfg.Now().UTC()
 		return
 	}

@@ -1,17 +1,17 @@
 package runtimeapi
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ebb-run/ebb"
+
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
 // echoBin is the aws-lambda-go test function, built once by TestMain.
@@ -22,46 +22,23 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "runtimeapi-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "make temp dir:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	echoBin = filepath.Join(dir, "echo")
 	// testdata/echo is its own module (see its go.mod), so it builds from
 	// inside its directory.
-	cmd := exec.Command("go", "build", "-o", echoBin, ".")
-	cmd.Dir = filepath.Join("testdata", "echo")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build echo function: %v\n%s", err, out)
+	dir, err := filepath.Abs(filepath.Join("testdata", "echo"))
+	if err == nil {
+		echoBin, err = ebbtest.BuildGo(ebbtest.Go{Pkg: ".", Dir: dir})
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build echo function: %v\n", err)
 		return 1
 	}
 	return m.Run()
 }
 
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // runtimeProc is a function process attached to a Server.
 type runtimeProc struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *ebbtest.Buffer
 	exited chan struct{} // closed once the process has been waited for
 }
 
@@ -87,7 +64,7 @@ func startServer(t testing.TB, cfg Config) *Server {
 // would: when the process exits, s fails with ebb.ErrCrashed.
 func startEcho(t testing.TB, s *Server, env ...string) *runtimeProc {
 	t.Helper()
-	p := &runtimeProc{out: &syncBuffer{}, exited: make(chan struct{})}
+	p := &runtimeProc{out: &ebbtest.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(echoBin)
 	p.cmd.Env = append([]string{
 		"AWS_LAMBDA_RUNTIME_API=" + s.Addr(),

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/store"
 )
 
@@ -132,11 +133,7 @@ func FuzzParse(f *testing.F) {
 // TestCatchUpOnce: a scheduler coming back after an hour down fires one
 // catch-up tick, records it, and waits for the next tick.
 func TestCatchUpOnce(t *testing.T) {
-	st, err := store.Open(context.Background(), store.Config{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := ebbtest.Store(t, store.Config{})
 	now := at("2026-03-01 10:02")
 	var mu sync.Mutex
 	var fired []time.Time

@@ -178,3 +178,33 @@ func (s *Store) DeleteBundle(ctx context.Context, digest string) error {
 	}
 	return nil
 }
+
+// BundleInfo describes one stored bundle.
+type BundleInfo struct {
+	Digest  string
+	Size    uint64
+	ModTime time.Time
+}
+
+// ListBundles returns every stored bundle; the garbage collector compares
+// them with the versions that are kept.
+func (s *Store) ListBundles(ctx context.Context) ([]BundleInfo, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	infos, err := s.bundles.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list bundles: %w", err)
+	}
+	out := make([]BundleInfo, 0, len(infos))
+	for _, in := range infos {
+		if in.Deleted || !validDigest(in.Name) {
+			continue
+		}
+		out = append(out, BundleInfo{Digest: in.Name, Size: in.Size, ModTime: in.ModTime})
+	}
+	return out, nil
+}
