@@ -100,7 +100,7 @@ func runServe(ctx context.Context, args []string) error {
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
-		Sandbox: sandbox.Config{Mode: *sandboxMode, UIDs: uids},
+		Sandbox:        sandbox.Config{Mode: *sandboxMode, UIDs: uids},
 		LogBufferBytes: int64(logBuffer), MaxUnpackedBytes: int64(maxUnpacked),
 		Async: platform.AsyncOptions{JobRetention: *jobRetention, MaxRecordBytes: int64(recordBytes), MaxQueuedBytes: int64(queuedBytes),
 			MaxBuckets: *maxBuckets, MaxBucketBytes: int64(bucketBytes), MaxObjectBytes: int64(objectBytes)},
