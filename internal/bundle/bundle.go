@@ -158,6 +158,12 @@ func Unpack(r io.Reader, dst string, lim Limits) error {
 	if err != nil {
 		return fmt.Errorf("make temp dir: %w", err)
 	}
+	// Readable by all, as the files in it: a sandboxed function reads its
+	// code as its own uid (its directory's parents keep others out).
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("make temp dir: %w", err)
+	}
 	if err := extract(r, tmp, lim); err != nil {
 		os.RemoveAll(tmp)
 		return err

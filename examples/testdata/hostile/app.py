@@ -73,6 +73,18 @@ def found(hits):
     return hits
 
 
+def open_mount_roots(data_dir):
+    opened = []
+    for line in open("/proc/self/mountinfo"):
+        root = line.split()[3]
+        for path in (root, data_dir, os.path.dirname(root)):
+            try:
+                opened.append((path, os.listdir(path)[:3]))
+            except OSError:
+                pass
+    return found([o for o in opened if o[0].startswith(data_dir) or o[0] == data_dir])
+
+
 def mount_cgroup():
     libc = ctypes.CDLL(None, use_errno=True)
     os.makedirs("/tmp/cg", exist_ok=True)
@@ -110,9 +122,9 @@ def handler(event, context):
         )
     attacks["victim env in /proc"] = attempt(lambda: found(scan_environ(event["victim_key"])))
     attacks["list data dir"] = attempt(lambda: os.listdir(event["data_dir"]))
-    attacks["data dir in mountinfo"] = attempt(
-        lambda: found([l for l in open("/proc/self/mountinfo") if event["data_dir"] in l])
-    )
+    # /proc/self/mountinfo names the host path each mount came from (as in
+    # any container); knowing a name must give no way in.
+    attacks["open host paths named in mountinfo"] = attempt(lambda: open_mount_roots(event["data_dir"]))
     attacks["write own code"] = attempt(lambda: write(os.path.abspath(__file__)))
     attacks["create file in code dir"] = attempt(lambda: write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "new.py")))
     attacks["write own cgroup limit"] = attempt(lambda: write(event["cgroup_limit_file"], str(4 << 30)))
