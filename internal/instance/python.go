@@ -33,10 +33,14 @@ type pythonLauncher struct {
 
 	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
 
-	// mu guards z, fallback, closed. The keeper takes it under its own
-	// lock (busy, retire): never call the keeper with it held.
-	mu       sync.Mutex
-	z        *zygote
+	// mu guards z, forks, fallback, closed. The keeper takes it under its
+	// own lock (busy, retire): never call the keeper with it held.
+	mu sync.Mutex
+	z  *zygote
+	// forks counts forks in progress from z (ensure to done): a zygote
+	// is not retired under a start that is forking from it, however long
+	// its build took.
+	forks    int
 	fallback string
 	closed   bool
 
@@ -108,10 +112,13 @@ func (py *pythonLauncher) startSpare(ctx context.Context) (forkedSpare, error) {
 // still run.
 func (py *pythonLauncher) busy(spareLive bool) bool {
 	py.mu.Lock()
-	z := py.z
+	z, forks := py.z, py.forks
 	py.mu.Unlock()
 	if z == nil {
 		return false
+	}
+	if forks > 0 {
+		return true
 	}
 	n := z.children()
 	if spareLive {
@@ -124,6 +131,11 @@ func (py *pythonLauncher) busy(spareLive bool) bool {
 // later start builds a new one. It returns the zygote's shutdown.
 func (py *pythonLauncher) retire() func() {
 	py.mu.Lock()
+	if py.forks > 0 {
+		// A start took the zygote after busy looked.
+		py.mu.Unlock()
+		return nil
+	}
 	z := py.z
 	py.z = nil
 	py.mu.Unlock()

@@ -71,6 +71,10 @@ func newBox(cfg *Config, fn *ebb.Function, codeDir string) (*box, error) {
 			if err := os.MkdirAll(m.src, 0o755); err != nil {
 				return nil, fmt.Errorf("sandbox function: %w", err)
 			}
+		} else if _, err := os.Stat(m.src); err != nil {
+			// Missing (no ONNX Runtime): the instance says so itself,
+			// as an init error, as it does unsandboxed.
+			continue
 		}
 		p, err := sb.Reach(m.src)
 		if err != nil {

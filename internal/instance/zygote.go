@@ -74,7 +74,8 @@ type zygote struct {
 }
 
 // ensure returns a live zygote, building one if needed; built is how long
-// that took, 0 when it was warm.
+// that took, 0 when it was warm. It counts a fork in progress (forks): the
+// caller calls forkDone when it has adopted its child or failed.
 func (py *pythonLauncher) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
 	if z, err := py.current(); z != nil || err != nil {
 		return z, 0, err
@@ -96,8 +97,15 @@ func (py *pythonLauncher) ensure(ctx context.Context) (z *zygote, built time.Dur
 		return nil, 0, fmt.Errorf("start zygote: %w", ebb.ErrClosed)
 	}
 	py.z = z
+	py.forks++
 	py.mu.Unlock()
 	return z, time.Since(t0), nil
+}
+
+func (py *pythonLauncher) forkDone() {
+	py.mu.Lock()
+	py.forks--
+	py.mu.Unlock()
 }
 
 // current is the live zygote, nil if none; errFallback once disabled.
@@ -116,6 +124,7 @@ func (py *pythonLauncher) current() (*zygote, error) {
 			py.s.cfg.Logger.Warn("zygote died; rebuilding it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "err", py.z.proc.Err())
 			py.z = nil
 		default:
+			py.forks++
 			return py.z, nil
 		}
 	}
@@ -255,6 +264,7 @@ func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Ins
 	if err != nil {
 		return nil, err
 	}
+	defer py.forkDone()
 	inst := s.newInstance(id)
 	inst.cold = ColdStart{Zygote: true, ZygoteBuild: built}
 	if err := attachRuntimeAPI(ctx, s, inst); err != nil {

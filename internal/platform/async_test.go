@@ -133,7 +133,9 @@ func TestAsyncInvokeEdge(t *testing.T) {
 }
 
 func TestAsyncRetriesDeadLettersAndRedrive(t *testing.T) {
-	e := start(t, "", fastRetries)
+	// Unsandboxed: the functions count attempts in a directory of the
+	// test's.
+	e := start(t, "", fastRetries, unsandboxed)
 	state := t.TempDir()
 	e.deploy(asyncFn(t, "flaky", "async: {max_retries: 2}\n"))
 	e.deploy(asyncFn(t, "crashy", "async: {max_retries: 1}\n"))

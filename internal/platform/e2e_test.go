@@ -14,7 +14,7 @@ import (
 )
 
 func TestExecScaleFromZeroAndBack(t *testing.T) {
-	e := start(t, "")
+	e := start(t, "", unsandboxed)
 	e.deploy(goFn(t, "hello", "idle_timeout: 300ms\nmemory: 128\nenv: {GREETING: hi}\n"))
 	if n := e.instances("hello"); n != 0 {
 		t.Fatalf("instances after deploy = %d, want 0 (scaled to zero)", n)
@@ -218,7 +218,7 @@ func TestMinInstancesWarm(t *testing.T) {
 }
 
 func TestTimeoutKillsInstance(t *testing.T) {
-	e := start(t, "")
+	e := start(t, "", unsandboxed)
 	e.deploy(goFn(t, "sleepy", "timeout: 200ms\n"))
 	_, body, _ := e.invoke("sleepy", `{}`)
 	pid := int(decode(t, body)["pid"].(float64))

@@ -19,6 +19,7 @@ import (
 	"github.com/ebb-run/ebb/internal/client"
 	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/h1"
+	"github.com/ebb-run/ebb/internal/sandbox"
 )
 
 const python = "/usr/bin/python3"
@@ -37,6 +38,12 @@ type env struct {
 }
 
 type envOpt func(*Config)
+
+// unsandboxed runs functions without the sandbox, for tests that watch an
+// instance's processes from the host by the pids the function reports: a
+// pid namespace gives those only inside. The sandbox's own behaviour is
+// tested through the same paths in sandbox_test.go and examples.
+func unsandboxed(c *Config) { c.Sandbox.Mode = sandbox.ModeOff }
 
 // start runs a platform on a fresh (or given) data dir until the test ends.
 func start(t testing.TB, dataDir string, opts ...envOpt) *env {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/sandbox"
 )
 
 // forkProbe reports what a forked instance inherited.
@@ -97,7 +98,7 @@ func memoryCgroup(s string) string {
 
 func TestZygoteForkedInstancesAreIsolated(t *testing.T) {
 	needPython(t)
-	e := start(t, "")
+	e := start(t, "", unsandboxed)
 	e.deploy(fnDir(t, "name: zfork\nruntime: python\nhandler: app.handler\nmax_instances: 4\npreload: [json]\n", map[string]string{"app.py": forkProbe}))
 	zs := waitSpare(t, e, "zfork")
 	zygoteCg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", zs.PID))
@@ -189,7 +190,7 @@ func TestZygoteMemoryLimitHolds(t *testing.T) {
 
 func TestZygoteDeathIsRebuilt(t *testing.T) {
 	needPython(t)
-	e := start(t, "")
+	e := start(t, "", unsandboxed)
 	e.deploy(fnDir(t, "name: zdie\nruntime: python\nhandler: app.handler\n", map[string]string{"app.py": forkProbe}))
 	zs := waitSpare(t, e, "zdie")
 	first := decode(t, mustInvoke(t, e, "zdie", `{}`))
@@ -206,6 +207,15 @@ func TestZygoteDeathIsRebuilt(t *testing.T) {
 	if st := zygoteOf(t, e, "zdie"); st == nil || st.PID == zs.PID || float64(st.PID) != m["ppid"] {
 		t.Errorf("zygote after rebuild = %+v, want a new one that forked %v", st, m["ppid"])
 	}
+}
+
+// freshParent is the parent a fresh interpreter sees: ebb, or in the
+// sandbox the init of its own pid namespace (pid 1).
+func freshParent(e *env) int {
+	if e.p.SandboxMode() == sandbox.ModeOn {
+		return 1
+	}
+	return os.Getpid()
 }
 
 func mustInvoke(t *testing.T, e *env, name, payload string) string {
@@ -248,7 +258,7 @@ func TestZygoteOptOut(t *testing.T) {
 	e := start(t, "")
 	e.deploy(fnDir(t, "name: zoff\nruntime: python\nhandler: app.handler\nzygote: false\n", map[string]string{"app.py": forkProbe}))
 	m := decode(t, mustInvoke(t, e, "zoff", `{}`))
-	if m["ppid"] != float64(os.Getpid()) || m["imported_in"] != m["pid"] {
+	if m["ppid"] != float64(freshParent(e)) || m["imported_in"] != m["pid"] {
 		t.Errorf("opted-out instance: ppid %v (ebb is %d), imported in %v; want a fresh interpreter", m["ppid"], os.Getpid(), m["imported_in"])
 	}
 	if zs := zygoteOf(t, e, "zoff"); zs != nil {
@@ -263,7 +273,7 @@ func TestZygoteWithThreadsFallsBack(t *testing.T) {
 	e.deploy(fnDir(t, "name: zthr\nruntime: python\nhandler: app.handler\npreload: [spawner]\n",
 		map[string]string{"app.py": forkProbe, "spawner.py": threads}))
 	m := decode(t, mustInvoke(t, e, "zthr", `{}`))
-	if m["ppid"] != float64(os.Getpid()) {
+	if m["ppid"] != float64(freshParent(e)) {
 		t.Errorf("instance parent %v, want ebb %d (a fresh spawn)", m["ppid"], os.Getpid())
 	}
 	zs := zygoteOf(t, e, "zthr")

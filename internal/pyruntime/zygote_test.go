@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/runtimeapi"
 )
 
@@ -26,7 +27,7 @@ type testZygote struct {
 	cmd      *exec.Cmd
 	root     string // the task directory
 	shimDir  string
-	stderr   *syncBuffer
+	stderr   *ebbtest.Buffer
 	mu       sync.Mutex // guards exits
 	exits    map[int]syscall.WaitStatus
 	children []int // namespace pids forked, killed at cleanup
@@ -66,7 +67,7 @@ func startZygote(tb testing.TB, files map[string]string, handler string, o zygot
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tz := &testZygote{root: root, shimDir: shimDir, stderr: &syncBuffer{}, exits: map[int]syscall.WaitStatus{}}
+	tz := &testZygote{root: root, shimDir: shimDir, stderr: &ebbtest.Buffer{}, exits: map[int]syscall.WaitStatus{}}
 	z, err := NewZygote(ours, func(pid int, ws syscall.WaitStatus) {
 		tz.mu.Lock()
 		tz.exits[pid] = ws
@@ -123,7 +124,7 @@ func startZygote(tb testing.TB, files map[string]string, handler string, o zygot
 type child struct {
 	srv            *runtimeapi.Server
 	pid            int // as the zygote sees it
-	stdout, stderr *syncBuffer
+	stdout, stderr *ebbtest.Buffer
 }
 
 type forkOpts struct {
@@ -146,7 +147,7 @@ func (tz *testZygote) fork(tb testing.TB, o forkOpts) *child {
 	for k, v := range o.env {
 		env[k] = v
 	}
-	c := &child{srv: srv, stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	c := &child{srv: srv, stdout: &ebbtest.Buffer{}, stderr: &ebbtest.Buffer{}}
 	outR, outW, _ := os.Pipe()
 	errR, errW, _ := os.Pipe()
 	go io.Copy(c.stdout, outR)
