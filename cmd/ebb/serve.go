@@ -37,8 +37,20 @@ func runServe(ctx context.Context, args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this (loopback) address, for profiling ebb itself")
 	onnxSpares := fs.Int("onnx-spares", 8, "onnx spare processes (ONNX Runtime started, model not yet loaded) kept for cold starts, node-wide; 0 for none")
 	instanceDir := fs.String("instance-dir", "", "where instances' working and scratch dirs live (default: a tmpfs under /dev/shm when there is one, else DATA/instances)")
+	readTimeout := fs.Duration("read-timeout", 30*time.Second, "longest gap between reads while a request's head or body arrives")
+	writeTimeout := fs.Duration("write-timeout", 60*time.Second, "longest a response may make no progress to its client (a proxied stream's instance slot is then freed)")
+	keepAlive := fs.Duration("keepalive-timeout", 75*time.Second, "how long an idle client connection is kept")
+	maxConns := fs.Int("max-conns", 10000, "most client connections at once; more are answered 503 at once")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	for name, d := range map[string]time.Duration{"--read-timeout": *readTimeout, "--write-timeout": *writeTimeout, "--keepalive-timeout": *keepAlive} {
+		if d <= 0 {
+			return fmt.Errorf("%s: must be a positive duration, got %s", name, d)
+		}
+	}
+	if *maxConns <= 0 {
+		return fmt.Errorf("--max-conns: must be positive, got %d", *maxConns)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -79,6 +91,7 @@ func runServe(ctx context.Context, args []string) error {
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
+		HTTP: h1.Config{ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout, KeepAliveTimeout: *keepAlive, MaxConns: *maxConns},
 	})
 	if err != nil {
 		ln.Close()
@@ -96,7 +109,7 @@ func runServe(ctx context.Context, args []string) error {
 		}
 		go http.ListenAndServe(*pprofAddr, nil) // the default mux, where net/http/pprof registers
 	}
-	srv := &h1.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second, Logger: log}
+	srv := p.Server()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("ebb serving", "addr", ln.Addr().String(), "data", dataDir, "auth", *requireAuth || !loopback, "cgroup", p.CgroupMode())
