@@ -52,8 +52,9 @@ var hopByHop = []string{"Connection", "Keep-Alive", "Transfer-Encoding", "Conten
 // Header cleans a function's response header in place: it removes the
 // hop-by-hop and framing fields (and those the Connection field names),
 // every Proxy-* field, and every field whose name is not a token or whose
-// value holds CR, LF, NUL or another control character. It returns the
-// fields of the last kind, for the caller to log.
+// value holds CR, LF, NUL or another control character (only the bad
+// values of a field with several go). It returns the fields of the last
+// kind, for the caller to log.
 func Header(h http.Header) []Drop {
 	for _, v := range h["Connection"] {
 		for _, f := range strings.Split(v, ",") {
@@ -76,12 +77,18 @@ func Header(h http.Header) []Drop {
 			delete(h, k)
 			continue
 		}
+		kept := vs[:0:0]
 		for _, v := range vs {
-			if !ValidValue(v) {
+			if ValidValue(v) {
+				kept = append(kept, v)
+			} else {
 				drops = append(drops, Drop{k, "control character in value"})
-				delete(h, k)
-				break
 			}
+		}
+		if len(kept) == 0 {
+			delete(h, k)
+		} else if len(kept) < len(vs) {
+			h[k] = kept
 		}
 	}
 	return drops
