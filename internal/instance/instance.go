@@ -290,7 +290,7 @@ func (s *Starter) spawn(ctx context.Context, id string, asSpare bool) (*Instance
 		inst.addr = "127.0.0.1:" + strconv.Itoa(port)
 		env = append(env, "PORT="+strconv.Itoa(port), "HOST=127.0.0.1", "EBB_SPAWN_NS="+strconv.FormatInt(time.Now().UnixNano(), 10))
 		inst.proxy = newProxy(inst.addr)
-		inst.up = &upstream{addr: inst.addr}
+		inst.up = &upstream{addr: inst.addr, log: inst.log}
 	}
 	proc, err := s.cfg.Processes.Start(ctx, process.Spec{
 		ID:         id,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/respguard"
 )
 
 // upstream forwards requests to an http instance over keep-alive
@@ -25,6 +27,7 @@ import (
 // Upgrades (WebSocket) still go through httputil.ReverseProxy.
 type upstream struct {
 	addr string
+	log  *slog.Logger // dropped response fields; nil: none
 
 	mu     sync.Mutex // guards idle and closed
 	idle   []*upConn  // LIFO: the most recently used connection is warmest
@@ -338,15 +341,27 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 	sent := time.Now()
 	u.awaitReply(c)
 	resp, err := http.ReadResponse(c.br, r)
+	for n := 0; err == nil && resp.StatusCode < 200 && resp.StatusCode != 101 && n < 8; n++ {
+		resp, err = http.ReadResponse(c.br, r) // informational (100 Continue, 103): the answer follows
+	}
 	if err != nil {
 		return &upstreamError{err: err}
 	}
 	u.observeReply(time.Since(sent))
 	defer resp.Body.Close()
+	// What the function may not send (framing, hop-by-hop, split attempts,
+	// a status that is not an answer) is dropped or refused; ebb frames.
+	if err := respguard.Status(resp.StatusCode); err != nil {
+		return err
+	}
+	u.dropped(r, respguard.Header(resp.Header))
+	u.dropped(r, respguard.Trailer(resp.Trailer))
 	wh := w.Header()
-	removeHop(resp.Header)
 	for k, v := range resp.Header {
 		wh[k] = v
+	}
+	if resp.ContentLength >= 0 {
+		wh["Content-Length"] = []string{itoa64(resp.ContentLength)}
 	}
 	announced := len(resp.Trailer) > 0
 	if announced {
@@ -388,6 +403,7 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 	if werr != nil {
 		return &upstreamError{err: werr, written: true}
 	}
+	u.dropped(r, respguard.Trailer(resp.Trailer))
 	for k, v := range resp.Trailer {
 		if announced {
 			wh[k] = v
@@ -401,6 +417,15 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 	}
 	u.put(c)
 	return nil
+}
+
+// dropped logs the response fields respguard removed.
+func (u *upstream) dropped(r *http.Request, drops []respguard.Drop) {
+	for _, d := range drops {
+		if u.log != nil {
+			u.log.Warn("dropped a function response header", "instance_addr", u.addr, "request_id", r.Header.Get("Ebb-Request-Id"), "field", d.Name, "reason", d.Reason)
+		}
+	}
 }
 
 // headWriter appends what http.Header.Write writes to a request head.
