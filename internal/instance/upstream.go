@@ -411,8 +411,10 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 			wh[http.TrailerPrefix+k] = v
 		}
 	}
-	if !stop() || resp.Close || r.Close {
-		c.c.Close() // complete, but the connection is done
+	if !stop() || resp.Close || r.Close || c.br.Buffered() > 0 {
+		// Complete, but the connection is done (bytes after the answer
+		// belong to no request: the next one must not read them).
+		c.c.Close()
 		return nil
 	}
 	u.put(c)
