@@ -159,6 +159,7 @@ func TestRefusedBodyIsAnsweredNotReset(t *testing.T) {
 		{"POST", "/2015-03-31/functions/f/invocations", 413},
 		{"POST", "/fn/f/x", 404},
 		{"POST", "/v2/models/f/infer", 404},
+		{"PUT", "/v1/functions/f", 400}, // not a tar.gz: refused at its first bytes
 	} {
 		t.Run(tt.path, func(t *testing.T) {
 			c := s.dial(t)
