@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -354,6 +355,7 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 	if err := respguard.Status(resp.StatusCode); err != nil {
 		return err
 	}
+	cl := resp.Header["Content-Length"] // as parsed and checked by ReadResponse
 	u.dropped(r, respguard.Header(resp.Header))
 	u.dropped(r, respguard.Trailer(resp.Trailer))
 	wh := w.Header()
@@ -361,7 +363,10 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 		wh[k] = v
 	}
 	if resp.ContentLength >= 0 {
-		wh["Content-Length"] = []string{itoa64(resp.ContentLength)}
+		if n, err := strconv.ParseInt(firstOr(cl), 10, 64); err != nil || n != resp.ContentLength || len(cl) != 1 {
+			cl = []string{itoa64(resp.ContentLength)}
+		}
+		wh["Content-Length"] = cl
 	}
 	announced := len(resp.Trailer) > 0
 	if announced {
@@ -419,6 +424,13 @@ func (u *upstream) send(ctx context.Context, c *upConn, w http.ResponseWriter, r
 	}
 	u.put(c)
 	return nil
+}
+
+func firstOr(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
 }
 
 // dropped logs the response fields respguard removed.

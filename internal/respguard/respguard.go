@@ -77,19 +77,27 @@ func Header(h http.Header) []Drop {
 			delete(h, k)
 			continue
 		}
-		kept := vs[:0:0]
+		bad := 0
+		for _, v := range vs {
+			if !ValidValue(v) {
+				bad++
+			}
+		}
+		if bad == 0 {
+			continue // the common case: nothing allocated
+		}
+		drops = append(drops, Drop{k, "control character in value"})
+		if bad == len(vs) {
+			delete(h, k)
+			continue
+		}
+		kept := make([]string, 0, len(vs)-bad)
 		for _, v := range vs {
 			if ValidValue(v) {
 				kept = append(kept, v)
-			} else {
-				drops = append(drops, Drop{k, "control character in value"})
 			}
 		}
-		if len(kept) == 0 {
-			delete(h, k)
-		} else if len(kept) < len(vs) {
-			h[k] = kept
-		}
+		h[k] = kept
 	}
 	return drops
 }
