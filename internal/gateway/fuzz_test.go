@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -169,5 +168,3 @@ func TestFunctionURLResponseSplitting(t *testing.T) {
 		}
 	}
 }
-
-var _ = errors.New

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -164,20 +163,20 @@ func TestWriteTimeoutAllowsSlowProgress(t *testing.T) {
 	client, server := net.Pipe()
 	defer client.Close()
 	defer server.Close()
-	cio := &connIO{Conn: server, headLeft: -1, writeGap: 300 * time.Millisecond}
+	cio := &connIO{Conn: server, headLeft: -1, writeGap: 500 * time.Millisecond}
 	go func() {
-		// 40 reads of 100 bytes, 20 ms apart: the whole write takes
-		// longer than the gap, no pause does.
+		// 60 reads of 100 bytes, 20 ms apart: the whole write takes
+		// longer than the gap, no pause comes near it.
 		buf := make([]byte, 100)
-		for range 40 {
+		for range 60 {
 			time.Sleep(20 * time.Millisecond)
 			if _, err := io.ReadFull(client, buf); err != nil {
 				return
 			}
 		}
 	}()
-	if n, err := cio.Write(make([]byte, 4000)); err != nil || n != 4000 {
-		t.Errorf("slow but steady write = %d, %v; want 4000, nil", n, err)
+	if n, err := cio.Write(make([]byte, 6000)); err != nil || n != 6000 {
+		t.Errorf("slow but steady write = %d, %v; want 6000, nil", n, err)
 	}
 }
 
@@ -299,5 +298,3 @@ func TestHandlerCannotSplitResponses(t *testing.T) {
 		t.Errorf("bytes after the second response: %q", rest)
 	}
 }
-
-var _ = errors.New
