@@ -12,7 +12,8 @@
 #   throughput at 32 conn: ebb / nginx                          goal >= 0.6
 #
 # Raw wrk output, logs and the summary go to bench/out/proxy-<time>/.
-# DURATION (default 10s) sets each measured run; BENCH_ENFORCE=1 makes a missed
+# DURATION (default 10s) sets each measured run; NGINX_WORKERS (default auto)
+# sets nginx's worker_processes (1 compares one nginx worker with ebb); BENCH_ENFORCE=1 makes a missed
 # goal exit with status 3. Any error response, socket error or failed check
 # fails the run: numbers from a broken setup are never printed as results.
 set -euo pipefail
@@ -21,6 +22,8 @@ BENCH_NAME=proxy.sh
 source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-10s}
+NGINX_WORKERS=${NGINX_WORKERS:-auto}
+[[ $NGINX_WORKERS == auto || $NGINX_WORKERS =~ ^[1-9][0-9]*$ ]] || die "NGINX_WORKERS must be auto or a positive number, got '$NGINX_WORKERS'"
 WARMUP=${WARMUP:-2s}
 FN=hello-http
 
@@ -46,7 +49,7 @@ mkdir -p "$ngx/tmp"
 cat >"$ngx/nginx.conf" <<EOF
 user root;
 daemon off;
-worker_processes auto;
+worker_processes $NGINX_WORKERS;
 pid $ngx/nginx.pid;
 error_log $ngx/error.log warn;
 events {
@@ -155,7 +158,7 @@ enforce_failed=0
 {
 	bench_header "Warm proxy overhead (bench/proxy.sh)"
 	echo "hello-http (GET / → \"hello\") on loopback, wrk $DURATION per row: 1 connection is \`-t1 -c1\`, 32 is \`-t2 -c32\`."
-	echo "nginx: keep-alive reverse proxy (upstream keepalive 64, HTTP/1.1), worker_processes auto. ebb: \`/fn/$FN/\`, min_instances 1, max_instances 1."
+	echo "nginx: keep-alive reverse proxy (upstream keepalive 64, HTTP/1.1), worker_processes $NGINX_WORKERS. ebb: \`/fn/$FN/\`, min_instances 1, max_instances 1."
 	echo
 	echo "| target | conns | p50 | p99 | req/s |"
 	echo "|---|---:|---:|---:|---:|"

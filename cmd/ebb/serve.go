@@ -51,6 +51,10 @@ func runServe(ctx context.Context, args []string) error {
 	recordBytes, queuedBytes := byteSize(256<<20), byteSize(1<<30)
 	fs.Var(&recordBytes, "max-job-records", "most bytes of job records (and, apart, of dead letters); the oldest go first")
 	fs.Var(&queuedBytes, "max-queued", "most bytes of queued async jobs; past it new ones get 429")
+	readTimeout := fs.Duration("read-timeout", 30*time.Second, "longest gap between reads while a request's head or body arrives")
+	writeTimeout := fs.Duration("write-timeout", 60*time.Second, "longest a response may make no progress to its client (a proxied stream's instance slot is then freed)")
+	keepAlive := fs.Duration("keepalive-timeout", 75*time.Second, "how long an idle client connection is kept")
+	maxConns := fs.Int("max-conns", 10000, "most client connections at once; more are answered 503 at once")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -60,6 +64,14 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	if *maxBuckets <= 0 {
 		return errors.New("--max-buckets must be at least 1")
+	}
+	for name, d := range map[string]time.Duration{"--read-timeout": *readTimeout, "--write-timeout": *writeTimeout, "--keepalive-timeout": *keepAlive} {
+		if d <= 0 {
+			return fmt.Errorf("%s: must be a positive duration, got %s", name, d)
+		}
+	}
+	if *maxConns <= 0 {
+		return fmt.Errorf("--max-conns: must be positive, got %d", *maxConns)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -104,6 +116,7 @@ func runServe(ctx context.Context, args []string) error {
 		LogBufferBytes: int64(logBuffer), MaxUnpackedBytes: int64(maxUnpacked),
 		Async: platform.AsyncOptions{JobRetention: *jobRetention, MaxRecordBytes: int64(recordBytes), MaxQueuedBytes: int64(queuedBytes),
 			MaxBuckets: *maxBuckets, MaxBucketBytes: int64(bucketBytes), MaxObjectBytes: int64(objectBytes)},
+		HTTP: h1.Config{ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout, KeepAliveTimeout: *keepAlive, MaxConns: *maxConns},
 	})
 	if err != nil {
 		ln.Close()
@@ -121,7 +134,7 @@ func runServe(ctx context.Context, args []string) error {
 		}
 		go http.ListenAndServe(*pprofAddr, nil) // the default mux, where net/http/pprof registers
 	}
-	srv := &h1.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second, Logger: log}
+	srv := p.Server()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("ebb serving", "addr", ln.Addr().String(), "data", dataDir, "auth", *requireAuth || !loopback, "cgroup", p.CgroupMode(), "sandbox", p.SandboxMode())

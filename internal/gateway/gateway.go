@@ -14,11 +14,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/respguard"
 )
 
 // Result is what the backend says about a finished invocation.
@@ -128,19 +130,9 @@ func readJSON(r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, ebb.ErrPayloadTooLarge
 	}
-	var body []byte
-	var err error
-	if r.ContentLength > 0 {
-		body = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(r.Body, body)
-	} else {
-		body, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
-		if int64(len(body)) > limit {
-			return nil, ebb.ErrPayloadTooLarge
-		}
-	}
+	body, err := readBody(r.Body, r.ContentLength, limit)
 	if err != nil {
-		return nil, &BadRequestError{"could not read the request body"}
+		return nil, err
 	}
 	if len(body) == 0 {
 		return []byte("{}"), nil
@@ -150,6 +142,89 @@ func readJSON(r *http.Request, limit int64) ([]byte, error) {
 	}
 	return body, nil
 }
+
+// firstBodyBuffer bounds the buffer a declared Content-Length sizes before
+// any of the body has arrived: a client that declares megabytes and sends
+// nothing costs no more than this.
+const firstBodyBuffer = 64 << 10
+
+// readBody reads a body of at most limit bytes into a buffer that grows
+// with what arrives; more than limit is ebb.ErrPayloadTooLarge, and the rest
+// is left unread (the server answers and closes). declared (-1: unknown)
+// sizes only the first buffer.
+func readBody(body io.Reader, declared, limit int64) ([]byte, error) {
+	if body == nil || body == http.NoBody {
+		return nil, nil
+	}
+	size := int64(512)
+	if declared > 0 {
+		size = min(declared, firstBodyBuffer, limit+1)
+	}
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) == declared {
+				// Full at the declared length: the end is expected now,
+				// and growing would double the buffer for nothing.
+				var probe [1]byte
+				n, err := body.Read(probe[:])
+				if n == 0 && err == io.EOF {
+					return buf, nil
+				}
+				if err != nil && err != io.EOF {
+					return nil, readError(err)
+				}
+				buf = append(buf, probe[:n]...)
+			} else {
+				buf = append(buf, 0)[:len(buf)]
+			}
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return nil, ebb.ErrPayloadTooLarge
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, readError(err)
+		}
+	}
+}
+
+func readError(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return ebb.ErrPayloadTooLarge
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &BadRequestError{"the request body stopped arriving (read timeout)"}
+	}
+	return &BadRequestError{"could not read the request body"}
+}
+
+// BodyError is a failure reading the client's request body while it was
+// passed on to a function (it stopped arriving, was malformed or too
+// large): the client's doing, not the function's. It does not unwrap: a
+// timeout reading the client must not read as the function timing out.
+type BodyError struct{ Err error }
+
+func (e *BodyError) Error() string { return "read request body: " + e.Err.Error() }
+
+// clientBody marks the errors of a request body it reads as *BodyError.
+type clientBody struct{ r io.ReadCloser }
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &BodyError{err}
+	}
+	return n, err
+}
+
+func (b *clientBody) Close() error { return b.r.Close() }
 
 // BadRequestError is a request the client must fix; its message is for them.
 type BadRequestError struct{ Msg string }
@@ -227,6 +302,11 @@ func Classify(err error) (status int, body errorBody, kind string) {
 	var ie *ebb.InitError
 	var br *BadRequestError
 	var mbe *http.MaxBytesError
+	var se *respguard.StatusError
+	var be *BodyError
+	if errors.As(err, &be) {
+		err = readError(be.Err)
+	}
 	switch {
 	case errors.As(err, &he):
 		return http.StatusInternalServerError, errorBody{he.Type, he.Message}, "handler"
@@ -234,6 +314,8 @@ func Classify(err error) (status int, body errorBody, kind string) {
 		return http.StatusBadGateway, errorBody{ie.Type, ie.Message}, "init"
 	case errors.As(err, &br):
 		return http.StatusBadRequest, errorBody{"InvalidRequestContent", br.Msg}, "bad_request"
+	case errors.As(err, &se):
+		return http.StatusBadGateway, errorBody{"Runtime.InvalidResponse", se.Error()}, "invalid_response"
 	case errors.Is(err, ebb.ErrNotFound):
 		return http.StatusNotFound, errorBody{"ResourceNotFound", "function not found"}, "not_found"
 	case errors.Is(err, ebb.ErrPayloadTooLarge), errors.As(err, &mbe):
@@ -254,8 +336,11 @@ func Classify(err error) (status int, body errorBody, kind string) {
 
 func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, name string, err error) {
 	status, body, kind := Classify(err)
-	if kind == "internal" {
+	switch kind {
+	case "internal":
 		g.cfg.Logger.Error("invoke failed", "function", name, "err", err)
+	case "invalid_response":
+		g.cfg.Logger.Warn("function response refused", "function", name, "err", err)
 	}
 	if status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")

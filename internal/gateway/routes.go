@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/respguard"
 )
 
 // lambdaInvoke serves the Lambda Invoke API, so that AWS SDKs and the AWS CLI
@@ -148,6 +148,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, name, path, rid 
 	if r.ContentLength < 0 {
 		r.Body = http.MaxBytesReader(w, r.Body, g.cfg.MaxSyncPayload)
 	}
+	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		r.Body = &clientBody{r.Body}
+	}
 	// The request is ours to rewrite: the proxy copies it for the instance.
 	r.URL.Path = path
 	r.URL.RawPath = ""
@@ -258,15 +261,27 @@ func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid str
 			return
 		}
 	}
+	if err := respguard.Status(resp.StatusCode); err != nil {
+		g.writeError(w, r, name, err)
+		return
+	}
+	// The function's fields, less what could frame or split the response:
+	// ebb frames it (Content-Length of the decoded body).
+	fh := make(http.Header, len(resp.Headers)+1)
 	for k, v := range resp.Headers {
-		w.Header().Set(k, v)
+		fh.Set(k, v)
 	}
 	for _, c := range resp.Cookies {
-		w.Header().Add("Set-Cookie", c)
+		fh.Add("Set-Cookie", c)
 	}
-	if resp.StatusCode < 100 || resp.StatusCode > 599 {
-		resp.StatusCode = http.StatusBadGateway
+	for _, d := range respguard.Header(fh) {
+		g.cfg.Logger.Warn("dropped a function response header", "function", name, "request_id", rid, "field", d.Name, "reason", d.Reason)
 	}
+	wh := w.Header()
+	for k, v := range fh {
+		wh[k] = v
+	}
+	wh["Content-Length"] = []string{strconv.Itoa(len(out))}
 	w.WriteHeader(resp.StatusCode)
 	w.Write(out)
 }
@@ -275,14 +290,7 @@ func readAllLimit(r *http.Request, max int64) ([]byte, error) {
 	if r.ContentLength > max {
 		return nil, ebb.ErrPayloadTooLarge
 	}
-	buf, err := io.ReadAll(io.LimitReader(r.Body, max+1))
-	if err != nil {
-		return nil, &BadRequestError{"could not read the request body"}
-	}
-	if int64(len(buf)) > max {
-		return nil, ebb.ErrPayloadTooLarge
-	}
-	return buf, nil
+	return readBody(r.Body, r.ContentLength, max)
 }
 
 func clientIP(r *http.Request) string {

@@ -23,13 +23,14 @@ func FuzzConn(f *testing.F) {
 		if len(b)%2 == 0 {
 			w.(http.Flusher).Flush()
 		}
-	}), ReadHeaderTimeout: 20 * time.Millisecond, IdleTimeout: 20 * time.Millisecond}
+	}), Config: Config{ReadHeaderTimeout: 20 * time.Millisecond, KeepAliveTimeout: 20 * time.Millisecond,
+		ReadTimeout: 100 * time.Millisecond, LingerTimeout: 100 * time.Millisecond}}
 	s.mu.Lock()
 	s.init()
 	s.mu.Unlock()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		client, server := net.Pipe()
-		cn := &conn{s: s, c: server}
+		cn := newConn(s, server)
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
 		s.wg.Add(1)

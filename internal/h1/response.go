@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ebb-run/ebb/internal/respguard"
 )
 
 // bufferBeforeHeader is how much of a body is held back before the header is
@@ -33,6 +35,9 @@ type response struct {
 	buf           []byte
 	closeAfter    bool
 	hijacked      bool
+
+	body   requestBody     // the request's body, as the handler reads it
+	expect *expectContinue // set when the client asked for 100-continue
 }
 
 func (w *response) Header() http.Header { return w.header }
@@ -114,6 +119,29 @@ func (w *response) writeBody(p []byte) (int, error) {
 // so a buffered body's length is its whole length.
 func (w *response) writeHeader(final bool) {
 	h := w.header
+	// The framing is the server's: a handler's Transfer-Encoding would
+	// contradict the Content-Length or chunking chosen here.
+	delete(h, "Transfer-Encoding")
+	if c, ok := h["Connection"]; ok && hasToken(c, "close") {
+		w.closeAfter = true
+	}
+	if list, ok := h["Trailer"]; ok {
+		if names := trailerNames(list); names != nil {
+			h["Trailer"] = names
+		} else {
+			delete(h, "Trailer")
+		}
+	}
+	if w.status == http.StatusSwitchingProtocols {
+		// Without a hijack there is no protocol to switch to: the
+		// connection carries nothing after this answer.
+		w.closeAfter = true
+	}
+	if final && w.body.pending() && (w.body.large() || w.expect != nil && !w.expect.sent) {
+		// The handler refused (left) a body that will not be read to
+		// keep the connection: say so, the connection lingers and closes.
+		w.closeAfter = true
+	}
 	if w.noBody {
 		if w.req.Method == http.MethodHead && final && w.contentLength < 0 && len(w.buf) > 0 {
 			h["Content-Length"] = []string{strconv.Itoa(len(w.buf))}
@@ -220,23 +248,61 @@ func (w *response) finish() error {
 	return w.bw.Flush()
 }
 
+// writeTrailers writes the declared and TrailerPrefix trailers. A field
+// that is not a valid trailer (a bad name, a control character in a value,
+// or one that frames or routes the message) is left out and logged: none
+// can end the message early or write past it.
 func (w *response) writeTrailers() {
-	declared := w.header["Trailer"]
-	for _, list := range declared {
+	t := http.Header{}
+	for _, list := range w.header["Trailer"] {
 		for _, k := range strings.Split(list, ",") {
 			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
-			for _, v := range w.header[k] {
-				w.bw.WriteString(k + ": " + v + "\r\n")
+			if vs := w.header[k]; len(vs) > 0 {
+				t[k] = vs
 			}
 		}
 	}
 	for k, vs := range w.header {
 		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			for _, v := range vs {
-				w.bw.WriteString(name + ": " + v + "\r\n")
+			t[name] = vs
+		}
+	}
+	for _, d := range respguard.Trailer(t) {
+		w.conn.s.Logger.Warn("dropped a response trailer", "field", d.Name, "reason", d.Reason, "path", w.req.URL.Path)
+	}
+	for k, vs := range t {
+		for _, v := range vs {
+			w.bw.WriteString(k + ": " + v + "\r\n")
+		}
+	}
+}
+
+// trailerNames keeps, of a Trailer field, the names that may be trailers.
+func trailerNames(list []string) []string {
+	var keep []string
+	for _, v := range list {
+		for _, k := range strings.Split(v, ",") {
+			if k = strings.TrimSpace(k); respguard.TrailerName(k) {
+				keep = append(keep, http.CanonicalHeaderKey(k))
 			}
 		}
 	}
+	if len(keep) == 0 {
+		return nil
+	}
+	return []string{strings.Join(keep, ", ")}
+}
+
+// hasToken says whether a comma-separated field holds token (any case).
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for _, f := range strings.Split(v, ",") {
+			if asciiEqualFold(strings.TrimSpace(f), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Hijack hands the connection to the handler (protocol upgrades).
@@ -248,7 +314,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, errors.New("h1: hijack after the response header was written")
 	}
 	w.hijacked = true
-	w.conn.c.SetDeadline(time.Time{})
+	w.conn.io.unlimited()
 	return w.conn.c, bufio.NewReadWriter(w.br, w.bw), nil
 }
 

@@ -79,7 +79,7 @@ func spawnHTTP(ctx context.Context, s *Starter, id string, argv []string, prepar
 		return nil, nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	inst.up = upstream.New(upstream.Config{Addr: addr, Dial: dial})
+	inst.up = upstream.New(upstream.Config{Addr: addr, Dial: dial, Logger: s.cfg.Logger})
 	inst.onExit(func(error) {
 		inst.up.Close()
 		freePort(port)

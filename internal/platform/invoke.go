@@ -12,6 +12,7 @@ import (
 	"github.com/ebb-run/ebb/internal/dispatch"
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/instance"
+	"github.com/ebb-run/ebb/internal/respguard"
 )
 
 // maxVersionRetries bounds how often a request follows a redeploy: a request
@@ -122,6 +123,10 @@ func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.Res
 			default:
 				lease.Release()
 			}
+		case errors.As(err, new(*gateway.BodyError)), errors.As(err, new(*respguard.StatusError)):
+			// The client's body failed, or the function's answer was
+			// refused: the instance is fine, its connection was closed.
+			lease.Release()
 		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 			inst.Kill()
 			lease.Discard("timeout")

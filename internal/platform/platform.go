@@ -28,6 +28,7 @@ import (
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/dispatch"
 	"github.com/ebb-run/ebb/internal/gateway"
+	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/metrics"
@@ -78,7 +79,10 @@ type Config struct {
 	// defaults to auto, its ViewDir to one derived from DataDir).
 	Sandbox sandbox.Config
 	// Async tunes asynchronous invocations, schedules and events.
-	Async  AsyncOptions
+	Async AsyncOptions
+	// HTTP bounds what clients can hold of the edge: read, write and
+	// keep-alive timeouts, the connection limit (see h1.Config).
+	HTTP   h1.Config
 	Logger *slog.Logger
 	// InvocationLog, when set, receives the log lines of warm successful
 	// invocations directly (the same JSON shape as Logger's lines, written
@@ -116,6 +120,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CgroupMode == "" {
 		c.CgroupMode = "auto"
+	}
+	if c.HTTP.Logger == nil {
+		c.HTTP.Logger = c.Logger
+	}
+	if err := c.HTTP.Validate(); err != nil {
+		return fmt.Errorf("platform config: %w", err)
 	}
 	return nil
 }
@@ -391,6 +401,10 @@ func recoverer(next http.Handler, log *slog.Logger) http.Handler {
 
 // Handler serves ebb's whole HTTP API.
 func (p *Platform) Handler() http.Handler { return p.handler }
+
+// Server returns the HTTP/1.1 server for Handler, with the edge's timeouts
+// and limits (Config.HTTP).
+func (p *Platform) Server() *h1.Server { return &h1.Server{Handler: p.handler, Config: p.cfg.HTTP} }
 
 // CgroupMode says how memory limits are enforced ("v2", "v1" or "none").
 func (p *Platform) CgroupMode() string { return p.procs.CgroupMode() }

@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/respguard"
 )
 
 // Config says where a Client's instance is.
@@ -30,6 +33,9 @@ type Config struct {
 	Addr string
 	// Dial opens one connection to the instance; nil means TCP to Addr.
 	Dial func(ctx context.Context) (net.Conn, error)
+	// Logger hears of response fields dropped from what the instance
+	// answered (respguard); nil: nobody.
+	Logger *slog.Logger
 }
 
 // Client forwards requests to one instance over keep-alive connections, on
@@ -42,6 +48,7 @@ type Client struct {
 	addr  string
 	dial  func(ctx context.Context) (net.Conn, error)
 	proxy *httputil.ReverseProxy // for protocol upgrades
+	log   *slog.Logger           // dropped response fields; nil: none
 
 	mu     sync.Mutex // guards idle and closed
 	idle   []*upConn  // LIFO: the most recently used connection is warmest
@@ -73,7 +80,7 @@ func New(cfg Config) *Client {
 		addr := cfg.Addr
 		dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	return &Client{addr: cfg.Addr, dial: dial, proxy: newProxy(cfg.Addr, dial)}
+	return &Client{addr: cfg.Addr, dial: dial, proxy: newProxy(cfg.Addr, dial), log: cfg.Logger}
 }
 
 // Dial opens a connection to the instance, as the Client does: for a
@@ -375,15 +382,31 @@ func (u *Client) send(ctx context.Context, c *upConn, w http.ResponseWriter, r *
 	sent := time.Now()
 	u.awaitReply(c)
 	resp, err := http.ReadResponse(c.br, r)
+	for n := 0; err == nil && resp.StatusCode < 200 && resp.StatusCode != 101 && n < 8; n++ {
+		resp, err = http.ReadResponse(c.br, r) // informational (100 Continue, 103): the answer follows
+	}
 	if err != nil {
 		return &upstreamError{err: err}
 	}
 	u.observeReply(time.Since(sent))
 	defer resp.Body.Close()
+	// What the function may not send (framing, hop-by-hop, split attempts,
+	// a status that is not an answer) is dropped or refused; ebb frames.
+	if err := respguard.Status(resp.StatusCode); err != nil {
+		return err
+	}
+	cl := resp.Header["Content-Length"] // as parsed and checked by ReadResponse
+	u.dropped(r, respguard.Header(resp.Header))
+	u.dropped(r, respguard.Trailer(resp.Trailer))
 	wh := w.Header()
-	removeHop(resp.Header)
 	for k, v := range resp.Header {
 		wh[k] = v
+	}
+	if resp.ContentLength >= 0 {
+		if n, err := strconv.ParseInt(firstOr(cl), 10, 64); err != nil || n != resp.ContentLength || len(cl) != 1 {
+			cl = []string{itoa64(resp.ContentLength)}
+		}
+		wh["Content-Length"] = cl
 	}
 	announced := len(resp.Trailer) > 0
 	if announced {
@@ -425,6 +448,7 @@ func (u *Client) send(ctx context.Context, c *upConn, w http.ResponseWriter, r *
 	if werr != nil {
 		return &upstreamError{err: werr, written: true}
 	}
+	u.dropped(r, respguard.Trailer(resp.Trailer))
 	for k, v := range resp.Trailer {
 		if announced {
 			wh[k] = v
@@ -432,12 +456,30 @@ func (u *Client) send(ctx context.Context, c *upConn, w http.ResponseWriter, r *
 			wh[http.TrailerPrefix+k] = v
 		}
 	}
-	if !stop() || resp.Close || r.Close {
-		c.c.Close() // complete, but the connection is done
+	if !stop() || resp.Close || r.Close || c.br.Buffered() > 0 {
+		// Complete, but the connection is done (bytes after the answer
+		// belong to no request: the next one must not read them).
+		c.c.Close()
 		return nil
 	}
 	u.put(c)
 	return nil
+}
+
+func firstOr(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
+}
+
+// dropped logs the response fields respguard removed.
+func (u *Client) dropped(r *http.Request, drops []respguard.Drop) {
+	for _, d := range drops {
+		if u.log != nil {
+			u.log.Warn("dropped a function response header", "instance_addr", u.addr, "request_id", r.Header.Get("Ebb-Request-Id"), "field", d.Name, "reason", d.Reason)
+		}
+	}
 }
 
 // headWriter appends what http.Header.Write writes to a request head.

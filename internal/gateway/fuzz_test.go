@@ -1,0 +1,170 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/h1"
+)
+
+// resultBackend answers every invocation of "real" with a plain 200 REAL and
+// every other with the bytes in next: a python or exec function's result.
+type resultBackend struct{ next atomic.Pointer[[]byte] }
+
+func (b *resultBackend) Invoke(ctx context.Context, name, rid string, payload []byte) (*Result, error) {
+	if name == "real" {
+		return &Result{Body: []byte(`{"statusCode":200,"body":"REAL"}`)}, nil
+	}
+	return &Result{Body: *b.next.Load()}, nil
+}
+
+func (b *resultBackend) Proxy(context.Context, string, string, http.ResponseWriter, *http.Request, func(bool, int)) error {
+	return ebb.ErrNotFound
+}
+
+func (b *resultBackend) Runtime(string) (ebb.Runtime, error) { return ebb.RuntimePython, nil }
+
+// serveGateway runs the gateway behind ebb's HTTP server on loopback.
+func serveGateway(t testing.TB, b Backend) string {
+	g, err := New(Config{Backend: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	g.Register(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &h1.Server{Handler: mux}
+	go s.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	return ln.Addr().String()
+}
+
+// checkOneResponseEach sends first and then a request for /fn/real/ on one
+// connection, and reads the bytes back the way a front proxy reads them
+// (net/http's client reader: Transfer-Encoding wins over Content-Length). The
+// first must be exactly one well-formed response, then comes REAL, then
+// nothing: no function result can add a byte outside its response.
+func checkOneResponseEach(t *testing.T, addr, method string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, method+" /fn/f/x HTTP/1.1\r\nHost: x\r\n\r\nGET /fn/real/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	out, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read the answers: %v (got %q)", err, out)
+	}
+	head, _, ok := bytes.Cut(out, []byte("\r\n\r\n"))
+	if !ok {
+		t.Fatalf("no response head in %q", out)
+	}
+	lower := strings.ToLower(string(head))
+	if strings.Contains(lower, "\r\ncontent-length:") && strings.Contains(lower, "\r\ntransfer-encoding:") {
+		t.Fatalf("response with both Content-Length and Transfer-Encoding: %q", head)
+	}
+	br := bufio.NewReader(bytes.NewReader(out))
+	r1, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("first response: %v in %q", err, out)
+	}
+	b1, err := io.ReadAll(r1.Body)
+	if err != nil {
+		t.Fatalf("first response body: %v in %q", err, out)
+	}
+	if r1.StatusCode < 200 || r1.StatusCode > 599 {
+		t.Fatalf("first response status %d", r1.StatusCode)
+	}
+	r2, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("second response: %v; all bytes: %q", err, out)
+	}
+	b2, err := io.ReadAll(r2.Body)
+	if err != nil || r2.StatusCode != 200 || string(b2) != "REAL" {
+		t.Fatalf("second response %d %q %v, want 200 REAL; all bytes: %q", r2.StatusCode, b2, err, out)
+	}
+	if rest, _ := io.ReadAll(br); len(rest) > 0 {
+		t.Fatalf("bytes after the responses: %q", rest)
+	}
+	return r1, b1
+}
+
+// FuzzFunctionURLResult feeds arbitrary function URL results (a python or
+// exec function's {statusCode, headers, body, cookies}) through the
+// gateway and ebb's HTTP server.
+func FuzzFunctionURLResult(f *testing.F) {
+	f.Add([]byte(nil), 200, "Transfer-Encoding", "chunked", "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!", "", false, false)
+	f.Add([]byte(nil), 200, "Content-Length", "0", "HTTP/1.1 200 OK\r\n\r\n", "a=b", false, true)
+
+	f.Add([]byte(nil), 101, "Upgrade", "websocket", "", "", false, false)
+	f.Add([]byte(nil), 200, "X-A", "b\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK", "", "x", false, false)
+	f.Add([]byte(nil), 204, "Trailer", "X-T", "body", "c=d\r\nX: y", false, false)
+	f.Add([]byte(nil), 200, "X-B\r\nX-C", "1", "aGVsbG8=", "", true, false)
+	f.Add([]byte(`{"statusCode":200,"headers":{"connection":"keep-alive, x-h","x-h":"1","te":"trailers"},"body":"ok"}`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`[1,2]`), 0, "", "", "", "", false, false)
+
+	f.Add([]byte(`{"statusCode":99}`), 0, "", "", "", "", false, false)
+	backend := &resultBackend{}
+	addr := serveGateway(f, backend)
+	f.Fuzz(func(t *testing.T, raw []byte, status int, hk, hv, body, cookie string, b64, head bool) {
+		res := raw
+		if len(raw) == 0 {
+			res, _ = json.Marshal(map[string]any{"statusCode": status, "headers": map[string]string{hk: hv},
+				"body": body, "cookies": []string{cookie}, "isBase64Encoded": b64})
+		}
+		backend.next.Store(&res)
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		checkOneResponseEach(t, addr, method)
+	})
+}
+
+// TestFunctionURLResponseSplitting is issue 10's attempt: a handler that
+// frames its own body as chunked with a second response inside.
+func TestFunctionURLResponseSplitting(t *testing.T) {
+	backend := &resultBackend{}
+	res := []byte(`{"statusCode":200,"headers":{"Transfer-Encoding":"chunked","X-Bad":"a\r\nSet-Cookie: s=1","X-Ok":"yes"},"body":"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"}`)
+	backend.next.Store(&res)
+	r1, b1 := checkOneResponseEach(t, serveGateway(t, backend), "GET")
+	if want := "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"; string(b1) != want {
+		t.Errorf("first body %q, want the function's bytes as the body, %q", b1, want)
+	}
+	if r1.Header.Get("X-Ok") != "yes" || r1.Header.Get("X-Bad") != "" || r1.Header.Get("Set-Cookie") != "" {
+		t.Errorf("first header %v: want X-Ok kept and X-Bad dropped", r1.Header)
+	}
+	for _, tt := range []struct {
+		res  string
+		want int
+	}{{`{"statusCode":101}`, 502}, {`{"statusCode":103}`, 502}, {`{"statusCode":600}`, 502}, {`{"statusCode":201}`, 201}} {
+		b := []byte(tt.res)
+		backend.next.Store(&b)
+		r, body := checkOneResponseEach(t, serveGateway(t, backend), "GET")
+		if r.StatusCode != tt.want {
+			t.Errorf("%s: got %d %s, want %d", tt.res, r.StatusCode, body, tt.want)
+		}
+		if tt.want == 502 && !strings.Contains(string(body), "status") {
+			t.Errorf("%s: 502 body %s does not name the problem", tt.res, body)
+		}
+	}
+}
