@@ -143,7 +143,7 @@ func FuzzUpstreamResponse(f *testing.F) {
 	}
 	var next atomic.Pointer[[]byte]
 	u := New(Config{Addr: rawBackend(f, &next)})
-	f.Cleanup(u.close)
+	f.Cleanup(u.Close)
 	addr := serveProxy(f, u)
 	f.Fuzz(func(t *testing.T, raw []byte, head bool) {
 		next.Store(&raw)
@@ -160,7 +160,7 @@ func FuzzUpstreamResponse(f *testing.F) {
 func TestUpstreamCannotSplitResponses(t *testing.T) {
 	var next atomic.Pointer[[]byte]
 	u := New(Config{Addr: rawBackend(t, &next)})
-	t.Cleanup(u.close)
+	t.Cleanup(u.Close)
 	addr := serveProxy(t, u)
 	for _, tt := range []struct {
 		name, raw  string
