@@ -42,7 +42,7 @@ func (l *execLauncher) close() {
 func (l *execLauncher) start(ctx context.Context, id string) (*Instance, error) {
 	var inst *Instance
 	if l.spares != nil {
-		defer l.spares.refill()
+		defer l.spares.refillSoon()
 		if sp, ok := l.spares.take(id); ok {
 			inst = sp.inst
 		}

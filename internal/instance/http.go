@@ -40,7 +40,7 @@ func (l *httpLauncher) close() {
 func (l *httpLauncher) start(ctx context.Context, id string) (*Instance, error) {
 	var inst *Instance
 	if l.spares != nil {
-		defer l.spares.refill()
+		defer l.spares.refillSoon()
 		if sp, ok := l.spares.take(id); ok {
 			inst = sp.inst
 		}
@@ -101,9 +101,11 @@ func spawnHTTP(ctx context.Context, s *Starter, id string, argv []string, prepar
 
 // waitListening waits until the instance accepts connections on its port,
 // or says so on announced (nil unless the runtime ships with ebb). Polls
-// fast at first: a small Go server is up in a few milliseconds.
+// every 250 µs for the first 100 ms (a small server is up in a few
+// milliseconds, and a refused connect costs microseconds), then backs off.
 func (i *Instance) waitListening(ctx context.Context, announced <-chan struct{}) error {
-	delay := 200 * time.Microsecond
+	delay := 250 * time.Microsecond
+	fastUntil := time.Now().Add(100 * time.Millisecond)
 	for {
 		c, err := i.up.Dial(ctx)
 		if err == nil {
@@ -119,7 +121,9 @@ func (i *Instance) waitListening(ctx context.Context, announced <-chan struct{})
 			return &ebb.InitError{Type: "Runtime.InitTimeout", Message: "the instance did not listen on $PORT in time"}
 		case <-time.After(delay):
 		}
-		delay = min(delay*2, 10*time.Millisecond)
+		if time.Now().After(fastUntil) {
+			delay = min(delay*2, 10*time.Millisecond)
+		}
 	}
 }
 

@@ -92,6 +92,22 @@ func (k *keeper[T]) refill() {
 	}
 }
 
+// refillDelay is how long after a start took (or looked for) the spare the
+// next one is made: making it (a fork and a warmup call, bwrap's set-up,
+// ONNX Runtime's start) costs milliseconds of CPU that would otherwise
+// compete with the cold start it follows, on the request's path.
+const refillDelay = 25 * time.Millisecond
+
+// refillSoon is refill after refillDelay, for a start that took the spare.
+func (k *keeper[T]) refillSoon() {
+	k.mu.Lock()
+	closed := k.closed
+	k.mu.Unlock()
+	if !closed {
+		time.AfterFunc(refillDelay, k.refill) // refill checks closed again
+	}
+}
+
 // run owns the spare: it makes one when kicked and lets it go when no start
 // has wanted one for the keep-alive, until stop is closed, which also
 // cancels a start in progress.

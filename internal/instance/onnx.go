@@ -92,7 +92,7 @@ func (l *onnxLauncher) close()   { l.spares.close() }
 // loads the model and listens), else spawns a process as usual. Either way
 // a new spare is made for the next cold start.
 func (l *onnxLauncher) start(ctx context.Context, id string) (*Instance, error) {
-	defer l.spares.refill()
+	defer l.spares.refillSoon()
 	sp, ok := l.spares.take(id)
 	if !ok {
 		return l.spawn(ctx, id)

@@ -162,7 +162,7 @@ func (py *pythonLauncher) forkOrTake(ctx context.Context, id string) (*Instance,
 	if py.disabled() {
 		return nil, errFallback
 	}
-	defer py.spares.refill()
+	defer py.spares.refillSoon()
 	if sp, ok := py.spares.take(id); ok {
 		return sp.inst, nil
 	}
@@ -247,10 +247,31 @@ func (s *Starter) Zygote() *ZygoteStatus {
 	return s.python.status()
 }
 
-// warmupEnv is what primes a python instance that starts ahead of need (a
-// spare, a fresh interpreter) with the manifest's warmup event: the shim
-// runs the handler once with it before its first poll, and the lines that
-// prints are tagged "warmup".
+// prime runs the manifest's warmup event through a spare's Runtime API, as
+// a request would come, and drops the answer: the first call in a freshly
+// forked child pays for page faults in the handler's and the shim's code
+// and data (the HTTP exchange, JSON) that every later call is spared, and
+// priming moves that cost off the request that claims the spare. A handler
+// error is logged and the spare kept; a crash fails the spare.
+func (s *Starter) prime(ctx context.Context, inst *Instance) error {
+	w := s.fn.Spec.Warmup
+	if len(w) == 0 {
+		return nil
+	}
+	_, err := inst.Invoke(ctx, warmupRequestID, w, time.Now().Add(s.fn.Spec.Timeout))
+	if _, ok := errors.AsType[*ebb.HandlerError](err); ok || err == nil {
+		if err != nil {
+			s.cfg.Logger.Warn("warmup event failed; the spare is kept", "function", s.fn.Spec.Name, "version", s.fn.Version, "err", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("prime spare: %w", err)
+}
+
+// warmupEnv is what primes a fresh python interpreter (no zygote) with the
+// manifest's warmup event: the shim runs the handler once with it before
+// its first poll, and the lines that prints are tagged "warmup". (A forked
+// spare is primed through its Runtime API instead: prime.)
 func (s *Starter) warmupEnv(inst *Instance) []string {
 	w := s.fn.Spec.Warmup
 	if len(w) == 0 {

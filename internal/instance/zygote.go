@@ -257,7 +257,7 @@ func (py *pythonLauncher) zygoteLines(id, stream string) func([]byte) {
 
 // fork starts one instance as a child of the zygote, building the zygote
 // first if needed. A spare (forked ahead of need) is primed with the
-// manifest's warmup event before it counts as ready.
+// manifest's warmup event before it is handed out (prime).
 func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Instance, error) {
 	s := py.s
 	z, built, err := py.ensure(ctx)
@@ -277,9 +277,6 @@ func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Ins
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
 	extra := []string{"AWS_LAMBDA_RUNTIME_API=" + inst.rt.Addr(), "AWS_LAMBDA_LOG_STREAM_NAME=" + id}
-	if spare {
-		extra = append(extra, s.warmupEnv(inst)...)
-	}
 	envList, dir := slot.Env(s.instanceEnv(extra...)), slot.WorkDir()
 	if s.box != nil {
 		envList, dir = boxEnv(envList), s.inside(s.codeDir)
@@ -340,6 +337,12 @@ func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Ins
 	}
 	inst.ready = time.Now()
 	inst.cold.ForkToReady = inst.ready.Sub(forkAt)
+	if spare {
+		if err := s.prime(ctx, inst); err != nil {
+			inst.abort()
+			return nil, err
+		}
+	}
 	return inst, nil
 }
 
