@@ -242,8 +242,11 @@ def handler(event, context):
 }
 
 func TestServeBucketFloodRefused(t *testing.T) {
-	_, url := serve(t, t.TempDir(), "--max-buckets", "3", "--max-bucket-bytes", "1MiB", "--max-object-bytes", "256KiB")
-	obj := strings.Repeat("o", 200<<10)
+	// Objects stay under 256 KiB: ebb's HTTP server ends a connection whose
+	// unread body is larger than that, and a client still writing it would
+	// see a reset instead of the answer.
+	_, url := serve(t, t.TempDir(), "--max-buckets", "3", "--max-bucket-bytes", "1MiB", "--max-object-bytes", "128KiB")
+	obj := strings.Repeat("o", 120<<10)
 	for i := 0; i < 3; i++ {
 		if code, body := call(t, "PUT", fmt.Sprintf("%s/v1/buckets/b%d-x/k", url, i), strings.NewReader("small")); code != 200 {
 			t.Fatalf("bucket %d: %d %s", i, code, body)
@@ -253,12 +256,16 @@ func TestServeBucketFloodRefused(t *testing.T) {
 	if code != 507 || !strings.Contains(body, "--max-buckets") {
 		t.Fatalf("fourth bucket = %d %s, want 507 naming --max-buckets", code, body)
 	}
-	code, body = call(t, "PUT", url+"/v1/buckets/b0-x/big", strings.NewReader(strings.Repeat("o", 300<<10)))
+	big := strings.Repeat("o", 200<<10)
+	code, body = call(t, "PUT", url+"/v1/buckets/b0-x/big", strings.NewReader(big))
 	if code != 413 || !strings.Contains(body, "--max-object-bytes") {
-		t.Fatalf("300 KiB object = %d %s, want 413 naming --max-object-bytes", code, body)
+		t.Fatalf("200 KiB object = %d %s, want 413 naming --max-object-bytes", code, body)
 	}
+	// (A body without Content-Length is cut at the limit as it is read; h1
+	// then closes the connection under a client still writing, which sees a
+	// reset rather than the 413, so that path is not asserted here.)
 	full := false
-	for i := 0; i < 10 && !full; i++ {
+	for i := 0; i < 20 && !full; i++ {
 		code, body = call(t, "PUT", fmt.Sprintf("%s/v1/buckets/b1-x/k%d", url, i), strings.NewReader(obj))
 		switch code {
 		case 200:
@@ -272,7 +279,7 @@ func TestServeBucketFloodRefused(t *testing.T) {
 		}
 	}
 	if !full {
-		t.Fatal("ten 200 KiB objects fit in a 1 MiB bucket")
+		t.Fatal("twenty 120 KiB objects fit in a 1 MiB bucket")
 	}
 	// Other buckets still take objects, and what was stored reads back.
 	if code, body := call(t, "PUT", url+"/v1/buckets/b2-x/k2", strings.NewReader(obj)); code != 200 {
