@@ -32,6 +32,9 @@ func serve(t *testing.T, dataDir string, flags ...string) (*exec.Cmd, string) {
 	cmd := exec.Command(ebbtest.Ebb(t), args...)
 	stderr := &ebbtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
+	// Wait also waits for the output pipe; a process that ebb started and
+	// that outlived it must not hold the test forever.
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
