@@ -44,8 +44,13 @@ func (p *Platform) referenced(ctx context.Context) (map[string]bool, error) {
 	return refs, nil
 }
 
-// pin protects digest from the collector while a deploy uses it.
+// pin protects digest from the collector while a deploy uses it. It waits
+// for a collection under way: one that took its snapshot of what is kept
+// before this pin would otherwise remove the directory the deploy is about
+// to unpack.
 func (p *Platform) pin(digest string) {
+	p.gcMu.Lock()
+	defer p.gcMu.Unlock()
 	p.mu.Lock()
 	p.pinned[digest]++
 	p.mu.Unlock()

@@ -155,7 +155,7 @@ type Platform struct {
 	draining map[*deployment]struct{}
 	pinned   map[string]int // digests of deploys in progress, with counts
 
-	gcMu sync.Mutex // serialises garbage collections (gc.go); guards no data
+	gcMu sync.Mutex // held by a garbage collection (gc.go) from its snapshot of what is kept to its end; pin waits for it
 
 	ctx    context.Context // cancelled by Close; parent of background work
 	cancel context.CancelFunc

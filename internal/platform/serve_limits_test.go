@@ -32,6 +32,9 @@ func serve(t *testing.T, dataDir string, flags ...string) (*exec.Cmd, string) {
 	cmd := exec.Command(ebbtest.Ebb(t), args...)
 	stderr := &ebbtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
+	// Wait also waits for the output pipe; a process that ebb started and
+	// that outlived it must not hold the test forever.
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -61,17 +64,21 @@ func serve(t *testing.T, dataDir string, flags ...string) (*exec.Cmd, string) {
 	return cmd, url
 }
 
+// call makes one request on a connection of its own: an answer given before
+// the body was read (413 on Content-Length) may end its connection, and a
+// reused one would then be reset under the next request. The connection is
+// kept alive, not closed by the request, so that the server drains a small
+// unread body instead of closing (and resetting) under a client still
+// writing it.
 func call(t *testing.T, method, url string, body io.Reader) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A connection per request: an answer given before the body was read
-	// (413 on Content-Length) may end its connection, and a reused one
-	// would then be reset under the next request.
-	req.Close = true
-	resp, err := http.DefaultClient.Do(req)
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
