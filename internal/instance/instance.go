@@ -325,7 +325,7 @@ func (s *Starter) spawnBlocked(ctx context.Context, inst *Instance, argv, env []
 		Stdout:     inst.lineFunc("stdout"),
 		Stderr:     inst.lineFunc("stderr"),
 		ExtraFiles: extra,
-	}, block)
+	}, block, true)
 	if err != nil {
 		inst.runExitHooks(err)
 		return nil, fmt.Errorf("start process: %w", err)
@@ -336,13 +336,13 @@ func (s *Starter) spawnBlocked(ctx context.Context, inst *Instance, argv, env []
 }
 
 // startProcess starts one process of the version, in its sandbox when it
-// has one.
-func (s *Starter) startProcess(ctx context.Context, ps process.Spec, block bool) (*process.Process, func() error, error) {
+// has one (as its pid namespace's init with init).
+func (s *Starter) startProcess(ctx context.Context, ps process.Spec, block, init bool) (*process.Process, func() error, error) {
 	if s.box == nil {
 		p, err := s.cfg.Processes.Start(ctx, ps)
 		return p, nil, err
 	}
-	release, closeFiles, err := s.box.wrap(ctx, &ps, block)
+	release, closeFiles, err := s.box.wrap(ctx, &ps, block, init)
 	if err != nil {
 		return nil, nil, err
 	}

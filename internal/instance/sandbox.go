@@ -154,14 +154,18 @@ func (b *box) releasePort(port int) {
 // wrap turns a process spec into its sandboxed form: bwrap running argv as
 // the function's uid, born in the version's namespace, with its own
 // directories. With block, the process waits, set up, until release.
-func (b *box) wrap(ctx context.Context, ps *process.Spec, block bool) (release func() error, closeFn func(), err error) {
+//
+// Every process is its namespace's init but a python zygote, which forks
+// instances into its namespace (and reaps them itself): an orphan of one
+// of those must not be reported to ebb as an instance's exit.
+func (b *box) wrap(ctx context.Context, ps *process.Spec, block, init bool) (release func() error, closeFn func(), err error) {
 	ns, err := b.netns(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	argv := append([]string{ps.Path}, ps.Args...)
 	c, err := b.sb.Command(sandbox.Spec{UID: b.uid, GID: b.uid, Code: b.code, ReadOnly: b.binds, TmpBytes: b.tmpBytes,
-		Argv: argv, Hostname: b.hostname, Block: block, FirstFD: 3 + len(ps.ExtraFiles)})
+		Argv: argv, Hostname: b.hostname, Block: block, Init: init, FirstFD: 3 + len(ps.ExtraFiles)})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -199,7 +199,7 @@ func (py *pythonLauncher) build(ctx context.Context) (*zygote, error) {
 		ID: id, Path: argv[0], Args: argv[1:], Env: env, CodeDir: s.codeDir, MemoryMiB: s.fn.Spec.MemoryMiB,
 		Stdout: py.zygoteLines(id, "stdout"), Stderr: py.zygoteLines(id, "stderr"),
 		ExtraFiles: []*os.File{theirs},
-	}, false)
+	}, false, false)
 	theirs.Close()
 	if err != nil {
 		client.Close()

@@ -210,10 +210,10 @@ func TestZygoteDeathIsRebuilt(t *testing.T) {
 }
 
 // freshParent is the parent a fresh interpreter sees: ebb, or in the
-// sandbox the init of its own pid namespace (pid 1).
+// sandbox none (it is its own pid namespace's init).
 func freshParent(e *env) int {
 	if e.p.SandboxMode() == sandbox.ModeOn {
-		return 1
+		return 0
 	}
 	return os.Getpid()
 }

@@ -24,6 +24,11 @@ type Spec struct {
 	Argv     []string // the command as seen inside
 	Hostname string   // default "ebb"; the host's name is not shown
 	Block    bool     // the process waits (fully set up) until Command.Release
+	// Init makes the process its pid namespace's init (pid 1, as in Docker
+	// without --init) instead of a child of bwrap's reaper: one fork less
+	// on a cold start's path (~1.4 ms here). It then reaps its own orphans,
+	// and ignores signals it has no handler for from inside its namespace.
+	Init bool
 	// FirstFD is the fd number bwrap's own fds start at in the child: 3 +
 	// len(the caller's ExtraFiles). The caller's fds pass through bwrap
 	// unchanged and keep their numbers inside.
@@ -140,6 +145,9 @@ func (s *Sandbox) command(spec Spec) (*Command, error) {
 		"--proc", "/proc", "--dev", "/dev",
 		"--chdir", TaskDir,
 		"--seccomp", strconv.Itoa(spec.FirstFD))
+	if spec.Init {
+		args = append(args, "--as-pid-1")
+	}
 
 	prog, err := s.seccompFile()
 	if err != nil {
