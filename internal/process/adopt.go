@@ -164,26 +164,6 @@ func (s *Slot) CgroupProcs() []string {
 	return out
 }
 
-// OpenCgroupProcs opens the CgroupProcs files for writing, for a process
-// that cannot open them itself (a sandboxed one, which sees no cgroup files
-// and does not own them): the kernel checks a write to cgroup.procs against
-// the credentials of whoever opened the file, so the process may enter its
-// cgroups through these. The caller closes them once handed over.
-func (s *Slot) OpenCgroupProcs() ([]*os.File, error) {
-	var out []*os.File
-	for _, path := range s.CgroupProcs() {
-		f, err := os.OpenFile(path, os.O_WRONLY, 0)
-		if err != nil {
-			for _, g := range out {
-				g.Close()
-			}
-			return nil, fmt.Errorf("open cgroup: %w", err)
-		}
-		out = append(out, f)
-	}
-	return out, nil
-}
-
 // Output returns the write ends of the instance's stdout and stderr, to be
 // handed to the process that forks it; a stream nobody reads is /dev/null.
 // The slot keeps ownership.
