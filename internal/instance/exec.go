@@ -40,18 +40,12 @@ func (l *execLauncher) close() {
 }
 
 func (l *execLauncher) start(ctx context.Context, id string) (*Instance, error) {
-	var inst *Instance
-	if l.spares != nil {
-		defer l.spares.refillSoon()
-		if sp, ok := l.spares.take(id); ok {
-			inst = sp.inst
-		}
-	}
-	if inst == nil {
-		var err error
-		if inst, _, err = l.begin(ctx, id, false); err != nil {
-			return nil, err
-		}
+	inst, err := claimOrBegin(l.spares, id, func() (*Instance, error) {
+		inst, _, err := l.begin(ctx, id, false)
+		return inst, err
+	})
+	if err != nil {
+		return nil, err
 	}
 	if err := inst.waitRuntimeAPI(ctx); err != nil {
 		inst.abort()

@@ -38,18 +38,12 @@ func (l *httpLauncher) close() {
 }
 
 func (l *httpLauncher) start(ctx context.Context, id string) (*Instance, error) {
-	var inst *Instance
-	if l.spares != nil {
-		defer l.spares.refillSoon()
-		if sp, ok := l.spares.take(id); ok {
-			inst = sp.inst
-		}
-	}
-	if inst == nil {
-		var err error
-		if inst, _, err = spawnHTTP(ctx, l.s, id, l.argv, nil, false); err != nil {
-			return nil, err
-		}
+	inst, err := claimOrBegin(l.spares, id, func() (*Instance, error) {
+		inst, _, err := spawnHTTP(ctx, l.s, id, l.argv, nil, false)
+		return inst, err
+	})
+	if err != nil {
+		return nil, err
 	}
 	if err := inst.waitListening(ctx, nil); err != nil {
 		inst.abort()

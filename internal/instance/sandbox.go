@@ -303,6 +303,19 @@ func boxSpares(s *Starter, begin func(ctx context.Context, id string, block bool
 	})
 }
 
+// claimOrBegin claims the spare sandbox as instance id when spares keeps one
+// (refilling it soon after), else begins a new instance; either way the
+// instance's process has been released and the caller waits for it.
+func claimOrBegin(spares *keeper[boxedSpare], id string, begin func() (*Instance, error)) (*Instance, error) {
+	if spares != nil {
+		defer spares.refillSoon()
+		if sp, ok := spares.take(id); ok {
+			return sp.inst, nil
+		}
+	}
+	return begin()
+}
+
 // spawnReleasable is Starter.spawnBlocked, with the block pipe closed once
 // the process is gone if nobody released it (an unused spare, killed).
 func spawnReleasable(ctx context.Context, s *Starter, inst *Instance, argv, env []string, extra []*os.File, block bool) (func() error, error) {
