@@ -103,7 +103,7 @@ func (i *Instance) waitListening(ctx context.Context, announced <-chan struct{})
 	for {
 		c, err := i.up.Dial(ctx)
 		if err == nil {
-			c.Close()
+			i.up.Keep(c) // the first request's connection
 			return nil
 		}
 		select {

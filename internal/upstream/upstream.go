@@ -109,6 +109,18 @@ func (u *Client) get(ctx context.Context) (*upConn, bool, error) {
 	return &upConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}, false, nil
 }
 
+// Keep adds c, a connection to the instance that the caller made (the
+// readiness probe's), to the idle ones, so that the first request does not
+// dial again: on a cold start that is a handshake, and for an instance in a
+// network namespace of its own a namespace switch, saved. Should it have
+// gone stale, the request is retried on a new one, as for any reused one.
+func (u *Client) Keep(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	u.put(&upConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)})
+}
+
 // spinFor is how long awaitReply polls for an instance's answer before
 // letting the goroutine park.
 const spinFor = 40 * time.Microsecond

@@ -265,3 +265,23 @@ func TestDialIsUsedForEveryConnection(t *testing.T) {
 		t.Errorf("Dial called %d times for two requests, want 1 (kept alive)", n)
 	}
 }
+
+// TestUpstreamKeepsTheProbeConnection: a connection handed over with Keep
+// (a readiness probe's) carries the first request; no second one is made.
+func TestUpstreamKeepsTheProbeConnection(t *testing.T) {
+	u, cl := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	c, err := u.Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Keep(c)
+	for i := range 3 {
+		w, err := proxyOnce(u, "GET", "/", nil, nil, 5*time.Second)
+		if err != nil || w.Body.String() != "ok" {
+			t.Fatalf("request %d: %v %q", i, err, w.Body.String())
+		}
+	}
+	if n := cl.n.Load(); n != 1 {
+		t.Fatalf("backend accepted %d connections, want 1 (the probe's)", n)
+	}
+}
