@@ -54,6 +54,7 @@ func newSandbox(t testing.TB, cfg Config) *Sandbox {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	t.Cleanup(func() { s.Close() })
 	return s
 }
 

@@ -165,6 +165,11 @@ func (v *view) close() error {
 		os.Remove(dst)
 	}
 	v.mounts = nil
+	if err == nil {
+		// Made again at the next start; left behind, one per data dir
+		// (per test) would pile up.
+		os.Remove(v.dir)
+	}
 	return err
 }
 

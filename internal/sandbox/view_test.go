@@ -60,4 +60,7 @@ func TestReachPrivateDirs(t *testing.T) {
 	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), filepath.Dir(bundles)+"/") {
 		t.Errorf("mounts left under the view after Close")
 	}
+	if _, err := os.Stat(filepath.Dir(bundles)); !os.IsNotExist(err) {
+		t.Errorf("view directory left after Close: %v", err)
+	}
 }
