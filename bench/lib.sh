@@ -129,7 +129,8 @@ start_ebb() {
 	local port=$1 logfile=$2
 	EBB_URL="http://127.0.0.1:$port"
 	export EBB_URL
-	setsid "$BENCH_ROOT/bin/ebb" serve --listen "127.0.0.1:$port" --data "$BENCH_TMP/ebb-data" >"$logfile" 2>&1 &
+	# shellcheck disable=SC2086 # EBB_SERVE_FLAGS is a flag list
+	setsid "$BENCH_ROOT/bin/ebb" serve --listen "127.0.0.1:$port" --data "$BENCH_TMP/ebb-data" ${EBB_SERVE_FLAGS:-} >"$logfile" 2>&1 &
 	EBB_PID=$!
 	bench_track "$EBB_PID"
 	wait_http "$EBB_URL/healthz" "$EBB_PID" "$logfile" 60
