@@ -59,7 +59,9 @@ func newBox(cfg *Config, fn *ebb.Function, codeDir string) (*box, error) {
 		return nil, fmt.Errorf("sandbox function: %w", err)
 	}
 	b := &box{sb: sb, uid: uid, code: code, tmpBytes: int64(fn.Spec.MemoryMiB) << 20,
-		outbound: fn.Spec.Network != ebb.NetworkNone, hostname: fn.Spec.Name, ports: map[int]bool{}}
+		// Without pasta (sandbox.New warned once), outbound functions get
+		// loopback only rather than not starting at all.
+		outbound: fn.Spec.Network != ebb.NetworkNone && sb.Outbound(), hostname: fn.Spec.Name, ports: map[int]bool{}}
 	for _, m := range []struct{ src, dst string }{
 		{cfg.ShimDir, boxShimDir}, {cfg.Executable, boxExe}, {ortDir(cfg.ONNXLibrary), boxORTDir},
 	} {

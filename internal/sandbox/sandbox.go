@@ -180,7 +180,7 @@ func New(cfg Config) (*Sandbox, error) {
 	s.view = v
 	s.enabled = true
 	if cfg.Pasta == "" {
-		cfg.Logger.Warn("pasta not found; functions with network: outbound cannot start")
+		cfg.Logger.Warn("NO OUTBOUND NETWORK: pasta not found (Debian package passt); functions with network: outbound get loopback only")
 	}
 	return s, nil
 }
@@ -266,6 +266,10 @@ func (s *Sandbox) Mode() string {
 // UIDs is the configured host id range. Its first id is the sandbox group
 // (Group), which every function uid also carries; functions get the others.
 func (s *Sandbox) UIDs() UIDRange { return s.cfg.UIDs }
+
+// Outbound says whether network namespaces can be given internet access
+// (pasta is installed).
+func (s *Sandbox) Outbound() bool { return s.cfg.Pasta != "" }
 
 // Group is the group id every sandboxed process carries besides its own:
 // the one allowed to search the view directory.
