@@ -1,20 +1,15 @@
 package gateway
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/ebb-run/ebb"
-	"github.com/ebb-run/ebb/internal/h1"
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
 // resultBackend answers every invocation of "real" with a plain 200 REAL and
@@ -42,70 +37,7 @@ func serveGateway(t testing.TB, b Backend) string {
 	}
 	mux := http.NewServeMux()
 	g.Register(mux)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &h1.Server{Handler: mux}
-	go s.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
-	return ln.Addr().String()
-}
-
-// checkOneResponseEach sends first and then a request for /fn/real/ on one
-// connection, and reads the bytes back the way a front proxy reads them
-// (net/http's client reader: Transfer-Encoding wins over Content-Length). The
-// first must be exactly one well-formed response, then comes REAL, then
-// nothing: no function result can add a byte outside its response.
-func checkOneResponseEach(t *testing.T, addr, method string) (*http.Response, []byte) {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, method+" /fn/f/x HTTP/1.1\r\nHost: x\r\n\r\nGET /fn/real/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-	out, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read the answers: %v (got %q)", err, out)
-	}
-	head, _, ok := bytes.Cut(out, []byte("\r\n\r\n"))
-	if !ok {
-		t.Fatalf("no response head in %q", out)
-	}
-	lower := strings.ToLower(string(head))
-	if strings.Contains(lower, "\r\ncontent-length:") && strings.Contains(lower, "\r\ntransfer-encoding:") {
-		t.Fatalf("response with both Content-Length and Transfer-Encoding: %q", head)
-	}
-	br := bufio.NewReader(bytes.NewReader(out))
-	r1, err := http.ReadResponse(br, &http.Request{Method: method})
-	if err != nil {
-		t.Fatalf("first response: %v in %q", err, out)
-	}
-	b1, err := io.ReadAll(r1.Body)
-	if err != nil {
-		t.Fatalf("first response body: %v in %q", err, out)
-	}
-	if r1.StatusCode < 200 || r1.StatusCode > 599 {
-		t.Fatalf("first response status %d", r1.StatusCode)
-	}
-	r2, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatalf("second response: %v; all bytes: %q", err, out)
-	}
-	b2, err := io.ReadAll(r2.Body)
-	if err != nil || r2.StatusCode != 200 || string(b2) != "REAL" {
-		t.Fatalf("second response %d %q %v, want 200 REAL; all bytes: %q", r2.StatusCode, b2, err, out)
-	}
-	if rest, _ := io.ReadAll(br); len(rest) > 0 {
-		t.Fatalf("bytes after the responses: %q", rest)
-	}
-	return r1, b1
+	return ebbtest.ServeH1(t, mux)
 }
 
 // FuzzFunctionURLResult feeds arbitrary function URL results (a python or
@@ -136,7 +68,7 @@ func FuzzFunctionURLResult(f *testing.F) {
 		if head {
 			method = "HEAD"
 		}
-		checkOneResponseEach(t, addr, method)
+		ebbtest.FrontProxy(t, addr, method, "/fn/f/x", "/fn/real/", false)
 	})
 }
 
@@ -146,7 +78,7 @@ func TestFunctionURLResponseSplitting(t *testing.T) {
 	backend := &resultBackend{}
 	res := []byte(`{"statusCode":200,"headers":{"Transfer-Encoding":"chunked","X-Bad":"a\r\nSet-Cookie: s=1","X-Ok":"yes"},"body":"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"}`)
 	backend.next.Store(&res)
-	r1, b1 := checkOneResponseEach(t, serveGateway(t, backend), "GET")
+	r1, b1 := ebbtest.FrontProxy(t, serveGateway(t, backend), "GET", "/fn/f/x", "/fn/real/", false)
 	if want := "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"; string(b1) != want {
 		t.Errorf("first body %q, want the function's bytes as the body, %q", b1, want)
 	}
@@ -159,7 +91,7 @@ func TestFunctionURLResponseSplitting(t *testing.T) {
 	}{{`{"statusCode":101}`, 502}, {`{"statusCode":103}`, 502}, {`{"statusCode":600}`, 502}, {`{"statusCode":201}`, 201}} {
 		b := []byte(tt.res)
 		backend.next.Store(&b)
-		r, body := checkOneResponseEach(t, serveGateway(t, backend), "GET")
+		r, body := ebbtest.FrontProxy(t, serveGateway(t, backend), "GET", "/fn/f/x", "/fn/real/", false)
 		if r.StatusCode != tt.want {
 			t.Errorf("%s: got %d %s, want %d", tt.res, r.StatusCode, body, tt.want)
 		}

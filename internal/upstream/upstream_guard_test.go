@@ -2,8 +2,6 @@ package upstream
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -14,7 +12,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb"
-	"github.com/ebb-run/ebb/internal/h1"
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
 // rawBackend answers each request on a connection with the bytes in next
@@ -58,71 +56,7 @@ func serveProxy(t testing.TB, u *Client) string {
 		}
 	})
 	mux.HandleFunc("/real", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "REAL") })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &h1.Server{Handler: mux}
-	go s.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
-	return ln.Addr().String()
-}
-
-// exchange sends a proxied request and then /real on one connection and
-// reads the answers as a front proxy would (net/http's client reader). The
-// proxied answer is exactly one response (or one cut short, when the
-// instance's was, and then the connection ends); after it comes REAL and
-// nothing else.
-func exchange(t *testing.T, addr, method string) (*http.Response, []byte) {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(15 * time.Second))
-	io.WriteString(c, method+" /fn HTTP/1.1\r\nHost: x\r\n\r\nGET /real HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-	out, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read the answers: %v (got %q)", err, out)
-	}
-	head, _, _ := bytes.Cut(out, []byte("\r\n\r\n"))
-	if lower := strings.ToLower(string(head)); strings.Contains(lower, "\r\ncontent-length:") && strings.Contains(lower, "\r\ntransfer-encoding:") {
-		t.Fatalf("response with both Content-Length and Transfer-Encoding: %q", head)
-	}
-	br := bufio.NewReader(bytes.NewReader(out))
-	r1, err := http.ReadResponse(br, &http.Request{Method: method})
-	if err != nil {
-		t.Fatalf("first response: %v in %q", err, out)
-	}
-	if r1.StatusCode < 200 || r1.StatusCode > 599 {
-		t.Fatalf("first response status %d", r1.StatusCode)
-	}
-	b1, err := io.ReadAll(r1.Body)
-	if err != nil {
-		// Cut short because the instance's answer was: then nothing may
-		// follow on the connection.
-		if !errors.Is(err, io.ErrUnexpectedEOF) {
-			t.Fatalf("first response body: %v in %q", err, out)
-		}
-		return r1, b1
-	}
-	r2, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatalf("second response: %v; all bytes: %q", err, out)
-	}
-	b2, err := io.ReadAll(r2.Body)
-	if err != nil || r2.StatusCode != 200 || string(b2) != "REAL" {
-		t.Fatalf("second response %d %q %v, want 200 REAL; all bytes: %q", r2.StatusCode, b2, err, out)
-	}
-	if rest, _ := io.ReadAll(br); len(rest) > 0 {
-		t.Fatalf("bytes after the responses: %q", rest)
-	}
-	return r1, b1
+	return ebbtest.ServeH1(t, mux)
 }
 
 // FuzzUpstreamResponse feeds arbitrary bytes as an http instance's answer.
@@ -151,7 +85,7 @@ func FuzzUpstreamResponse(f *testing.F) {
 		if head {
 			method = "HEAD"
 		}
-		exchange(t, addr, method)
+		ebbtest.FrontProxy(t, addr, method, "/fn", "/real", true)
 	})
 }
 
@@ -176,7 +110,7 @@ func TestUpstreamCannotSplitResponses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := []byte(tt.raw)
 			next.Store(&b)
-			r, body := exchange(t, addr, "GET")
+			r, body := ebbtest.FrontProxy(t, addr, "GET", "/fn", "/real", true)
 			if r.StatusCode != tt.wantStatus || !strings.Contains(string(body), tt.wantBody) {
 				t.Errorf("got %d %q, want %d with %q", r.StatusCode, body, tt.wantStatus, tt.wantBody)
 			}
