@@ -1,0 +1,108 @@
+package instance
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/process"
+	"github.com/ebb-run/ebb/internal/sandbox"
+)
+
+// listenServer is an http function: it listens on $PORT and says who it is.
+const listenServer = `#!/bin/sh
+exec /usr/bin/python3 -c 'import os, socket, threading
+def serve(c):
+    if c.recv(65536):
+        body = ("uid=%d" % os.getuid()).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen(8)
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()'
+`
+
+// TestSandboxSpareIsClaimed: a sandboxed http function keeps a spare
+// sandbox (bwrap set up, blocked before exec) after Prewarm, and a start
+// claims it rather than setting up a new one; the instance it becomes runs
+// as the function's uid and answers inside the version's namespace.
+func TestSandboxSpareIsClaimed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		skipOrFail(t, "the sandbox needs root")
+	}
+	if _, err := exec.LookPath("bwrap"); err != nil {
+		skipOrFail(t, "no bwrap")
+	}
+	sb, err := sandbox.New(sandbox.Config{Mode: sandbox.ModeOn})
+	if err != nil {
+		t.Fatalf("sandbox: %v", err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	pm, err := process.NewManager(process.Config{Root: t.TempDir(), CgroupName: fmt.Sprintf("ebbtest-spare-%d", os.Getpid()), CgroupMode: process.ModeNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pm.Close() })
+	code := t.TempDir()
+	if err := os.Chmod(code, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(code, "server"), []byte(listenServer), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	uid := sb.UIDs().First + 7
+	fn := &ebb.Function{Spec: ebb.Spec{Name: "spare", Runtime: ebb.RuntimeHTTP, Handler: "./server", MemoryMiB: 128, Network: ebb.NetworkNone, IdleTimeout: time.Minute}, Version: 1}
+	s, err := NewStarter(Config{Processes: pm, Sandbox: sb, UIDFor: func(string) uint32 { return uid }, ShimDir: t.TempDir()}, fn, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	l := s.launch.(*httpLauncher)
+	s.Prewarm()
+	deadline := time.Now().Add(30 * time.Second)
+	for !l.spares.live() {
+		if time.Now().After(deadline) {
+			t.Fatal("no spare sandbox 30s after Prewarm")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	inst, err := s.Start(ctx, "spare-1")
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer inst.Kill()
+	if !inst.ColdStart().Spare || inst.ID() != "spare-1" {
+		t.Fatalf("cold start %+v as %q: want the spare claimed as spare-1", inst.ColdStart(), inst.ID())
+	}
+	c, err := inst.up.Dial(ctx)
+	if err != nil {
+		t.Fatalf("dial the instance in its namespace: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	buf := make([]byte, 512)
+	n, _ := c.Read(buf)
+	if want := fmt.Sprintf("uid=%d", uid); !bytesContain(buf[:n], want) {
+		t.Fatalf("answer %q: want %q", buf[:n], want)
+	}
+}
+
+func bytesContain(b []byte, s string) bool { return len(s) > 0 && strings.Contains(string(b), s) }
+
+func skipOrFail(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("EBB_REQUIRE_SANDBOX") == "1" {
+		t.Fatalf("EBB_REQUIRE_SANDBOX=1 but %s", why)
+	}
+	t.Skip(why)
+}
