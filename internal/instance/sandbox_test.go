@@ -106,3 +106,25 @@ func skipOrFail(t *testing.T, why string) {
 	}
 	t.Skip(why)
 }
+
+// TestCheckForkedRefusesForgedHellos: ebb adopts (and may later kill) the
+// pid a forked child's hello claims, as root, so a pid that is not the
+// child the zygote reported, or not a sandboxed process of the function,
+// is refused. Here the forger claims ebb's own test process.
+func TestCheckForkedRefusesForgedHellos(t *testing.T) {
+	s := &Starter{}
+	me := os.Getpid()
+	if err := s.checkForked(me, me); err != nil {
+		t.Fatalf("unsandboxed, the pid the zygote reported: %v", err)
+	}
+	if err := s.checkForked(me, me+1); err == nil {
+		t.Fatal("a pid whose namespace pid differs from the fork's was accepted")
+	}
+	s.box = &box{uid: 300123}
+	if err := s.checkForked(me, me); err == nil {
+		t.Fatal("sandboxed, a host process outside any sandbox was accepted")
+	}
+	if err := s.checkForked(1<<30, 5); err == nil {
+		t.Fatal("a pid that does not exist was accepted")
+	}
+}

@@ -319,13 +319,17 @@ func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Ins
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
 	pid, err := pyruntime.ReadHello(ctx, hello)
+	if err == nil {
+		err = s.checkForked(pid, nsPid)
+	}
 	if err != nil {
-		// The zygote reaps it; its exit report finds no slot.
+		// The zygote reaps it (Abort kills its cgroup); its exit report
+		// finds no slot. Never signal the pid itself: the zygote runs the
+		// function's code and chose it.
 		return fail(err)
 	}
 	proc, err := z.adopt(slot, nsPid, pid)
 	if err != nil {
-		syscall.Kill(pid, syscall.SIGKILL)
 		inst.runExitHooks(err)
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
@@ -344,6 +348,37 @@ func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Ins
 		}
 	}
 	return inst, nil
+}
+
+// checkForked makes sure that pid, which a hello claimed, is the child the
+// zygote said it forked (nsPid, its pid in the zygote's namespace) before
+// ebb, as root, adopts it: the zygote runs the function's own code, and a
+// hello from a process that has since exited could name a pid the host has
+// given to something else. The child's innermost pid must be nsPid and,
+// sandboxed, it must run as the function's uid in a namespace of its own.
+func (s *Starter) checkForked(pid, nsPid int) error {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return fmt.Errorf("check forked instance %d: %w", pid, err)
+	}
+	var nspids []string
+	var uid string
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			nspids = strings.Fields(v)
+		} else if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				uid = f[0]
+			}
+		}
+	}
+	switch {
+	case len(nspids) == 0 || nspids[len(nspids)-1] != strconv.Itoa(nsPid):
+		return fmt.Errorf("check forked instance %d: its namespace pid is not %d, the one the zygote forked", pid, nsPid)
+	case s.box != nil && (len(nspids) < 2 || uid != strconv.FormatUint(uint64(s.box.uid), 10)):
+		return fmt.Errorf("check forked instance %d: not the function's sandboxed process", pid)
+	}
+	return nil
 }
 
 func closeAll(files []*os.File) {
