@@ -42,6 +42,9 @@ type box struct {
 	outbound bool
 	hostname string
 
+	// nsMu serialises making ns, which can take seconds (pasta), so that
+	// mu, which status and port hooks take, is never held across it.
+	nsMu   sync.Mutex
 	mu     sync.Mutex // guards ns, closed, ports
 	ns     *sandbox.Netns
 	closed bool
@@ -96,17 +99,34 @@ func ortDir(lib string) string {
 
 // netns is the version's network namespace, made at first need.
 func (b *box) netns(ctx context.Context) (*sandbox.Netns, error) {
+	if ns, err := b.current(); ns != nil || err != nil {
+		return ns, err
+	}
+	b.nsMu.Lock()
+	defer b.nsMu.Unlock()
+	if ns, err := b.current(); ns != nil || err != nil {
+		return ns, err
+	}
+	ns, err := b.sb.NewNetns(ctx, b.outbound)
+	if err != nil {
+		return nil, fmt.Errorf("make network namespace: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		ns.Close()
+		return nil, fmt.Errorf("make network namespace: %w", ebb.ErrClosed)
+	}
+	b.ns = ns
+	return ns, nil
+}
+
+// current is the namespace if made, nil if not yet; an error once closed.
+func (b *box) current() (*sandbox.Netns, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil, fmt.Errorf("make network namespace: %w", ebb.ErrClosed)
-	}
-	if b.ns == nil {
-		ns, err := b.sb.NewNetns(ctx, b.outbound)
-		if err != nil {
-			return nil, fmt.Errorf("make network namespace: %w", err)
-		}
-		b.ns = ns
 	}
 	return b.ns, nil
 }

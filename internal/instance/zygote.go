@@ -414,12 +414,18 @@ func (z *zygote) adopt(slot *process.Slot, nsPid, pid int) (*process.Process, er
 	return p, err
 }
 
+// maxEarlyExits bounds the exit reports kept for children not yet adopted:
+// the zygote runs the function's code and could report any number of pids.
+// A real child's report comes within its fork's round trip, so a few
+// suffice; one dropped only leaves that child's exit status unknown.
+const maxEarlyExits = 256
+
 // onExit routes the zygote's exit reports; it runs on the client's reader.
 func (z *zygote) onExit(pid int, ws syscall.WaitStatus) {
 	z.mu.Lock()
 	slot := z.slots[pid]
 	delete(z.slots, pid)
-	if slot == nil {
+	if slot == nil && len(z.early) < maxEarlyExits {
 		z.early[pid] = ws
 	}
 	z.mu.Unlock()
