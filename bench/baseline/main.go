@@ -27,7 +27,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"os"
@@ -39,6 +38,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ebb-run/ebb/bench/internal/latency"
 )
 
 // common holds the flags every timing subcommand shares.
@@ -302,13 +303,13 @@ func rounds(ctx context.Context, mode string, c *common, out io.Writer, round fu
 			return fmt.Errorf("round %d: %w", i+1, err)
 		}
 		lat = append(lat, d)
-		fmt.Fprintf(out, "round %2d: %8.2f ms\n", i+1, ms(d))
+		fmt.Fprintf(out, "round %2d: %8.2f ms\n", i+1, latency.MS(d))
 	}
 	slices.Sort(lat)
 	fmt.Fprintf(out, "%s: %d rounds   p50 %.2f ms   p95 %.2f ms   min %.2f ms   max %.2f ms   mean %.2f ms\n",
-		mode, len(lat), ms(percentile(lat, 50)), ms(percentile(lat, 95)), ms(percentile(lat, 0)), ms(percentile(lat, 100)), ms(mean(lat)))
+		mode, len(lat), latency.MS(latency.Percentile(lat, 50)), latency.MS(latency.Percentile(lat, 95)), latency.MS(latency.Percentile(lat, 0)), latency.MS(latency.Percentile(lat, 100)), latency.MS(latency.Mean(lat)))
 	fmt.Fprintf(out, "RESULT mode=%s rounds=%d p50_ms=%.3f p95_ms=%.3f min_ms=%.3f max_ms=%.3f mean_ms=%.3f\n",
-		mode, len(lat), ms(percentile(lat, 50)), ms(percentile(lat, 95)), ms(percentile(lat, 0)), ms(percentile(lat, 100)), ms(mean(lat)))
+		mode, len(lat), latency.MS(latency.Percentile(lat, 50)), latency.MS(latency.Percentile(lat, 95)), latency.MS(latency.Percentile(lat, 0)), latency.MS(latency.Percentile(lat, 100)), latency.MS(latency.Mean(lat)))
 	return nil
 }
 
@@ -418,28 +419,6 @@ func pss(ctx context.Context, root int, name string, want int, wait time.Duratio
 	fmt.Fprintf(out, "RESULT mode=pss n=%d pss_kib=%d pss_mib=%.1f\n", len(found), sum>>10, float64(sum)/(1<<20))
 	return nil
 }
-
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	rank = min(max(rank, 1), len(sorted))
-	return sorted[rank-1]
-}
-
-func mean(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	var sum time.Duration
-	for _, v := range d {
-		sum += v
-	}
-	return sum / time.Duration(len(d))
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func snippet(b []byte) string {
 	s := strings.TrimSpace(string(b))

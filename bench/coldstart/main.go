@@ -23,7 +23,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -33,6 +32,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ebb-run/ebb/bench/internal/latency"
 )
 
 // config is one benchmark run; main fills it from flags.
@@ -279,7 +280,7 @@ func runCold(ctx context.Context, c *client, cfg config, progress io.Writer) (co
 			rep.NotCold++
 			state = "NOT COLD (ebb answered from a warm instance)"
 		}
-		fmt.Fprintf(progress, "round %2d: %8.2f ms  %s\n", i+1, ms(res.Latency), state)
+		fmt.Fprintf(progress, "round %2d: %8.2f ms  %s\n", i+1, latency.MS(res.Latency), state)
 	}
 	return rep, nil
 }
@@ -393,27 +394,6 @@ func closedLoop(ctx context.Context, c *client, clients int, d time.Duration) (t
 }
 
 // percentile uses the nearest-rank method on a sorted slice.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	rank = min(max(rank, 1), len(sorted))
-	return sorted[rank-1]
-}
-
-func mean(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	var sum time.Duration
-	for _, v := range d {
-		sum += v
-	}
-	return sum / time.Duration(len(d))
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func snippet(b []byte) string {
 	const limit = 300
@@ -440,12 +420,12 @@ func run(ctx context.Context, cfg config, out io.Writer) (ok bool, err error) {
 		}
 		lat := slices.Sorted(slices.Values(rep.Latencies))
 		fmt.Fprintf(out, "cold: %d/%d   p50 %.2f ms   p95 %.2f ms   min %.2f ms   max %.2f ms   mean %.2f ms\n",
-			len(lat), cfg.Rounds, ms(percentile(lat, 50)), ms(percentile(lat, 95)), ms(percentile(lat, 0)), ms(percentile(lat, 100)), ms(mean(lat)))
+			len(lat), cfg.Rounds, latency.MS(latency.Percentile(lat, 50)), latency.MS(latency.Percentile(lat, 95)), latency.MS(latency.Percentile(lat, 0)), latency.MS(latency.Percentile(lat, 100)), latency.MS(latency.Mean(lat)))
 		if rep.NotCold > 0 {
 			fmt.Fprintf(out, "FAIL: %d of %d rounds were not cold starts although the function had zero instances\n", rep.NotCold, cfg.Rounds)
 		}
 		fmt.Fprintf(out, "RESULT mode=cold fn=%s rounds=%d cold=%d not_cold=%d p50_ms=%.3f p95_ms=%.3f min_ms=%.3f max_ms=%.3f mean_ms=%.3f\n",
-			cfg.Fn, cfg.Rounds, len(lat), rep.NotCold, ms(percentile(lat, 50)), ms(percentile(lat, 95)), ms(percentile(lat, 0)), ms(percentile(lat, 100)), ms(mean(lat)))
+			cfg.Fn, cfg.Rounds, len(lat), rep.NotCold, latency.MS(latency.Percentile(lat, 50)), latency.MS(latency.Percentile(lat, 95)), latency.MS(latency.Percentile(lat, 0)), latency.MS(latency.Percentile(lat, 100)), latency.MS(latency.Mean(lat)))
 		return rep.NotCold == 0 && len(lat) > 0, nil
 
 	case cfg.Clients == 1:
@@ -456,12 +436,12 @@ func run(ctx context.Context, cfg config, out io.Writer) (ok bool, err error) {
 		}
 		lat := slices.Sorted(slices.Values(rep.Latencies))
 		fmt.Fprintf(out, "warm: p50 %.3f ms   p99 %.3f ms   min %.3f ms   max %.3f ms   mean %.3f ms   cold %d\n",
-			ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(percentile(lat, 0)), ms(percentile(lat, 100)), ms(mean(lat)), rep.Cold)
+			latency.MS(latency.Percentile(lat, 50)), latency.MS(latency.Percentile(lat, 99)), latency.MS(latency.Percentile(lat, 0)), latency.MS(latency.Percentile(lat, 100)), latency.MS(latency.Mean(lat)), rep.Cold)
 		if rep.Cold > 0 {
 			fmt.Fprintf(out, "FAIL: %d of %d sequential invokes were cold starts; the warm numbers include them\n", rep.Cold, cfg.Rounds)
 		}
 		fmt.Fprintf(out, "RESULT mode=warm fn=%s n=%d p50_ms=%.3f p99_ms=%.3f min_ms=%.3f max_ms=%.3f mean_ms=%.3f cold=%d\n",
-			cfg.Fn, len(lat), ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(percentile(lat, 0)), ms(percentile(lat, 100)), ms(mean(lat)), rep.Cold)
+			cfg.Fn, len(lat), latency.MS(latency.Percentile(lat, 50)), latency.MS(latency.Percentile(lat, 99)), latency.MS(latency.Percentile(lat, 0)), latency.MS(latency.Percentile(lat, 100)), latency.MS(latency.Mean(lat)), rep.Cold)
 		return rep.Cold == 0, nil
 
 	default:
@@ -472,7 +452,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (ok bool, err error) {
 		}
 		lat := slices.Sorted(slices.Values(rep.Latencies))
 		fmt.Fprintf(out, "throughput: %.1f req/s   p50 %.3f ms   p99 %.3f ms   requests %d   errors %d   cold %d\n",
-			rep.rps(), ms(percentile(lat, 50)), ms(percentile(lat, 99)), len(lat), rep.Errors, rep.Cold)
+			rep.rps(), latency.MS(latency.Percentile(lat, 50)), latency.MS(latency.Percentile(lat, 99)), len(lat), rep.Errors, rep.Cold)
 		if rep.Errors > 0 {
 			fmt.Fprintf(out, "FAIL: %d invokes failed, first: %v\n", rep.Errors, rep.FirstErr)
 		}
@@ -480,7 +460,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (ok bool, err error) {
 			fmt.Fprintf(out, "note: %d cold starts happened in the measured window (pool still growing)\n", rep.Cold)
 		}
 		fmt.Fprintf(out, "RESULT mode=throughput fn=%s clients=%d duration_s=%.1f requests=%d rps=%.1f p50_ms=%.3f p99_ms=%.3f errors=%d cold=%d\n",
-			cfg.Fn, cfg.Clients, rep.Elapsed.Seconds(), len(lat), rep.rps(), ms(percentile(lat, 50)), ms(percentile(lat, 99)), rep.Errors, rep.Cold)
+			cfg.Fn, cfg.Clients, rep.Elapsed.Seconds(), len(lat), rep.rps(), latency.MS(latency.Percentile(lat, 50)), latency.MS(latency.Percentile(lat, 99)), rep.Errors, rep.Cold)
 		return rep.Errors == 0 && len(lat) > 0, nil
 	}
 }

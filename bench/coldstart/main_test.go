@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ebb-run/ebb/bench/internal/latency"
 )
 
 // fakeEbb imitates the two endpoints the benchmark uses. An invoke on a
@@ -318,8 +320,8 @@ func TestPercentile(t *testing.T) {
 		{"p50 of 4", ms(1, 2, 3, 4), 50, 2 * time.Millisecond},
 	}
 	for _, tt := range tests {
-		if got := percentile(tt.sorted, tt.p); got != tt.want {
-			t.Errorf("%s: percentile(p%v): got %v, want %v", tt.name, tt.p, got, tt.want)
+		if got := latency.Percentile(tt.sorted, tt.p); got != tt.want {
+			t.Errorf("%s: latency.Percentile(p%v): got %v, want %v", tt.name, tt.p, got, tt.want)
 		}
 	}
 }
