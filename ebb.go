@@ -87,7 +87,44 @@ type Spec struct {
 	// Network is the sandbox's network: NetworkOutbound (the default) or
 	// NetworkNone. Empty, as in specs stored before the field, is outbound.
 	Network string `json:"network,omitempty"`
+	// FunctionURL configures /fn/NAME; nil is the default (a key is needed
+	// wherever the server requires keys).
+	FunctionURL *FunctionURL `json:"function_url,omitempty"`
+	// RateLimit bounds the invocations the function accepts, over every
+	// protocol; nil is no limit beyond max_instances and max_queue.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
 }
+
+// FunctionURL is how /fn/NAME is guarded, as Lambda's function URL AuthType.
+type FunctionURL struct {
+	// Auth is FunctionURLAuthKey (the default) or FunctionURLAuthNone.
+	Auth string `json:"auth"`
+}
+
+// Function URL auth types.
+const (
+	// FunctionURLAuthKey needs an ebb key wherever the server requires keys.
+	FunctionURLAuthKey = "key"
+	// FunctionURLAuthNone makes the URL public, like Lambda's AuthType NONE:
+	// anyone who can reach ebb can call it, and its Authorization header is
+	// the function's own business.
+	FunctionURLAuthNone = "none"
+)
+
+// PublicURL says whether the function's URL needs no key.
+func (s *Spec) PublicURL() bool {
+	return s.FunctionURL != nil && s.FunctionURL.Auth == FunctionURLAuthNone
+}
+
+// RateLimit is a token bucket: RPS tokens a second, at most Burst at once.
+type RateLimit struct {
+	RPS   float64 `json:"rps"`
+	Burst int     `json:"burst"`
+}
+
+// MaxRateLimitRPS bounds rate_limit.rps (and a key's rps): past it a limit
+// is no limit.
+const MaxRateLimitRPS = 1_000_000
 
 // Networks a function's sandbox may have.
 const (
@@ -259,6 +296,17 @@ func (s *Spec) Validate() error {
 	case "", NetworkOutbound, NetworkNone:
 	default:
 		return &FieldError{"network", fmt.Sprintf("%q is not outbound or none", s.Network)}
+	}
+	if u := s.FunctionURL; u != nil && u.Auth != FunctionURLAuthKey && u.Auth != FunctionURLAuthNone {
+		return &FieldError{"function_url.auth", fmt.Sprintf("%q is not key or none", u.Auth)}
+	}
+	if l := s.RateLimit; l != nil {
+		switch {
+		case !(l.RPS > 0) || l.RPS > MaxRateLimitRPS:
+			return &FieldError{"rate_limit.rps", fmt.Sprintf("%v is out of range (above 0, at most %d)", l.RPS, MaxRateLimitRPS)}
+		case l.Burst < 1 || l.Burst > MaxRateLimitRPS:
+			return &FieldError{"rate_limit.burst", fmt.Sprintf("%d is out of range (1 to %d)", l.Burst, MaxRateLimitRPS)}
+		}
 	}
 	if len(s.Warmup) > 0 {
 		switch {

@@ -21,6 +21,8 @@ Usage:
   ebb logs NAME [-f]                          show a function's output
   ebb rm NAME                                 remove a function
   ebb jobs ls NAME | get ID | redrive NAME    async jobs: list, inspect, re-queue dead letters
+  ebb keys create --role R [--functions G]    API keys: create, ls, revoke ID, rotate ID
+  ebb audit [--since 24h]                     the audit log of control-plane actions
 
 Client commands find the server with --url or EBB_URL (default http://127.0.0.1:8080)
 and authenticate with --key or EBB_API_KEY.
@@ -52,6 +54,10 @@ func main() {
 		err = runRemove(ctx, args)
 	case "jobs":
 		err = runJobs(ctx, args)
+	case "keys":
+		err = runKeys(ctx, args)
+	case "audit":
+		err = runAudit(ctx, args)
 	case "onnx-serve":
 		err = runONNXServe(ctx, args)
 	case "help", "-h", "--help":

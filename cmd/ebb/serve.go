@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -55,6 +56,9 @@ func runServe(ctx context.Context, args []string) error {
 	writeTimeout := fs.Duration("write-timeout", 60*time.Second, "longest a response may make no progress to its client (a proxied stream's instance slot is then freed)")
 	keepAlive := fs.Duration("keepalive-timeout", 75*time.Second, "how long an idle client connection is kept")
 	maxConns := fs.Int("max-conns", 10000, "most client connections at once; more are answered 503 at once")
+	allowedHosts := fs.String("allowed-hosts", "", "comma-separated Host names ebb answers for besides loopback names (when listening on loopback); others get 421 (\"*\": any)")
+	corsOrigins := fs.String("cors-origins", "", "comma-separated browser origins allowed to call ebb (CORS; \"*\": any); none by default")
+	auditRetention := fs.Duration("audit-retention", 90*24*time.Hour, "how long the audit log of control-plane actions is kept")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,6 +76,9 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	if *maxConns <= 0 {
 		return fmt.Errorf("--max-conns: must be positive, got %d", *maxConns)
+	}
+	if *auditRetention <= 0 {
+		return fmt.Errorf("--audit-retention: must be a positive duration, got %s", *auditRetention)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -110,6 +117,7 @@ func runServe(ctx context.Context, args []string) error {
 	loopback := auth.IsLoopback(*listen)
 	p, adminKey, err := platform.New(ctx, platform.Config{
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
+		LoopbackHosts: loopback, AllowedHosts: splitList(*allowedHosts), CORSOrigins: splitList(*corsOrigins), AuditRetention: *auditRetention,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
 		Sandbox:        sandbox.Config{Mode: *sandboxMode, UIDs: uids},
@@ -167,6 +175,17 @@ func defaultInstanceDir(dataDir string) string {
 	}
 	sum := sha256.Sum256([]byte(dataDir))
 	return filepath.Join("/dev/shm", "ebb-"+hex.EncodeToString(sum[:6]))
+}
+
+// splitList splits a comma-separated flag, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // sparesOrNone maps the flag's 0 ("none") to the platform's negative.

@@ -11,11 +11,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/logbuf"
+	"github.com/ebb-run/ebb/internal/route"
 )
 
 // FunctionStatus is what GET /v1/functions/{name} answers.
@@ -135,7 +138,10 @@ type Config struct {
 	MaxBundleBytes int64
 	// BaseURL is how clients reach ebb, for the URLs in replies.
 	BaseURL string
-	Logger  *slog.Logger
+	// Keys manages API keys and reads the audit log; nil leaves out
+	// /v1/keys and /v1/audit.
+	Keys   Keys
+	Logger *slog.Logger
 }
 
 // Validate checks c and fills defaults.
@@ -163,13 +169,26 @@ func New(cfg Config) (*API, error) {
 	return &API{cfg: cfg}, nil
 }
 
-// Register adds the routes to mux.
-func (a *API) Register(mux *http.ServeMux) {
-	mux.HandleFunc("PUT /v1/functions/{name}", a.deploy)
-	mux.HandleFunc("GET /v1/functions", a.list)
-	mux.HandleFunc("GET /v1/functions/{name}", a.status)
-	mux.HandleFunc("DELETE /v1/functions/{name}", a.remove)
-	mux.HandleFunc("GET /v1/functions/{name}/logs", a.logs)
+// Routes are the API's entries in the route table.
+func (a *API) Routes() []route.Route {
+	name := func(r *http.Request) string { return r.PathValue("name") }
+	id := func(r *http.Request) string { return r.PathValue("id") }
+	rs := []route.Route{
+		{Pattern: "PUT /v1/functions/{name}", Perm: auth.PermDeploy, Function: name, Audit: "function.deploy", Handler: a.deploy},
+		{Pattern: "GET /v1/functions", Perm: auth.PermDescribe, Handler: a.list},
+		{Pattern: "GET /v1/functions/{name}", Perm: auth.PermDescribe, Function: name, Handler: a.status},
+		{Pattern: "DELETE /v1/functions/{name}", Perm: auth.PermDeploy, Function: name, Audit: "function.remove", Handler: a.remove},
+		{Pattern: "GET /v1/functions/{name}/logs", Perm: auth.PermLogs, Function: name, Handler: a.logs},
+	}
+	if a.cfg.Keys != nil {
+		rs = append(rs,
+			route.Route{Pattern: "POST /v1/keys", Perm: auth.PermKeys, Audit: "key.create", Handler: a.createKey},
+			route.Route{Pattern: "GET /v1/keys", Perm: auth.PermKeys, Handler: a.listKeys},
+			route.Route{Pattern: "DELETE /v1/keys/{id}", Perm: auth.PermKeys, Audit: "key.revoke", AuditTarget: id, Handler: a.revokeKey},
+			route.Route{Pattern: "POST /v1/keys/{id}/rotate", Perm: auth.PermKeys, Audit: "key.rotate", AuditTarget: id, Handler: a.rotateKey},
+			route.Route{Pattern: "GET /v1/audit", Perm: auth.PermAudit, Handler: a.audit})
+	}
+	return rs
 }
 
 // DeployReply is the answer to a deploy.
@@ -215,6 +234,9 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	// A scoped key sees only the functions it covers.
+	p := auth.FromContext(r.Context())
+	fns = slices.DeleteFunc(fns, func(f FunctionStatus) bool { return !p.Covers(f.Name) })
 	if fns == nil {
 		fns = []FunctionStatus{}
 	}
@@ -283,28 +305,28 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 // fail maps err to a status: the client gets a clear message, the log the cause.
 func (a *API) fail(w http.ResponseWriter, err error) {
 	var br *BadRequest
+	var fe *ebb.FieldError
 	switch {
 	case errors.Is(err, ebb.ErrNotFound):
-		writeJSON(w, http.StatusNotFound, errorBody{"ResourceNotFound", "function not found"})
+		route.Write(w, route.Native, &route.Error{Status: http.StatusNotFound, Type: "ResourceNotFound", Message: "function not found"})
 	case errors.Is(err, ebb.ErrPayloadTooLarge):
-		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{"RequestTooLarge", err.Error()})
+		route.Write(w, route.Native, &route.Error{Status: http.StatusRequestEntityTooLarge, Type: "RequestTooLarge", Message: err.Error()})
 	case errors.As(err, &br):
-		writeJSON(w, http.StatusBadRequest, errorBody{"InvalidBundle", br.Error()})
+		route.Write(w, route.Native, &route.Error{Status: http.StatusBadRequest, Type: "InvalidBundle", Message: br.Error()})
+	case errors.As(err, &fe):
+		route.Write(w, route.Native, &route.Error{Status: http.StatusBadRequest, Type: "InvalidRequestContent", Message: fe.Error()})
 	default:
 		a.cfg.Logger.Error("api request failed", "err", err)
-		writeJSON(w, http.StatusInternalServerError, errorBody{"Ebb.InternalError", "internal error"})
+		route.Write(w, route.Native, &route.Error{Status: http.StatusInternalServerError, Type: "Ebb.InternalError", Message: "internal error"})
 	}
 }
 
-type errorBody struct {
-	Type    string `json:"errorType"`
-	Message string `json:"errorMessage"`
-}
-
+// writeJSON answers v, indented: the management API is read by people too.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		status, b = http.StatusInternalServerError, []byte(`{"errorType":"Ebb.InternalError","errorMessage":"internal error"}`)
+		route.Write(w, route.Native, &route.Error{Status: http.StatusInternalServerError, Type: "Ebb.InternalError", Message: "internal error"})
+		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

@@ -1,28 +1,39 @@
-// Package auth guards ebb's HTTP API with bearer API keys. Only hashes of keys
-// are kept; the secret is shown once, when it is made. Keys are held in memory
-// so that checking one never touches the store on the request path.
+// Package auth decides who a request is and what it may do: API keys with a
+// role and function globs, presented as a bearer secret, in X-Api-Key, or as
+// an AWS SigV4 signature for AWS SDKs and tools. Keys are held in memory
+// (Keyring) so that checking one never touches the store on the request path;
+// only hashes of bearer secrets are kept anywhere.
 package auth
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
+	"fmt"
 	"net"
-	"net/http"
 	"strings"
-	"sync"
+
+	"github.com/ebb-run/ebb"
 )
 
-// KeyPrefix starts every ebb API key, so that leaked keys are easy to spot.
+// KeyPrefix starts every ebb API key, so that leaked keys are easy to spot
+// (and so that ebb knows which credentials are its own to strip).
 const KeyPrefix = "ebb_"
 
-// NewKey returns a new random secret key and its hash.
-func NewKey() (secret, hash string) {
+// NewSecret returns a new random bearer secret and its hash.
+func NewSecret() (secret, hash string) {
 	var b [24]byte
 	rand.Read(b[:])
 	secret = KeyPrefix + hex.EncodeToString(b[:])
 	return secret, Hash(secret)
+}
+
+// NewID returns a new random key ID (8 lowercase hex).
+func NewID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Hash is the hex sha256 of a key: what is stored and compared.
@@ -44,81 +55,112 @@ func IsLoopback(listen string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// Keys is the set of valid key hashes.
-type Keys struct {
-	mu     sync.RWMutex // guards hashes
-	hashes [][sha256.Size]byte
-}
+// Perm is one thing a route needs a key to be allowed.
+type Perm string
 
-// Add allows the key with this hex hash.
-func (k *Keys) Add(hexHash string) {
-	b, err := hex.DecodeString(hexHash)
-	if err != nil || len(b) != sha256.Size {
-		return
+// The permissions routes ask for. A role is a set of them (see Allows).
+const (
+	PermDeploy   Perm = "deploy"   // deploy and remove functions, redrive jobs
+	PermInvoke   Perm = "invoke"   // every invocation protocol
+	PermDescribe Perm = "describe" // a function's status, description and listing
+	PermLogs     Perm = "logs"     // a function's output
+	PermJobs     Perm = "jobs"     // async job records (payloads and results)
+	PermMetrics  Perm = "metrics"  // /metrics
+	PermBuckets  Perm = "buckets"  // /v1/buckets (uploads trigger functions)
+	PermKeys     Perm = "keys"     // create, list, rotate and revoke keys
+	PermAudit    Perm = "audit"    // read the audit log
+)
+
+// FunctionScoped says whether a permission applies to named functions (and
+// so is narrowed by a key's globs).
+func (p Perm) FunctionScoped() bool {
+	switch p {
+	case PermDeploy, PermInvoke, PermDescribe, PermLogs, PermJobs:
+		return true
 	}
-	var h [sha256.Size]byte
-	copy(h[:], b)
-	k.mu.Lock()
-	k.hashes = append(k.hashes, h)
-	k.mu.Unlock()
+	return false
 }
 
-// Remove revokes the key with this hex hash.
-func (k *Keys) Remove(hexHash string) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for i, h := range k.hashes {
-		if hex.EncodeToString(h[:]) == hexHash {
-			k.hashes = append(k.hashes[:i], k.hashes[i+1:]...)
-			return
+// roles is what each role may do. Admin may do everything.
+var roles = map[ebb.Role][]Perm{
+	ebb.RoleDeploy: {PermDeploy, PermDescribe, PermLogs, PermJobs},
+	ebb.RoleInvoke: {PermInvoke, PermDescribe, PermJobs},
+	ebb.RoleRead:   {PermDescribe, PermLogs, PermJobs, PermMetrics},
+}
+
+// Allows says whether role has perm.
+func Allows(role ebb.Role, perm Perm) bool {
+	if role == ebb.RoleAdmin {
+		return true
+	}
+	for _, p := range roles[role] {
+		if p == perm {
+			return true
 		}
 	}
+	return false
 }
 
-// Len is the number of keys.
-func (k *Keys) Len() int {
-	k.mu.RLock()
-	defer k.mu.RUnlock()
-	return len(k.hashes)
+// Principal is the key a request authenticated with.
+type Principal struct {
+	Key ebb.Key
+	// Via says how it was presented: "bearer", "x-api-key", "sigv4".
+	Via string
 }
 
-// Valid reports whether secret is a known key. It compares against every key
-// in constant time, so timing says nothing about which bytes matched.
-func (k *Keys) Valid(secret string) bool {
-	h := sha256.Sum256([]byte(secret))
-	k.mu.RLock()
-	defer k.mu.RUnlock()
-	ok := 0
-	for i := range k.hashes {
-		ok |= subtle.ConstantTimeCompare(h[:], k.hashes[i][:])
+// ForbiddenError is a key acting outside its role or functions: 403, with a
+// message naming what is missing.
+type ForbiddenError struct {
+	KeyID    string
+	Role     ebb.Role
+	Perm     Perm
+	Function string // empty for permissions not scoped to a function
+}
+
+func (e *ForbiddenError) Error() string {
+	if e.Function != "" && Allows(e.Role, e.Perm) {
+		return fmt.Sprintf("key %s (role %s) lacks permission %q on function %q: it is limited to other functions", e.KeyID, e.Role, e.Perm, e.Function)
 	}
-	return ok == 1
+	if e.Function != "" {
+		return fmt.Sprintf("key %s (role %s) lacks permission %q (needed on function %q)", e.KeyID, e.Role, e.Perm, e.Function)
+	}
+	return fmt.Sprintf("key %s (role %s) lacks permission %q", e.KeyID, e.Role, e.Perm)
 }
 
-// Middleware rejects requests without a valid "Authorization: Bearer KEY"
-// (or, for AWS SDK-free tools, "X-Api-Key: KEY") with 401. Paths in open are
-// served without a key.
-func (k *Keys) Middleware(next http.Handler, open ...string) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, p := range open {
-			if r.URL.Path == p {
-				next.ServeHTTP(w, r)
-				return
-			}
-		}
-		secret := r.Header.Get("X-Api-Key")
-		if a := r.Header.Get("Authorization"); a != "" {
-			if len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
-				secret = strings.TrimSpace(a[7:])
-			}
-		}
-		if secret == "" || !k.Valid(secret) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="ebb"`)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			w.Write([]byte(`{"errorType":"Unauthorized","errorMessage":"a valid API key is required (Authorization: Bearer KEY)"}` + "\n"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
+// Can says whether p may use perm on function fn ("" for routes that name
+// none); nil p means keys are not required, and everything is allowed.
+func (p *Principal) Can(perm Perm, fn string) error {
+	if p == nil {
+		return nil
+	}
+	if !Allows(p.Key.Role, perm) || (fn != "" && perm.FunctionScoped() && !p.Key.Covers(fn)) {
+		return &ForbiddenError{KeyID: p.Key.ID, Role: p.Key.Role, Perm: perm, Function: fn}
+	}
+	return nil
 }
+
+// Covers says whether p may see function fn at all (for filtering lists).
+func (p *Principal) Covers(fn string) bool { return p == nil || p.Key.Covers(fn) }
+
+type principalKey struct{}
+
+// WithPrincipal returns ctx carrying p.
+func WithPrincipal(ctx context.Context, p *Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// FromContext returns the request's principal, nil when keys are not
+// required (everything allowed).
+func FromContext(ctx context.Context) *Principal {
+	p, _ := ctx.Value(principalKey{}).(*Principal)
+	return p
+}
+
+// Check is Can for the request's principal: handlers whose function is known
+// only after a lookup (a job's) call it themselves.
+func Check(ctx context.Context, perm Perm, fn string) error {
+	return FromContext(ctx).Can(perm, fn)
+}
+
+// IsEbbSecret says whether s looks like an ebb bearer secret.
+func IsEbbSecret(s string) bool { return strings.HasPrefix(strings.TrimSpace(s), KeyPrefix) }

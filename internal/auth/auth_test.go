@@ -1,44 +1,286 @@
 package auth
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
+	"github.com/ebb-run/ebb"
 )
 
-func TestMiddleware(t *testing.T) {
-	var keys Keys
-	secret, hash := NewKey()
-	keys.Add(hash)
-	h := keys.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) }), "/healthz")
-	tests := []struct {
-		name, path, header, value string
-		want                      int
-	}{
-		{"no key", "/v1/functions", "", "", 401},
-		{"wrong key", "/v1/functions", "Authorization", "Bearer ebb_nope", 401},
-		{"bearer", "/v1/functions", "Authorization", "Bearer " + secret, 200},
-		{"lowercase bearer", "/v1/functions", "Authorization", "bearer " + secret, 200},
-		{"basic is not bearer", "/v1/functions", "Authorization", "Basic " + secret, 401},
-		{"x-api-key", "/v1/functions", "X-Api-Key", secret, 200},
-		{"open path", "/healthz", "", "", 200},
+// ring holds one invoke key scoped to img-*, and returns its secrets.
+func ring(t *testing.T, clock *time.Time, mod func(*ebb.Key)) (*Authenticator, string, string, string) {
+	t.Helper()
+	secret, hash := NewSecret()
+	akid, sig := NewAccessKey()
+	k := ebb.Key{ID: NewID(), Role: ebb.RoleInvoke, Functions: []string{"img-*"}, Hash: hash, AccessKeyID: akid, CreatedAt: *clock}
+	if mod != nil {
+		mod(&k)
 	}
-	for _, tt := range tests {
+	kr := &Keyring{}
+	if err := kr.Put(k, sig); err != nil {
+		t.Fatal(err)
+	}
+	return &Authenticator{Keys: kr, Now: func() time.Time { return *clock }}, secret, akid, sig
+}
+
+func TestBearer(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	a, secret, _, _ := ring(t, &now, nil)
+	for _, tt := range []struct {
+		name, header, value string
+		err                 error
+	}{
+		{"no key", "", "", ErrNoCredentials},
+		{"wrong key", "Authorization", "Bearer ebb_nope", ErrUnknownKey},
+		{"bearer", "Authorization", "Bearer " + secret, nil},
+		{"lowercase bearer", "Authorization", "bearer " + secret, nil},
+		{"basic is not bearer", "Authorization", "Basic " + secret, ErrNoCredentials},
+		{"x-api-key", "X-Api-Key", secret, nil},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := httptest.NewRequest("GET", tt.path, nil)
+			r := httptest.NewRequest("GET", "/v1/functions", nil)
 			if tt.header != "" {
 				r.Header.Set(tt.header, tt.value)
 			}
-			w := httptest.NewRecorder()
-			h.ServeHTTP(w, r)
-			if w.Code != tt.want {
-				t.Errorf("status = %d, want %d", w.Code, tt.want)
+			p, err := a.Authenticate(r)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("err = %v, want %v", err, tt.err)
+			}
+			if err == nil && p.Key.Role != ebb.RoleInvoke {
+				t.Errorf("principal = %+v", p)
 			}
 		})
 	}
-	keys.Remove(hash)
-	if keys.Valid(secret) {
-		t.Error("removed key still valid")
+	// Revocation is immediate.
+	id := ""
+	for k := range a.Keys.byID {
+		id = k
+	}
+	a.Keys.Remove(id)
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set("Authorization", "Bearer "+secret)
+	if _, err := a.Authenticate(r); !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("after Remove: err = %v, want ErrUnknownKey", err)
+	}
+}
+
+func TestExpiryAndRate(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	a, secret, _, _ := ring(t, &now, func(k *ebb.Key) { k.ExpiresAt = now.Add(time.Hour); k.RPS = 2 })
+	req := func() error {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("X-Api-Key", secret)
+		_, err := a.Authenticate(r)
+		return err
+	}
+	// Burst of 2, then refused until time moves.
+	if err := req(); err != nil {
+		t.Fatal(err)
+	}
+	if err := req(); err != nil {
+		t.Fatal(err)
+	}
+	var rl *RateLimitedError
+	if err := req(); !errors.As(err, &rl) || rl.RetryAfter <= 0 || rl.RetryAfter > time.Second {
+		t.Fatalf("third request: err = %v, want a rate limit with a retry within 1s", err)
+	}
+	now = now.Add(500 * time.Millisecond)
+	if err := req(); err != nil {
+		t.Fatalf("after 500ms at 2 rps: %v", err)
+	}
+	now = now.Add(time.Hour)
+	if err := req(); !errors.Is(err, ErrExpired) {
+		t.Fatalf("after expiry: err = %v, want ErrExpired", err)
+	}
+}
+
+func TestScope(t *testing.T) {
+	p := &Principal{Key: ebb.Key{ID: "0000aaaa", Role: ebb.RoleInvoke, Functions: []string{"img-*", "echo"}}}
+	for _, tt := range []struct {
+		perm Perm
+		fn   string
+		ok   bool
+	}{
+		{PermInvoke, "img-resize", true},
+		{PermInvoke, "echo", true},
+		{PermInvoke, "echo2", false},
+		{PermDeploy, "img-resize", false},
+		{PermDescribe, "img-x", true},
+		{PermMetrics, "", false},
+		{PermKeys, "", false},
+	} {
+		err := p.Can(tt.perm, tt.fn)
+		if (err == nil) != tt.ok {
+			t.Errorf("Can(%s, %q) = %v, want ok=%v", tt.perm, tt.fn, err, tt.ok)
+		}
+		var fe *ForbiddenError
+		if err != nil && (!errors.As(err, &fe) || !strings.Contains(err.Error(), string(tt.perm))) {
+			t.Errorf("Can(%s, %q) error %q does not name the permission", tt.perm, tt.fn, err)
+		}
+	}
+	var none *Principal
+	if none.Can(PermKeys, "") != nil {
+		t.Error("a nil principal (keys not required) is refused")
+	}
+	admin := &Principal{Key: ebb.Key{Role: ebb.RoleAdmin}}
+	for _, perm := range []Perm{PermDeploy, PermKeys, PermAudit, PermBuckets, PermMetrics} {
+		if err := admin.Can(perm, "anything"); err != nil {
+			t.Errorf("admin refused %s: %v", perm, err)
+		}
+	}
+}
+
+// sign signs r as the AWS SDK does for a Lambda call.
+func sign(t *testing.T, r *http.Request, body, akid, secret string, at time.Time) {
+	t.Helper()
+	err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: akid, SecretAccessKey: secret},
+		r, hashBody([]byte(body)), "lambda", "eu-west-3", at)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSigV4(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	a, _, akid, secret := ring(t, &now, nil)
+	const body = `{"x":1}`
+	newReq := func() *http.Request {
+		r := httptest.NewRequest("POST", "http://127.0.0.1:8080/2015-03-31/functions/img-a/invocations?Qualifier=3", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("X-Amz-Invocation-Type", "RequestResponse")
+		return r
+	}
+	check := func(name string, r *http.Request, wantType string) {
+		t.Helper()
+		p, err := a.Authenticate(r)
+		var se *SigV4Error
+		switch {
+		case wantType == "" && err != nil:
+			t.Errorf("%s: %v", name, err)
+		case wantType == "" && p.Via != "sigv4":
+			t.Errorf("%s: via %q", name, p.Via)
+		case wantType != "" && (!errors.As(err, &se) || se.Type != wantType):
+			t.Errorf("%s: err = %v, want %s", name, err, wantType)
+		}
+	}
+	r := newReq()
+	sign(t, r, body, akid, secret, now)
+	check("valid", r, "")
+	if b := make([]byte, len(body)); func() bool { n, _ := r.Body.Read(b); return string(b[:n]) != body }() {
+		t.Error("the body was not put back for the handler")
+	}
+
+	r = newReq()
+	sign(t, r, body, akid, "wrong-secret", now)
+	check("wrong secret", r, "InvalidSignatureException")
+
+	r = newReq()
+	sign(t, r, body, "EBBUNKNOWN0000000000", secret, now)
+	check("unknown access key", r, "UnrecognizedClientException")
+
+	r = newReq()
+	sign(t, r, body, akid, secret, now.Add(-6*time.Minute))
+	check("skew", r, "InvalidSignatureException")
+
+	r = newReq()
+	sign(t, r, body, akid, secret, now)
+	r.Body = httptest.NewRequest("POST", "/", strings.NewReader(`{"x":2}`)).Body
+	check("body swapped", r, "InvalidSignatureException")
+
+	r = newReq()
+	sign(t, r, body, akid, secret, now)
+	r.Header.Set("X-Amz-Invocation-Type", "Event")
+	check("signed header changed", r, "InvalidSignatureException")
+
+	r = newReq()
+	sign(t, r, body, akid, secret, now)
+	r.URL.RawQuery = "Qualifier=4"
+	check("query changed", r, "InvalidSignatureException")
+
+	// Query-string signing (a presigned URL).
+	pr := httptest.NewRequest("GET", "http://127.0.0.1:8080/fn/img-a/x?size=3", nil)
+	q := pr.URL.Query()
+	q.Set("X-Amz-Expires", "300")
+	pr.URL.RawQuery = q.Encode()
+	u, _, err := v4.NewSigner().PresignHTTP(context.Background(), aws.Credentials{AccessKeyID: akid, SecretAccessKey: secret},
+		pr, hashBody(nil), "lambda", "us-east-1", now.Add(-time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = httptest.NewRequest("GET", u, nil)
+	check("presigned", r, "")
+	Strip(r, true)
+	if strings.Contains(r.URL.RawQuery, "X-Amz-") || r.URL.Query().Get("size") != "3" {
+		t.Errorf("Strip left query %q", r.URL.RawQuery)
+	}
+	r = httptest.NewRequest("GET", strings.Replace(u, "size=3", "size=4", 1), nil)
+	check("presigned, query changed", r, "InvalidSignatureException")
+}
+
+func TestStrip(t *testing.T) {
+	secret, _ := NewSecret()
+	for _, tt := range []struct {
+		name        string
+		keyed       bool
+		set         map[string]string
+		kept, gone  []string
+		query, want string
+	}{
+		{name: "ebb bearer", keyed: true, set: map[string]string{"Authorization": "Bearer " + secret, "X-Api-Key": "x"}, gone: []string{"Authorization", "X-Api-Key"}},
+		{name: "public: own authorization kept", set: map[string]string{"Authorization": "Bearer their-own-token", "X-Api-Key": "theirs"}, kept: []string{"Authorization", "X-Api-Key"}},
+		{name: "public: ebb credentials still removed", set: map[string]string{"Authorization": "Bearer " + secret, "X-Api-Key": secret}, gone: []string{"Authorization", "X-Api-Key"}},
+		{name: "sigv4 headers", set: map[string]string{"Authorization": "AWS4-HMAC-SHA256 Credential=x", "X-Amz-Date": "1", "X-Amz-Content-Sha256": "2", "X-Amz-Security-Token": "3"},
+			gone: []string{"Authorization", "X-Amz-Date", "X-Amz-Content-Sha256", "X-Amz-Security-Token"}},
+		{name: "query", query: "a=1&X-Amz-Signature=s&b=2&X-Amz-Credential=c&x-amz-other=k", want: "a=1&b=2&x-amz-other=k"},
+	} {
+		r := httptest.NewRequest("GET", "/fn/x?"+tt.query, nil)
+		for k, v := range tt.set {
+			r.Header.Set(k, v)
+		}
+		Strip(r, tt.keyed)
+		for _, h := range tt.kept {
+			if r.Header.Get(h) != tt.set[h] {
+				t.Errorf("%s: %s was changed to %q", tt.name, h, r.Header.Get(h))
+			}
+		}
+		for _, h := range tt.gone {
+			if _, ok := r.Header[h]; ok {
+				t.Errorf("%s: %s was not removed", tt.name, h)
+			}
+		}
+		if tt.query != "" && r.URL.RawQuery != tt.want {
+			t.Errorf("%s: query = %q, want %q", tt.name, r.URL.RawQuery, tt.want)
+		}
+	}
+}
+
+func TestSealer(t *testing.T) {
+	kek := make([]byte, 32)
+	s, err := NewSealer(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := s.Seal("0000aaaa", "the-secret")
+	if strings.Contains(sealed, "the-secret") {
+		t.Fatal("sealed text holds the secret")
+	}
+	if got, err := s.Open("0000aaaa", sealed); err != nil || got != "the-secret" {
+		t.Fatalf("Open = %q, %v", got, err)
+	}
+	if _, err := s.Open("0000bbbb", sealed); err == nil {
+		t.Error("a secret sealed for one key opened for another")
+	}
+	other, _ := NewSealer(append(make([]byte, 31), 1))
+	if _, err := other.Open("0000aaaa", sealed); err == nil {
+		t.Error("a secret opened under another key-encryption key")
 	}
 }
 

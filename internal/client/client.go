@@ -209,3 +209,51 @@ func (c *Client) Redrive(ctx context.Context, name string) (int, error) {
 	err := c.getJSON(ctx, http.MethodPost, "/v1/functions/"+url.PathEscape(name)+"/jobs/redrive", nil, nil, &out)
 	return out.N, err
 }
+
+// CreateKey makes an API key; the reply holds its secrets, shown only now.
+func (c *Client) CreateKey(ctx context.Context, req api.KeyRequest) (*api.KeyCreated, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var out api.KeyCreated
+	err = c.getJSON(ctx, http.MethodPost, "/v1/keys", bytes.NewReader(b), http.Header{"Content-Type": {"application/json"}}, &out)
+	return &out, err
+}
+
+// Keys lists the API keys.
+func (c *Client) Keys(ctx context.Context) ([]api.KeyInfo, error) {
+	var out struct {
+		Keys []api.KeyInfo `json:"keys"`
+	}
+	err := c.getJSON(ctx, http.MethodGet, "/v1/keys", nil, nil, &out)
+	return out.Keys, err
+}
+
+// RevokeKey revokes a key by ID.
+func (c *Client) RevokeKey(ctx context.Context, id string) error {
+	return c.getJSON(ctx, http.MethodDelete, "/v1/keys/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// RotateKey gives a key new secrets; the old ones stop working.
+func (c *Client) RotateKey(ctx context.Context, id string) (*api.KeyCreated, error) {
+	var out api.KeyCreated
+	err := c.getJSON(ctx, http.MethodPost, "/v1/keys/"+url.PathEscape(id)+"/rotate", nil, nil, &out)
+	return &out, err
+}
+
+// Audit reads the audit log from since ("24h", "7d" or RFC 3339; empty: all).
+func (c *Client) Audit(ctx context.Context, since string, limit int) ([]api.AuditEntry, error) {
+	q := url.Values{}
+	if since != "" {
+		q.Set("since", since)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var out struct {
+		Records []api.AuditEntry `json:"records"`
+	}
+	err := c.getJSON(ctx, http.MethodGet, "/v1/audit?"+q.Encode(), nil, nil, &out)
+	return out.Records, err
+}

@@ -31,6 +31,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/route"
 )
 
 // Enqueue queues payload for fn under id; the queue implements it.
@@ -193,10 +195,13 @@ func (e *Events) onMessage(fn string, m *nats.Msg) {
 	}
 }
 
-// Register adds the bucket routes.
-func (e *Events) Register(mux *http.ServeMux) {
-	mux.HandleFunc("PUT /v1/buckets/{bucket}/{key...}", e.put)
-	mux.HandleFunc("GET /v1/buckets/{bucket}/{key...}", e.get)
+// Routes are the bucket routes of the route table. Uploads trigger
+// functions, so buckets are their own permission (admin keys only).
+func (e *Events) Routes() []route.Route {
+	return []route.Route{
+		{Pattern: "PUT /v1/buckets/{bucket}/{key...}", Perm: auth.PermBuckets, Handler: e.put},
+		{Pattern: "GET /v1/buckets/{bucket}/{key...}", Perm: auth.PermBuckets, Handler: e.get},
+	}
 }
 
 func validKey(k string) bool {
@@ -385,15 +390,10 @@ func (e *Events) internal(w http.ResponseWriter, what string, err error) {
 }
 
 func writeError(w http.ResponseWriter, status int, typ, msg string) {
-	writeJSON(w, status, map[string]string{"errorType": typ, "errorMessage": msg})
+	route.Write(w, route.Native, &route.Error{Status: status, Type: typ, Message: msg})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, _ := json.Marshal(v)
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { route.JSON(w, status, v) }
 
 // s3Event is the S3 notification event (as Lambda receives it) of one upload.
 func s3Event(bucket, key string, size int64, etag string, now time.Time) []byte {

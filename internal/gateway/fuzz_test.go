@@ -7,9 +7,11 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/ebbtest"
+	"github.com/ebb-run/ebb/internal/route"
 )
 
 // resultBackend answers every invocation of "real" with a plain 200 REAL and
@@ -29,15 +31,23 @@ func (b *resultBackend) Proxy(context.Context, string, string, http.ResponseWrit
 
 func (b *resultBackend) Runtime(string) (ebb.Runtime, error) { return ebb.RuntimePython, nil }
 
+// openFunctions has no public URLs and no rate limits.
+type openFunctions struct{}
+
+func (openFunctions) PublicURL(string) bool                               { return false }
+func (openFunctions) AllowInvoke(string, time.Time) (bool, time.Duration) { return true, 0 }
+
 // serveGateway runs the gateway behind ebb's HTTP server on loopback.
 func serveGateway(t testing.TB, b Backend) string {
 	g, err := New(Config{Backend: b})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	g.Register(mux)
-	return ebbtest.ServeH1(t, mux)
+	table, err := route.New(route.Config{Functions: openFunctions{}}, g.Routes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ebbtest.ServeH1(t, table)
 }
 
 // FuzzFunctionURLResult feeds arbitrary function URL results (a python or

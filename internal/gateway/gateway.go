@@ -18,9 +18,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/respguard"
+	"github.com/ebb-run/ebb/internal/route"
 )
 
 // Result is what the backend says about a finished invocation.
@@ -57,7 +60,10 @@ type Config struct {
 	Enqueuer Enqueuer
 	// MaxAsyncPayload bounds an Event invocation; default 1 MiB.
 	MaxAsyncPayload int64
-	Logger          *slog.Logger
+	// Catalog answers the Lambda API's GetFunction, GetFunctionConfiguration
+	// and ListFunctions, and LogType Tail; nil leaves those routes out.
+	Catalog Catalog
+	Logger  *slog.Logger
 }
 
 // Validate checks c and fills defaults.
@@ -90,16 +96,29 @@ func New(cfg Config) (*Gateway, error) {
 	return &Gateway{cfg: cfg}, nil
 }
 
-// Register adds the gateway's routes to mux.
-func (g *Gateway) Register(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/functions/{name}/invoke", g.invoke)
-	mux.HandleFunc("POST /2015-03-31/functions/{name}/invocations", g.lambdaInvoke)
-	mux.HandleFunc("/fn/{name}/{path...}", g.functionURL)
-	mux.HandleFunc("/fn/{name}", g.functionURL)
-	mux.HandleFunc("GET /v2/health/live", g.health)
-	mux.HandleFunc("GET /v2/health/ready", g.health)
-	mux.HandleFunc("/v2/models/{model}/{rest...}", g.inference)
-	mux.HandleFunc("GET /v2/models/{model}", g.inference)
+// Routes are the gateway's entries in the route table.
+func (g *Gateway) Routes() []route.Route {
+	name := func(r *http.Request) string { return r.PathValue("name") }
+	model := func(r *http.Request) string { return r.PathValue("model") }
+	lambda := func(r *http.Request) string { return LambdaName(r.PathValue("name")) }
+	rs := []route.Route{
+		{Pattern: "POST /v1/functions/{name}/invoke", Perm: auth.PermInvoke, Function: name, Invoke: true, Handler: g.invoke},
+		{Pattern: "POST /2015-03-31/functions/{name}/invocations", Perm: auth.PermInvoke, Function: lambda, Dialect: route.Lambda, Invoke: true, Handler: g.lambdaInvoke},
+		{Pattern: "/fn/{name}/{path...}", Perm: auth.PermInvoke, Function: name, Invoke: true, PublicURL: true, Handler: g.functionURL},
+		{Pattern: "/fn/{name}", Perm: auth.PermInvoke, Function: name, Invoke: true, PublicURL: true, Handler: g.functionURL},
+		{Pattern: "GET /v2/health/live", Dialect: route.OIP, Handler: g.health},
+		{Pattern: "GET /v2/health/ready", Dialect: route.OIP, Handler: g.health},
+		{Pattern: "POST /v2/models/{model}/{rest...}", Perm: auth.PermInvoke, Function: model, Dialect: route.OIP, Invoke: true, Handler: g.inference},
+		{Pattern: "GET /v2/models/{model}/{rest...}", Perm: auth.PermInvoke, Function: model, Dialect: route.OIP, Handler: g.inference},
+		{Pattern: "GET /v2/models/{model}", Perm: auth.PermInvoke, Function: model, Dialect: route.OIP, Handler: g.inference},
+	}
+	if g.cfg.Catalog != nil {
+		rs = append(rs,
+			route.Route{Pattern: "GET /2015-03-31/functions/{name}", Perm: auth.PermDescribe, Function: lambda, Dialect: route.Lambda, Handler: g.lambdaGetFunction},
+			route.Route{Pattern: "GET /2015-03-31/functions/{name}/configuration", Perm: auth.PermDescribe, Function: lambda, Dialect: route.Lambda, Handler: g.lambdaGetConfiguration},
+			route.Route{Pattern: "GET /2015-03-31/functions/{$}", Perm: auth.PermDescribe, Dialect: route.Lambda, Handler: g.lambdaListFunctions})
+	}
+	return rs
 }
 
 // NewRequestID returns a random UUID (v4), the shape Lambda uses.
@@ -241,16 +260,16 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		t = r.Header.Get("X-Amz-Invocation-Type")
 	}
 	if strings.EqualFold(t, "Event") {
-		g.enqueue(w, r, name, rid, g.writeError)
+		g.enqueue(w, r, name, rid, route.Native)
 		return
 	}
 	if t != "" && !strings.EqualFold(t, "RequestResponse") {
-		g.writeError(w, r, name, &BadRequestError{fmt.Sprintf("invocation type %q is not supported (use RequestResponse or Event)", t)})
+		g.fail(w, route.Native, name, &BadRequestError{fmt.Sprintf("invocation type %q is not supported (use RequestResponse or Event)", t)})
 		return
 	}
 	payload, err := g.readPayload(w, r)
 	if err != nil {
-		g.writeError(w, r, name, err)
+		g.fail(w, route.Native, name, err)
 		return
 	}
 	res, err := g.cfg.Backend.Invoke(r.Context(), name, rid, payload)
@@ -258,7 +277,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		if res != nil {
 			h["Ebb-Cold-Start"] = []string{strconv.FormatBool(res.ColdStart)}
 		}
-		g.writeError(w, r, name, err)
+		g.fail(w, route.Native, name, err)
 		return
 	}
 	h["Ebb-Cold-Start"] = []string{strconv.FormatBool(res.ColdStart)}
@@ -270,26 +289,26 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 }
 
 // enqueue answers an Event invocation: 202 {"id"} once the job is stored.
-func (g *Gateway) enqueue(w http.ResponseWriter, r *http.Request, name, rid string, fail func(http.ResponseWriter, *http.Request, string, error)) {
+func (g *Gateway) enqueue(w http.ResponseWriter, r *http.Request, name, rid string, d route.Dialect) {
 	if g.cfg.Enqueuer == nil {
-		fail(w, r, name, &BadRequestError{"asynchronous invocations are not enabled on this server"})
+		g.fail(w, d, name, &BadRequestError{"asynchronous invocations are not enabled on this server"})
 		return
 	}
 	payload, err := readJSON(r, g.cfg.MaxAsyncPayload)
 	if err != nil {
-		fail(w, r, name, err)
+		g.fail(w, d, name, err)
 		return
 	}
 	if err := g.cfg.Enqueuer.Enqueue(r.Context(), name, rid, payload); err != nil {
-		fail(w, r, name, err)
+		g.fail(w, d, name, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, struct {
+	route.JSON(w, http.StatusAccepted, struct {
 		ID string `json:"id"`
 	}{rid})
 }
 
-// errorBody is Lambda's error shape, the body of every invoke error.
+// errorBody is Lambda's function error shape.
 type errorBody struct {
 	Type    string `json:"errorType"`
 	Message string `json:"errorMessage"`
@@ -334,7 +353,9 @@ func Classify(err error) (status int, body errorBody, kind string) {
 	return http.StatusInternalServerError, errorBody{"Ebb.InternalError", "internal error"}, "internal"
 }
 
-func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, name string, err error) {
+// fail writes err in dialect d: the client gets a clear message, the log
+// the cause of anything that is ebb's fault.
+func (g *Gateway) fail(w http.ResponseWriter, d route.Dialect, name string, err error) {
 	status, body, kind := Classify(err)
 	switch kind {
 	case "internal":
@@ -342,19 +363,11 @@ func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, name string
 	case "invalid_response":
 		g.cfg.Logger.Warn("function response refused", "function", name, "err", err)
 	}
+	e := &route.Error{Status: status, Type: body.Type, Message: body.Message}
 	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
+		e.RetryAfter = time.Second
 	}
-	writeJSON(w, status, body)
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, _ := json.Marshal(v)
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(b)+1))
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	route.Write(w, d, e)
 }
 
 func (g *Gateway) health(w http.ResponseWriter, r *http.Request) {

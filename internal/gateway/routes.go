@@ -12,13 +12,14 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/respguard"
+	"github.com/ebb-run/ebb/internal/route"
 )
 
 // lambdaInvoke serves the Lambda Invoke API, so that AWS SDKs and the AWS CLI
 // (with --endpoint-url) can call ebb functions. As in Lambda, a function error
 // is a 200 with X-Amz-Function-Error; service errors use Lambda's names.
 func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
-	name := lambdaName(r.PathValue("name"))
+	name := LambdaName(r.PathValue("name"))
 	rid := NewRequestID()
 	h := w.Header()
 	h.Set("X-Amzn-Requestid", rid)
@@ -26,22 +27,31 @@ func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
 	switch t := r.Header.Get("X-Amz-Invocation-Type"); t {
 	case "", "RequestResponse":
 	case "Event":
-		g.enqueue(w, r, name, rid, func(w http.ResponseWriter, _ *http.Request, _ string, err error) { g.lambdaError(w, err) })
+		g.enqueue(w, r, name, rid, route.Lambda)
 		return
 	case "DryRun":
 		if _, err := g.cfg.Backend.Runtime(name); err != nil {
-			g.lambdaError(w, err)
+			g.fail(w, route.Lambda, name, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return
 	default:
-		g.lambdaError(w, &BadRequestError{"invocation type " + strconv.Quote(t) + " is not supported here"})
+		g.fail(w, route.Lambda, name, &BadRequestError{"invocation type " + strconv.Quote(t) + " is not supported here"})
+		return
+	}
+	tail := false
+	switch lt := r.Header.Get("X-Amz-Log-Type"); lt {
+	case "", "None":
+	case "Tail":
+		tail = g.cfg.Catalog != nil
+	default:
+		g.fail(w, route.Lambda, name, &BadRequestError{"log type " + strconv.Quote(lt) + " is not None or Tail"})
 		return
 	}
 	payload, err := g.readPayload(w, r)
 	if err != nil {
-		g.lambdaError(w, err)
+		g.fail(w, route.Lambda, name, err)
 		return
 	}
 	res, err := g.cfg.Backend.Invoke(r.Context(), name, rid, payload)
@@ -49,11 +59,14 @@ func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
 		h.Set("Ebb-Cold-Start", strconv.FormatBool(res.ColdStart))
 		h.Set("X-Amz-Executed-Version", strconv.Itoa(res.Version))
 	}
+	if tail && (res != nil || err == nil || isFunctionError(err)) {
+		h.Set("X-Amz-Log-Result", base64.StdEncoding.EncodeToString(g.cfg.Catalog.Tail(r.Context(), name, rid)))
+	}
 	var body []byte
 	if err != nil {
-		status, eb, _ := Classify(err)
-		if status != http.StatusInternalServerError && status != http.StatusBadGateway && status != http.StatusGatewayTimeout {
-			g.lambdaError(w, err)
+		_, eb, _ := Classify(err)
+		if !isFunctionError(err) {
+			g.fail(w, route.Lambda, name, err)
 			return
 		}
 		// The function failed: Lambda answers 200 and says so in a header.
@@ -68,8 +81,15 @@ func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
 	w.Write(body)
 }
 
-// lambdaName accepts a name, name:qualifier, or a function ARN.
-func lambdaName(s string) string {
+// isFunctionError says whether err is the function's failure (a 200 with
+// X-Amz-Function-Error in Lambda) rather than the service's.
+func isFunctionError(err error) bool {
+	status, _, _ := Classify(err)
+	return status == http.StatusInternalServerError || status == http.StatusBadGateway || status == http.StatusGatewayTimeout
+}
+
+// LambdaName accepts a name, name:qualifier, or a function ARN.
+func LambdaName(s string) string {
 	if strings.HasPrefix(s, "arn:") {
 		parts := strings.Split(s, ":")
 		if len(parts) >= 7 {
@@ -80,24 +100,6 @@ func lambdaName(s string) string {
 	return name
 }
 
-func (g *Gateway) lambdaError(w http.ResponseWriter, err error) {
-	status, eb, _ := Classify(err)
-	typ := map[int]string{
-		http.StatusBadRequest:            "InvalidRequestContentException",
-		http.StatusNotFound:              "ResourceNotFoundException",
-		http.StatusRequestEntityTooLarge: "RequestTooLargeException",
-		http.StatusTooManyRequests:       "TooManyRequestsException",
-	}[status]
-	if typ == "" {
-		typ = "ServiceException"
-	}
-	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
-	}
-	w.Header().Set("X-Amzn-Errortype", typ)
-	writeJSON(w, status, map[string]string{"Type": "User", "message": eb.Message, "__type": typ})
-}
-
 // functionURL serves ANY /fn/{name}/{path...}. http functions get the request
 // as it is (with the /fn/{name} prefix removed); exec and python functions get
 // a Lambda function URL event (payload format 2.0) and answer with
@@ -106,7 +108,7 @@ func (g *Gateway) functionURL(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	rt, err := g.cfg.Backend.Runtime(name)
 	if err != nil {
-		g.writeError(w, r, name, err)
+		g.fail(w, route.Native, name, err)
 		return
 	}
 	rid := NewRequestID()
@@ -127,12 +129,11 @@ func (g *Gateway) inference(w http.ResponseWriter, r *http.Request) {
 		err = ebb.ErrNotFound
 	}
 	if err != nil {
-		// OIP clients expect {"error": ...}.
-		status, eb, _ := Classify(err)
-		if status == http.StatusNotFound {
-			eb.Message = "model " + strconv.Quote(name) + " not found"
+		if errors.Is(err, ebb.ErrNotFound) {
+			route.Write(w, route.OIP, &route.Error{Status: http.StatusNotFound, Type: "ResourceNotFound", Message: "model " + strconv.Quote(name) + " not found"})
+			return
 		}
-		writeJSON(w, status, map[string]string{"error": eb.Message})
+		g.fail(w, route.OIP, name, err)
 		return
 	}
 	rid := NewRequestID()
@@ -142,7 +143,7 @@ func (g *Gateway) inference(w http.ResponseWriter, r *http.Request) {
 
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, name, path, rid string) {
 	if r.ContentLength > g.cfg.MaxSyncPayload {
-		g.writeError(w, r, name, ebb.ErrPayloadTooLarge)
+		g.fail(w, route.Native, name, ebb.ErrPayloadTooLarge)
 		return
 	}
 	if r.ContentLength < 0 {
@@ -161,7 +162,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, name, path, rid 
 		h["Ebb-Version"] = []string{strconv.Itoa(version)}
 	})
 	if err != nil && !errors.Is(err, ebb.ErrResponseStarted) {
-		g.writeError(w, r, name, err)
+		g.fail(w, route.Native, name, err)
 	}
 }
 
@@ -208,7 +209,7 @@ type urlResponse struct {
 func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid string) {
 	body, err := readAllLimit(r, g.cfg.MaxSyncPayload)
 	if err != nil {
-		g.writeError(w, r, name, err)
+		g.fail(w, route.Native, name, err)
 		return
 	}
 	now := time.Now()
@@ -242,7 +243,7 @@ func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid str
 		w.Header().Set("Ebb-Cold-Start", strconv.FormatBool(res.ColdStart))
 	}
 	if err != nil {
-		g.writeError(w, r, name, err)
+		g.fail(w, route.Native, name, err)
 		return
 	}
 	// A handler may answer with the structured response or with any JSON
@@ -257,12 +258,12 @@ func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid str
 	out := []byte(resp.Body)
 	if resp.IsBase64Encoded {
 		if out, err = base64.StdEncoding.DecodeString(resp.Body); err != nil {
-			g.writeError(w, r, name, &ebb.HandlerError{Type: "Runtime.InvalidResponse", Message: "body is not valid base64"})
+			g.fail(w, route.Native, name, &ebb.HandlerError{Type: "Runtime.InvalidResponse", Message: "body is not valid base64"})
 			return
 		}
 	}
 	if err := respguard.Status(resp.StatusCode); err != nil {
-		g.writeError(w, r, name, err)
+		g.fail(w, route.Native, name, err)
 		return
 	}
 	// The function's fields, less what could frame or split the response:

@@ -127,6 +127,10 @@ func Parse(data []byte) (*ebb.Spec, error) {
 			s.Warmup = p.jsonValue(name, v)
 		case "network":
 			s.Network = p.str(name, v)
+		case "function_url":
+			s.FunctionURL = p.functionURL(name, v)
+		case "rate_limit":
+			s.RateLimit = p.rateLimit(name, v)
 		default:
 			return nil, &Error{Field: name, Line: k.Line, Reason: "unknown field" + suggest(name)}
 		}
@@ -154,7 +158,7 @@ func Parse(data []byte) (*ebb.Spec, error) {
 
 var fields = []string{"name", "runtime", "handler", "memory", "timeout", "concurrency", "min_instances",
 	"max_instances", "idle_timeout", "max_queue", "queue_timeout", "preload", "env", "batching", "zygote", "python",
-	"async", "schedule", "events", "warmup", "network"}
+	"async", "schedule", "events", "warmup", "network", "function_url", "rate_limit"}
 
 // suggest proposes a known field for a misspelt one.
 func suggest(name string) string {
@@ -369,6 +373,65 @@ func (p *parser) strMap(field string, n *yaml.Node) map[string]string {
 		out[key] = val
 	}
 	return out
+}
+
+func (p *parser) functionURL(field string, n *yaml.Node) *ebb.FunctionURL {
+	if n.Kind != yaml.MappingNode {
+		p.fail(field, n, "must be a mapping, like {auth: none}")
+		return nil
+	}
+	u := &ebb.FunctionURL{Auth: ebb.FunctionURLAuthKey}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "auth":
+			u.Auth = p.str(field+".auth", v)
+			if p.err == nil && u.Auth != ebb.FunctionURLAuthKey && u.Auth != ebb.FunctionURLAuthNone {
+				p.fail(field+".auth", v, "%q is not key or none", u.Auth)
+			}
+		default:
+			p.fail(field+"."+k.Value, k, "unknown field (known: auth)")
+		}
+	}
+	return u
+}
+
+func (p *parser) rateLimit(field string, n *yaml.Node) *ebb.RateLimit {
+	if n.Kind != yaml.MappingNode {
+		p.fail(field, n, "must be a mapping, like {rps: 50, burst: 100}")
+		return nil
+	}
+	l := &ebb.RateLimit{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "rps":
+			s, ok := p.scalar(field+".rps", v)
+			if !ok {
+				return nil
+			}
+			f, err := strconv.ParseFloat(s, 64)
+			if err != nil || !(f > 0) || f > ebb.MaxRateLimitRPS {
+				p.fail(field+".rps", v, "%q is not a rate above 0 and at most %d", s, ebb.MaxRateLimitRPS)
+				return nil
+			}
+			l.RPS = f
+		case "burst":
+			l.Burst = p.positive(field+".burst", v)
+		default:
+			p.fail(field+"."+k.Value, k, "unknown field (known: rps, burst)")
+		}
+	}
+	if p.err == nil && l.RPS == 0 {
+		p.fail(field+".rps", n, "is required")
+		return nil
+	}
+	if l.Burst == 0 {
+		// A bucket must hold at least one token; a second's worth is the
+		// burst a client expects from "N per second".
+		l.Burst = max(1, int(math.Ceil(l.RPS)))
+	}
+	return l
 }
 
 func (p *parser) batching(field string, n *yaml.Node) *ebb.Batching {

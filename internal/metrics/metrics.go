@@ -48,6 +48,8 @@ type Metrics struct {
 	starts       *prometheus.CounterVec
 	startFails   *prometheus.CounterVec
 	stops        *prometheus.CounterVec
+	rateLimited  *prometheus.CounterVec
+	refused      *prometheus.CounterVec
 }
 
 // New creates the metrics; stats is read on every scrape for the gauges.
@@ -66,7 +68,9 @@ func New(stats StatsFunc) *Metrics {
 	m.starts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_instance_starts_total", Help: "Instances started."}, fn)
 	m.startFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_instance_start_failures_total", Help: "Instance starts that failed."}, fn)
 	m.stops = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_instance_stops_total", Help: "Instances stopped, by reason."}, []string{"function", "reason"})
-	m.reg.MustRegister(m.invocations, m.errors, m.duration, m.initDuration, m.coldStarts, m.billedMS, m.gbSeconds,
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_rate_limited_total", Help: "Requests refused with 429 by a rate limit: a function's rate_limit (scope function) or a key's rps (scope key, name the key ID)."}, []string{"scope", "name"})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_requests_refused_total", Help: "Requests refused before any handler ran, by reason (unauthorized, forbidden, misdirected, not_found)."}, []string{"reason"})
+	m.reg.MustRegister(m.rateLimited, m.refused, m.invocations, m.errors, m.duration, m.initDuration, m.coldStarts, m.billedMS, m.gbSeconds,
 		m.starts, m.startFails, m.stops, &poolCollector{stats: stats},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -76,6 +80,12 @@ func New(stats StatsFunc) *Metrics {
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
+
+// RateLimited counts a request refused by a rate limit.
+func (m *Metrics) RateLimited(scope, name string) { m.rateLimited.WithLabelValues(scope, name).Inc() }
+
+// Refused counts a request refused at the edge.
+func (m *Metrics) Refused(reason string) { m.refused.WithLabelValues(reason).Inc() }
 
 // Function is the per-function series, resolved once.
 type Function struct {

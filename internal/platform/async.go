@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/events"
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/queue"
+	"github.com/ebb-run/ebb/internal/route"
 	"github.com/ebb-run/ebb/internal/schedule"
 	"github.com/ebb-run/ebb/internal/store"
 )
@@ -212,16 +214,26 @@ func (a asyncInvoker) Invoke(ctx context.Context, name, id string, payload []byt
 	return res.Body, err
 }
 
-// registerAsync adds the jobs routes.
-func (p *Platform) registerAsync(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/jobs/{id}", p.getJob)
-	mux.HandleFunc("GET /v1/functions/{name}/jobs", p.listJobs)
-	mux.HandleFunc("POST /v1/functions/{name}/jobs/redrive", p.redrive)
-	p.async.events.Register(mux)
+// asyncRoutes are the jobs and bucket routes.
+func (p *Platform) asyncRoutes() []route.Route {
+	name := func(r *http.Request) string { return r.PathValue("name") }
+	return append([]route.Route{
+		// A job's function is known only once it is read: getJob checks.
+		{Pattern: "GET /v1/jobs/{id}", Perm: auth.PermJobs, Handler: p.getJob},
+		{Pattern: "GET /v1/functions/{name}/jobs", Perm: auth.PermJobs, Function: name, Handler: p.listJobs},
+		{Pattern: "POST /v1/functions/{name}/jobs/redrive", Perm: auth.PermDeploy, Function: name, Audit: "jobs.redrive", Handler: p.redrive},
+	}, p.async.events.Routes()...)
 }
 
 func (p *Platform) getJob(w http.ResponseWriter, r *http.Request) {
 	j, err := p.async.queue.Get(r.Context(), r.PathValue("id"))
+	if err == nil {
+		// Out of scope reads as absent: a key learns nothing of other
+		// functions' jobs, not even that an id exists.
+		if auth.Check(r.Context(), auth.PermJobs, j.Function) != nil {
+			err = ebb.ErrNotFound
+		}
+	}
 	if err != nil {
 		p.jobError(w, err, "job not found")
 		return
@@ -235,8 +247,8 @@ func (p *Platform) listJobs(w http.ResponseWriter, r *http.Request) {
 	switch status {
 	case "", queue.StatusQueued, queue.StatusRunning, queue.StatusFailed, queue.StatusSucceeded, queue.StatusDead:
 	default:
-		writeAsyncJSON(w, http.StatusBadRequest, map[string]string{"errorType": "InvalidRequestContent",
-			"errorMessage": "status must be queued, running, failed, succeeded or dead"})
+		route.Write(w, route.Native, &route.Error{Status: http.StatusBadRequest, Type: "InvalidRequestContent",
+			Message: "status must be queued, running, failed, succeeded or dead"})
 		return
 	}
 	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
@@ -250,8 +262,8 @@ func (p *Platform) listJobs(w http.ResponseWriter, r *http.Request) {
 	if c := r.URL.Query().Get("before"); c != "" {
 		var err error
 		if before, err = strconv.ParseUint(c, 10, 64); err != nil || before == 0 {
-			writeAsyncJSON(w, http.StatusBadRequest, map[string]string{"errorType": "InvalidRequestContent",
-				"errorMessage": "before must be the next cursor of an earlier page"})
+			route.Write(w, route.Native, &route.Error{Status: http.StatusBadRequest, Type: "InvalidRequestContent",
+				Message: "before must be the next cursor of an earlier page"})
 			return
 		}
 	}
@@ -281,11 +293,11 @@ func (p *Platform) redrive(w http.ResponseWriter, r *http.Request) {
 
 func (p *Platform) jobError(w http.ResponseWriter, err error, notFound string) {
 	if errors.Is(err, ebb.ErrNotFound) && notFound != "" {
-		writeAsyncJSON(w, http.StatusNotFound, map[string]string{"errorType": "ResourceNotFound", "errorMessage": notFound})
+		route.Write(w, route.Native, &route.Error{Status: http.StatusNotFound, Type: "ResourceNotFound", Message: notFound})
 		return
 	}
 	p.log.Error("jobs request failed", "err", err)
-	writeAsyncJSON(w, http.StatusInternalServerError, map[string]string{"errorType": "Ebb.InternalError", "errorMessage": "internal error"})
+	route.Write(w, route.Native, &route.Error{Status: http.StatusInternalServerError, Type: "Ebb.InternalError", Message: "internal error"})
 }
 
 func writeAsyncJSON(w http.ResponseWriter, status int, v any) {

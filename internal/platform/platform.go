@@ -22,18 +22,19 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/ebb-run/ebb"
-	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/dispatch"
-	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/metrics"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
+	"github.com/ebb-run/ebb/internal/route"
 	"github.com/ebb-run/ebb/internal/sandbox"
 	"github.com/ebb-run/ebb/internal/store"
 )
@@ -42,9 +43,21 @@ import (
 type Config struct {
 	DataDir string // required: JetStream, bundles, instance dirs
 	NATSURL string // external NATS; empty = embedded
-	// RequireAuth makes every request but /healthz carry an API key. main
-	// sets it whenever ebb listens beyond loopback.
-	RequireAuth    bool
+	// RequireAuth makes every request but /healthz (and public function
+	// URLs) carry an API key. main sets it whenever ebb listens beyond
+	// loopback.
+	RequireAuth bool
+	// LoopbackHosts admits requests whose Host is a loopback name or
+	// address (main sets it when ebb listens on loopback); AllowedHosts
+	// admits more. Other hosts get 421, which defeats DNS rebinding. With
+	// neither, any Host is admitted.
+	LoopbackHosts bool
+	AllowedHosts  []string
+	// CORSOrigins are the browser origins ebb answers CORS for; none by
+	// default.
+	CORSOrigins []string
+	// AuditRetention is how long audit records are kept; default 90 days.
+	AuditRetention time.Duration
 	MaxSyncPayload int64 // default 6 MiB
 	MaxBundleBytes int64 // default 1 GiB
 	// MaxUnpackedBytes bounds a bundle's unpacked size; default 2 GiB.
@@ -143,7 +156,8 @@ type Platform struct {
 	uids    *uidAllocator
 	metrics *metrics.Metrics
 	logs    *logbuf.Buffer
-	keys    auth.Keys
+	keys    auth.Keyring
+	sealer  *auth.Sealer // seals keys' SigV4 secrets (access.go)
 	handler http.Handler
 	instCfg instance.Config
 	models  *onnx.ModelCache // onnx models by content hash, shared by bundles
@@ -172,6 +186,7 @@ type deployment struct {
 	starter *instance.Starter
 	metrics *metrics.Function
 	errors  atomic.Uint64
+	limiter *rate.Limiter // the spec's rate_limit; nil for none
 }
 
 // New opens the store, restores every deployed function and returns a
@@ -194,7 +209,7 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	}
 	p.logs = logs
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger})
+	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention})
 	if err != nil {
 		return nil, "", fmt.Errorf("open store: %w", err)
 	}
@@ -248,6 +263,16 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		p.Close(ctx)
 		return nil, "", err
 	}
+	keyEvents, err := p.store.WatchKeys(p.ctx)
+	if err != nil {
+		p.Close(ctx)
+		return nil, "", err
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.keysLoop(keyEvents)
+	}()
 	// What versions removed while ebb was down left behind goes now; stored
 	// bundles younger than GCGrace go on a later round.
 	p.wg.Add(1)
@@ -262,27 +287,6 @@ func (p *Platform) closeStores() {
 	p.procs.Close()
 	p.closeSandbox()
 	p.store.Close()
-}
-
-// loadKeys reads the API keys into memory, and makes the admin key when auth
-// is required and there is none yet.
-func (p *Platform) loadKeys(ctx context.Context) (string, error) {
-	keys, err := p.store.KeyHashes(ctx)
-	if err != nil {
-		return "", fmt.Errorf("load api keys: %w", err)
-	}
-	for _, h := range keys {
-		p.keys.Add(h)
-	}
-	if !p.cfg.RequireAuth || len(keys) > 0 {
-		return "", nil
-	}
-	secret, hash := auth.NewKey()
-	if err := p.store.PutKey(ctx, hash, store.Key{ID: hash[:8], Name: "admin", Admin: true, CreatedAt: p.cfg.Now()}); err != nil {
-		return "", fmt.Errorf("store admin key: %w", err)
-	}
-	p.keys.Add(hash)
-	return secret, nil
 }
 
 // restore brings back every function in the registry, as after a restart.
@@ -323,7 +327,7 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 	if err != nil {
 		return nil, err
 	}
-	d := &deployment{fn: fn, codeDir: codeDir, starter: starter, metrics: p.metrics.For(fn.Spec.Name)}
+	d := &deployment{fn: fn, codeDir: codeDir, starter: starter, metrics: p.metrics.For(fn.Spec.Name), limiter: newLimiter(&fn.Spec)}
 	s := &fn.Spec
 	pool, err := dispatch.NewPool(dispatch.Config{
 		Function: s.Name, Version: fn.Version,
@@ -353,33 +357,6 @@ func linked(path string) bool {
 	return ok && st.Nlink > 1
 }
 
-func (p *Platform) buildHandler() error {
-	gw, err := gateway.New(gateway.Config{Backend: p, MaxSyncPayload: p.cfg.MaxSyncPayload, Enqueuer: p,
-		MaxAsyncPayload: p.async.queue.MaxPayload(), Logger: p.log})
-	if err != nil {
-		return err
-	}
-	a, err := api.New(api.Config{Platform: p, Logs: p.logs, MaxBundleBytes: p.cfg.MaxBundleBytes, BaseURL: p.cfg.BaseURL, Logger: p.log})
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	gw.Register(mux)
-	a.Register(mux)
-	p.registerAsync(mux)
-	mux.Handle("GET /metrics", p.metrics.Handler())
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte(`{"status":"ok","sandbox":"` + p.SandboxMode() + `"}` + "\n"))
-	})
-	var h http.Handler = mux
-	if p.cfg.RequireAuth {
-		h = p.keys.Middleware(h, "/healthz")
-	}
-	p.handler = recoverer(h, p.log)
-	return nil
-}
-
 // recoverer turns a panic in a handler into a 500 and a log line: the server
 // never dies of one request.
 func recoverer(next http.Handler, log *slog.Logger) http.Handler {
@@ -390,9 +367,7 @@ func recoverer(next http.Handler, log *slog.Logger) http.Handler {
 					panic(v)
 				}
 				log.Error("panic serving request", "path", r.URL.Path, "panic", fmt.Sprint(v))
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(http.StatusInternalServerError)
-				w.Write([]byte(`{"errorType":"Ebb.InternalError","errorMessage":"internal error"}` + "\n"))
+				route.Write(w, route.Native, &route.Error{Status: http.StatusInternalServerError, Type: "Ebb.InternalError", Message: "internal error"})
 			}
 		}()
 		next.ServeHTTP(w, r)

@@ -8,28 +8,19 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ebb-run/ebb"
 )
 
-// ErrKeyIDInUse is returned (wrapped) by PutKey when another key already has
-// the same ID (the first 8 hex of its hash): IDs are how keys are listed and
-// revoked, so they must be unique. The caller should draw a new secret.
+// ErrKeyIDInUse is returned (wrapped) by CreateKey when a key with the same
+// ID exists: IDs are how keys are listed and revoked, so they are unique.
+// The caller should draw a new ID.
 var ErrKeyIDInUse = errors.New("key id is already in use")
 
-// keyIDLen is the length of a Key.ID: the first 8 hex of the secret's hash.
+// keyIDLen is the length of a key's ID: 8 lowercase hex.
 const keyIDLen = 8
-
-// Key is an API key as stored: everything but the secret, which is never
-// stored; the bucket is keyed by the hex sha256 of the secret.
-type Key struct {
-	// ID is the first 8 hex of the hash; it names the key in listings.
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Admin     bool      `json:"admin"`
-	CreatedAt time.Time `json:"created_at"`
-}
 
 func keyNotFound(what string) error {
 	return &notFoundError{what: "key " + what}
@@ -45,66 +36,165 @@ func isHex(s string) bool {
 	return true
 }
 
-// PutKey stores k under hash, the lowercase hex sha256 of the key's secret,
-// creating it or replacing what was stored under the same hash. k.ID is set
-// from the hash; a different non-empty k.ID is an error.
-func (s *Store) PutKey(ctx context.Context, hash string, k Key) error {
-	if err := s.check(); err != nil {
-		return err
+func validKeyID(id string) bool { return len(id) == keyIDLen && isHex(id) }
+
+// legacyKey is a key as ebb stored it before roles: under the hash of its
+// secret, always an admin key.
+type legacyKey struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Admin bool   `json:"admin"`
+	Role  string `json:"role"`
+}
+
+// decodeKey reads an entry of the keys bucket: a key under its ID, or one
+// stored before roles under its 64-hex hash (which reads as an admin key).
+func decodeKey(kvKey string, data []byte) (ebb.Key, error) {
+	var k ebb.Key
+	if err := json.Unmarshal(data, &k); err != nil {
+		return k, err
 	}
-	if !validDigest(hash) {
-		return errors.New("put key: hash is not a lowercase hex sha256")
-	}
-	id := hash[:keyIDLen]
-	if k.ID != "" && k.ID != id {
-		return fmt.Errorf("put key: id %q is not the first %d hex of the hash", k.ID, keyIDLen)
-	}
-	k.ID = id
-	hashes, err := s.KeyHashes(ctx)
-	if err != nil {
-		return fmt.Errorf("put key %s: %w", id, err)
-	}
-	for _, h := range hashes {
-		if h != hash && strings.HasPrefix(h, id) {
-			return fmt.Errorf("put key %s: %w", id, ErrKeyIDInUse)
+	if len(kvKey) == 64 && k.Hash == "" {
+		var old legacyKey
+		json.Unmarshal(data, &old)
+		k.ID, k.Hash = kvKey[:keyIDLen], kvKey
+		if old.Admin || k.Role == "" {
+			k.Role = ebb.RoleAdmin
 		}
 	}
-	data, err := json.Marshal(k)
-	if err != nil {
-		return fmt.Errorf("put key %s: encode: %w", id, err)
+	if !validKeyID(k.ID) || !validDigest(k.Hash) {
+		return k, errors.New("malformed key record")
 	}
-	if _, err := s.keys.Put(ctx, hash, data); err != nil {
-		return fmt.Errorf("put key %s: %w", id, err)
+	return k, nil
+}
+
+func checkKey(k *ebb.Key) error {
+	if !validKeyID(k.ID) {
+		return fmt.Errorf("key id %q is not %d lowercase hex", k.ID, keyIDLen)
+	}
+	if !validDigest(k.Hash) {
+		return fmt.Errorf("key %s: hash is not a lowercase hex sha256", k.ID)
 	}
 	return nil
 }
 
-// GetKey returns the key stored under hash; an error matching ebb.ErrNotFound
-// says there is none (a malformed hash included).
-func (s *Store) GetKey(ctx context.Context, hash string) (*Key, error) {
+// CreateKey stores a new key under its ID; ErrKeyIDInUse if one is there.
+func (s *Store) CreateKey(ctx context.Context, k ebb.Key) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := checkKey(&k); err != nil {
+		return fmt.Errorf("create key: %w", err)
+	}
+	keys, err := s.ListKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("create key %s: %w", k.ID, err)
+	}
+	for _, o := range keys {
+		if o.ID == k.ID {
+			return fmt.Errorf("create key %s: %w", k.ID, ErrKeyIDInUse)
+		}
+	}
+	data, err := json.Marshal(k)
+	if err != nil {
+		return fmt.Errorf("create key %s: encode: %w", k.ID, err)
+	}
+	if _, err := s.keys.Create(ctx, k.ID, data); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("create key %s: %w", k.ID, ErrKeyIDInUse)
+		}
+		return fmt.Errorf("create key %s: %w", k.ID, err)
+	}
+	return nil
+}
+
+// UpdateKey replaces an existing key (found by ID); ebb.ErrNotFound if it
+// was revoked meanwhile, so that a late last-used write never brings a
+// revoked key back. A key stored before roles moves to its ID.
+func (s *Store) UpdateKey(ctx context.Context, k ebb.Key) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := checkKey(&k); err != nil {
+		return fmt.Errorf("update key: %w", err)
+	}
+	kvKey, rev, err := s.findKey(ctx, k.ID)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(k)
+	if err != nil {
+		return fmt.Errorf("update key %s: encode: %w", k.ID, err)
+	}
+	if kvKey == k.ID {
+		if _, err := s.keys.Update(ctx, kvKey, data, rev); err != nil {
+			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+				return keyNotFound(k.ID)
+			}
+			return fmt.Errorf("update key %s: %w", k.ID, err)
+		}
+		return nil
+	}
+	if _, err := s.keys.Create(ctx, k.ID, data); err != nil {
+		return fmt.Errorf("update key %s: %w", k.ID, err)
+	}
+	if err := s.keys.Delete(ctx, kvKey); err != nil {
+		return fmt.Errorf("update key %s: remove old record: %w", k.ID, err)
+	}
+	return nil
+}
+
+// findKey returns the bucket key and revision of the key with this ID.
+func (s *Store) findKey(ctx context.Context, id string) (string, uint64, error) {
+	if !validKeyID(id) {
+		return "", 0, keyNotFound(fmt.Sprintf("%q", id))
+	}
+	e, err := s.keys.Get(ctx, id)
+	if err == nil {
+		return id, e.Revision(), nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", 0, fmt.Errorf("get key %s: %w", id, err)
+	}
+	entries, err := s.snapshot(ctx, s.keys, false)
+	if err != nil {
+		return "", 0, fmt.Errorf("find key %s: %w", id, err)
+	}
+	for _, e := range entries {
+		if len(e.Key()) == 64 && strings.HasPrefix(e.Key(), id) {
+			return e.Key(), e.Revision(), nil
+		}
+	}
+	return "", 0, keyNotFound(id)
+}
+
+// GetKey returns the key with this ID; an error matching ebb.ErrNotFound
+// says there is none.
+func (s *Store) GetKey(ctx context.Context, id string) (*ebb.Key, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	if !validDigest(hash) {
-		return nil, keyNotFound("with that hash")
+	kvKey, _, err := s.findKey(ctx, id)
+	if err != nil {
+		return nil, err
 	}
-	e, err := s.keys.Get(ctx, hash)
+	e, err := s.keys.Get(ctx, kvKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, keyNotFound(hash[:keyIDLen])
+		return nil, keyNotFound(id)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get key %s: %w", hash[:keyIDLen], err)
+		return nil, fmt.Errorf("get key %s: %w", id, err)
 	}
-	var k Key
-	if err := json.Unmarshal(e.Value(), &k); err != nil {
-		return nil, fmt.Errorf("get key %s: decode: %w", hash[:keyIDLen], err)
+	k, err := decodeKey(kvKey, e.Value())
+	if err != nil {
+		return nil, fmt.Errorf("get key %s: decode: %w", id, err)
 	}
 	return &k, nil
 }
 
 // ListKeys returns every key, oldest first (ties by ID). An entry that cannot
 // be decoded is logged and left out.
-func (s *Store) ListKeys(ctx context.Context) ([]Key, error) {
+func (s *Store) ListKeys(ctx context.Context) ([]ebb.Key, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
@@ -112,64 +202,101 @@ func (s *Store) ListKeys(ctx context.Context) ([]Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
 	}
-	keys := make([]Key, 0, len(entries))
+	keys := make([]ebb.Key, 0, len(entries))
 	for _, e := range entries {
-		var k Key
-		if err := json.Unmarshal(e.Value(), &k); err != nil {
+		k, err := decodeKey(e.Key(), e.Value())
+		if err != nil {
 			s.log.Error("skipping corrupt key entry", "key", e.Key()[:min(len(e.Key()), keyIDLen)], "err", err)
 			continue
 		}
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b Key) int {
+	slices.SortFunc(keys, func(a, b ebb.Key) int {
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), strings.Compare(a.ID, b.ID))
 	})
 	return keys, nil
 }
 
-// DeleteKey removes the key whose hash starts with id: its 8-hex ID, or any
-// longer prefix of the hash up to the whole. An error matching ebb.ErrNotFound
-// says no key matches; a prefix matching several keys is refused.
+// DeleteKey removes the key with this ID; an error matching ebb.ErrNotFound
+// says there is none.
 func (s *Store) DeleteKey(ctx context.Context, id string) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if len(id) < keyIDLen || len(id) > 64 || !isHex(id) {
-		return keyNotFound(fmt.Sprintf("%q", id))
-	}
-	hashes, err := s.KeyHashes(ctx)
+	kvKey, _, err := s.findKey(ctx, id)
 	if err != nil {
-		return fmt.Errorf("delete key %s: %w", id, err)
+		return err
 	}
-	var match []string
-	for _, h := range hashes {
-		if strings.HasPrefix(h, id) {
-			match = append(match, h)
-		}
-	}
-	switch len(match) {
-	case 0:
-		return keyNotFound(id)
-	case 1:
-	default:
-		return fmt.Errorf("delete key %s: %d keys match; give more of the hash", id, len(match))
-	}
-	if err := s.keys.Delete(ctx, match[0]); err != nil {
+	if err := s.keys.Delete(ctx, kvKey); err != nil {
 		return fmt.Errorf("delete key %s: %w", id, err)
 	}
 	return nil
 }
 
-// KeyHashes lists the hashes of all stored keys, for an in-memory check of
-// presented keys that never touches the store on the request path.
-func (s *Store) KeyHashes(ctx context.Context) ([]string, error) {
-	entries, err := s.snapshot(ctx, s.keys, true)
-	if err != nil {
+// KeyEvent is a change to the keys bucket, seen by WatchKeys.
+type KeyEvent struct {
+	ID  string
+	Key *ebb.Key // nil when the key was deleted
+}
+
+// WatchKeys reports changes to the keys bucket made after the call, so that a
+// node learns at once of keys created, rotated or revoked through another.
+// It closes the channel when ctx ends or the store closes.
+func (s *Store) WatchKeys(ctx context.Context) (<-chan KeyEvent, error) {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if err := s.check(); err != nil {
 		return nil, err
 	}
-	hashes := make([]string, len(entries))
-	for i, e := range entries {
-		hashes[i] = e.Key()
+	w, err := s.keys.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return nil, fmt.Errorf("watch keys: %w", err)
 	}
-	return hashes, nil
+	out := make(chan KeyEvent, 16)
+	s.watchers.Add(1)
+	go func() {
+		defer s.watchers.Done()
+		defer close(out)
+		defer func() {
+			_ = w.Stop()
+			drain(w)
+		}()
+		for {
+			var e jetstream.KeyValueEntry
+			var ok bool
+			select {
+			case e, ok = <-w.Updates():
+				if !ok {
+					return
+				}
+			case <-ctx.Done():
+				return
+			case <-s.done:
+				return
+			}
+			if e == nil {
+				continue
+			}
+			ev := KeyEvent{ID: e.Key()}
+			if len(ev.ID) == 64 {
+				ev.ID = ev.ID[:keyIDLen]
+			}
+			if e.Operation() == jetstream.KeyValuePut {
+				k, err := decodeKey(e.Key(), e.Value())
+				if err != nil {
+					s.log.Error("skipping corrupt key entry", "key", ev.ID, "err", err)
+					continue
+				}
+				ev.ID, ev.Key = k.ID, &k
+			}
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return
+			case <-s.done:
+				return
+			}
+		}
+	}()
+	return out, nil
 }

@@ -91,6 +91,11 @@ type Config struct {
 	// Logger receives the store's and the embedded server's logs; nil
 	// discards them.
 	Logger *slog.Logger
+	// AuditRetention is how long audit records are kept; default 90 days.
+	AuditRetention time.Duration
+	// AuditMaxBytes bounds the audit stream (the oldest records go
+	// first); default 256 MiB.
+	AuditMaxBytes int64
 }
 
 // Validate fills in defaults and reports the first invalid field.
@@ -100,6 +105,15 @@ func (c *Config) Validate() error {
 	}
 	if c.ServerName == "" {
 		c.ServerName = "ebb"
+	}
+	if c.AuditRetention == 0 {
+		c.AuditRetention = 90 * 24 * time.Hour
+	}
+	if c.AuditMaxBytes == 0 {
+		c.AuditMaxBytes = 256 << 20
+	}
+	if c.AuditRetention < 0 || c.AuditMaxBytes < 0 {
+		return errors.New("store config: audit retention and size must not be negative")
 	}
 	if c.Replicas < 1 || c.Replicas > maxReplicas {
 		return fmt.Errorf("store config: replicas %d is out of range (1 to %d)", c.Replicas, maxReplicas)
@@ -171,6 +185,7 @@ type Store struct {
 	versions jetstream.KeyValue
 	keys     jetstream.KeyValue
 	bundles  jetstream.ObjectStore
+	audit    jetstream.Stream
 
 	// connClosed is closed by the connection's closed handler; Close waits
 	// on it after draining.
@@ -231,6 +246,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s.js = js
 	if err := s.setupBuckets(ctx, cfg.Replicas); err != nil {
+		return nil, err
+	}
+	if err := s.setupAudit(ctx, cfg); err != nil {
 		return nil, err
 	}
 	ok = true

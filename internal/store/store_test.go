@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -498,33 +499,28 @@ func TestKeys(t *testing.T) {
 	h1 := digestOf([]byte("secret-1"))
 	h2 := digestOf([]byte("secret-2"))
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	if err := s.PutKey(ctx, h2, Key{Name: "ci", CreatedAt: t0.Add(time.Hour)}); err != nil {
-		t.Fatalf("PutKey(h2): %v", err)
+	k1 := ebb.Key{ID: "0000aaaa", Name: "admin", Role: ebb.RoleAdmin, CreatedAt: t0, Hash: h1}
+	k2 := ebb.Key{ID: "0000bbbb", Name: "ci", Role: ebb.RoleInvoke, Functions: []string{"img-*"}, RPS: 5,
+		CreatedAt: t0.Add(time.Hour), Hash: h2, AccessKeyID: "EBBAAAA", SealedSecret: "c2VhbGVk"}
+	if err := s.CreateKey(ctx, k2); err != nil {
+		t.Fatalf("CreateKey(k2): %v", err)
 	}
-	if err := s.PutKey(ctx, h1, Key{ID: h1[:8], Name: "admin", Admin: true, CreatedAt: t0}); err != nil {
-		t.Fatalf("PutKey(h1): %v", err)
+	if err := s.CreateKey(ctx, k1); err != nil {
+		t.Fatalf("CreateKey(k1): %v", err)
 	}
-	got, err := s.GetKey(ctx, h1)
-	if err != nil {
-		t.Fatalf("GetKey(h1): %v", err)
-	}
-	if want := (Key{ID: h1[:8], Name: "admin", Admin: true, CreatedAt: t0}); *got != want {
-		t.Errorf("GetKey(h1) = %+v, want %+v", *got, want)
+	got, err := s.GetKey(ctx, k2.ID)
+	if err != nil || !reflect.DeepEqual(*got, k2) {
+		t.Errorf("GetKey(k2) = %+v, %v; want %+v", got, err, k2)
 	}
 	keys, err := s.ListKeys(ctx)
 	if err != nil {
 		t.Fatalf("ListKeys: %v", err)
 	}
-	want := []Key{
-		{ID: h1[:8], Name: "admin", Admin: true, CreatedAt: t0},
-		{ID: h2[:8], Name: "ci", CreatedAt: t0.Add(time.Hour)},
-	}
-	if !reflect.DeepEqual(keys, want) {
+	if want := []ebb.Key{k1, k2}; !reflect.DeepEqual(keys, want) {
 		t.Errorf("ListKeys = %+v, want %+v", keys, want)
 	}
-
-	// The stored record never holds the secret, only what Key has.
-	e, err := s.keys.Get(ctx, h1)
+	// The stored record never holds the secret, only its hash.
+	e, err := s.keys.Get(ctx, k1.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,72 +529,105 @@ func TestKeys(t *testing.T) {
 	}
 
 	// Errors.
-	if err := s.PutKey(ctx, h1, Key{ID: "deadbeef"}); err == nil {
-		t.Error("PutKey with an ID not matching the hash succeeded")
+	if err := s.CreateKey(ctx, ebb.Key{ID: k1.ID, Hash: h2}); !errors.Is(err, ErrKeyIDInUse) {
+		t.Errorf("CreateKey with a used ID: err = %v, want ErrKeyIDInUse", err)
 	}
-	for _, bad := range []string{"", "abc", strings.ToUpper(h1)} {
-		if err := s.PutKey(ctx, bad, Key{Name: "x"}); err == nil {
-			t.Errorf("PutKey(%q) succeeded, want an error", bad)
-		}
-		if _, err := s.GetKey(ctx, bad); !errors.Is(err, ebb.ErrNotFound) {
-			t.Errorf("GetKey(%q): err = %v, want ErrNotFound", bad, err)
+	for _, bad := range []ebb.Key{{ID: "abc", Hash: h1}, {ID: "ZZZZZZZZ", Hash: h1}, {ID: "0000cccc", Hash: "abc"}, {ID: "0000cccc", Hash: strings.ToUpper(h1)}} {
+		if err := s.CreateKey(ctx, bad); err == nil {
+			t.Errorf("CreateKey(%+v) succeeded, want an error", bad)
 		}
 	}
-	collide := h1[:8] + strings.Repeat("0", 56)
-	if err := s.PutKey(ctx, collide, Key{Name: "twin"}); !errors.Is(err, ErrKeyIDInUse) {
-		t.Errorf("PutKey with a colliding ID: err = %v, want ErrKeyIDInUse", err)
-	}
-	if _, err := s.GetKey(ctx, digestOf([]byte("nope"))); !errors.Is(err, ebb.ErrNotFound) {
-		t.Errorf("GetKey(absent): err = %v, want ErrNotFound", err)
-	}
-	for _, id := range []string{"", "abc", "zzzzzzzz", "00000000", h1 + "0"} {
+	for _, id := range []string{"", "abc", "zzzzzzzz", "00000000", h1} {
+		if _, err := s.GetKey(ctx, id); !errors.Is(err, ebb.ErrNotFound) {
+			t.Errorf("GetKey(%q): err = %v, want ErrNotFound", id, err)
+		}
 		if err := s.DeleteKey(ctx, id); !errors.Is(err, ebb.ErrNotFound) {
 			t.Errorf("DeleteKey(%q): err = %v, want ErrNotFound", id, err)
 		}
 	}
 
-	// Delete by ID, and by the whole hash.
-	if err := s.DeleteKey(ctx, h1[:8]); err != nil {
-		t.Fatalf("DeleteKey(id): %v", err)
+	// Update, then delete; a late update of a deleted key does not bring
+	// it back.
+	k2.LastUsed = t0.Add(2 * time.Hour)
+	if err := s.UpdateKey(ctx, k2); err != nil {
+		t.Fatalf("UpdateKey: %v", err)
 	}
-	if _, err := s.GetKey(ctx, h1); !errors.Is(err, ebb.ErrNotFound) {
-		t.Errorf("GetKey after DeleteKey: err = %v, want ErrNotFound", err)
+	if got, _ := s.GetKey(ctx, k2.ID); got == nil || !got.LastUsed.Equal(k2.LastUsed) {
+		t.Errorf("after UpdateKey, GetKey = %+v", got)
 	}
-	if err := s.DeleteKey(ctx, h1[:8]); !errors.Is(err, ebb.ErrNotFound) {
+	if err := s.DeleteKey(ctx, k2.ID); err != nil {
+		t.Fatalf("DeleteKey: %v", err)
+	}
+	if err := s.UpdateKey(ctx, k2); !errors.Is(err, ebb.ErrNotFound) {
+		t.Errorf("UpdateKey after DeleteKey: err = %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteKey(ctx, k2.ID); !errors.Is(err, ebb.ErrNotFound) {
 		t.Errorf("DeleteKey twice: err = %v, want ErrNotFound", err)
-	}
-	if err := s.DeleteKey(ctx, h2); err != nil {
-		t.Fatalf("DeleteKey(hash): %v", err)
-	}
-	if keys, err := s.ListKeys(ctx); err != nil || len(keys) != 0 {
-		t.Errorf("ListKeys after deleting all = %v, %v; want none", keys, err)
 	}
 }
 
-func TestKeysAmbiguousPrefix(t *testing.T) {
+// TestLegacyKeys reads keys as ebb stored them before roles (under the hash
+// of their secret, with an admin flag): they are admin keys, found by ID,
+// and move to their ID when updated.
+func TestLegacyKeys(t *testing.T) {
 	ctx := testCtx(t)
 	s := openStore(t, "")
-	// Two hashes sharing an ID can exist only if written behind PutKey's
-	// back (another node racing it); DeleteKey must then not guess.
-	a := "abcdef01" + strings.Repeat("1", 56)
-	b := "abcdef01" + strings.Repeat("2", 56)
-	if err := s.PutKey(ctx, a, Key{Name: "a"}); err != nil {
+	h := digestOf([]byte("old-secret"))
+	t0 := time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)
+	old, _ := json.Marshal(map[string]any{"id": h[:8], "name": "admin", "admin": true, "created_at": t0})
+	if _, err := s.keys.Put(ctx, h, old); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.keys.Put(ctx, b, []byte(`{"id":"abcdef01","name":"b"}`)); err != nil {
+	keys, err := s.ListKeys(ctx)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("ListKeys = %+v, %v", keys, err)
+	}
+	want := ebb.Key{ID: h[:8], Name: "admin", Role: ebb.RoleAdmin, CreatedAt: t0, Hash: h}
+	if !reflect.DeepEqual(keys[0], want) {
+		t.Errorf("legacy key = %+v, want %+v", keys[0], want)
+	}
+	want.LastUsed = t0.Add(time.Hour)
+	if err := s.UpdateKey(ctx, want); err != nil {
+		t.Fatalf("UpdateKey(legacy): %v", err)
+	}
+	if _, err := s.keys.Get(ctx, h); err == nil {
+		t.Error("the legacy record is still under the hash after an update")
+	}
+	if got, err := s.GetKey(ctx, h[:8]); err != nil || !reflect.DeepEqual(*got, want) {
+		t.Errorf("GetKey after moving = %+v, %v; want %+v", got, err, want)
+	}
+	if err := s.DeleteKey(ctx, h[:8]); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteKey(ctx, "abcdef01"); err == nil || errors.Is(err, ebb.ErrNotFound) {
-		t.Fatalf("DeleteKey(ambiguous id): err = %v, want an ambiguity error", err)
+}
+
+func TestAudit(t *testing.T) {
+	ctx := testCtx(t)
+	s := openStore(t, "")
+	if recs, err := s.Audit(ctx, time.Time{}, 10); err != nil || len(recs) != 0 {
+		t.Fatalf("Audit on an empty log = %v, %v", recs, err)
 	}
-	if err := s.DeleteKey(ctx, "abcdef011"); err != nil {
-		t.Fatalf("DeleteKey(longer prefix): %v", err)
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	for i := range 5 {
+		rec := AuditRecord{Time: t0.Add(time.Duration(i) * time.Second), KeyID: "0000aaaa", Action: "function.deploy", Target: fmt.Sprintf("fn-%d", i), Status: 201}
+		if err := s.AppendAudit(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := s.GetKey(ctx, a); !errors.Is(err, ebb.ErrNotFound) {
-		t.Errorf("GetKey(a) after delete: err = %v, want ErrNotFound", err)
+	recs, err := s.Audit(ctx, time.Time{}, 3)
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("Audit(limit 3) = %d records, %v", len(recs), err)
 	}
-	if _, err := s.GetKey(ctx, b); err != nil {
-		t.Errorf("GetKey(b): %v, want it kept", err)
+	for i, r := range recs {
+		if r.Target != fmt.Sprintf("fn-%d", i) || r.Seq != uint64(i+1) || !r.Time.Equal(t0.Add(time.Duration(i)*time.Second)) {
+			t.Errorf("record %d = %+v", i, r)
+		}
+	}
+	if recs, err := s.Audit(ctx, time.Time{}, 100); err != nil || len(recs) != 5 {
+		t.Errorf("Audit(limit 100) = %d records, %v; want 5", len(recs), err)
+	}
+	if recs, err := s.Audit(ctx, time.Now().Add(time.Hour), 100); err != nil || len(recs) != 0 {
+		t.Errorf("Audit(since the future) = %d records, %v; want 0", len(recs), err)
 	}
 }
 
@@ -631,7 +660,7 @@ func (f fixture) write(ctx context.Context, s *Store) error {
 	if err := s.PutBundle(ctx, digestOf(f.bundle), bytes.NewReader(f.bundle)); err != nil {
 		return err
 	}
-	return s.PutKey(ctx, f.key, Key{Name: "fixture", Admin: true, CreatedAt: time.Date(2025, 2, 2, 0, 0, 0, 0, time.UTC)})
+	return s.CreateKey(ctx, ebb.Key{ID: f.key[:8], Hash: f.key, Name: "fixture", Role: ebb.RoleAdmin, CreatedAt: time.Date(2025, 2, 2, 0, 0, 0, 0, time.UTC)})
 }
 
 func (f fixture) check(t *testing.T, ctx context.Context, s *Store) {
@@ -649,7 +678,7 @@ func (f fixture) check(t *testing.T, ctx context.Context, s *Store) {
 	} else if !bytes.Equal(buf.Bytes(), f.bundle) {
 		t.Errorf("GetBundle returned %d bytes, want the %d written", buf.Len(), len(f.bundle))
 	}
-	if k, err := s.GetKey(ctx, f.key); err != nil || k.Name != "fixture" || !k.Admin {
+	if k, err := s.GetKey(ctx, f.key[:8]); err != nil || k.Name != "fixture" || k.Role != ebb.RoleAdmin || k.Hash != f.key {
 		t.Errorf("GetKey = %+v, %v; want the fixture key", k, err)
 	}
 	// Version counters survived too: the next numbers follow on.
