@@ -43,6 +43,8 @@ func (b *lockedBuffer) String() string {
 type server struct {
 	bin, addr, url string
 	log            *lockedBuffer
+	out            *lockedBuffer // ebb's stdout: the admin key, when one is made
+	key            string        // the key ebb deploy runs with
 }
 
 // buildEbb builds ./cmd/ebb once per test binary.
@@ -72,7 +74,8 @@ func startServe(t *testing.T, flags ...string) *server {
 	}
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--onnx-spares", "0"}, flags...)
 	cmd := exec.Command(bin, args...)
-	cmd.Stdout = io.Discard
+	out := &lockedBuffer{}
+	cmd.Stdout = out
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +83,7 @@ func startServe(t *testing.T, flags ...string) *server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{bin: bin, log: &lockedBuffer{}}
+	s := &server{bin: bin, log: &lockedBuffer{}, out: out}
 	exited := make(chan struct{})
 	addrc := make(chan string, 1)
 	go func() {
@@ -130,7 +133,7 @@ func (s *server) deploy(t *testing.T, files map[string]string) {
 		}
 	}
 	cmd := exec.Command(s.bin, "deploy", dir)
-	cmd.Env = append(os.Environ(), "EBB_URL="+s.url)
+	cmd.Env = append(os.Environ(), "EBB_URL="+s.url, "EBB_API_KEY="+s.key)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ebb deploy: %v\n%s\nserver log:\n%s", err, out, s.log)
 	}

@@ -208,12 +208,8 @@ func (a *Authenticator) admit(e *entry, via string, now time.Time) (*Principal, 
 	if e.key.Expired(now) {
 		return nil, ErrExpired
 	}
-	if e.limiter != nil {
-		if r := e.limiter.ReserveN(now, 1); !r.OK() || r.DelayFrom(now) > 0 {
-			d := r.DelayFrom(now)
-			r.CancelAt(now)
-			return nil, &RateLimitedError{KeyID: e.key.ID, RetryAfter: d}
-		}
+	if e.limiter != nil && !e.limiter.AllowN(now, 1) {
+		return nil, &RateLimitedError{KeyID: e.key.ID, RetryAfter: TokenWait(e.limiter, now)}
 	}
 	e.lastUsed.Store(now.UnixNano())
 	return &Principal{Key: e.key, Via: via}, nil
@@ -263,6 +259,17 @@ func (a *Authenticator) readBody(r *http.Request) ([]byte, error) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	return b, nil
+}
+
+// TokenWait is how long until l has a whole token at now. AllowN, unlike a
+// cancelled reservation, takes nothing from a bucket it refuses, so that
+// refused requests never eat the tokens of later ones.
+func TokenWait(l *rate.Limiter, now time.Time) time.Duration {
+	missing := 1 - l.TokensAt(now)
+	if missing <= 0 || l.Limit() <= 0 {
+		return time.Second
+	}
+	return time.Duration(missing / float64(l.Limit()) * float64(time.Second))
 }
 
 // NewAccessKey returns a new AWS-style credential pair: an access key ID

@@ -116,6 +116,7 @@ func (g *Gateway) Routes() []route.Route {
 		rs = append(rs,
 			route.Route{Pattern: "GET /2015-03-31/functions/{name}", Perm: auth.PermDescribe, Function: lambda, Dialect: route.Lambda, Handler: g.lambdaGetFunction},
 			route.Route{Pattern: "GET /2015-03-31/functions/{name}/configuration", Perm: auth.PermDescribe, Function: lambda, Dialect: route.Lambda, Handler: g.lambdaGetConfiguration},
+			route.Route{Pattern: "GET /2015-03-31/functions", Perm: auth.PermDescribe, Dialect: route.Lambda, Handler: g.lambdaListFunctions},
 			route.Route{Pattern: "GET /2015-03-31/functions/{$}", Perm: auth.PermDescribe, Dialect: route.Lambda, Handler: g.lambdaListFunctions})
 	}
 	return rs

@@ -296,15 +296,10 @@ func (p *Platform) AllowInvoke(name string, now time.Time) (bool, time.Duration)
 	if err != nil || d.limiter == nil {
 		return true, 0
 	}
-	r := d.limiter.ReserveN(now, 1)
-	if !r.OK() {
-		return false, time.Second
+	if d.limiter.AllowN(now, 1) {
+		return true, 0
 	}
-	if wait := r.DelayFrom(now); wait > 0 {
-		r.CancelAt(now)
-		return false, wait
-	}
-	return true, 0
+	return false, auth.TokenWait(d.limiter, now)
 }
 
 // newLimiter is a function's rate_limit as a token bucket, nil for none.

@@ -1,0 +1,447 @@
+package main
+
+// Issue 11's access control, against a real `ebb serve --require-auth`.
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/ebb-run/ebb/internal/bundle"
+)
+
+// echoFn is a python function that prints a marker and answers its event.
+func echoFn(name, extra string) map[string]string {
+	return map[string]string{
+		"ebb.yaml": "name: " + name + "\nruntime: python\nhandler: app.handler\n" + extra,
+		"app.py":   "def handler(event, context):\n    print('tail-marker', context.aws_request_id)\n    return event\n",
+	}
+}
+
+// authServe starts ebb with keys required and reads the admin key it prints.
+func authServe(t *testing.T, flags ...string) *server {
+	t.Helper()
+	s := startServe(t, append([]string{"--require-auth"}, flags...)...)
+	m := regexp.MustCompile(`ebb_[0-9a-f]{48}`).FindString(s.out.String())
+	if m == "" {
+		t.Fatalf("no admin key printed; stdout:\n%s", s.out)
+	}
+	s.key = m
+	return s
+}
+
+// cli runs an ebb client command with key.
+func (s *server) cli(t *testing.T, key string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(s.bin, args...)
+	cmd.Env = append(os.Environ(), "EBB_URL="+s.url, "EBB_API_KEY="+key)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+type createdKey struct {
+	ID              string   `json:"id"`
+	Key             string   `json:"key"`
+	AccessKeyID     string   `json:"access_key_id"`
+	SecretAccessKey string   `json:"secret_access_key"`
+	Role            string   `json:"role"`
+	Functions       []string `json:"functions"`
+	Expires         *string  `json:"expires"`
+}
+
+func (s *server) createKey(t *testing.T, args ...string) createdKey {
+	t.Helper()
+	out, err := s.cli(t, s.key, append([]string{"keys", "create", "--json"}, args...)...)
+	if err != nil {
+		t.Fatalf("ebb keys create %v: %v\n%s", args, err, out)
+	}
+	var k createdKey
+	if err := json.Unmarshal([]byte(out), &k); err != nil || k.Key == "" || k.AccessKeyID == "" || k.SecretAccessKey == "" {
+		t.Fatalf("ebb keys create --json printed %s (%v)", out, err)
+	}
+	return k
+}
+
+// call sends one request with an optional bearer key and extra headers.
+func (s *server) call(t *testing.T, method, path, key, body string, hdr map[string]string) (int, string, http.Header) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.url+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	for k, v := range hdr {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// TestEveryRoleOnEveryRoute: each role, with keys scoped to echo-*, on every
+// route of the table: allowed routes pass auth, the rest are 403 naming the
+// permission; a function outside the globs is 403; no key is 401.
+func TestEveryRoleOnEveryRoute(t *testing.T) {
+	s := authServe(t)
+	s.deploy(t, echoFn("echo-a", ""))
+	s.deploy(t, echoFn("other-b", ""))
+	tgz := bundleOf(t, echoFn("echo-a", ""))
+
+	keys := map[string]string{"admin": s.key}
+	for _, role := range []string{"deploy", "invoke", "read"} {
+		keys[role] = s.createKey(t, "--role", role, "--functions", "echo-*").Key
+	}
+	type rt struct {
+		method, path, body string
+		perm               string // the permission the route needs
+		allowed            []string
+	}
+	all := []string{"admin", "deploy", "invoke", "read"}
+	routes := []rt{
+		{"PUT", "/v1/functions/echo-a", tgz, "deploy", []string{"admin", "deploy"}},
+		{"GET", "/v1/functions", "", "describe", all},
+		{"GET", "/v1/functions/echo-a", "", "describe", all},
+		{"GET", "/v1/functions/echo-a/logs", "", "logs", []string{"admin", "deploy", "read"}},
+		{"GET", "/v1/functions/echo-a/jobs", "", "jobs", all},
+		{"POST", "/v1/functions/echo-a/jobs/redrive", "", "deploy", []string{"admin", "deploy"}},
+		{"POST", "/v1/functions/echo-a/invoke", `{}`, "invoke", []string{"admin", "invoke"}},
+		{"POST", "/2015-03-31/functions/echo-a/invocations", `{}`, "invoke", []string{"admin", "invoke"}},
+		{"GET", "/2015-03-31/functions/echo-a", "", "describe", all},
+		{"GET", "/2015-03-31/functions/echo-a/configuration", "", "describe", all},
+		{"GET", "/2015-03-31/functions/", "", "describe", all},
+		{"GET", "/2015-03-31/functions", "", "describe", all},
+		{"GET", "/fn/echo-a/x", "", "invoke", []string{"admin", "invoke"}},
+		{"POST", "/v2/models/echo-a/infer", `{}`, "invoke", []string{"admin", "invoke"}},
+		{"GET", "/metrics", "", "metrics", []string{"admin", "read"}},
+		{"GET", "/v1/keys", "", "keys", []string{"admin"}},
+		{"GET", "/v1/audit", "", "audit", []string{"admin"}},
+		{"PUT", "/v1/buckets/b1/k", "x", "buckets", []string{"admin"}},
+		{"GET", "/v1/jobs/nope", "", "jobs", all},
+	}
+	for _, r := range routes {
+		if code, body, _ := s.call(t, r.method, r.path, "", r.body, nil); code != 401 {
+			t.Errorf("%s %s without a key = %d %s, want 401", r.method, r.path, code, body)
+		}
+		if code, _, _ := s.call(t, r.method, r.path, "ebb_"+strings.Repeat("0", 48), r.body, nil); code != 401 {
+			t.Errorf("%s %s with an unknown key = %d, want 401", r.method, r.path, code)
+		}
+		for _, role := range all {
+			code, body, _ := s.call(t, r.method, r.path, keys[role], r.body, nil)
+			want := strings.Contains(strings.Join(r.allowed, ","), role)
+			switch {
+			case want && (code == 401 || code == 403):
+				t.Errorf("%s %s as %s = %d %s, want allowed", r.method, r.path, role, code, body)
+			case !want && code != 403:
+				t.Errorf("%s %s as %s = %d %s, want 403", r.method, r.path, role, code, body)
+			case !want && !strings.Contains(body, `\"`+r.perm+`\"`):
+				t.Errorf("%s %s as %s: 403 body %s does not name permission %q", r.method, r.path, role, body, r.perm)
+			}
+		}
+	}
+	// Out of scope: the same routes on other-b are refused to scoped keys.
+	for _, role := range []string{"deploy", "invoke", "read"} {
+		for _, path := range []string{"/v1/functions/other-b", "/v1/functions/other-b/invoke", "/fn/other-b/"} {
+			method := "GET"
+			if strings.HasSuffix(path, "invoke") {
+				method = "POST"
+			}
+			if code, body, _ := s.call(t, method, path, keys[role], "{}", nil); code != 403 {
+				t.Errorf("%s %s as scoped %s = %d %s, want 403", method, path, role, code, body)
+			}
+		}
+		// A listing shows only what the key covers.
+		_, body, _ := s.call(t, "GET", "/v1/functions", keys[role], "", nil)
+		if strings.Contains(body, "other-b") || !strings.Contains(body, "echo-a") {
+			t.Errorf("GET /v1/functions as scoped %s lists %s", role, body)
+		}
+	}
+	// Unknown paths and methods get the same JSON error shape.
+	for _, c := range []struct {
+		method, path string
+		want         int
+	}{{"GET", "/nope", 404}, {"DELETE", "/v1/functions", 405}, {"PATCH", "/v1/keys", 405}} {
+		code, body, _ := s.call(t, c.method, c.path, s.key, "", nil)
+		var e struct{ ErrorType, ErrorMessage string }
+		if code != c.want || json.Unmarshal([]byte(body), &e) != nil || e.ErrorMessage == "" {
+			t.Errorf("%s %s = %d %q, want %d with a JSON error", c.method, c.path, code, body, c.want)
+		}
+	}
+	if code, _, _ := s.call(t, "GET", "/healthz", "", "", nil); code != 200 {
+		t.Errorf("/healthz without a key = %d, want 200", code)
+	}
+}
+
+// bundleOf packs files as `ebb deploy` would, for a raw PUT.
+func bundleOf(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		if err := os.WriteFile(dir+"/"+name, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	if _, err := bundle.Pack(dir, &buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.String()
+}
+
+// TestAWSSDKWithEbbKeys: the real aws-sdk-go-v2 Lambda client, signing with
+// an ebb-issued pair, invokes with Tail and looks functions up; a wrong
+// secret is refused in the shape the SDK parses.
+func TestAWSSDKWithEbbKeys(t *testing.T) {
+	s := authServe(t)
+	s.deploy(t, echoFn("echo-a", ""))
+	s.deploy(t, echoFn("other-b", ""))
+	k := s.createKey(t, "--role", "invoke", "--functions", "echo-*")
+	client := func(secret string) *lambda.Client {
+		return lambda.New(lambda.Options{Region: "eu-west-3", BaseEndpoint: aws.String(s.url), RetryMaxAttempts: 1,
+			Credentials: credentials.NewStaticCredentialsProvider(k.AccessKeyID, secret, "")})
+	}
+	ctx := context.Background()
+	c := client(k.SecretAccessKey)
+	out, err := c.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("echo-a"), Payload: []byte(`{"n":7}`), LogType: types.LogTypeTail})
+	if err != nil {
+		t.Fatalf("Invoke: %v\n%s", err, s.log)
+	}
+	if string(out.Payload) != `{"n": 7}` && string(out.Payload) != `{"n":7}` {
+		t.Errorf("Invoke payload = %s", out.Payload)
+	}
+	tail, err := base64.StdEncoding.DecodeString(aws.ToString(out.LogResult))
+	if err != nil || !strings.Contains(string(tail), "tail-marker") {
+		t.Errorf("LogResult = %q (%v), want the invocation's own line", tail, err)
+	}
+	if out.ExecutedVersion == nil || *out.ExecutedVersion != "1" {
+		t.Errorf("ExecutedVersion = %v, want 1", out.ExecutedVersion)
+	}
+	gf, err := c.GetFunction(ctx, &lambda.GetFunctionInput{FunctionName: aws.String("echo-a")})
+	if err != nil {
+		t.Fatalf("GetFunction: %v", err)
+	}
+	if cfg := gf.Configuration; aws.ToString(cfg.FunctionName) != "echo-a" || aws.ToString(cfg.Handler) != "app.handler" || cfg.Environment != nil {
+		t.Errorf("GetFunction configuration = %+v", cfg)
+	}
+	gc, err := c.GetFunctionConfiguration(ctx, &lambda.GetFunctionConfigurationInput{FunctionName: aws.String("echo-a")})
+	if err != nil || aws.ToInt32(gc.MemorySize) == 0 {
+		t.Errorf("GetFunctionConfiguration = %+v, %v", gc, err)
+	}
+	lf, err := c.ListFunctions(ctx, &lambda.ListFunctionsInput{})
+	if err != nil {
+		t.Fatalf("ListFunctions: %v", err)
+	}
+	if len(lf.Functions) != 1 || aws.ToString(lf.Functions[0].FunctionName) != "echo-a" {
+		t.Errorf("ListFunctions = %d functions, want only echo-a (the key's scope)", len(lf.Functions))
+	}
+	var nf *types.ResourceNotFoundException
+	if _, err := c.GetFunction(ctx, &lambda.GetFunctionInput{FunctionName: aws.String("echo-missing")}); !errors.As(err, &nf) {
+		t.Errorf("GetFunction(missing) = %v, want ResourceNotFoundException", err)
+	}
+	for _, tt := range []struct {
+		name string
+		c    *lambda.Client
+		fn   string
+		code string
+	}{
+		{"wrong secret", client("not-the-secret"), "echo-a", "InvalidSignatureException"},
+		{"out of scope", c, "other-b", "AccessDeniedException"},
+	} {
+		_, err := tt.c.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String(tt.fn), Payload: []byte(`{}`)})
+		var ae smithy.APIError
+		if !errors.As(err, &ae) || ae.ErrorCode() != tt.code {
+			t.Errorf("%s: err = %v, want %s", tt.name, err, tt.code)
+		}
+	}
+	bad := lambda.New(lambda.Options{Region: "eu-west-3", BaseEndpoint: aws.String(s.url), RetryMaxAttempts: 1,
+		Credentials: credentials.NewStaticCredentialsProvider("EBBNOSUCHKEY00000000", "x", "")})
+	_, err = bad.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String("echo-a"), Payload: []byte(`{}`)})
+	var ae smithy.APIError
+	if !errors.As(err, &ae) || ae.ErrorCode() != "UnrecognizedClientException" {
+		t.Errorf("unknown access key: err = %v, want UnrecognizedClientException", err)
+	}
+}
+
+// TestRevokeAndRotate: revocation and rotation take effect at once, and
+// both are in the audit log under the admin key.
+func TestRevokeAndRotate(t *testing.T) {
+	s := authServe(t)
+	s.deploy(t, echoFn("echo-a", ""))
+	k := s.createKey(t, "--role", "invoke", "--name", "ci")
+	invoke := func(key string) int {
+		code, _, _ := s.call(t, "POST", "/v1/functions/echo-a/invoke", key, `{}`, nil)
+		return code
+	}
+	if c := invoke(k.Key); c != 200 {
+		t.Fatalf("new key = %d", c)
+	}
+	out, err := s.cli(t, s.key, "keys", "rotate", k.ID, "--json")
+	if err != nil {
+		t.Fatalf("keys rotate: %v %s", err, out)
+	}
+	var rot createdKey
+	json.Unmarshal([]byte(out), &rot)
+	if rot.ID != k.ID || rot.Key == k.Key || rot.AccessKeyID == k.AccessKeyID {
+		t.Fatalf("rotate = %+v, want the same id with new secrets", rot)
+	}
+	if c := invoke(k.Key); c != 401 {
+		t.Errorf("old secret after rotate = %d, want 401", c)
+	}
+	if c := invoke(rot.Key); c != 200 {
+		t.Errorf("rotated secret = %d, want 200", c)
+	}
+	out, err = s.cli(t, s.key, "keys", "ls")
+	if err != nil || !strings.Contains(out, k.ID) || !strings.Contains(out, "ci") || strings.Contains(out, rot.Key) {
+		t.Errorf("keys ls = %v\n%s", err, out)
+	}
+	if out, err := s.cli(t, s.key, "keys", "revoke", k.ID); err != nil {
+		t.Fatalf("keys revoke: %v %s", err, out)
+	}
+	if c := invoke(rot.Key); c != 401 {
+		t.Errorf("revoked key = %d, want 401 at once", c)
+	}
+	if out, err := s.cli(t, s.key, "keys", "revoke", k.ID); err == nil || !strings.Contains(out, "not found") {
+		t.Errorf("revoking twice: %v %s, want a not-found error", err, out)
+	}
+	out, err = s.cli(t, s.key, "audit", "--json")
+	if err != nil {
+		t.Fatalf("ebb audit: %v %s", err, out)
+	}
+	var recs []struct {
+		KeyID  string `json:"key_id"`
+		Action string `json:"action"`
+		Target string `json:"target"`
+	}
+	json.Unmarshal([]byte(out), &recs)
+	want := map[string]string{"function.deploy": "echo-a", "key.create": k.ID, "key.rotate": k.ID, "key.revoke": k.ID}
+	adminID := ""
+	for _, r := range recs {
+		if r.Action == "function.deploy" {
+			adminID = r.KeyID
+		}
+		if want[r.Action] == r.Target {
+			delete(want, r.Action)
+		}
+	}
+	if len(want) > 0 || adminID == "" {
+		t.Errorf("audit log %s lacks %v (or a key id)", out, want)
+	}
+}
+
+// TestPublicFunctionURL: function_url {auth: none} needs no key, and no ebb
+// credential reaches the function, while its own Authorization does.
+func TestPublicFunctionURL(t *testing.T) {
+	s := authServe(t)
+	s.deploy(t, echoFn("pub", "function_url: {auth: none}\n"))
+	s.deploy(t, echoFn("priv", ""))
+	code, body, _ := s.call(t, "GET", "/fn/pub/x?q=1", "", "", map[string]string{"Authorization": "Bearer their-own", "X-Api-Key": s.key})
+	if code != 200 {
+		t.Fatalf("public URL without an ebb key = %d %s", code, body)
+	}
+	if strings.Contains(body, s.key) || !strings.Contains(body, "Bearer their-own") || !strings.Contains(body, `"q"`) {
+		t.Errorf("public URL event = %s: want its own Authorization and no ebb key", body)
+	}
+	code, body, _ = s.call(t, "GET", "/fn/pub/x", s.key, "", nil)
+	if code != 200 || strings.Contains(body, s.key) || strings.Contains(strings.ToLower(body), "authorization") {
+		t.Errorf("public URL with an ebb key = %d %s: the key must not reach the function", code, body)
+	}
+	if code, _, _ := s.call(t, "GET", "/fn/priv/x", "", "", nil); code != 401 {
+		t.Errorf("keyed URL without a key = %d, want 401", code)
+	}
+	code, body, _ = s.call(t, "GET", "/fn/priv/x", "", "", map[string]string{"X-Api-Key": s.key})
+	if code != 200 || strings.Contains(body, s.key) || strings.Contains(body, "x-api-key") {
+		t.Errorf("keyed URL = %d %s: the key must not reach the function", code, body)
+	}
+	// The public URL does not open the function's other routes.
+	if code, _, _ := s.call(t, "POST", "/v1/functions/pub/invoke", "", "{}", nil); code != 401 {
+		t.Errorf("native invoke of a public-URL function without a key = %d, want 401", code)
+	}
+}
+
+// TestFunctionRateLimit: 5 rps with a burst of 5, 3 s of requests: about 20
+// answered, the rest 429 with Retry-After.
+func TestFunctionRateLimit(t *testing.T) {
+	s := authServe(t)
+	s.deploy(t, echoFn("limited", "rate_limit: {rps: 5, burst: 5}\n"))
+	var ok, limited, other atomic.Int64
+	var badRetry atomic.Bool
+	deadline := time.Now().Add(3 * time.Second)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				code, _, h := s.call(t, "POST", "/v1/functions/limited/invoke", s.key, `{}`, nil)
+				switch code {
+				case 200:
+					ok.Add(1)
+				case 429:
+					limited.Add(1)
+					if h.Get("Retry-After") == "" {
+						badRetry.Store(true)
+					}
+				default:
+					other.Add(1)
+				}
+				// Paced, so that the load generator does not starve the
+				// server of the 2 CPUs: still ~10× the limit.
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("3s at 5 rps, burst 5: %d answered, %d refused with 429, %d other", ok.Load(), limited.Load(), other.Load())
+	if n := ok.Load(); n < 16 || n > 24 {
+		t.Errorf("%d answered, want 20 ± 20%%", n)
+	}
+	if limited.Load() == 0 || other.Load() != 0 || badRetry.Load() {
+		t.Errorf("refusals: %d 429s, %d other statuses, missing Retry-After: %v", limited.Load(), other.Load(), badRetry.Load())
+	}
+	_, metrics, _ := s.call(t, "GET", "/metrics", s.key, "", nil)
+	if !strings.Contains(metrics, `ebb_rate_limited_total{name="limited",scope="function"}`) {
+		t.Errorf("/metrics does not count the refusals")
+	}
+}
+
+// TestForeignHost: on loopback, a Host that is not a loopback name is 421
+// (DNS rebinding); --allowed-hosts admits more.
+func TestForeignHost(t *testing.T) {
+	s := startServe(t, "--allowed-hosts", "ebb.internal")
+	for host, want := range map[string]int{"evil.example": 421, "evil.example:80": 421, "localhost": 200,
+		"127.0.0.1": 200, "ebb.internal:8080": 200, "app.localhost": 200} {
+		if code, body, _ := s.call(t, "GET", "/healthz", "", "", map[string]string{"Host": host}); code != want {
+			t.Errorf("Host %q = %d %s, want %d", host, code, body, want)
+		}
+	}
+	// No CORS unless asked for.
+	_, _, h := s.call(t, "GET", "/healthz", "", "", map[string]string{"Origin": "https://evil.example"})
+	if h.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("CORS header sent without --cors-origins")
+	}
+}
