@@ -22,6 +22,10 @@ func main() {
 			"header": r.Header.Get("X-Test"), "body": string(body), "request_id": r.Header.Get("Ebb-Request-Id"),
 		})
 	})
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"header": r.Header, "query": r.URL.RawQuery})
+	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
 		time.Sleep(d)

@@ -1,0 +1,143 @@
+package platform
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/api"
+)
+
+// TestCredentialsNeverReachHTTPFunctions: an http function behind a keyed
+// URL sees none of ebb's credentials, however they were presented (bearer,
+// X-Api-Key, a SigV4 signature in headers or a presigned query); behind a
+// public URL its own Authorization header passes unchanged.
+func TestCredentialsNeverReachHTTPFunctions(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.RequireAuth = true })
+	e.deploy(fnDir(t, "name: web\nruntime: http\nhandler: ./server\n", map[string]string{"server": "@httpfn"}))
+	e.deploy(fnDir(t, "name: pubweb\nruntime: http\nhandler: ./server\nfunction_url: {auth: none}\n", map[string]string{"server": "@httpfn"}))
+	k, err := e.p.CreateKey(context.Background(), api.KeyRequest{Role: ebb.RoleInvoke, Functions: []string{"web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaks := func(what, body string) {
+		t.Helper()
+		for _, secret := range []string{e.adminKey, k.Key, k.AccessKeyID, "AWS4-HMAC-SHA256", "X-Amz-Date", "X-Amz-Signature", "X-Amz-Credential", "Authorization", "X-Api-Key"} {
+			if strings.Contains(body, secret) {
+				t.Errorf("%s: the function saw %q: %s", what, secret, body)
+			}
+		}
+	}
+	code, body, _ := e.do("GET", "/fn/web/headers?a=1", "", map[string]string{"X-Api-Key": k.Key, "Authorization": "Bearer " + e.adminKey})
+	if code != 200 || !strings.Contains(body, `"query":"a=1"`) {
+		t.Fatalf("bearer: %d %s", code, body)
+	}
+	leaks("bearer and x-api-key", body)
+
+	signer := v4.NewSigner()
+	creds := aws.Credentials{AccessKeyID: k.AccessKeyID, SecretAccessKey: k.SecretAccessKey}
+	req, _ := http.NewRequest("GET", e.url+"/fn/web/headers?a=1", nil)
+	if err := signer.SignHTTP(context.Background(), creds, req, hashOf(""), "lambda", "us-east-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	body = send(t, req, 200)
+	leaks("sigv4 header", body)
+
+	req, _ = http.NewRequest("GET", e.url+"/fn/web/headers?a=1&X-Amz-Expires=60", nil)
+	u, _, err := signer.PresignHTTP(context.Background(), creds, req, hashOf(""), "lambda", "us-east-1", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ = http.NewRequest("GET", u, nil)
+	body = send(t, req, 200)
+	leaks("presigned", body)
+	if !strings.Contains(body, `"query":"a=1"`) {
+		t.Errorf("presigned: the function's own query was changed: %s", body)
+	}
+
+	// Public: no key needed; its own Authorization arrives, ebb's do not.
+	req, _ = http.NewRequest("GET", e.url+"/fn/pubweb/headers", nil)
+	req.Header.Set("Authorization", "Basic dXNlcjpwYXNz")
+	req.Header.Set("X-Api-Key", e.adminKey)
+	body = send(t, req, 200)
+	if !strings.Contains(body, "Basic dXNlcjpwYXNz") || strings.Contains(body, e.adminKey) {
+		t.Errorf("public URL: %s", body)
+	}
+}
+
+func send(t *testing.T, req *http.Request, want int) string {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s = %d %s, want %d", req.Method, req.URL, resp.StatusCode, b.String(), want)
+	}
+	return b.String()
+}
+
+func hashOf(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])
+}
+
+// TestKeyRateAndExpiry: a key's --rps refuses with 429 and Retry-After
+// (counted per key), and a key stops working when it expires; both moved by
+// the platform's clock, not by sleeping.
+func TestKeyRateAndExpiry(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	e := start(t, "", func(c *Config) { c.RequireAuth = true; c.Now = clock })
+	e.deploy(goFn(t, "fn", ""))
+	k, err := e.p.CreateKey(context.Background(), api.KeyRequest{Role: ebb.RoleInvoke, RPS: 2, Expires: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func() (int, http.Header) {
+		code, _, h := e.do("POST", "/v1/functions/fn/invoke", "{}", map[string]string{"Authorization": "Bearer " + k.Key})
+		return code, h
+	}
+	for i := range 2 {
+		if code, _ := call(); code != 200 {
+			t.Fatalf("request %d within the burst = %d", i, code)
+		}
+	}
+	code, h := call()
+	if code != 429 || h.Get("Retry-After") != "1" {
+		t.Fatalf("third request at the same instant = %d (Retry-After %q), want 429 with Retry-After 1", code, h.Get("Retry-After"))
+	}
+	advance(500 * time.Millisecond)
+	if code, _ := call(); code != 200 {
+		t.Errorf("after half a second at 2 rps = %d, want 200", code)
+	}
+	_, metrics, _ := e.do("GET", "/metrics", "", nil)
+	if !strings.Contains(metrics, `ebb_rate_limited_total{name="`+k.ID+`",scope="key"} 1`) {
+		t.Errorf("/metrics does not count the key's refusal")
+	}
+	advance(time.Hour)
+	if code, _ := call(); code != 401 {
+		t.Errorf("after expiry = %d, want 401", code)
+	}
+}
