@@ -167,7 +167,7 @@ func TestRefusedBodyIsAnsweredNotReset(t *testing.T) {
 		t.Run(tt.path, func(t *testing.T) {
 			c := s.dial(t)
 			c.SetDeadline(time.Now().Add(60 * time.Second))
-			fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", tt.method, tt.path, len(body))
+			fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", tt.method, tt.path, len(body))
 			if _, err := c.Write(body); err != nil {
 				t.Fatalf("write the body: %v (ebb must not reset while the client writes)", err)
 			}
@@ -214,7 +214,7 @@ func TestStalledBodiesAreClosed(t *testing.T) {
 		if paths[i%len(paths)] == "/v1/functions/x" {
 			method = "PUT"
 		}
-		fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"a\":", method, paths[i%len(paths)])
+		fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n{\"a\":", method, paths[i%len(paths)])
 		conns = append(conns, c)
 	}
 	var wg sync.WaitGroup
@@ -289,7 +289,7 @@ func TestSlowReaderDoesNotKeepTheSlot(t *testing.T) {
 	resp.Body.Close()
 
 	c := s.dial(t)
-	io.WriteString(c, "GET /fn/slow/big HTTP/1.1\r\nHost: x\r\n\r\n")
+	io.WriteString(c, "GET /fn/slow/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReader(c)
 	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "200") {
@@ -334,7 +334,7 @@ func TestFunctionsCannotSplitResponses(t *testing.T) {
 		t.Run(path, func(t *testing.T) {
 			c := s.dial(t)
 			c.SetDeadline(time.Now().Add(60 * time.Second))
-			io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 			out, err := io.ReadAll(c)
 			if err != nil {
 				t.Fatalf("read: %v", err)

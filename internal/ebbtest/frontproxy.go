@@ -49,7 +49,7 @@ func FrontProxy(t testing.TB, addr, method, first, next string, cutOK bool) (*ht
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(15 * time.Second))
-	io.WriteString(c, method+" "+first+" HTTP/1.1\r\nHost: x\r\n\r\nGET "+next+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	io.WriteString(c, method+" "+first+" HTTP/1.1\r\nHost: localhost\r\n\r\nGET "+next+" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 	out, err := io.ReadAll(c)
 	if err != nil {
 		t.Fatalf("read the answers: %v (got %q)", err, out)
