@@ -302,7 +302,24 @@ func TestRevokeAndRotate(t *testing.T) {
 	if c := invoke(k.Key); c != 200 {
 		t.Fatalf("new key = %d", c)
 	}
-	out, err := s.cli(t, s.key, "keys", "rotate", k.ID, "--json")
+	out, err := s.cli(t, s.key, "keys", "ls", "--json")
+	var listed []struct {
+		ID       string  `json:"id"`
+		LastUsed *string `json:"last_used"`
+		Hash     *string `json:"hash"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &listed) != nil || len(listed) != 2 {
+		t.Fatalf("keys ls --json: %v\n%s", err, out)
+	}
+	for _, l := range listed {
+		if l.ID == k.ID && l.LastUsed == nil {
+			t.Errorf("keys ls shows no last use of a key just used: %s", out)
+		}
+		if l.Hash != nil || strings.Contains(out, "sealed") {
+			t.Errorf("keys ls shows stored secrets: %s", out)
+		}
+	}
+	out, err = s.cli(t, s.key, "keys", "rotate", k.ID, "--json")
 	if err != nil {
 		t.Fatalf("keys rotate: %v %s", err, out)
 	}

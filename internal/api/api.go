@@ -322,13 +322,4 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 }
 
 // writeJSON answers v, indented: the management API is read by people too.
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		route.Write(w, route.Native, &route.Error{Status: http.StatusInternalServerError, Type: "Ebb.InternalError", Message: "internal error"})
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { route.Pretty(w, status, v) }

@@ -300,12 +300,4 @@ func (p *Platform) jobError(w http.ResponseWriter, err error, notFound string) {
 	route.Write(w, route.Native, &route.Error{Status: http.StatusInternalServerError, Type: "Ebb.InternalError", Message: "internal error"})
 }
 
-func writeAsyncJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		status, b = http.StatusInternalServerError, []byte(`{"errorType":"Ebb.InternalError","errorMessage":"internal error"}`)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
+func writeAsyncJSON(w http.ResponseWriter, status int, v any) { route.Pretty(w, status, v) }

@@ -104,8 +104,19 @@ type oipBody struct {
 }
 
 // JSON is the one JSON writer: v, a newline, and its length.
-func JSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+func JSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v, false) }
+
+// Pretty is JSON indented, for the management API, which people read too.
+func Pretty(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v, true) }
+
+func writeJSON(w http.ResponseWriter, status int, v any, indent bool) {
+	var b []byte
+	var err error
+	if indent {
+		b, err = json.MarshalIndent(v, "", "  ")
+	} else {
+		b, err = json.Marshal(v)
+	}
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"errorType":"Ebb.InternalError","errorMessage":"internal error"}`)
 	}
