@@ -211,6 +211,10 @@ func (s *Server) serveInitError(w http.ResponseWriter, r *http.Request) {
 	writeAccepted(w)
 }
 
+// firstBodyBuffer bounds the buffer a declared Content-Length sizes before
+// any of the body has arrived.
+const firstBodyBuffer = 64 << 10
+
 // readBody reads r's body up to limit bytes into a slice the caller owns.
 func readBody(r *http.Request, limit int64) (body []byte, tooLarge bool, err error) {
 	if r.Body == nil {
@@ -219,12 +223,23 @@ func readBody(r *http.Request, limit int64) (body []byte, tooLarge bool, err err
 	if r.ContentLength > limit {
 		return nil, true, nil
 	}
-	if r.ContentLength >= 0 {
+	if r.ContentLength >= 0 && r.ContentLength <= firstBodyBuffer {
 		body = make([]byte, r.ContentLength)
 		if _, err := io.ReadFull(r.Body, body); err != nil {
 			return nil, false, err
 		}
 		return body, false, nil
+	}
+	if r.ContentLength > firstBodyBuffer {
+		// The function's code declared the length: memory follows what
+		// arrives, so one that declares megabytes and sends nothing holds
+		// firstBodyBuffer, not what it declared.
+		var b bytes.Buffer
+		b.Grow(firstBodyBuffer)
+		if _, err := io.CopyN(&b, r.Body, r.ContentLength); err != nil {
+			return nil, false, err
+		}
+		return b.Bytes(), false, nil
 	}
 	bp := bufPool.Get().(*[]byte)
 	buf := (*bp)[:0]
