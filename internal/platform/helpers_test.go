@@ -207,6 +207,35 @@ func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	}
 }
 
+// servingAddr waits until out (ebb serve's JSON log so far) has the
+// "ebb serving" line and returns the address in it. The tests run ebb serve
+// on port 0, so the address is one it holds: a port picked free beforehand
+// could be taken by another process (or another test's ebb) before ebb binds
+// it. exited, closed when the process ends, fails the wait early.
+func servingAddr(t testing.TB, out func() string, exited <-chan struct{}) string {
+	t.Helper()
+	var addr string
+	waitFor(t, "ebb serve to report its address", 60*time.Second, func() bool {
+		for _, line := range strings.Split(out(), "\n") {
+			var rec struct {
+				Msg  string `json:"msg"`
+				Addr string `json:"addr"`
+			}
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "ebb serving" && rec.Addr != "" {
+				addr = rec.Addr
+				return true
+			}
+		}
+		select {
+		case <-exited:
+			t.Fatalf("ebb serve exited before serving:\n%s", tail(out(), 4000))
+		default:
+		}
+		return false
+	})
+	return addr
+}
+
 // waitStatus polls name's status until cond holds, for up to 30 s.
 func (e *env) waitStatus(name, what string, cond func(api.FunctionStatus) bool) {
 	e.t.Helper()
