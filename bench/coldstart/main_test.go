@@ -1,144 +1,143 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ebb-run/ebb/bench/internal/latency"
+	"github.com/ebb-run/ebb/internal/bundle"
+	ebbclient "github.com/ebb-run/ebb/internal/client"
+	"github.com/ebb-run/ebb/internal/ebbtest"
+	"github.com/ebb-run/ebb/internal/h1"
+	"github.com/ebb-run/ebb/internal/platform"
 )
 
-// fakeEbb imitates the two endpoints the benchmark uses. An invoke on a
-// function with no instances is a cold start and leaves one instance; the
-// instance goes away after idlePolls status requests, standing in for
-// idle_timeout.
-type fakeEbb struct {
-	idlePolls      int    // status polls before an idle instance stops; <0 never
-	omitInstances  bool   // status reply without the "instances" field
-	invokeStatus   int    // 0 means 200
-	coldHeader     string // "" means tell the truth; "-" means omit the header
-	alwaysCold     bool   // report every invoke as cold
-	wantAuthHeader string // if set, requests without it get 401
-
-	mu        sync.Mutex // guards instances, polls, invokes
-	instances int
-	polls     int
-	invokes   int
+// ebb is the real platform, in-process on a loopback port, with real
+// instances of ebb's test functions: the benchmark is tested against what
+// it measures, not an imitation of it.
+type ebb struct {
+	url string
+	key string
+	p   *platform.Platform
+	c   *ebbclient.Client
 }
 
-func (f *fakeEbb) handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/functions/{name}", func(w http.ResponseWriter, r *http.Request) {
-		if !f.authorized(w, r) {
-			return
+func startEbb(t *testing.T, requireAuth bool) *ebb {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	logs := &ebbtest.Buffer{}
+	p, key, err := platform.New(context.Background(), platform.Config{DataDir: t.TempDir(), BaseURL: url,
+		Python: "/usr/bin/python3", RequireAuth: requireAuth, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		ln.Close()
+		t.Fatalf("platform.New: %v", err)
+	}
+	srv := &h1.Server{Handler: p.Handler()}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		p.Close(ctx)
+		if t.Failed() {
+			t.Logf("platform log:\n%s", logs.String())
 		}
-		f.mu.Lock()
-		n := f.instances
-		if n > 0 && f.idlePolls >= 0 {
-			f.polls++
-			if f.polls > f.idlePolls {
-				f.instances, f.polls = 0, 0
-			}
-		}
-		f.mu.Unlock()
-		if f.omitInstances {
-			fmt.Fprintf(w, `{"name":%q,"version":1}`, r.PathValue("name"))
-			return
-		}
-		items := make([]string, n)
-		for i := range items {
-			items[i] = fmt.Sprintf(`{"id":"i%d","phase":"idle"}`, i)
-		}
-		fmt.Fprintf(w, `{"name":%q,"version":1,"instances":[%s]}`, r.PathValue("name"), strings.Join(items, ","))
 	})
-	invoke := func(w http.ResponseWriter, r *http.Request) {
-		if !f.authorized(w, r) {
-			return
-		}
-		body, _ := io.ReadAll(r.Body)
-		f.mu.Lock()
-		cold := f.instances == 0 || f.alwaysCold
-		if f.instances == 0 {
-			f.instances = 1
-		}
-		f.polls = 0
-		f.invokes++
-		f.mu.Unlock()
-		switch f.coldHeader {
-		case "":
-			w.Header().Set("Ebb-Cold-Start", fmt.Sprint(cold))
-		case "-":
-		default:
-			w.Header().Set("Ebb-Cold-Start", f.coldHeader)
-		}
-		if f.invokeStatus != 0 && f.invokeStatus != http.StatusOK {
-			w.WriteHeader(f.invokeStatus)
-			io.WriteString(w, `{"errorType":"Overloaded","errorMessage":"too many requests"}`)
-			return
-		}
-		w.Write(body)
-	}
-	mux.HandleFunc("POST /v1/functions/{name}/invoke", invoke)
-	mux.HandleFunc("POST /fn/{name}/echo", invoke)
-	return mux
+	return &ebb{url: url, key: key, p: p, c: ebbclient.New(url, key)}
 }
 
-func (f *fakeEbb) authorized(w http.ResponseWriter, r *http.Request) bool {
-	if f.wantAuthHeader != "" && r.Header.Get("Authorization") != f.wantAuthHeader {
-		http.Error(w, `{"error":"unauthorized"}`, http.StatusUnauthorized)
-		return false
+// deploy deploys one of ebb's test functions (lambdafn: an event function;
+// httpfn: an http one) under name with the manifest lines extra.
+func (e *ebb) deploy(t *testing.T, name, fn, extra string) {
+	t.Helper()
+	runtime, handler := "exec", "./bootstrap"
+	if fn == "httpfn" {
+		runtime, handler = "http", "./server"
 	}
-	return true
+	bin := ebbtest.GoBinary(t, ebbtest.Go{Pkg: "./internal/platform/testdata/" + fn, Env: []string{"CGO_ENABLED=0"}})
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	manifest := "name: " + name + "\nruntime: " + runtime + "\nhandler: " + handler + "\n" + extra
+	if err := os.WriteFile(filepath.Join(dir, "ebb.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, strings.TrimPrefix(handler, "./")), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := bundle.Pack(dir, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Deploy(context.Background(), name, &buf); err != nil {
+		t.Fatalf("deploy %s: %v", name, err)
+	}
 }
 
-func testConfig(url string) config {
+// invocations returns name's invocation and cold-start counts as ebb
+// reports them.
+func (e *ebb) invocations(t *testing.T, name string) (uint64, uint64) {
+	t.Helper()
+	st, err := e.c.Status(context.Background(), name)
+	if err != nil {
+		t.Fatalf("status %s: %v", name, err)
+	}
+	return st.Invocations, st.ColdStarts
+}
+
+func testConfig(url, fn string) config {
 	cfg := defaultConfig()
 	cfg.URL = url
-	cfg.Fn = "hello-go"
+	cfg.Fn = fn
 	cfg.APIKey = ""
-	cfg.Rounds = 5
-	cfg.PollEvery = time.Millisecond
-	cfg.ZeroTimeout = 2 * time.Second
-	cfg.RequestTimeout = 5 * time.Second
+	cfg.Rounds = 3
+	cfg.PollEvery = 5 * time.Millisecond
+	cfg.ZeroTimeout = 30 * time.Second
+	cfg.RequestTimeout = 30 * time.Second
 	return cfg
 }
 
 func TestRunCold(t *testing.T) {
+	e := startEbb(t, false)
+	e.deploy(t, "cold", "lambdafn", "idle_timeout: 50ms\n")
+	e.deploy(t, "web", "httpfn", "idle_timeout: 50ms\n")
+	e.deploy(t, "fails", "lambdafn", "idle_timeout: 50ms\n")
+	e.deploy(t, "pinned", "lambdafn", "min_instances: 1\n")
 	tests := []struct {
-		name       string
-		fake       *fakeEbb
-		apiKey     string
-		path       string
-		wantOK     bool
-		wantErr    string // substring; "" means no error
-		wantResult string // substring of the RESULT line
+		name, fn, path, payload string
+		zeroTimeout             time.Duration
+		wantErr                 string // substring; "" means no error
 	}{
-		{name: "every round cold", fake: &fakeEbb{idlePolls: 2}, wantOK: true, wantResult: "cold=5 not_cold=0"},
-		{name: "api key sent", fake: &fakeEbb{idlePolls: 1, wantAuthHeader: "Bearer k1"}, apiKey: "k1", wantOK: true, wantResult: "cold=5 not_cold=0"},
-		{name: "function URL", fake: &fakeEbb{idlePolls: 1}, path: "/echo", wantOK: true, wantResult: "cold=5 not_cold=0"},
-		{name: "function URL path unknown", fake: &fakeEbb{idlePolls: 1}, path: "/nope", wantErr: "404"},
-		{name: "api key missing", fake: &fakeEbb{idlePolls: 1, wantAuthHeader: "Bearer k1"}, wantErr: "401"},
-		{name: "warm answers are counted", fake: &fakeEbb{idlePolls: 1, coldHeader: "false"}, wantOK: false, wantResult: "cold=0 not_cold=5"},
-		{name: "non-200 aborts", fake: &fakeEbb{idlePolls: 1, invokeStatus: http.StatusTooManyRequests}, wantErr: "429"},
-		{name: "missing cold header aborts", fake: &fakeEbb{idlePolls: 1, coldHeader: "-"}, wantErr: "Ebb-Cold-Start"},
-		{name: "bad cold header aborts", fake: &fakeEbb{idlePolls: 1, coldHeader: "yes"}, wantErr: "Ebb-Cold-Start"},
-		{name: "status without instances aborts", fake: &fakeEbb{idlePolls: 1, omitInstances: true}, wantErr: `no "instances" field`},
-		{name: "never scales to zero", fake: &fakeEbb{idlePolls: -1}, wantErr: "still 1 after"},
+		{name: "every round cold", fn: "cold"},
+		{name: "function URL", fn: "web", path: "/echo"},
+		{name: "unknown function", fn: "nope", wantErr: "404"},
+		{name: "non-200 aborts", fn: "fails", payload: `{"error":"boom"}`, wantErr: "500"},
+		{name: "never scales to zero", fn: "pinned", zeroTimeout: 500 * time.Millisecond, wantErr: "still 1 after"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewServer(tt.fake.handler())
-			defer srv.Close()
-			cfg := testConfig(srv.URL)
-			cfg.APIKey = tt.apiKey
+			cfg := testConfig(e.url, tt.fn)
+			cfg.APIKey = e.key
 			cfg.Path = tt.path
-			cfg.ZeroTimeout = 200 * time.Millisecond
+			if tt.payload != "" {
+				cfg.Payload = tt.payload
+			}
+			if tt.zeroTimeout > 0 {
+				cfg.ZeroTimeout = tt.zeroTimeout
+			}
 			var out strings.Builder
 			ok, err := run(context.Background(), cfg, &out)
 			if tt.wantErr != "" {
@@ -147,89 +146,78 @@ func TestRunCold(t *testing.T) {
 				}
 				return
 			}
-			if err != nil {
-				t.Fatalf("run: got error %v, want nil\noutput:\n%s", err, out.String())
-			}
-			if ok != tt.wantOK {
-				t.Errorf("run: got ok=%v, want %v\noutput:\n%s", ok, tt.wantOK, out.String())
+			if err != nil || !ok {
+				t.Fatalf("run: got ok=%v err=%v, want ok\noutput:\n%s", ok, err, out.String())
 			}
 			result := resultLine(t, out.String())
-			if !strings.Contains(result, tt.wantResult) || !strings.HasPrefix(result, "RESULT mode=cold fn=hello-go rounds=5 ") {
-				t.Errorf("RESULT line: got %q, want mode=cold fn=hello-go rounds=5 and %q", result, tt.wantResult)
+			if !strings.HasPrefix(result, "RESULT mode=cold fn="+tt.fn+" rounds=3 cold=3 not_cold=0 ") {
+				t.Errorf("RESULT line: got %q, want mode=cold fn=%s rounds=3 cold=3 not_cold=0", result, tt.fn)
+			}
+			// ebb agrees: every round was an invoke, and a cold start.
+			if inv, cold := e.invocations(t, tt.fn); inv != 3 || cold != 3 {
+				t.Errorf("ebb counted %d invocations, %d cold; want 3 and 3", inv, cold)
 			}
 		})
 	}
 }
 
-func TestRunColdWaitsForZeroBeforeEachRound(t *testing.T) {
-	fake := &fakeEbb{idlePolls: 3}
-	srv := httptest.NewServer(fake.handler())
-	defer srv.Close()
-	cfg := testConfig(srv.URL)
+func TestRunColdAPIKey(t *testing.T) {
+	e := startEbb(t, true)
+	e.deploy(t, "locked", "lambdafn", "idle_timeout: 50ms\n")
+	cfg := testConfig(e.url, "locked")
 	var out strings.Builder
-	ok, err := run(context.Background(), cfg, &out)
-	if err != nil || !ok {
-		t.Fatalf("run: got ok=%v err=%v, want ok\n%s", ok, err, out.String())
+	if _, err := run(context.Background(), cfg, &out); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("run without the key: %v, want a 401\n%s", err, out.String())
 	}
-	fake.mu.Lock()
-	defer fake.mu.Unlock()
-	if fake.invokes != cfg.Rounds {
-		t.Errorf("invokes: got %d, want %d (one per round)", fake.invokes, cfg.Rounds)
+	cfg.APIKey = e.key
+	out.Reset()
+	if ok, err := run(context.Background(), cfg, &out); err != nil || !ok {
+		t.Fatalf("run with the key: ok=%v err=%v\n%s", ok, err, out.String())
 	}
 }
 
 func TestRunWarm(t *testing.T) {
-	tests := []struct {
-		name       string
-		fake       *fakeEbb
-		wantOK     bool
-		wantResult string
-	}{
-		{name: "warm after the first", fake: &fakeEbb{idlePolls: -1}, wantOK: true, wantResult: "n=5 "},
-		{name: "cold starts are reported", fake: &fakeEbb{idlePolls: -1, alwaysCold: true}, wantOK: false, wantResult: "cold=5"},
+	e := startEbb(t, false)
+	e.deploy(t, "warm", "lambdafn", "idle_timeout: 10m\n")
+	cfg := testConfig(e.url, "warm")
+	cfg.Warm = true
+	cfg.Rounds = 5
+	var out strings.Builder
+	ok, err := run(context.Background(), cfg, &out)
+	if err != nil || !ok {
+		t.Fatalf("run: ok=%v err=%v\n%s", ok, err, out.String())
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewServer(tt.fake.handler())
-			defer srv.Close()
-			cfg := testConfig(srv.URL)
-			cfg.Warm = true
-			var out strings.Builder
-			ok, err := run(context.Background(), cfg, &out)
-			if err != nil {
-				t.Fatalf("run: %v\n%s", err, out.String())
-			}
-			if ok != tt.wantOK {
-				t.Errorf("run: got ok=%v, want %v\n%s", ok, tt.wantOK, out.String())
-			}
-			result := resultLine(t, out.String())
-			if !strings.HasPrefix(result, "RESULT mode=warm ") || !strings.Contains(result, tt.wantResult) {
-				t.Errorf("RESULT line: got %q, want mode=warm and %q", result, tt.wantResult)
-			}
-		})
+	result := resultLine(t, out.String())
+	if !strings.HasPrefix(result, "RESULT mode=warm fn=warm n=5 ") || !strings.HasSuffix(result, " cold=0") {
+		t.Errorf("RESULT line: got %q, want mode=warm, n=5, cold=0", result)
+	}
+	// One unmeasured warm-up (the cold start) and the five measured.
+	if inv, cold := e.invocations(t, "warm"); inv != 6 || cold != 1 {
+		t.Errorf("ebb counted %d invocations, %d cold; want 6 and 1", inv, cold)
 	}
 }
 
 func TestRunThroughput(t *testing.T) {
+	e := startEbb(t, false)
+	e.deploy(t, "many", "lambdafn", "idle_timeout: 10m\nmax_instances: 4\n")
+	e.deploy(t, "fails", "lambdafn", "idle_timeout: 10m\n")
 	tests := []struct {
-		name       string
-		fake       *fakeEbb
-		wantOK     bool
-		wantErr    string
-		wantResult string
+		name, fn, payload string
+		wantErr           string
 	}{
-		{name: "all succeed", fake: &fakeEbb{idlePolls: -1}, wantOK: true, wantResult: "clients=4 duration_s=0.1 "},
-		{name: "failures make it fail", fake: &fakeEbb{idlePolls: -1, invokeStatus: http.StatusBadGateway}, wantErr: "warm up"},
+		{name: "all succeed", fn: "many"},
+		{name: "failures make it fail", fn: "fails", payload: `{"error":"boom"}`, wantErr: "warm up"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewServer(tt.fake.handler())
-			defer srv.Close()
-			cfg := testConfig(srv.URL)
+			cfg := testConfig(e.url, tt.fn)
 			cfg.Warm = true
 			cfg.Clients = 4
-			cfg.Warmup = 20 * time.Millisecond
-			cfg.Duration = 100 * time.Millisecond
+			cfg.Warmup = 100 * time.Millisecond
+			cfg.Duration = 300 * time.Millisecond
+			if tt.payload != "" {
+				cfg.Payload = tt.payload
+			}
 			var out strings.Builder
 			ok, err := run(context.Background(), cfg, &out)
 			if tt.wantErr != "" {
@@ -238,50 +226,32 @@ func TestRunThroughput(t *testing.T) {
 				}
 				return
 			}
-			if err != nil {
-				t.Fatalf("run: %v\n%s", err, out.String())
-			}
-			if ok != tt.wantOK {
-				t.Errorf("run: got ok=%v, want %v\n%s", ok, tt.wantOK, out.String())
+			if err != nil || !ok {
+				t.Fatalf("run: ok=%v err=%v\n%s", ok, err, out.String())
 			}
 			result := resultLine(t, out.String())
-			if !strings.HasPrefix(result, "RESULT mode=throughput ") || !strings.Contains(result, tt.wantResult) || strings.Contains(result, " requests=0 ") {
-				t.Errorf("RESULT line: got %q, want mode=throughput, %q and some requests", result, tt.wantResult)
+			if !strings.HasPrefix(result, "RESULT mode=throughput fn=many clients=4 duration_s=0.3 ") || strings.Contains(result, " requests=0 ") || !strings.Contains(result, " errors=0 ") {
+				t.Errorf("RESULT line: got %q, want mode=throughput, 4 clients, some requests and no errors", result)
 			}
 		})
 	}
 }
 
 func TestThroughputCountsFailuresInWindow(t *testing.T) {
-	// Failures that start after a clean warm-up must still fail the run.
-	var mu sync.Mutex // guards calls
-	calls := 0
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		calls++
-		n := calls
-		mu.Unlock()
-		w.Header().Set("Ebb-Cold-Start", "false")
-		if n > 3 && n%2 == 0 {
-			http.Error(w, "boom", http.StatusInternalServerError)
-			return
-		}
-		io.WriteString(w, "{}")
-	}))
-	defer srv.Close()
-	cfg := testConfig(srv.URL)
-	cfg.Warm = true
-	cfg.Clients = 1
-	cfg.Warmup = 0
-	cfg.Duration = 50 * time.Millisecond
+	// Failures inside the measured window (no warm-up to catch them first)
+	// must be counted.
+	e := startEbb(t, false)
+	e.deploy(t, "fails", "lambdafn", "idle_timeout: 10m\n")
+	cfg := testConfig(e.url, "fails")
+	cfg.Payload = `{"error":"boom"}`
 	c := newClient(cfg)
 	defer c.close()
-	rep, err := closedLoop(context.Background(), c, 2, cfg.Duration)
+	rep, err := closedLoop(context.Background(), c, 2, 200*time.Millisecond)
 	if err != nil {
 		t.Fatalf("closedLoop: %v", err)
 	}
-	if rep.Errors == 0 || rep.FirstErr == nil || !strings.Contains(rep.FirstErr.Error(), "500") {
-		t.Errorf("closedLoop: got %d errors (first %v), want some 500s", rep.Errors, rep.FirstErr)
+	if rep.Errors == 0 || len(rep.Latencies) != 0 || rep.FirstErr == nil || !strings.Contains(rep.FirstErr.Error(), "500") {
+		t.Errorf("closedLoop: got %d errors, %d successes (first error %v), want only 500s", rep.Errors, len(rep.Latencies), rep.FirstErr)
 	}
 }
 
@@ -346,7 +316,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := testConfig("http://127.0.0.1:8080")
+			cfg := testConfig("http://127.0.0.1:8080", "hello-go")
 			tt.mutate(&cfg)
 			err := cfg.validate()
 			switch {

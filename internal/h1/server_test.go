@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -43,12 +44,21 @@ func TestThroughNetHTTPClient(t *testing.T) {
 	})
 	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { w.Write(bytes.Repeat([]byte("x"), 100000)) })
 	mux.HandleFunc("/empty", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	// /stream writes its first chunk and then holds until the client has
+	// read it: only a flushed chunk can be read while the handler holds. If
+	// the client never reads it, the handler gives up after a generous
+	// while and says so, and the test fails.
+	firstRead := make(chan struct{})
+	var gaveUp atomic.Bool
 	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
-		for i := 0; i < 3; i++ {
-			fmt.Fprintf(w, "chunk %d\n", i)
-			w.(http.Flusher).Flush()
-			time.Sleep(30 * time.Millisecond)
+		io.WriteString(w, "chunk 0\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-firstRead:
+		case <-time.After(30 * time.Second):
+			gaveUp.Store(true)
 		}
+		io.WriteString(w, "chunk 1\n")
 	})
 	mux.HandleFunc("/trailer", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Trailer", "X-Sum")
@@ -103,10 +113,13 @@ func TestThroughNetHTTPClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(resp.Body)
-	t0 := time.Now()
 	line, _ := br.ReadString('\n')
-	if line != "chunk 0\n" || time.Since(t0) > 25*time.Millisecond {
-		t.Errorf("first chunk %q after %s", line, time.Since(t0))
+	if line != "chunk 0\n" || gaveUp.Load() {
+		t.Errorf("first chunk %q (handler gave up waiting for it to be read: %v)", line, gaveUp.Load())
+	}
+	close(firstRead)
+	if rest, _ := io.ReadAll(br); string(rest) != "chunk 1\n" {
+		t.Errorf("rest of the stream = %q, want chunk 1", rest)
 	}
 	resp.Body.Close()
 	resp, err = c.Get("http://" + addr + "/trailer")
@@ -189,11 +202,14 @@ func TestHijack(t *testing.T) {
 
 func TestShutdownWaitsForBusyRequests(t *testing.T) {
 	started := make(chan struct{})
+	release := make(chan struct{})
+	var handled atomic.Bool
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(started)
-		time.Sleep(200 * time.Millisecond)
+		<-release
 		io.WriteString(w, "done")
+		handled.Store(true)
 	})}
 	go s.Serve(ln)
 	got := make(chan string)
@@ -208,8 +224,31 @@ func TestShutdownWaitsForBusyRequests(t *testing.T) {
 		got <- string(b)
 	}()
 	<-started
-	if err := s.Shutdown(context.Background()); err != nil {
-		t.Fatal(err)
+	// Whether the request was handled is read the moment Shutdown returns.
+	type result struct {
+		err     error
+		handled bool
+	}
+	shut := make(chan result, 1)
+	go func() {
+		err := s.Shutdown(context.Background())
+		shut <- result{err, handled.Load()}
+	}()
+	// The request is let go only once Shutdown has begun (the listener no
+	// longer accepts), so Shutdown is what has to wait for it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the listener still accepts 10s after Shutdown began")
+		}
+	}
+	close(release)
+	if r := <-shut; r.err != nil || !r.handled {
+		t.Fatalf("Shutdown = %v, returned with the request handled: %v; want nil, true", r.err, r.handled)
 	}
 	if g := <-got; g != "done" {
 		t.Errorf("busy request during shutdown = %q, want done", g)

@@ -93,8 +93,12 @@ func TestKeeperLimitDisableAndClose(t *testing.T) {
 	b := newKeeper(keeperConfig[*fakeAhead]{keepAlive: time.Hour, start: start, limit: limit})
 	a.refill()
 	waitFor(t, "a's spare", a.live)
+	// b's loop takes one kick at a time: once it has taken a second one,
+	// its attempt after the first has finished.
 	b.refill()
-	time.Sleep(20 * time.Millisecond)
+	waitFor(t, "b to take the kick", func() bool { return len(b.kick) == 0 })
+	b.refill()
+	waitFor(t, "b to take the second kick", func() bool { return len(b.kick) == 0 })
 	if b.live() {
 		t.Fatal("a second spare beyond the node's limit of one")
 	}
@@ -136,14 +140,16 @@ func TestKeeperClaimFailureKillsTheSpare(t *testing.T) {
 // still run).
 func TestKeeperBusyHoldsTheSpare(t *testing.T) {
 	var busy atomic.Bool
+	var asked atomic.Int32 // times the keep-alive ran out and busy was asked
 	busy.Store(true)
 	k := newKeeper(keeperConfig[*fakeAhead]{keepAlive: 20 * time.Millisecond,
 		start: func(context.Context) (*fakeAhead, error) { return newFakeAhead(), nil },
-		busy:  func(bool) bool { return busy.Load() }})
+		busy:  func(bool) bool { asked.Add(1); return busy.Load() }})
 	defer k.close()
 	k.refill()
 	waitFor(t, "a spare", k.live)
-	time.Sleep(100 * time.Millisecond)
+	// Asked twice: the first expiry that found it busy has fully passed.
+	waitFor(t, "the keep-alive to run out twice", func() bool { return asked.Load() >= 2 })
 	if !k.live() {
 		t.Fatal("spare let go while busy")
 	}

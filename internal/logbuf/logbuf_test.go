@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -33,15 +34,27 @@ func TestRingKeepsLastLines(t *testing.T) {
 
 func TestWaitWakesOnNewLine(t *testing.T) {
 	b := mustNew(t, Config{MaxLines: 10})
-	go func() {
-		time.Sleep(10 * time.Millisecond)
-		b.Line("f", 1, "i", "", "stderr", []byte("hi"))
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	type result struct {
+		lines []Line
+		next  uint64
+	}
+	got := make(chan result, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	lines, next := b.Wait(ctx, "f", 0, 10)
-	if len(lines) != 1 || lines[0].Text != "hi" || next != 1 {
-		t.Fatalf("Wait = %v, %d", lines, next)
+	go func() {
+		lines, next := b.Wait(ctx, "f", 0, 10)
+		got <- result{lines, next}
+	}()
+	// The line is added only once Wait has found nothing and parked, so
+	// that it is the wake-up that returns it.
+	for deadline := time.Now().Add(10 * time.Second); !parkedIn("(*Buffer).Wait"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Wait never parked")
+		}
+	}
+	b.Line("f", 1, "i", "", "stderr", []byte("hi"))
+	if r := <-got; len(r.lines) != 1 || r.lines[0].Text != "hi" || r.next != 1 {
+		t.Fatalf("Wait = %v, %d", r.lines, r.next)
 	}
 }
 
@@ -87,4 +100,18 @@ func TestConfigRefusesLineLargerThanBuffer(t *testing.T) {
 	if _, err := New(Config{MaxBytes: 100, MaxLineBytes: 1000}); err == nil {
 		t.Fatal("New accepted a buffer smaller than one line")
 	}
+}
+
+// parkedIn says whether some goroutine is blocked in a select or channel
+// receive inside function fn (as runtime.Stack names it).
+func parkedIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		head, _, _ := strings.Cut(g, "\n")
+		if (strings.Contains(head, "[select") || strings.Contains(head, "[chan receive")) && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
 }

@@ -41,19 +41,41 @@ func floatList(v []float32) string {
 	return "[" + strings.Join(parts, ",") + "]"
 }
 
-// TestBatchingExactRows sends 64 concurrent requests of 1 to 3 rows with
-// distinct values to a batching server; Add and Mul are exact, so every
-// caller must get exactly its own rows back.
-func TestBatchingExactRows(t *testing.T) {
-	for _, delay := range []time.Duration{20 * time.Millisecond, 0} {
-		t.Run(fmt.Sprint("delay=", delay), func(t *testing.T) { testBatchingExactRows(t, delay) })
-	}
+// fillOnly makes s's batcher run a group only once it is full (or after 30
+// s, a bound Config does not allow), so that which requests share a run
+// does not depend on how fast they arrive. A test using it sends exactly
+// MaxBatchSize rows per group.
+func fillOnly(s *Server) {
+	s.batch.stop()
+	s.batch = newBatcher(s.sess, s.cfg.MaxBatchSize, 30*time.Second, s.log)
 }
 
-func testBatchingExactRows(t *testing.T, delay time.Duration) {
-	s := newServer(t, "add_mul.onnx", func(c *Config) { c.MaxBatchSize = 16; c.MaxDelay = delay })
-	url := serve(t, s)
+// TestBatchingExactRows sends 64 concurrent requests of 1 to 3 rows with
+// distinct values to a batching server; Add and Mul are exact, so every
+// caller must get exactly its own rows back. With "full", the batch holds
+// exactly all their rows and runs once all have arrived: every caller
+// shares the one run. Without a delay, what shares a run is what happens
+// to be queued together.
+func TestBatchingExactRows(t *testing.T) {
+	t.Run("full", func(t *testing.T) { testBatchingExactRows(t, true) })
+	t.Run("delay=0", func(t *testing.T) { testBatchingExactRows(t, false) })
+}
+
+func testBatchingExactRows(t *testing.T, full bool) {
 	const callers = 64
+	total := 0
+	for i := range callers {
+		total += 1 + i%3
+	}
+	maxRows := 16
+	if full {
+		maxRows = total
+	}
+	s := newServer(t, "add_mul.onnx", func(c *Config) { c.MaxBatchSize = maxRows })
+	if full {
+		fillOnly(s)
+	}
+	url := serve(t, s)
 	errs := make([]error, callers)
 	shared := make([]bool, callers) // the caller's run had others' rows too
 	concurrently(callers, func(i int) {
@@ -73,8 +95,8 @@ func testBatchingExactRows(t *testing.T, delay time.Duration) {
 		}
 		// Server-Timing names the rows of the run that answered.
 		st := parseServerTiming(t, hdr.Get("Server-Timing"))
-		if st.batch < int64(rows) || st.batch > 16 || st.infer <= 0 {
-			errs[i] = fmt.Errorf("Server-Timing %q: want infer > 0 and a batch of %d to 16 rows", hdr.Get("Server-Timing"), rows)
+		if st.batch < int64(rows) || st.batch > int64(maxRows) || full && st.batch != int64(total) || st.infer <= 0 {
+			errs[i] = fmt.Errorf("Server-Timing %q: want infer > 0 and a batch of %d to %d rows (all %d when full)", hdr.Get("Server-Timing"), rows, maxRows, total)
 			return
 		}
 		shared[i] = st.batch > int64(rows)
@@ -110,12 +132,8 @@ func testBatchingExactRows(t *testing.T, delay time.Duration) {
 	if !st.Enabled || st.Disabled || jobs != callers {
 		t.Errorf("batcher served %d requests, want %d", jobs, callers)
 	}
-	// Without a delay, batching depends on what happens to be queued.
-	if delay > 0 && runs >= callers {
-		t.Errorf("batcher made %d runs for %d requests; want fewer runs", runs, jobs)
-	}
-	if n := countTrue(shared); delay > 0 && n == 0 {
-		t.Errorf("no caller's Server-Timing shows a batch with others' rows")
+	if n := countTrue(shared); full && (runs != 1 || n != callers) {
+		t.Errorf("batcher made %d runs, %d callers shared one; want 1 run shared by all %d", runs, n, callers)
 	}
 	t.Logf("%d requests in %d runs", jobs, runs)
 }
@@ -123,7 +141,10 @@ func testBatchingExactRows(t *testing.T, delay time.Duration) {
 // TestBatchingMLP compares every caller's answer from a batching server
 // with the same request served alone.
 func TestBatchingMLP(t *testing.T) {
-	batched := newServer(t, "mlp.onnx", func(c *Config) { c.MaxBatchSize = 32; c.MaxDelay = 20 * time.Millisecond })
+	// Two groups of exactly 80 rows: callers 0-31 and 32-63, each 1 to 4
+	// rows, are sent as two waves, the second once the first is answered.
+	batched := newServer(t, "mlp.onnx", func(c *Config) { c.MaxBatchSize = 80 })
+	fillOnly(batched)
 	alone := newServer(t, "mlp.onnx", nil)
 	if alone.batch != nil {
 		t.Fatal("batching is on without MaxBatchSize")
@@ -149,7 +170,7 @@ func TestBatchingMLP(t *testing.T) {
 		want[i] = floats(t, r.Outputs[0].Data)
 	}
 	errs := make([]error, callers)
-	concurrently(callers, func(i int) {
+	ask := func(i int) {
 		status, _, b := post(t, urlB, bodies[i], nil)
 		if status != 200 {
 			errs[i] = fmt.Errorf("status %d: %s", status, b)
@@ -166,14 +187,16 @@ func TestBatchingMLP(t *testing.T) {
 		if k, ok := closeTo(got, want[i], 1e-5); !ok {
 			errs[i] = fmt.Errorf("element %d differs from the unbatched answer (%d values, want %d)", k, len(got), len(want[i]))
 		}
-	})
+	}
+	concurrently(callers/2, func(i int) { ask(i) })
+	concurrently(callers/2, func(i int) { ask(callers/2 + i) })
 	for i, err := range errs {
 		if err != nil {
 			t.Errorf("caller %d: %v", i, err)
 		}
 	}
-	if runs := batched.batch.runs.Load(); runs >= callers {
-		t.Errorf("%d runs for %d requests: nothing was batched", runs, callers)
+	if st := batched.BatchStats(); st.Runs != 2 || st.Requests != callers {
+		t.Errorf("%d runs for %d requests, want 2 runs of 32", st.Runs, st.Requests)
 	}
 }
 
@@ -181,7 +204,10 @@ func TestBatchingMLP(t *testing.T) {
 // dimension differs: only equal shapes may share a run, and each caller gets
 // its own data back.
 func TestBatchingGroupsByShape(t *testing.T) {
-	s := newServer(t, "identity_INT32.onnx", func(c *Config) { c.MaxBatchSize = 8; c.MaxDelay = 20 * time.Millisecond })
+	// Each of the three shapes gets 16 callers of 1 or 2 rows, 24 rows in
+	// all: one full group per shape, whatever the order of arrival.
+	s := newServer(t, "identity_INT32.onnx", func(c *Config) { c.MaxBatchSize = 24 })
+	fillOnly(s)
 	url := serve(t, s)
 	errs := make([]error, 48)
 	concurrently(len(errs), func(i int) {
@@ -201,6 +227,9 @@ func TestBatchingGroupsByShape(t *testing.T) {
 		if err != nil {
 			t.Errorf("caller %d: %v", i, err)
 		}
+	}
+	if st := s.BatchStats(); st.Runs != 3 || st.Requests != int64(len(errs)) {
+		t.Errorf("%d runs for %d requests, want one run per shape (3)", st.Runs, st.Requests)
 	}
 }
 

@@ -6,7 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,10 +24,11 @@ import (
 
 // server is a real `ebb serve` process.
 type server struct {
-	t   *testing.T
-	cmd *exec.Cmd
-	url string
-	log *os.File
+	t      *testing.T
+	cmd    *exec.Cmd
+	url    string
+	log    *os.File
+	exited chan struct{} // closed once cmd has been waited for
 }
 
 func buildEbb(t *testing.T) string {
@@ -35,31 +36,38 @@ func buildEbb(t *testing.T) string {
 	return ebbtest.Ebb(t)
 }
 
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// startServer runs bin serve on addr and dataDir and waits for /healthz.
-func startServer(t *testing.T, bin, addr, dataDir, logPath string) *server {
+// startServer runs bin serve on dataDir and a port of its own (port 0, read
+// back from its log: a restart after SIGKILL gets a fresh one rather than
+// racing for the old) and waits for /healthz.
+func startServer(t *testing.T, bin, dataDir, logPath string) *server {
 	t.Helper()
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
+	from, err := lf.Seek(0, io.SeekEnd)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Unsandboxed: the function counts its executions in a file of the
-	// test's, which a sandboxed one could not reach.
-	cmd := exec.Command(bin, "serve", "--listen", addr, "--data", dataDir, "--log-level", "warn", "--python", python, "--sandbox", "off")
+	// test's, which a sandboxed one could not reach. Info level for the
+	// "ebb serving" line that gives the address.
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data", dataDir, "--log-level", "info", "--python", python, "--sandbox", "off")
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, cmd: cmd, url: "http://" + addr, log: lf}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	s := &server{t: t, cmd: cmd, log: lf, exited: exited}
 	t.Cleanup(func() { s.stop() })
+	s.url = "http://" + servingAddr(t, func() string {
+		b, _ := os.ReadFile(logPath)
+		if int64(len(b)) < from {
+			return ""
+		}
+		return string(b[from:])
+	}, exited)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := http.Get(s.url + "/healthz")
@@ -77,24 +85,24 @@ func startServer(t *testing.T, bin, addr, dataDir, logPath string) *server {
 }
 
 func (s *server) stop() {
-	if s.cmd.ProcessState != nil {
+	select {
+	case <-s.exited:
 		return
+	default:
 	}
 	s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-s.exited:
 	case <-time.After(15 * time.Second):
 		s.cmd.Process.Kill()
-		<-done
+		<-s.exited
 	}
 	s.log.Close()
 }
 
 func (s *server) kill9() {
 	s.cmd.Process.Signal(syscall.SIGKILL)
-	s.cmd.Wait()
+	<-s.exited
 	s.log.Close()
 }
 
@@ -131,8 +139,7 @@ func TestAsyncDurabilityKill9(t *testing.T) {
 	dataDir, work := t.TempDir(), t.TempDir()
 	execLog := filepath.Join(work, "executions.log")
 	serverLog := filepath.Join(work, "ebb.log")
-	addr := freeAddr(t)
-	s := startServer(t, bin, addr, dataDir, serverLog)
+	s := startServer(t, bin, dataDir, serverLog)
 	defer func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(serverLog)
@@ -185,7 +192,7 @@ func TestAsyncDurabilityKill9(t *testing.T) {
 	t.Logf("killed ebb with SIGKILL after %d executions", before)
 
 	restarted := time.Now()
-	s = startServer(t, bin, addr, dataDir, serverLog)
+	s = startServer(t, bin, dataDir, serverLog)
 	c = client.New(s.url, "")
 	var succeeded []*queue.Job
 	waitFor(t, "every job to succeed", 60*time.Second, func() bool {

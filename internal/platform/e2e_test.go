@@ -1,16 +1,19 @@
 package platform
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ebb-run/ebb/internal/api"
 )
 
 func TestExecScaleFromZeroAndBack(t *testing.T) {
@@ -137,41 +140,52 @@ func TestDeployRejectsBadManifests(t *testing.T) {
 }
 
 func TestConcurrencyQueueAnd429(t *testing.T) {
-	e := start(t, "")
-	e.deploy(goFn(t, "busy", "max_instances: 2\nconcurrency: 1\nmax_queue: 2\nqueue_timeout: 5s\n"))
+	// Unsandboxed: the held requests wait for a file of the test's (the
+	// pool's queue does not depend on the sandbox).
+	e := start(t, "", unsandboxed)
+	e.deploy(goFn(t, "busy", "max_instances: 2\nconcurrency: 1\nmax_queue: 2\nqueue_timeout: 30s\n"))
+	gate := newGate(t)
+	held := `{"hold":"` + gate.path + `"}`
 	// 2 instances busy + 2 queued fit; the 5th and 6th are refused at once.
-	const n = 6
-	var wg sync.WaitGroup
-	codes := make([]int, n)
-	retry := make([]string, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if i >= 4 {
-				time.Sleep(300 * time.Millisecond) // let the first four take slots and queue places
+	// Each stage starts once the status shows the one before in place, and
+	// nothing ends until the gate opens.
+	var admitted []<-chan string
+	admitted = append(admitted, e.goInvoke("busy", held), e.goInvoke("busy", held))
+	e.waitStatus("busy", "2 requests running", func(st api.FunctionStatus) bool { return st.InFlight == 2 })
+	admitted = append(admitted, e.goInvoke("busy", held), e.goInvoke("busy", held))
+	e.waitStatus("busy", "2 requests queued", func(st api.FunctionStatus) bool { return st.InFlight == 2 && st.Waiting == 2 })
+	// Refused at once, not queued and later timed out (that is a 429 too):
+	// while they are answered the queue must never hold more than 2.
+	refused := make(chan []string, 1)
+	go func() {
+		var bad []string
+		for i := 5; i <= 6; i++ {
+			code, body, h, err := e.tryDo("POST", "/v1/functions/busy/invoke", held, nil)
+			if err != nil || code != 429 || h.Get("Retry-After") == "" {
+				bad = append(bad, fmt.Sprintf("request %d with 2 running and 2 queued = %d %s %v (Retry-After %q), want 429 with Retry-After", i, code, body, err, h.Get("Retry-After")))
 			}
-			c, _, h := e.invoke("busy", `{"sleep_ms":800}`)
-			codes[i], retry[i] = c, h.Get("Retry-After")
-		}()
-	}
-	wg.Wait()
-	ok, over := 0, 0
-	for i, c := range codes {
-		switch c {
-		case 200:
-			ok++
-		case 429:
-			over++
-			if retry[i] == "" {
-				t.Errorf("429 without Retry-After")
-			}
-		default:
-			t.Errorf("request %d: status %d", i, c)
 		}
-	}
-	if ok != 4 || over != 2 {
-		t.Errorf("ok=%d overloaded=%d, want 4 and 2 (codes %v)", ok, over, codes)
+		refused <- bad
+	}()
+	e.waitStatus("busy", "the 5th and 6th requests answered", func(st api.FunctionStatus) bool {
+		if st.Waiting > 2 {
+			t.Fatalf("%d requests queued, more than max_queue 2", st.Waiting)
+		}
+		select {
+		case bad := <-refused:
+			for _, b := range bad {
+				t.Error(b)
+			}
+			return true
+		default:
+			return false
+		}
+	})
+	gate.open()
+	for _, r := range admitted {
+		if got := <-r; !strings.HasPrefix(got, "200 ") {
+			t.Errorf("admitted request = %s, want 200", got)
+		}
 	}
 	if got := e.instances("busy"); got > 2 {
 		t.Errorf("instances = %d, more than max_instances 2", got)
@@ -179,41 +193,62 @@ func TestConcurrencyQueueAnd429(t *testing.T) {
 }
 
 func TestQueueTimeoutGives429(t *testing.T) {
-	e := start(t, "")
+	e := start(t, "", unsandboxed)
 	e.deploy(goFn(t, "slow", "max_instances: 1\nmax_queue: 5\nqueue_timeout: 200ms\n"))
-	done := make(chan int)
-	go func() {
-		c, _, _ := e.invoke("slow", `{"sleep_ms":1500}`)
-		done <- c
-	}()
-	waitFor(t, "first request in flight", 5*time.Second, func() bool {
-		st, _ := e.c.Status(context.Background(), "slow")
-		return st.InFlight == 1
-	})
-	t0 := time.Now()
-	code, _, _ := e.invoke("slow", `{}`)
+	// The first request holds the only instance until the gate opens, which
+	// is after the queued one is answered: a 429 then can only come from
+	// its queue_timeout, not from a slot that came free.
+	gate := newGate(t)
+	first := e.goInvoke("slow", `{"hold":"`+gate.path+`"}`)
+	e.waitStatus("slow", "first request in flight", func(st api.FunctionStatus) bool { return st.InFlight == 1 })
+	code, body, _ := e.invoke("slow", `{}`)
 	if code != 429 {
-		t.Errorf("queued request = %d, want 429 after queue_timeout", code)
+		t.Errorf("queued request = %d %s, want 429 after queue_timeout", code, body)
 	}
-	if d := time.Since(t0); d > time.Second {
-		t.Errorf("queued request waited %s, want about 200ms", d)
-	}
-	if c := <-done; c != 200 {
-		t.Errorf("first request = %d", c)
+	gate.open()
+	if got := <-first; !strings.HasPrefix(got, "200 ") {
+		t.Errorf("first request = %s", got)
 	}
 }
 
 func TestMinInstancesWarm(t *testing.T) {
-	e := start(t, "")
-	e.deploy(goFn(t, "warm", "min_instances: 2\nidle_timeout: 50ms\n"))
+	e := start(t, "", unsandboxed)
+	e.deploy(goFn(t, "warm", "min_instances: 2\nmax_instances: 3\nidle_timeout: 50ms\n"))
 	waitFor(t, "2 warm instances", 5*time.Second, func() bool { return e.idle("warm") == 2 })
 	_, _, h := e.invoke("warm", `{}`)
 	if h.Get("Ebb-Cold-Start") != "false" {
 		t.Errorf("invoke on a warm function was cold")
 	}
-	time.Sleep(300 * time.Millisecond) // several idle timeouts
-	if n := e.instances("warm"); n != 2 {
-		t.Errorf("instances after idle = %d, want min_instances 2", n)
+	// Three requests at once take all three instances; they end together,
+	// so all three go idle at once. The idle reaper has run once an
+	// instance is gone, and it must stop at min_instances.
+	gate := newGate(t)
+	var held []<-chan string
+	for range 3 {
+		held = append(held, e.goInvoke("warm", `{"hold":"`+gate.path+`"}`))
+	}
+	serving := map[string]bool{}
+	e.waitStatus("warm", "3 requests running", func(st api.FunctionStatus) bool {
+		for _, in := range st.Instances {
+			serving[in.ID] = true
+		}
+		return st.InFlight == 3
+	})
+	gate.open()
+	for _, r := range held {
+		if got := <-r; !strings.HasPrefix(got, "200 ") {
+			t.Fatalf("held request = %s", got)
+		}
+	}
+	// The two left are two of those three, not replacements started after
+	// the floor was undercut.
+	var left []api.InstanceStatus
+	e.waitStatus("warm", "the instance above min_instances to be reaped", func(st api.FunctionStatus) bool {
+		left = st.Instances
+		return len(left) <= 2
+	})
+	if len(left) != 2 || !serving[left[0].ID] || !serving[left[1].ID] || left[0].Phase != "idle" || left[1].Phase != "idle" {
+		t.Errorf("instances after idle = %+v, want 2 idle ones of the 3 that served (%v)", left, serving)
 	}
 }
 
@@ -222,13 +257,10 @@ func TestTimeoutKillsInstance(t *testing.T) {
 	e.deploy(goFn(t, "sleepy", "timeout: 200ms\n"))
 	_, body, _ := e.invoke("sleepy", `{}`)
 	pid := int(decode(t, body)["pid"].(float64))
-	t0 := time.Now()
-	code, body, _ := e.invoke("sleepy", `{"sleep_ms":5000}`)
+	// The handler would answer 200 after a minute: a 504 is the timeout.
+	code, body, _ := e.invoke("sleepy", `{"sleep_ms":60000}`)
 	if code != 504 {
 		t.Fatalf("status = %d %s, want 504", code, body)
-	}
-	if d := time.Since(t0); d > 2*time.Second {
-		t.Errorf("timeout took %s", d)
 	}
 	if m := decode(t, body); m["errorType"] != "Sandbox.Timedout" {
 		t.Errorf("body = %v", m)
@@ -241,16 +273,13 @@ func TestTimeoutKillsInstance(t *testing.T) {
 }
 
 func TestCrashGives502AndIsReplaced(t *testing.T) {
-	e := start(t, "")
+	e := start(t, "", unsandboxed)
 	e.deploy(goFn(t, "crashy", "max_instances: 2\nconcurrency: 1\n"))
-	var wg sync.WaitGroup
-	var otherCode int
-	wg.Add(1)
-	go func() { // a neighbour on another instance must not be disturbed
-		defer wg.Done()
-		otherCode, _, _ = e.invoke("crashy", `{"sleep_ms":500}`)
-	}()
-	time.Sleep(100 * time.Millisecond)
+	// A neighbour on the other instance is in flight, held, when the crash
+	// happens, and must not be disturbed by it.
+	gate := newGate(t)
+	other := e.goInvoke("crashy", `{"hold":"`+gate.path+`"}`)
+	e.waitStatus("crashy", "the neighbour in flight", func(st api.FunctionStatus) bool { return st.InFlight == 1 })
 	code, body, _ := e.invoke("crashy", `{"crash":true}`)
 	if code != 502 {
 		t.Fatalf("crash = %d %s, want 502", code, body)
@@ -258,9 +287,9 @@ func TestCrashGives502AndIsReplaced(t *testing.T) {
 	if m := decode(t, body); m["errorType"] != "Runtime.ExitError" {
 		t.Errorf("crash body = %v", m)
 	}
-	wg.Wait()
-	if otherCode != 200 {
-		t.Errorf("neighbour request = %d, want 200", otherCode)
+	gate.open()
+	if got := <-other; !strings.HasPrefix(got, "200 ") {
+		t.Errorf("neighbour request = %s, want 200", got)
 	}
 	if code, _, _ := e.invoke("crashy", `{}`); code != 200 {
 		t.Errorf("after crash = %d, want 200", code)
@@ -286,15 +315,13 @@ func TestMemoryLimit(t *testing.T) {
 }
 
 func TestRedeployWhileServing(t *testing.T) {
-	e := start(t, "")
+	e := start(t, "", unsandboxed)
 	dir := goFn(t, "rolling", "max_instances: 4\n")
 	e.deploy(dir)
-	slow := make(chan string)
-	go func() {
-		c, body, _ := e.invoke("rolling", `{"sleep_ms":700,"env":"VERSION_TAG"}`)
-		slow <- fmt.Sprint(c, " ", body)
-	}()
-	time.Sleep(200 * time.Millisecond)
+	// The old version's request is in flight, held, across the redeploy.
+	gate := newGate(t)
+	slow := e.goInvoke("rolling", `{"hold":"`+gate.path+`","env":"VERSION_TAG"}`)
+	e.waitStatus("rolling", "the version 1 request in flight", func(st api.FunctionStatus) bool { return st.InFlight == 1 })
 	os.WriteFile(filepath.Join(dir, "ebb.yaml"), []byte("name: rolling\nruntime: exec\nhandler: ./bootstrap\nmax_instances: 4\nenv: {VERSION_TAG: two}\n"), 0o644)
 	if v := e.deploy(dir); v != 2 {
 		t.Fatalf("redeploy version = %d, want 2", v)
@@ -303,6 +330,10 @@ func TestRedeployWhileServing(t *testing.T) {
 	if code != 200 || decode(t, body)["env"] != "two" || h.Get("Ebb-Version") != "2" {
 		t.Errorf("after redeploy: %d %s version=%s, want the new version", code, body, h.Get("Ebb-Version"))
 	}
+	if st, err := e.c.Status(context.Background(), "rolling"); err != nil || len(st.Draining) != 1 || st.Draining[0] != 1 {
+		t.Errorf("draining while version 1 serves = %v (%v), want [1]", st.Draining, err)
+	}
+	gate.open()
 	got := <-slow
 	if !strings.HasPrefix(got, "200 ") || strings.Contains(got, `"env":"two"`) {
 		t.Errorf("in-flight request on the old version = %s, want 200 from version 1", got)
@@ -465,16 +496,25 @@ func TestHTTPRuntime(t *testing.T) {
 	if h.Get("X-Fn") != "httpfn" || h.Get("Ebb-Cold-Start") != "true" || m["request_id"] != h.Get("Ebb-Request-Id") {
 		t.Errorf("headers = %v", h)
 	}
-	// Streaming: chunks arrive as they are written.
-	resp, err := http.Get(e.url + "/fn/web/stream")
+	// Streaming: the first chunk reaches the client while the handler is
+	// still running. The handler holds after it until /release reaches the
+	// same instance (one instance, concurrency 2), and /release says
+	// whether it was still holding: if ebb buffered the chunk, the client
+	// gets it only once the handler has given up.
+	e.deploy(fnDir(t, "name: webstream\nruntime: http\nhandler: ./server\nmax_instances: 1\nconcurrency: 2\n", map[string]string{"server": "@httpfn"}))
+	resp, err := http.Get(e.url + "/fn/webstream/stream")
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 64)
-	t0 := time.Now()
-	n, _ := resp.Body.Read(buf)
-	if !strings.HasPrefix(string(buf[:n]), "chunk 0") || time.Since(t0) > 90*time.Millisecond {
-		t.Errorf("first chunk %q after %s, want it before the rest", buf[:n], time.Since(t0))
+	br := bufio.NewReader(resp.Body)
+	if line, _ := br.ReadString('\n'); line != "chunk 0\n" {
+		t.Errorf("first chunk = %q", line)
+	}
+	if code, body, _ := e.do("GET", "/fn/webstream/release", "", nil); code != 200 || body != "released\n" {
+		t.Errorf("release after the first chunk = %d %q, want the handler still holding", code, body)
+	}
+	if rest, _ := io.ReadAll(br); string(rest) != "chunk 1\n" {
+		t.Errorf("rest of the stream = %q, want chunk 1", rest)
 	}
 	resp.Body.Close()
 	code, body, _ = e.do("GET", "/fn/web/sleep?d=3s", "", nil)

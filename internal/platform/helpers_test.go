@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/client"
 	"github.com/ebb-run/ebb/internal/ebbtest"
@@ -153,6 +155,30 @@ func (e *env) invoke(name, payload string) (int, string, http.Header) {
 
 func (e *env) do(method, path, body string, hdr map[string]string) (int, string, http.Header) {
 	e.t.Helper()
+	code, b, h, err := e.tryDo(method, path, body, hdr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return code, b, h
+}
+
+// goInvoke invokes name in a goroutine of its own (where the test may not
+// fail) and sends "STATUS BODY", or the error, on the returned channel.
+func (e *env) goInvoke(name, payload string) <-chan string {
+	out := make(chan string, 1)
+	go func() {
+		code, body, _, err := e.tryDo("POST", "/v1/functions/"+name+"/invoke", payload, nil)
+		if err != nil {
+			out <- err.Error()
+			return
+		}
+		out <- fmt.Sprint(code, " ", body)
+	}()
+	return out
+}
+
+// tryDo is do for goroutines other than the test's: it returns the error.
+func (e *env) tryDo(method, path, body string, hdr map[string]string) (int, string, http.Header, error) {
 	req, _ := http.NewRequest(method, e.url+path, strings.NewReader(body))
 	for k, v := range hdr {
 		req.Header.Set(k, v)
@@ -162,11 +188,11 @@ func (e *env) do(method, path, body string, hdr map[string]string) (int, string,
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
+		return 0, "", nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), resp.Header
+	return resp.StatusCode, string(b), resp.Header, nil
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -178,6 +204,68 @@ func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// servingAddr waits until out (ebb serve's JSON log so far) has the
+// "ebb serving" line and returns the address in it. The tests run ebb serve
+// on port 0, so the address is one it holds: a port picked free beforehand
+// could be taken by another process (or another test's ebb) before ebb binds
+// it. exited, closed when the process ends, fails the wait early.
+func servingAddr(t testing.TB, out func() string, exited <-chan struct{}) string {
+	t.Helper()
+	var addr string
+	waitFor(t, "ebb serve to report its address", 60*time.Second, func() bool {
+		for _, line := range strings.Split(out(), "\n") {
+			var rec struct {
+				Msg  string `json:"msg"`
+				Addr string `json:"addr"`
+			}
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "ebb serving" && rec.Addr != "" {
+				addr = rec.Addr
+				return true
+			}
+		}
+		select {
+		case <-exited:
+			t.Fatalf("ebb serve exited before serving:\n%s", tail(out(), 4000))
+		default:
+		}
+		return false
+	})
+	return addr
+}
+
+// waitStatus polls name's status until cond holds, for up to 30 s.
+func (e *env) waitStatus(name, what string, cond func(api.FunctionStatus) bool) {
+	e.t.Helper()
+	waitFor(e.t, what, 30*time.Second, func() bool {
+		st, err := e.c.Status(context.Background(), name)
+		if err != nil {
+			e.t.Fatalf("status %s: %v", name, err)
+		}
+		return cond(*st)
+	})
+}
+
+// gate is a file that held test-function requests ({"hold": path}) wait
+// for: opening it ends them all. It opens when the test ends too (before
+// the platform stops), so that a failed test leaves nothing held.
+type gate struct {
+	t    testing.TB
+	path string
+}
+
+func newGate(t testing.TB) *gate {
+	g := &gate{t: t, path: filepath.Join(t.TempDir(), "open")}
+	t.Cleanup(func() { os.WriteFile(g.path, nil, 0o644) })
+	return g
+}
+
+func (g *gate) open() {
+	g.t.Helper()
+	if err := os.WriteFile(g.path, nil, 0o644); err != nil {
+		g.t.Fatal(err)
 	}
 }
 

@@ -27,8 +27,8 @@ import (
 // serve starts `ebb serve` with extra flags and waits until it is healthy.
 func serve(t *testing.T, dataDir string, flags ...string) (*exec.Cmd, string) {
 	t.Helper()
-	addr := freeAddr(t)
-	args := append([]string{"serve", "--listen", addr, "--data", dataDir, "--log-level", "warn", "--python", python}, flags...)
+	// Info level for the "ebb serving" line that gives the address.
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", dataDir, "--log-level", "info", "--python", python}, flags...)
 	cmd := exec.Command(ebbtest.Ebb(t), args...)
 	stderr := &ebbtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
@@ -38,21 +38,21 @@ func serve(t *testing.T, dataDir string, flags ...string) (*exec.Cmd, string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(20 * time.Second):
 			cmd.Process.Kill()
-			<-done
+			<-exited
 		}
 		if t.Failed() {
 			t.Logf("ebb serve output:\n%s", tail(stderr.String(), 4000))
 		}
 	})
-	url := "http://" + addr
+	url := "http://" + servingAddr(t, stderr.String, exited)
 	waitFor(t, "ebb serve to be healthy", 60*time.Second, func() bool {
 		resp, err := http.Get(url + "/healthz")
 		if err != nil {

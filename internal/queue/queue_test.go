@@ -122,7 +122,9 @@ func echo(id string, n int, p []byte) ([]byte, error) { return p, nil }
 
 func TestEnqueueRunsAndRecords(t *testing.T) {
 	f := newFixture(t, nil)
-	f.handle("echo", Settings{Workers: 2, MaxRetries: 2, MaxAge: time.Hour}, echo)
+	// One worker takes jobs in stream order, so a job enqueued later runs
+	// after any duplicate would have (see below).
+	f.handle("echo", Settings{Workers: 1, MaxRetries: 2, MaxAge: time.Hour}, echo)
 	f.enqueue("echo", "job-1", `{"x":1}`)
 	j := f.wait("job-1", StatusSucceeded)
 	if string(j.Result) != `{"x":1}` || j.Attempts != 1 || j.Failures != 0 || j.Function != "echo" || j.Source != "invoke" {
@@ -131,9 +133,16 @@ func TestEnqueueRunsAndRecords(t *testing.T) {
 	if j.StartedAt.IsZero() || j.FinishedAt.Before(j.StartedAt) || j.StartedAt.Before(j.EnqueuedAt) {
 		t.Errorf("timestamps out of order: %+v", j)
 	}
-	// The same id again within the dedupe window is not a second job.
-	f.enqueue("echo", "job-1", `{"x":2}`)
-	time.Sleep(50 * time.Millisecond)
+	// The same id again within the dedupe window is not a second job: the
+	// caller gets the existing record, and a sentinel job enqueued after it
+	// (run by the one worker only once everything queued before it has
+	// run) finishes with job-1 still run once.
+	again, err := f.q.Enqueue(context.Background(), "echo", "job-1", []byte(`{"x":2}`), EnqueueOptions{})
+	if err != nil || again.Status != StatusSucceeded || string(again.Result) != `{"x":1}` {
+		t.Errorf("re-enqueue = %+v, %v; want the existing succeeded record", again, err)
+	}
+	f.enqueue("echo", "sentinel", `{}`)
+	f.wait("sentinel", StatusSucceeded)
 	if n := f.inv.runsOf("job-1"); n != 1 {
 		t.Errorf("runs of a re-enqueued id = %d, want 1", n)
 	}
@@ -359,9 +368,17 @@ func TestCloseWaitsForRunningJobs(t *testing.T) {
 	})
 	f.enqueue("slow", "c1", `{}`)
 	<-started
+	// The job is let go only once Close has begun, so Close must wait for it.
 	go func() {
-		time.Sleep(50 * time.Millisecond)
-		close(release)
+		defer close(release)
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			f.q.mu.Lock()
+			closing := f.q.closed
+			f.q.mu.Unlock()
+			if closing {
+				return
+			}
+		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -391,10 +408,14 @@ func TestRemovePurgesQueuedJobs(t *testing.T) {
 	if _, err := f.st.JetStream().Consumer(ctx, JobsStream, "fn-gone"); !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		t.Errorf("consumer after Remove: %v, want ErrConsumerNotFound", err)
 	}
+	// A sentinel enqueued after the function is back runs after anything
+	// still queued under its name (one worker takes jobs in stream order):
+	// once it has run, a purged job that survived would have run too.
 	f.handle("gone", Settings{Workers: 1, MaxRetries: 2, MaxAge: time.Hour}, echo)
-	time.Sleep(200 * time.Millisecond)
-	if n := f.inv.calls.Load(); n != 0 {
-		t.Errorf("%d purged jobs ran after the function came back", n)
+	f.enqueue("gone", "g-sentinel", `{}`)
+	f.wait("g-sentinel", StatusSucceeded)
+	if n := f.inv.calls.Load(); n != 1 {
+		t.Errorf("%d purged jobs ran after the function came back", n-1)
 	}
 	if err := f.q.Remove(ctx, "never-deployed"); err != nil {
 		t.Errorf("Remove of a function without a consumer: %v", err)

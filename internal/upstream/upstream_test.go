@@ -122,6 +122,7 @@ func TestUpstreamRetriesOnAStaleConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	closed := make(chan struct{}, 16)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -138,6 +139,7 @@ func TestUpstreamRetriesOnAStaleConnection(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 				c.Close()
+				closed <- struct{}{}
 			}()
 		}
 	}()
@@ -148,15 +150,22 @@ func TestUpstreamRetriesOnAStaleConnection(t *testing.T) {
 		if err != nil || w.Body.String() != "ok" {
 			t.Fatalf("request %d: %v %q", i, err, w.Body.String())
 		}
-		time.Sleep(50 * time.Millisecond) // the server closes the idle connection meanwhile
+		<-closed // the server has closed the idle connection
 	}
 }
 
 func TestUpstreamErrors(t *testing.T) {
+	// /slow answers only when the test ends (or the proxy gives up and
+	// closes the connection): the deadline is the only way out.
+	ended := make(chan struct{})
+	defer close(ended)
 	u, _ := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/slow":
-			time.Sleep(2 * time.Second)
+			select {
+			case <-ended:
+			case <-r.Context().Done():
+			}
 		case "/cut":
 			w.Header().Set("Content-Length", "1000")
 			io.WriteString(w, "partial")

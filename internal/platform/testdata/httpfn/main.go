@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,13 +33,31 @@ func main() {
 		fmt.Fprintln(w, "slept")
 	})
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) { os.Exit(4) })
+	// /stream writes a first chunk and holds until /release is called on
+	// the same instance (concurrency above 1 lets it through), so a test
+	// can read the first chunk while the handler is still running; it gives
+	// up after 20 s and says so in the second chunk.
+	released := make(chan struct{})
+	var holding atomic.Bool
 	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
-		f := w.(http.Flusher)
-		for i := 0; i < 3; i++ {
-			fmt.Fprintf(w, "chunk %d\n", i)
-			f.Flush()
-			time.Sleep(50 * time.Millisecond)
+		holding.Store(true)
+		fmt.Fprintf(w, "chunk 0\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-released:
+			fmt.Fprintf(w, "chunk 1\n")
+		case <-time.After(20 * time.Second):
+			holding.Store(false)
+			fmt.Fprintf(w, "chunk 1 after giving up\n")
 		}
+	})
+	mux.HandleFunc("/release", func(w http.ResponseWriter, r *http.Request) {
+		if !holding.CompareAndSwap(true, false) {
+			fmt.Fprintln(w, "nothing held")
+			return
+		}
+		close(released)
+		fmt.Fprintln(w, "released")
 	})
 	mux.HandleFunc("/log", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Println("log line from", r.Header.Get("Ebb-Request-Id"))

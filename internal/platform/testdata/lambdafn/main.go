@@ -22,6 +22,10 @@ type event struct {
 	Error   string `json:"error"`
 	Print   string `json:"print"`
 	Env     string `json:"env"`
+	// Hold names a file: the handler waits until it exists (or its deadline
+	// passes), so that a test decides when a request ends. It needs an
+	// unsandboxed instance, which sees the test's files.
+	Hold string `json:"hold"`
 }
 
 type reply struct {
@@ -45,6 +49,17 @@ func handle(ctx context.Context, ev event) (*reply, error) {
 	}
 	if ev.SleepMS > 0 {
 		time.Sleep(time.Duration(ev.SleepMS) * time.Millisecond)
+	}
+	if ev.Hold != "" {
+		for {
+			if _, err := os.Stat(ev.Hold); err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("held until the deadline: %s never appeared", ev.Hold)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
 	}
 	if ev.Crash {
 		os.Exit(3)

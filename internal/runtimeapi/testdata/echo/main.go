@@ -4,12 +4,17 @@
 // The event decides what it does: {"error": "msg"} returns an EchoError,
 // {"panic": "msg"} panics, {"sleep_ms": n} sleeps first, {"context": true}
 // returns what the handler learns from its context, {"big": n} returns a
-// string of n bytes; anything else is returned unchanged.
+// string of n bytes, {"barrier": dir, "parties": n} waits until n
+// invocations have arrived at dir (each leaves a file there), failing at
+// its deadline; anything else is returned unchanged.
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -29,6 +34,9 @@ type command struct {
 	SleepMS int    `json:"sleep_ms"`
 	Context bool   `json:"context"`
 	Big     int    `json:"big"`
+	Barrier string `json:"barrier"`
+	Parties int    `json:"parties"`
+	ID      string `json:"id"`
 }
 
 type contextInfo struct {
@@ -45,6 +53,24 @@ func handle(ctx context.Context, event json.RawMessage) (any, error) {
 	_ = json.Unmarshal(event, &cmd) // not every event is an object
 	if cmd.SleepMS > 0 {
 		time.Sleep(time.Duration(cmd.SleepMS) * time.Millisecond)
+	}
+	if cmd.Barrier != "" {
+		if err := os.WriteFile(filepath.Join(cmd.Barrier, cmd.ID), nil, 0o644); err != nil {
+			return nil, err
+		}
+		for {
+			ents, err := os.ReadDir(cmd.Barrier)
+			if err != nil {
+				return nil, err
+			}
+			if len(ents) >= cmd.Parties {
+				break
+			}
+			if ctx.Err() != nil {
+				return nil, &EchoError{Msg: fmt.Sprintf("barrier: %d of %d invocations arrived by the deadline", len(ents), cmd.Parties)}
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 	switch {
 	case cmd.Error != "":
