@@ -140,11 +140,9 @@ func TestDeployRejectsBadManifests(t *testing.T) {
 }
 
 func TestConcurrencyQueueAnd429(t *testing.T) {
-	// Unsandboxed: the held requests wait for a file of the test's (the
-	// pool's queue does not depend on the sandbox).
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	e.deploy(goFn(t, "busy", "max_instances: 2\nconcurrency: 1\nmax_queue: 2\nqueue_timeout: 30s\n"))
-	gate := newGate(t)
+	gate := e.newGate("busy")
 	held := `{"hold":"` + gate.path + `"}`
 	// 2 instances busy + 2 queued fit; the 5th and 6th are refused at once.
 	// Each stage starts once the status shows the one before in place, and
@@ -193,12 +191,12 @@ func TestConcurrencyQueueAnd429(t *testing.T) {
 }
 
 func TestQueueTimeoutGives429(t *testing.T) {
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	e.deploy(goFn(t, "slow", "max_instances: 1\nmax_queue: 5\nqueue_timeout: 200ms\n"))
 	// The first request holds the only instance until the gate opens, which
 	// is after the queued one is answered: a 429 then can only come from
 	// its queue_timeout, not from a slot that came free.
-	gate := newGate(t)
+	gate := e.newGate("slow")
 	first := e.goInvoke("slow", `{"hold":"`+gate.path+`"}`)
 	e.waitStatus("slow", "first request in flight", func(st api.FunctionStatus) bool { return st.InFlight == 1 })
 	code, body, _ := e.invoke("slow", `{}`)
@@ -212,7 +210,7 @@ func TestQueueTimeoutGives429(t *testing.T) {
 }
 
 func TestMinInstancesWarm(t *testing.T) {
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	e.deploy(goFn(t, "warm", "min_instances: 2\nmax_instances: 3\nidle_timeout: 50ms\n"))
 	waitFor(t, "2 warm instances", 5*time.Second, func() bool { return e.idle("warm") == 2 })
 	_, _, h := e.invoke("warm", `{}`)
@@ -222,7 +220,7 @@ func TestMinInstancesWarm(t *testing.T) {
 	// Three requests at once take all three instances; they end together,
 	// so all three go idle at once. The idle reaper has run once an
 	// instance is gone, and it must stop at min_instances.
-	gate := newGate(t)
+	gate := e.newGate("warm")
 	var held []<-chan string
 	for range 3 {
 		held = append(held, e.goInvoke("warm", `{"hold":"`+gate.path+`"}`))
@@ -273,11 +271,11 @@ func TestTimeoutKillsInstance(t *testing.T) {
 }
 
 func TestCrashGives502AndIsReplaced(t *testing.T) {
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	e.deploy(goFn(t, "crashy", "max_instances: 2\nconcurrency: 1\n"))
 	// A neighbour on the other instance is in flight, held, when the crash
 	// happens, and must not be disturbed by it.
-	gate := newGate(t)
+	gate := e.newGate("crashy")
 	other := e.goInvoke("crashy", `{"hold":"`+gate.path+`"}`)
 	e.waitStatus("crashy", "the neighbour in flight", func(st api.FunctionStatus) bool { return st.InFlight == 1 })
 	code, body, _ := e.invoke("crashy", `{"crash":true}`)
@@ -315,11 +313,11 @@ func TestMemoryLimit(t *testing.T) {
 }
 
 func TestRedeployWhileServing(t *testing.T) {
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	dir := goFn(t, "rolling", "max_instances: 4\n")
 	e.deploy(dir)
 	// The old version's request is in flight, held, across the redeploy.
-	gate := newGate(t)
+	gate := e.newGate("rolling")
 	slow := e.goInvoke("rolling", `{"hold":"`+gate.path+`","env":"VERSION_TAG"}`)
 	e.waitStatus("rolling", "the version 1 request in flight", func(st api.FunctionStatus) bool { return st.InFlight == 1 })
 	os.WriteFile(filepath.Join(dir, "ebb.yaml"), []byte("name: rolling\nruntime: exec\nhandler: ./bootstrap\nmax_instances: 4\nenv: {VERSION_TAG: two}\n"), 0o644)

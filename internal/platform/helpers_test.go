@@ -3,6 +3,8 @@ package platform
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -249,22 +251,36 @@ func (e *env) waitStatus(name, what string, cond func(api.FunctionStatus) bool) 
 }
 
 // gate is a file that held test-function requests ({"hold": path}) wait
-// for: opening it ends them all. It opens when the test ends too (before
-// the platform stops), so that a failed test leaves nothing held.
+// for: opening it ends them all. It lives in the function's own code
+// directory, which a sandboxed instance sees (read-only, at /var/task) as
+// an unsandboxed one does, so held tests run with the sandbox on; path is
+// relative to it. It opens when the test ends too (before the platform
+// stops), so that a failed test leaves nothing held.
 type gate struct {
-	t    testing.TB
-	path string
+	t        testing.TB
+	path     string // what the function is told: relative to its code
+	hostPath string // where the test creates it
 }
 
-func newGate(t testing.TB) *gate {
-	g := &gate{t: t, path: filepath.Join(t.TempDir(), "open")}
-	t.Cleanup(func() { os.WriteFile(g.path, nil, 0o644) })
+// newGate makes a gate for name's current version.
+func (e *env) newGate(name string) *gate {
+	e.t.Helper()
+	d, err := e.p.lookup(name)
+	if err != nil {
+		e.t.Fatalf("gate for %s: %v", name, err)
+	}
+	var b [6]byte
+	rand.Read(b[:])
+	g := &gate{t: e.t, path: "gate-" + hex.EncodeToString(b[:])}
+	g.hostPath = filepath.Join(d.codeDir, g.path)
+	e.t.Cleanup(func() { os.Remove(g.hostPath) })
+	e.t.Cleanup(func() { os.WriteFile(g.hostPath, nil, 0o644) })
 	return g
 }
 
 func (g *gate) open() {
 	g.t.Helper()
-	if err := os.WriteFile(g.path, nil, 0o644); err != nil {
+	if err := os.WriteFile(g.hostPath, nil, 0o644); err != nil {
 		g.t.Fatal(err)
 	}
 }

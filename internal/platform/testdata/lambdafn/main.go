@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -22,9 +23,9 @@ type event struct {
 	Error   string `json:"error"`
 	Print   string `json:"print"`
 	Env     string `json:"env"`
-	// Hold names a file: the handler waits until it exists (or its deadline
-	// passes), so that a test decides when a request ends. It needs an
-	// unsandboxed instance, which sees the test's files.
+	// Hold names a file, relative to the function's code (or absolute):
+	// the handler waits until it exists (or its deadline passes), so that a
+	// test decides when a request ends.
 	Hold string `json:"hold"`
 }
 
@@ -51,6 +52,9 @@ func handle(ctx context.Context, ev event) (*reply, error) {
 		time.Sleep(time.Duration(ev.SleepMS) * time.Millisecond)
 	}
 	if ev.Hold != "" {
+		if !filepath.IsAbs(ev.Hold) {
+			ev.Hold = filepath.Join(os.Getenv("LAMBDA_TASK_ROOT"), ev.Hold)
+		}
 		for {
 			if _, err := os.Stat(ev.Hold); err == nil {
 				break
