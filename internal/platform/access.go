@@ -64,8 +64,8 @@ func (p *Platform) openSealer() error {
 	return nil
 }
 
-// loadKeys reads the API keys into memory, and makes the admin key when auth
-// is required and there is none yet (returned, to be shown once).
+// loadKeys reads the API keys into memory, and makes an admin key when auth
+// is required and there is no live one (returned, to be shown once).
 func (p *Platform) loadKeys(ctx context.Context) (string, error) {
 	if err := p.openSealer(); err != nil {
 		return "", err
@@ -74,10 +74,14 @@ func (p *Platform) loadKeys(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("load api keys: %w", err)
 	}
+	admin := false
 	for _, k := range keys {
 		p.holdKey(k)
+		admin = admin || (k.Role == ebb.RoleAdmin && !k.Expired(p.cfg.Now()))
 	}
-	if !p.cfg.RequireAuth || len(keys) > 0 {
+	// Keys made while none were required (on loopback) may all be scoped:
+	// without a live admin key nobody could manage the others.
+	if !p.cfg.RequireAuth || admin {
 		return "", nil
 	}
 	created, err := p.CreateKey(ctx, api.KeyRequest{Role: ebb.RoleAdmin, Name: "admin"})
