@@ -21,7 +21,8 @@ FUZZTIME ?= 30s
 # Where scripts/fetch-onnxruntime.sh installs ONNX Runtime. Tests get the
 # absolute path, since they run in their package directories.
 ORT_LIB := $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so.1
-FUZZPKGS ?= ./...
+# Where make fuzz looks for Fuzz targets (directories, searched recursively).
+FUZZDIRS ?= cmd internal
 
 # Example binaries are shipped inside their bundles, so they are static
 # (CGO_ENABLED=0) and built without local paths.
@@ -85,11 +86,13 @@ bench-sandbox: build
 bench-onnx: onnxruntime
 	EBB_ONNX_BENCH=1 $(GO) test -p 1 -run 'TestONNXBatchingThroughEbb|TestONNXColdStart|TestBenchmarkReport' -v -timeout 20m ./internal/platform ./internal/onnx
 
-# `go test -list` prints each package's matching tests, then an "ok" line
-# naming the package; awk pairs them up. Each target is fuzzed on its own
+# Fuzz targets are found in the test sources (a `func FuzzX(` at the start
+# of a line in a _test.go file) rather than with `go test -list`, which links
+# every package's test binary first. Each target is fuzzed on its own
 # because go test -fuzz accepts exactly one target per run.
 fuzz:
-	@targets=$$($(GO) test -list '^Fuzz' $(FUZZPKGS) | awk '/^Fuzz/ { names[n++] = $$1; next } /^ok[ \t]/ { for (i = 0; i < n; i++) print $$2, names[i]; n = 0; next } { n = 0 }'); \
+	@targets=$$(grep -r --include='*_test.go' -E -o '^func Fuzz[A-Za-z0-9_]*\(' $(FUZZDIRS) \
+		| sed -E 's#^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)\($$#./\1 \2#; s#^\./\./#./#' | sort -u); \
 	if [[ -z "$$targets" ]]; then echo "make fuzz: no Fuzz targets found"; exit 0; fi; \
 	while read -r pkg name; do \
 		echo "== fuzz $$pkg $$name ($(FUZZTIME))"; \

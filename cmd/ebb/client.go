@@ -151,7 +151,7 @@ func runStatus(ctx context.Context, args []string) error {
 	}
 	st, err := mk().Status(ctx, pos[0])
 	if err != nil {
-		return err
+		return fmt.Errorf("status %s: %w", pos[0], err)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -212,13 +212,17 @@ func runLogs(ctx context.Context, args []string) error {
 	if len(pos) != 1 {
 		return fmt.Errorf("usage: ebb logs NAME [-f]")
 	}
-	return mk().Logs(ctx, pos[0], 0, *follow, func(l logbuf.Line) {
+	err = mk().Logs(ctx, pos[0], 0, *follow, func(l logbuf.Line) {
 		rid := l.RequestID
 		if rid == "" {
 			rid = "-"
 		}
 		fmt.Printf("%s %s %s %s\n", l.Time.Local().Format("15:04:05.000"), rid, l.Stream, strings.TrimRight(l.Text, "\r"))
 	})
+	if err != nil {
+		return fmt.Errorf("logs of %s: %w", pos[0], err)
+	}
+	return nil
 }
 
 func runRemove(ctx context.Context, args []string) error {
@@ -232,7 +236,7 @@ func runRemove(ctx context.Context, args []string) error {
 		return fmt.Errorf("usage: ebb rm NAME")
 	}
 	if err := mk().Remove(ctx, pos[0]); err != nil {
-		return err
+		return fmt.Errorf("remove %s: %w", pos[0], err)
 	}
 	fmt.Printf("removed %s\n", pos[0])
 	return nil

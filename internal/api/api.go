@@ -275,14 +275,19 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		limit = 10000
 	}
 	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	enc := json.NewEncoder(w)
+	// Ebb-Next-Seq is where the next request resumes. It is a header, so it
+	// is set before the first line is written: once the lines pass the
+	// server's pre-header buffer the header is on the wire, and a field set
+	// later would be lost. With follow it is the seq after the lines already
+	// there; each streamed line carries its own seq.
 	lines, next := a.cfg.Logs.Since(name, since, limit)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Ebb-Next-Seq", strconv.FormatUint(next, 10))
+	enc := json.NewEncoder(w)
 	for i := range lines {
 		enc.Encode(&lines[i])
 	}
 	if !follow {
-		w.Header().Set("Ebb-Next-Seq", strconv.FormatUint(next, 10))
 		return
 	}
 	flusher, _ := w.(http.Flusher)

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -239,10 +241,13 @@ func checkConfined(t *testing.T, parent, dst string, lim Limits) {
 		switch {
 		case fi.Mode().IsRegular():
 			bytes += fi.Size()
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink != 1 {
+				t.Errorf("%s has %d links: a hard link", p, st.Nlink)
+			}
 		case fi.Mode()&os.ModeSymlink != 0:
 			rel, _ := filepath.Rel(dst, p)
-			if err := staysInside(dst, filepath.ToSlash(rel)); err != nil {
-				t.Errorf("link %s %v", rel, err)
+			if out, loop := leadsOut(dst, rel); out || loop {
+				t.Errorf("link %s leads out (%v) or loops (%v)", rel, out, loop)
 			}
 		case fi.IsDir():
 		default:
@@ -258,6 +263,13 @@ func checkConfined(t *testing.T, parent, dst string, lim Limits) {
 	}
 }
 
+// FuzzUnpack unpacks arbitrary bytes into a directory three levels down a
+// fresh tree. Whether it succeeds or not, nothing may appear in that tree
+// but the destination, no path the archive names absolutely may appear, and
+// a refusal leaves nothing; on success the tree holds only directories,
+// regular files (one link each) within the limits, and symlinks that, when
+// followed the way the kernel does (leadsOut, written apart from
+// staysInside), stay inside.
 func FuzzUnpack(f *testing.F) {
 	f.Add([]byte{})
 	for _, hdrs := range escapes {
@@ -266,17 +278,113 @@ func FuzzUnpack(f *testing.F) {
 	f.Add(tarBytes(dir("a/"), link("a/up", ".."), &tar.Header{Name: "a/up/x", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}))
 	f.Add(tarBytes(&tar.Header{Name: "a", Typeflag: tar.TypeReg, Size: 1000, Mode: 0o644},
 		&tar.Header{Name: "b", Typeflag: tar.TypeReg, Size: 1000, Mode: 0o644}))
+	f.Add(tarBytes(&tar.Header{Name: "../../../fuzz-escape", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}))
+	f.Add(tarBytes(dir("a/"), link("a/l", "../../../../.."), &tar.Header{Name: "a/l/x", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}))
+	f.Add(tarBytes(link("up", ".."), link("up2", "up/..")))
+	f.Add(tarBytes(&tar.Header{Name: "/tmp/ebb-fuzz-absolute", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}))
+	f.Add(tarBytes(&tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "../../outside"}))
+	f.Add(tarBytes(&tar.Header{Name: "x", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}, &tar.Header{Name: "x", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644}))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		parent := t.TempDir()
+		root := t.TempDir()
+		parent := filepath.Join(root, "l1", "l2", "l3")
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		dst := filepath.Join(parent, "out")
+		abs := absoluteNames(data)
+		existed := map[string]bool{}
+		for _, p := range abs {
+			if _, err := os.Lstat(p); err == nil {
+				existed[p] = true
+			}
+		}
 		lim := Limits{MaxBytes: 1500, MaxFiles: 100}
 		err := Unpack(bytes.NewReader(data), dst, lim)
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			switch p {
+			case root, filepath.Join(root, "l1"), filepath.Join(root, "l1", "l2"), parent:
+				return nil
+			case dst:
+				return filepath.SkipDir
+			}
+			t.Fatalf("wrote %s outside the destination", p)
+			return nil
+		})
+		for _, p := range abs {
+			if _, err := os.Lstat(p); err == nil && !existed[p] {
+				os.RemoveAll(p)
+				t.Fatalf("wrote the absolute path %s", p)
+			}
+		}
 		if err != nil {
-			if entries, _ := os.ReadDir(parent); len(entries) != 0 {
-				t.Fatalf("refused (%v) but left %d entries", err, len(entries))
+			if _, serr := os.Lstat(dst); serr == nil {
+				t.Fatalf("refused (%v) but left the destination", err)
 			}
 			return
 		}
 		checkConfined(t, parent, dst, lim)
 	})
+}
+
+// absoluteNames returns the absolute names and link targets in a bundle's
+// tar headers, as far as they can be read.
+func absoluteNames(data []byte) []string {
+	gz, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	tr := tar.NewReader(gz)
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			return out
+		}
+		for _, n := range []string{hdr.Name, hdr.Linkname} {
+			if filepath.IsAbs(n) && filepath.Clean(n) != "/" {
+				out = append(out, filepath.Clean(n))
+			}
+		}
+	}
+}
+
+// leadsOut follows rel (relative to root) one component at a time as the
+// kernel does, following every symlink, and says whether the walk climbs
+// above root or jumps to an absolute path, or loops. A component that does
+// not exist ends the following; the rest is taken lexically.
+func leadsOut(root, rel string) (out, loop bool) {
+	todo := strings.Split(filepath.ToSlash(rel), "/")
+	var at []string // components below root
+	for hops := 0; len(todo) > 0; {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(at) == 0 {
+				return true, false
+			}
+			at = at[:len(at)-1]
+			continue
+		}
+		p := filepath.Join(append([]string{root}, append(at, c)...)...)
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			at = append(at, c)
+			continue
+		}
+		if hops++; hops > 40 {
+			return false, true
+		}
+		target, err := os.Readlink(p)
+		if err != nil {
+			return true, false
+		}
+		if filepath.IsAbs(target) {
+			return true, false
+		}
+		todo = append(strings.Split(target, "/"), todo...)
+	}
+	return false, false
 }

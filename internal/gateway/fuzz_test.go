@@ -1,9 +1,13 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -52,7 +56,10 @@ func serveGateway(t testing.TB, b Backend) string {
 
 // FuzzFunctionURLResult feeds arbitrary function URL results (a python or
 // exec function's {statusCode, headers, body, cookies}) through the
-// gateway and ebb's HTTP server.
+// gateway and ebb's HTTP server. Beside the framing FrontProxy checks (one
+// well-formed response, nothing written outside it), the answer must be the
+// one wantURLResult computes on its own from the result: the status, the
+// exact body, and Set-Cookie fields only from the function's cookies.
 func FuzzFunctionURLResult(f *testing.F) {
 	f.Add([]byte(nil), 200, "Transfer-Encoding", "chunked", "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!", "", false, false)
 	f.Add([]byte(nil), 200, "Content-Length", "0", "HTTP/1.1 200 OK\r\n\r\n", "a=b", false, true)
@@ -61,10 +68,20 @@ func FuzzFunctionURLResult(f *testing.F) {
 	f.Add([]byte(nil), 200, "X-A", "b\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK", "", "x", false, false)
 	f.Add([]byte(nil), 204, "Trailer", "X-T", "body", "c=d\r\nX: y", false, false)
 	f.Add([]byte(nil), 200, "X-B\r\nX-C", "1", "aGVsbG8=", "", true, false)
+	f.Add([]byte(nil), 200, "X-D", "1", "not base64", "", true, false)
+	f.Add([]byte(nil), 304, "ETag", `"e"`, "body", "", false, false)
 	f.Add([]byte(`{"statusCode":200,"headers":{"connection":"keep-alive, x-h","x-h":"1","te":"trailers"},"body":"ok"}`), 0, "", "", "", "", false, false)
 	f.Add([]byte(`[1,2]`), 0, "", "", "", "", false, false)
-
+	f.Add([]byte(`not json at all`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`{"message":"no statusCode"}`), 0, "", "", "", "", false, false)
 	f.Add([]byte(`{"statusCode":99}`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`{"statusCode":0}`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`{"statusCode":null}`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`{"statusCode":"200"}`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`{"statusCode":200.0}`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`{"STATUSCODE":201,"Body":"folded"}`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`{"statusCode":200,"cookies":["a=1",null,7]}`), 0, "", "", "", "", false, false)
+	f.Add([]byte(`{"statusCode":200,"body":"x","body":"y"}`), 0, "", "", "", "", false, false)
 	backend := &resultBackend{}
 	addr := serveGateway(f, backend)
 	f.Fuzz(func(t *testing.T, raw []byte, status int, hk, hv, body, cookie string, b64, head bool) {
@@ -78,8 +95,99 @@ func FuzzFunctionURLResult(f *testing.F) {
 		if head {
 			method = "HEAD"
 		}
-		ebbtest.FrontProxy(t, addr, method, "/fn/f/x", "/fn/real/", false)
+		r, got := ebbtest.FrontProxy(t, addr, method, "/fn/f/x", "/fn/real/", false)
+		want := wantURLResult(res)
+		if want.invalid {
+			var eb errorBody
+			if r.StatusCode != http.StatusBadGateway || (method == "GET" && (json.Unmarshal(got, &eb) != nil || eb.Type != "Runtime.InvalidResponse")) {
+				t.Fatalf("result %q: got %d %q, want 502 Runtime.InvalidResponse", res, r.StatusCode, got)
+			}
+			return
+		}
+		if r.StatusCode != want.status {
+			t.Fatalf("result %q: status %d, want %d (body %q)", res, r.StatusCode, want.status, got)
+		}
+		wantBody := want.body
+		if method == "HEAD" || want.status == http.StatusNoContent || want.status == http.StatusNotModified {
+			wantBody = nil
+		}
+		if !bytes.Equal(got, wantBody) {
+			t.Fatalf("result %q: body %q, want %q", res, got, wantBody)
+		}
+		if te := r.TransferEncoding; len(te) > 0 {
+			t.Fatalf("result %q: Transfer-Encoding %v on a response ebb frames with Content-Length", res, te)
+		}
+		// A field value's leading and trailing blanks are not part of it
+		// (RFC 9110 §5.5): " " arrives as "".
+		for _, c := range r.Header.Values("Set-Cookie") {
+			if !slices.ContainsFunc(want.cookies, func(w string) bool { return strings.Trim(w, " \t") == c }) {
+				t.Fatalf("result %q: Set-Cookie %q is not one of the function's cookies %q", res, c, want.cookies)
+			}
+		}
 	})
+}
+
+type urlWant struct {
+	invalid bool
+	status  int
+	body    []byte
+	cookies []string
+}
+
+// wantURLResult is the function URL contract written out independently of
+// decodeURLResult: a JSON object with a statusCode key (matched exactly, as
+// in Lambda) is a structured response whose fields must have their types
+// (null is the zero value), whose statusCode must be an integer of 200-599
+// and whose base64 body must decode; anything else is a 200's body as it is.
+func wantURLResult(res []byte) (w urlWant) {
+	var field map[string]json.RawMessage
+	if json.Unmarshal(res, &field) != nil || field == nil {
+		return urlWant{status: 200, body: res}
+	}
+	sc, structured := field["statusCode"]
+	if !structured {
+		return urlWant{status: 200, body: res}
+	}
+	isNull := func(v json.RawMessage) bool { return v == nil || string(v) == "null" }
+	bad := urlWant{invalid: true}
+	code, err := strconv.Atoi(string(sc))
+	if err != nil || code < 200 || code > 599 {
+		return bad
+	}
+	w.status = code
+	if v := field["headers"]; !isNull(v) {
+		var h map[string]*string
+		if json.Unmarshal(v, &h) != nil {
+			return bad
+		}
+	}
+	if v := field["cookies"]; !isNull(v) {
+		var cs []*string
+		if json.Unmarshal(v, &cs) != nil {
+			return bad
+		}
+		for _, c := range cs {
+			if c == nil {
+				c = new(string)
+			}
+			w.cookies = append(w.cookies, *c)
+		}
+	}
+	var text string
+	if v := field["body"]; !isNull(v) && json.Unmarshal(v, &text) != nil {
+		return bad
+	}
+	var b64 bool
+	if v := field["isBase64Encoded"]; !isNull(v) && json.Unmarshal(v, &b64) != nil {
+		return bad
+	}
+	w.body = []byte(text)
+	if b64 {
+		if w.body, err = base64.StdEncoding.DecodeString(text); err != nil {
+			return bad
+		}
+	}
+	return w
 }
 
 // TestFunctionURLResponseSplitting is issue 10's attempt: a handler that

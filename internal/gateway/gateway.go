@@ -323,6 +323,7 @@ func Classify(err error) (status int, body errorBody, kind string) {
 	var br *BadRequestError
 	var mbe *http.MaxBytesError
 	var se *respguard.StatusError
+	var ire *InvalidResponseError
 	var be *BodyError
 	if errors.As(err, &be) {
 		err = readError(be.Err)
@@ -336,6 +337,8 @@ func Classify(err error) (status int, body errorBody, kind string) {
 		return http.StatusBadRequest, errorBody{"InvalidRequestContent", br.Msg}, "bad_request"
 	case errors.As(err, &se):
 		return http.StatusBadGateway, errorBody{"Runtime.InvalidResponse", se.Error()}, "invalid_response"
+	case errors.As(err, &ire):
+		return http.StatusBadGateway, errorBody{"Runtime.InvalidResponse", ire.Error()}, "invalid_response"
 	case errors.Is(err, ebb.ErrNotFound):
 		return http.StatusNotFound, errorBody{"ResourceNotFound", "function not found"}, "not_found"
 	case errors.Is(err, ebb.ErrPayloadTooLarge), errors.As(err, &mbe):

@@ -11,7 +11,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/ebb-run/ebb"
-	"github.com/ebb-run/ebb/internal/respguard"
 	"github.com/ebb-run/ebb/internal/route"
 )
 
@@ -217,7 +216,7 @@ func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid str
 		Headers: map[string]string{}}
 	for k, v := range r.Header {
 		if strings.EqualFold(k, "Cookie") {
-			ev.Cookies = append(ev.Cookies, strings.Split(strings.Join(v, "; "), "; ")...)
+			ev.Cookies = append(ev.Cookies, splitCookies(v)...)
 			continue
 		}
 		ev.Headers[strings.ToLower(k)] = strings.Join(v, ",")
@@ -246,45 +245,21 @@ func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid str
 		g.fail(w, route.Native, name, err)
 		return
 	}
-	// A handler may answer with the structured response or with any JSON
-	// value, which becomes a 200 JSON body (as Lambda does).
-	var resp urlResponse
-	if dec := json.Unmarshal(res.Body, &resp); dec != nil || resp.StatusCode == 0 {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusOK)
-		w.Write(res.Body)
-		return
-	}
-	out := []byte(resp.Body)
-	if resp.IsBase64Encoded {
-		if out, err = base64.StdEncoding.DecodeString(resp.Body); err != nil {
-			g.fail(w, route.Native, name, &ebb.HandlerError{Type: "Runtime.InvalidResponse", Message: "body is not valid base64"})
-			return
-		}
-	}
-	if err := respguard.Status(resp.StatusCode); err != nil {
+	ur, err := decodeURLResult(res.Body)
+	if err != nil {
 		g.fail(w, route.Native, name, err)
 		return
 	}
-	// The function's fields, less what could frame or split the response:
-	// ebb frames it (Content-Length of the decoded body).
-	fh := make(http.Header, len(resp.Headers)+1)
-	for k, v := range resp.Headers {
-		fh.Set(k, v)
-	}
-	for _, c := range resp.Cookies {
-		fh.Add("Set-Cookie", c)
-	}
-	for _, d := range respguard.Header(fh) {
+	for _, d := range ur.dropped {
 		g.cfg.Logger.Warn("dropped a function response header", "function", name, "request_id", rid, "field", d.Name, "reason", d.Reason)
 	}
 	wh := w.Header()
-	for k, v := range fh {
+	for k, v := range ur.header {
 		wh[k] = v
 	}
-	wh["Content-Length"] = []string{strconv.Itoa(len(out))}
-	w.WriteHeader(resp.StatusCode)
-	w.Write(out)
+	wh["Content-Length"] = []string{strconv.Itoa(len(ur.body))}
+	w.WriteHeader(ur.status)
+	w.Write(ur.body)
 }
 
 func readAllLimit(r *http.Request, max int64) ([]byte, error) {

@@ -3,6 +3,7 @@ package platform
 import (
 	"context"
 	"crypto/md5"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"testing"
@@ -115,5 +116,85 @@ func TestSubjectEventsAndSchedule(t *testing.T) {
 	json.Unmarshal(jobs[0].Result, &res)
 	if jobs[0].Source != "schedule" || res.Event["detail-type"] != "Scheduled Event" || res.Event["source"] != "ebb.schedule" {
 		t.Errorf("scheduled job %+v got event %v", jobs[0], res.Event)
+	}
+}
+
+// TestSubjectEventsNotJSON publishes messages that are not JSON objects to a
+// subject a python function subscribes to. The contract (README, events): a
+// message that is valid JSON is the event as it is, whatever its type; any
+// other message is {"subject", "data", "isBase64Encoded"}, with data the
+// text when it is UTF-8 and its base64 otherwise. Every message becomes
+// exactly one successful job.
+func TestSubjectEventsNotJSON(t *testing.T) {
+	needPython(t)
+	e := start(t, "", fastRetries)
+	app := "def handler(event, context):\n    return {\"event\": event}\n"
+	e.deploy(fnDir(t, "name: rawsub\nruntime: python\nhandler: app.handler\nevents: [{subject: raw.*}]\n", map[string]string{"app.py": app}))
+	nc := e.p.store.Conn()
+	// The subscription starts with the deploy; a request says whether the
+	// message was queued, so the first one also waits for it.
+	publish := func(subject string, data []byte) bool {
+		reply, err := nc.Request(subject, data, time.Second)
+		return err == nil && string(reply.Data) == `{"queued":true}`
+	}
+	waitFor(t, "rawsub to subscribe", 10*time.Second, func() bool { return publish("raw.text", []byte("plain text, not JSON")) })
+	binary := []byte{0xff, 0x00, 0xfe, 'x', 0x80}
+	msgs := []struct {
+		subject string
+		data    []byte
+	}{
+		{"raw.bin", binary},
+		{"raw.empty", nil},
+		{"raw.number", []byte("42")},
+		{"raw.string", []byte(`"quoted"`)},
+		{"raw.broken", []byte(`{"order": 7`)},
+	}
+	for _, m := range msgs {
+		if !publish(m.subject, m.data) {
+			t.Fatalf("publish %s %q: not queued", m.subject, m.data)
+		}
+	}
+	want := map[string]any{
+		`{"data":"plain text, not JSON","isBase64Encoded":false,"subject":"raw.text"}`:                            nil,
+		`{"data":"` + base64.StdEncoding.EncodeToString(binary) + `","isBase64Encoded":true,"subject":"raw.bin"}`: nil,
+		`{"data":"","isBase64Encoded":false,"subject":"raw.empty"}`:                                               nil,
+		`42`:       nil,
+		`"quoted"`: nil,
+		`{"data":"{\"order\": 7","isBase64Encoded":false,"subject":"raw.broken"}`: nil,
+	}
+	var jobs []*queue.Job
+	waitFor(t, "every message to run", 30*time.Second, func() bool {
+		all, err := e.c.Jobs(context.Background(), "rawsub", "", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = jobs[:0]
+		for _, j := range all {
+			if j.Status == queue.StatusSucceeded || j.Status == queue.StatusDead || j.Status == queue.StatusFailed {
+				jobs = append(jobs, j)
+			}
+		}
+		return len(jobs) >= len(want)
+	})
+	if len(jobs) != len(want) {
+		t.Errorf("%d finished jobs for %d messages", len(jobs), len(want))
+	}
+	for _, j := range jobs {
+		var res struct{ Event json.RawMessage }
+		if err := json.Unmarshal(j.Result, &res); j.Status != queue.StatusSucceeded || j.Source != "event" || err != nil {
+			t.Errorf("job %s: status %s source %s result %s error %+v", j.ID, j.Status, j.Source, j.Result, j.Error)
+			continue
+		}
+		// Normalise key order: python's json.dumps keeps insertion order.
+		var v any
+		json.Unmarshal(res.Event, &v)
+		norm, _ := json.Marshal(v)
+		if _, ok := want[string(norm)]; !ok {
+			t.Errorf("handler got event %s, not one of those sent", norm)
+		}
+		delete(want, string(norm))
+	}
+	for ev := range want {
+		t.Errorf("no job got the event %s", ev)
 	}
 }

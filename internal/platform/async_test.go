@@ -4,9 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -200,5 +204,63 @@ func TestAsyncWebhookDestinationDown(t *testing.T) {
 	})
 	if j.Status != queue.StatusDead || j.Destination.Attempts != 3 || j.Destination.Delivered || j.Destination.Target != dead {
 		t.Errorf("record = %+v, destination %+v; want dead, 3 delivery attempts, not delivered", j, j.Destination)
+	}
+}
+
+// TestAsyncWebhookRetriedAfterFailure: a webhook destination that answers
+// 500 to the first delivery and 200 to the second gets the job exactly
+// twice, and the record says delivered on the second attempt.
+func TestAsyncWebhookRetriedAfterFailure(t *testing.T) {
+	type delivery struct {
+		jobID string
+		job   queue.Job
+	}
+	var mu sync.Mutex
+	var got []delivery
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var d delivery
+		d.jobID = r.Header.Get("Ebb-Job-Id")
+		err := json.NewDecoder(r.Body).Decode(&d.job)
+		mu.Lock()
+		got = append(got, d)
+		n := len(got)
+		mu.Unlock()
+		if err != nil {
+			t.Errorf("delivery %d: decode job: %v", n, err)
+		}
+		if n == 1 {
+			http.Error(w, "not yet", http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer hook.Close()
+	deliveries := func() []delivery {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+	e := start(t, "", fastRetries, func(c *Config) { c.Async.WebhookAttempts = 4 })
+	e.deploy(asyncFn(t, "hookok", "async: {on_success: \""+hook.URL+"/hook\"}\n"))
+	id := e.submit("hookok", `{}`)
+	var j *queue.Job
+	waitFor(t, "the delivery recorded", 20*time.Second, func() bool {
+		j = e.job(id)
+		return j.Status == queue.StatusDead || j.Destination != nil && (j.Destination.Delivered || j.Destination.Error != "")
+	})
+	if j.Status != queue.StatusSucceeded || !j.Destination.Delivered || j.Destination.Attempts != 2 || j.Destination.Error != "" || j.Destination.Target != hook.URL+"/hook" {
+		t.Errorf("record = %+v, destination %+v; want succeeded, delivered on attempt 2", j, j.Destination)
+	}
+	// Closing the platform stops its workers: a delivery sent more than
+	// twice would have arrived by then.
+	e.stop()
+	ds := deliveries()
+	if len(ds) != 2 {
+		t.Fatalf("webhook got %d deliveries, want 2 (one refused, one accepted)", len(ds))
+	}
+	for i, d := range ds {
+		if d.jobID != id || d.job.ID != id || d.job.Status != queue.StatusSucceeded {
+			t.Errorf("delivery %d: Ebb-Job-Id %q, job %q status %q; want %q succeeded", i+1, d.jobID, d.job.ID, d.job.Status, id)
+		}
 	}
 }
