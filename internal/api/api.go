@@ -291,12 +291,26 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	flusher, _ := w.(http.Flusher)
+	// A follower may wait hours for its next line: it must end when its
+	// client goes, not at the next line it fails to write.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	if g, ok := w.(interface{ ClientGone() <-chan struct{} }); ok {
+		gone := g.ClientGone()
+		go func() {
+			select {
+			case <-gone:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
 	for {
 		if flusher != nil {
 			flusher.Flush()
 		}
-		lines, next = a.cfg.Logs.Wait(r.Context(), name, next, limit)
-		if r.Context().Err() != nil {
+		lines, next = a.cfg.Logs.Wait(ctx, name, next, limit)
+		if ctx.Err() != nil {
 			return
 		}
 		for i := range lines {

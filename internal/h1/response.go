@@ -38,7 +38,51 @@ type response struct {
 
 	body   requestBody     // the request's body, as the handler reads it
 	expect *expectContinue // set when the client asked for 100-continue
+
+	gone     chan struct{} // closed when the client is seen to go (ClientGone); nil until asked
+	goneDone chan struct{} // closed when ClientGone's watcher has stopped; nil if none runs
 }
+
+// ClientGone returns a channel closed if the client closes its connection
+// while the handler runs. The server does not watch for that on every
+// request (it would cost a read goroutine each); a long-lived handler (a
+// followed log, a stream) asks, once its request body is read. The channel
+// never closes for a handler that has not read its whole body, or when the
+// client has already sent its next request.
+func (w *response) ClientGone() <-chan struct{} {
+	if w.gone != nil {
+		return w.gone
+	}
+	w.gone = make(chan struct{})
+	if w.body.pending() || w.br.Buffered() > 0 || w.hijacked {
+		return w.gone
+	}
+	// The watcher reads with no deadline: a stream may run for hours.
+	cio := &w.conn.io
+	cio.readGap, cio.readCap = 0, time.Time{}
+	cio.setRead(time.Time{})
+	w.goneDone = make(chan struct{})
+	go func() {
+		defer close(w.goneDone)
+		if _, err := w.br.Peek(1); err != nil && !isTimeout(err) {
+			close(w.gone)
+		}
+	}()
+	return w.gone
+}
+
+// stopWatching ends ClientGone's watcher before the connection reads again.
+func (w *response) stopWatching() {
+	if w.goneDone == nil {
+		return
+	}
+	w.conn.io.setRead(aLongTimeAgo)
+	<-w.goneDone
+	w.goneDone = nil
+}
+
+// aLongTimeAgo is a read deadline that wakes a blocked read at once.
+var aLongTimeAgo = time.Unix(1, 0)
 
 func (w *response) Header() http.Header { return w.header }
 
@@ -313,6 +357,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.wroteHeader {
 		return nil, nil, errors.New("h1: hijack after the response header was written")
 	}
+	w.stopWatching()
 	w.hijacked = true
 	w.conn.io.unlimited()
 	return w.conn.c, bufio.NewReadWriter(w.br, w.bw), nil

@@ -15,10 +15,11 @@
 // connection reset.
 //
 // What it leaves out on purpose: HTTP/2 and TLS (ebb serves plain HTTP; put a
-// TLS terminator in front), and noticing a client that closes its connection
-// while a handler runs (the request's context ends when the handler returns
-// or the server shuts down; a proxied request still fails at its first write
-// to a gone client).
+// TLS terminator in front), and noticing on every request a client that
+// closes its connection while a handler runs (the request's context ends
+// when the handler returns or the server shuts down; a proxied request still
+// fails at its first write to a gone client). A long-lived handler that must
+// notice asks for it: ClientGone.
 package h1
 
 import (
@@ -367,6 +368,7 @@ func (cn *conn) serve() {
 			}
 		}
 		s.Handler.ServeHTTP(w, req)
+		w.stopWatching()
 		if w.hijacked {
 			hijacked = true
 			return
