@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/client"
 	"github.com/ebb-run/ebb/internal/logbuf"
@@ -49,6 +50,8 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 func runDeploy(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
 	mk := clientFlags(fs)
+	canary := fs.Int("canary", -1, "give the new version this share (percent) of the traffic; the others keep theirs in proportion")
+	noTraffic := fs.Bool("no-traffic", false, "deploy a version that takes no traffic until it is routed (ebb route, promote, alias)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -70,11 +73,28 @@ func runDeploy(ctx context.Context, args []string) error {
 		return fmt.Errorf("pack %s: %w", dir, err)
 	}
 	size := buf.Len()
-	rep, err := mk().Deploy(ctx, spec.Name, &buf)
+	var opt api.DeployOptions
+	if *canary >= 0 {
+		if *canary > 100 {
+			return fmt.Errorf("--canary %d is not a percent from 0 to 100", *canary)
+		}
+		opt.Canary = canary
+	}
+	if *noTraffic {
+		if opt.Canary != nil {
+			return fmt.Errorf("--canary and --no-traffic exclude each other")
+		}
+		opt.NoTraffic = true
+	}
+	c := mk()
+	rep, err := c.DeployWith(ctx, spec.Name, &buf, opt)
 	if err != nil {
 		return fmt.Errorf("deploy %s: %w", spec.Name, err)
 	}
 	fmt.Printf("deployed %s version %d (%s, %d bytes)\n  invoke: %s\n  url:    %s\n", rep.Name, rep.Version, rep.Digest[:12], size, rep.URL, rep.FunctionURL)
+	if vs, err := c.Versions(ctx, spec.Name); err == nil {
+		fmt.Printf("  route:  %s\n", splitString(vs.Route))
+	}
 	return nil
 }
 
@@ -224,12 +244,20 @@ func runLogs(ctx context.Context, args []string) error {
 func runRemove(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("rm", flag.ContinueOnError)
 	mk := clientFlags(fs)
+	version := fs.Int("version", 0, "remove only this version (refused while it takes traffic)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("usage: ebb rm NAME")
+		return fmt.Errorf("usage: ebb rm NAME [--version N]")
+	}
+	if *version != 0 {
+		if err := mk().RemoveVersion(ctx, pos[0], *version); err != nil {
+			return err
+		}
+		fmt.Printf("removed %s version %d\n", pos[0], *version)
+		return nil
 	}
 	if err := mk().Remove(ctx, pos[0]); err != nil {
 		return err

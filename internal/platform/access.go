@@ -285,21 +285,29 @@ func (p *Platform) flushLastUsed() {
 
 // PublicURL implements route.Functions.
 func (p *Platform) PublicURL(name string) bool {
-	d, err := p.lookup(name)
-	return err == nil && d.fn.Spec.PublicURL()
+	p.mu.RLock()
+	f := p.fns[name]
+	public := f != nil && f.latest.fn.Spec.PublicURL()
+	p.mu.RUnlock()
+	return public
 }
 
 // AllowInvoke implements route.Functions: a token of the function's
 // rate_limit, the same for every protocol.
 func (p *Platform) AllowInvoke(name string, now time.Time) (bool, time.Duration) {
-	d, err := p.lookup(name)
-	if err != nil || d.limiter == nil {
+	p.mu.RLock()
+	var lim *rate.Limiter
+	if f := p.fns[name]; f != nil {
+		lim = f.limiter
+	}
+	p.mu.RUnlock()
+	if lim == nil {
 		return true, 0
 	}
-	if d.limiter.AllowN(now, 1) {
+	if lim.AllowN(now, 1) {
 		return true, 0
 	}
-	return false, auth.TokenWait(d.limiter, now)
+	return false, auth.TokenWait(lim, now)
 }
 
 // newLimiter is a function's rate_limit as a token bucket, nil for none.
@@ -312,11 +320,13 @@ func newLimiter(s *ebb.Spec) *rate.Limiter {
 
 // Function implements gateway.Catalog.
 func (p *Platform) Function(name string) (*ebb.Function, error) {
-	d, err := p.lookup(name)
-	if err != nil {
-		return nil, err
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	f := p.fns[name]
+	if f == nil {
+		return nil, ebb.ErrNotFound
 	}
-	return d.fn, nil
+	return f.latest.fn, nil
 }
 
 // Functions implements gateway.Catalog.
@@ -324,8 +334,8 @@ func (p *Platform) Functions() []*ebb.Function {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	out := make([]*ebb.Function, 0, len(p.fns))
-	for _, d := range p.fns {
-		out = append(out, d.fn)
+	for _, f := range p.fns {
+		out = append(out, f.latest.fn)
 	}
 	return out
 }

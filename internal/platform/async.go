@@ -181,22 +181,37 @@ func (p *Platform) stopAsync(ctx context.Context) {
 	}
 }
 
-// Enqueue implements gateway.Enqueuer.
-func (p *Platform) Enqueue(ctx context.Context, name, id string, payload []byte) error {
-	if _, err := p.lookup(name); err != nil {
+// Enqueue implements gateway.Enqueuer. A job for NAME:QUALIFIER records the
+// version the qualifier resolves to now, and runs on it; an unqualified job
+// follows the function's route when it runs.
+func (p *Platform) Enqueue(ctx context.Context, t gateway.Target, id string, payload []byte) error {
+	v, err := p.resolve(t)
+	if err != nil {
 		return err
 	}
-	_, err := p.async.queue.Enqueue(ctx, name, id, payload, queue.EnqueueOptions{})
+	var opt queue.EnqueueOptions
+	if t.Qualifier != "" {
+		opt.Version = v.fn.Version
+	}
+	_, err = p.async.queue.Enqueue(ctx, t.Name, id, payload, opt)
 	return err
 }
 
 // asyncInvoker runs jobs through the synchronous invoke path.
 type asyncInvoker struct{ p *Platform }
 
-func (a asyncInvoker) Invoke(ctx context.Context, name, id string, payload []byte) ([]byte, error) {
-	res, err := a.p.Invoke(ctx, name, id, payload)
+func (a asyncInvoker) Invoke(ctx context.Context, name string, version int, id string, payload []byte) ([]byte, error) {
+	t := gateway.Target{Name: name}
+	if version > 0 {
+		t.Qualifier = strconv.Itoa(version)
+	}
+	res, err := a.p.Invoke(ctx, t, id, payload)
 	var br *gateway.BadRequestError
+	var gone *ebb.NotFoundError
 	switch {
+	case errors.As(err, &gone):
+		// The job's version (or alias) was removed: no retry will help.
+		return nil, &queue.PermanentError{Err: err}
 	case errors.Is(err, ebb.ErrNotFound):
 		// Deployed but not yet swapped in on this node (the registry watch
 		// can run ahead of the deploy that caused it), or being redeployed:

@@ -268,3 +268,15 @@ func deployRaw(t testing.TB, e *env, name, dir string) (int, string) {
 	code, body, _ := e.do("PUT", "/v1/functions/"+name, buf.String(), nil)
 	return code, body
 }
+
+// current returns the pool of the version that takes name's unqualified
+// traffic (nil when it has none).
+func (p *Platform) current(name string) *deployment {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	f := p.fns[name]
+	if f == nil || f.route.single == nil {
+		return nil
+	}
+	return f.route.single.dep.Load()
+}

@@ -19,12 +19,21 @@ import (
 // that reaches a version as it starts draining tries the new one.
 const maxVersionRetries = 3
 
-// acquire admits a request onto name's current version.
-func (p *Platform) acquire(ctx context.Context, name string) (*deployment, *dispatch.Lease[*instance.Instance], error) {
+// acquire admits a request onto the version t resolves to, making its pool
+// if it has none yet.
+func (p *Platform) acquire(ctx context.Context, t gateway.Target) (*deployment, *dispatch.Lease[*instance.Instance], error) {
 	for range maxVersionRetries {
-		d, err := p.lookup(name)
+		v, err := p.resolve(t)
 		if err != nil {
 			return nil, nil, err
+		}
+		d := v.dep.Load()
+		if d == nil {
+			if d, err = p.activate(v); errors.Is(err, ebb.ErrDraining) {
+				continue
+			} else if err != nil {
+				return nil, nil, err
+			}
 		}
 		lease, err := d.pool.Acquire(ctx)
 		if errors.Is(err, ebb.ErrDraining) {
@@ -35,14 +44,14 @@ func (p *Platform) acquire(ctx context.Context, name string) (*deployment, *disp
 		}
 		return d, lease, nil
 	}
-	return nil, nil, fmt.Errorf("acquire %s: %w", name, ebb.ErrOverloaded)
+	return nil, nil, fmt.Errorf("acquire %s: %w", t.Name, ebb.ErrOverloaded)
 }
 
 // Invoke implements gateway.Backend: it runs one event through the function,
 // under its timeout, and records the invocation.
-func (p *Platform) Invoke(ctx context.Context, name, requestID string, payload []byte) (*gateway.Result, error) {
+func (p *Platform) Invoke(ctx context.Context, t gateway.Target, requestID string, payload []byte) (*gateway.Result, error) {
 	start := p.cfg.Now()
-	d, lease, err := p.acquire(ctx, name)
+	d, lease, err := p.acquire(ctx, t)
 	if err != nil {
 		if d != nil {
 			p.record(d, nil, requestID, start, start, 0, err)
@@ -52,7 +61,7 @@ func (p *Platform) Invoke(ctx context.Context, name, requestID string, payload [
 	inst := lease.Instance
 	if inst.IsHTTP() {
 		lease.Release()
-		return nil, &gateway.BadRequestError{Msg: fmt.Sprintf("function %q serves HTTP; call it at /fn/%s/", name, name)}
+		return nil, &gateway.BadRequestError{Msg: fmt.Sprintf("function %q serves HTTP; call it at /fn/%s/", t.Name, t.Name)}
 	}
 	timeout := d.fn.Spec.Timeout
 	began := p.cfg.Now()
@@ -91,9 +100,9 @@ func (p *Platform) settle(lease *dispatch.Lease[*instance.Instance], inst *insta
 }
 
 // Proxy implements gateway.Backend for http and onnx functions.
-func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error {
+func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error {
 	start := p.cfg.Now()
-	d, lease, err := p.acquire(ctx, name)
+	d, lease, err := p.acquire(ctx, t)
 	if err != nil {
 		if d != nil {
 			p.record(d, nil, requestID, start, start, 0, err)
@@ -161,11 +170,13 @@ func (p *Platform) record(d *deployment, lease *dispatch.Lease[*instance.Instanc
 	if err != nil {
 		inv.Status, _, kind = gateway.Classify(err)
 		inv.ErrorType = kind
-		d.errors.Add(1)
 	}
 	if lease != nil {
 		inv.ColdStart, inv.Init, inv.InstanceID = lease.Cold, lease.Init, lease.InstanceID
 		inv.PeakRSS = lease.Instance.PeakRSS()
+	}
+	if d.ver != nil {
+		d.ver.stats.record(dur, lease != nil, inv.ColdStart, err != nil)
 	}
 	d.metrics.Record(&inv, kind)
 	if err == nil && !inv.ColdStart && p.cfg.InvocationLog != nil && p.log.Enabled(context.Background(), slog.LevelInfo) {

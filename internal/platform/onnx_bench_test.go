@@ -368,7 +368,7 @@ func TestONNXColdStart(t *testing.T) {
 					waitFor(t, m.name+"'s spare", 30*time.Second, func() bool {
 						e.p.mu.RLock()
 						defer e.p.mu.RUnlock()
-						return e.p.fns[m.name].starter.SpareReady()
+						return e.p.current(m.name).starter.SpareReady()
 					})
 				}
 				t0 := time.Now()

@@ -201,7 +201,7 @@ func TestONNXModelCache(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
 		e.deploy(dir)
 		e.p.mu.RLock()
-		paths = append(paths, filepath.Join(e.p.fns[name].codeDir, "model.onnx"))
+		paths = append(paths, filepath.Join(e.p.current(name).codeDir, "model.onnx"))
 		e.p.mu.RUnlock()
 	}
 	fa, errA := os.Stat(paths[0])
@@ -257,7 +257,7 @@ func TestONNXSpare(t *testing.T) {
 					waitFor(t, "a spare process", 30*time.Second, func() bool {
 						e.p.mu.RLock()
 						defer e.p.mu.RUnlock()
-						return e.p.fns["sp"].starter.SpareReady()
+						return e.p.current("sp").starter.SpareReady()
 					})
 				}
 				waitFor(t, "scale to zero", 30*time.Second, func() bool { return e.instances("sp") == 0 })
@@ -308,7 +308,7 @@ func TestONNXSpareExpires(t *testing.T) {
 		return func() bool {
 			e.p.mu.RLock()
 			defer e.p.mu.RUnlock()
-			d := e.p.fns[name]
+			d := e.p.current(name)
 			return d != nil && d.starter.SpareReady()
 		}
 	}
@@ -322,7 +322,7 @@ func TestONNXSpareExpires(t *testing.T) {
 	// Removal: the starter is closed once the version is drained, and its
 	// spare with it, long before the keep-alive.
 	long.p.mu.RLock()
-	st := long.p.fns["exp"].starter
+	st := long.p.current("exp").starter
 	long.p.mu.RUnlock()
 	if code, body, _ := long.do("DELETE", "/v1/functions/exp", "", nil); code >= 300 {
 		t.Fatalf("rm = %d %s", code, body)
@@ -371,7 +371,7 @@ func TestONNXInitErrors(t *testing.T) {
 				}
 			}
 			e.p.mu.RLock()
-			st := e.p.fns["ie"].starter
+			st := e.p.current("ie").starter
 			e.p.mu.RUnlock()
 			if tc.spareOff {
 				waitFor(t, "spares off", 10*time.Second, func() bool { return st.SparesOff() })
