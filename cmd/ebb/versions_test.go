@@ -1,0 +1,364 @@
+package main
+
+// Issue 12's versions, routes and aliases, against a real `ebb serve`.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/lambda"
+
+	"github.com/ebb-run/ebb"
+)
+
+// versionFn is a python function whose answers say which version it is.
+func versionFn(name string, v int) map[string]string {
+	return map[string]string{
+		"ebb.yaml": "name: " + name + "\nruntime: python\nhandler: app.handler\n",
+		"app.py":   fmt.Sprintf("def handler(event, context):\n    return {'v': %d}\n", v),
+	}
+}
+
+// deployArgs writes files to a directory and runs `ebb deploy DIR args...`.
+func (s *server) deployArgs(t *testing.T, files map[string]string, args ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := s.cli(t, s.key, append([]string{"deploy", dir}, args...)...)
+	if err != nil {
+		t.Fatalf("ebb deploy %v: %v\n%s\nserver log:\n%s", args, err, out, s.log)
+	}
+	return out
+}
+
+// invokeV invokes path (a native invoke URL) and returns the version that
+// answered, checking that the body and Ebb-Version agree.
+func (s *server) invokeV(t *testing.T, path, key string) int {
+	t.Helper()
+	var hdr map[string]string
+	if key != "" {
+		hdr = map[string]string{ebb.RoutingKeyHeader: key}
+	}
+	code, body, h := s.call(t, "POST", path, s.key, `{}`, hdr)
+	if code != 200 {
+		t.Fatalf("POST %s = %d %s", path, code, body)
+	}
+	var got struct{ V int }
+	if err := json.Unmarshal([]byte(body), &got); err != nil || got.V == 0 {
+		t.Fatalf("POST %s answered %s", path, body)
+	}
+	if ev := h.Get("Ebb-Version"); ev != strconv.Itoa(got.V) {
+		t.Fatalf("POST %s: Ebb-Version %q, but version %d answered", path, ev, got.V)
+	}
+	return got.V
+}
+
+// answered is the version in a versionFn's answer, 0 if none.
+func answered(body string) int {
+	var got struct{ V int }
+	json.Unmarshal([]byte(body), &got)
+	return got.V
+}
+
+func (s *server) versions(t *testing.T, name string) versionsReply {
+	t.Helper()
+	out, err := s.cli(t, s.key, "versions", name, "--json")
+	if err != nil {
+		t.Fatalf("ebb versions: %v\n%s", err, out)
+	}
+	var vs versionsReply
+	if err := json.Unmarshal([]byte(out), &vs); err != nil {
+		t.Fatalf("ebb versions --json printed %s", out)
+	}
+	return vs
+}
+
+type versionsReply struct {
+	Latest   int
+	Route    ebb.Split
+	Rollback int
+	Aliases  []ebb.Alias
+	Versions []struct {
+		Version     int
+		Percent     int
+		Active      bool
+		Invocations uint64
+		P50MS       float64 `json:"p50_ms"`
+		P99MS       float64 `json:"p99_ms"`
+	}
+}
+
+// TestCanaryPromoteRollback: three versions of one function; a 20% canary
+// over 1,000 invokes lands 20% ± 4% on the new version with every routing
+// key consistent; promote and rollback move everything; --no-traffic takes
+// none and has no process; a routed version cannot be removed.
+func TestCanaryPromoteRollback(t *testing.T) {
+	s := authServe(t)
+	const fn = "ver"
+	s.deployArgs(t, versionFn(fn, 1))
+	s.deployArgs(t, versionFn(fn, 2))
+	out := s.deployArgs(t, versionFn(fn, 3), "--canary", "20")
+	if !strings.Contains(out, "version 3") || !strings.Contains(out, "2=80% 3=20%") {
+		t.Fatalf("ebb deploy --canary 20 printed %s", out)
+	}
+	path := "/v1/functions/" + fn + "/invoke"
+	counts := map[int]int{}
+	for range 1000 {
+		counts[s.invokeV(t, path, "")]++
+	}
+	if counts[1] != 0 || counts[2]+counts[3] != 1000 || counts[3] < 160 || counts[3] > 240 {
+		t.Fatalf("1,000 invokes of a 20%% canary landed %v, want 20%% ± 4%% on version 3 and none on 1", counts)
+	}
+	// Sticky: each key stays on one version, the one the route's pure
+	// function picks for it.
+	route := ebb.Split{{Version: 2, Percent: 80}, {Version: 3, Percent: 20}}
+	onNew := 0
+	for i := range 100 {
+		key := fmt.Sprintf("user-%d", i)
+		want := route.Pick(key, 0)
+		for range 3 {
+			if got := s.invokeV(t, path, key); got != want {
+				t.Fatalf("key %q landed on version %d, want %d every time", key, got, want)
+			}
+		}
+		if want == 3 {
+			onNew++
+		}
+	}
+	if onNew == 0 || onNew == 100 {
+		t.Fatalf("all 100 keys on one version (%d on the canary): the key does not spread", onNew)
+	}
+
+	if out, err := s.cli(t, s.key, "promote", fn); err != nil || !strings.Contains(out, "3=100%") {
+		t.Fatalf("ebb promote: %v %s", err, out)
+	}
+	for range 50 {
+		if v := s.invokeV(t, path, ""); v != 3 {
+			t.Fatalf("after promote an invoke landed on %d", v)
+		}
+	}
+	if out, err := s.cli(t, s.key, "rollback", fn); err != nil || !strings.Contains(out, "2=100%") {
+		t.Fatalf("ebb rollback: %v %s", err, out)
+	}
+	for range 50 {
+		if v := s.invokeV(t, path, ""); v != 2 {
+			t.Fatalf("after rollback an invoke landed on %d", v)
+		}
+	}
+
+	// --no-traffic: version 4 takes none and has no process until it is
+	// addressed.
+	s.deployArgs(t, versionFn(fn, 4), "--no-traffic")
+	for range 50 {
+		if v := s.invokeV(t, path, ""); v != 2 {
+			t.Fatalf("after a --no-traffic deploy an invoke landed on %d", v)
+		}
+	}
+	vs := s.versions(t, fn)
+	if vs.Latest != 4 || len(vs.Versions) != 4 || vs.Versions[3].Active || vs.Versions[3].Invocations != 0 {
+		t.Fatalf("versions after --no-traffic = %+v, want 4 kept, version 4 without a pool", vs)
+	}
+	if vs.Versions[2].Invocations == 0 || vs.Versions[2].P99MS < vs.Versions[2].P50MS || vs.Versions[2].P50MS <= 0 {
+		t.Fatalf("version 3's counters = %+v", vs.Versions[2])
+	}
+	if v := s.invokeV(t, "/v1/functions/"+fn+":4/invoke", ""); v != 4 {
+		t.Fatalf("ver:4 answered as %d", v)
+	}
+
+	// Explicit shares.
+	if out, err := s.cli(t, s.key, "route", fn, "3=50", "4=50"); err != nil || !strings.Contains(out, "3=50% 4=50%") {
+		t.Fatalf("ebb route: %v %s", err, out)
+	}
+	seen := map[int]int{}
+	for range 100 {
+		seen[s.invokeV(t, path, "")]++
+	}
+	if seen[3] == 0 || seen[4] == 0 || seen[2] != 0 {
+		t.Fatalf("a 50/50 route landed %v", seen)
+	}
+	for _, bad := range [][]string{{fn, "3=50", "4=40"}, {fn, "3=50", "9=50"}, {fn, "x"}} {
+		if out, err := s.cli(t, s.key, append([]string{"route"}, bad...)...); err == nil {
+			t.Errorf("ebb route %v was accepted: %s", bad, out)
+		}
+	}
+
+	// Removal is refused while a version is routed, with a clear reason,
+	// and allowed once it is not.
+	out, err := s.cli(t, s.key, "rm", fn, "--version", "3")
+	if err == nil || !strings.Contains(out, "409") || !strings.Contains(out, "route") {
+		t.Fatalf("ebb rm --version 3 (routed) = %v %s, want a 409 naming the route", err, out)
+	}
+	if out, err := s.cli(t, s.key, "rm", fn, "--version", "1"); err != nil {
+		t.Fatalf("ebb rm --version 1: %v %s", err, out)
+	}
+	code, body, _ := s.call(t, "POST", "/v1/functions/"+fn+":1/invoke", s.key, `{}`, nil)
+	if code != 404 || !strings.Contains(body, `\"1\"`) {
+		t.Fatalf("invoke of a removed version = %d %s, want 404 naming it", code, body)
+	}
+	if vs := s.versions(t, fn); len(vs.Versions) != 3 || vs.Versions[0].Version != 2 {
+		t.Fatalf("versions after removing 1 = %+v", vs.Versions)
+	}
+}
+
+// TestAliasesEverywhere: NAME:alias and NAME:N through the native path,
+// /fn, the Lambda API (the real AWS SDK, with Qualifier and in the ARN) and
+// async jobs; scope is the function's, whatever the qualifier.
+func TestAliasesEverywhere(t *testing.T) {
+	s := authServe(t)
+	const fn = "al"
+	for v := 1; v <= 3; v++ {
+		s.deployArgs(t, versionFn(fn, v))
+	}
+	if out, err := s.cli(t, s.key, "alias", "set", fn, "prod", "2"); err != nil {
+		t.Fatalf("ebb alias set: %v %s", err, out)
+	}
+	if out, err := s.cli(t, s.key, "alias", "ls", fn); err != nil || !strings.Contains(out, "prod") || !strings.Contains(out, "2=100%") {
+		t.Fatalf("ebb alias ls: %v %s", err, out)
+	}
+	// Native.
+	if v := s.invokeV(t, "/v1/functions/al:prod/invoke", ""); v != 2 {
+		t.Fatalf("al:prod answered %d", v)
+	}
+	if v := s.invokeV(t, "/v1/functions/al:1/invoke", ""); v != 1 {
+		t.Fatalf("al:1 answered %d", v)
+	}
+	if v := s.invokeV(t, "/v1/functions/al/invoke", ""); v != 3 {
+		t.Fatalf("al answered %d", v)
+	}
+	// /fn: a python function behind a function URL.
+	for q, want := range map[string]int{"al:prod": 2, "al:1": 1, "al": 3} {
+		code, body, h := s.call(t, "GET", "/fn/"+q+"/x", s.key, "", nil)
+		if code != 200 || answered(body) != want || h.Get("Ebb-Version") != strconv.Itoa(want) {
+			t.Fatalf("GET /fn/%s/x = %d %s (Ebb-Version %q), want version %d", q, code, body, h.Get("Ebb-Version"), want)
+		}
+	}
+	// Unknown qualifiers are 404s that say what is missing.
+	for _, p := range []string{"/v1/functions/al:nope/invoke", "/v1/functions/al:9/invoke"} {
+		if code, body, _ := s.call(t, "POST", p, s.key, `{}`, nil); code != 404 || !strings.Contains(body, "no version or alias") {
+			t.Errorf("POST %s = %d %s", p, code, body)
+		}
+	}
+
+	// The Lambda API through the AWS SDK, signing with an ebb pair scoped to
+	// the function's name.
+	k := s.createKey(t, "--role", "invoke", "--functions", "al")
+	c := lambda.New(lambda.Options{Region: "eu-west-3", BaseEndpoint: aws.String(s.url), RetryMaxAttempts: 1,
+		Credentials: credentials.NewStaticCredentialsProvider(k.AccessKeyID, k.SecretAccessKey, "")})
+	ctx := context.Background()
+	for _, in := range []struct {
+		name, qualifier string
+		want            int
+	}{
+		{"al", "prod", 2},
+		{"al", "1", 1},
+		{"al:prod", "", 2},
+		{"al", "", 3},
+		{"arn:aws:lambda:local:000000000000:function:al:1", "", 1},
+	} {
+		li := &lambda.InvokeInput{FunctionName: aws.String(in.name), Payload: []byte(`{}`)}
+		if in.qualifier != "" {
+			li.Qualifier = aws.String(in.qualifier)
+		}
+		out, err := c.Invoke(ctx, li)
+		if err != nil {
+			t.Fatalf("Invoke %s qualifier %q: %v\n%s", in.name, in.qualifier, err, s.log)
+		}
+		if aws.ToString(out.ExecutedVersion) != strconv.Itoa(in.want) || answered(string(out.Payload)) != in.want {
+			t.Errorf("Invoke %s qualifier %q: ExecutedVersion %q payload %s, want version %d", in.name, in.qualifier,
+				aws.ToString(out.ExecutedVersion), out.Payload, in.want)
+		}
+	}
+	// A key scoped to another function is refused on every qualifier.
+	other := s.createKey(t, "--role", "invoke", "--functions", "other-*")
+	for _, p := range []string{"/v1/functions/al:prod/invoke", "/v1/functions/al:1/invoke"} {
+		if code, body, _ := s.call(t, "POST", p, other.Key, `{}`, nil); code != 403 {
+			t.Errorf("POST %s with a key for other-* = %d %s, want 403", p, code, body)
+		}
+	}
+	if code, body, _ := s.call(t, "POST", "/v1/functions/al:prod/invoke", k.Key, `{}`, nil); code != 200 {
+		t.Errorf("POST al:prod with a key for al = %d %s", code, body)
+	}
+	// Managing aliases and routes needs deploy; reading them describe.
+	reader := s.createKey(t, "--role", "read", "--functions", "al")
+	if code, body, _ := s.call(t, "PUT", "/v1/functions/al/aliases/x", reader.Key, `{"split":[{"version":1,"percent":100}]}`, nil); code != 403 || !strings.Contains(body, "deploy") {
+		t.Errorf("alias set as read = %d %s, want 403 naming deploy", code, body)
+	}
+	if code, body, _ := s.call(t, "GET", "/v1/functions/al/versions", reader.Key, "", nil); code != 200 {
+		t.Errorf("versions as read = %d %s", code, body)
+	}
+
+	// An async job for al:prod records the version it resolved to, and runs
+	// on it even after the alias moves.
+	code, body, _ := s.call(t, "POST", "/v1/functions/al:prod/invoke", s.key, `{}`, map[string]string{"Ebb-Invocation-Type": "Event"})
+	if code != 202 {
+		t.Fatalf("async invoke of al:prod = %d %s", code, body)
+	}
+	var job struct{ ID string }
+	json.Unmarshal([]byte(body), &job)
+	if out, err := s.cli(t, s.key, "alias", "set", fn, "prod", "3"); err != nil {
+		t.Fatalf("ebb alias set prod 3: %v %s", err, out)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		code, body, _ := s.call(t, "GET", "/v1/jobs/"+job.ID, s.key, "", nil)
+		var j struct {
+			Status  string
+			Version int
+			Result  json.RawMessage
+		}
+		json.Unmarshal([]byte(body), &j)
+		if code == 200 && j.Status == "succeeded" {
+			if j.Version != 2 || answered(string(j.Result)) != 2 {
+				t.Fatalf("job of al:prod = %s, want version 2 recorded and run", body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job did not succeed: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A weighted alias splits, and a routed version cannot go.
+	if out, err := s.cli(t, s.key, "alias", "set", fn, "prod", "3", "--weight", "1=50"); err != nil || !strings.Contains(out, "1=50% 3=50%") {
+		t.Fatalf("ebb alias set --weight: %v %s", err, out)
+	}
+	seen := map[int]bool{}
+	for range 60 {
+		seen[s.invokeV(t, "/v1/functions/al:prod/invoke", "")] = true
+	}
+	if !seen[1] || !seen[3] || seen[2] {
+		t.Fatalf("a 50/50 alias landed on %v", seen)
+	}
+	if out, err := s.cli(t, s.key, "rm", fn, "--version", "1"); err == nil || !strings.Contains(out, "alias") {
+		t.Fatalf("ebb rm --version 1 (aliased) = %v %s, want refused naming the alias", err, out)
+	}
+	if out, err := s.cli(t, s.key, "alias", "rm", fn, "prod"); err != nil {
+		t.Fatalf("ebb alias rm: %v %s", err, out)
+	}
+	if code, _, _ := s.call(t, "POST", "/v1/functions/al:prod/invoke", s.key, `{}`, nil); code != 404 {
+		t.Fatalf("invoke of a removed alias = %d, want 404", code)
+	}
+	if out, err := s.cli(t, s.key, "rm", fn, "--version", "1"); err != nil {
+		t.Fatalf("ebb rm --version 1 after the alias went: %v %s", err, out)
+	}
+	// Audit: the changes are recorded with their targets.
+	code, body, _ = s.call(t, "GET", "/v1/audit", s.key, "", nil)
+	for _, want := range []string{"alias.set", "alias.remove", "version.remove", "al:prod", "al:1"} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("audit log lacks %q: %d %.2000s", want, code, body)
+		}
+	}
+}
