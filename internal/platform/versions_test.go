@@ -1,0 +1,228 @@
+package platform
+
+import (
+	"bytes"
+	"context"
+	"reflect"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/bundle"
+	"github.com/ebb-run/ebb/internal/gateway"
+)
+
+// deployWith deploys dir as a new version with opt and returns its number.
+func (e *env) deployWith(dir string, opt api.DeployOptions) int {
+	e.t.Helper()
+	var buf bytes.Buffer
+	if _, err := bundle.Pack(dir, &buf); err != nil {
+		e.t.Fatal(err)
+	}
+	rep, err := e.c.DeployWith(context.Background(), manifestName(e.t, dir), &buf, opt)
+	if err != nil {
+		e.t.Fatalf("deploy %s: %v", dir, err)
+	}
+	return rep.Version
+}
+
+// instancesOf counts name's instances of version v.
+func (e *env) instancesOf(name string, v int) int {
+	st, err := e.c.Status(context.Background(), name)
+	if err != nil {
+		e.t.Fatalf("status %s: %v", name, err)
+	}
+	n := 0
+	for _, in := range st.Instances {
+		if in.Version == v {
+			n++
+		}
+	}
+	return n
+}
+
+// active says which versions of name have a pool.
+func (e *env) active(name string) map[int]bool {
+	vs, err := e.c.Versions(context.Background(), name)
+	if err != nil {
+		e.t.Fatalf("versions %s: %v", name, err)
+	}
+	out := map[int]bool{}
+	for _, v := range vs.Versions {
+		if v.Active {
+			out[v.Version] = true
+		}
+	}
+	return out
+}
+
+// TestVersionPoolsFollowTraffic: each version has its own pool, made when
+// it is routed (min_instances then holds for it) and drained when it is not;
+// a --no-traffic version has no process; a restart brings back every
+// version, the route, the aliases and the pools of the routed versions only.
+func TestVersionPoolsFollowTraffic(t *testing.T) {
+	data := t.TempDir()
+	e := start(t, data)
+	ctx := context.Background()
+	dir := goFn(t, "pv", "min_instances: 1\n")
+	e.deploy(dir)
+	waitFor(t, "version 1's warm instance", 30*time.Second, func() bool { return e.instancesOf("pv", 1) == 1 })
+	e.deploy(dir)
+	waitFor(t, "version 1 to drain and version 2 to warm", 30*time.Second, func() bool {
+		return e.instancesOf("pv", 1) == 0 && e.instancesOf("pv", 2) == 1
+	})
+	if v := e.deployWith(dir, api.DeployOptions{NoTraffic: true}); v != 3 {
+		t.Fatalf("third deploy made version %d", v)
+	}
+	if got := e.active("pv"); !reflect.DeepEqual(got, map[int]bool{2: true}) {
+		t.Fatalf("pools after a --no-traffic deploy: %v, want only version 2's", got)
+	}
+	if n := e.instancesOf("pv", 3); n != 0 {
+		t.Fatalf("the --no-traffic version has %d instances despite min_instances 1", n)
+	}
+	// An alias routes version 1 again: it gets a pool, and its warm instance.
+	if _, err := e.c.SetAlias(ctx, "pv", "old", ebb.Split{{Version: 1, Percent: 100}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "version 1's warm instance under alias old", 30*time.Second, func() bool { return e.instancesOf("pv", 1) == 1 })
+	if _, err := e.c.SetRoute(ctx, "pv", ebb.Split{{Version: 2, Percent: 90}, {Version: 3, Percent: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.active("pv"); !reflect.DeepEqual(got, map[int]bool{1: true, 2: true, 3: true}) {
+		t.Fatalf("pools after routing 2 and 3 and aliasing 1: %v", got)
+	}
+	before, err := e.c.Versions(ctx, "pv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.deployWith(dir, api.DeployOptions{NoTraffic: true}) // version 4: kept, unrouted
+	e.stop()
+
+	e2 := start(t, data)
+	after, err := e2.c.Versions(ctx, "pv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(after.Route, before.Route) || !reflect.DeepEqual(after.Aliases, before.Aliases) || after.Latest != 4 || len(after.Versions) != 4 {
+		t.Fatalf("after a restart: route %v aliases %v latest %d, %d versions; before: route %v aliases %v",
+			after.Route, after.Aliases, after.Latest, len(after.Versions), before.Route, before.Aliases)
+	}
+	if got := e2.active("pv"); !reflect.DeepEqual(got, map[int]bool{1: true, 2: true, 3: true}) {
+		t.Fatalf("pools after a restart: %v, want the routed versions' (1, 2, 3) only", got)
+	}
+	for q, want := range map[string]string{"pv:old": "1", "pv:4": "4", "pv:latest": "4"} {
+		code, body, h := e2.do("POST", "/v1/functions/"+q+"/invoke", `{"name":"x"}`, nil)
+		if code != 200 || h.Get("Ebb-Version") != want {
+			t.Fatalf("%s after a restart = %d %s (Ebb-Version %q), want version %s", q, code, body, h.Get("Ebb-Version"), want)
+		}
+	}
+	// Removing the alias drains version 1 back to zero.
+	if _, err := e2.c.RemoveAlias(ctx, "pv", "old"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "version 1 to drain once no alias routes it", 30*time.Second, func() bool { return e2.instancesOf("pv", 1) == 0 })
+	if got := e2.active("pv"); got[1] {
+		t.Fatalf("version 1 kept its pool: %v", got)
+	}
+}
+
+// TestRollbackWithoutHistoryAndRuntimeMix: a rollback with nothing to roll
+// back to is a conflict; versions of different runtimes cannot share a route.
+func TestRollbackWithoutHistoryAndRuntimeMix(t *testing.T) {
+	e := start(t, "")
+	ctx := context.Background()
+	e.deploy(goFn(t, "rb", ""))
+	if _, err := e.c.Rollback(ctx, "rb"); err == nil || !containsStatus(err, 409) {
+		t.Fatalf("rollback of a single version = %v, want 409", err)
+	}
+	web := fnDir(t, "name: rb\nruntime: http\nhandler: ./server\n", map[string]string{"server": "@httpfn"})
+	canary := 10
+	var buf bytes.Buffer
+	bundle.Pack(web, &buf)
+	if _, err := e.c.DeployWith(ctx, "rb", &buf, api.DeployOptions{Canary: &canary}); err == nil || !containsStatus(err, 400) {
+		t.Fatalf("a canary of another runtime = %v, want 400", err)
+	}
+	vs, _ := e.c.Versions(ctx, "rb")
+	if len(vs.Versions) != 1 {
+		t.Fatalf("a refused canary left %d versions", len(vs.Versions))
+	}
+	// A plain deploy of another runtime replaces the route whole.
+	if v := e.deploy(web); v != 3 {
+		t.Fatalf("deploy made version %d, want 3 (numbers are never reused)", v)
+	}
+	if _, err := e.c.SetRoute(ctx, "rb", ebb.Split{{Version: 1, Percent: 50}, {Version: 3, Percent: 50}}); err == nil || !containsStatus(err, 400) {
+		t.Fatalf("a route mixing exec and http = %v, want 400", err)
+	}
+	if _, err := e.c.Rollback(ctx, "rb"); err != nil {
+		t.Fatalf("rollback to version 1: %v", err)
+	}
+	if code, body, h := e.invoke("rb", `{"name":"x"}`); code != 200 || h.Get("Ebb-Version") != "1" {
+		t.Fatalf("after rollback = %d %s (Ebb-Version %q)", code, body, h.Get("Ebb-Version"))
+	}
+}
+
+func containsStatus(err error, status int) bool {
+	return err != nil && bytes.Contains([]byte(err.Error()), []byte("("+strconv.Itoa(status)+" "))
+}
+
+// TestResolveSingleVersionAllocatesNothing: the hot path's resolution of an
+// unqualified name with one version taking everything is a map lookup under
+// the read lock, without allocations or draws.
+func TestResolveSingleVersionAllocatesNothing(t *testing.T) {
+	p := benchPlatform(ebb.Split{{Version: 1, Percent: 100}})
+	allocs := testing.AllocsPerRun(1000, func() {
+		if v, err := p.resolve(gateway.Target{Name: "f"}); err != nil || v.fn.Version != 1 {
+			t.Fatalf("resolve = %v, %v", v, err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("resolve allocates %.1f times per call", allocs)
+	}
+	// A split with a routing key draws nothing either, and is sticky.
+	p = benchPlatform(ebb.Split{{Version: 1, Percent: 50}, {Version: 2, Percent: 50}})
+	tgt := gateway.Target{Name: "f", Key: "alice"}
+	first, _ := p.resolve(tgt)
+	allocs = testing.AllocsPerRun(1000, func() {
+		if v, _ := p.resolve(tgt); v != first {
+			t.Fatal("a routing key moved")
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("resolve of a split allocates %.1f times per call", allocs)
+	}
+}
+
+// benchPlatform is a platform with one function "f" of two versions routed
+// by s, without a store or processes: enough for resolve.
+func benchPlatform(s ebb.Split) *Platform {
+	f := &function{name: "f", versions: map[int]*version{}, traffic: ebb.Traffic{Route: s}}
+	for n := 1; n <= 2; n++ {
+		f.versions[n] = &version{fn: &ebb.Function{Spec: ebb.Spec{Name: "f"}, Version: n}}
+	}
+	f.latest = f.versions[2]
+	f.compile()
+	return &Platform{fns: map[string]*function{"f": f}}
+}
+
+func BenchmarkResolve(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		s    ebb.Split
+		key  string
+	}{
+		{"single", ebb.Split{{Version: 1, Percent: 100}}, ""},
+		{"split", ebb.Split{{Version: 1, Percent: 80}, {Version: 2, Percent: 20}}, ""},
+		{"split-key", ebb.Split{{Version: 1, Percent: 80}, {Version: 2, Percent: 20}}, "user-1234"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			p := benchPlatform(c.s)
+			t := gateway.Target{Name: "f", Key: c.key}
+			b.ReportAllocs()
+			for b.Loop() {
+				p.resolve(t)
+			}
+		})
+	}
+}
