@@ -3,8 +3,12 @@ package platform
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -224,5 +228,60 @@ func BenchmarkResolve(b *testing.B) {
 				p.resolve(t)
 			}
 		})
+	}
+}
+
+// TestOIPVersions: the Open Inference Protocol's versioned paths address a
+// version (/v2/models/m/versions/2/...) or an alias (.../versions/prod/...)
+// of an onnx function; two models of different datatypes identify them.
+func TestOIPVersions(t *testing.T) {
+	e := startONNX(t)
+	for _, model := range []string{"identity_FP32.onnx", "identity_INT32.onnx"} {
+		b, err := os.ReadFile("../onnx/testdata/" + model)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := fnDir(t, "name: m\nruntime: onnx\nhandler: model.onnx\n", nil)
+		os.WriteFile(filepath.Join(dir, "model.onnx"), b, 0o644)
+		e.deploy(dir)
+	}
+	if _, err := e.c.SetAlias(context.Background(), "m", "prod", ebb.Split{{Version: 1, Percent: 100}}); err != nil {
+		t.Fatal(err)
+	}
+	datatype := func(path string) (string, string) {
+		code, body, h := e.do("GET", path, "", nil)
+		var meta struct {
+			Inputs []struct{ Datatype string } `json:"inputs"`
+		}
+		if code != 200 || json.Unmarshal([]byte(body), &meta) != nil || len(meta.Inputs) != 1 {
+			t.Fatalf("GET %s = %d %s", path, code, body)
+		}
+		return meta.Inputs[0].Datatype, h.Get("Ebb-Version")
+	}
+	for path, want := range map[string]string{
+		"/v2/models/m":                "INT32", // the route: the newest
+		"/v2/models/m/versions/1":     "FP32",
+		"/v2/models/m/versions/2":     "INT32",
+		"/v2/models/m/versions/prod":  "FP32",
+		"/v2/models/m/versions/prod/": "FP32",
+	} {
+		if dt, ev := datatype(path); dt != want || (want == "FP32") != (ev == "1") {
+			t.Errorf("GET %s: input datatype %s (Ebb-Version %s), want %s", path, dt, ev, want)
+		}
+	}
+	for path, want := range map[string]string{
+		"/v2/models/m/versions/1/infer":    `{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1.5,2.5]}]}`,
+		"/v2/models/m/versions/prod/infer": `{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1.5,2.5]}]}`,
+		"/v2/models/m/versions/2/infer":    `{"inputs":[{"name":"x","datatype":"INT32","shape":[1,2],"data":[1,2]}]}`,
+		"/v2/models/m/infer":               `{"inputs":[{"name":"x","datatype":"INT32","shape":[1,2],"data":[3,4]}]}`,
+	} {
+		code, body, h := e.do("POST", path, want, nil)
+		if code != 200 || !strings.Contains(body, `"outputs"`) {
+			t.Errorf("POST %s = %d %s (Ebb-Version %s)", path, code, body, h.Get("Ebb-Version"))
+		}
+	}
+	code, body, _ := e.do("POST", "/v2/models/m/versions/7/infer", `{}`, nil)
+	if code != 404 || !strings.Contains(body, `"error"`) || !strings.Contains(body, "version or alias") {
+		t.Errorf("an unknown version = %d %s, want the protocol's 404 naming it", code, body)
 	}
 }
