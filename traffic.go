@@ -35,6 +35,43 @@ type Traffic struct {
 	// current route; 0 when there is none.
 	Rollback int     `json:"rollback,omitempty"`
 	Aliases  []Alias `json:"aliases,omitempty"`
+	// Shadow, when set, mirrors a share of unqualified requests to a
+	// version whose answers are compared and never returned.
+	Shadow *Shadow `json:"shadow,omitempty"`
+}
+
+// Shadow is a shadow run's configuration.
+type Shadow struct {
+	Version int `json:"version"`
+	// Percent of unqualified requests mirrored, 1 to 100.
+	Percent int `json:"percent"`
+	// Tolerance is the relative difference under which numbers in the two
+	// answers agree; 0 means DefaultShadowTolerance.
+	Tolerance float64 `json:"tolerance,omitempty"`
+}
+
+// DefaultShadowTolerance is the tolerance of a shadow run that names none.
+const DefaultShadowTolerance = 1e-6
+
+// Tol is s's tolerance with the default filled in.
+func (s Shadow) Tol() float64 {
+	if s.Tolerance <= 0 {
+		return DefaultShadowTolerance
+	}
+	return s.Tolerance
+}
+
+// Validate checks s against the versions that exist.
+func (s Shadow) Validate(exists func(int) bool) error {
+	switch {
+	case s.Version < 1 || exists != nil && !exists(s.Version):
+		return fmt.Errorf("version %d does not exist", s.Version)
+	case s.Percent < 1 || s.Percent > 100:
+		return fmt.Errorf("shadow share %d%% is not 1 to 100", s.Percent)
+	case s.Tolerance < 0 || s.Tolerance >= 1 || s.Tolerance != s.Tolerance:
+		return fmt.Errorf("tolerance %g is not a relative difference from 0 to 1", s.Tolerance)
+	}
+	return nil
 }
 
 // SplitBuckets is how finely a split is drawn: a routing key hashes to one
@@ -214,6 +251,9 @@ func (t *Traffic) Uses(v int) string {
 			uses = append(uses, "alias "+strconv.Quote(a.Name))
 		}
 	}
+	if t.Shadow != nil && t.Shadow.Version == v {
+		uses = append(uses, "the shadow run (ebb shadow stop)")
+	}
 	return strings.Join(uses, " and ")
 }
 
@@ -231,6 +271,9 @@ func (t *Traffic) Versions() []int {
 	add(t.Route)
 	for _, a := range t.Aliases {
 		add(a.Split)
+	}
+	if t.Shadow != nil && !slices.Contains(vs, t.Shadow.Version) {
+		vs = append(vs, t.Shadow.Version)
 	}
 	slices.Sort(vs)
 	return vs

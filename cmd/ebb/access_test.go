@@ -146,6 +146,7 @@ func TestEveryRoleOnEveryRoute(t *testing.T) {
 		{"PUT", "/v1/buckets/b1/k", "x", "buckets", []string{"admin"}},
 		{"GET", "/v1/jobs/nope", "", "jobs", all},
 		{"GET", "/v1/functions/echo-a/versions", "", "describe", all},
+		{"GET", "/v2", "", "describe", all},
 		{"GET", "/v1/functions/echo-a/aliases", "", "describe", all},
 		{"PUT", "/v1/functions/echo-a/route", `{"split":[{"version":1,"percent":100}]}`, "deploy", []string{"admin", "deploy"}},
 		{"POST", "/v1/functions/echo-a/promote", "", "deploy", []string{"admin", "deploy"}},

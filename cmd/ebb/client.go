@@ -126,7 +126,7 @@ func runInvoke(ctx context.Context, args []string) error {
 		return err
 	}
 	if *verbose {
-		fmt.Fprintf(os.Stderr, "status=%d request_id=%s cold_start=%v\n", res.Status, res.RequestID, res.ColdStart)
+		fmt.Fprintf(os.Stderr, "status=%d request_id=%s cold_start=%v version=%d\n", res.Status, res.RequestID, res.ColdStart, res.Version)
 	}
 	out := res.Body
 	if len(out) > 0 && out[len(out)-1] != '\n' {

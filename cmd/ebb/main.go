@@ -24,6 +24,7 @@ Usage:
   ebb promote NAME | rollback NAME            all traffic to the newest version | back to the one before
   ebb route NAME 3=90 4=10                    explicit traffic shares (percent, summing to 100)
   ebb alias set NAME ALIAS V [--weight V=P]   aliases (NAME:ALIAS): set, ls NAME, rm NAME ALIAS
+  ebb shadow NAME --version N [--percent P]   mirror requests to a version and compare its answers; report NAME, stop NAME
   ebb jobs ls NAME | get ID | redrive NAME    async jobs: list, inspect, re-queue dead letters
   ebb keys create --role R [--functions G]    API keys: create, ls, revoke ID, rotate ID
   ebb audit [--since 24h]                     the audit log of control-plane actions
@@ -62,6 +63,8 @@ func main() {
 		err = runTraffic(ctx, cmd, args)
 	case "alias", "aliases":
 		err = runAlias(ctx, args)
+	case "shadow":
+		err = runShadow(ctx, args)
 	case "jobs":
 		err = runJobs(ctx, args)
 	case "keys":

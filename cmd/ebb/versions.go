@@ -13,6 +13,7 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // splitString writes shares as "3=90 4=10".
@@ -36,6 +37,9 @@ func printVersions(vs *api.Versions, asJSON bool) error {
 		fmt.Printf("  (rollback: %d)", vs.Rollback)
 	}
 	fmt.Println()
+	if sh := vs.Shadow; sh != nil {
+		fmt.Printf("  shadow → version %d (%d%% mirrored)\n", sh.Version, sh.Percent)
+	}
 	for _, a := range vs.Aliases {
 		fmt.Printf("  alias %s → %s\n", a.Name, splitString(a.Split))
 	}
@@ -162,4 +166,61 @@ func runAlias(ctx context.Context, args []string) error {
 		return fmt.Errorf(usage)
 	}
 	return printVersions(vs, *asJSON)
+}
+
+func runShadow(ctx context.Context, args []string) error {
+	const usage = "usage: ebb shadow NAME --version N --percent P [--tolerance 1e-6] | ebb shadow report NAME [--json] | ebb shadow stop NAME"
+	sub := ""
+	if len(args) > 0 && (args[0] == "report" || args[0] == "stop") {
+		sub, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("shadow", flag.ContinueOnError)
+	mk := clientFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	version := fs.Int("version", 0, "the version that gets the mirrored requests")
+	percent := fs.Int("percent", 100, "the share of unqualified requests mirrored")
+	tolerance := fs.Float64("tolerance", ebb.DefaultShadowTolerance, "relative difference under which numbers agree")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf(usage)
+	}
+	c := mk()
+	var rep *shadow.Report
+	switch sub {
+	case "report":
+		rep, err = c.ShadowReport(ctx, pos[0])
+	case "stop":
+		rep, err = c.StopShadow(ctx, pos[0])
+	default:
+		if *version < 1 {
+			return fmt.Errorf("--version is required\n%s", usage)
+		}
+		rep, err = c.SetShadow(ctx, pos[0], ebb.Shadow{Version: *version, Percent: *percent, Tolerance: *tolerance})
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(rep)
+	}
+	state := "stopped"
+	if rep.Active {
+		state = "running"
+	}
+	fmt.Printf("shadow of %s: version %d, %d%% mirrored, tolerance %g (%s since %s)\n", pos[0], rep.Version, rep.Percent, rep.Tolerance,
+		state, rep.Since.Local().Format(time.DateTime))
+	fmt.Printf("  mirrored %d: equal %d, differ %d, shadow errors %d (dropped %d)\n", rep.Mirrored, rep.Equal, rep.Differ, rep.ShadowErrors, rep.Dropped)
+	fmt.Printf("  latency  primary p50 %.2f ms, p99 %.2f ms; shadow p50 %.2f ms, p99 %.2f ms\n", rep.PrimaryP50MS, rep.PrimaryP99MS, rep.ShadowP50MS, rep.ShadowP99MS)
+	for _, e := range rep.Examples {
+		switch {
+		case e.Error != "":
+			fmt.Printf("  %s  shadow error: %s\n", e.RequestID, e.Error)
+		default:
+			fmt.Printf("  %s  differs at %s\n    primary: %s\n    shadow:  %s\n", e.RequestID, e.Path, e.Primary, e.Shadow)
+		}
+	}
+	return nil
 }

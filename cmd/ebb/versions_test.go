@@ -211,6 +211,22 @@ func TestCanaryPromoteRollback(t *testing.T) {
 	if vs := s.versions(t, fn); len(vs.Versions) != 3 || vs.Versions[0].Version != 2 {
 		t.Fatalf("versions after removing 1 = %+v", vs.Versions)
 	}
+	// Per version: in ebb status --json and in /metrics with a version label.
+	out, err = s.cli(t, s.key, "status", fn, "--json")
+	var st struct {
+		Versions []struct {
+			Version     int
+			Invocations uint64
+		}
+	}
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || len(st.Versions) != 3 || st.Versions[1].Version != 3 || st.Versions[1].Invocations < 160 {
+		t.Fatalf("ebb status --json versions: %v %.3000s", err, out)
+	}
+	_, metrics, _ := s.call(t, "GET", "/metrics", s.key, "", nil)
+	want := fmt.Sprintf(`ebb_version_invocations_total{function="ver",version="3"} %d`, st.Versions[1].Invocations)
+	if !strings.Contains(metrics, want) {
+		t.Fatalf("/metrics lacks %s", want)
+	}
 }
 
 // TestAliasesEverywhere: NAME:alias and NAME:N through the native path,
@@ -360,5 +376,137 @@ func TestAliasesEverywhere(t *testing.T) {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Errorf("audit log lacks %q: %d %.2000s", want, code, body)
 		}
+	}
+}
+
+// shadowFn is a python function that answers {"x", "y"}: version 1 y = 2x;
+// version 2 the same (keys in another order, y off by 1e-12 relative) for
+// even x and y = 2x+1 for odd x; version 3 crashes on even x and sleeps
+// past its 1s timeout on odd x.
+func shadowFn(v int) map[string]string {
+	code := map[int]string{
+		1: "def handler(event, context):\n    x = event['x']\n    return {'x': x, 'y': 2 * x}\n",
+		2: "def handler(event, context):\n    x = event['x']\n    if x % 2 == 0:\n        return {'y': 2 * x * (1 + 1e-12), 'x': x}\n    return {'x': x, 'y': 2 * x + 1}\n",
+		3: "import os, time\ndef handler(event, context):\n    if event['x'] % 2 == 0:\n        os._exit(3)\n    time.sleep(3)\n    return {}\n",
+	}[v]
+	return map[string]string{"ebb.yaml": "name: sh\nruntime: python\nhandler: app.handler\ntimeout: 1s\n", "app.py": code}
+}
+
+type shadowReport struct {
+	Version, Percent        int
+	Active                  bool
+	Mirrored, Equal, Differ uint64
+	ShadowErrors            uint64 `json:"shadow_errors"`
+	Dropped                 uint64
+	PrimaryP50MS            float64 `json:"primary_p50_ms"`
+	PrimaryP99MS            float64 `json:"primary_p99_ms"`
+	ShadowP50MS             float64 `json:"shadow_p50_ms"`
+	ShadowP99MS             float64 `json:"shadow_p99_ms"`
+	Examples                []struct {
+		RequestID                    string `json:"request_id"`
+		Path, Error, Primary, Shadow string
+	}
+}
+
+func (s *server) shadowReport(t *testing.T, fn string) shadowReport {
+	t.Helper()
+	out, err := s.cli(t, s.key, "shadow", "report", fn, "--json")
+	var rep shadowReport
+	if err != nil || json.Unmarshal([]byte(out), &rep) != nil {
+		t.Fatalf("ebb shadow report: %v %s", err, out)
+	}
+	return rep
+}
+
+// waitShadow polls the report until n requests are accounted for (mirrored
+// or dropped).
+func (s *server) waitShadow(t *testing.T, fn string, n uint64) shadowReport {
+	t.Helper()
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		rep := s.shadowReport(t, fn)
+		if rep.Mirrored+rep.Dropped >= n {
+			return rep
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shadow accounted for %d+%d of %d requests: %+v\n%s", rep.Mirrored, rep.Dropped, n, rep, s.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestShadowCompares: a 100% shadow of a version that answers differently
+// on half the inputs; callers always get the primary's answer, and the
+// report's counts are exact; a shadow that crashes or sleeps past its
+// timeout changes no caller's answer and costs callers nothing near its
+// timeout.
+func TestShadowCompares(t *testing.T) {
+	s := authServe(t)
+	s.deployArgs(t, shadowFn(1))
+	s.deployArgs(t, shadowFn(2), "--no-traffic")
+	// The shadow warm, as a shadow is after its first moments: otherwise its
+	// cold starts, not its answers, are what this measures.
+	if code, body, _ := s.call(t, "POST", "/v1/functions/sh:2/invoke", s.key, `{"x":1}`, nil); code != 200 {
+		t.Fatalf("warm-up of sh:2 = %d %s", code, body)
+	}
+	if out, err := s.cli(t, s.key, "shadow", "sh", "--version", "2", "--percent", "100"); err != nil {
+		t.Fatalf("ebb shadow: %v %s", err, out)
+	}
+	invoke := func(x int) time.Duration {
+		start := time.Now()
+		code, body, h := s.call(t, "POST", "/v1/functions/sh/invoke", s.key, fmt.Sprintf(`{"x":%d}`, x), nil)
+		took := time.Since(start)
+		var got struct{ X, Y float64 }
+		if code != 200 || json.Unmarshal([]byte(body), &got) != nil || got.X != float64(x) || got.Y != float64(2*x) || h.Get("Ebb-Version") != "1" {
+			t.Fatalf("invoke x=%d = %d %s (Ebb-Version %q), want the primary's answer", x, code, body, h.Get("Ebb-Version"))
+		}
+		return took
+	}
+	for x := range 200 {
+		invoke(x)
+	}
+	rep := s.waitShadow(t, "sh", 200)
+	if rep.Mirrored != 200 || rep.Equal != 100 || rep.Differ != 100 || rep.ShadowErrors != 0 || rep.Dropped != 0 {
+		t.Fatalf("report = mirrored %d, equal %d, differ %d, shadow errors %d, dropped %d; want 200, 100, 100, 0, 0",
+			rep.Mirrored, rep.Equal, rep.Differ, rep.ShadowErrors, rep.Dropped)
+	}
+	if len(rep.Examples) != 20 || rep.Examples[0].Path != "$.y" || rep.Examples[0].RequestID == "" || rep.ShadowP50MS <= 0 || rep.PrimaryP99MS <= 0 {
+		t.Fatalf("report examples and latencies: %+v", rep)
+	}
+	// Mirrored requests are metered as the shadow version's.
+	vs := s.versions(t, "sh")
+	if vs.Versions[1].Invocations != 201 || vs.Versions[0].Invocations != 200 {
+		t.Fatalf("versions' invocations: %+v, want 200 and 201 (the warm-up)", vs.Versions)
+	}
+	// A shadowed version cannot be removed.
+	if out, err := s.cli(t, s.key, "rm", "sh", "--version", "2"); err == nil || !strings.Contains(out, "shadow") {
+		t.Fatalf("ebb rm --version 2 while shadowed = %v %s", err, out)
+	}
+
+	// A shadow that crashes or sleeps past its timeout.
+	s.deployArgs(t, shadowFn(3), "--no-traffic")
+	if out, err := s.cli(t, s.key, "shadow", "sh", "--version", "3"); err != nil {
+		t.Fatalf("ebb shadow --version 3: %v %s", err, out)
+	}
+	var worst time.Duration
+	for x := range 100 {
+		worst = max(worst, invoke(x))
+	}
+	rep = s.waitShadow(t, "sh", 100)
+	if rep.Mirrored+rep.Dropped != 100 || rep.ShadowErrors != rep.Mirrored || rep.Equal != 0 || rep.Mirrored == 0 {
+		t.Fatalf("report of a failing shadow = %+v, want every mirror a shadow error", rep)
+	}
+	// The shadow's 1s timeout and 3s sleep never reach a caller: the
+	// slowest of 100 calls stays far from either (the primary answers in
+	// milliseconds).
+	if worst >= 700*time.Millisecond {
+		t.Fatalf("the slowest caller took %s with a failing shadow", worst)
+	}
+	out, err := s.cli(t, s.key, "shadow", "stop", "sh")
+	if err != nil || !strings.Contains(out, "stopped") {
+		t.Fatalf("ebb shadow stop: %v %s", err, out)
+	}
+	if rep := s.shadowReport(t, "sh"); rep.Active || rep.Version != 3 {
+		t.Fatalf("report after stop = %+v", rep)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/route"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // FunctionStatus is what GET /v1/functions/{name} answers.
@@ -88,6 +89,8 @@ type Versions struct {
 	Rollback int           `json:"rollback,omitempty"`
 	Aliases  []ebb.Alias   `json:"aliases"`
 	Versions []VersionInfo `json:"versions"`
+	// Shadow is the shadow run under way, if any.
+	Shadow *ebb.Shadow `json:"shadow,omitempty"`
 }
 
 // DeployOptions say where a new version's traffic comes from.
@@ -181,6 +184,10 @@ type Platform interface {
 	Rollback(ctx context.Context, name string) (*Versions, error)
 	SetAlias(ctx context.Context, name, alias string, s ebb.Split) (*Versions, error)
 	RemoveAlias(ctx context.Context, name, alias string) (*Versions, error)
+
+	SetShadow(ctx context.Context, name string, s ebb.Shadow) (*shadow.Report, error)
+	StopShadow(ctx context.Context, name string) (*shadow.Report, error)
+	ShadowReport(ctx context.Context, name string) (*shadow.Report, error)
 }
 
 // Logs is where function output is read from.
@@ -246,6 +253,9 @@ func (a *API) Routes() []route.Route {
 		{Pattern: "GET /v1/functions/{name}/aliases", Perm: auth.PermDescribe, Function: name, Handler: a.versions},
 		{Pattern: "PUT /v1/functions/{name}/aliases/{alias}", Perm: auth.PermDeploy, Function: name, Audit: "alias.set", AuditTarget: aliasTarget, Handler: a.setAlias},
 		{Pattern: "DELETE /v1/functions/{name}/aliases/{alias}", Perm: auth.PermDeploy, Function: name, Audit: "alias.remove", AuditTarget: aliasTarget, Handler: a.removeAlias},
+		{Pattern: "PUT /v1/functions/{name}/shadow", Perm: auth.PermDeploy, Function: name, Audit: "shadow.start", Handler: a.setShadow},
+		{Pattern: "DELETE /v1/functions/{name}/shadow", Perm: auth.PermDeploy, Function: name, Audit: "shadow.stop", Handler: a.stopShadow},
+		{Pattern: "GET /v1/functions/{name}/shadow", Perm: auth.PermDescribe, Function: name, Handler: a.shadowReport},
 	}
 	if a.cfg.Keys != nil {
 		rs = append(rs,

@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // Conflict is a change refused because of the state it would change (a
@@ -62,18 +63,55 @@ func (a *API) removeVersion(w http.ResponseWriter, r *http.Request) {
 
 // readSplit reads a SplitRequest.
 func readSplit(r *http.Request) (ebb.Split, error) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxSplitBody+1))
-	if err != nil {
-		return nil, &BadRequest{Err: fmt.Errorf("read body: %w", err)}
-	}
-	if len(body) > maxSplitBody {
-		return nil, &BadRequest{Err: fmt.Errorf("the body is larger than %d bytes", maxSplitBody)}
-	}
 	var req SplitRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, &BadRequest{Err: fmt.Errorf(`the body is not {"split":[{"version":N,"percent":P},...]}: %w`, err)}
+	if err := readBodyJSON(r, &req, `{"split":[{"version":N,"percent":P},...]}`); err != nil {
+		return nil, err
 	}
 	return req.Split, nil
+}
+
+// readBodyJSON reads a small JSON body into v; shape describes it for the
+// client's error.
+func readBodyJSON(r *http.Request, v any, shape string) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxSplitBody+1))
+	if err != nil {
+		return &BadRequest{Err: fmt.Errorf("read body: %w", err)}
+	}
+	if len(body) > maxSplitBody {
+		return &BadRequest{Err: fmt.Errorf("the body is larger than %d bytes", maxSplitBody)}
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return &BadRequest{Err: fmt.Errorf("the body is not %s: %w", shape, err)}
+	}
+	return nil
+}
+
+func (a *API) setShadow(w http.ResponseWriter, r *http.Request) {
+	var sc ebb.Shadow
+	if err := readBodyJSON(r, &sc, `{"version":N,"percent":P,"tolerance":T}`); err != nil {
+		a.fail(w, err)
+		return
+	}
+	rep, err := a.cfg.Platform.SetShadow(r.Context(), r.PathValue("name"), sc)
+	a.answerShadow(w, rep, err)
+}
+
+func (a *API) stopShadow(w http.ResponseWriter, r *http.Request) {
+	rep, err := a.cfg.Platform.StopShadow(r.Context(), r.PathValue("name"))
+	a.answerShadow(w, rep, err)
+}
+
+func (a *API) shadowReport(w http.ResponseWriter, r *http.Request) {
+	rep, err := a.cfg.Platform.ShadowReport(r.Context(), r.PathValue("name"))
+	a.answerShadow(w, rep, err)
+}
+
+func (a *API) answerShadow(w http.ResponseWriter, rep *shadow.Report, err error) {
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
 }
 
 func (a *API) setRoute(w http.ResponseWriter, r *http.Request) {

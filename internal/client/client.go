@@ -18,6 +18,7 @@ import (
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/queue"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // Client talks to one ebb server.
@@ -159,6 +160,32 @@ func (c *Client) Rollback(ctx context.Context, name string) (*api.Versions, erro
 // SetAlias points alias of name at s.
 func (c *Client) SetAlias(ctx context.Context, name, alias string, s ebb.Split) (*api.Versions, error) {
 	return c.traffic(ctx, http.MethodPut, "/v1/functions/"+url.PathEscape(name)+"/aliases/"+url.PathEscape(alias), s)
+}
+
+// SetShadow starts (or changes) name's shadow run.
+func (c *Client) SetShadow(ctx context.Context, name string, sc ebb.Shadow) (*shadow.Report, error) {
+	b, err := json.Marshal(sc)
+	if err != nil {
+		return nil, err
+	}
+	var out shadow.Report
+	err = c.getJSON(ctx, http.MethodPut, "/v1/functions/"+url.PathEscape(name)+"/shadow", bytes.NewReader(b),
+		http.Header{"Content-Type": {"application/json"}}, &out)
+	return &out, err
+}
+
+// StopShadow stops name's shadow run and returns its final report.
+func (c *Client) StopShadow(ctx context.Context, name string) (*shadow.Report, error) {
+	var out shadow.Report
+	err := c.getJSON(ctx, http.MethodDelete, "/v1/functions/"+url.PathEscape(name)+"/shadow", nil, nil, &out)
+	return &out, err
+}
+
+// ShadowReport returns the report of name's shadow run (or its last one).
+func (c *Client) ShadowReport(ctx context.Context, name string) (*shadow.Report, error) {
+	var out shadow.Report
+	err := c.getJSON(ctx, http.MethodGet, "/v1/functions/"+url.PathEscape(name)+"/shadow", nil, nil, &out)
+	return &out, err
 }
 
 // RemoveAlias removes alias of name.

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -127,6 +128,7 @@ func (g *Gateway) Routes() []route.Route {
 		{Pattern: "POST /2015-03-31/functions/{name}/invocations", Perm: auth.PermInvoke, Function: lambda, Dialect: route.Lambda, Invoke: true, Handler: g.lambdaInvoke},
 		{Pattern: "/fn/{name}/{path...}", Perm: auth.PermInvoke, Function: name, Invoke: true, PublicURL: true, Handler: g.functionURL},
 		{Pattern: "/fn/{name}", Perm: auth.PermInvoke, Function: name, Invoke: true, PublicURL: true, Handler: g.functionURL},
+		{Pattern: "GET /v2", Perm: auth.PermDescribe, Dialect: route.OIP, Handler: g.serverMetadata},
 		{Pattern: "GET /v2/health/live", Dialect: route.OIP, Handler: g.health},
 		{Pattern: "GET /v2/health/ready", Dialect: route.OIP, Handler: g.health},
 		{Pattern: "POST /v2/models/{model}/{rest...}", Perm: auth.PermInvoke, Function: model, Dialect: route.OIP, Invoke: true, Handler: g.inference},
@@ -396,6 +398,21 @@ func (g *Gateway) fail(w http.ResponseWriter, d route.Dialect, name string, err 
 		e.RetryAfter = time.Second
 	}
 	route.Write(w, d, e)
+}
+
+// serverMetadata answers the Open Inference Protocol's server metadata
+// (GET /v2), which clients call first: the server's name, its version (the
+// ebb module's, from the build) and the protocol extensions it supports.
+func (g *Gateway) serverMetadata(w http.ResponseWriter, r *http.Request) {
+	v := "devel"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	route.JSON(w, http.StatusOK, struct {
+		Name       string   `json:"name"`
+		Version    string   `json:"version"`
+		Extensions []string `json:"extensions"`
+	}{"ebb", v, []string{}})
 }
 
 func (g *Gateway) health(w http.ResponseWriter, r *http.Request) {

@@ -130,13 +130,12 @@ func (p *Platform) DeployVersion(ctx context.Context, name string, body io.Reade
 	}
 	// A version that takes traffic gets its pool now, so that a bundle
 	// that cannot start is refused before it is stored.
+	p.internModel(fn, codeDir)
 	var d *deployment
 	if cur == nil || !opt.NoTraffic && (opt.Canary == nil || *opt.Canary > 0) {
 		if d, err = p.newDeployment(fn, codeDir); err != nil {
 			return nil, err
 		}
-	} else {
-		p.internModel(fn, codeDir)
 	}
 	closeNew := func() {
 		if d != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/respguard"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // maxVersionRetries bounds how often a request follows a redeploy: a request
@@ -22,17 +23,24 @@ const maxVersionRetries = 3
 // acquire admits a request onto the version t resolves to, making its pool
 // if it has none yet.
 func (p *Platform) acquire(ctx context.Context, t gateway.Target) (*deployment, *dispatch.Lease[*instance.Instance], error) {
+	d, lease, _, err := p.acquireShadow(ctx, t)
+	return d, lease, err
+}
+
+// acquireShadow is acquire that also returns the function's shadow run, for
+// an unqualified request.
+func (p *Platform) acquireShadow(ctx context.Context, t gateway.Target) (*deployment, *dispatch.Lease[*instance.Instance], *shadow.Run, error) {
 	for range maxVersionRetries {
-		v, err := p.resolve(t)
+		v, run, err := p.resolveShadow(t)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		d := v.dep.Load()
 		if d == nil {
 			if d, err = p.activate(v); errors.Is(err, ebb.ErrDraining) {
 				continue
 			} else if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 		}
 		lease, err := d.pool.Acquire(ctx)
@@ -40,18 +48,18 @@ func (p *Platform) acquire(ctx context.Context, t gateway.Target) (*deployment, 
 			continue
 		}
 		if err != nil {
-			return d, nil, err
+			return d, nil, nil, err
 		}
-		return d, lease, nil
+		return d, lease, run, nil
 	}
-	return nil, nil, fmt.Errorf("acquire %s: %w", t.Name, ebb.ErrOverloaded)
+	return nil, nil, nil, fmt.Errorf("acquire %s: %w", t.Name, ebb.ErrOverloaded)
 }
 
 // Invoke implements gateway.Backend: it runs one event through the function,
 // under its timeout, and records the invocation.
 func (p *Platform) Invoke(ctx context.Context, t gateway.Target, requestID string, payload []byte) (*gateway.Result, error) {
 	start := p.cfg.Now()
-	d, lease, err := p.acquire(ctx, t)
+	d, lease, run, err := p.acquireShadow(ctx, t)
 	if err != nil {
 		if d != nil {
 			p.record(d, nil, requestID, start, start, 0, err)
@@ -72,6 +80,9 @@ func (p *Platform) Invoke(ctx context.Context, t gateway.Target, requestID strin
 	cancel()
 	err = p.settle(lease, inst, ctx, ictx, err, timeout)
 	p.record(d, lease, requestID, start, began, end.Sub(began), err)
+	if run != nil && err == nil {
+		p.mirror(run, t.Name, d, requestID, payload, body, end.Sub(start))
+	}
 	return &gateway.Result{Body: body, ColdStart: lease.Cold, Version: d.fn.Version}, err
 }
 

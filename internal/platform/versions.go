@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
-	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -18,6 +16,8 @@ import (
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/gateway"
+	"github.com/ebb-run/ebb/internal/metrics"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // This file keeps a function's versions and routes in memory: every kept
@@ -36,6 +36,9 @@ type function struct {
 	route    target            // unqualified requests
 	aliases  map[string]target // NAME:alias
 	limiter  *rate.Limiter     // the newest spec's rate_limit; nil for none
+	// shadow is the shadow run under way, nil when none; lastShadow the
+	// one before, whose report stays readable after it stopped.
+	shadow, lastShadow *shadow.Run
 }
 
 // target is a compiled route: one version that takes everything (the common
@@ -60,7 +63,8 @@ type version struct {
 // versionStats are a version's counters, kept across its pools.
 type versionStats struct {
 	invocations, errors, coldStarts atomic.Uint64
-	latency                         latencyHist
+	latency                         metrics.Latency
+	series                          *metrics.Version // the same in /metrics, with a version label
 }
 
 // compile rebuilds f's routes from f.traffic.
@@ -74,7 +78,22 @@ func (f *function) compile() {
 	for _, a := range f.traffic.Aliases {
 		f.aliases[a.Name] = f.target(a.Split)
 	}
+	// A shadow run starts afresh whenever its configuration changes.
+	switch sc := f.traffic.Shadow; {
+	case sc == nil && f.shadow != nil:
+		f.lastShadow, f.shadow = f.shadow, nil
+	case sc != nil && (f.shadow == nil || f.shadow.Config() != *sc):
+		if f.shadow != nil {
+			f.lastShadow = f.shadow
+		}
+		f.shadow = shadow.NewRun(*sc, time.Now(), maxMirrorsInFlight)
+	}
 }
+
+// maxMirrorsInFlight bounds a shadow run's mirrored requests in flight: past
+// it, requests are not mirrored (and counted as dropped), so that a slow
+// shadow cannot pile up work on the node.
+const maxMirrorsInFlight = 256
 
 func (f *function) target(s ebb.Split) target {
 	if v := s.Single(); v != 0 {
@@ -139,20 +158,38 @@ func qualifierNotFound(name, qualifier string) error {
 
 // resolve picks the version that serves one request to t.
 func (p *Platform) resolve(t gateway.Target) (*version, error) {
+	v, _, err := p.resolveShadow(t)
+	return v, err
+}
+
+// resolveShadow is resolve that also returns the function's shadow run for
+// an unqualified request (nil when none), read under the same lock.
+func (p *Platform) resolveShadow(t gateway.Target) (*version, *shadow.Run, error) {
 	p.mu.RLock()
 	f := p.fns[t.Name]
 	var v *version
+	var run *shadow.Run
 	if f != nil {
 		v = f.pick(t.Qualifier, t.Key)
+		if t.Qualifier == "" {
+			run = f.shadow
+		}
 	}
 	p.mu.RUnlock()
 	if f == nil {
-		return nil, ebb.ErrNotFound
+		return nil, nil, ebb.ErrNotFound
 	}
 	if v == nil {
-		return nil, qualifierNotFound(t.Name, t.Qualifier)
+		return nil, nil, qualifierNotFound(t.Name, t.Qualifier)
 	}
-	return v, nil
+	return v, run, nil
+}
+
+// newVersion is a kept version, without a pool yet.
+func (p *Platform) newVersion(fn *ebb.Function, codeDir string) *version {
+	v := &version{fn: fn, codeDir: codeDir}
+	v.stats.series = p.metrics.ForVersion(fn.Spec.Name, fn.Version)
+	return v
 }
 
 // activate returns v's pool, making it when v has none.
@@ -211,7 +248,7 @@ func (p *Platform) syncPools(f *function) {
 // install puts version fn (with its pool d, if made) and the routes tr in
 // place, and brings the pools in line with the routes.
 func (p *Platform) install(fn *ebb.Function, codeDir string, d *deployment, tr ebb.Traffic) {
-	v := &version{fn: fn, codeDir: codeDir}
+	v := p.newVersion(fn, codeDir)
 	if d != nil {
 		d.ver = v
 		v.dep.Store(d)
@@ -294,6 +331,11 @@ func (p *Platform) changeTraffic(ctx context.Context, name string, change func(f
 		}
 		if err := sameRuntime(f, t.Route); err != nil {
 			return err
+		}
+		if t.Shadow != nil && len(t.Route) > 0 {
+			if err := sameRuntime(f, ebb.Split{t.Route[0], {Version: t.Shadow.Version}}); err != nil {
+				return err
+			}
 		}
 		for _, a := range t.Aliases {
 			if err := sameRuntime(f, a.Split); err != nil {
@@ -406,6 +448,86 @@ func (p *Platform) RemoveAlias(ctx context.Context, name, alias string) (*api.Ve
 	})
 }
 
+// SetShadow implements api.Platform: mirror a share of unqualified requests
+// to version sc.Version, comparing its answers with the primary's.
+func (p *Platform) SetShadow(ctx context.Context, name string, sc ebb.Shadow) (*shadow.Report, error) {
+	_, err := p.changeTraffic(ctx, name, func(f *function, t *ebb.Traffic) error {
+		if err := sc.Validate(f.exists); err != nil {
+			return badSplit(err)
+		}
+		t.Shadow = &sc
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p.ShadowReport(ctx, name)
+}
+
+// StopShadow implements api.Platform; the run's report stays readable.
+func (p *Platform) StopShadow(ctx context.Context, name string) (*shadow.Report, error) {
+	_, err := p.changeTraffic(ctx, name, func(f *function, t *ebb.Traffic) error {
+		if t.Shadow == nil {
+			return &ebb.NotFoundError{Message: fmt.Sprintf("function %q has no shadow run", name)}
+		}
+		t.Shadow = nil
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p.ShadowReport(ctx, name)
+}
+
+// ShadowReport implements api.Platform: the run under way, or the last one.
+func (p *Platform) ShadowReport(ctx context.Context, name string) (*shadow.Report, error) {
+	p.mu.RLock()
+	f := p.fns[name]
+	var run *shadow.Run
+	active := false
+	if f != nil {
+		run, active = f.shadow, f.shadow != nil
+		if run == nil {
+			run = f.lastShadow
+		}
+	}
+	p.mu.RUnlock()
+	switch {
+	case f == nil:
+		return nil, ebb.ErrNotFound
+	case run == nil:
+		return nil, &ebb.NotFoundError{Message: fmt.Sprintf("function %q has had no shadow run since ebb started", name)}
+	}
+	rep := run.Report(active)
+	return &rep, nil
+}
+
+// mirror sends a copy of a request that primary answered with answer (in
+// took) to the shadow run's version, when the run picks it, and compares
+// the two answers. It returns at once: the shadow runs on its own, and its
+// answer, latency and failures never reach the caller.
+func (p *Platform) mirror(run *shadow.Run, name string, primary *deployment, requestID string, payload, answer []byte, took time.Duration) {
+	cfg := run.Config()
+	if primary.fn.Version == cfg.Version || !run.Pick(rand.Uint32()) || !run.Begin() {
+		return
+	}
+	answer = slices.Clone(answer)
+	go func() {
+		defer run.End()
+		t := gateway.Target{Name: name, Qualifier: strconv.Itoa(cfg.Version)}
+		start := time.Now()
+		res, err := p.Invoke(p.ctx, t, gateway.NewRequestID(), payload)
+		var body []byte
+		if res != nil {
+			body = res.Body
+		}
+		if p.ctx.Err() != nil {
+			return // ebb is stopping: not the shadow's failure
+		}
+		run.Record(requestID, answer, took, body, time.Since(start), err)
+	}()
+}
+
 // RemoveVersion implements api.Platform: version n goes, unless a route or
 // an alias still sends it traffic, or it is the function's only version.
 func (p *Platform) RemoveVersion(ctx context.Context, name string, n int) error {
@@ -464,6 +586,7 @@ func (p *Platform) RemoveVersion(ctx context.Context, name string, n int) error 
 	f.compile()
 	p.mu.Unlock()
 	p.retire(v, true)
+	p.metrics.ForgetVersion(name, n)
 	p.collectSoon()
 	return nil
 }
@@ -477,7 +600,7 @@ func (p *Platform) Versions(ctx context.Context, name string) (*api.Versions, er
 		return nil, ebb.ErrNotFound
 	}
 	out := &api.Versions{Name: name, Latest: f.latest.fn.Version, Route: f.traffic.Route, Rollback: f.traffic.Rollback,
-		Aliases: slices.Clone(f.traffic.Aliases), Versions: []api.VersionInfo{}}
+		Aliases: slices.Clone(f.traffic.Aliases), Versions: []api.VersionInfo{}, Shadow: f.traffic.Shadow}
 	if len(out.Route) == 0 {
 		out.Route = ebb.Split{{Version: f.latest.fn.Version, Percent: 100}}
 	}
@@ -511,7 +634,7 @@ func (p *Platform) Versions(ctx context.Context, name string) (*api.Versions, er
 
 func (s *versionStats) fill(vi *api.VersionInfo) {
 	vi.Invocations, vi.Errors, vi.ColdStarts = s.invocations.Load(), s.errors.Load(), s.coldStarts.Load()
-	vi.P50MS, vi.P99MS = s.latency.quantileMS(0.5), s.latency.quantileMS(0.99)
+	vi.P50MS, vi.P99MS = s.latency.QuantileMS(0.5), s.latency.QuantileMS(0.99)
 }
 
 // record counts one request to the version: an invocation when it was
@@ -520,6 +643,9 @@ func (s *versionStats) record(dur time.Duration, admitted, cold, failed bool) {
 	if failed {
 		s.errors.Add(1)
 	}
+	if s.series != nil {
+		s.series.Record(dur, admitted, cold, failed)
+	}
 	if !admitted {
 		return
 	}
@@ -527,61 +653,7 @@ func (s *versionStats) record(dur time.Duration, admitted, cold, failed bool) {
 	if cold {
 		s.coldStarts.Add(1)
 	}
-	s.latency.observe(dur)
-}
-
-// latencyHist is a histogram of durations in logarithmic buckets, four to
-// each doubling (bounds within 19% of the truth), from 1 µs to past an
-// hour: enough for p50 and p99 with a few atomic adds per observation.
-type latencyHist struct {
-	b [latBuckets]atomic.Uint64
-}
-
-const latBuckets = 4 * 33
-
-// latBucket maps d to its bucket: the exponent of its microseconds and the
-// next two bits of its mantissa.
-func latBucket(d time.Duration) int {
-	us := uint64(max(d, 0)/time.Microsecond) + 1
-	e := bits.Len64(us) - 1
-	var frac uint64
-	if e >= 2 {
-		frac = (us >> (e - 2)) & 3
-	} else {
-		frac = (us << (2 - e)) & 3
-	}
-	return min(e*4+int(frac), latBuckets-1)
-}
-
-// latUpperMS is the upper bound of bucket i in milliseconds.
-func latUpperMS(i int) float64 {
-	e, frac := i/4, i%4
-	return math.Ldexp(float64(4+frac+1)/4, e) / 1000
-}
-
-func (h *latencyHist) observe(d time.Duration) { h.b[latBucket(d)].Add(1) }
-
-// quantileMS returns the q-quantile's bucket bound in milliseconds; 0 with
-// no observations.
-func (h *latencyHist) quantileMS(q float64) float64 {
-	var counts [latBuckets]uint64
-	var total uint64
-	for i := range h.b {
-		counts[i] = h.b[i].Load()
-		total += counts[i]
-	}
-	if total == 0 {
-		return 0
-	}
-	rank := uint64(math.Ceil(q * float64(total)))
-	var acc uint64
-	for i, c := range counts {
-		acc += c
-		if acc >= rank {
-			return latUpperMS(i)
-		}
-	}
-	return latUpperMS(latBuckets - 1)
+	s.latency.Observe(dur)
 }
 
 // restoreFunction brings back name's kept versions and routes; fn is its
@@ -612,7 +684,7 @@ func (p *Platform) restoreFunction(ctx context.Context, fn *ebb.Function) error 
 			continue
 		}
 		p.internModel(vf, codeDir)
-		v := &version{fn: vf, codeDir: codeDir}
+		v := p.newVersion(vf, codeDir)
 		f.versions[vf.Version] = v
 		if f.latest == nil || vf.Version > f.latest.fn.Version {
 			f.latest = v

@@ -280,7 +280,17 @@ func TestOIPVersions(t *testing.T) {
 			t.Errorf("POST %s = %d %s (Ebb-Version %s)", path, code, body, h.Get("Ebb-Version"))
 		}
 	}
-	code, body, _ := e.do("POST", "/v2/models/m/versions/7/infer", `{}`, nil)
+	// The server metadata, which clients read first, in the spec's shape.
+	code, body, _ := e.do("GET", "/v2", "", nil)
+	var meta struct {
+		Name       string   `json:"name"`
+		Version    string   `json:"version"`
+		Extensions []string `json:"extensions"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &meta) != nil || meta.Name != "ebb" || meta.Version == "" || meta.Extensions == nil {
+		t.Errorf("GET /v2 = %d %s, want {name, version, extensions}", code, body)
+	}
+	code, body, _ = e.do("POST", "/v2/models/m/versions/7/infer", `{}`, nil)
 	if code != 404 || !strings.Contains(body, `"error"`) || !strings.Contains(body, "version or alias") {
 		t.Errorf("an unknown version = %d %s, want the protocol's 404 naming it", code, body)
 	}
