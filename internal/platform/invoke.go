@@ -113,7 +113,7 @@ func (p *Platform) settle(lease *dispatch.Lease[*instance.Instance], inst *insta
 // Proxy implements gateway.Backend for http and onnx functions.
 func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error {
 	start := p.cfg.Now()
-	d, lease, err := p.acquire(ctx, t)
+	d, lease, run, err := p.acquireShadow(ctx, t)
 	if err != nil {
 		if d != nil {
 			p.record(d, nil, requestID, start, start, 0, err)
@@ -124,6 +124,17 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 	if !inst.IsHTTP() {
 		lease.Release()
 		return ebb.ErrNotFound
+	}
+	var m *proxyMirror
+	if run != nil {
+		if m, err = p.startProxyMirror(run, d, r); err != nil {
+			lease.Release()
+			p.record(d, lease, requestID, start, start, 0, err)
+			return err
+		}
+		if m != nil {
+			w = m.tee(w)
+		}
 	}
 	admitted(lease.Cold, d.fn.Version)
 	timeout := d.fn.Spec.Timeout
@@ -170,6 +181,9 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 		lease.Release()
 	}
 	p.record(d, lease, requestID, start, began, end.Sub(began), err)
+	if m != nil {
+		p.finishProxyMirror(run, m, t.Name, requestID, err, end.Sub(start))
+	}
 	return err
 }
 

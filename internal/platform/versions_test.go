@@ -16,7 +16,10 @@ import (
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/gateway"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
+
+type shadowReport = shadow.Report
 
 // deployWith deploys dir as a new version with opt and returns its number.
 func (e *env) deployWith(dir string, opt api.DeployOptions) int {
@@ -293,5 +296,59 @@ func TestOIPVersions(t *testing.T) {
 	code, body, _ = e.do("POST", "/v2/models/m/versions/7/infer", `{}`, nil)
 	if code != 404 || !strings.Contains(body, `"error"`) || !strings.Contains(body, "version or alias") {
 		t.Errorf("an unknown version = %d %s, want the protocol's 404 naming it", code, body)
+	}
+}
+
+// TestOIPShadow: a shadow of an onnx function mirrors inference requests
+// (buffered, proxied to the shadow version after the caller has its
+// answer) and compares the answers tensor by tensor.
+func TestOIPShadow(t *testing.T) {
+	e := startONNX(t)
+	ctx := context.Background()
+	deployModel := func(model string, opt api.DeployOptions) {
+		b, err := os.ReadFile("../onnx/testdata/" + model)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := fnDir(t, "name: m\nruntime: onnx\nhandler: model.onnx\n", nil)
+		os.WriteFile(filepath.Join(dir, "model.onnx"), b, 0o644)
+		e.deployWith(dir, opt)
+	}
+	deployModel("identity_FP32.onnx", api.DeployOptions{})
+	deployModel("identity_FP32.onnx", api.DeployOptions{NoTraffic: true}) // 2: the same answers
+	deployModel("cast_FP32_INT32.onnx", api.DeployOptions{NoTraffic: true}) // 3: integers
+	req := `{"inputs":[{"name":"x","datatype":"FP32","shape":[2,3],"data":[1,2,3,4,5,6.5]}]}`
+	wait := func(n uint64) *shadowReport {
+		var rep *shadowReport
+		waitFor(t, "the mirrors to be compared", 60*time.Second, func() bool {
+			r, err := e.p.ShadowReport(ctx, "m")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep = r
+			return r.Mirrored+r.Dropped >= n
+		})
+		return rep
+	}
+	for _, c := range []struct {
+		version     int
+		equal, diff uint64
+	}{{2, 20, 0}, {3, 0, 20}} {
+		if _, err := e.c.SetShadow(ctx, "m", ebb.Shadow{Version: c.version, Percent: 100}); err != nil {
+			t.Fatal(err)
+		}
+		for range 20 {
+			code, body, h := e.do("POST", "/v2/models/m/infer", req, nil)
+			if code != 200 || h.Get("Ebb-Version") != "1" || !strings.Contains(body, `"FP32"`) {
+				t.Fatalf("infer with a shadow = %d %s (Ebb-Version %s), want version 1's answer", code, body, h.Get("Ebb-Version"))
+			}
+		}
+		rep := wait(20)
+		if rep.Mirrored != 20 || rep.Equal != c.equal || rep.Differ != c.diff || rep.ShadowErrors != 0 {
+			t.Fatalf("shadow of version %d: %+v, want %d equal and %d differing", c.version, rep, c.equal, c.diff)
+		}
+		if c.diff > 0 && (len(rep.Examples) == 0 || !strings.HasPrefix(rep.Examples[0].Path, `$.outputs["y"]`)) {
+			t.Fatalf("shadow of version %d: examples %+v, want the differing tensor named", c.version, rep.Examples)
+		}
 	}
 }
