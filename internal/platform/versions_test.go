@@ -315,7 +315,7 @@ func TestOIPShadow(t *testing.T) {
 		e.deployWith(dir, opt)
 	}
 	deployModel("identity_FP32.onnx", api.DeployOptions{})
-	deployModel("identity_FP32.onnx", api.DeployOptions{NoTraffic: true}) // 2: the same answers
+	deployModel("identity_FP32.onnx", api.DeployOptions{NoTraffic: true})   // 2: the same answers
 	deployModel("cast_FP32_INT32.onnx", api.DeployOptions{NoTraffic: true}) // 3: integers
 	req := `{"inputs":[{"name":"x","datatype":"FP32","shape":[2,3],"data":[1,2,3,4,5,6.5]}]}`
 	wait := func(n uint64) *shadowReport {
