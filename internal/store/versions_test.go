@@ -86,11 +86,31 @@ func TestTrafficCompareAndSet(t *testing.T) {
 	if len(tr.Aliases) != 8 {
 		t.Fatalf("%d aliases after 8 concurrent adds", len(tr.Aliases))
 	}
+	// A change made between the read and the write (here, from inside the
+	// change) is not overwritten: the write fails and the change runs again
+	// on what is stored.
+	calls := 0
+	_, err = s.UpdateTraffic(ctx, "f", func(tr *ebb.Traffic) error {
+		calls++
+		if calls == 1 {
+			if _, err := s.UpdateTraffic(ctx, "f", func(t2 *ebb.Traffic) error {
+				t2.Aliases = append(t2.Aliases, ebb.Alias{Name: "meanwhile", Split: ebb.Split{{Version: 1, Percent: 100}}})
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tr.Rollback = 7
+		return nil
+	})
+	if tr, _ = s.GetTraffic(ctx, "f"); err != nil || calls != 2 || tr.Alias("meanwhile") == nil || tr.Rollback != 7 {
+		t.Fatalf("after a change raced by another: calls %d, aliases %v, rollback %d, err %v; want both changes", calls, tr.Aliases, tr.Rollback, err)
+	}
 	_, err = s.UpdateTraffic(ctx, "f", func(t *ebb.Traffic) error { t.Aliases = nil; return errors.New("no") })
 	if err == nil {
 		t.Fatal("a failed change reported success")
 	}
-	if tr, _ = s.GetTraffic(ctx, "f"); len(tr.Aliases) != 8 {
+	if tr, _ = s.GetTraffic(ctx, "f"); len(tr.Aliases) != 9 {
 		t.Fatal("a failed change was stored")
 	}
 }
