@@ -91,7 +91,11 @@ func TestUnusedBundlesCollected(t *testing.T) {
 	}
 	bundles := filepath.Join(e.dataDir, "bundles")
 	// Version 1 lost its traffic but is kept (for rollback and aliases):
-	// a collection leaves its bundle alone.
+	// once it has drained, a collection leaves its bundle alone.
+	waitFor(t, "version 1 to drain", 30*time.Second, func() bool {
+		st, err := e.c.Status(context.Background(), "gc")
+		return err == nil && len(st.Draining) == 0
+	})
 	e.p.collect(context.Background())
 	if n, s := len(entries(t, bundles)), stored(); n != 2 || s != 2 {
 		t.Fatalf("after a collection %d bundle dirs and %d stored bundles are left, want both versions' (2)", n, s)
