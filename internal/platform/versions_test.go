@@ -352,3 +352,46 @@ func TestOIPShadow(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPShadowRequestCopy: the shadow of an http function gets the same
+// method, path, query, headers and body, less credentials (here the
+// function's own Authorization on a public URL).
+func TestHTTPShadowRequestCopy(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.RequireAuth = true })
+	ctx := context.Background()
+	dir := fnDir(t, "name: web\nruntime: http\nhandler: ./server\nfunction_url: {auth: none}\n", map[string]string{"server": "@httpfn"})
+	e.deploy(dir)
+	e.deployWith(dir, api.DeployOptions{NoTraffic: true})
+	if _, err := e.c.SetShadow(ctx, "web", ebb.Shadow{Version: 2, Percent: 100}); err != nil {
+		t.Fatal(err)
+	}
+	// Both requests differ between primary and shadow only where they must:
+	// the request id (every invocation has its own) and the credential.
+	code, body, _ := e.do("POST", "/fn/web/echo?q=1", "hello", map[string]string{"X-Test": "t1", "Authorization": "-"})
+	if code != 200 || !strings.Contains(body, `"body":"hello"`) {
+		t.Fatalf("POST /fn/web/echo = %d %s", code, body)
+	}
+	code, body, _ = e.do("GET", "/fn/web/headers", "", map[string]string{"Authorization": "Bearer the-function's-own"})
+	if code != 200 || !strings.Contains(body, "the-function's-own") {
+		t.Fatalf("GET /fn/web/headers = %d %s", code, body)
+	}
+	var rep *shadowReport
+	waitFor(t, "both mirrors compared", 30*time.Second, func() bool {
+		var err error
+		rep, err = e.p.ShadowReport(ctx, "web")
+		return err == nil && rep.Mirrored == 2
+	})
+	if rep.Differ != 2 || len(rep.Examples) != 2 {
+		t.Fatalf("report = %+v", rep)
+	}
+	paths := map[string]bool{}
+	for _, ex := range rep.Examples {
+		paths[ex.Path] = true
+		if strings.Contains(ex.Shadow, "the-function's-own") {
+			t.Errorf("the shadow received the caller's credential: %s", ex.Shadow)
+		}
+	}
+	if !paths["$.request_id"] || !paths["$.header.Authorization"] {
+		t.Fatalf("first differences %v, want $.request_id (all else equal) and $.header.Authorization (stripped)", paths)
+	}
+}
