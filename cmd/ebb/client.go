@@ -186,6 +186,16 @@ func runStatus(ctx context.Context, args []string) error {
 		s.Memory, s.Timeout, s.Concurrency, s.MinInstances, s.MaxInstances, s.IdleTimeout)
 	fmt.Printf("  invocations  %d (cold starts %d, errors %d), in flight %d, waiting %d\n",
 		st.Invocations, st.ColdStarts, st.Errors, st.InFlight, st.Waiting)
+	if len(st.Versions) > 1 || len(st.Aliases) > 0 {
+		fmt.Printf("  route        %s\n", splitString(st.Route))
+		for _, a := range st.Aliases {
+			fmt.Printf("  alias        %s → %s\n", a.Name, splitString(a.Split))
+		}
+		for _, v := range st.Versions {
+			fmt.Printf("  version %-4d %3d%%  %d invocations (cold starts %d, errors %d), p50 %.2f ms, p99 %.2f ms\n",
+				v.Version, v.Percent, v.Invocations, v.ColdStarts, v.Errors, v.P50MS, v.P99MS)
+		}
+	}
 	if len(st.Draining) > 0 {
 		fmt.Printf("  draining     versions %v\n", st.Draining)
 	}
