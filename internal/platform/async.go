@@ -75,7 +75,11 @@ func (p *Platform) startAsync(ctx context.Context) error {
 	a.events, err = events.New(events.Config{JetStream: p.store.JetStream(), Logger: p.log, Now: p.cfg.Now,
 		MaxBuckets: o.MaxBuckets, MaxBucketBytes: o.MaxBucketBytes, MaxObjectBytes: o.MaxObjectBytes,
 		Enqueue: func(ctx context.Context, fn, id string, payload []byte, source string) error {
-			_, err := q.Enqueue(ctx, fn, id, payload, queue.EnqueueOptions{Source: source})
+			v, err := p.pinnedVersion(fn)
+			if err != nil {
+				return err
+			}
+			_, err = q.Enqueue(ctx, fn, id, payload, queue.EnqueueOptions{Source: source, Version: v})
 			return err
 		}})
 	if err != nil {
@@ -123,8 +127,33 @@ func (p *Platform) fireSchedule(ctx context.Context, fn string, tick time.Time, 
 		Time: tick.UTC().Format(time.RFC3339), Region: "local", Resources: []string{"ebb:schedule:" + fn}}
 	ev.Detail.CatchUp = catchUp
 	b, _ := json.Marshal(ev)
-	_, err := p.async.queue.Enqueue(ctx, fn, id, b, queue.EnqueueOptions{Source: "schedule"})
+	v, err := p.pinnedVersion(fn)
+	if err != nil {
+		return err
+	}
+	_, err = p.async.queue.Enqueue(ctx, fn, id, b, queue.EnqueueOptions{Source: "schedule", Version: v})
 	return err
+}
+
+// pinnedVersion is the version that a job of fn's schedule or events runs
+// on: 0 when fn's newest ebb.yaml names no target (the route decides when
+// the job runs), else the version its target (an alias or a version)
+// resolves to now, which the job records.
+func (p *Platform) pinnedVersion(fn string) (int, error) {
+	p.mu.RLock()
+	var target string
+	if f := p.fns[fn]; f != nil {
+		target = f.latest.fn.Spec.Target
+	}
+	p.mu.RUnlock()
+	if target == "" {
+		return 0, nil
+	}
+	v, err := p.resolve(gateway.Target{Name: fn, Qualifier: target})
+	if err != nil {
+		return 0, fmt.Errorf("resolve target %q of %s: %w", target, fn, err)
+	}
+	return v.fn.Version, nil
 }
 
 func (p *Platform) followRegistry(ctx context.Context, events <-chan store.FunctionEvent) {
