@@ -297,6 +297,14 @@ func TestAliasesEverywhere(t *testing.T) {
 				aws.ToString(out.ExecutedVersion), out.Payload, in.want)
 		}
 	}
+	// GetFunction describes the version a qualifier names.
+	gf, err := c.GetFunction(ctx, &lambda.GetFunctionInput{FunctionName: aws.String("al"), Qualifier: aws.String("prod")})
+	if err != nil || aws.ToString(gf.Configuration.Version) != "2" || !strings.HasSuffix(aws.ToString(gf.Configuration.FunctionArn), ":al:prod") {
+		t.Errorf("GetFunction al qualifier prod = %+v, %v; want version 2", gf, err)
+	}
+	if gf, err := c.GetFunction(ctx, &lambda.GetFunctionInput{FunctionName: aws.String("al")}); err != nil || aws.ToString(gf.Configuration.Version) != "$LATEST" {
+		t.Errorf("GetFunction al = %+v, %v; want $LATEST", gf, err)
+	}
 	// A key scoped to another function is refused on every qualifier.
 	other := s.createKey(t, "--role", "invoke", "--functions", "other-*")
 	for _, p := range []string{"/v1/functions/al:prod/invoke", "/v1/functions/al:1/invoke"} {

@@ -319,14 +319,16 @@ func newLimiter(s *ebb.Spec) *rate.Limiter {
 }
 
 // Function implements gateway.Catalog.
-func (p *Platform) Function(name string) (*ebb.Function, error) {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	f := p.fns[name]
-	if f == nil {
-		return nil, ebb.ErrNotFound
+func (p *Platform) Function(t gateway.Target) (*ebb.Function, error) {
+	if t.Qualifier == "" {
+		// Unqualified, Lambda describes $LATEST: the newest version.
+		t.Qualifier = "latest"
 	}
-	return f.latest.fn, nil
+	v, err := p.resolve(t)
+	if err != nil {
+		return nil, err
+	}
+	return v.fn, nil
 }
 
 // Functions implements gateway.Catalog.
