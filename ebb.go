@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -79,6 +80,9 @@ type Spec struct {
 	Schedule string `json:"schedule,omitempty"`
 	// Events subscribes the function to NATS subjects and bucket uploads.
 	Events []EventSource `json:"events,omitempty"`
+	// Target pins what Schedule and Events invoke to an alias or version
+	// of the function (NAME:Target); empty follows the function's route.
+	Target string `json:"target,omitempty"`
 	// Warmup is an event (JSON) that a python instance started ahead of
 	// need runs once before it is handed out, so that the first request
 	// does not pay for the handler's first-call costs (lazy imports, page
@@ -283,6 +287,13 @@ func (s *Spec) Validate() error {
 	}
 	if len(s.Schedule) > maxScheduleBytes {
 		return &FieldError{"schedule", "is too long"}
+	}
+	if s.Target != "" && s.Target != "latest" && s.Target != "$LATEST" {
+		if n, err := strconv.Atoi(s.Target); err != nil || n < 1 {
+			if ValidAlias(s.Target) != nil {
+				return &FieldError{"target", fmt.Sprintf("%q is not an alias name or a version number", s.Target)}
+			}
+		}
 	}
 	if len(s.Events) > maxEventSources {
 		return &FieldError{"events", fmt.Sprintf("has %d entries; the limit is %d", len(s.Events), maxEventSources)}

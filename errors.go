@@ -37,3 +37,10 @@ type InitError struct {
 }
 
 func (e *InitError) Error() string { return "init: " + e.Type + ": " + e.Message }
+
+// NotFoundError says precisely what is missing (a version, an alias); it
+// matches ErrNotFound.
+type NotFoundError struct{ Message string }
+
+func (e *NotFoundError) Error() string        { return e.Message }
+func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }

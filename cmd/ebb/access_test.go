@@ -145,6 +145,21 @@ func TestEveryRoleOnEveryRoute(t *testing.T) {
 		{"GET", "/v1/audit", "", "audit", []string{"admin"}},
 		{"PUT", "/v1/buckets/b1/k", "x", "buckets", []string{"admin"}},
 		{"GET", "/v1/jobs/nope", "", "jobs", all},
+		{"GET", "/v1/functions/echo-a/versions", "", "describe", all},
+		{"GET", "/v2", "", "describe", all},
+		{"PUT", "/v1/functions/echo-a/shadow", `{"version":1,"percent":10}`, "deploy", []string{"admin", "deploy"}},
+		{"GET", "/v1/functions/echo-a/shadow", "", "describe", all},
+		{"DELETE", "/v1/functions/echo-a/shadow", "", "deploy", []string{"admin", "deploy"}},
+		{"GET", "/v1/functions/echo-a/aliases", "", "describe", all},
+		{"PUT", "/v1/functions/echo-a/route", `{"split":[{"version":1,"percent":100}]}`, "deploy", []string{"admin", "deploy"}},
+		{"POST", "/v1/functions/echo-a/promote", "", "deploy", []string{"admin", "deploy"}},
+		{"POST", "/v1/functions/echo-a/rollback", "", "deploy", []string{"admin", "deploy"}},
+		{"PUT", "/v1/functions/echo-a/aliases/prod", `{"split":[{"version":1,"percent":100}]}`, "deploy", []string{"admin", "deploy"}},
+		{"POST", "/v1/functions/echo-a:prod/invoke", `{}`, "invoke", []string{"admin", "invoke"}},
+		{"POST", "/2015-03-31/functions/echo-a:1/invocations", `{}`, "invoke", []string{"admin", "invoke"}},
+		{"GET", "/fn/echo-a:1/x", "", "invoke", []string{"admin", "invoke"}},
+		{"DELETE", "/v1/functions/echo-a/aliases/prod", "", "deploy", []string{"admin", "deploy"}},
+		{"DELETE", "/v1/functions/echo-a/versions/99", "", "deploy", []string{"admin", "deploy"}},
 	}
 	for _, r := range routes {
 		if code, body, _ := s.call(t, r.method, r.path, "", r.body, nil); code != 401 {
@@ -168,7 +183,7 @@ func TestEveryRoleOnEveryRoute(t *testing.T) {
 	}
 	// Out of scope: the same routes on other-b are refused to scoped keys.
 	for _, role := range []string{"deploy", "invoke", "read"} {
-		for _, path := range []string{"/v1/functions/other-b", "/v1/functions/other-b/invoke", "/fn/other-b/"} {
+		for _, path := range []string{"/v1/functions/other-b", "/v1/functions/other-b/invoke", "/fn/other-b/", "/v1/functions/other-b:1/invoke", "/fn/other-b:1/", "/v1/functions/other-b/versions"} {
 			method := "GET"
 			if strings.HasSuffix(path, "invoke") {
 				method = "POST"

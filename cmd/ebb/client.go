@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/client"
 	"github.com/ebb-run/ebb/internal/logbuf"
@@ -49,6 +50,8 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 func runDeploy(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
 	mk := clientFlags(fs)
+	canary := fs.Int("canary", -1, "give the new version this share (percent) of the traffic; the others keep theirs in proportion")
+	noTraffic := fs.Bool("no-traffic", false, "deploy a version that takes no traffic until it is routed (ebb route, promote, alias)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -70,11 +73,28 @@ func runDeploy(ctx context.Context, args []string) error {
 		return fmt.Errorf("pack %s: %w", dir, err)
 	}
 	size := buf.Len()
-	rep, err := mk().Deploy(ctx, spec.Name, &buf)
+	var opt api.DeployOptions
+	if *canary >= 0 {
+		if *canary > 100 {
+			return fmt.Errorf("--canary %d is not a percent from 0 to 100", *canary)
+		}
+		opt.Canary = canary
+	}
+	if *noTraffic {
+		if opt.Canary != nil {
+			return fmt.Errorf("--canary and --no-traffic exclude each other")
+		}
+		opt.NoTraffic = true
+	}
+	c := mk()
+	rep, err := c.DeployWith(ctx, spec.Name, &buf, opt)
 	if err != nil {
 		return fmt.Errorf("deploy %s: %w", spec.Name, err)
 	}
 	fmt.Printf("deployed %s version %d (%s, %d bytes)\n  invoke: %s\n  url:    %s\n", rep.Name, rep.Version, rep.Digest[:12], size, rep.URL, rep.FunctionURL)
+	if vs, err := c.Versions(ctx, spec.Name); err == nil {
+		fmt.Printf("  route:  %s\n", splitString(vs.Route))
+	}
 	return nil
 }
 
@@ -106,7 +126,7 @@ func runInvoke(ctx context.Context, args []string) error {
 		return err
 	}
 	if *verbose {
-		fmt.Fprintf(os.Stderr, "status=%d request_id=%s cold_start=%v\n", res.Status, res.RequestID, res.ColdStart)
+		fmt.Fprintf(os.Stderr, "status=%d request_id=%s cold_start=%v version=%d\n", res.Status, res.RequestID, res.ColdStart, res.Version)
 	}
 	out := res.Body
 	if len(out) > 0 && out[len(out)-1] != '\n' {
@@ -166,6 +186,16 @@ func runStatus(ctx context.Context, args []string) error {
 		s.Memory, s.Timeout, s.Concurrency, s.MinInstances, s.MaxInstances, s.IdleTimeout)
 	fmt.Printf("  invocations  %d (cold starts %d, errors %d), in flight %d, waiting %d\n",
 		st.Invocations, st.ColdStarts, st.Errors, st.InFlight, st.Waiting)
+	if len(st.Versions) > 1 || len(st.Aliases) > 0 {
+		fmt.Printf("  route        %s\n", splitString(st.Route))
+		for _, a := range st.Aliases {
+			fmt.Printf("  alias        %s → %s\n", a.Name, splitString(a.Split))
+		}
+		for _, v := range st.Versions {
+			fmt.Printf("  version %-4d %3d%%  %d invocations (cold starts %d, errors %d), p50 %.2f ms, p99 %.2f ms\n",
+				v.Version, v.Percent, v.Invocations, v.ColdStarts, v.Errors, v.P50MS, v.P99MS)
+		}
+	}
 	if len(st.Draining) > 0 {
 		fmt.Printf("  draining     versions %v\n", st.Draining)
 	}
@@ -228,12 +258,20 @@ func runLogs(ctx context.Context, args []string) error {
 func runRemove(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("rm", flag.ContinueOnError)
 	mk := clientFlags(fs)
+	version := fs.Int("version", 0, "remove only this version (refused while it takes traffic)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("usage: ebb rm NAME")
+		return fmt.Errorf("usage: ebb rm NAME [--version N]")
+	}
+	if *version != 0 {
+		if err := mk().RemoveVersion(ctx, pos[0], *version); err != nil {
+			return err
+		}
+		fmt.Printf("removed %s version %d\n", pos[0], *version)
+		return nil
 	}
 	if err := mk().Remove(ctx, pos[0]); err != nil {
 		return fmt.Errorf("remove %s: %w", pos[0], err)

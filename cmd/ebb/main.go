@@ -14,12 +14,17 @@ const usage = `ebb: serverless inference on your own machines
 
 Usage:
   ebb serve [--listen ADDR] [--data DIR]     run the platform
-  ebb deploy [DIR]                            deploy the function in DIR (default .)
+  ebb deploy [DIR] [--canary P | --no-traffic] deploy the function in DIR (default .) as a new version
   ebb invoke NAME [-d JSON | -f FILE]         invoke a function, print its result
   ebb ls                                      list functions
   ebb status NAME                             show a function's version, instances and counters
   ebb logs NAME [-f]                          show a function's output
-  ebb rm NAME                                 remove a function
+  ebb rm NAME [--version N]                   remove a function, or one of its versions
+  ebb versions NAME                           list a function's versions, routes and aliases
+  ebb promote NAME | rollback NAME            all traffic to the newest version | back to the one before
+  ebb route NAME 3=90 4=10                    explicit traffic shares (percent, summing to 100)
+  ebb alias set NAME ALIAS V [--weight V=P]   aliases (NAME:ALIAS): set, ls NAME, rm NAME ALIAS
+  ebb shadow NAME --version N [--percent P]   mirror requests to a version and compare its answers; report NAME, stop NAME
   ebb jobs ls NAME | get ID | redrive NAME    async jobs: list, inspect, re-queue dead letters
   ebb keys create --role R [--functions G]    API keys: create, ls, revoke ID, rotate ID
   ebb audit [--since 24h]                     the audit log of control-plane actions
@@ -52,6 +57,14 @@ func main() {
 		err = runLogs(ctx, args)
 	case "rm", "remove":
 		err = runRemove(ctx, args)
+	case "versions":
+		err = runVersions(ctx, args)
+	case "promote", "rollback", "route":
+		err = runTraffic(ctx, cmd, args)
+	case "alias", "aliases":
+		err = runAlias(ctx, args)
+	case "shadow":
+		err = runShadow(ctx, args)
 	case "jobs":
 		err = runJobs(ctx, args)
 	case "keys":

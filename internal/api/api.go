@@ -13,12 +13,14 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/route"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // FunctionStatus is what GET /v1/functions/{name} answers.
@@ -47,6 +49,57 @@ type FunctionStatus struct {
 	// Sandbox says how the current version's processes are confined: "on"
 	// or "off" (the node's mode), and with it their uid and network.
 	Sandbox SandboxStatus `json:"sandbox"`
+	// Route is where unqualified requests go; Aliases the function's
+	// aliases; Versions every kept version with its counters.
+	Route    ebb.Split     `json:"route"`
+	Aliases  []ebb.Alias   `json:"aliases"`
+	Versions []VersionInfo `json:"versions"`
+}
+
+// VersionInfo is one kept version of a function.
+type VersionInfo struct {
+	Version    int         `json:"version"`
+	Runtime    ebb.Runtime `json:"runtime"`
+	Digest     string      `json:"digest"`
+	Size       int64       `json:"size"`
+	DeployedAt time.Time   `json:"deployed_at"`
+	// Percent is its share of unqualified requests; Aliases the aliases
+	// that send it traffic.
+	Percent int      `json:"percent"`
+	Aliases []string `json:"aliases"`
+	// Active says it has a pool now (it takes traffic, or was addressed
+	// since it last stopped taking it).
+	Active      bool    `json:"active"`
+	Invocations uint64  `json:"invocations"`
+	Errors      uint64  `json:"errors"`
+	ColdStarts  uint64  `json:"cold_starts"`
+	P50MS       float64 `json:"p50_ms"`
+	P99MS       float64 `json:"p99_ms"`
+}
+
+// Versions is a function's kept versions and routes: what GET
+// /v1/functions/{name}/versions and every change of routes answer.
+type Versions struct {
+	Name string `json:"name"`
+	// Latest is the newest version.
+	Latest int       `json:"latest"`
+	Route  ebb.Split `json:"route"`
+	// Rollback is the version ebb rollback would send everything to (0:
+	// none).
+	Rollback int           `json:"rollback,omitempty"`
+	Aliases  []ebb.Alias   `json:"aliases"`
+	Versions []VersionInfo `json:"versions"`
+	// Shadow is the shadow run under way, if any.
+	Shadow *ebb.Shadow `json:"shadow,omitempty"`
+}
+
+// DeployOptions say where a new version's traffic comes from.
+type DeployOptions struct {
+	// Canary, when set, gives the new version this share (percent) of
+	// unqualified requests; the others keep theirs in proportion.
+	Canary *int
+	// NoTraffic deploys a version that takes none until it is routed.
+	NoTraffic bool
 }
 
 // SandboxStatus is a function's confinement.
@@ -118,10 +171,23 @@ type InstanceStatus struct {
 
 // Platform is what the API operates.
 type Platform interface {
-	Deploy(ctx context.Context, name string, bundle io.Reader) (*ebb.Function, error)
+	DeployVersion(ctx context.Context, name string, bundle io.Reader, opt DeployOptions) (*ebb.Function, error)
 	List(ctx context.Context) ([]FunctionStatus, error)
 	Status(ctx context.Context, name string) (*FunctionStatus, error)
 	Remove(ctx context.Context, name string) error
+
+	Versions(ctx context.Context, name string) (*Versions, error)
+	// RemoveVersion refuses (Conflict) a version that takes traffic.
+	RemoveVersion(ctx context.Context, name string, version int) error
+	SetRoute(ctx context.Context, name string, s ebb.Split) (*Versions, error)
+	Promote(ctx context.Context, name string) (*Versions, error)
+	Rollback(ctx context.Context, name string) (*Versions, error)
+	SetAlias(ctx context.Context, name, alias string, s ebb.Split) (*Versions, error)
+	RemoveAlias(ctx context.Context, name, alias string) (*Versions, error)
+
+	SetShadow(ctx context.Context, name string, s ebb.Shadow) (*shadow.Report, error)
+	StopShadow(ctx context.Context, name string) (*shadow.Report, error)
+	ShadowReport(ctx context.Context, name string) (*shadow.Report, error)
 }
 
 // Logs is where function output is read from.
@@ -179,6 +245,17 @@ func (a *API) Routes() []route.Route {
 		{Pattern: "GET /v1/functions/{name}", Perm: auth.PermDescribe, Function: name, Handler: a.status},
 		{Pattern: "DELETE /v1/functions/{name}", Perm: auth.PermDeploy, Function: name, Audit: "function.remove", Handler: a.remove},
 		{Pattern: "GET /v1/functions/{name}/logs", Perm: auth.PermLogs, Function: name, Handler: a.logs},
+		{Pattern: "GET /v1/functions/{name}/versions", Perm: auth.PermDescribe, Function: name, Handler: a.versions},
+		{Pattern: "DELETE /v1/functions/{name}/versions/{version}", Perm: auth.PermDeploy, Function: name, Audit: "version.remove", AuditTarget: versionTarget, Handler: a.removeVersion},
+		{Pattern: "PUT /v1/functions/{name}/route", Perm: auth.PermDeploy, Function: name, Audit: "traffic.route", Handler: a.setRoute},
+		{Pattern: "POST /v1/functions/{name}/promote", Perm: auth.PermDeploy, Function: name, Audit: "traffic.promote", Handler: a.promote},
+		{Pattern: "POST /v1/functions/{name}/rollback", Perm: auth.PermDeploy, Function: name, Audit: "traffic.rollback", Handler: a.rollback},
+		{Pattern: "GET /v1/functions/{name}/aliases", Perm: auth.PermDescribe, Function: name, Handler: a.versions},
+		{Pattern: "PUT /v1/functions/{name}/aliases/{alias}", Perm: auth.PermDeploy, Function: name, Audit: "alias.set", AuditTarget: aliasTarget, Handler: a.setAlias},
+		{Pattern: "DELETE /v1/functions/{name}/aliases/{alias}", Perm: auth.PermDeploy, Function: name, Audit: "alias.remove", AuditTarget: aliasTarget, Handler: a.removeAlias},
+		{Pattern: "PUT /v1/functions/{name}/shadow", Perm: auth.PermDeploy, Function: name, Audit: "shadow.start", Handler: a.setShadow},
+		{Pattern: "DELETE /v1/functions/{name}/shadow", Perm: auth.PermDeploy, Function: name, Audit: "shadow.stop", Handler: a.stopShadow},
+		{Pattern: "GET /v1/functions/{name}/shadow", Perm: auth.PermDescribe, Function: name, Handler: a.shadowReport},
 	}
 	if a.cfg.Keys != nil {
 		rs = append(rs,
@@ -209,12 +286,34 @@ func (e *BadRequest) Unwrap() error { return e.Err }
 
 func (a *API) deploy(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	var opt DeployOptions
+	q := r.URL.Query()
+	if c := q.Get("canary"); c != "" {
+		n, err := strconv.Atoi(strings.TrimSuffix(c, "%"))
+		if err != nil || n < 0 || n > 100 {
+			a.fail(w, &BadRequest{Err: fmt.Errorf("canary=%q is not a whole percent from 0 to 100", c)})
+			return
+		}
+		opt.Canary = &n
+	}
+	switch tr := q.Get("traffic"); tr {
+	case "", "all":
+	case "none":
+		opt.NoTraffic = true
+	default:
+		a.fail(w, &BadRequest{Err: fmt.Errorf("traffic=%q is not all or none", tr)})
+		return
+	}
+	if opt.NoTraffic && opt.Canary != nil {
+		a.fail(w, &BadRequest{Err: errors.New("canary and traffic=none exclude each other")})
+		return
+	}
 	if r.ContentLength > a.cfg.MaxBundleBytes {
 		a.fail(w, fmt.Errorf("bundle is larger than %d bytes: %w", a.cfg.MaxBundleBytes, ebb.ErrPayloadTooLarge))
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, a.cfg.MaxBundleBytes)
-	fn, err := a.cfg.Platform.Deploy(r.Context(), name, body)
+	fn, err := a.cfg.Platform.DeployVersion(r.Context(), name, body, opt)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -325,7 +424,13 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 func (a *API) fail(w http.ResponseWriter, err error) {
 	var br *BadRequest
 	var fe *ebb.FieldError
+	var nf *ebb.NotFoundError
+	var ce *Conflict
 	switch {
+	case errors.As(err, &nf):
+		route.Write(w, route.Native, &route.Error{Status: http.StatusNotFound, Type: "ResourceNotFound", Message: nf.Message})
+	case errors.As(err, &ce):
+		route.Write(w, route.Native, &route.Error{Status: http.StatusConflict, Type: "ResourceConflict", Message: ce.Error()})
 	case errors.Is(err, ebb.ErrNotFound):
 		route.Write(w, route.Native, &route.Error{Status: http.StatusNotFound, Type: "ResourceNotFound", Message: "function not found"})
 	case errors.Is(err, ebb.ErrPayloadTooLarge):

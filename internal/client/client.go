@@ -14,9 +14,11 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/queue"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // Client talks to one ebb server.
@@ -86,12 +88,109 @@ func (c *Client) getJSON(ctx context.Context, method, path string, body io.Reade
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// Deploy uploads a bundle (tar.gz) for name.
+// Deploy uploads a bundle (tar.gz) for name as a version that takes all of
+// its traffic.
 func (c *Client) Deploy(ctx context.Context, name string, bundle io.Reader) (*api.DeployReply, error) {
+	return c.DeployWith(ctx, name, bundle, api.DeployOptions{})
+}
+
+// DeployWith uploads a bundle (tar.gz) for name as a new version whose
+// traffic opt says.
+func (c *Client) DeployWith(ctx context.Context, name string, bundle io.Reader, opt api.DeployOptions) (*api.DeployReply, error) {
+	q := url.Values{}
+	if opt.Canary != nil {
+		q.Set("canary", strconv.Itoa(*opt.Canary))
+	}
+	if opt.NoTraffic {
+		q.Set("traffic", "none")
+	}
+	path := "/v1/functions/" + url.PathEscape(name)
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	var out api.DeployReply
-	err := c.getJSON(ctx, http.MethodPut, "/v1/functions/"+url.PathEscape(name), bundle,
-		http.Header{"Content-Type": {"application/gzip"}}, &out)
+	err := c.getJSON(ctx, http.MethodPut, path, bundle, http.Header{"Content-Type": {"application/gzip"}}, &out)
 	return &out, err
+}
+
+// Versions returns name's kept versions and routes.
+func (c *Client) Versions(ctx context.Context, name string) (*api.Versions, error) {
+	var out api.Versions
+	err := c.getJSON(ctx, http.MethodGet, "/v1/functions/"+url.PathEscape(name)+"/versions", nil, nil, &out)
+	return &out, err
+}
+
+// RemoveVersion removes one version of name.
+func (c *Client) RemoveVersion(ctx context.Context, name string, version int) error {
+	return c.getJSON(ctx, http.MethodDelete, "/v1/functions/"+url.PathEscape(name)+"/versions/"+strconv.Itoa(version), nil, nil, nil)
+}
+
+func (c *Client) traffic(ctx context.Context, method, path string, s ebb.Split) (*api.Versions, error) {
+	var body io.Reader
+	hdr := http.Header{}
+	if s != nil {
+		b, err := json.Marshal(api.SplitRequest{Split: s})
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+		hdr.Set("Content-Type", "application/json")
+	}
+	var out api.Versions
+	err := c.getJSON(ctx, method, path, body, hdr, &out)
+	return &out, err
+}
+
+// SetRoute sets the shares of name's unqualified requests.
+func (c *Client) SetRoute(ctx context.Context, name string, s ebb.Split) (*api.Versions, error) {
+	return c.traffic(ctx, http.MethodPut, "/v1/functions/"+url.PathEscape(name)+"/route", s)
+}
+
+// Promote sends all of name's unqualified requests to its newest version.
+func (c *Client) Promote(ctx context.Context, name string) (*api.Versions, error) {
+	return c.traffic(ctx, http.MethodPost, "/v1/functions/"+url.PathEscape(name)+"/promote", nil)
+}
+
+// Rollback sends all of name's unqualified requests back to the version
+// that had them before.
+func (c *Client) Rollback(ctx context.Context, name string) (*api.Versions, error) {
+	return c.traffic(ctx, http.MethodPost, "/v1/functions/"+url.PathEscape(name)+"/rollback", nil)
+}
+
+// SetAlias points alias of name at s.
+func (c *Client) SetAlias(ctx context.Context, name, alias string, s ebb.Split) (*api.Versions, error) {
+	return c.traffic(ctx, http.MethodPut, "/v1/functions/"+url.PathEscape(name)+"/aliases/"+url.PathEscape(alias), s)
+}
+
+// SetShadow starts (or changes) name's shadow run.
+func (c *Client) SetShadow(ctx context.Context, name string, sc ebb.Shadow) (*shadow.Report, error) {
+	b, err := json.Marshal(sc)
+	if err != nil {
+		return nil, err
+	}
+	var out shadow.Report
+	err = c.getJSON(ctx, http.MethodPut, "/v1/functions/"+url.PathEscape(name)+"/shadow", bytes.NewReader(b),
+		http.Header{"Content-Type": {"application/json"}}, &out)
+	return &out, err
+}
+
+// StopShadow stops name's shadow run and returns its final report.
+func (c *Client) StopShadow(ctx context.Context, name string) (*shadow.Report, error) {
+	var out shadow.Report
+	err := c.getJSON(ctx, http.MethodDelete, "/v1/functions/"+url.PathEscape(name)+"/shadow", nil, nil, &out)
+	return &out, err
+}
+
+// ShadowReport returns the report of name's shadow run (or its last one).
+func (c *Client) ShadowReport(ctx context.Context, name string) (*shadow.Report, error) {
+	var out shadow.Report
+	err := c.getJSON(ctx, http.MethodGet, "/v1/functions/"+url.PathEscape(name)+"/shadow", nil, nil, &out)
+	return &out, err
+}
+
+// RemoveAlias removes alias of name.
+func (c *Client) RemoveAlias(ctx context.Context, name, alias string) (*api.Versions, error) {
+	return c.traffic(ctx, http.MethodDelete, "/v1/functions/"+url.PathEscape(name)+"/aliases/"+url.PathEscape(alias), nil)
 }
 
 // List returns every function.
@@ -121,13 +220,25 @@ type InvokeResult struct {
 	Body      []byte
 	RequestID string
 	ColdStart bool
+	// Version is the version that answered (Ebb-Version).
+	Version int
 }
 
-// Invoke runs payload through name. A handler error is not a Go error: it is
-// a result with Status 500 and the error JSON as Body.
+// Invoke runs payload through name (NAME, NAME:alias or NAME:N). A handler
+// error is not a Go error: it is a result with Status 500 and the error
+// JSON as Body.
 func (c *Client) Invoke(ctx context.Context, name string, payload []byte) (*InvokeResult, error) {
-	resp, err := c.do(ctx, http.MethodPost, "/v1/functions/"+url.PathEscape(name)+"/invoke", bytes.NewReader(payload),
-		http.Header{"Content-Type": {"application/json"}})
+	return c.InvokeKey(ctx, name, "", payload)
+}
+
+// InvokeKey is Invoke with a routing key (Ebb-Routing-Key): requests with
+// the same key land on the same version while the route's shares hold.
+func (c *Client) InvokeKey(ctx context.Context, name, key string, payload []byte) (*InvokeResult, error) {
+	hdr := http.Header{"Content-Type": {"application/json"}}
+	if key != "" {
+		hdr.Set(ebb.RoutingKeyHeader, key)
+	}
+	resp, err := c.do(ctx, http.MethodPost, "/v1/functions/"+url.PathEscape(name)+"/invoke", bytes.NewReader(payload), hdr)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +248,8 @@ func (c *Client) Invoke(ctx context.Context, name string, payload []byte) (*Invo
 		return nil, err
 	}
 	cold, _ := strconv.ParseBool(resp.Header.Get("Ebb-Cold-Start"))
-	return &InvokeResult{Status: resp.StatusCode, Body: b, RequestID: resp.Header.Get("Ebb-Request-Id"), ColdStart: cold}, nil
+	v, _ := strconv.Atoi(resp.Header.Get("Ebb-Version"))
+	return &InvokeResult{Status: resp.StatusCode, Body: b, RequestID: resp.Header.Get("Ebb-Request-Id"), ColdStart: cold, Version: v}, nil
 }
 
 // Logs calls fn for each of name's log lines from since; with follow it

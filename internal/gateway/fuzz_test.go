@@ -22,18 +22,18 @@ import (
 // every other with the bytes in next: a python or exec function's result.
 type resultBackend struct{ next atomic.Pointer[[]byte] }
 
-func (b *resultBackend) Invoke(ctx context.Context, name, rid string, payload []byte) (*Result, error) {
-	if name == "real" {
+func (b *resultBackend) Invoke(ctx context.Context, t Target, rid string, payload []byte) (*Result, error) {
+	if t.Name == "real" {
 		return &Result{Body: []byte(`{"statusCode":200,"body":"REAL"}`)}, nil
 	}
 	return &Result{Body: *b.next.Load()}, nil
 }
 
-func (b *resultBackend) Proxy(context.Context, string, string, http.ResponseWriter, *http.Request, func(bool, int)) error {
+func (b *resultBackend) Proxy(context.Context, Target, string, http.ResponseWriter, *http.Request, func(bool, int)) error {
 	return ebb.ErrNotFound
 }
 
-func (b *resultBackend) Runtime(string) (ebb.Runtime, error) { return ebb.RuntimePython, nil }
+func (b *resultBackend) Runtime(Target) (ebb.Runtime, error) { return ebb.RuntimePython, nil }
 
 // openFunctions has no public URLs and no rate limits.
 type openFunctions struct{}

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -33,23 +34,42 @@ type Result struct {
 	Version   int
 }
 
-// Backend runs invocations on the current version of a function.
+// Target is what a request addresses: a function, an alias or version of
+// it (NAME:QUALIFIER), and the caller's routing key (the Ebb-Routing-Key
+// header), which keeps a caller on one version of a split route.
+type Target struct {
+	Name      string
+	Qualifier string
+	Key       string
+}
+
+// targetOf reads the target of a request whose path names s (NAME or
+// NAME:QUALIFIER).
+func targetOf(r *http.Request, s string) Target {
+	name, q := ebb.SplitQualified(s)
+	return Target{Name: name, Qualifier: q, Key: r.Header.Get(ebb.RoutingKeyHeader)}
+}
+
+// Backend runs invocations on the version of a function that a target
+// resolves to.
 type Backend interface {
-	// Invoke runs payload (a JSON event) through name's handler.
-	Invoke(ctx context.Context, name, requestID string, payload []byte) (*Result, error)
-	// Proxy forwards r to an instance of name (an http or onnx function) and
-	// writes the response to w, calling admitted once an instance slot is held
-	// (before anything is written). On error nothing has been written.
-	Proxy(ctx context.Context, name, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error
-	// Runtime returns name's runtime, or ebb.ErrNotFound.
-	Runtime(name string) (ebb.Runtime, error)
+	// Invoke runs payload (a JSON event) through the target's handler.
+	Invoke(ctx context.Context, t Target, requestID string, payload []byte) (*Result, error)
+	// Proxy forwards r to an instance of the target (an http or onnx
+	// function) and writes the response to w, calling admitted once an
+	// instance slot is held (before anything is written). On error nothing
+	// has been written.
+	Proxy(ctx context.Context, t Target, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error
+	// Runtime returns the target's runtime, or an error matching
+	// ebb.ErrNotFound.
+	Runtime(t Target) (ebb.Runtime, error)
 }
 
 // Enqueuer queues asynchronous invocations (invocation type Event).
 type Enqueuer interface {
-	// Enqueue durably queues payload for name under id, returning only
-	// once the job is stored; ebb.ErrNotFound if there is no such function.
-	Enqueue(ctx context.Context, name, id string, payload []byte) error
+	// Enqueue durably queues payload for t under id, returning only once
+	// the job is stored; ebb.ErrNotFound if there is no such function.
+	Enqueue(ctx context.Context, t Target, id string, payload []byte) error
 }
 
 // Config configures the gateway.
@@ -98,7 +118,9 @@ func New(cfg Config) (*Gateway, error) {
 
 // Routes are the gateway's entries in the route table.
 func (g *Gateway) Routes() []route.Route {
-	name := func(r *http.Request) string { return r.PathValue("name") }
+	// Scope, public URLs and rate limits are the function's, whichever of
+	// its versions or aliases a request names.
+	name := func(r *http.Request) string { n, _ := ebb.SplitQualified(r.PathValue("name")); return n }
 	model := func(r *http.Request) string { return r.PathValue("model") }
 	lambda := func(r *http.Request) string { return LambdaName(r.PathValue("name")) }
 	rs := []route.Route{
@@ -106,6 +128,7 @@ func (g *Gateway) Routes() []route.Route {
 		{Pattern: "POST /2015-03-31/functions/{name}/invocations", Perm: auth.PermInvoke, Function: lambda, Dialect: route.Lambda, Invoke: true, Handler: g.lambdaInvoke},
 		{Pattern: "/fn/{name}/{path...}", Perm: auth.PermInvoke, Function: name, Invoke: true, PublicURL: true, Handler: g.functionURL},
 		{Pattern: "/fn/{name}", Perm: auth.PermInvoke, Function: name, Invoke: true, PublicURL: true, Handler: g.functionURL},
+		{Pattern: "GET /v2", Perm: auth.PermDescribe, Dialect: route.OIP, Handler: g.serverMetadata},
 		{Pattern: "GET /v2/health/live", Dialect: route.OIP, Handler: g.health},
 		{Pattern: "GET /v2/health/ready", Dialect: route.OIP, Handler: g.health},
 		{Pattern: "POST /v2/models/{model}/{rest...}", Perm: auth.PermInvoke, Function: model, Dialect: route.OIP, Invoke: true, Handler: g.inference},
@@ -252,20 +275,21 @@ type BadRequestError struct{ Msg string }
 func (e *BadRequestError) Error() string { return e.Msg }
 
 func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	t := targetOf(r, r.PathValue("name"))
+	name := t.Name
 	rid := NewRequestID()
 	h := w.Header()
 	h["Ebb-Request-Id"] = []string{rid}
-	t := r.Header.Get("Ebb-Invocation-Type")
-	if t == "" {
-		t = r.Header.Get("X-Amz-Invocation-Type")
+	it := r.Header.Get("Ebb-Invocation-Type")
+	if it == "" {
+		it = r.Header.Get("X-Amz-Invocation-Type")
 	}
-	if strings.EqualFold(t, "Event") {
-		g.enqueue(w, r, name, rid, route.Native)
+	if strings.EqualFold(it, "Event") {
+		g.enqueue(w, r, t, rid, route.Native)
 		return
 	}
-	if t != "" && !strings.EqualFold(t, "RequestResponse") {
-		g.fail(w, route.Native, name, &BadRequestError{fmt.Sprintf("invocation type %q is not supported (use RequestResponse or Event)", t)})
+	if it != "" && !strings.EqualFold(it, "RequestResponse") {
+		g.fail(w, route.Native, name, &BadRequestError{fmt.Sprintf("invocation type %q is not supported (use RequestResponse or Event)", it)})
 		return
 	}
 	payload, err := g.readPayload(w, r)
@@ -273,10 +297,11 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		g.fail(w, route.Native, name, err)
 		return
 	}
-	res, err := g.cfg.Backend.Invoke(r.Context(), name, rid, payload)
+	res, err := g.cfg.Backend.Invoke(r.Context(), t, rid, payload)
 	if err != nil {
 		if res != nil {
 			h["Ebb-Cold-Start"] = []string{strconv.FormatBool(res.ColdStart)}
+			h["Ebb-Version"] = []string{strconv.Itoa(res.Version)}
 		}
 		g.fail(w, route.Native, name, err)
 		return
@@ -290,7 +315,8 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 }
 
 // enqueue answers an Event invocation: 202 {"id"} once the job is stored.
-func (g *Gateway) enqueue(w http.ResponseWriter, r *http.Request, name, rid string, d route.Dialect) {
+func (g *Gateway) enqueue(w http.ResponseWriter, r *http.Request, t Target, rid string, d route.Dialect) {
+	name := t.Name
 	if g.cfg.Enqueuer == nil {
 		g.fail(w, d, name, &BadRequestError{"asynchronous invocations are not enabled on this server"})
 		return
@@ -300,7 +326,7 @@ func (g *Gateway) enqueue(w http.ResponseWriter, r *http.Request, name, rid stri
 		g.fail(w, d, name, err)
 		return
 	}
-	if err := g.cfg.Enqueuer.Enqueue(r.Context(), name, rid, payload); err != nil {
+	if err := g.cfg.Enqueuer.Enqueue(r.Context(), t, rid, payload); err != nil {
 		g.fail(w, d, name, err)
 		return
 	}
@@ -325,10 +351,13 @@ func Classify(err error) (status int, body errorBody, kind string) {
 	var se *respguard.StatusError
 	var ire *InvalidResponseError
 	var be *BodyError
+	var nf *ebb.NotFoundError
 	if errors.As(err, &be) {
 		err = readError(be.Err)
 	}
 	switch {
+	case errors.As(err, &nf):
+		return http.StatusNotFound, errorBody{"ResourceNotFound", nf.Message}, "not_found"
 	case errors.As(err, &he):
 		return http.StatusInternalServerError, errorBody{he.Type, he.Message}, "handler"
 	case errors.As(err, &ie):
@@ -372,6 +401,21 @@ func (g *Gateway) fail(w http.ResponseWriter, d route.Dialect, name string, err 
 		e.RetryAfter = time.Second
 	}
 	route.Write(w, d, e)
+}
+
+// serverMetadata answers the Open Inference Protocol's server metadata
+// (GET /v2), which clients call first: the server's name, its version (the
+// ebb module's, from the build) and the protocol extensions it supports.
+func (g *Gateway) serverMetadata(w http.ResponseWriter, r *http.Request) {
+	v := "devel"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	route.JSON(w, http.StatusOK, struct {
+		Name       string   `json:"name"`
+		Version    string   `json:"version"`
+		Extensions []string `json:"extensions"`
+	}{"ebb", v, []string{}})
 }
 
 func (g *Gateway) health(w http.ResponseWriter, r *http.Request) {

@@ -17,8 +17,9 @@ import (
 
 // Catalog answers the Lambda API's read-only calls and LogType Tail.
 type Catalog interface {
-	// Function returns name's current version, or ebb.ErrNotFound.
-	Function(name string) (*ebb.Function, error)
+	// Function returns the version t names (its newest when unqualified),
+	// or an error matching ebb.ErrNotFound.
+	Function(t Target) (*ebb.Function, error)
 	// Functions lists every function's current version.
 	Functions() []*ebb.Function
 	// Tail returns the end (at most 4 KiB) of one invocation's log lines.
@@ -76,7 +77,10 @@ func lambdaRuntime(rt ebb.Runtime) string {
 	return "ebb-" + string(rt)
 }
 
-func configurationOf(fn *ebb.Function) lambdaConfiguration {
+// configurationOf is fn's configuration; qualifier, when not empty, is how
+// the caller named the version (Lambda answers a qualified ARN and the
+// version's number, else $LATEST).
+func configurationOf(fn *ebb.Function, qualifier string) lambdaConfiguration {
 	sum, _ := hex.DecodeString(fn.Digest)
 	s := &fn.Spec
 	c := lambdaConfiguration{
@@ -88,6 +92,10 @@ func configurationOf(fn *ebb.Function) lambdaConfiguration {
 		CodeSha256:   base64.StdEncoding.EncodeToString(sum), Version: "$LATEST",
 		State: "Active", LastUpdateStatus: "Successful", PackageType: "Zip",
 		Architectures: []string{"x86_64"}, RevisionId: revisionID(fn),
+	}
+	if qualifier != "" {
+		c.FunctionArn += ":" + qualifier
+		c.Version = strconv.Itoa(fn.Version)
 	}
 	return c
 }
@@ -101,7 +109,7 @@ func revisionID(fn *ebb.Function) string {
 
 // lambdaGetFunction answers GetFunction.
 func (g *Gateway) lambdaGetFunction(w http.ResponseWriter, r *http.Request) {
-	fn, ok := g.describe(w, r)
+	fn, q, ok := g.describe(w, r)
 	if !ok {
 		return
 	}
@@ -112,24 +120,28 @@ func (g *Gateway) lambdaGetFunction(w http.ResponseWriter, r *http.Request) {
 			Location       string `json:"Location"`
 		} `json:"Code"`
 		Tags map[string]string `json:"Tags"`
-	}{Configuration: configurationOf(fn), Tags: map[string]string{}})
+	}{Configuration: configurationOf(fn, q), Tags: map[string]string{}})
 }
 
 // lambdaGetConfiguration answers GetFunctionConfiguration.
 func (g *Gateway) lambdaGetConfiguration(w http.ResponseWriter, r *http.Request) {
-	if fn, ok := g.describe(w, r); ok {
-		route.JSON(w, http.StatusOK, configurationOf(fn))
+	if fn, q, ok := g.describe(w, r); ok {
+		route.JSON(w, http.StatusOK, configurationOf(fn, q))
 	}
 }
 
-func (g *Gateway) describe(w http.ResponseWriter, r *http.Request) (*ebb.Function, bool) {
-	name := LambdaName(r.PathValue("name"))
-	fn, err := g.cfg.Catalog.Function(name)
-	if err != nil {
-		g.fail(w, route.Lambda, name, err)
-		return nil, false
+// describe finds the version a GetFunction names: the newest, or the one its
+// qualifier (in FunctionName or the Qualifier parameter) resolves to.
+func (g *Gateway) describe(w http.ResponseWriter, r *http.Request) (*ebb.Function, string, bool) {
+	t, err := lambdaTarget(r)
+	if err == nil {
+		var fn *ebb.Function
+		if fn, err = g.cfg.Catalog.Function(t); err == nil {
+			return fn, t.Qualifier, true
+		}
 	}
-	return fn, true
+	g.fail(w, route.Lambda, t.Name, err)
+	return nil, "", false
 }
 
 // lambdaListFunctions answers ListFunctions with the functions the caller's
@@ -165,7 +177,7 @@ func (g *Gateway) lambdaListFunctions(w http.ResponseWriter, r *http.Request) {
 			out.NextMarker = &m
 			break
 		}
-		out.Functions = append(out.Functions, configurationOf(fn))
+		out.Functions = append(out.Functions, configurationOf(fn, ""))
 	}
 	route.JSON(w, http.StatusOK, out)
 }

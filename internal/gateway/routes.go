@@ -18,18 +18,23 @@ import (
 // (with --endpoint-url) can call ebb functions. As in Lambda, a function error
 // is a 200 with X-Amz-Function-Error; service errors use Lambda's names.
 func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
-	name := LambdaName(r.PathValue("name"))
+	target, err := lambdaTarget(r)
+	name := target.Name
 	rid := NewRequestID()
 	h := w.Header()
 	h.Set("X-Amzn-Requestid", rid)
 	h.Set("Ebb-Request-Id", rid)
+	if err != nil {
+		g.fail(w, route.Lambda, name, err)
+		return
+	}
 	switch t := r.Header.Get("X-Amz-Invocation-Type"); t {
 	case "", "RequestResponse":
 	case "Event":
-		g.enqueue(w, r, name, rid, route.Lambda)
+		g.enqueue(w, r, target, rid, route.Lambda)
 		return
 	case "DryRun":
-		if _, err := g.cfg.Backend.Runtime(name); err != nil {
+		if _, err := g.cfg.Backend.Runtime(target); err != nil {
 			g.fail(w, route.Lambda, name, err)
 			return
 		}
@@ -53,9 +58,10 @@ func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
 		g.fail(w, route.Lambda, name, err)
 		return
 	}
-	res, err := g.cfg.Backend.Invoke(r.Context(), name, rid, payload)
+	res, err := g.cfg.Backend.Invoke(r.Context(), target, rid, payload)
 	if res != nil {
 		h.Set("Ebb-Cold-Start", strconv.FormatBool(res.ColdStart))
+		h.Set("Ebb-Version", strconv.Itoa(res.Version))
 		h.Set("X-Amz-Executed-Version", strconv.Itoa(res.Version))
 	}
 	if tail && (res != nil || err == nil || isFunctionError(err)) {
@@ -87,16 +93,40 @@ func isFunctionError(err error) bool {
 	return status == http.StatusInternalServerError || status == http.StatusBadGateway || status == http.StatusGatewayTimeout
 }
 
-// LambdaName accepts a name, name:qualifier, or a function ARN.
+// LambdaName accepts a name, name:qualifier, or a function ARN, and
+// returns the function's name.
 func LambdaName(s string) string {
+	name, _ := lambdaQualified(s)
+	return name
+}
+
+// lambdaQualified splits a Lambda FunctionName (a name, name:qualifier, or
+// a function ARN with or without a qualifier) into name and qualifier.
+func lambdaQualified(s string) (name, qualifier string) {
 	if strings.HasPrefix(s, "arn:") {
 		parts := strings.Split(s, ":")
 		if len(parts) >= 7 {
-			return parts[6]
+			if len(parts) >= 8 {
+				qualifier = parts[7]
+			}
+			return parts[6], qualifier
 		}
 	}
-	name, _, _ := strings.Cut(s, ":")
-	return name
+	return ebb.SplitQualified(s)
+}
+
+// lambdaTarget reads an Invoke's target: the FunctionName's qualifier or
+// the Qualifier query parameter (both only when they agree, as in Lambda).
+func lambdaTarget(r *http.Request) (Target, error) {
+	name, q := lambdaQualified(r.PathValue("name"))
+	t := Target{Name: name, Qualifier: q, Key: r.Header.Get(ebb.RoutingKeyHeader)}
+	if qp := r.URL.Query().Get("Qualifier"); qp != "" {
+		if q != "" && q != qp {
+			return t, &BadRequestError{"the qualifier in FunctionName (" + strconv.Quote(q) + ") and the Qualifier parameter (" + strconv.Quote(qp) + ") differ"}
+		}
+		t.Qualifier = qp
+	}
+	return t, nil
 }
 
 // functionURL serves ANY /fn/{name}/{path...}. http functions get the request
@@ -104,32 +134,52 @@ func LambdaName(s string) string {
 // a Lambda function URL event (payload format 2.0) and answer with
 // {statusCode, headers, body}, as behind a Lambda function URL.
 func (g *Gateway) functionURL(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	rt, err := g.cfg.Backend.Runtime(name)
+	t := targetOf(r, r.PathValue("name"))
+	rt, err := g.cfg.Backend.Runtime(t)
 	if err != nil {
-		g.fail(w, route.Native, name, err)
+		g.fail(w, route.Native, t.Name, err)
 		return
 	}
 	rid := NewRequestID()
 	w.Header()["Ebb-Request-Id"] = []string{rid}
 	if rt == ebb.RuntimeHTTP || rt == ebb.RuntimeONNX {
-		g.proxy(w, r, name, "/"+r.PathValue("path"), rid)
+		g.proxy(w, r, t, "/"+r.PathValue("path"), rid)
 		return
 	}
-	g.urlEvent(w, r, name, rid)
+	g.urlEvent(w, r, t, rid)
 }
 
 // inference routes the Open Inference Protocol's /v2/models/{model}/... to the
-// onnx function of that name.
+// onnx function of that name. /v2/models/{model}/versions/{version}/...
+// addresses one of its versions or aliases; the instance, which serves one
+// model, gets the path without it.
 func (g *Gateway) inference(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("model")
-	rt, err := g.cfg.Backend.Runtime(name)
+	t := Target{Name: name, Key: r.Header.Get(ebb.RoutingKeyHeader)}
+	path := r.URL.Path
+	if rest, ok := strings.CutPrefix(r.PathValue("rest"), "versions/"); ok {
+		v, tail, _ := strings.Cut(rest, "/")
+		if v == "" {
+			route.Write(w, route.OIP, &route.Error{Status: http.StatusNotFound, Type: "ResourceNotFound", Message: "no model version in " + r.URL.Path})
+			return
+		}
+		t.Qualifier = v
+		path = "/v2/models/" + name
+		if tail != "" {
+			path += "/" + tail
+		}
+	}
+	rt, err := g.cfg.Backend.Runtime(t)
 	if err == nil && rt != ebb.RuntimeONNX {
 		err = ebb.ErrNotFound
 	}
 	if err != nil {
 		if errors.Is(err, ebb.ErrNotFound) {
-			route.Write(w, route.OIP, &route.Error{Status: http.StatusNotFound, Type: "ResourceNotFound", Message: "model " + strconv.Quote(name) + " not found"})
+			msg := "model " + strconv.Quote(name) + " not found"
+			if nf := (*ebb.NotFoundError)(nil); errors.As(err, &nf) {
+				msg = "model " + strconv.Quote(name) + " has no version or alias " + strconv.Quote(t.Qualifier)
+			}
+			route.Write(w, route.OIP, &route.Error{Status: http.StatusNotFound, Type: "ResourceNotFound", Message: msg})
 			return
 		}
 		g.fail(w, route.OIP, name, err)
@@ -137,10 +187,11 @@ func (g *Gateway) inference(w http.ResponseWriter, r *http.Request) {
 	}
 	rid := NewRequestID()
 	w.Header()["Ebb-Request-Id"] = []string{rid}
-	g.proxy(w, r, name, r.URL.Path, rid)
+	g.proxy(w, r, t, path, rid)
 }
 
-func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, name, path, rid string) {
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, t Target, path, rid string) {
+	name := t.Name
 	if r.ContentLength > g.cfg.MaxSyncPayload {
 		g.fail(w, route.Native, name, ebb.ErrPayloadTooLarge)
 		return
@@ -155,7 +206,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, name, path, rid 
 	r.URL.Path = path
 	r.URL.RawPath = ""
 	r.Header["Ebb-Request-Id"] = []string{rid}
-	err := g.cfg.Backend.Proxy(r.Context(), name, rid, w, r, func(cold bool, version int) {
+	err := g.cfg.Backend.Proxy(r.Context(), t, rid, w, r, func(cold bool, version int) {
 		h := w.Header()
 		h["Ebb-Cold-Start"] = []string{strconv.FormatBool(cold)}
 		h["Ebb-Version"] = []string{strconv.Itoa(version)}
@@ -205,7 +256,8 @@ type urlResponse struct {
 	Cookies         []string          `json:"cookies"`
 }
 
-func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid string) {
+func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, t Target, rid string) {
+	name := t.Name
 	body, err := readAllLimit(r, g.cfg.MaxSyncPayload)
 	if err != nil {
 		g.fail(w, route.Native, name, err)
@@ -237,9 +289,10 @@ func (g *Gateway) urlEvent(w http.ResponseWriter, r *http.Request, name, rid str
 		ev.Body, ev.IsBase64Encoded = base64.StdEncoding.EncodeToString(body), true
 	}
 	payload, _ := json.Marshal(ev)
-	res, err := g.cfg.Backend.Invoke(r.Context(), name, rid, payload)
+	res, err := g.cfg.Backend.Invoke(r.Context(), t, rid, payload)
 	if res != nil {
 		w.Header().Set("Ebb-Cold-Start", strconv.FormatBool(res.ColdStart))
+		w.Header().Set("Ebb-Version", strconv.Itoa(res.Version))
 	}
 	if err != nil {
 		g.fail(w, route.Native, name, err)

@@ -123,6 +123,8 @@ func Parse(data []byte) (*ebb.Spec, error) {
 			s.Schedule = p.schedule(name, v)
 		case "events":
 			s.Events = p.events(name, v)
+		case "target":
+			s.Target = p.str(name, v)
 		case "warmup":
 			s.Warmup = p.jsonValue(name, v)
 		case "network":
@@ -158,7 +160,7 @@ func Parse(data []byte) (*ebb.Spec, error) {
 
 var fields = []string{"name", "runtime", "handler", "memory", "timeout", "concurrency", "min_instances",
 	"max_instances", "idle_timeout", "max_queue", "queue_timeout", "preload", "env", "batching", "zygote", "python",
-	"async", "schedule", "events", "warmup", "network", "function_url", "rate_limit"}
+	"async", "schedule", "events", "target", "warmup", "network", "function_url", "rate_limit"}
 
 // suggest proposes a known field for a misspelt one.
 func suggest(name string) string {

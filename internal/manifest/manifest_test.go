@@ -88,6 +88,8 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"timeout junk", base + "timeout: soon\n", "timeout", "not a duration"},
 		{"timeout too long", base + "timeout: 1h\n", "timeout", "out of range"},
 		{"negative min", base + "min_instances: -1\n", "min_instances", "negative"},
+		{"bad target", base + "target: Prod!\n", "target", "not an alias name or a version number"},
+		{"zero target", base + "target: \"0\"\n", "target", "not an alias name or a version number"},
 		{"min over max", base + "min_instances: 5\nmax_instances: 2\n", "min_instances", "more than max_instances"},
 		{"concurrency zero", base + "concurrency: 0\n", "concurrency", "at least 1"},
 		{"concurrency float", base + "concurrency: 1.5\n", "concurrency", "whole number"},
@@ -186,6 +188,15 @@ func TestParseAsyncScheduleEvents(t *testing.T) {
 				t.Errorf("events = %+v, want %+v", spec.Events, tt.events)
 			}
 		})
+	}
+}
+
+func TestParseTarget(t *testing.T) {
+	for _, target := range []string{"prod", "3", "latest"} {
+		spec, err := Parse([]byte("name: a\nruntime: exec\nhandler: ./b\nschedule: \"@every 1m\"\ntarget: " + target + "\n"))
+		if err != nil || spec.Target != target {
+			t.Errorf("target %s: %+v, %v", target, spec, err)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,6 +51,12 @@ type Metrics struct {
 	stops        *prometheus.CounterVec
 	rateLimited  *prometheus.CounterVec
 	refused      *prometheus.CounterVec
+	// Per version: the same counts with a version label, in series of
+	// their own so that the per-function ones keep their shape.
+	verInvocations *prometheus.CounterVec
+	verErrors      *prometheus.CounterVec
+	verColdStarts  *prometheus.CounterVec
+	verDuration    *prometheus.HistogramVec
 }
 
 // New creates the metrics; stats is read on every scrape for the gauges.
@@ -70,7 +77,13 @@ func New(stats StatsFunc) *Metrics {
 	m.stops = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_instance_stops_total", Help: "Instances stopped, by reason."}, []string{"function", "reason"})
 	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_rate_limited_total", Help: "Requests refused with 429 by a rate limit: a function's rate_limit (scope function) or a key's rps (scope key, name the key ID)."}, []string{"scope", "name"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_requests_refused_total", Help: "Requests refused before any handler ran, by reason (unauthorized, forbidden, misdirected, not_found)."}, []string{"reason"})
-	m.reg.MustRegister(m.rateLimited, m.refused, m.invocations, m.errors, m.duration, m.initDuration, m.coldStarts, m.billedMS, m.gbSeconds,
+	fv := []string{"function", "version"}
+	m.verInvocations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_version_invocations_total", Help: "Invocations admitted, by function and version."}, fv)
+	m.verErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_version_errors_total", Help: "Failed invocations by function and version."}, fv)
+	m.verColdStarts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebb_version_cold_starts_total", Help: "Invocations that waited for a new instance, by function and version."}, fv)
+	m.verDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ebb_version_duration_seconds", Help: "Handler run time by function and version.",
+		Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 30}}, fv)
+	m.reg.MustRegister(m.verInvocations, m.verErrors, m.verColdStarts, m.verDuration, m.rateLimited, m.refused, m.invocations, m.errors, m.duration, m.initDuration, m.coldStarts, m.billedMS, m.gbSeconds,
 		m.starts, m.startFails, m.stops, &poolCollector{stats: stats},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -115,11 +128,50 @@ func (m *Metrics) For(fn string) *Function {
 // Forget removes fn's series (the function was removed).
 func (m *Metrics) Forget(fn string) {
 	l := prometheus.Labels{"function": fn}
-	for _, v := range []*prometheus.CounterVec{m.invocations, m.errors, m.coldStarts, m.billedMS, m.gbSeconds, m.starts, m.startFails, m.stops} {
+	for _, v := range []*prometheus.CounterVec{m.invocations, m.errors, m.coldStarts, m.billedMS, m.gbSeconds, m.starts, m.startFails, m.stops,
+		m.verInvocations, m.verErrors, m.verColdStarts} {
 		v.DeletePartialMatch(l)
 	}
 	m.duration.DeletePartialMatch(l)
+	m.verDuration.DeletePartialMatch(l)
 	m.initDuration.DeletePartialMatch(l)
+}
+
+// Version is one function version's series, resolved once per pool.
+type Version struct {
+	invocations, errors, coldStarts prometheus.Counter
+	duration                        prometheus.Observer
+}
+
+// ForVersion returns the series of version v of fn.
+func (m *Metrics) ForVersion(fn string, v int) *Version {
+	l := []string{fn, strconv.Itoa(v)}
+	return &Version{invocations: m.verInvocations.WithLabelValues(l...), errors: m.verErrors.WithLabelValues(l...),
+		coldStarts: m.verColdStarts.WithLabelValues(l...), duration: m.verDuration.WithLabelValues(l...)}
+}
+
+// ForgetVersion removes the series of a removed version.
+func (m *Metrics) ForgetVersion(fn string, v int) {
+	l := prometheus.Labels{"function": fn, "version": strconv.Itoa(v)}
+	m.verInvocations.Delete(l)
+	m.verErrors.Delete(l)
+	m.verColdStarts.Delete(l)
+	m.verDuration.Delete(l)
+}
+
+// Record counts one request to the version: admitted says it ran.
+func (v *Version) Record(dur time.Duration, admitted, cold, failed bool) {
+	if failed {
+		v.errors.Inc()
+	}
+	if !admitted {
+		return
+	}
+	v.invocations.Inc()
+	if cold {
+		v.coldStarts.Inc()
+	}
+	v.duration.Observe(dur.Seconds())
 }
 
 // Record counts one invocation. errKind is "" for success.

@@ -289,21 +289,29 @@ func (p *Platform) flushLastUsed() {
 
 // PublicURL implements route.Functions.
 func (p *Platform) PublicURL(name string) bool {
-	d, err := p.lookup(name)
-	return err == nil && d.fn.Spec.PublicURL()
+	p.mu.RLock()
+	f := p.fns[name]
+	public := f != nil && f.latest.fn.Spec.PublicURL()
+	p.mu.RUnlock()
+	return public
 }
 
 // AllowInvoke implements route.Functions: a token of the function's
 // rate_limit, the same for every protocol.
 func (p *Platform) AllowInvoke(name string, now time.Time) (bool, time.Duration) {
-	d, err := p.lookup(name)
-	if err != nil || d.limiter == nil {
+	p.mu.RLock()
+	var lim *rate.Limiter
+	if f := p.fns[name]; f != nil {
+		lim = f.limiter
+	}
+	p.mu.RUnlock()
+	if lim == nil {
 		return true, 0
 	}
-	if d.limiter.AllowN(now, 1) {
+	if lim.AllowN(now, 1) {
 		return true, 0
 	}
-	return false, auth.TokenWait(d.limiter, now)
+	return false, auth.TokenWait(lim, now)
 }
 
 // newLimiter is a function's rate_limit as a token bucket, nil for none.
@@ -315,12 +323,16 @@ func newLimiter(s *ebb.Spec) *rate.Limiter {
 }
 
 // Function implements gateway.Catalog.
-func (p *Platform) Function(name string) (*ebb.Function, error) {
-	d, err := p.lookup(name)
+func (p *Platform) Function(t gateway.Target) (*ebb.Function, error) {
+	if t.Qualifier == "" {
+		// Unqualified, Lambda describes $LATEST: the newest version.
+		t.Qualifier = "latest"
+	}
+	v, err := p.resolve(t)
 	if err != nil {
 		return nil, err
 	}
-	return d.fn, nil
+	return v.fn, nil
 }
 
 // Functions implements gateway.Catalog.
@@ -328,8 +340,8 @@ func (p *Platform) Functions() []*ebb.Function {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	out := make([]*ebb.Function, 0, len(p.fns))
-	for _, d := range p.fns {
-		out = append(out, d.fn)
+	for _, f := range p.fns {
+		out = append(out, f.latest.fn)
 	}
 	return out
 }

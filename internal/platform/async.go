@@ -75,7 +75,11 @@ func (p *Platform) startAsync(ctx context.Context) error {
 	a.events, err = events.New(events.Config{JetStream: p.store.JetStream(), Logger: p.log, Now: p.cfg.Now,
 		MaxBuckets: o.MaxBuckets, MaxBucketBytes: o.MaxBucketBytes, MaxObjectBytes: o.MaxObjectBytes,
 		Enqueue: func(ctx context.Context, fn, id string, payload []byte, source string) error {
-			_, err := q.Enqueue(ctx, fn, id, payload, queue.EnqueueOptions{Source: source})
+			v, err := p.pinnedVersion(fn)
+			if err != nil {
+				return err
+			}
+			_, err = q.Enqueue(ctx, fn, id, payload, queue.EnqueueOptions{Source: source, Version: v})
 			return err
 		}})
 	if err != nil {
@@ -123,8 +127,33 @@ func (p *Platform) fireSchedule(ctx context.Context, fn string, tick time.Time, 
 		Time: tick.UTC().Format(time.RFC3339), Region: "local", Resources: []string{"ebb:schedule:" + fn}}
 	ev.Detail.CatchUp = catchUp
 	b, _ := json.Marshal(ev)
-	_, err := p.async.queue.Enqueue(ctx, fn, id, b, queue.EnqueueOptions{Source: "schedule"})
+	v, err := p.pinnedVersion(fn)
+	if err != nil {
+		return err
+	}
+	_, err = p.async.queue.Enqueue(ctx, fn, id, b, queue.EnqueueOptions{Source: "schedule", Version: v})
 	return err
+}
+
+// pinnedVersion is the version that a job of fn's schedule or events runs
+// on: 0 when fn's newest ebb.yaml names no target (the route decides when
+// the job runs), else the version its target (an alias or a version)
+// resolves to now, which the job records.
+func (p *Platform) pinnedVersion(fn string) (int, error) {
+	p.mu.RLock()
+	var target string
+	if f := p.fns[fn]; f != nil {
+		target = f.latest.fn.Spec.Target
+	}
+	p.mu.RUnlock()
+	if target == "" {
+		return 0, nil
+	}
+	v, err := p.resolve(gateway.Target{Name: fn, Qualifier: target})
+	if err != nil {
+		return 0, fmt.Errorf("resolve target %q of %s: %w", target, fn, err)
+	}
+	return v.fn.Version, nil
 }
 
 func (p *Platform) followRegistry(ctx context.Context, events <-chan store.FunctionEvent) {
@@ -181,22 +210,37 @@ func (p *Platform) stopAsync(ctx context.Context) {
 	}
 }
 
-// Enqueue implements gateway.Enqueuer.
-func (p *Platform) Enqueue(ctx context.Context, name, id string, payload []byte) error {
-	if _, err := p.lookup(name); err != nil {
+// Enqueue implements gateway.Enqueuer. A job for NAME:QUALIFIER records the
+// version the qualifier resolves to now, and runs on it; an unqualified job
+// follows the function's route when it runs.
+func (p *Platform) Enqueue(ctx context.Context, t gateway.Target, id string, payload []byte) error {
+	v, err := p.resolve(t)
+	if err != nil {
 		return err
 	}
-	_, err := p.async.queue.Enqueue(ctx, name, id, payload, queue.EnqueueOptions{})
+	var opt queue.EnqueueOptions
+	if t.Qualifier != "" {
+		opt.Version = v.fn.Version
+	}
+	_, err = p.async.queue.Enqueue(ctx, t.Name, id, payload, opt)
 	return err
 }
 
 // asyncInvoker runs jobs through the synchronous invoke path.
 type asyncInvoker struct{ p *Platform }
 
-func (a asyncInvoker) Invoke(ctx context.Context, name, id string, payload []byte) ([]byte, error) {
-	res, err := a.p.Invoke(ctx, name, id, payload)
+func (a asyncInvoker) Invoke(ctx context.Context, name string, version int, id string, payload []byte) ([]byte, error) {
+	t := gateway.Target{Name: name}
+	if version > 0 {
+		t.Qualifier = strconv.Itoa(version)
+	}
+	res, err := a.p.Invoke(ctx, t, id, payload)
 	var br *gateway.BadRequestError
+	var gone *ebb.NotFoundError
 	switch {
+	case errors.As(err, &gone):
+		// The job's version (or alias) was removed: no retry will help.
+		return nil, &queue.PermanentError{Err: err}
 	case errors.Is(err, ebb.ErrNotFound):
 		// Deployed but not yet swapped in on this node (the registry watch
 		// can run ahead of the deploy that caused it), or being redeployed:

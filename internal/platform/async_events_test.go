@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/queue"
 )
 
@@ -196,5 +197,45 @@ func TestSubjectEventsNotJSON(t *testing.T) {
 	}
 	for ev := range want {
 		t.Errorf("no job got the event %s", ev)
+	}
+}
+
+// TestScheduleAndEventsPinnedToAlias: a manifest's target pins the jobs of
+// its schedule and events to an alias, whatever the route says; the job
+// records the version.
+func TestScheduleAndEventsPinnedToAlias(t *testing.T) {
+	e := start(t, "", fastRetries)
+	ctx := context.Background()
+	extra := "schedule: \"@every 1s\"\nevents: [{subject: pin.*}]\ntarget: stable\n"
+	e.deploy(asyncFn(t, "pin", extra))
+	if _, err := e.c.SetAlias(ctx, "pin", "stable", ebb.Split{{Version: 1, Percent: 100}}); err != nil {
+		t.Fatal(err)
+	}
+	e.deploy(asyncFn(t, "pin", extra+"env: {V: \"2\"}\n")) // version 2 takes the route
+	nc := e.p.store.Conn()
+	waitFor(t, "pin to subscribe", 10*time.Second, func() bool {
+		reply, err := nc.Request("pin.x", []byte(`{"n":1}`), time.Second)
+		return err == nil && string(reply.Data) == `{"queued":true}`
+	})
+	var jobs []*queue.Job
+	waitFor(t, "a scheduled run and an event", 20*time.Second, func() bool {
+		jobs, _ = e.c.Jobs(ctx, "pin", queue.StatusSucceeded, 50)
+		sources := map[string]bool{}
+		for _, j := range jobs {
+			sources[j.Source] = true
+		}
+		return sources["schedule"] && sources["event"]
+	})
+	for _, j := range jobs {
+		if j.Version != 1 {
+			t.Fatalf("%s job %s ran on version %d, want the alias's 1", j.Source, j.ID, j.Version)
+		}
+	}
+	vs, err := e.c.Versions(ctx, "pin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs.Versions[1].Invocations != 0 || vs.Versions[0].Invocations == 0 {
+		t.Fatalf("invocations by version: %+v, want all on version 1", vs.Versions)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -21,10 +22,19 @@ import (
 	"github.com/ebb-run/ebb/internal/manifest"
 )
 
-// Deploy implements api.Platform: it validates the bundle and its manifest,
-// stores both, and swaps the new version in. The old version drains: its
-// in-flight requests finish, new ones go to the new version.
+// Deploy deploys a version that takes all of the function's traffic.
 func (p *Platform) Deploy(ctx context.Context, name string, body io.Reader) (*ebb.Function, error) {
+	return p.DeployVersion(ctx, name, body, api.DeployOptions{})
+}
+
+// DeployVersion implements api.Platform: it validates the bundle and its
+// manifest, stores both as a new immutable version, and routes traffic to
+// it as opt says (all of it by default). A version that loses its traffic
+// drains: its in-flight requests finish, new ones go to the new route.
+func (p *Platform) DeployVersion(ctx context.Context, name string, body io.Reader, opt api.DeployOptions) (*ebb.Function, error) {
+	if opt.Canary != nil && (*opt.Canary < 0 || *opt.Canary > 100) {
+		return nil, &api.BadRequest{Err: fmt.Errorf("canary share %d%% is not 0 to 100", *opt.Canary)}
+	}
 	// Spool to disk while hashing: the bundle is read three times (manifest,
 	// unpack, store) and may be large.
 	f, err := os.CreateTemp(filepath.Join(p.cfg.DataDir, "tmp"), "upload-*.tar.gz")
@@ -93,23 +103,61 @@ func (p *Platform) Deploy(ctx context.Context, name string, body io.Reader) (*eb
 		return nil, fmt.Errorf("allocate version: %w", err)
 	}
 	fn := &ebb.Function{Spec: *spec, Version: version, Digest: digest, Size: size, CreatedAt: p.cfg.Now().UTC()}
-	d, err := p.newDeployment(fn, codeDir)
-	if err != nil {
-		return nil, err
+	p.mu.RLock()
+	cur := p.fns[name]
+	p.mu.RUnlock()
+	// The new version's traffic, worked out on the routes as stored.
+	var tr ebb.Traffic
+	var trErr error
+	change := func(t *ebb.Traffic) error {
+		deployTraffic(t, cur, version, opt)
+		if cur != nil {
+			// The runtime check needs the new version among the others.
+			return sameRuntime(cur.with(fn), t.Route)
+		}
+		return nil
+	}
+	if cur != nil {
+		// Checked before anything is stored, so that a refused canary
+		// leaves no version behind.
+		t, err := p.store.GetTraffic(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if err := change(&t); err != nil {
+			return nil, err
+		}
+	}
+	// A version that takes traffic gets its pool now, so that a bundle
+	// that cannot start is refused before it is stored.
+	p.internModel(fn, codeDir)
+	var d *deployment
+	if cur == nil || !opt.NoTraffic && (opt.Canary == nil || *opt.Canary > 0) {
+		if d, err = p.newDeployment(fn, codeDir); err != nil {
+			return nil, err
+		}
+	}
+	closeNew := func() {
+		if d != nil {
+			d.pool.Close(ctx)
+			d.starter.Close()
+		}
+	}
+	if err := p.store.PutVersion(ctx, fn); err != nil {
+		closeNew()
+		return nil, fmt.Errorf("keep version: %w", err)
+	}
+	if tr, trErr = p.store.UpdateTraffic(ctx, name, change); trErr != nil {
+		closeNew()
+		_ = p.store.DeleteVersion(ctx, name, version)
+		return nil, trErr
 	}
 	if err := p.store.PutFunction(ctx, fn); err != nil {
-		d.pool.Close(ctx)
-		d.starter.Close()
+		closeNew()
 		return nil, fmt.Errorf("store function: %w", err)
 	}
-	p.mu.Lock()
-	old := p.fns[name]
-	p.fns[name] = d
-	p.mu.Unlock()
 	committed = true
-	if old != nil {
-		p.drain(old)
-	}
+	p.install(fn, codeDir, d, tr)
 	return fn, nil
 }
 
@@ -339,31 +387,57 @@ func (p *Platform) List(ctx context.Context) ([]api.FunctionStatus, error) {
 	return out, nil
 }
 
-// Status implements api.Platform.
+// Status implements api.Platform: the newest version's spec, the routes,
+// every version's counters, and the instances of every version's pool.
 func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus, error) {
-	d, err := p.lookup(name)
+	vs, err := p.Versions(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	fn := d.fn
+	p.mu.RLock()
+	f := p.fns[name]
+	if f == nil {
+		p.mu.RUnlock()
+		return nil, ebb.ErrNotFound
+	}
+	fn := f.latest.fn
+	var deps []*deployment
+	for _, v := range f.versions {
+		if d := v.dep.Load(); d != nil {
+			deps = append(deps, d)
+		}
+	}
+	p.mu.RUnlock()
+	slices.SortFunc(deps, func(a, b *deployment) int { return b.fn.Version - a.fn.Version })
 	st := &api.FunctionStatus{Name: name, Version: fn.Version, Runtime: fn.Spec.Runtime, Digest: fn.Digest, Size: fn.Size,
 		DeployedAt: fn.CreatedAt, URL: p.cfg.BaseURL + "/v1/functions/" + name + "/invoke", FunctionURL: p.cfg.BaseURL + "/fn/" + name + "/",
-		Spec: api.SpecOf(&fn.Spec), Instances: []api.InstanceStatus{}, Errors: d.errors.Load()}
-	ps := d.pool.Stats()
-	st.Waiting, st.Invocations, st.ColdStarts = ps.Waiting, ps.Invocations, ps.ColdStarts
-	for _, in := range ps.Instances {
-		st.InFlight += in.InFlight
-		st.Instances = append(st.Instances, api.InstanceStatus{ID: in.ID, Version: fn.Version, Phase: string(in.Phase),
-			InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
+		Spec: api.SpecOf(&fn.Spec), Instances: []api.InstanceStatus{}, Route: vs.Route, Aliases: vs.Aliases, Versions: vs.Versions}
+	for _, vi := range vs.Versions {
+		st.Invocations += vi.Invocations
+		st.ColdStarts += vi.ColdStarts
+		st.Errors += vi.Errors
 	}
-	st.Zygote = zygoteStatus(d)
-	st.Sandbox = api.SandboxStatus{Mode: p.SandboxMode()}
-	if sb := d.starter.Sandbox(); sb != nil {
-		st.Sandbox.UID, st.Sandbox.Network, st.Sandbox.PastaPID = sb.UID, sb.Network, sb.PastaPID
+	for i, d := range deps {
+		ps := d.pool.Stats()
+		st.Waiting += ps.Waiting
+		for _, in := range ps.Instances {
+			st.InFlight += in.InFlight
+			st.Instances = append(st.Instances, api.InstanceStatus{ID: in.ID, Version: d.fn.Version, Phase: string(in.Phase),
+				InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
+		}
+		if i > 0 {
+			continue
+		}
+		// The newest pool's processes speak for the function.
+		st.Zygote = zygoteStatus(d)
+		if sb := d.starter.Sandbox(); sb != nil {
+			st.Sandbox.UID, st.Sandbox.Network, st.Sandbox.PastaPID = sb.UID, sb.Network, sb.PastaPID
+		}
+		if sp := d.starter.Spare(); sp != nil {
+			st.Spare = &api.SpareStatus{PID: sp.Pid, Since: sp.Since, RSS: sp.RSS, PSS: sp.PSS}
+		}
 	}
-	if sp := d.starter.Spare(); sp != nil {
-		st.Spare = &api.SpareStatus{PID: sp.Pid, Since: sp.Since, RSS: sp.RSS, PSS: sp.PSS}
-	}
+	st.Sandbox.Mode = p.SandboxMode()
 	p.mu.RLock()
 	for od := range p.draining {
 		if od.fn.Spec.Name == name {
@@ -376,26 +450,34 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 	}
 	p.mu.RUnlock()
 	sort.Ints(st.Draining)
+	st.Draining = slices.Compact(st.Draining)
 	return st, nil
 }
 
-// Remove implements api.Platform: the function stops taking requests, its
-// instances stop, and it is deleted from the registry.
+// Remove implements api.Platform: the function stops taking requests, the
+// instances of every version stop, and it is deleted from the registry with
+// its versions and routes.
 func (p *Platform) Remove(ctx context.Context, name string) error {
 	p.deployMu.Lock()
 	defer p.deployMu.Unlock()
 	p.mu.Lock()
-	d := p.fns[name]
+	f := p.fns[name]
 	delete(p.fns, name)
 	p.mu.Unlock()
-	if d == nil {
+	if f == nil {
 		return ebb.ErrNotFound
 	}
 	if err := p.store.DeleteFunction(ctx, name); err != nil && !errors.Is(err, ebb.ErrNotFound) {
 		return fmt.Errorf("delete function: %w", err)
 	}
-	p.drain(d)
+	if err := p.store.DeleteVersions(ctx, name); err != nil {
+		return fmt.Errorf("delete versions: %w", err)
+	}
+	for _, v := range f.versions {
+		p.retire(v, true)
+	}
 	p.metrics.Forget(name)
 	p.logs.Forget(name)
+	p.collectSoon()
 	return nil
 }

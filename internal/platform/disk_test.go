@@ -90,7 +90,20 @@ func TestUnusedBundlesCollected(t *testing.T) {
 		return len(bs)
 	}
 	bundles := filepath.Join(e.dataDir, "bundles")
-	waitFor(t, "the first version's bundle to be collected", 30*time.Second, func() bool {
+	// Version 1 lost its traffic but is kept (for rollback and aliases):
+	// once it has drained, a collection leaves its bundle alone.
+	waitFor(t, "version 1 to drain", 30*time.Second, func() bool {
+		st, err := e.c.Status(context.Background(), "gc")
+		return err == nil && len(st.Draining) == 0
+	})
+	e.p.collect(context.Background())
+	if n, s := len(entries(t, bundles)), stored(); n != 2 || s != 2 {
+		t.Fatalf("after a collection %d bundle dirs and %d stored bundles are left, want both versions' (2)", n, s)
+	}
+	if code, body, _ := e.do("DELETE", "/v1/functions/gc/versions/1", "", nil); code != 204 {
+		t.Fatalf("remove version 1 = %d %s", code, body)
+	}
+	waitFor(t, "the removed version's bundle to be collected", 30*time.Second, func() bool {
 		return len(entries(t, bundles)) == 1 && stored() == 1
 	})
 	if code, _, _ := e.do("DELETE", "/v1/functions/gc", "", nil); code != 204 {

@@ -16,13 +16,16 @@ import (
 // crash left half-written is removed at start.
 
 // referenced returns the digests of the bundles that must be kept: those of
-// every kept version. Today a version is kept while it is a function's
-// current version (in the registry, cluster-wide, or on this node) or while
-// it drains here; a deploy in progress pins its digest. This is the one
-// place that decides what "kept" means, so that keeping older versions (for
-// rollback, aliases, traffic splits) only has to add them here.
+// every kept version, until it is removed (ebb rm NAME --version N, or the
+// function's removal), in the store (cluster-wide) or on this node, and of
+// versions draining here; a deploy in progress pins its digest. This is the
+// one place that decides what "kept" means.
 func (p *Platform) referenced(ctx context.Context) (map[string]bool, error) {
 	fns, err := p.store.ListFunctions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	kept, err := p.store.ListAllVersions(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -30,10 +33,15 @@ func (p *Platform) referenced(ctx context.Context) (map[string]bool, error) {
 	for _, fn := range fns {
 		refs[fn.Digest] = true
 	}
+	for _, fn := range kept {
+		refs[fn.Digest] = true
+	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	for _, d := range p.fns {
-		refs[d.fn.Digest] = true
+	for _, f := range p.fns {
+		for _, v := range f.versions {
+			refs[v.fn.Digest] = true
+		}
 	}
 	for d := range p.draining {
 		refs[d.fn.Digest] = true
@@ -72,8 +80,10 @@ func (p *Platform) dropUnused(digest string) {
 	defer p.gcMu.Unlock()
 	p.mu.RLock()
 	used := p.pinned[digest] > 1 // the failed deploy still holds one pin
-	for _, d := range p.fns {
-		used = used || d.fn.Digest == digest
+	for _, f := range p.fns {
+		for _, v := range f.versions {
+			used = used || v.fn.Digest == digest
+		}
 	}
 	for d := range p.draining {
 		used = used || d.fn.Digest == digest
@@ -95,7 +105,11 @@ func (p *Platform) usedInRegistry(digest string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	for _, fn := range fns {
+	kept, err := p.store.ListAllVersions(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, fn := range append(fns, kept...) {
 		if fn.Digest == digest {
 			return true, nil
 		}
@@ -117,6 +131,16 @@ func (p *Platform) collectLoop() {
 			p.collect(p.ctx)
 		}
 	}
+}
+
+// collectSoon collects in the background: after a removal, whose bundles
+// are no longer kept.
+func (p *Platform) collectSoon() {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.collect(p.ctx)
+	}()
 }
 
 // collect removes what no kept version references: local bundle

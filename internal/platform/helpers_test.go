@@ -265,14 +265,20 @@ type gate struct {
 // newGate makes a gate for name's current version.
 func (e *env) newGate(name string) *gate {
 	e.t.Helper()
-	d, err := e.p.lookup(name)
-	if err != nil {
-		e.t.Fatalf("gate for %s: %v", name, err)
+	e.p.mu.RLock()
+	f := e.p.fns[name]
+	var v *version
+	if f != nil {
+		v = f.route.single
+	}
+	e.p.mu.RUnlock()
+	if v == nil {
+		e.t.Fatalf("gate for %s: no single routed version", name)
 	}
 	var b [6]byte
 	rand.Read(b[:])
 	g := &gate{t: e.t, path: "gate-" + hex.EncodeToString(b[:])}
-	g.hostPath = filepath.Join(d.codeDir, g.path)
+	g.hostPath = filepath.Join(v.codeDir, g.path)
 	e.t.Cleanup(func() { os.Remove(g.hostPath) })
 	e.t.Cleanup(func() { os.WriteFile(g.hostPath, nil, 0o644) })
 	return g
@@ -371,4 +377,16 @@ func deployRaw(t testing.TB, e *env, name, dir string) (int, string) {
 	}
 	code, body, _ := e.do("PUT", "/v1/functions/"+name, buf.String(), nil)
 	return code, body
+}
+
+// current returns the pool of the version that takes name's unqualified
+// traffic (nil when it has none).
+func (p *Platform) current(name string) *deployment {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	f := p.fns[name]
+	if f == nil || f.route.single == nil {
+		return nil
+	}
+	return f.route.single.dep.Load()
 }

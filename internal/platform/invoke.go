@@ -13,36 +13,53 @@ import (
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/respguard"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // maxVersionRetries bounds how often a request follows a redeploy: a request
 // that reaches a version as it starts draining tries the new one.
 const maxVersionRetries = 3
 
-// acquire admits a request onto name's current version.
-func (p *Platform) acquire(ctx context.Context, name string) (*deployment, *dispatch.Lease[*instance.Instance], error) {
+// acquire admits a request onto the version t resolves to, making its pool
+// if it has none yet.
+func (p *Platform) acquire(ctx context.Context, t gateway.Target) (*deployment, *dispatch.Lease[*instance.Instance], error) {
+	d, lease, _, err := p.acquireShadow(ctx, t)
+	return d, lease, err
+}
+
+// acquireShadow is acquire that also returns the function's shadow run, for
+// an unqualified request.
+func (p *Platform) acquireShadow(ctx context.Context, t gateway.Target) (*deployment, *dispatch.Lease[*instance.Instance], *shadow.Run, error) {
 	for range maxVersionRetries {
-		d, err := p.lookup(name)
+		v, run, err := p.resolveShadow(t)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
+		}
+		d := v.dep.Load()
+		if d == nil {
+			if d, err = p.activate(v); errors.Is(err, ebb.ErrDraining) {
+				continue
+			} else if err != nil {
+				return nil, nil, nil, err
+			}
 		}
 		lease, err := d.pool.Acquire(ctx)
 		if errors.Is(err, ebb.ErrDraining) {
 			continue
 		}
 		if err != nil {
-			return d, nil, err
+			return d, nil, nil, err
 		}
-		return d, lease, nil
+		return d, lease, run, nil
 	}
-	return nil, nil, fmt.Errorf("acquire %s: %w", name, ebb.ErrOverloaded)
+	return nil, nil, nil, fmt.Errorf("acquire %s: %w", t.Name, ebb.ErrOverloaded)
 }
 
 // Invoke implements gateway.Backend: it runs one event through the function,
 // under its timeout, and records the invocation.
-func (p *Platform) Invoke(ctx context.Context, name, requestID string, payload []byte) (*gateway.Result, error) {
+func (p *Platform) Invoke(ctx context.Context, t gateway.Target, requestID string, payload []byte) (*gateway.Result, error) {
 	start := p.cfg.Now()
-	d, lease, err := p.acquire(ctx, name)
+	d, lease, run, err := p.acquireShadow(ctx, t)
 	if err != nil {
 		if d != nil {
 			p.record(d, nil, requestID, start, start, 0, err)
@@ -52,7 +69,7 @@ func (p *Platform) Invoke(ctx context.Context, name, requestID string, payload [
 	inst := lease.Instance
 	if inst.IsHTTP() {
 		lease.Release()
-		return nil, &gateway.BadRequestError{Msg: fmt.Sprintf("function %q serves HTTP; call it at /fn/%s/", name, name)}
+		return nil, &gateway.BadRequestError{Msg: fmt.Sprintf("function %q serves HTTP; call it at /fn/%s/", t.Name, t.Name)}
 	}
 	timeout := d.fn.Spec.Timeout
 	began := p.cfg.Now()
@@ -63,6 +80,9 @@ func (p *Platform) Invoke(ctx context.Context, name, requestID string, payload [
 	cancel()
 	err = p.settle(lease, inst, ctx, ictx, err, timeout)
 	p.record(d, lease, requestID, start, began, end.Sub(began), err)
+	if run != nil && err == nil {
+		p.mirror(run, t.Name, d, requestID, payload, body, end.Sub(start))
+	}
 	return &gateway.Result{Body: body, ColdStart: lease.Cold, Version: d.fn.Version}, err
 }
 
@@ -91,9 +111,9 @@ func (p *Platform) settle(lease *dispatch.Lease[*instance.Instance], inst *insta
 }
 
 // Proxy implements gateway.Backend for http and onnx functions.
-func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error {
+func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error {
 	start := p.cfg.Now()
-	d, lease, err := p.acquire(ctx, name)
+	d, lease, run, err := p.acquireShadow(ctx, t)
 	if err != nil {
 		if d != nil {
 			p.record(d, nil, requestID, start, start, 0, err)
@@ -104,6 +124,17 @@ func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.Res
 	if !inst.IsHTTP() {
 		lease.Release()
 		return ebb.ErrNotFound
+	}
+	var m *proxyMirror
+	if run != nil {
+		if m, err = p.startProxyMirror(run, d, r); err != nil {
+			lease.Release()
+			p.record(d, lease, requestID, start, start, 0, err)
+			return err
+		}
+		if m != nil {
+			w = m.tee(w)
+		}
 	}
 	admitted(lease.Cold, d.fn.Version)
 	timeout := d.fn.Spec.Timeout
@@ -150,6 +181,9 @@ func (p *Platform) Proxy(ctx context.Context, name, requestID string, w http.Res
 		lease.Release()
 	}
 	p.record(d, lease, requestID, start, began, end.Sub(began), err)
+	if m != nil {
+		p.finishProxyMirror(run, m, t.Name, requestID, err, end.Sub(start))
+	}
 	return err
 }
 
@@ -161,11 +195,13 @@ func (p *Platform) record(d *deployment, lease *dispatch.Lease[*instance.Instanc
 	if err != nil {
 		inv.Status, _, kind = gateway.Classify(err)
 		inv.ErrorType = kind
-		d.errors.Add(1)
 	}
 	if lease != nil {
 		inv.ColdStart, inv.Init, inv.InstanceID = lease.Cold, lease.Init, lease.InstanceID
 		inv.PeakRSS = lease.Instance.PeakRSS()
+	}
+	if d.ver != nil {
+		d.ver.stats.record(dur, lease != nil, inv.ColdStart, err != nil)
 	}
 	d.metrics.Record(&inv, kind)
 	if err == nil && !inv.ColdStart && p.cfg.InvocationLog != nil && p.log.Enabled(context.Background(), slog.LevelInfo) {

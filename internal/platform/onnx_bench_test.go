@@ -366,9 +366,7 @@ func TestONNXColdStart(t *testing.T) {
 				waitFor(t, m.name+" to scale to zero", 30*time.Second, func() bool { return e.instances(m.name) == 0 })
 				if spares {
 					waitFor(t, m.name+"'s spare", 30*time.Second, func() bool {
-						e.p.mu.RLock()
-						defer e.p.mu.RUnlock()
-						return e.p.fns[m.name].starter.SpareReady()
+						return e.p.current(m.name).starter.SpareReady()
 					})
 				}
 				t0 := time.Now()

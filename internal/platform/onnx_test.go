@@ -200,9 +200,7 @@ func TestONNXModelCache(t *testing.T) {
 		dir := fnDir(t, "name: "+name+"\nruntime: onnx\nhandler: model.onnx\n", nil)
 		os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644)
 		e.deploy(dir)
-		e.p.mu.RLock()
-		paths = append(paths, filepath.Join(e.p.fns[name].codeDir, "model.onnx"))
-		e.p.mu.RUnlock()
+		paths = append(paths, filepath.Join(e.p.current(name).codeDir, "model.onnx"))
 	}
 	fa, errA := os.Stat(paths[0])
 	fb, errB := os.Stat(paths[1])
@@ -255,9 +253,7 @@ func TestONNXSpare(t *testing.T) {
 			for round := range 2 {
 				if tc.want {
 					waitFor(t, "a spare process", 30*time.Second, func() bool {
-						e.p.mu.RLock()
-						defer e.p.mu.RUnlock()
-						return e.p.fns["sp"].starter.SpareReady()
+						return e.p.current("sp").starter.SpareReady()
 					})
 				}
 				waitFor(t, "scale to zero", 30*time.Second, func() bool { return e.instances("sp") == 0 })
@@ -306,9 +302,7 @@ func TestONNXSpareExpires(t *testing.T) {
 	}
 	spareReady := func(e *env, name string) func() bool {
 		return func() bool {
-			e.p.mu.RLock()
-			defer e.p.mu.RUnlock()
-			d := e.p.fns[name]
+			d := e.p.current(name)
 			return d != nil && d.starter.SpareReady()
 		}
 	}
@@ -321,9 +315,7 @@ func TestONNXSpareExpires(t *testing.T) {
 	waitFor(t, "the unused spare to go", 30*time.Second, func() bool { return !spareReady(short, "exp")() })
 	// Removal: the starter is closed once the version is drained, and its
 	// spare with it, long before the keep-alive.
-	long.p.mu.RLock()
-	st := long.p.fns["exp"].starter
-	long.p.mu.RUnlock()
+	st := long.p.current("exp").starter
 	if code, body, _ := long.do("DELETE", "/v1/functions/exp", "", nil); code >= 300 {
 		t.Fatalf("rm = %d %s", code, body)
 	}
@@ -370,9 +362,7 @@ func TestONNXInitErrors(t *testing.T) {
 					t.Errorf("round %d: infer = %d %s; want a 5xx naming %s and no server paths", round, code, body, tc.wantType)
 				}
 			}
-			e.p.mu.RLock()
-			st := e.p.fns["ie"].starter
-			e.p.mu.RUnlock()
+			st := e.p.current("ie").starter
 			if tc.spareOff {
 				waitFor(t, "spares off", 10*time.Second, func() bool { return st.SparesOff() })
 			}

@@ -22,12 +22,11 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/dispatch"
+	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/logbuf"
@@ -164,8 +163,8 @@ type Platform struct {
 
 	deployMu sync.Mutex // serialises deploys and removals, so versions swap in order
 
-	mu       sync.RWMutex // guards fns, draining and pinned
-	fns      map[string]*deployment
+	mu       sync.RWMutex // guards fns (and what they hold), draining and pinned
+	fns      map[string]*function
 	draining map[*deployment]struct{}
 	pinned   map[string]int // digests of deploys in progress, with counts
 
@@ -178,15 +177,14 @@ type Platform struct {
 	async  *async         // jobs, schedules and events; see async.go
 }
 
-// deployment is one function version with its pool.
+// deployment is one function version's pool.
 type deployment struct {
 	fn      *ebb.Function
+	ver     *version // its kept version, whose counters it adds to
 	codeDir string
 	pool    *dispatch.Pool[*instance.Instance]
 	starter *instance.Starter
 	metrics *metrics.Function
-	errors  atomic.Uint64
-	limiter *rate.Limiter // the spec's rate_limit; nil for none
 }
 
 // New opens the store, restores every deployed function and returns a
@@ -201,7 +199,7 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 			return nil, "", fmt.Errorf("make data dir: %w", err)
 		}
 	}
-	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*deployment{}, draining: map[*deployment]struct{}{}, pinned: map[string]int{},
+	p := &Platform{cfg: cfg, log: cfg.Logger, fns: map[string]*function{}, draining: map[*deployment]struct{}{}, pinned: map[string]int{},
 		models: &onnx.ModelCache{Dir: filepath.Join(cfg.DataDir, "models")}}
 	logs, err := logbuf.New(logbuf.Config{MaxLines: cfg.LogLines, MaxBytes: cfg.LogBufferBytes})
 	if err != nil {
@@ -289,45 +287,44 @@ func (p *Platform) closeStores() {
 	p.store.Close()
 }
 
-// restore brings back every function in the registry, as after a restart.
+// restore brings back every function in the registry, as after a restart:
+// every kept version and the routes between them.
 func (p *Platform) restore(ctx context.Context) error {
 	fns, err := p.store.ListFunctions(ctx)
 	if err != nil {
 		return fmt.Errorf("list functions: %w", err)
 	}
 	for _, fn := range fns {
-		codeDir, err := p.ensureBundle(ctx, fn.Digest)
-		if err != nil {
-			// One broken function must not keep the others down.
+		// One broken function must not keep the others down.
+		if err := p.restoreFunction(ctx, fn); err != nil {
 			p.log.Error("restore function", "function", fn.Spec.Name, "err", err)
 			continue
 		}
-		d, err := p.newDeployment(fn, codeDir)
-		if err != nil {
-			p.log.Error("restore function", "function", fn.Spec.Name, "err", err)
-			continue
-		}
-		p.fns[fn.Spec.Name] = d
 		p.log.Info("restored function", "function", fn.Spec.Name, "version", fn.Version)
 	}
 	return nil
 }
 
-func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment, error) {
+// internModel links an onnx version's model into the node's model cache: one
+// file per model on this node, however many bundles carry it. Failing that,
+// the bundle's own copy serves. A model that is a link already was interned
+// before this restart: hashing gigabytes again on every start would only
+// delay it.
+func (p *Platform) internModel(fn *ebb.Function, codeDir string) {
 	if model, err := bundle.Resolve(codeDir, fn.Spec.Handler); fn.Spec.Runtime == ebb.RuntimeONNX && err == nil && !linked(model) {
-		// One file per model on this node, however many bundles carry it.
-		// Failing that, the bundle's own copy serves. A model that is a
-		// link already was interned before this restart: hashing gigabytes
-		// again on every start would only delay it.
 		if _, err := p.models.Intern(p.ctx, model); err != nil {
 			p.log.Warn("cache onnx model", "function", fn.Spec.Name, "err", err)
 		}
 	}
+}
+
+// newDeployment makes a pool for version fn, whose code is in codeDir.
+func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment, error) {
 	starter, err := instance.NewStarter(p.instCfg, fn, codeDir)
 	if err != nil {
 		return nil, err
 	}
-	d := &deployment{fn: fn, codeDir: codeDir, starter: starter, metrics: p.metrics.For(fn.Spec.Name), limiter: newLimiter(&fn.Spec)}
+	d := &deployment{fn: fn, codeDir: codeDir, starter: starter, metrics: p.metrics.For(fn.Spec.Name)}
 	s := &fn.Spec
 	pool, err := dispatch.NewPool(dispatch.Config{
 		Function: s.Name, Version: fn.Version,
@@ -384,23 +381,14 @@ func (p *Platform) Server() *h1.Server { return &h1.Server{Handler: p.handler, C
 // CgroupMode says how memory limits are enforced ("v2", "v1" or "none").
 func (p *Platform) CgroupMode() string { return p.procs.CgroupMode() }
 
-func (p *Platform) lookup(name string) (*deployment, error) {
-	p.mu.RLock()
-	d := p.fns[name]
-	p.mu.RUnlock()
-	if d == nil {
-		return nil, ebb.ErrNotFound
-	}
-	return d, nil
-}
-
-// Runtime implements gateway.Backend.
-func (p *Platform) Runtime(name string) (ebb.Runtime, error) {
-	d, err := p.lookup(name)
+// Runtime implements gateway.Backend: the runtime of the version t
+// resolves to. The versions a route shares traffic among have one runtime.
+func (p *Platform) Runtime(t gateway.Target) (ebb.Runtime, error) {
+	v, err := p.resolve(t)
 	if err != nil {
 		return "", err
 	}
-	return d.fn.Spec.Runtime, nil
+	return v.fn.Spec.Runtime, nil
 }
 
 // Close stops every instance and closes the store.
@@ -409,14 +397,24 @@ func (p *Platform) Close(ctx context.Context) error {
 	p.stopAsync(ctx)
 	p.cancel()
 	p.mu.Lock()
-	all := make([]*deployment, 0, len(p.fns)+len(p.draining))
-	for _, d := range p.fns {
-		all = append(all, d)
+	fns := p.fns
+	p.fns = map[string]*function{}
+	p.mu.Unlock()
+	var all []*deployment
+	for _, f := range fns {
+		for _, v := range f.versions {
+			v.mu.Lock()
+			v.gone = true
+			if d := v.dep.Swap(nil); d != nil {
+				all = append(all, d)
+			}
+			v.mu.Unlock()
+		}
 	}
+	p.mu.Lock()
 	for d := range p.draining {
 		all = append(all, d)
 	}
-	p.fns = map[string]*deployment{}
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, d := range all {
@@ -434,28 +432,53 @@ func (p *Platform) Close(ctx context.Context) error {
 	return p.store.Close()
 }
 
+// poolStats sums each function's pools (one per version with traffic)
+// for the gauges, which are per function.
 func (p *Platform) poolStats() []metrics.PoolStats {
 	p.mu.RLock()
-	ds := make([]*deployment, 0, len(p.fns))
-	for _, d := range p.fns {
-		ds = append(ds, d)
+	byName := map[string][]*deployment{}
+	for name, f := range p.fns {
+		for _, v := range f.versions {
+			if d := v.dep.Load(); d != nil {
+				byName[name] = append(byName[name], d)
+			}
+		}
+		if _, ok := byName[name]; !ok {
+			byName[name] = nil
+		}
 	}
 	p.mu.RUnlock()
-	sort.Slice(ds, func(i, j int) bool { return ds[i].fn.Spec.Name < ds[j].fn.Spec.Name })
-	out := make([]metrics.PoolStats, 0, len(ds))
-	for _, d := range ds {
-		st := d.pool.Stats()
-		ps := metrics.PoolStats{Function: d.fn.Spec.Name, Phases: map[string]int{}, Waiting: st.Waiting}
-		if zs := d.starter.Zygote(); zs != nil && zs.Pid != 0 {
-			ps.Zygote = &metrics.ZygoteMemory{RSS: zs.RSS, PSS: zs.PSS}
-		}
-		if sp := d.starter.Spare(); sp != nil {
-			ps.Spare = &metrics.ZygoteMemory{RSS: sp.RSS, PSS: sp.PSS}
-		}
-		for _, in := range st.Instances {
-			ps.Phases[string(in.Phase)]++
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]metrics.PoolStats, 0, len(names))
+	for _, name := range names {
+		ps := metrics.PoolStats{Function: name, Phases: map[string]int{}}
+		for _, d := range byName[name] {
+			st := d.pool.Stats()
+			ps.Waiting += st.Waiting
+			if zs := d.starter.Zygote(); zs != nil && zs.Pid != 0 {
+				ps.Zygote = addMemory(ps.Zygote, zs.RSS, zs.PSS)
+			}
+			if sp := d.starter.Spare(); sp != nil {
+				ps.Spare = addMemory(ps.Spare, sp.RSS, sp.PSS)
+			}
+			for _, in := range st.Instances {
+				ps.Phases[string(in.Phase)]++
+			}
 		}
 		out = append(out, ps)
 	}
 	return out
+}
+
+func addMemory(m *metrics.ZygoteMemory, rss, pss uint64) *metrics.ZygoteMemory {
+	if m == nil {
+		m = &metrics.ZygoteMemory{}
+	}
+	m.RSS += rss
+	m.PSS += pss
+	return m
 }

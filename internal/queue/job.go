@@ -34,7 +34,11 @@ func (s Status) Final() bool { return s == StatusSucceeded || s == StatusDead }
 type Job struct {
 	ID       string `json:"id"`
 	Function string `json:"function"`
-	Status   Status `json:"status"`
+	// Version is the version the job was pinned to when it was queued
+	// (NAME:alias or NAME:N resolved then); absent, it runs on whatever
+	// version the function's route picks.
+	Version int    `json:"version,omitempty"`
+	Status  Status `json:"status"`
 	// Source says what made the job: "invoke", "schedule", "event", or
 	// "destination".
 	Source string `json:"source,omitempty"`

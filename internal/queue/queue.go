@@ -55,6 +55,7 @@ const (
 	hdrObject   = "Ebb-Payload-Object"
 	hdrRedrive  = "Ebb-Redrive"
 	hdrHops     = "Ebb-Hops"
+	hdrVersion  = "Ebb-Version"
 )
 
 // MaxHops bounds a chain of destinations: a job made by delivering an
@@ -67,7 +68,9 @@ const MaxHops = 8
 // Invoker runs one invocation synchronously; the platform implements it.
 // requestID is what the handler sees as its request id.
 type Invoker interface {
-	Invoke(ctx context.Context, name, requestID string, payload []byte) ([]byte, error)
+	// version is the version the job was pinned to when it was queued
+	// (NAME:alias or NAME:N), 0 when it follows the function's route.
+	Invoke(ctx context.Context, name string, version int, requestID string, payload []byte) ([]byte, error)
 }
 
 // PermanentError marks an invocation error that no retry can fix (the
@@ -335,6 +338,8 @@ type EnqueueOptions struct {
 	Source string
 	// Hops counts the destinations that led to this job (0: none).
 	Hops int
+	// Version pins the job to one version of fn (0: none).
+	Version int
 }
 
 // Enqueue durably queues payload for fn under id and records it. It returns
@@ -353,7 +358,7 @@ func (q *Queue) Enqueue(ctx context.Context, fn, id string, payload []byte, opt 
 		opt.Source = "invoke"
 	}
 	now := q.cfg.Now().UTC()
-	job := &Job{ID: id, Function: fn, Status: StatusQueued, Source: opt.Source, EnqueuedAt: now, Hops: opt.Hops}
+	job := &Job{ID: id, Function: fn, Version: opt.Version, Status: StatusQueued, Source: opt.Source, EnqueuedAt: now, Hops: opt.Hops}
 	msg := q.message(jobsPrefix+fn, job, nil)
 	if len(payload) > q.inlineMax {
 		if _, err := q.payloads.PutBytes(ctx, id, payload); err != nil {
@@ -399,6 +404,9 @@ func (q *Queue) message(subject string, job *Job, data []byte) *nats.Msg {
 	msg.Header.Set(hdrSource, job.Source)
 	if job.Hops > 0 {
 		msg.Header.Set(hdrHops, strconv.Itoa(job.Hops))
+	}
+	if job.Version > 0 {
+		msg.Header.Set(hdrVersion, strconv.Itoa(job.Version))
 	}
 	msg.Data = data
 	return msg

@@ -29,7 +29,7 @@ type fakeInvoker struct {
 	calls atomic.Int64
 }
 
-func (f *fakeInvoker) Invoke(ctx context.Context, name, id string, payload []byte) ([]byte, error) {
+func (f *fakeInvoker) Invoke(ctx context.Context, name string, _ int, id string, payload []byte) ([]byte, error) {
 	f.calls.Add(1)
 	f.mu.Lock()
 	f.runs[id]++

@@ -187,7 +187,7 @@ func (q *Queue) handle(g *group, msg jetstream.Msg) {
 		return
 	}
 	stop := q.heartbeat(msg)
-	result, err := q.cfg.Invoker.Invoke(ctx, g.name, id, payload)
+	result, err := q.cfg.Invoker.Invoke(ctx, g.name, job.Version, id, payload)
 	stop()
 	end := q.cfg.Now().UTC()
 	var perm *PermanentError
@@ -252,6 +252,7 @@ func (q *Queue) jobFromHeaders(fn, id string, msg jetstream.Msg) *Job {
 	h := msg.Headers()
 	job := &Job{ID: id, Function: fn, Status: StatusQueued, Source: h.Get(hdrSource)}
 	job.Hops, _ = strconv.Atoi(h.Get(hdrHops))
+	job.Version, _ = strconv.Atoi(h.Get(hdrVersion))
 	job.EnqueuedAt, _ = time.Parse(time.RFC3339Nano, h.Get(hdrEnqueued))
 	if job.EnqueuedAt.IsZero() {
 		job.EnqueuedAt = q.cfg.Now().UTC()

@@ -38,7 +38,11 @@ const (
 	FunctionsBucket = "ebb_functions"
 	VersionsBucket  = "ebb_versions"
 	KeysBucket      = "ebb_keys"
-	BundlesBucket   = "ebb_bundles"
+	// FunctionVersionsBucket holds every kept version of every function
+	// (key NAME.N), TrafficBucket each function's routes and aliases.
+	FunctionVersionsBucket = "ebb_function_versions"
+	TrafficBucket          = "ebb_traffic"
+	BundlesBucket          = "ebb_bundles"
 )
 
 const (
@@ -184,6 +188,8 @@ type Store struct {
 	fns      jetstream.KeyValue
 	versions jetstream.KeyValue
 	keys     jetstream.KeyValue
+	kept     jetstream.KeyValue // version records, NAME.N
+	traffic  jetstream.KeyValue
 	bundles  jetstream.ObjectStore
 	audit    jetstream.Stream
 
@@ -398,6 +404,8 @@ func (s *Store) setupBuckets(ctx context.Context, replicas int) error {
 		{&s.fns, FunctionsBucket, "ebb function registry", functionsHistory},
 		{&s.versions, VersionsBucket, "ebb version counters", 1},
 		{&s.keys, KeysBucket, "ebb API keys", 1},
+		{&s.kept, FunctionVersionsBucket, "ebb kept function versions", 1},
+		{&s.traffic, TrafficBucket, "ebb routes and aliases", 1},
 	}
 	for _, b := range kvs {
 		kv, err := s.js.KeyValue(ctx, b.name)
