@@ -413,7 +413,8 @@ type instanceCgroup struct {
 }
 
 // create makes the cgroup for instance id with its limits. For v1, pids.max
-// is written only after the process started (see limitPidsV1).
+// starts one above the limit, room for the spawner thread that visits to
+// fork the process; limitPidsV1 lowers it before the thread leaves.
 func (c *cgroups) create(id string, memBytes int64) (_ *instanceCgroup, err error) {
 	ic := &instanceCgroup{c: c, dir: filepath.Join(c.parent, id)}
 	if err := c.makeDir(ic.dir); err != nil {
@@ -469,6 +470,9 @@ func (c *cgroups) create(id string, memBytes int64) (_ *instanceCgroup, err erro
 				ic.pidsDir = ""
 				return nil, fmt.Errorf("create pids cgroup: %w", err)
 			}
+			if err := writeFile(filepath.Join(ic.pidsDir, "pids.max"), strconv.Itoa(c.pidsMax+1)); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return ic, nil
@@ -511,8 +515,11 @@ func (ic *instanceCgroup) attach(pid int) error {
 	return nil
 }
 
-// limitPidsV1 writes pids.max once the process is in. Writing it before
-// would count the spawner's thread, which visits the cgroup to fork.
+// limitPidsV1 sets pids.max to the limit once the process is in. With the
+// spawner thread still inside, the process can then have one task fewer
+// than the limit, and exactly the limit once the thread has left; lowering
+// it only after the thread left would let a fast process fork without
+// bound meanwhile.
 func (ic *instanceCgroup) limitPidsV1() error {
 	if ic.pidsDir == "" {
 		return nil
