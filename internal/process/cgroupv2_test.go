@@ -198,7 +198,8 @@ func setupV2Child(group string) (func() error, error) {
 		if err := writeFile(filepath.Join(v2Root, "cgroup.procs"), pid); err != nil {
 			return err
 		}
-		err := removeCgroupTree(dir)
+		// What a failed test left running is killed with the tree.
+		err := removeCgroup(dir, true, cgroupRemoveTimeout)
 		if enabledAtRoot != "" {
 			// Busy while another test binary's child uses it; that one
 			// turns it off when it is done.
@@ -206,22 +207,6 @@ func setupV2Child(group string) (func() error, error) {
 		}
 		return err
 	}, nil
-}
-
-// removeCgroupTree removes an empty cgroup and its (empty) descendants.
-func removeCgroupTree(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			if err := removeCgroupTree(filepath.Join(dir, e.Name())); err != nil {
-				return err
-			}
-		}
-	}
-	return syscall.Rmdir(dir)
 }
 
 // runV2Child is TestMain in the v2 child.
