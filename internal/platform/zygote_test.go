@@ -290,7 +290,10 @@ func TestZygoteWithThreadsFallsBack(t *testing.T) {
 
 func TestZygoteKeepAlive(t *testing.T) {
 	needPython(t)
-	e := start(t, "", func(c *Config) { c.ZygoteKeepAlive = 300 * time.Millisecond })
+	// The keep-alive runs from the zygote's start: it must outlast building the
+	// zygote (over 400 ms under -race on a loaded machine), or the zygote
+	// retires before the test sees it.
+	e := start(t, "", func(c *Config) { c.ZygoteKeepAlive = 3 * time.Second })
 	e.deploy(fnDir(t, "name: zidle\nruntime: python\nhandler: app.handler\nidle_timeout: 100ms\n", map[string]string{"app.py": forkProbe}))
 	zs := waitSpare(t, e, "zidle")
 	mustInvoke(t, e, "zidle", `{}`)
