@@ -3,6 +3,7 @@
 #   make build   bin/ebb plus the example binaries
 #   make run     build, start `bin/ebb serve`, deploy every example, stay in the foreground
 #   make test    what CI runs: gofmt check, go vet, go test (prepares what tests need)
+#   make test-race  the packages with the most shared state, under the race detector (CI runs it too)
 #   make bench   proxy-overhead and cold-start benchmarks (bench/*.sh), tables on stdout
 #   make fuzz    every Fuzz target for FUZZTIME each
 #   make clean   remove build outputs, local data and benchmark output
@@ -28,7 +29,7 @@ FUZZDIRS ?= cmd internal
 # (CGO_ENABLED=0) and built without local paths.
 EXAMPLE_GOFLAGS := -trimpath -ldflags=-s\ -w
 
-.PHONY: all build ebb examples run test fmt-check vet onnxruntime bench bench-proxy bench-coldstart bench-zygote bench-async bench-onnx bench-sandbox fuzz clean
+.PHONY: all build ebb examples run test test-race fmt-check vet onnxruntime bench bench-proxy bench-coldstart bench-zygote bench-async bench-onnx bench-sandbox fuzz clean
 
 all: build
 
@@ -63,6 +64,19 @@ test: fmt-check build onnxruntime vet
 	@if [[ -z "$${EBB_ONNXRUNTIME_LIB:-}" && -f '$(ORT_LIB)' ]]; then export EBB_ONNXRUNTIME_LIB='$(ORT_LIB)'; fi; \
 	echo "$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...   (EBB_ONNXRUNTIME_LIB=$${EBB_ONNXRUNTIME_LIB:-unset})"; \
 	$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
+
+# The packages whose goroutines share the most state (dispatcher, instances,
+# process manager, job queue, and the platform that ties them together),
+# under the race detector; CI runs it after `make test`. -short trims the
+# platform's ONNX conformance run (every backend case through ebb, already
+# run in full by `make test`) to 60 cases: with it the five packages take
+# about 7 minutes on 2 busy cores, without it about 20.
+RACE_PKGS ?= ./internal/dispatch ./internal/instance ./internal/process ./internal/queue ./internal/platform
+
+test-race: build onnxruntime
+	@if [[ -z "$${EBB_ONNXRUNTIME_LIB:-}" && -f '$(ORT_LIB)' ]]; then export EBB_ONNXRUNTIME_LIB='$(ORT_LIB)'; fi; \
+	echo "$(GO) test -race -short -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $(RACE_PKGS)"; \
+	$(GO) test -race -short -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $(RACE_PKGS)
 
 bench: bench-proxy bench-coldstart bench-zygote bench-async bench-onnx bench-sandbox
 

@@ -16,7 +16,7 @@
 set -euo pipefail
 
 ORT_VERSION=1.24.3
-# sha256 of onnxruntime-node-1.24.3.tgz as served by registry.npmjs.org
+# sha256 of onnxruntime-node-1.24.3.tgz as served by the npm registry
 # (npm integrity sha512-JH7+czbc8ALA819vlTgcV+Q214/+VjGeBHDjX81+ZCD0PCVCIFGFNtT0V4sXG/1JXypKPgScQcB3ij/hk3YnTg==).
 TARBALL_SHA256=aa1bb5fa261ea68de05dd53efbba210cd7adf2d2850f4c3a201054c74cc78040
 # sha256 of package/bin/napi-v6/linux/x64/libonnxruntime.so.1 inside it.

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
 var (
@@ -50,7 +52,7 @@ func needLibrary(t testing.TB) {
 		libErr = InitLibrary(path)
 	})
 	if errors.Is(libErr, ErrLibraryNotFound) {
-		t.Skipf("ONNX Runtime library not installed (run scripts/fetch-onnxruntime.sh or set %s): %v", LibraryEnv, libErr)
+		ebbtest.SkipUnlessRequired(t, ebbtest.RequireONNX, "ONNX Runtime library not installed (run scripts/fetch-onnxruntime.sh or set %s): %v", LibraryEnv, libErr)
 	}
 	if libErr != nil {
 		t.Fatalf("InitLibrary: %v", libErr)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
 func TestExecScaleFromZeroAndBack(t *testing.T) {
@@ -297,7 +298,7 @@ func TestCrashGives502AndIsReplaced(t *testing.T) {
 func TestMemoryLimit(t *testing.T) {
 	e := start(t, "")
 	if e.p.CgroupMode() == "none" {
-		t.Skip("no cgroup: memory limits are not enforced here")
+		ebbtest.SkipUnlessRequired(t, ebbtest.RequireCgroups, "no cgroup: memory limits are not enforced here")
 	}
 	e.deploy(goFn(t, "hungry", "memory: 64\n"))
 	code, body, _ := e.invoke("hungry", `{"alloc_mb":200}`)

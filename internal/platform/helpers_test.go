@@ -61,8 +61,11 @@ func start(t testing.TB, dataDir string, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	e.url = "http://" + ln.Addr().String()
+	// Warm successful invocations take the fast log line, as under
+	// `ebb serve`, into the same log.
+	logs := lockedWriter{e.logMu, e.logs}
 	cfg := Config{DataDir: dataDir, BaseURL: e.url, Python: python, MaxSyncPayload: 1 << 20,
-		Logger: slog.New(slog.NewJSONHandler(lockedWriter{e.logMu, e.logs}, nil))}
+		Logger: slog.New(slog.NewJSONHandler(logs, nil)), InvocationLog: logs}
 	for _, o := range opts {
 		o(&cfg)
 	}

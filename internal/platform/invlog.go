@@ -2,6 +2,7 @@ package platform
 
 import (
 	"io"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -42,9 +43,9 @@ func writeInvocationLine(w io.Writer, now time.Time, inv *ebb.Invocation) {
 	b = append(b, `,"memory_mib":`...)
 	b = strconv.AppendInt(b, int64(inv.MemoryMiB), 10)
 	b = append(b, `,"peak_rss_mib":`...)
-	b = strconv.AppendFloat(b, float64(inv.PeakRSS)/(1<<20), 'f', -1, 64)
+	b = appendJSONFloat(b, float64(inv.PeakRSS)/(1<<20))
 	b = append(b, `,"gb_seconds":`...)
-	b = strconv.AppendFloat(b, inv.GBSeconds(), 'f', -1, 64)
+	b = appendJSONFloat(b, inv.GBSeconds())
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(inv.Status), 10)
 	b = append(b, `,"instance":"`...)
@@ -57,7 +58,22 @@ func writeInvocationLine(w io.Writer, now time.Time, inv *ebb.Invocation) {
 
 // appendMS appends d in milliseconds with microsecond precision.
 func appendMS(b []byte, d time.Duration) []byte {
-	return strconv.AppendFloat(b, float64(d.Microseconds())/1000, 'f', -1, 64)
+	return appendJSONFloat(b, float64(d.Microseconds())/1000)
+}
+
+// appendJSONFloat appends f as encoding/json (and so slog) writes a
+// float64: the shortest form, in exponent notation below 1e-6 and from
+// 1e21, with a two-digit exponent trimmed ("1e-07" is written "1e-7").
+func appendJSONFloat(b []byte, f float64) []byte {
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		b = strconv.AppendFloat(b, f, 'e', -1, 64)
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+		return b
+	}
+	return strconv.AppendFloat(b, f, 'f', -1, 64)
 }
 
 // appendJSONSafe appends s, dropping what would need escaping: request ids

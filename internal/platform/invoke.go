@@ -215,8 +215,14 @@ func (p *Platform) record(d *deployment, lease *dispatch.Lease[*instance.Instanc
 	if !p.log.Enabled(context.Background(), level) {
 		return
 	}
+	p.log.LogAttrs(context.Background(), level, "invocation", invocationAttrs(&inv, lease, kind, err)...)
+}
+
+// invocationAttrs are the attributes of an invocation's slog line, which
+// writeInvocationLine must reproduce for warm successful invocations.
+func invocationAttrs(inv *ebb.Invocation, lease *dispatch.Lease[*instance.Instance], kind string, err error) []slog.Attr {
 	attrs := []slog.Attr{
-		slog.String("function", inv.Function), slog.Int("version", inv.Version), slog.String("request_id", requestID),
+		slog.String("function", inv.Function), slog.Int("version", inv.Version), slog.String("request_id", inv.RequestID),
 		slog.Bool("cold_start", inv.ColdStart), slog.Float64("init_ms", ms(inv.Init)), slog.Float64("queued_ms", ms(inv.Queued)),
 		slog.Float64("duration_ms", ms(inv.Duration)), slog.Int64("billed_ms", inv.BilledMS()),
 		slog.Int("memory_mib", inv.MemoryMiB), slog.Float64("peak_rss_mib", float64(inv.PeakRSS)/(1<<20)),
@@ -229,7 +235,7 @@ func (p *Platform) record(d *deployment, lease *dispatch.Lease[*instance.Instanc
 			attrs = append(attrs, slog.String("cause", err.Error()))
 		}
 	}
-	p.log.LogAttrs(context.Background(), level, "invocation", attrs...)
+	return attrs
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

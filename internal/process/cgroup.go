@@ -27,6 +27,13 @@ const (
 // (a dead NFS server) must not hold up an instance's Done forever.
 const cgroupRemoveTimeout = 5 * time.Second
 
+// v2Controller is the controller setupV2 needs and enables for instances:
+// memory, whose limit is the point of a cgroup. Only TestCgroupV2's child
+// changes it, on a kernel whose memory controller is bound to cgroup v1, to
+// one the v2 hierarchy has (hugetlb), so that the rest of the v2 path runs
+// on a real v2 hierarchy there.
+var v2Controller = "memory"
+
 // errLocked says another manager holds a directory this one needs to own.
 var errLocked = errors.New("in use by another ebb process manager")
 
@@ -145,15 +152,24 @@ func setupV2(cfg Config, log *slog.Logger, mounts []mount, self procCgroups) (*c
 	if !self.hasUnified {
 		return nil, errors.New("this process has no cgroup v2 membership")
 	}
-	base := cgroupDir(mnt, self.unified)
+	own := self.unified
+	// A process already in this name's supervisor leaf was moved there by
+	// an earlier manager of the same name: a restarted ebb whose shell the
+	// first one moved along, or a second manager in one process. Its base
+	// is the cgroup above, where that manager's parent cgroup (and what a
+	// killed predecessor left in it) is.
+	if filepath.Base(own) == cfg.CgroupName+".supervisor" {
+		own = filepath.Dir(own)
+	}
+	base := cgroupDir(mnt, own)
 	avail, err := readWords(filepath.Join(base, "cgroup.controllers"))
 	if err != nil {
 		return nil, fmt.Errorf("read controllers: %w", err)
 	}
-	if !contains(avail, "memory") {
-		return nil, fmt.Errorf("the memory controller is not available in %s", base)
+	if !contains(avail, v2Controller) {
+		return nil, fmt.Errorf("the %s controller is not available in %s", v2Controller, base)
 	}
-	if err := enableController(base, "memory"); err != nil {
+	if err := enableController(base, v2Controller); err != nil {
 		if !isBusy(err) {
 			return nil, err
 		}
@@ -165,7 +181,7 @@ func setupV2(cfg Config, log *slog.Logger, mounts []mount, self procCgroups) (*c
 		if err := evacuate(log, base, filepath.Join(base, cfg.CgroupName+".supervisor")); err != nil {
 			return nil, err
 		}
-		if err := enableController(base, "memory"); err != nil {
+		if err := enableController(base, v2Controller); err != nil {
 			return nil, err
 		}
 	}
@@ -183,7 +199,7 @@ func setupV2(cfg Config, log *slog.Logger, mounts []mount, self procCgroups) (*c
 		return nil, fmt.Errorf("lock parent cgroup %s: %w", parent, err)
 	}
 	c := &cgroups{mode: ModeV2, log: log, parent: parent, pidsMax: cfg.PidsMax, locks: []*os.File{lock}}
-	if err := enableController(parent, "memory"); err != nil {
+	if err := enableController(parent, v2Controller); err != nil {
 		c.close()
 		return nil, err
 	}
@@ -397,7 +413,8 @@ type instanceCgroup struct {
 }
 
 // create makes the cgroup for instance id with its limits. For v1, pids.max
-// is written only after the process started (see limitPidsV1).
+// starts one above the limit, room for the spawner thread that visits to
+// fork the process; limitPidsV1 lowers it before the thread leaves.
 func (c *cgroups) create(id string, memBytes int64) (_ *instanceCgroup, err error) {
 	ic := &instanceCgroup{c: c, dir: filepath.Join(c.parent, id)}
 	if err := c.makeDir(ic.dir); err != nil {
@@ -453,6 +470,9 @@ func (c *cgroups) create(id string, memBytes int64) (_ *instanceCgroup, err erro
 				ic.pidsDir = ""
 				return nil, fmt.Errorf("create pids cgroup: %w", err)
 			}
+			if err := writeFile(filepath.Join(ic.pidsDir, "pids.max"), strconv.Itoa(c.pidsMax+1)); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return ic, nil
@@ -495,8 +515,11 @@ func (ic *instanceCgroup) attach(pid int) error {
 	return nil
 }
 
-// limitPidsV1 writes pids.max once the process is in. Writing it before
-// would count the spawner's thread, which visits the cgroup to fork.
+// limitPidsV1 sets pids.max to the limit once the process is in. With the
+// spawner thread still inside, the process can then have one task fewer
+// than the limit, and exactly the limit once the thread has left; lowering
+// it only after the thread left would let a fast process fork without
+// bound meanwhile.
 func (ic *instanceCgroup) limitPidsV1() error {
 	if ic.pidsDir == "" {
 		return nil

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
 const python = "/usr/bin/python3"
@@ -53,7 +55,19 @@ func newTestManager(t testing.TB, cfg Config) *Manager {
 			t.Errorf("Close: %v", err)
 		}
 	})
+	// Auto mode falls back to none where cgroups cannot be used; where CI
+	// says they can, that fallback would only run the no-cgroup path twice.
+	if (cfg.CgroupMode == "" || cfg.CgroupMode == ModeAuto) && m.CgroupMode() == ModeNone && ebbtest.Required(ebbtest.RequireCgroups) {
+		t.Fatalf("%s=1 but cgroup mode auto fell back to none (see the log above)", ebbtest.RequireCgroups)
+	}
 	return m
+}
+
+// skipNoCgroups skips a test that needs cgroups, or fails it under
+// EBB_REQUIRE_CGROUPS=1.
+func skipNoCgroups(t testing.TB, why string) {
+	t.Helper()
+	ebbtest.SkipUnlessRequired(t, ebbtest.RequireCgroups, "%s", why)
 }
 
 // testWriter sends log output to the test log.
@@ -155,6 +169,9 @@ func killOnCleanup(t testing.TB, pid int) {
 }
 
 func TestMain(m *testing.M) {
+	if group := os.Getenv(v2ChildEnv); group != "" {
+		os.Exit(runV2Child(m, group))
+	}
 	if os.Getenv("EBB_PROCESS_TEST_HELPER") == "leftover" {
 		leftoverHelper()
 		return

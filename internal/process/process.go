@@ -673,19 +673,24 @@ func (st *spawnThread) spawn(m *Manager, req *spawnRequest) spawnResult {
 		req.attr.Sys.UseCgroupFD = false
 		proc, err = os.StartProcess(req.path, req.argv, req.attr)
 	}
+	var aerr error
 	if entered {
+		// The limit goes in while the thread still holds its place in
+		// the pids cgroup (see limitPidsV1).
+		if err == nil {
+			aerr = cg.limitPidsV1()
+		}
 		st.goHome(m)
 	}
 	if err != nil {
 		return spawnResult{err: err}
 	}
 	if cg != nil {
-		var aerr error
 		if !entered && !req.attr.Sys.UseCgroupFD {
 			aerr = cg.attach(proc.Pid)
-		}
-		if aerr == nil && m.cg.mode == ModeV1 {
-			aerr = cg.limitPidsV1()
+			if aerr == nil && m.cg.mode == ModeV1 {
+				aerr = cg.limitPidsV1()
+			}
 		}
 		if aerr != nil {
 			_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)

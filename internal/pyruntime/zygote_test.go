@@ -305,7 +305,7 @@ func TestZygoteCgroupFilesRealCgroup(t *testing.T) {
 		}
 	}
 	if dir == "" {
-		t.Skip("no writable cgroup hierarchy")
+		ebbtest.SkipUnlessRequired(t, ebbtest.RequireCgroups, "no writable cgroup hierarchy")
 	}
 	tz := startZygote(t, map[string]string{"app.py": echoPy}, "app.handler", zygoteOpts{})
 	t.Cleanup(func() {

@@ -8,7 +8,9 @@
 // speaks HTTP to a base URL, so the same cases check an in-process
 // onnx.Server or the whole ebb path (gateway, dispatcher, instance process).
 // Cases whose values the protocol cannot carry (sequences, maps, optionals,
-// complex or 8-bit float tensors) are skipped with the reason, not failed.
+// complex or 8-bit float tensors) are skipped with the reason, not failed. A
+// case that ebb's own protobuf reader (onnxpb) cannot read is a failure:
+// that reader is part of what is tested.
 package conformance
 
 import (
@@ -41,6 +43,9 @@ type Case struct {
 	Sets  []DataSet
 	// Skip, when set, says why the protocol cannot carry this case.
 	Skip string
+	// Broken, when set, says why the case could not be read: its model or
+	// tensors did not parse, or they disagree. It makes the case fail.
+	Broken string
 }
 
 // DataSet is one test_data_set_N: inputs in model order, expected outputs.
@@ -97,17 +102,18 @@ func Load(root string) ([]*Case, error) {
 	return cases, nil
 }
 
-// loadCase reads one case. Problems that make it unrunnable become Skip.
+// loadCase reads one case. What the protocol cannot carry becomes Skip;
+// anything that could not be read becomes Broken.
 func loadCase(name, dir string) *Case {
 	c := &Case{Name: name, Model: filepath.Join(dir, "model.onnx")}
 	b, err := os.ReadFile(c.Model)
 	if err != nil {
-		c.Skip = "read model: " + err.Error()
+		c.Broken = "read model: " + err.Error()
 		return c
 	}
 	m, err := onnxpb.ParseModel(b)
 	if err != nil {
-		c.Skip = err.Error()
+		c.Broken = "parse model: " + err.Error()
 		return c
 	}
 	for _, group := range [][]onnxpb.ValueInfo{m.Inputs, m.Outputs} {
@@ -127,17 +133,17 @@ func loadCase(name, dir string) *Case {
 	for _, sd := range sets {
 		ds := DataSet{Name: filepath.Base(sd)}
 		if ds.Inputs, err = readTensors(sd, "input", m.Inputs); err != nil {
-			c.Skip = err.Error()
+			c.Broken = ds.Name + ": " + err.Error()
 			return c
 		}
 		if ds.Outputs, err = readTensors(sd, "output", m.Outputs); err != nil {
-			c.Skip = err.Error()
+			c.Broken = ds.Name + ": " + err.Error()
 			return c
 		}
 		c.Sets = append(c.Sets, ds)
 	}
 	if len(c.Sets) == 0 {
-		c.Skip = "no test data sets"
+		c.Broken = "no test data sets"
 	}
 	return c
 }
@@ -220,6 +226,9 @@ type Result struct {
 // baseURL/v2/models/{model}, in each encoding, and reports the first
 // difference.
 func Check(ctx context.Context, baseURL, model string, c *Case, opts Options) Result {
+	if c.Broken != "" {
+		return Result{Case: c.Name, Status: Fail, Reason: "read case: " + c.Broken}
+	}
 	if c.Skip != "" {
 		return Result{Case: c.Name, Status: Skip, Reason: c.Skip}
 	}
@@ -799,6 +808,9 @@ func Run(ctx context.Context, cases []*Case, deploy Deploy, workers int, opts Op
 }
 
 func runOne(ctx context.Context, c *Case, deploy Deploy, opts Options) Result {
+	if c.Broken != "" {
+		return Result{Case: c.Name, Status: Fail, Reason: "read case: " + c.Broken}
+	}
 	if c.Skip != "" {
 		return Result{Case: c.Name, Status: Skip, Reason: c.Skip}
 	}
@@ -839,4 +851,24 @@ func (s *Summary) Write(w io.Writer) {
 			}
 		}
 	}
+}
+
+// Problems returns what makes a run fail: each failure that is not a known
+// one, each known failure without mayPass that passed (its entry is stale),
+// and, when full says every case ran, a pass count below PassFloor.
+func (s *Summary) Problems(full bool) []string {
+	var out []string
+	for _, r := range s.Results {
+		k, isKnown := knownFailures[r.Case]
+		switch {
+		case r.Status == Fail && !isKnown:
+			out = append(out, fmt.Sprintf("%s: %s", r.Case, r.Reason))
+		case r.Status == Pass && isKnown && !k.mayPass:
+			out = append(out, fmt.Sprintf("%s passes but is listed as a known failure (%s): remove it from knownFailures and raise PassFloor", r.Case, k.why))
+		}
+	}
+	if passed := s.Count(Pass); full && passed < PassFloor {
+		out = append(out, fmt.Sprintf("%d cases passed, below the floor of %d (conformance.PassFloor)", passed, PassFloor))
+	}
+	return out
 }
