@@ -477,3 +477,28 @@ func TestForeignHost(t *testing.T) {
 		t.Errorf("CORS header sent without --cors-origins")
 	}
 }
+
+// TestNonLoopbackRequiresKeys: listening beyond loopback, ebb requires keys
+// without --require-auth (and prints the admin key once), and it answers any
+// Host (it cannot know its names) unless --allowed-hosts lists them.
+func TestNonLoopbackRequiresKeys(t *testing.T) {
+	s := startServe(t, "--listen", "0.0.0.0:0")
+	m := regexp.MustCompile(`ebb_[0-9a-f]{48}`).FindString(s.out.String())
+	if m == "" {
+		t.Fatalf("no admin key printed listening on 0.0.0.0; stdout:\n%s", s.out)
+	}
+	_, port, _ := strings.Cut(s.addr, "]:")
+	if port == "" {
+		_, port, _ = strings.Cut(s.addr, ":")
+	}
+	s.url = "http://127.0.0.1:" + port
+	if code, body, _ := s.call(t, "GET", "/v1/functions", "", "", nil); code != 401 {
+		t.Errorf("no key on a non-loopback listener = %d %s, want 401", code, body)
+	}
+	if code, _, _ := s.call(t, "GET", "/v1/functions", m, "", map[string]string{"Host": "ebb.example.com"}); code != 200 {
+		t.Errorf("admin key with a public Host = %d, want 200", code)
+	}
+	if !strings.Contains(s.log.String(), `"auth":true`) {
+		t.Errorf("the serving line does not say auth is on:\n%s", s.log)
+	}
+}

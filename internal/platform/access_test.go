@@ -15,6 +15,7 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/gateway"
 )
 
 // TestCredentialsNeverReachHTTPFunctions: an http function behind a keyed
@@ -139,5 +140,53 @@ func TestKeyRateAndExpiry(t *testing.T) {
 	advance(time.Hour)
 	if code, _ := call(); code != 401 {
 		t.Errorf("after expiry = %d, want 401", code)
+	}
+}
+
+// TestLambdaInvokeAPIEdges: what AWS SDKs branch on, in Lambda's shapes:
+// DryRun, the executed version, ARN and qualified names, 429
+// TooManyRequestsException, 413 RequestTooLargeException, unsupported
+// invocation and log types.
+func TestLambdaInvokeAPIEdges(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.MaxSyncPayload = 64 << 10 })
+	e.deploy(goFn(t, "lam", "rate_limit: {rps: 0.001, burst: 7}\n"))
+	path := func(name string) string { return "/2015-03-31/functions/" + name + "/invocations" }
+	check := func(what string, code int, h http.Header, wantCode int, wantType string) {
+		t.Helper()
+		if code != wantCode || h.Get("X-Amzn-Errortype") != wantType {
+			t.Errorf("%s = %d %q, want %d %q", what, code, h.Get("X-Amzn-Errortype"), wantCode, wantType)
+		}
+	}
+	code, body, h := e.do("POST", path("lam"), "{}", map[string]string{"X-Amz-Invocation-Type": "DryRun"})
+	check("DryRun", code, h, 204, "")
+	if body != "" {
+		t.Errorf("DryRun answered a body: %q", body)
+	}
+	code, _, h = e.do("POST", path("missing"), "{}", map[string]string{"X-Amz-Invocation-Type": "DryRun"})
+	check("DryRun of a missing function", code, h, 404, "ResourceNotFoundException")
+	code, _, h = e.do("POST", path("lam"), "{}", map[string]string{"X-Amz-Invocation-Type": "Sometimes"})
+	check("unsupported invocation type", code, h, 400, "InvalidRequestContentException")
+	code, _, h = e.do("POST", path("lam"), "{}", map[string]string{"X-Amz-Log-Type": "Everything"})
+	check("unsupported log type", code, h, 400, "InvalidRequestContentException")
+	code, _, h = e.do("POST", path("lam"), `{"pad":"`+strings.Repeat("x", 70<<10)+`"}`, nil)
+	check("over the payload limit", code, h, 413, "RequestTooLargeException")
+	// Named by ARN and by a qualified name; the version that ran is said.
+	for _, name := range []string{gateway.FunctionArn("lam"), "lam:1"} {
+		code, body, h = e.do("POST", path(name), `{"name":"arn"}`, nil)
+		if code != 200 || h.Get("X-Amz-Executed-Version") != "1" || !strings.Contains(body, "hello, arn") {
+			t.Errorf("invoke %s = %d %s (executed version %q)", name, code, body, h.Get("X-Amz-Executed-Version"))
+		}
+	}
+	// Every request to the function's invoke route took a token (six of
+	// the burst of 7; the missing function's none): one more is answered,
+	// the next is 429 in Lambda's shape.
+	code, _, _ = e.do("POST", path("lam"), "{}", nil)
+	if code != 200 {
+		t.Fatalf("seventh request = %d, want the last token", code)
+	}
+	code, _, h = e.do("POST", path("lam"), "{}", nil)
+	check("over the rate limit", code, h, 429, "TooManyRequestsException")
+	if h.Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
 	}
 }
