@@ -186,6 +186,9 @@ func ReadHello(ctx context.Context, f *os.File) (pid int, err error) {
 	return 0, errors.New("read hello: no credentials (is SO_PASSCRED set on this end?)")
 }
 
+// controlWriteTimeout bounds one write of a fork request to a zygote.
+var controlWriteTimeout = 5 * time.Second
+
 // Zygote is ebb's end of one zygote's control channel.
 type Zygote struct {
 	conn   *net.UnixConn
@@ -308,9 +311,24 @@ func (z *Zygote) Fork(ctx context.Context, req ForkRequest) (int, error) {
 	}
 	z.pending[tag] = reply
 	oob := syscall.UnixRights(fds...)
+	// The zygote runs the function's code, so it may stop reading: the
+	// write, made under mu, must not wait on it for ever, or every other
+	// start of the version would wait behind it.
+	deadline := time.Now().Add(controlWriteTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	z.conn.SetWriteDeadline(deadline)
 	_, _, err = z.conn.WriteMsgUnix(body, oob, nil)
 	if err != nil {
 		delete(z.pending, tag)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			// A half-written channel cannot be trusted: it is dead for
+			// every later fork, and closing it ends the zygote.
+			z.err = errors.New("the zygote stopped reading its control channel")
+			z.conn.Close()
+		}
 		z.mu.Unlock()
 		return 0, fmt.Errorf("fork: send request: %w", err)
 	}
