@@ -67,7 +67,7 @@ type Config struct {
 	Sandbox *sandbox.Sandbox
 	// UIDFor gives a function (by name) the host uid its sandboxed
 	// processes run as; required with an enabled Sandbox.
-	UIDFor func(name string) uint32
+	UIDFor func(name string) (uint32, error)
 }
 
 // Validate checks c and fills defaults.

@@ -56,7 +56,10 @@ type box struct {
 // newBox prepares the confinement of fn, whose bundle is at codeDir.
 func newBox(cfg *Config, fn *ebb.Function, codeDir string) (*box, error) {
 	sb := cfg.Sandbox
-	uid := cfg.UIDFor(fn.Spec.Name)
+	uid, err := cfg.UIDFor(fn.Spec.Name)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox function: %w", err)
+	}
 	code, err := sb.Reach(codeDir)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox function: %w", err)

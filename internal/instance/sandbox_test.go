@@ -59,7 +59,7 @@ func TestSandboxSpareIsClaimed(t *testing.T) {
 	}
 	uid := sb.UIDs().First + 7
 	fn := &ebb.Function{Spec: ebb.Spec{Name: "spare", Runtime: ebb.RuntimeHTTP, Handler: "./server", MemoryMiB: 128, Network: ebb.NetworkNone, IdleTimeout: time.Minute}, Version: 1}
-	s, err := NewStarter(Config{Processes: pm, Sandbox: sb, UIDFor: func(string) uint32 { return uid }, ShimDir: t.TempDir()}, fn, code)
+	s, err := NewStarter(Config{Processes: pm, Sandbox: sb, UIDFor: func(string) (uint32, error) { return uid, nil }, ShimDir: t.TempDir()}, fn, code)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -178,6 +178,7 @@ func (p *Platform) drain(d *deployment) {
 		p.mu.Lock()
 		delete(p.draining, d)
 		p.mu.Unlock()
+		p.releaseUIDIfGone(d.fn.Spec.Name)
 		p.collect(p.ctx)
 	}()
 }
@@ -478,6 +479,7 @@ func (p *Platform) Remove(ctx context.Context, name string) error {
 	}
 	p.metrics.Forget(name)
 	p.logs.Forget(name)
+	p.releaseUIDIfGone(name)
 	p.collectSoon()
 	return nil
 }

@@ -2,6 +2,7 @@ package platform
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"os"
@@ -68,9 +69,11 @@ func (p *Platform) SandboxMode() string {
 
 // uidAllocator gives each function name its own host uid from the sandbox's
 // range (its first id is the sandbox group, not a function's). A name keeps
-// its uid while ebb runs; it starts at a hash of the name, so that it is
+// its uid while ebb runs and until the function is removed and its last
+// process gone (release); it starts at a hash of the name, so that it is
 // usually the same after a restart, and moves to the next free id on a
-// collision, so that two live functions never share one.
+// collision, so that two live functions never share one. With every id
+// taken, a new function is refused rather than given another's.
 type uidAllocator struct {
 	first, size uint32
 
@@ -83,11 +86,11 @@ func newUIDAllocator(r sandbox.UIDRange) *uidAllocator {
 	return &uidAllocator{first: r.First + 1, size: r.Last - r.First, byName: map[string]uint32{}, taken: map[uint32]string{}}
 }
 
-func (a *uidAllocator) uidFor(name string) uint32 {
+func (a *uidAllocator) uidFor(name string) (uint32, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if uid, ok := a.byName[name]; ok {
-		return uid
+		return uid, nil
 	}
 	h := fnv.New32a()
 	h.Write([]byte(name))
@@ -96,12 +99,41 @@ func (a *uidAllocator) uidFor(name string) uint32 {
 		uid := a.first + (start+i)%a.size
 		if _, used := a.taken[uid]; !used {
 			a.byName[name], a.taken[uid] = uid, name
-			return uid
+			return uid, nil
 		}
 	}
-	// More functions than ids: share (they still cannot see each other's
-	// processes, files or network; the range is documented as a limit).
-	uid := a.first + start
-	a.byName[name] = uid
-	return uid
+	return 0, fmt.Errorf("%w: all %d sandbox uids (--sandbox-uids) are held by other functions", errNoUID, a.size)
+}
+
+// errNoUID: the uid range is exhausted; widen --sandbox-uids or remove
+// functions.
+var errNoUID = errors.New("no free sandbox uid")
+
+// release frees name's uid for another function.
+func (a *uidAllocator) release(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if uid, ok := a.byName[name]; ok {
+		delete(a.byName, name)
+		delete(a.taken, uid)
+	}
+}
+
+// releaseUIDIfGone frees a removed function's uid once nothing of it runs:
+// the name is not deployed again and none of its versions still drains.
+func (p *Platform) releaseUIDIfGone(name string) {
+	if p.uids == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, live := p.fns[name]; live {
+		return
+	}
+	for d := range p.draining {
+		if d.fn.Spec.Name == name {
+			return
+		}
+	}
+	p.uids.release(name)
 }
