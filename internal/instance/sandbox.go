@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -41,12 +42,17 @@ type box struct {
 	tmpBytes int64
 	outbound bool
 	hostname string
+	log      *slog.Logger
 
 	// nsMu serialises making ns, which can take seconds (pasta), so that
 	// mu, which status and port hooks take, is never held across it.
-	nsMu   sync.Mutex
-	mu     sync.Mutex // guards ns, closed, ports
-	ns     *sandbox.Netns
+	nsMu sync.Mutex
+	mu   sync.Mutex // guards ns, stale, closed, ports
+	ns   *sandbox.Netns
+	// stale are namespaces whose pasta died: new instances get a new
+	// namespace, while the instances still in these keep them (closed
+	// with the box).
+	stale  []*sandbox.Netns
 	closed bool
 	// ports are the ports handed to live http instances inside ns, for
 	// the same reason as the host's (reservePort).
@@ -67,7 +73,7 @@ func newBox(cfg *Config, fn *ebb.Function, codeDir string) (*box, error) {
 	b := &box{sb: sb, uid: uid, code: code, tmpBytes: int64(fn.Spec.MemoryMiB) << 20,
 		// Without pasta (sandbox.New warned once), outbound functions get
 		// loopback only rather than not starting at all.
-		outbound: fn.Spec.Network != ebb.NetworkNone && sb.Outbound(), hostname: fn.Spec.Name, ports: map[int]bool{}}
+		outbound: fn.Spec.Network != ebb.NetworkNone && sb.Outbound(), hostname: fn.Spec.Name, ports: map[int]bool{}, log: cfg.Logger}
 	for _, m := range []struct{ src, dst string }{
 		{cfg.ShimDir, boxShimDir}, {cfg.Executable, boxExe}, {ortDir(cfg.ONNXLibrary), boxORTDir},
 	} {
@@ -130,6 +136,20 @@ func (b *box) current() (*sandbox.Netns, error) {
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil, fmt.Errorf("make network namespace: %w", ebb.ErrClosed)
+	}
+	if b.ns != nil && b.outbound {
+		select {
+		case <-b.ns.PastaDone():
+			// pasta died (killed, or crashed on the function's traffic):
+			// that namespace has no way out any more. The next instance
+			// gets a new namespace, with a new pasta.
+			b.stale = append(b.stale, b.ns)
+			b.ns = nil
+			if b.log != nil {
+				b.log.Warn("the sandbox's network helper (pasta) exited; new instances get a new network namespace", "function", b.hostname)
+			}
+		default:
+		}
 	}
 	return b.ns, nil
 }
@@ -221,11 +241,13 @@ func boxEnv(env []string) []string {
 // gone.
 func (b *box) close() {
 	b.mu.Lock()
-	ns := b.ns
-	b.ns, b.closed = nil, true
+	all := append(b.stale, b.ns)
+	b.ns, b.stale, b.closed = nil, nil, true
 	b.mu.Unlock()
-	if ns != nil {
-		ns.Close()
+	for _, ns := range all {
+		if ns != nil {
+			ns.Close()
+		}
 	}
 }
 

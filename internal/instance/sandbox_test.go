@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,5 +127,59 @@ func TestCheckForkedRefusesForgedHellos(t *testing.T) {
 	}
 	if err := s.checkForked(1<<30, 5); err == nil {
 		t.Fatal("a pid that does not exist was accepted")
+	}
+}
+
+// TestPastaDeathGivesANewNamespace: when a version's pasta dies, the
+// namespace it served has no way out; the next instance gets a new
+// namespace with a new pasta, and the old one stays for the instances in it
+// until the version closes.
+func TestPastaDeathGivesANewNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		skipOrFail(t, "the sandbox needs root")
+	}
+	sb, err := sandbox.New(sandbox.Config{Mode: sandbox.ModeOn})
+	if err != nil {
+		t.Fatalf("sandbox: %v", err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	if !sb.Outbound() {
+		skipOrFail(t, "no pasta (passt): no outbound networking to lose")
+	}
+	b := &box{sb: sb, outbound: true, hostname: "pasta-death", ports: map[int]bool{}}
+	defer b.close()
+	ctx := context.Background()
+	ns1, err := b.netns(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := b.netns(ctx); again != ns1 {
+		t.Fatal("a live namespace was replaced")
+	}
+	pid := ns1.PastaPID()
+	if pid == 0 {
+		t.Fatal("outbound namespace without pasta")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	select {
+	case <-ns1.PastaDone():
+	case <-time.After(30 * time.Second):
+		t.Fatal("pasta's death was not noticed")
+	}
+	ns2, err := b.netns(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns2 == ns1 || ns2.PastaPID() == 0 || ns2.PastaPID() == pid {
+		t.Fatalf("after pasta died: namespace %p (pasta %d), was %p (pasta %d); want a new one with a new pasta", ns2, ns2.PastaPID(), ns1, pid)
+	}
+	if err := syscall.Kill(ns2.PastaPID(), 0); err != nil {
+		t.Errorf("the new pasta is not running: %v", err)
+	}
+	b.mu.Lock()
+	stale := len(b.stale)
+	b.mu.Unlock()
+	if stale != 1 {
+		t.Errorf("%d stale namespaces kept, want the old one for its instances", stale)
 	}
 }
