@@ -100,18 +100,13 @@ bench-sandbox: build
 bench-onnx: onnxruntime
 	EBB_ONNX_BENCH=1 $(GO) test -p 1 -run 'TestONNXBatchingThroughEbb|TestONNXColdStart|TestBenchmarkReport' -v -timeout 20m ./internal/platform ./internal/onnx
 
-# Fuzz targets are found in the test sources (a `func FuzzX(` at the start
-# of a line in a _test.go file) rather than with `go test -list`, which links
-# every package's test binary first. Each target is fuzzed on its own
-# because go test -fuzz accepts exactly one target per run.
+# scripts/fuzz.sh finds Fuzz targets in the test sources (a `func FuzzX(` at
+# the start of a line in a _test.go file) rather than with `go test -list`,
+# which links every package's test binary first, fuzzes each on its own (go
+# test -fuzz takes one target per run), and repeats once a run that only hit
+# Go 1.26's -fuzztime deadline race (golang/go#75804) with no input written.
 fuzz:
-	@targets=$$(grep -r --include='*_test.go' -E -o '^func Fuzz[A-Za-z0-9_]*\(' $(FUZZDIRS) \
-		| sed -E 's#^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)\($$#./\1 \2#; s#^\./\./#./#' | sort -u); \
-	if [[ -z "$$targets" ]]; then echo "make fuzz: no Fuzz targets found"; exit 0; fi; \
-	while read -r pkg name; do \
-		echo "== fuzz $$pkg $$name ($(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" </dev/null; \
-	done <<< "$$targets"
+	GO='$(GO)' FUZZTIME='$(FUZZTIME)' FUZZDIRS='$(FUZZDIRS)' bash scripts/fuzz.sh
 
 clean:
 	rm -rf bin bench/out examples/hello-go/bootstrap examples/hello-http/server
