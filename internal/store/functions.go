@@ -224,18 +224,48 @@ func (s *Store) WatchFunctions(ctx context.Context) (<-chan FunctionEvent, error
 }
 
 func (s *Store) watch(ctx context.Context, w jetstream.KeyWatcher, out chan<- FunctionEvent) {
-	defer s.watchers.Done()
-	defer close(out)
-	defer func() {
-		_ = w.Stop()
-		drain(w)
-	}()
 	// Until the library's nil marker, entries are the current state, in
 	// which a delete marker is a function removed before the watch began:
 	// not news to a consumer building its view from this channel, unless
 	// this watch already reported the function as present.
 	initial := true
 	reported := make(map[string]bool)
+	pump(s, ctx, w, out, func(e jetstream.KeyValueEntry) (FunctionEvent, bool) {
+		if e == nil {
+			initial, reported = false, nil
+			return FunctionEvent{}, false
+		}
+		isPut := e.Operation() == jetstream.KeyValuePut
+		if initial {
+			if !isPut && !reported[e.Key()] {
+				return FunctionEvent{}, false
+			}
+			reported[e.Key()] = isPut
+		}
+		ev := FunctionEvent{Name: e.Key()}
+		if isPut {
+			fn, err := decodeFunction(e.Value())
+			if err != nil {
+				s.log.Error("skipping corrupt registry entry", "function", e.Key(), "err", err)
+				return FunctionEvent{}, false
+			}
+			ev.Function = fn
+		}
+		return ev, true
+	})
+}
+
+// pump sends what conv makes of each entry of w (nil: the end of the
+// initial values) to out, when conv says to, until ctx ends, the store
+// closes or w ends; then it stops w and closes out. A consumer that stops
+// reading stalls only its own watch. The caller has done s.watchers.Add(1).
+func pump[T any](s *Store, ctx context.Context, w jetstream.KeyWatcher, out chan<- T, conv func(jetstream.KeyValueEntry) (T, bool)) {
+	defer s.watchers.Done()
+	defer close(out)
+	defer func() {
+		_ = w.Stop()
+		drain(w)
+	}()
 	for {
 		var e jetstream.KeyValueEntry
 		var ok bool
@@ -249,25 +279,9 @@ func (s *Store) watch(ctx context.Context, w jetstream.KeyWatcher, out chan<- Fu
 		case <-s.done:
 			return
 		}
-		if e == nil {
-			initial, reported = false, nil
+		ev, send := conv(e)
+		if !send {
 			continue
-		}
-		isPut := e.Operation() == jetstream.KeyValuePut
-		if initial {
-			if !isPut && !reported[e.Key()] {
-				continue
-			}
-			reported[e.Key()] = isPut
-		}
-		ev := FunctionEvent{Name: e.Key()}
-		if isPut {
-			fn, err := decodeFunction(e.Value())
-			if err != nil {
-				s.log.Error("skipping corrupt registry entry", "function", e.Key(), "err", err)
-				continue
-			}
-			ev.Function = fn
 		}
 		select {
 		case out <- ev:
@@ -289,11 +303,17 @@ func drain(w jetstream.KeyWatcher) {
 // snapshot returns the current entries of kv (with values unless metaOnly),
 // leaving out deleted keys.
 func (s *Store) snapshot(ctx context.Context, kv jetstream.KeyValue, metaOnly bool) ([]jetstream.KeyValueEntry, error) {
+	return s.snapshotOf(ctx, kv, ">", metaOnly)
+}
+
+// snapshotOf is snapshot for the keys that match filter (NATS subject
+// wildcards: ">" is every key).
+func (s *Store) snapshotOf(ctx context.Context, kv jetstream.KeyValue, filter string, metaOnly bool) ([]jetstream.KeyValueEntry, error) {
 	opts := []jetstream.WatchOpt{jetstream.IgnoreDeletes()}
 	if metaOnly {
 		opts = append(opts, jetstream.MetaOnly())
 	}
-	w, err := kv.WatchAll(ctx, opts...)
+	w, err := kv.Watch(ctx, filter, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -254,49 +254,23 @@ func (s *Store) WatchKeys(ctx context.Context) (<-chan KeyEvent, error) {
 	}
 	out := make(chan KeyEvent, 16)
 	s.watchers.Add(1)
-	go func() {
-		defer s.watchers.Done()
-		defer close(out)
-		defer func() {
-			_ = w.Stop()
-			drain(w)
-		}()
-		for {
-			var e jetstream.KeyValueEntry
-			var ok bool
-			select {
-			case e, ok = <-w.Updates():
-				if !ok {
-					return
-				}
-			case <-ctx.Done():
-				return
-			case <-s.done:
-				return
-			}
-			if e == nil {
-				continue
-			}
-			ev := KeyEvent{ID: e.Key()}
-			if len(ev.ID) == 64 {
-				ev.ID = ev.ID[:keyIDLen]
-			}
-			if e.Operation() == jetstream.KeyValuePut {
-				k, err := decodeKey(e.Key(), e.Value())
-				if err != nil {
-					s.log.Error("skipping corrupt key entry", "key", ev.ID, "err", err)
-					continue
-				}
-				ev.ID, ev.Key = k.ID, &k
-			}
-			select {
-			case out <- ev:
-			case <-ctx.Done():
-				return
-			case <-s.done:
-				return
-			}
+	go pump(s, ctx, w, out, func(e jetstream.KeyValueEntry) (KeyEvent, bool) {
+		if e == nil {
+			return KeyEvent{}, false
 		}
-	}()
+		ev := KeyEvent{ID: e.Key()}
+		if len(ev.ID) == 64 {
+			ev.ID = ev.ID[:keyIDLen]
+		}
+		if e.Operation() == jetstream.KeyValuePut {
+			k, err := decodeKey(e.Key(), e.Value())
+			if err != nil {
+				s.log.Error("skipping corrupt key entry", "key", ev.ID, "err", err)
+				return KeyEvent{}, false
+			}
+			ev.ID, ev.Key = k.ID, &k
+		}
+		return ev, true
+	})
 	return out, nil
 }

@@ -999,3 +999,45 @@ func TestEmbeddedWithoutListenHasNoPort(t *testing.T) {
 		t.Errorf("JetStream().AccountInfo: %v", err)
 	}
 }
+
+// TestWatchKeys: a node learns of keys created, rotated and revoked through
+// another (here, the same store) from the watch, and not of what was there
+// before it began.
+func TestWatchKeys(t *testing.T) {
+	ctx := testCtx(t)
+	s := openStore(t, "")
+	old := ebb.Key{ID: "0000aaaa", Role: ebb.RoleAdmin, Hash: digestOf([]byte("old"))}
+	if err := s.CreateKey(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	events, err := s.WatchKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := ebb.Key{ID: "0000bbbb", Role: ebb.RoleInvoke, Hash: digestOf([]byte("new"))}
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	k.Hash = digestOf([]byte("rotated"))
+	if err := s.UpdateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteKey(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"0000bbbb put " + digestOf([]byte("new")), "0000bbbb put " + digestOf([]byte("rotated")), "0000bbbb delete"}
+	for i, w := range want {
+		select {
+		case ev := <-events:
+			got := ev.ID + " delete"
+			if ev.Key != nil {
+				got = ev.ID + " put " + ev.Key.Hash
+			}
+			if got != w {
+				t.Fatalf("event %d = %q, want %q", i, got, w)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("event %d (%s) never came", i, w)
+		}
+	}
+}

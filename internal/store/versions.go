@@ -60,7 +60,7 @@ func (s *Store) ListAllVersions(ctx context.Context) ([]*ebb.Function, error) {
 }
 
 func (s *Store) listVersions(ctx context.Context, filter string) ([]*ebb.Function, error) {
-	entries, err := s.snapshotFiltered(ctx, s.kept, filter)
+	entries, err := s.snapshotOf(ctx, s.kept, filter, false)
 	if err != nil {
 		return nil, fmt.Errorf("list versions: %w", err)
 	}
@@ -180,35 +180,5 @@ func (s *Store) UpdateTraffic(ctx context.Context, name string, change func(*ebb
 			return t, fmt.Errorf("put routes of %s: %w", name, err)
 		}
 		return t, nil
-	}
-}
-
-// snapshotFiltered is snapshot for the keys that match filter.
-func (s *Store) snapshotFiltered(ctx context.Context, kv jetstream.KeyValue, filter string) ([]jetstream.KeyValueEntry, error) {
-	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		_ = w.Stop()
-		drain(w)
-	}()
-	var entries []jetstream.KeyValueEntry
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				if err := s.check(); err != nil {
-					return nil, err
-				}
-				return nil, errors.New("watch ended before the initial values")
-			}
-			if e == nil {
-				return entries, nil
-			}
-			entries = append(entries, e)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
 	}
 }
