@@ -22,8 +22,13 @@ type Catalog interface {
 	Function(t Target) (*ebb.Function, error)
 	// Functions lists every function's current version.
 	Functions() []*ebb.Function
-	// Tail returns the end (at most 4 KiB) of one invocation's log lines.
-	Tail(ctx context.Context, name, requestID string) []byte
+	// LogMark is where name's log is now, taken before an invocation
+	// whose lines Tail will read: Tail then reads only what came after,
+	// not every line kept.
+	LogMark(name string) uint64
+	// Tail returns the end (at most 4 KiB) of one invocation's log lines
+	// written since mark.
+	Tail(ctx context.Context, name, requestID string, mark uint64) []byte
 }
 
 // MaxTailBytes is how much of an invocation's log LogType Tail returns, as

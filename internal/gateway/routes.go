@@ -58,6 +58,10 @@ func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
 		g.fail(w, route.Lambda, name, err)
 		return
 	}
+	var mark uint64
+	if tail {
+		mark = g.cfg.Catalog.LogMark(name)
+	}
 	res, err := g.cfg.Backend.Invoke(r.Context(), target, rid, payload)
 	if res != nil {
 		h.Set("Ebb-Cold-Start", strconv.FormatBool(res.ColdStart))
@@ -65,7 +69,7 @@ func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
 		h.Set("X-Amz-Executed-Version", strconv.Itoa(res.Version))
 	}
 	if tail && (res != nil || err == nil || isFunctionError(err)) {
-		h.Set("X-Amz-Log-Result", base64.StdEncoding.EncodeToString(g.cfg.Catalog.Tail(r.Context(), name, rid)))
+		h.Set("X-Amz-Log-Result", base64.StdEncoding.EncodeToString(g.cfg.Catalog.Tail(r.Context(), name, rid, mark)))
 	}
 	var body []byte
 	if err != nil {

@@ -157,6 +157,18 @@ func (b *Buffer) sinceLocked(fn string, since uint64, limit int) ([]Line, uint64
 	return out, since + uint64(len(out))
 }
 
+// Next is the seq fn's next line will have: Since(fn, Next(fn), …) later
+// returns only lines written after the call.
+func (b *Buffer) Next(fn string) uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.fns[fn]
+	if r == nil {
+		return 0
+	}
+	return r.first + uint64(len(r.lines)-r.head)
+}
+
 // Wait returns fn's lines from since, waiting until there is at least one or
 // ctx ends.
 func (b *Buffer) Wait(ctx context.Context, fn string, since uint64, limit int) ([]Line, uint64) {

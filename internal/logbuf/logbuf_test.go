@@ -115,3 +115,22 @@ func parkedIn(fn string) bool {
 	}
 	return false
 }
+
+// TestNextMarksWhatComesAfter: Since from Next gives only the lines written
+// after it, whether the function had lines before or none at all.
+func TestNextMarksWhatComesAfter(t *testing.T) {
+	b := mustNew(t, Config{MaxLines: 3})
+	mark := b.Next("f")
+	b.Line("f", 1, "i1", "r0", "stdout", []byte("first"))
+	if lines, _ := b.Since("f", mark, 0); len(lines) != 1 || lines[0].Text != "first" {
+		t.Fatalf("from a mark taken before any line: %v", lines)
+	}
+	for i := 0; i < 5; i++ {
+		b.Line("f", 1, "i1", "r", "stdout", []byte(fmt.Sprint("old", i)))
+	}
+	mark = b.Next("f")
+	b.Line("f", 1, "i1", "r9", "stdout", []byte("new"))
+	if lines, _ := b.Since("f", mark, 0); len(lines) != 1 || lines[0].Text != "new" {
+		t.Errorf("from a mark: %v, want only the new line", lines)
+	}
+}

@@ -351,9 +351,17 @@ func (p *Platform) Functions() []*ebb.Function {
 // before the handler returned may arrive just after its result.
 const tailSettle = 25 * time.Millisecond
 
+// tailBatch is how many log lines Tail reads at a time.
+const tailBatch = 256
+
+// LogMark implements gateway.Catalog.
+func (p *Platform) LogMark(name string) uint64 {
+	return p.logs.Next(name)
+}
+
 // Tail implements gateway.Catalog: the invocation's own log lines, the last
 // gateway.MaxTailBytes of them, as Lambda's LogType Tail.
-func (p *Platform) Tail(ctx context.Context, name, requestID string) []byte {
+func (p *Platform) Tail(ctx context.Context, name, requestID string, mark uint64) []byte {
 	var text []byte
 	collect := func(lines []logbuf.Line) {
 		for _, l := range lines {
@@ -363,12 +371,18 @@ func (p *Platform) Tail(ctx context.Context, name, requestID string) []byte {
 			}
 		}
 	}
-	lines, next := p.logs.Since(name, 0, 0)
+	// From the mark only, a bounded read at a time: a caller asking for
+	// Tail on every invoke must not make ebb copy every line it keeps.
+	lines, next := p.logs.Since(name, mark, tailBatch)
 	collect(lines)
+	for len(lines) == tailBatch {
+		lines, next = p.logs.Since(name, next, tailBatch)
+		collect(lines)
+	}
 	wctx, cancel := context.WithTimeout(ctx, tailSettle)
 	defer cancel()
 	for wctx.Err() == nil {
-		lines, next = p.logs.Wait(wctx, name, next, 0)
+		lines, next = p.logs.Wait(wctx, name, next, tailBatch)
 		collect(lines)
 	}
 	if len(text) > gateway.MaxTailBytes {
