@@ -38,8 +38,8 @@ func (b *resultBackend) Runtime(Target) (ebb.Runtime, error) { return ebb.Runtim
 // openFunctions has no public URLs and no rate limits.
 type openFunctions struct{}
 
-func (openFunctions) PublicURL(string) bool                               { return false }
-func (openFunctions) AllowInvoke(string, time.Time) (bool, time.Duration) { return true, 0 }
+func (openFunctions) PublicURL(string) bool                    { return false }
+func (openFunctions) AllowInvoke(string) (bool, time.Duration) { return true, 0 }
 
 // serveGateway runs the gateway behind ebb's HTTP server on loopback.
 func serveGateway(t testing.TB, b Backend) string {

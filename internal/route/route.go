@@ -48,9 +48,9 @@ type Route struct {
 type Functions interface {
 	// PublicURL says whether fn's function URL needs no key.
 	PublicURL(fn string) bool
-	// AllowInvoke takes a token of fn's rate_limit at now; when refused it
+	// AllowInvoke takes a token of fn's rate_limit; when refused it
 	// says how long until one is free.
-	AllowInvoke(fn string, now time.Time) (bool, time.Duration)
+	AllowInvoke(fn string) (bool, time.Duration)
 }
 
 // Auditor records control-plane actions.
@@ -259,7 +259,7 @@ func (t *Table) wrap(rt Route) http.HandlerFunc {
 			auth.Strip(r, keyed)
 		}
 		if rt.Invoke && fn != "" {
-			if ok, wait := t.cfg.Functions.AllowInvoke(fn, t.cfg.Now()); !ok {
+			if ok, wait := t.cfg.Functions.AllowInvoke(fn); !ok {
 				if t.cfg.Metrics != nil {
 					t.cfg.Metrics.RateLimited("function", fn)
 				}

@@ -20,7 +20,7 @@ type fakeFunctions struct {
 }
 
 func (f fakeFunctions) PublicURL(fn string) bool { return f.public[fn] }
-func (f fakeFunctions) AllowInvoke(fn string, _ time.Time) (bool, time.Duration) {
+func (f fakeFunctions) AllowInvoke(fn string) (bool, time.Duration) {
 	if f.limited[fn] {
 		return false, 1500 * time.Millisecond
 	}
