@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -238,4 +240,42 @@ func (m *Meter) Records(ctx context.Context, fn string, since, until time.Time, 
 		return fmt.Errorf("read usage records: %w", err)
 	}
 	return nil
+}
+
+// ParseSince reads a point in time: an RFC 3339 time, or an age back from
+// now as a Go duration ("90m", "24h") or in days ("30d"). Empty is now minus
+// def.
+func ParseSince(s string, now time.Time, def time.Duration) (time.Time, error) {
+	if s == "" {
+		return now.Add(-def), nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	var d time.Duration
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 || days > 100*366 {
+			return time.Time{}, fmt.Errorf("%q is not a number of days", s)
+		}
+		d = time.Duration(days) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil || d < 0 {
+			return time.Time{}, fmt.Errorf("%q is not a duration (90m, 24h, 30d) or an RFC 3339 time", s)
+		}
+	}
+	return now.Add(-d), nil
+}
+
+// DefaultStep is the step that gives a range of length d about 120 points
+// or fewer, in a round number of minutes.
+func DefaultStep(d time.Duration) time.Duration {
+	for _, s := range []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour,
+		3 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour} {
+		if d/s <= 120 {
+			return s
+		}
+	}
+	return 7 * 24 * time.Hour
 }
