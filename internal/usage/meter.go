@@ -361,7 +361,7 @@ func cloneBuckets(bs []Bucket) []Bucket {
 
 func cloneBucket(b *Bucket) Bucket {
 	c := *b
-	c.Triggers, c.Latency = nil, nil
-	c.merge(&Bucket{Triggers: b.Triggers, Latency: b.Latency})
+	c.Triggers, c.Latency, c.Init = nil, nil, nil
+	c.merge(&Bucket{Triggers: b.Triggers, Latency: b.Latency, Init: b.Init})
 	return c
 }

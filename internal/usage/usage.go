@@ -62,9 +62,11 @@ type Bucket struct {
 	GBSeconds   float64           `json:"g,omitempty"`
 	Triggers    map[string]uint64 `json:"t,omitempty"`
 	Latency     Histogram         `json:"l,omitempty"`
-	BusyMS      float64           `json:"busy,omitempty"`
-	Peak        int               `json:"peak,omitempty"`
-	IdleMiBs    float64           `json:"idle,omitempty"`
+	// Init holds cold starts' init times.
+	Init     Histogram `json:"i,omitempty"`
+	BusyMS   float64   `json:"busy,omitempty"`
+	Peak     int       `json:"peak,omitempty"`
+	IdleMiBs float64   `json:"idle,omitempty"`
 }
 
 // add folds r into b.
@@ -86,6 +88,12 @@ func (b *Bucket) add(r *Record) {
 		b.Latency = Histogram{}
 	}
 	b.Latency.Add(r.DurationMS)
+	if r.Cold {
+		if b.Init == nil {
+			b.Init = Histogram{}
+		}
+		b.Init.Add(r.InitMS)
+	}
 }
 
 // merge folds o into b: counts add, peaks take the larger.
@@ -105,6 +113,10 @@ func (b *Bucket) merge(o *Bucket) {
 		b.Latency = Histogram{}
 	}
 	b.Latency.Merge(o.Latency)
+	if len(o.Init) > 0 && b.Init == nil {
+		b.Init = Histogram{}
+	}
+	b.Init.Merge(o.Init)
 	b.BusyMS += o.BusyMS
 	b.Peak = max(b.Peak, o.Peak)
 	b.IdleMiBs += o.IdleMiBs
