@@ -3,6 +3,7 @@ package usage
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -83,6 +84,7 @@ type sweep struct {
 // Meter collects usage. Its methods are safe for concurrent use.
 type Meter struct {
 	cfg Config
+	id  string // names this meter's minutes in the store
 
 	mu sync.Mutex // guards the fields below
 	// open holds the minutes not yet written, by Unix minute.
@@ -107,7 +109,7 @@ func New(cfg Config) (*Meter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m := &Meter{cfg: cfg, open: map[int64]map[key]*Bucket{}, sweeps: map[key]*sweep{}}
+	m := &Meter{cfg: cfg, id: rand.Text(), open: map[int64]map[key]*Bucket{}, sweeps: map[key]*sweep{}}
 	m.closed = unixMinute(cfg.Now()) - 1
 	return m, nil
 }
@@ -271,7 +273,7 @@ func (m *Meter) Flush(ctx context.Context, all bool) error {
 			}
 		}
 		if mb := m.open[min]; len(mb) > 0 {
-			mi := Minute{Time: time.Unix(min*60, 0).UTC()}
+			mi := Minute{Time: time.Unix(min*60, 0).UTC(), Writer: m.id}
 			for _, b := range mb {
 				mi.Buckets = append(mi.Buckets, *b)
 			}

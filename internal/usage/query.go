@@ -108,8 +108,9 @@ func (m *Meter) Report(ctx context.Context, q Query) ([]Report, error) {
 			return nil, fmt.Errorf("report usage: step %s makes more than %d points", q.Step, maxPoints)
 		}
 	}
-	// Minutes still in memory win over the store: one being written as
-	// this runs may be read from both.
+	// This meter's minutes still in memory win over its minutes in the
+	// store: one being written as this runs may be read from both. Other
+	// meters' minutes (other nodes') add up.
 	mem := m.snapshot()
 	byFn := map[string]*acc{}
 	fold := func(min int64, bs []Bucket) {
@@ -152,7 +153,7 @@ func (m *Meter) Report(ctx context.Context, q Query) ([]Report, error) {
 			return nil // not ours to fail a report on; skipped
 		}
 		min := unixMinute(mi.Time)
-		if _, ok := mem[min]; ok {
+		if _, ok := mem[min]; ok && mi.Writer == m.id {
 			return nil
 		}
 		if min >= to {

@@ -123,8 +123,11 @@ func (b *Bucket) merge(o *Bucket) {
 
 // Minute is every bucket of one minute: one message of the rollup stream.
 type Minute struct {
-	Time    time.Time `json:"time"`
-	Buckets []Bucket  `json:"buckets"`
+	Time time.Time `json:"time"`
+	// Writer is the meter that wrote it: ebb nodes sharing a store each
+	// write their own minutes, which add up.
+	Writer  string   `json:"writer"`
+	Buckets []Bucket `json:"buckets"`
 }
 
 // Histogram counts durations in logarithmic bins 2% wide, so that

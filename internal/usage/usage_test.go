@@ -336,3 +336,27 @@ func FuzzParseSince(f *testing.F) {
 		}
 	})
 }
+
+// TestTwoNodesAddUp: two meters writing one store (two ebb nodes) each see
+// the other's minutes added to their own, also for a minute one of them
+// still holds in memory.
+func TestTwoNodesAddUp(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	ca, cb := &clock{t: t0}, &clock{t: t0}
+	a, b := newMeter(t, st, ca), newMeter(t, st, cb)
+	ctx := context.Background()
+	run(a, ca, "f", 1, t0.Add(10*time.Second), time.Second, 200)
+	run(b, cb, "f", 1, t0.Add(20*time.Second), time.Second, 200)
+	run(b, cb, "f", 1, t0.Add(30*time.Second), time.Second, 200)
+	cb.Set(t0.Add(5 * time.Minute))
+	if err := b.Flush(ctx, false); err != nil { // b's minute is stored; a's is in memory
+		t.Fatal(err)
+	}
+	reps, err := a.Report(ctx, Query{Function: "f", Since: t0, Until: t0.Add(5 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reps[0].Invocations != 3 {
+		t.Errorf("node a sees %d invocations, want its 1 and b's 2", reps[0].Invocations)
+	}
+}
