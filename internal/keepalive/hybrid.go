@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"strconv"
 	"strings"
 	"time"
@@ -185,7 +186,8 @@ func (h *Hybrid) Name() string {
 
 // New implements Policy.
 func (h *Hybrid) New() History {
-	return &hybridHistory{p: h, bins: make([]uint32, int(h.Range/h.Bin))}
+	n := int(h.Range / h.Bin)
+	return &hybridHistory{p: h, bins: make([]uint32, n), cnt: make([]float64, n+1), sum: make([]float64, n+1)}
 }
 
 type hybridHistory struct {
@@ -196,6 +198,8 @@ type hybridHistory struct {
 	sumSq    float64       // Σ count², for the coefficient of variation in O(1)
 	oob      int           // idle times beyond Range
 	forecast time.Duration // smoothed out-of-bounds idle time; 0: none yet
+
+	cnt, sum []float64 // Fenwick trees over the bins (see add)
 }
 
 func (h *hybridHistory) Observe(at time.Time) {
@@ -213,6 +217,7 @@ func (h *hybridHistory) Observe(at time.Time) {
 		h.sumSq += 2*c + 1 // (c+1)² − c²
 		h.bins[b]++
 		h.inRange++
+		h.add(b)
 		return
 	}
 	h.oob++
@@ -270,35 +275,48 @@ func (h *hybridHistory) Decide(time.Time) Decision {
 }
 
 // cost is what d would have cost over the idle times seen so far, in
-// minutes: the idle warm time, plus Exchange for each arrival it would
-// have found cold. Idle times are taken at their bin's middle; out of
-// bounds ones as longer than any window.
+// bins: the idle warm time, plus Exchange for each arrival it would have
+// found cold. Idle times are taken at their bin's middle; out of bounds
+// ones as longer than any window.
 func (h *hybridHistory) cost(d Decision) float64 {
 	bin := float64(h.p.Bin)
-	x := float64(h.p.Exchange)
+	x := float64(h.p.Exchange) / bin
 	from := 0.0
 	if !d.PrewarmAt.IsZero() {
-		from = float64(d.PrewarmAt.Sub(d.Last))
+		from = float64(d.PrewarmAt.Sub(d.Last)) / bin
 	}
-	to := float64(d.UnloadAt.Sub(d.Last))
-	one := func(g float64) float64 {
-		switch {
-		case g < from:
-			return x
-		case g <= to:
-			return g - from
-		default:
-			return x + to - from
-		}
+	to := float64(d.UnloadAt.Sub(d.Last)) / bin
+	nb := len(h.bins)
+	// bins [0, lo) have their middle before from, [lo, hi) inside the window
+	lo := min(max(int(math.Ceil(from-0.5)), 0), nb)
+	hi := min(max(int(math.Floor(to-0.5))+1, lo), nb)
+	before, beforeSum := h.below(lo)
+	upTo, upToSum := h.below(hi)
+	in, inSum := upTo-before, upToSum-beforeSum
+	after := float64(h.inRange) - upTo + float64(h.oob)
+	return x*before + (inSum - from*in) + (x+to-from)*after
+}
+
+// The idle times per bin are also kept in two Fenwick trees (counts, and
+// counts times the bin's middle), so that Decide reads the count and sum
+// below any bin in O(log bins) instead of walking all 240 bins.
+
+// add records one idle time in bin b.
+func (h *hybridHistory) add(b int) {
+	mid := float64(b) + 0.5
+	for i := b + 1; i < len(h.cnt); i += i & -i {
+		h.cnt[i]++
+		h.sum[i] += mid
 	}
-	var c float64
-	for b, n := range h.bins {
-		if n > 0 {
-			c += float64(n) * one((float64(b)+0.5)*bin)
-		}
+}
+
+// below returns the count and the sum of middles of the bins below k.
+func (h *hybridHistory) below(k int) (n, sum float64) {
+	for i := k; i > 0; i -= i & -i {
+		n += h.cnt[i]
+		sum += h.sum[i]
 	}
-	c += float64(h.oob) * (x + to - from)
-	return c / float64(time.Minute)
+	return n, sum
 }
 
 // window builds a decision that pre-warms prewarm after the last arrival
@@ -323,18 +341,16 @@ func (h *hybridHistory) cv() float64 {
 }
 
 // bin is the bin holding the pct-th percentile of the in-range idle times
-// (nearest rank).
+// (nearest rank): the first bin whose count from 0 reaches the rank, found
+// by descending the count tree.
 func (h *hybridHistory) bin(pct float64) int {
-	rank := int(math.Ceil(pct / 100 * float64(h.inRange)))
-	if rank < 1 {
-		rank = 1
-	}
-	seen := 0
-	for i, c := range h.bins {
-		seen += int(c)
-		if seen >= rank {
-			return i
+	rem := max(1, math.Ceil(pct/100*float64(h.inRange)))
+	pos := 0
+	for step := 1 << bits.Len(uint(len(h.bins))); step > 0; step >>= 1 {
+		if next := pos + step; next <= len(h.bins) && h.cnt[next] < rem {
+			pos = next
+			rem -= h.cnt[next]
 		}
 	}
-	return len(h.bins) - 1
+	return min(pos, len(h.bins)-1)
 }
