@@ -1,6 +1,8 @@
 package keepalive
 
 import (
+	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -208,5 +210,56 @@ func BenchmarkHybridObserveDecide(b *testing.B) {
 		now = now.Add(time.Duration(1+i%37) * time.Minute)
 		h.Observe(now)
 		h.Decide(now)
+	}
+}
+
+// TestHybridTreesMatchBins: the percentiles and prices read from the
+// Fenwick trees equal the ones counted bin by bin, on random histories.
+func TestHybridTreesMatchBins(t *testing.T) {
+	p := DefaultHybrid()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 200 {
+		h := p.New().(*hybridHistory)
+		at := t0
+		for range 1 + rng.IntN(300) {
+			at = at.Add(time.Duration(rng.ExpFloat64() * float64(time.Duration(1+rng.IntN(120))*time.Minute)))
+			h.Observe(at)
+		}
+		if h.inRange == 0 {
+			continue
+		}
+		for _, pct := range []float64{0, 1, 5, 50, 90, 99, 100} {
+			rank, seen, want := max(1, int(math.Ceil(pct/100*float64(h.inRange)))), 0, len(h.bins)-1
+			for b, c := range h.bins {
+				if seen += int(c); seen >= rank {
+					want = b
+					break
+				}
+			}
+			if got := h.bin(pct); got != want {
+				t.Fatalf("trial %d: percentile %v in bin %d, counting says %d", trial, pct, got, want)
+			}
+		}
+		for _, w := range [][2]float64{{0, 10}, {0, 240}, {3.5, 17.2}, {0.9, 2.2}, {100, 300}, {0, 0.4}} {
+			d := Decision{Last: at, UnloadAt: at.Add(time.Duration(w[1] * float64(time.Minute)))}
+			if w[0] > 0 {
+				d.PrewarmAt = at.Add(time.Duration(w[0] * float64(time.Minute)))
+			}
+			x := float64(p.Exchange / time.Minute)
+			want := float64(h.oob) * (x + w[1] - w[0])
+			for b, c := range h.bins {
+				switch g := float64(b) + 0.5; {
+				case g < w[0]:
+					want += float64(c) * x
+				case g <= w[1]:
+					want += float64(c) * (g - w[0])
+				default:
+					want += float64(c) * (x + w[1] - w[0])
+				}
+			}
+			if got := h.cost(d); math.Abs(got-want) > 1e-6*max(1, want) {
+				t.Fatalf("trial %d: window %v costs %v, counting says %v", trial, w, got, want)
+			}
+		}
 	}
 }
