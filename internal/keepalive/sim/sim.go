@@ -7,7 +7,6 @@
 package sim
 
 import (
-	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -218,7 +217,11 @@ func rank(sorted []float64, p float64) float64 {
 
 // Text writes the report as a table.
 func (r Report) Text() string {
-	s := fmt.Sprintf("%d day(s), %d minutes, memory in %s minutes\n", r.Days, r.Minutes, cmp.Or(map[string]string{"app": "app-"}[r.MemoryUnit], "MB·"))
+	unit := "MB·minutes"
+	if r.MemoryUnit == "app" {
+		unit = "app·minutes (no memory file: every app weighs 1)"
+	}
+	s := fmt.Sprintf("%d day(s), %d minutes; wasted memory in %s\n", r.Days, r.Minutes, unit)
 	s += fmt.Sprintf("%-24s %6s %12s %8s %8s %8s %16s %10s %10s %8s\n", "policy", "apps", "invocations", "cold p50", "cold p75", "cold p99", "wasted memory", "p75 vs 10m", "waste vs 10m", "ns/inv")
 	f := func(p *float64) string {
 		if p == nil {
