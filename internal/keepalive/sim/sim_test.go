@@ -97,7 +97,7 @@ func synthetic(t *testing.T, apps, days int, seed uint64, mix []trace.Share) ([]
 // seeds. On that mix hybrid cuts the wasted memory time (≤ 0.9×) and the
 // median app's cold starts (≤ 0.5×), but not the 75th-percentile app's:
 // a third of the apps are rare and random (Poisson), and for those any
-// keep-alive buys warm hits at one mean idle time of memory each
+// keep-alive buys warm hits at about one mean idle time of memory each
 // (docs/keepalive.md). With fewer rare random apps (15%, the rest in
 // proportion) both goals hold at once.
 func TestHybridAgainstFixed(t *testing.T) {
