@@ -30,6 +30,7 @@ Usage:
   ebb audit [--since 24h]                     the audit log of control-plane actions
   ebb usage NAME [--since 24h]                invocations, errors, cold starts, billed time, latency and idle warm memory
   ebb cost [NAME] [--since 30d] [--what-if …] price the traffic as Lambda, Cloud Run, a dedicated instance and this node
+  ebb sim --trace FILE --policy hybrid        replay invocation traces through keep-alive policies
 
 Client commands find the server with --url or EBB_URL (default http://127.0.0.1:8080)
 and authenticate with --key or EBB_API_KEY.
@@ -77,6 +78,8 @@ func main() {
 		err = runUsage(ctx, args)
 	case "cost":
 		err = runCost(ctx, args)
+	case "sim":
+		err = runSim(ctx, args)
 	case "onnx-serve":
 		err = runONNXServe(ctx, args)
 	case "help", "-h", "--help":
