@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/client"
@@ -158,6 +159,43 @@ func runList(ctx context.Context, args []string) error {
 	return tw.Flush()
 }
 
+// runWarm shows the node's budget for warm capacity and what holds it.
+func runWarm(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("warm", flag.ContinueOnError)
+	mk := clientFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return fmt.Errorf("usage: ebb warm [--json]")
+	}
+	rep, err := mk().Warm(ctx)
+	if err != nil {
+		return fmt.Errorf("warm: %w", err)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Printf("warm budget  %.1f of %.1f MiB, %d of %d holders\n", float64(rep.UsedBytes)/(1<<20), float64(rep.LimitBytes)/(1<<20), rep.Count, rep.MaxHolders)
+	if len(rep.Holders) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FUNCTION\tVERSION\tKIND\tMIB\tSINCE\tLAST USE")
+	for _, h := range rep.Holders {
+		last := "never"
+		if !h.LastUse.IsZero() {
+			last = time.Since(h.LastUse).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.1f\t%s ago\t%s\n", h.Function, h.Version, h.Kind, float64(h.Bytes)/(1<<20), time.Since(h.Since).Round(time.Second), last)
+	}
+	return tw.Flush()
+}
+
 func runStatus(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	mk := clientFlags(fs)
@@ -217,6 +255,12 @@ func runStatus(ctx context.Context, args []string) error {
 	if sp := st.Spare; sp != nil {
 		fmt.Printf("  spare        pid %d, ready %s ago, RSS %.1f MiB, PSS %.1f MiB (ONNX Runtime up; the next cold start loads the model in it)\n",
 			sp.PID, time.Since(sp.Since).Round(time.Second), float64(sp.RSS)/(1<<20), float64(sp.PSS)/(1<<20))
+	}
+	if w := st.Warm; w != nil {
+		fmt.Printf("  warm         holds %.1f MiB of the node's warm budget (%s, since %s ago; ebb warm)\n",
+			float64(w.Bytes)/(1<<20), w.Kind, time.Since(w.Since).Round(time.Second))
+	} else if st.Runtime == ebb.RuntimePython || st.Runtime == ebb.RuntimeONNX {
+		fmt.Println("  warm         none held (the next cold start builds its own; ebb warm)")
 	}
 	if len(st.Instances) == 0 {
 		fmt.Println("  instances    none (scaled to zero)")

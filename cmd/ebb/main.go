@@ -18,6 +18,7 @@ Usage:
   ebb invoke NAME [-d JSON | -f FILE]         invoke a function, print its result
   ebb ls                                      list functions
   ebb status NAME                             show a function's version, instances and counters
+  ebb warm                                    the node's budget for warm capacity (--warm-memory) and what holds it
   ebb logs NAME [-f]                          show a function's output
   ebb rm NAME [--version N]                   remove a function, or one of its versions
   ebb versions NAME                           list a function's versions, routes and aliases
@@ -56,6 +57,8 @@ func main() {
 		err = runList(ctx, args)
 	case "status":
 		err = runStatus(ctx, args)
+	case "warm":
+		err = runWarm(ctx, args)
 	case "logs":
 		err = runLogs(ctx, args)
 	case "rm", "remove":

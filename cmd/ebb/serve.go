@@ -21,6 +21,7 @@ import (
 
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/h1"
+	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/platform"
 	"github.com/ebb-run/ebb/internal/sandbox"
@@ -38,7 +39,9 @@ func runServe(ctx context.Context, args []string) error {
 	cgroup := fs.String("cgroup", "auto", "memory limits: auto, v2, v1 or none")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this (loopback) address, for profiling ebb itself")
-	onnxSpares := fs.Int("onnx-spares", 8, "onnx spare processes (ONNX Runtime started, model not yet loaded) kept for cold starts, node-wide; 0 for none")
+	warmMemory := byteSize(instance.DefaultWarmMemory(uint64(nodeMemoryMiB()) << 20))
+	fs.Var(&warmMemory, "warm-memory", "node-wide budget (PSS) for warm capacity built ahead of need: python zygotes, onnx spares, spare sandboxes (default a tenth of the machine's memory, at least 256MiB)")
+	warmMax := fs.Int("warm-max", instance.DefaultWarmMax, "most function versions holding warm capacity at once, node-wide; 0 for none")
 	sandboxMode := fs.String("sandbox", "auto", "confine every function process: auto (wherever the host allows it, else a loud warning), on (refuse to start without) or off")
 	sandboxUIDs := fs.String("sandbox-uids", sandbox.DefaultUIDs.String(), "host uids for sandboxed functions, FIRST-LAST; FIRST is the sandbox group, each function gets one of the others")
 	instanceDir := fs.String("instance-dir", "", "where instances' working and scratch dirs live (default: a tmpfs under /dev/shm when there is one, else DATA/instances)")
@@ -124,7 +127,7 @@ func runServe(ctx context.Context, args []string) error {
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		LoopbackHosts: loopback, AllowedHosts: splitList(*allowedHosts), CORSOrigins: splitList(*corsOrigins), AuditRetention: *auditRetention,
 		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(),
-		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
+		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, WarmMemory: int64(warmMemory), WarmMax: sparesOrNone(*warmMax),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
 		Sandbox:        sandbox.Config{Mode: *sandboxMode, UIDs: uids},
 		LogBufferBytes: int64(logBuffer), MaxUnpackedBytes: int64(maxUnpacked),
@@ -194,7 +197,7 @@ func splitList(s string) []string {
 	return out
 }
 
-// sparesOrNone maps the flag's 0 ("none") to the platform's negative.
+// sparesOrNone maps --warm-max 0 ("none") to the platform's negative.
 func sparesOrNone(n int) int {
 	if n <= 0 {
 		return -1

@@ -46,6 +46,9 @@ type FunctionStatus struct {
 	Zygote *ZygoteStatus `json:"zygote,omitempty"`
 	// Spare is the onnx spare process of the current version, if one waits.
 	Spare *SpareStatus `json:"spare,omitempty"`
+	// Warm is what the current version holds of the node's warm budget
+	// (GET /v1/warm); nil when it holds nothing.
+	Warm *WarmStatus `json:"warm,omitempty"`
 	// Sandbox says how the current version's processes are confined: "on"
 	// or "off" (the node's mode), and with it their uid and network.
 	Sandbox SandboxStatus `json:"sandbox"`
@@ -209,6 +212,8 @@ type Config struct {
 	Keys Keys
 	// Usage reads metered usage; nil leaves out the usage routes.
 	Usage Usage
+	// Warm reads the warm budget; nil leaves out GET /v1/warm.
+	Warm Warm
 	// Node describes the machine, for GET /v1/usage.
 	Node   Node
 	Logger *slog.Logger
@@ -262,6 +267,7 @@ func (a *API) Routes() []route.Route {
 		{Pattern: "GET /v1/functions/{name}/shadow", Perm: auth.PermDescribe, Function: name, Handler: a.shadowReport},
 	}
 	rs = append(rs, a.usageRoutes()...)
+	rs = append(rs, a.warmRoutes()...)
 	if a.cfg.Keys != nil {
 		rs = append(rs,
 			route.Route{Pattern: "POST /v1/keys", Perm: auth.PermKeys, Audit: "key.create", Handler: a.createKey},

@@ -210,6 +210,13 @@ func (c *Client) Status(ctx context.Context, name string) (*api.FunctionStatus, 
 	return &out, err
 }
 
+// Warm reads the node's budget for warm capacity and what holds it.
+func (c *Client) Warm(ctx context.Context) (*api.WarmReport, error) {
+	var out api.WarmReport
+	err := c.getJSON(ctx, http.MethodGet, "/v1/warm", nil, nil, &out)
+	return &out, err
+}
+
 // Remove deletes a function.
 func (c *Client) Remove(ctx context.Context, name string) error {
 	return c.getJSON(ctx, http.MethodDelete, "/v1/functions/"+url.PathEscape(name), nil, nil, nil)

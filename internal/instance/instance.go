@@ -58,10 +58,11 @@ type Config struct {
 	// process, stays; 0 means DefaultZygoteKeepAliveFactor times the
 	// function's idle_timeout (at least MinZygoteKeepAlive).
 	ZygoteKeepAlive time.Duration
-	// Spares caps the onnx spare processes of every starter sharing it;
-	// Validate makes one of DefaultMaxSpares when it is nil, so starters
-	// should share a validated Config.
-	Spares *SpareLimit
+	// Warm is the node's budget for warm capacity, shared by every
+	// starter: python zygotes with their spare child, onnx spare
+	// processes, spare sandboxes. Validate makes one of MinWarmMemory when
+	// it is nil, so starters should share a validated Config.
+	Warm *WarmBudget
 	// Sandbox, when set and enabled, confines every process of every
 	// function (see box); nil or disabled runs them as ebb's own.
 	Sandbox *sandbox.Sandbox
@@ -81,8 +82,8 @@ func (c *Config) Validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Spares == nil {
-		c.Spares = NewSpareLimit(DefaultMaxSpares)
+	if c.Warm == nil {
+		c.Warm = NewWarmBudget(WarmConfig{Bytes: MinWarmMemory})
 	}
 	if c.Sandbox != nil && c.Sandbox.Enabled() && c.UIDFor == nil {
 		return errors.New("instance config: UIDFor is required with a sandbox")
@@ -106,6 +107,9 @@ type Starter struct {
 	// otherwise.
 	python *pythonLauncher
 	onnx   *onnxLauncher
+	// hold is what the version holds of the warm budget; nil when its
+	// runtime keeps nothing ahead.
+	hold *warmHolder
 }
 
 // launcher starts the instances of one runtime. There is one type per
@@ -290,6 +294,21 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 // request finds them ready. It does nothing for other functions.
 func (s *Starter) Prewarm() { s.launch.prewarm() }
 
+// Warm reports what the version holds of the node's warm budget; nil when
+// it holds nothing.
+func (s *Starter) Warm() *WarmStatus {
+	if s.hold == nil {
+		return nil
+	}
+	if st := s.hold.status(); st != nil {
+		if m := s.hold.measure(); m > 0 {
+			st.Bytes = m
+		}
+		return st
+	}
+	return nil
+}
+
 // Close stops the zygote and the spare instance, if any. The instances the
 // starter started must be stopped first: forked ones die with the zygote.
 func (s *Starter) Close() {
@@ -342,18 +361,25 @@ func (s *Starter) startProcess(ctx context.Context, ps process.Spec, block, init
 		p, err := s.cfg.Processes.Start(ctx, ps)
 		return p, nil, err
 	}
-	release, closeFiles, err := s.box.wrap(ctx, &ps, block, init)
+	release, closeFiles, done, err := s.box.wrap(ctx, &ps, block, init)
 	if err != nil {
 		return nil, nil, err
 	}
 	p, err := s.cfg.Processes.Start(ctx, ps)
 	closeFiles()
 	if err != nil {
+		done()
 		if release != nil {
 			release() // nobody waits on it; closes ebb's end
 		}
 		return nil, nil, err
 	}
+	// It uses the namespace until it is gone; this waiter ends with it
+	// (the process manager kills every process at its close).
+	go func() {
+		<-p.Done()
+		done()
+	}()
 	return p, release, nil
 }
 

@@ -29,10 +29,10 @@ type keeperConfig[T ahead] struct {
 	// (and may disable the keeper) itself, since only it knows what the
 	// error means.
 	start func(ctx context.Context) (T, error)
-	// limit caps spares node-wide (Config.Spares); nil means no cap, not
-	// SpareLimit's "none": a zygote's spare child costs only the pages
-	// that differ from the zygote's.
-	limit *SpareLimit
+	// hold accounts the spare in the node's warm budget (Config.Warm): a
+	// spare is made only when the budget admits it. nil means the spare
+	// is accounted elsewhere (a zygote's spare child, with its zygote).
+	hold *warmHolder
 	// busy, when set, keeps the spare past the keep-alive while it says
 	// true (a zygote with forked instances still running). It runs with
 	// the keeper's lock held, so must be quick.
@@ -44,6 +44,8 @@ type keeperConfig[T ahead] struct {
 	// quick; the func it returns, if any, runs after the lock is released
 	// and the spare is gone, for the slow part (a shutdown).
 	retire func(had bool) (after func())
+	// ready, when set, runs after a spare was made (outside the lock).
+	ready func()
 }
 
 // keeper keeps one spare started ahead of need: a start takes it and asks
@@ -161,15 +163,24 @@ func (k *keeper[T]) make(ctx context.Context) {
 	k.spare, k.has = sp, true
 	k.mu.Unlock()
 	if had {
-		k.release()
-		old.kill()
+		old.kill() // dead already; its room is the new one's
+	}
+	k.cfg.hold.refresh()
+	if k.cfg.ready != nil {
+		k.cfg.ready()
 	}
 }
 
 // expire lets the spare go when no start took one for the keep-alive.
-func (k *keeper[T]) expire(now time.Time) {
+func (k *keeper[T]) expire(now time.Time) { k.letGo(now, false) }
+
+// evict lets the spare go now, keep-alive or not (unless busy says no): the
+// warm budget wants its room for something in higher demand.
+func (k *keeper[T]) evict() { k.letGo(time.Now(), true) }
+
+func (k *keeper[T]) letGo(now time.Time, force bool) {
 	k.mu.Lock()
-	if now.Sub(k.lastUse) < k.cfg.keepAlive {
+	if !force && now.Sub(k.lastUse) < k.cfg.keepAlive {
 		k.mu.Unlock()
 		return
 	}
@@ -196,6 +207,7 @@ func (k *keeper[T]) expire(now time.Time) {
 // take hands out the spare as instance id when there is a live one, and
 // notes the use for the keep-alive; the caller then calls refill.
 func (k *keeper[T]) take(id string) (T, bool) {
+	k.cfg.hold.used()
 	k.mu.Lock()
 	k.lastUse = time.Now()
 	sp, had := k.takeLocked()
@@ -277,16 +289,14 @@ func (k *keeper[T]) close() {
 		sp.kill()
 		<-sp.done()
 	}
+	k.cfg.hold.unregister()
 }
 
-// acquire takes a slot of the node-wide limit, when there is one.
-func (k *keeper[T]) acquire() bool { return k.cfg.limit == nil || k.cfg.limit.acquire() }
+// acquire takes room in the node's warm budget, when the spare is accounted
+// there: ahead of need, it may only evict holders in less demand.
+func (k *keeper[T]) acquire() bool { return k.cfg.hold.admit(false) == nil }
 
-func (k *keeper[T]) release() {
-	if k.cfg.limit != nil {
-		k.cfg.limit.release()
-	}
-}
+func (k *keeper[T]) release() { k.cfg.hold.release() }
 
 func isClosed(c <-chan struct{}) bool {
 	select {

@@ -87,10 +87,14 @@ func TestKeeperRefillsWhenTakenAndExpires(t *testing.T) {
 }
 
 func TestKeeperLimitDisableAndClose(t *testing.T) {
-	limit := NewSpareLimit(1)
+	budget := NewWarmBudget(WarmConfig{Bytes: 1 << 30, Max: 1})
 	start := func(ctx context.Context) (*fakeAhead, error) { return newFakeAhead(), nil }
-	a := newKeeper(keeperConfig[*fakeAhead]{keepAlive: time.Hour, start: start, limit: limit})
-	b := newKeeper(keeperConfig[*fakeAhead]{keepAlive: time.Hour, start: start, limit: limit})
+	a := newKeeper(keeperConfig[*fakeAhead]{keepAlive: time.Hour, start: start})
+	b := newKeeper(keeperConfig[*fakeAhead]{keepAlive: time.Hour, start: start})
+	for _, k := range []*keeper[*fakeAhead]{a, b} {
+		k.cfg.hold = budget.newHolder("f", 1, KindONNXSpare, func() uint64 { return 0 }, nil, k.evict)
+		k.cfg.hold.register()
+	}
 	a.refill()
 	waitFor(t, "a's spare", a.live)
 	// b's loop takes one kick at a time: once it has taken a second one,
@@ -116,8 +120,8 @@ func TestKeeperLimitDisableAndClose(t *testing.T) {
 	if !isClosed(sp.done()) {
 		t.Error("close left the spare alive")
 	}
-	if !limit.acquire() {
-		t.Error("the limit's slot was not given back")
+	if s := budget.Snapshot(); len(s.Holders) != 0 {
+		t.Errorf("the budget still has holders after close: %+v", s.Holders)
 	}
 }
 

@@ -30,7 +30,7 @@ const spareStartTimeout = time.Minute
 // function (its cgroup, memory limit, environment, port), so claiming it is
 // one write. It costs the runtime's memory (about 9 MiB anonymous, plus
 // library pages shared with the other onnx processes), counts against the
-// node's Config.Spares, and goes after the keep-alive without a cold start,
+// node's warm budget (Config.Warm), and goes after the keep-alive without a cold start,
 // like a python zygote. Without a spare, a cold start spawns a process.
 type onnxLauncher struct {
 	s      *Starter
@@ -74,7 +74,6 @@ func newONNXLauncher(s *Starter, argv []string) *onnxLauncher {
 	l.spares = newKeeper(keeperConfig[*onnxSpare]{
 		keepAlive: ka,
 		start:     l.startSpare,
-		limit:     s.cfg.Spares,
 		retire: func(had bool) func() {
 			if had {
 				s.cfg.Logger.Info("spare instance unused; stopping it", "function", s.fn.Spec.Name, "version", s.fn.Version, "keep_alive", ka)
@@ -82,7 +81,33 @@ func newONNXLauncher(s *Starter, argv []string) *onnxLauncher {
 			return nil
 		},
 	})
+	l.spares.cfg.hold = s.cfg.Warm.newHolder(s.fn.Spec.Name, s.fn.Version, KindONNXSpare, func() uint64 { return sparePSS(l.spares, s) }, nil, l.spares.evict)
+	l.spares.cfg.hold.register()
+	s.hold = l.spares.cfg.hold
 	return l
+}
+
+// sparePSS is the PSS of k's spare process and its children, and of s's
+// sandbox network stack, which it keeps up.
+func sparePSS[T interface {
+	ahead
+	pid() int
+}](k *keeper[T], s *Starter) uint64 {
+	pid := 0
+	k.peek(func(sp T) { pid = sp.pid() })
+	if pid == 0 {
+		return 0
+	}
+	return treePSS(pid, nil) + s.netPSS()
+}
+
+// netPSS is the PSS of the version's sandbox network stack (pasta), 0
+// without one.
+func (s *Starter) netPSS() uint64 {
+	if s.box == nil {
+		return 0
+	}
+	return s.box.pastaPSS()
 }
 
 func (l *onnxLauncher) prewarm() { l.spares.refill() }
@@ -207,6 +232,8 @@ type onnxSpare struct {
 	ready     chan struct{} // closed when the claimed process listens
 }
 
+func (sp *onnxSpare) pid() int { return sp.inst.Pid() }
+
 func (sp *onnxSpare) claim(id string) error {
 	sp.inst.setAlias(id)
 	sp.inst.started = time.Now() // init time is what the claim waits for
@@ -248,38 +275,4 @@ func (s *Starter) Spare() *SpareStatus {
 	}
 	st.RSS, st.PSS = ReadPSS(st.Pid)
 	return &st
-}
-
-// DefaultMaxSpares is how many onnx spare processes a node keeps at most
-// when Config.Spares is not set.
-const DefaultMaxSpares = 8
-
-// SpareLimit caps the spare processes of a node, across its functions:
-// each costs the runtime's memory while it waits, so a node with hundreds
-// of onnx functions keeps spares only for the few that had cold starts most
-// recently, and the others start the usual way. Safe for concurrent use; nil
-// allows none.
-type SpareLimit struct{ slots chan struct{} }
-
-// NewSpareLimit allows n spares at once.
-func NewSpareLimit(n int) *SpareLimit {
-	return &SpareLimit{slots: make(chan struct{}, max(n, 0))}
-}
-
-func (l *SpareLimit) acquire() bool {
-	if l == nil {
-		return false
-	}
-	select {
-	case l.slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
-
-func (l *SpareLimit) release() {
-	if l != nil {
-		<-l.slots
-	}
 }

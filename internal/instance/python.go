@@ -30,6 +30,9 @@ type pythonLauncher struct {
 	idBase    string
 	seq       atomic.Uint64
 	spares    *keeper[forkedSpare]
+	// hold accounts the zygote and its spare child in the node's warm
+	// budget: held from a build's admission until the zygote is gone.
+	hold *warmHolder
 
 	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
 
@@ -43,6 +46,7 @@ type pythonLauncher struct {
 	forks    int
 	fallback string
 	closed   bool
+	building bool // a build holds room; it must not be evicted
 
 	stop chan struct{}  // closed by close
 	wg   sync.WaitGroup // a disabled zygote waiting for its children
@@ -71,7 +75,11 @@ func newPythonLauncher(s *Starter, fresh *execLauncher) *pythonLauncher {
 		start:     py.startSpare,
 		busy:      py.busy,
 		retire:    func(bool) func() { return py.retire() },
+		ready:     func() { py.hold.refresh() },
 	})
+	py.hold = s.cfg.Warm.newHolder(s.fn.Spec.Name, s.fn.Version, KindZygote, py.measure, py.idle, py.spares.evict)
+	py.hold.register()
+	s.hold = py.hold
 	return py
 }
 
@@ -99,13 +107,37 @@ func (py *pythonLauncher) startSpare(ctx context.Context) (forkedSpare, error) {
 	defer cancel()
 	inst, err := py.fork(ctx, py.nextID("s"), true)
 	if err != nil {
-		if !errors.Is(err, errFallback) && ctx.Err() == nil {
+		if !errors.Is(err, errFallback) && !errors.Is(err, errNoRoom) && ctx.Err() == nil {
 			py.s.cfg.Logger.Warn("fork spare instance", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "err", err)
 		}
 		return forkedSpare{}, err
 	}
 	inst.cold.Spare = true
 	return forkedSpare{inst}, nil
+}
+
+// measure is the PSS of the zygote and its spare child, without the
+// instances it forked (they are in use, not held ahead), and of the
+// sandbox's network stack, which it keeps up.
+func (py *pythonLauncher) measure() uint64 {
+	py.mu.Lock()
+	z := py.z
+	py.mu.Unlock()
+	if z == nil {
+		return 0
+	}
+	spare := 0
+	py.spares.peek(func(sp forkedSpare) { spare = sp.inst.Pid() })
+	return treePSS(z.proc.Pid(), func(pid int) bool { return pid != spare && z.forked(pid) }) + py.s.netPSS()
+}
+
+// idle says the zygote may be evicted: no build in progress, no instance
+// forked from it running.
+func (py *pythonLauncher) idle() bool {
+	py.mu.Lock()
+	building := py.building
+	py.mu.Unlock()
+	return !building && !py.busy(py.spares.live())
 }
 
 // busy says whether instances forked from the zygote, other than the spare,
@@ -145,14 +177,21 @@ func (py *pythonLauncher) retire() func() {
 	return func() {
 		py.s.cfg.Logger.Info("zygote idle; stopping it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "keep_alive", py.keepAlive)
 		z.shutdown()
+		py.hold.release()
 	}
 }
 
 // start starts one instance from the zygote: the spare if one is ready,
 // else a fresh fork, else (the zygote unusable) a fresh interpreter.
+//
+// A start with no zygote builds one (the cold path), room in the warm budget
+// or not: it may evict idle holders of other functions; when even that
+// leaves no room, the instance starts as a fresh interpreter, and the
+// function keeps no zygote.
 func (py *pythonLauncher) start(ctx context.Context, id string) (*Instance, error) {
+	py.hold.used()
 	inst, err := py.forkOrTake(ctx, id)
-	if errors.Is(err, errFallback) {
+	if errors.Is(err, errFallback) || errors.Is(err, errNoRoom) {
 		return py.fresh.start(ctx, id)
 	}
 	return inst, err
@@ -195,6 +234,7 @@ func (py *pythonLauncher) close() {
 	if z != nil {
 		z.shutdown()
 	}
+	py.hold.unregister()
 }
 
 // status reports the zygote, if any.

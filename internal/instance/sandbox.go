@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,16 +48,21 @@ type box struct {
 	// nsMu serialises making ns, which can take seconds (pasta), so that
 	// mu, which status and port hooks take, is never held across it.
 	nsMu sync.Mutex
-	mu   sync.Mutex // guards ns, stale, closed, ports
+	mu   sync.Mutex // guards ns, stale, users, closed, ports
 	ns   *sandbox.Netns
+	// users counts what needs each namespace: processes started in it,
+	// Runtime API listeners, reserved ports. The last one gone closes it,
+	// and its pasta (tens of MiB): a version with nothing running holds
+	// no network stack (use).
+	users map[*sandbox.Netns]int
 	// stale are namespaces whose pasta died: new instances get a new
 	// namespace, while the instances still in these keep them (closed
 	// with the box).
 	stale  []*sandbox.Netns
 	closed bool
 	// ports are the ports handed to live http instances inside ns, for
-	// the same reason as the host's (reservePort).
-	ports map[int]bool
+	// the same reason as the host's (reservePort), with their use of it.
+	ports map[int]func()
 }
 
 // newBox prepares the confinement of fn, whose bundle is at codeDir.
@@ -73,7 +79,7 @@ func newBox(cfg *Config, fn *ebb.Function, codeDir string) (*box, error) {
 	b := &box{sb: sb, uid: uid, code: code, tmpBytes: int64(fn.Spec.MemoryMiB) << 20,
 		// Without pasta (sandbox.New warned once), outbound functions get
 		// loopback only rather than not starting at all.
-		outbound: fn.Spec.Network != ebb.NetworkNone && sb.Outbound(), hostname: fn.Spec.Name, ports: map[int]bool{}, log: cfg.Logger}
+		outbound: fn.Spec.Network != ebb.NetworkNone && sb.Outbound(), hostname: fn.Spec.Name, ports: map[int]func(){}, users: map[*sandbox.Netns]int{}, log: cfg.Logger}
 	for _, m := range []struct{ src, dst string }{
 		{cfg.ShimDir, boxShimDir}, {cfg.Executable, boxExe}, {ortDir(cfg.ONNXLibrary), boxORTDir},
 	} {
@@ -154,32 +160,105 @@ func (b *box) current() (*sandbox.Netns, error) {
 	return b.ns, nil
 }
 
-// listen opens a listener for a Runtime API inside the namespace.
+// use is the namespace, made if needed, counted as used until done is
+// called (once is enough; more calls do nothing).
+func (b *box) use(ctx context.Context) (ns *sandbox.Netns, done func(), err error) {
+	for {
+		ns, err := b.netns(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		b.mu.Lock()
+		if b.ns != ns {
+			// Its last user went between netns and here: closed.
+			b.mu.Unlock()
+			continue
+		}
+		b.users[ns]++
+		b.mu.Unlock()
+		var once sync.Once
+		return ns, func() { once.Do(func() { b.unuse(ns) }) }, nil
+	}
+}
+
+// unuse ends one use of ns, closing it after the last.
+func (b *box) unuse(ns *sandbox.Netns) {
+	b.mu.Lock()
+	b.users[ns]--
+	last := b.users[ns] <= 0
+	if last {
+		delete(b.users, ns)
+		if b.ns == ns {
+			b.ns = nil
+		}
+		b.stale = slices.DeleteFunc(b.stale, func(o *sandbox.Netns) bool { return o == ns })
+	}
+	b.mu.Unlock()
+	if last {
+		ns.Close()
+	}
+}
+
+// listen opens a listener for a Runtime API inside the namespace; closing
+// it ends its use of the namespace.
 func (b *box) listen(ctx context.Context) (net.Listener, error) {
-	ns, err := b.netns(ctx)
+	ns, done, err := b.use(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return ns.Listen("tcp", "127.0.0.1:0")
+	ln, err := ns.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		done()
+		return nil, err
+	}
+	return &usedListener{Listener: ln, done: done}, nil
+}
+
+// usedListener ends its use of the namespace when closed.
+type usedListener struct {
+	net.Listener
+	done func()
+}
+
+func (l *usedListener) Close() error {
+	err := l.Listener.Close()
+	l.done()
+	return err
+}
+
+// pastaPSS is the PSS of the namespace's pasta, 0 without one: what a
+// version holding warm capacity keeps up besides its processes.
+func (b *box) pastaPSS() uint64 {
+	b.mu.Lock()
+	ns := b.ns
+	b.mu.Unlock()
+	if ns == nil || ns.PastaPID() == 0 {
+		return 0
+	}
+	_, pss := ReadPSS(ns.PastaPID())
+	return pss
 }
 
 // reservePort picks a free port inside the namespace for an http instance.
+//
+// The port uses the namespace until releasePort.
 func (b *box) reservePort(ctx context.Context) (int, func(ctx context.Context) (net.Conn, error), error) {
-	ns, err := b.netns(ctx)
+	ns, done, err := b.use(ctx)
 	if err != nil {
 		return 0, nil, err
 	}
 	for range 100 {
 		l, err := ns.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
+			done()
 			return 0, nil, fmt.Errorf("find free port: %w", err)
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
 		b.mu.Lock()
-		free := !b.ports[port]
+		free := b.ports[port] == nil
 		if free {
-			b.ports[port] = true
+			b.ports[port] = done
 		}
 		b.mu.Unlock()
 		if free {
@@ -187,13 +266,18 @@ func (b *box) reservePort(ctx context.Context) (int, func(ctx context.Context) (
 			return port, func(ctx context.Context) (net.Conn, error) { return ns.Dial(ctx, "tcp", addr) }, nil
 		}
 	}
+	done()
 	return 0, nil, errors.New("find free port: every port offered is taken by an instance")
 }
 
 func (b *box) releasePort(port int) {
 	b.mu.Lock()
+	done := b.ports[port]
 	delete(b.ports, port)
 	b.mu.Unlock()
+	if done != nil {
+		done()
+	}
 }
 
 // wrap turns a process spec into its sandboxed form: bwrap running argv as
@@ -203,16 +287,20 @@ func (b *box) releasePort(port int) {
 // Every process is its namespace's init but a python zygote, which forks
 // instances into its namespace (and reaps them itself): an orphan of one
 // of those must not be reported to ebb as an instance's exit.
-func (b *box) wrap(ctx context.Context, ps *process.Spec, block, init bool) (release func() error, closeFn func(), err error) {
-	ns, err := b.netns(ctx)
+//
+// The process uses the namespace until it is gone: the caller calls done
+// then, or at once when it did not start.
+func (b *box) wrap(ctx context.Context, ps *process.Spec, block, init bool) (release func() error, closeFn, done func(), err error) {
+	ns, done, err := b.use(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	argv := append([]string{ps.Path}, ps.Args...)
 	c, err := b.sb.Command(sandbox.Spec{UID: b.uid, GID: b.uid, Code: b.code, ReadOnly: b.binds, TmpBytes: b.tmpBytes,
 		Argv: argv, Hostname: b.hostname, Block: block, Init: init, FirstFD: 3 + len(ps.ExtraFiles)})
 	if err != nil {
-		return nil, nil, err
+		done()
+		return nil, nil, nil, err
 	}
 	ps.Path, ps.Args = c.Path, c.Args[1:]
 	ps.ExtraFiles = append(ps.ExtraFiles[:len(ps.ExtraFiles):len(ps.ExtraFiles)], c.ExtraFiles...)
@@ -220,7 +308,7 @@ func (b *box) wrap(ctx context.Context, ps *process.Spec, block, init bool) (rel
 	ps.NetNS = ns.File()
 	ps.NoDirs = true
 	ps.Env = boxEnv(ps.Env)
-	return c.Release, c.Close, nil
+	return c.Release, c.Close, done, nil
 }
 
 // boxEnv points a sandboxed process's home and scratch at its private /tmp.
@@ -314,6 +402,8 @@ type boxedSpare struct {
 	release func() error
 }
 
+func (sp boxedSpare) pid() int { return sp.inst.Pid() }
+
 func (sp boxedSpare) claim(id string) error {
 	sp.inst.setAlias(id)
 	sp.inst.started = time.Now() // init is what the claim waits for
@@ -326,15 +416,14 @@ func (sp boxedSpare) done() <-chan struct{} { return sp.inst.done }
 
 // boxSpares is the keeper of a sandboxed exec or http version's spare;
 // begin starts an instance blocked before exec. Spares count against the
-// node's Config.Spares, like onnx spares.
+// node's warm budget (Config.Warm), like onnx spares.
 func boxSpares(s *Starter, begin func(ctx context.Context, id string, block bool) (*Instance, func() error, error)) *keeper[boxedSpare] {
 	var seq atomic.Uint64
 	var b [3]byte
 	rand.Read(b[:])
 	idBase := fmt.Sprintf("%s-v%d-b%s-", s.fn.Spec.Name, s.fn.Version, hex.EncodeToString(b[:]))
-	return newKeeper(keeperConfig[boxedSpare]{
+	k := newKeeper(keeperConfig[boxedSpare]{
 		keepAlive: spareKeepAlive(s),
-		limit:     s.cfg.Spares,
 		start: func(ctx context.Context) (boxedSpare, error) {
 			ctx, cancel := context.WithTimeout(ctx, spareStartTimeout)
 			defer cancel()
@@ -348,6 +437,10 @@ func boxSpares(s *Starter, begin func(ctx context.Context, id string, block bool
 			return boxedSpare{inst: inst, release: release}, nil
 		},
 	})
+	k.cfg.hold = s.cfg.Warm.newHolder(s.fn.Spec.Name, s.fn.Version, KindBoxSpare, func() uint64 { return sparePSS(k, s) }, nil, k.evict)
+	k.cfg.hold.register()
+	s.hold = k.cfg.hold
+	return k
 }
 
 // claimOrBegin claims the spare sandbox as instance id when spares keeps one

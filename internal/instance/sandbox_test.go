@@ -146,7 +146,7 @@ func TestPastaDeathGivesANewNamespace(t *testing.T) {
 	if !sb.Outbound() {
 		skipOrFail(t, "no pasta (passt): no outbound networking to lose")
 	}
-	b := &box{sb: sb, outbound: true, hostname: "pasta-death", ports: map[int]bool{}}
+	b := &box{sb: sb, outbound: true, hostname: "pasta-death", ports: map[int]func(){}, users: map[*sandbox.Netns]int{}}
 	defer b.close()
 	ctx := context.Background()
 	ns1, err := b.netns(ctx)
@@ -181,5 +181,58 @@ func TestPastaDeathGivesANewNamespace(t *testing.T) {
 	b.mu.Unlock()
 	if stale != 1 {
 		t.Errorf("%d stale namespaces kept, want the old one for its instances", stale)
+	}
+}
+
+// TestBoxNamespaceGoesWithItsLastUser checks that a version's network
+// namespace, and its pasta, go once nothing uses it (no process, listener
+// or port): a function with nothing running must hold no network stack.
+func TestBoxNamespaceGoesWithItsLastUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		skipOrFail(t, "the sandbox needs root")
+	}
+	sb, err := sandbox.New(sandbox.Config{Mode: sandbox.ModeOn})
+	if err != nil {
+		t.Fatalf("sandbox: %v", err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	if !sb.Outbound() {
+		skipOrFail(t, "no pasta (passt)")
+	}
+	b := &box{sb: sb, outbound: true, hostname: "ns-users", ports: map[int]func(){}, users: map[*sandbox.Netns]int{}}
+	defer b.close()
+	ctx := context.Background()
+	ln, err := b.listen(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _, err := b.reservePort(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := b.current()
+	if ns == nil || ns.PastaPID() == 0 {
+		t.Fatal("no namespace with pasta while in use")
+	}
+	ln.Close()
+	if cur, _ := b.current(); cur != ns || isClosed(ns.PastaDone()) {
+		t.Fatal("the namespace went while a port still used it")
+	}
+	b.releasePort(port)
+	select {
+	case <-ns.PastaDone():
+	case <-time.After(30 * time.Second):
+		t.Fatal("pasta still runs after the namespace's last user went")
+	}
+	if cur, _ := b.current(); cur != nil {
+		t.Error("the unused namespace is still the version's")
+	}
+	ln, err = b.listen(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if cur, _ := b.current(); cur == nil || cur == ns || cur.PastaPID() == 0 {
+		t.Error("the next use did not make a new namespace with pasta")
 	}
 }

@@ -66,9 +66,12 @@ type zygote struct {
 	builtAt time.Time
 	build   time.Duration
 
-	mu sync.Mutex // guards slots, early
+	mu sync.Mutex // guards slots, pids, early
 	// slots are the adopted children by pid, for their exit reports.
 	slots map[int]*process.Slot
+	// pids are the adopted children's pids in ebb's namespace, by their
+	// pid in the zygote's, for the warm budget's measure.
+	pids map[int]int
 	// early holds exits reported before the child was registered.
 	early map[int]syscall.WaitStatus
 }
@@ -76,7 +79,11 @@ type zygote struct {
 // ensure returns a live zygote, building one if needed; built is how long
 // that took, 0 when it was warm. It counts a fork in progress (forks): the
 // caller calls forkDone when it has adopted its child or failed.
-func (py *pythonLauncher) ensure(ctx context.Context) (z *zygote, built time.Duration, err error) {
+//
+// A build needs room in the node's warm budget (errNoRoom without): ahead
+// of need (demand false) it may only evict holders in less demand, for a
+// request's own start (demand) any idle one.
+func (py *pythonLauncher) ensure(ctx context.Context, demand bool) (z *zygote, built time.Duration, err error) {
 	if z, err := py.current(); z != nil || err != nil {
 		return z, 0, err
 	}
@@ -85,20 +92,33 @@ func (py *pythonLauncher) ensure(ctx context.Context) (z *zygote, built time.Dur
 	if z, err := py.current(); z != nil || err != nil {
 		return z, 0, err
 	}
-	t0 := time.Now()
-	z, err = py.build(ctx)
-	if err != nil {
+	if err := py.hold.admit(demand); err != nil {
 		return nil, 0, err
 	}
 	py.mu.Lock()
-	if py.closed {
+	py.building = true
+	py.mu.Unlock()
+	t0 := time.Now()
+	z, err = py.build(ctx)
+	py.mu.Lock()
+	py.building = false
+	if err == nil && py.closed {
+		err = fmt.Errorf("start zygote: %w", ebb.ErrClosed)
 		py.mu.Unlock()
 		z.shutdown()
-		return nil, 0, fmt.Errorf("start zygote: %w", ebb.ErrClosed)
+		py.mu.Lock()
+	}
+	if err != nil {
+		py.mu.Unlock()
+		py.hold.release()
+		return nil, 0, err
 	}
 	py.z = z
 	py.forks++
 	py.mu.Unlock()
+	if demand {
+		py.hold.refresh() // a spare, later, refreshes it again
+	}
 	return z, time.Since(t0), nil
 }
 
@@ -123,6 +143,7 @@ func (py *pythonLauncher) current() (*zygote, error) {
 		case <-py.z.client.Dead():
 			py.s.cfg.Logger.Warn("zygote died; rebuilding it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "err", py.z.proc.Err())
 			py.z = nil
+			py.hold.release()
 		default:
 			py.forks++
 			return py.z, nil
@@ -147,7 +168,9 @@ func (py *pythonLauncher) disable(reason string) {
 	py.s.cfg.Logger.Warn("python zygote disabled; instances start as fresh interpreters", "function", py.s.fn.Spec.Name,
 		"version", py.s.fn.Version, "reason", reason)
 	py.spares.disable()
-	if z != nil {
+	if z == nil {
+		py.hold.release()
+	} else {
 		// Children it forked already keep running until they stop;
 		// closing the channel only ends the zygote when it reads EOF,
 		// which kills them (parent-death signal), so wait for them
@@ -157,6 +180,7 @@ func (py *pythonLauncher) disable(reason string) {
 			defer py.wg.Done()
 			z.waitChildren(py.stop)
 			z.shutdown()
+			py.hold.release()
 		}()
 	}
 }
@@ -177,7 +201,7 @@ func (py *pythonLauncher) build(ctx context.Context) (*zygote, error) {
 	if err != nil {
 		return nil, err
 	}
-	z := &zygote{slots: map[int]*process.Slot{}, early: map[int]syscall.WaitStatus{}}
+	z := &zygote{slots: map[int]*process.Slot{}, pids: map[int]int{}, early: map[int]syscall.WaitStatus{}}
 	client, err := pyruntime.NewZygote(ours, z.onExit)
 	if err != nil {
 		theirs.Close()
@@ -260,7 +284,7 @@ func (py *pythonLauncher) zygoteLines(id, stream string) func([]byte) {
 // manifest's warmup event before it is handed out (prime).
 func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Instance, error) {
 	s := py.s
-	z, built, err := py.ensure(ctx)
+	z, built, err := py.ensure(ctx, !spare)
 	if err != nil {
 		return nil, err
 	}
@@ -397,6 +421,7 @@ func (z *zygote) adopt(slot *process.Slot, nsPid, pid int) (*process.Process, er
 		slot.SetExit(ws, true)
 	} else {
 		z.slots[nsPid] = slot
+		z.pids[nsPid] = pid
 	}
 	z.mu.Unlock()
 	select {
@@ -408,6 +433,7 @@ func (z *zygote) adopt(slot *process.Slot, nsPid, pid int) (*process.Process, er
 	if err != nil {
 		z.mu.Lock()
 		delete(z.slots, nsPid)
+		delete(z.pids, nsPid)
 		z.mu.Unlock()
 		slot.Abort()
 	}
@@ -425,6 +451,7 @@ func (z *zygote) onExit(pid int, ws syscall.WaitStatus) {
 	z.mu.Lock()
 	slot := z.slots[pid]
 	delete(z.slots, pid)
+	delete(z.pids, pid)
 	if slot == nil && len(z.early) < maxEarlyExits {
 		z.early[pid] = ws
 	}
@@ -432,6 +459,18 @@ func (z *zygote) onExit(pid int, ws syscall.WaitStatus) {
 	if slot != nil {
 		slot.SetExit(ws, true)
 	}
+}
+
+// forked says whether pid (in ebb's namespace) is a child z forked.
+func (z *zygote) forked(pid int) bool {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for _, p := range z.pids {
+		if p == pid {
+			return true
+		}
+	}
+	return false
 }
 
 func (z *zygote) children() int {
@@ -466,6 +505,7 @@ func (z *zygote) shutdown() {
 	z.mu.Lock()
 	slots := z.slots
 	z.slots = map[int]*process.Slot{}
+	z.pids = map[int]int{}
 	z.mu.Unlock()
 	for _, s := range slots {
 		s.SetExit(0, false)

@@ -437,6 +437,7 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 		if sp := d.starter.Spare(); sp != nil {
 			st.Spare = &api.SpareStatus{PID: sp.Pid, Since: sp.Since, RSS: sp.RSS, PSS: sp.PSS}
 		}
+		st.Warm = warmStatus(d.starter.Warm())
 	}
 	st.Sandbox.Mode = p.SandboxMode()
 	p.mu.RLock()

@@ -322,7 +322,7 @@ func TestONNXColdStart(t *testing.T) {
 		if spares {
 			n = 0 // the default
 		}
-		envs[spares] = start(t, "", func(c *Config) { c.Executable, c.ONNXLibrary, c.MaxSyncPayload, c.ONNXSpares = bin, lib, 64<<20, n })
+		envs[spares] = start(t, "", func(c *Config) { c.Executable, c.ONNXLibrary, c.MaxSyncPayload, c.WarmMax = bin, lib, 64<<20, n })
 	}
 	gen := t.TempDir()
 	models := []struct {

@@ -133,7 +133,7 @@ func TestONNXModelThroughThePlatform(t *testing.T) {
 func TestONNXConformanceFullPath(t *testing.T) {
 	// A thousand functions, each started once: spare processes (tested
 	// on their own) would only double the process starts.
-	e := startONNX(t, func(c *Config) { c.ONNXSpares = -1 })
+	e := startONNX(t, func(c *Config) { c.WarmMax = -1 })
 	cases, err := conformance.Load(conformance.DefaultRoot)
 	if err != nil || len(cases) == 0 {
 		ebbtest.SkipUnlessRequired(t, ebbtest.RequireONNX, "no ONNX backend test cases under %s (Debian package libonnx-testdata): %v", conformance.DefaultRoot, err)
@@ -237,7 +237,7 @@ func TestONNXSpare(t *testing.T) {
 	}{{"on", 0, true}, {"off", -1, false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			lib, bin := onnxLibrary(t), ebbBinary(t)
-			e := start(t, "", func(c *Config) { c.Executable, c.ONNXLibrary, c.ONNXSpares = bin, lib, tc.spares })
+			e := start(t, "", func(c *Config) { c.Executable, c.ONNXLibrary, c.WarmMax = bin, lib, tc.spares })
 			model, err := os.ReadFile("../onnx/testdata/mlp.onnx")
 			if err != nil {
 				t.Fatal(err)

@@ -84,10 +84,14 @@ type Config struct {
 	// ZygoteKeepAlive is how long an unused python zygote or onnx spare
 	// process stays (default 3 × the function's idle_timeout, at least 1m).
 	ZygoteKeepAlive time.Duration
-	// ONNXSpares is how many onnx spare processes (ONNX Runtime started, no
-	// model yet) the node keeps for the next cold starts; 0 means
-	// instance.DefaultMaxSpares, negative none.
-	ONNXSpares int
+	// WarmMemory is the node's budget for warm capacity in bytes: what
+	// python zygotes (with their spare child), onnx spare processes and
+	// spare sandboxes may hold ahead of need, together, by PSS; 0 means
+	// instance.MinWarmMemory, negative none.
+	WarmMemory int64
+	// WarmMax caps the holders of warm capacity; 0 means
+	// instance.DefaultWarmMax, negative none.
+	WarmMax int
 	// Sandbox confines every function process (sandbox.Config; its Mode
 	// defaults to auto, its ViewDir to one derived from DataDir).
 	Sandbox sandbox.Config
@@ -180,6 +184,10 @@ type Platform struct {
 
 	deployMu sync.Mutex // serialises deploys and removals, so versions swap in order
 
+	// restoring is set while New restores the registry: nothing is built
+	// ahead of need then (warm.go).
+	restoring bool
+
 	mu       sync.RWMutex // guards fns (and what they hold), draining and pinned
 	fns      map[string]*function
 	draining map[*deployment]struct{}
@@ -257,12 +265,8 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
 		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive,
 		Sandbox: p.sandbox, UIDFor: p.uids.uidFor}
-	switch {
-	case cfg.ONNXSpares > 0:
-		p.instCfg.Spares = instance.NewSpareLimit(cfg.ONNXSpares)
-	case cfg.ONNXSpares < 0:
-		p.instCfg.Spares = instance.NewSpareLimit(0)
-	}
+	p.instCfg.Warm = instance.NewWarmBudget(warmConfig(cfg))
+	p.metrics.Warm(p.warmMetrics)
 	if err := p.instCfg.Validate(); err != nil {
 		p.closeStores()
 		return nil, "", err
@@ -318,6 +322,8 @@ func (p *Platform) closeStores() {
 // restore brings back every function in the registry, as after a restart:
 // every kept version and the routes between them.
 func (p *Platform) restore(ctx context.Context) error {
+	p.restoring = true
+	defer func() { p.restoring = false }()
 	fns, err := p.store.ListFunctions(ctx)
 	if err != nil {
 		return fmt.Errorf("list functions: %w", err)
@@ -365,9 +371,12 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 		return nil, err
 	}
 	d.pool = pool
-	// A python function's zygote is built now, so that even the first
-	// request finds it (and a spare instance) ready.
-	starter.Prewarm()
+	// A python function's zygote (or an onnx spare) is built now, so that
+	// even the first request finds it ready, when the warm budget has room:
+	// at a deploy only, not at a restart (warm.go).
+	if !p.restoring {
+		starter.Prewarm()
+	}
 	return d, nil
 }
 
