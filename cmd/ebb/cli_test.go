@@ -107,6 +107,21 @@ func TestCLIClientCommands(t *testing.T) {
 		s.ebbFails(t, 1, "usage: ebb status NAME", "status")
 	})
 
+	t.Run("warm", func(t *testing.T) {
+		// clifn was invoked: its zygote holds warm capacity.
+		out := s.ebbOK(t, "status", "clifn")
+		if !regexp.MustCompile(`(?m)^  warm +holds [0-9.]+ MiB of the node's warm budget \(zygote, `).MatchString(out) {
+			t.Errorf("status shows no warm line:\n%s", out)
+		}
+		out = s.ebbOK(t, "warm")
+		for _, re := range []string{`(?m)^warm budget  [0-9.]+ of 256.0 MiB, 1 of 128 holders$`, `(?m)^clifn +1 +zygote +[0-9.]+ +`} {
+			if !regexp.MustCompile(re).MatchString(out) {
+				t.Errorf("ebb warm output does not match %s:\n%s", re, out)
+			}
+		}
+		s.ebbFails(t, 1, "usage: ebb warm [--json]", "warm", "extra")
+	})
+
 	t.Run("logs", func(t *testing.T) {
 		// The line reaches the log buffer through a pipe after the answer.
 		var out string

@@ -72,7 +72,7 @@ func startServe(t *testing.T, flags ...string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--warm-max", "0"}, flags...)
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--warm-memory", "256MiB"}, flags...)
 	cmd := exec.Command(bin, args...)
 	out := &lockedBuffer{}
 	cmd.Stdout = out

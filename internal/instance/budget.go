@@ -16,9 +16,10 @@ import (
 const DefaultWarmMax = 128
 
 // DefaultWarmEstimate is what a holder is assumed to cost before anything
-// of its function was measured: a python zygote with a light import and its
-// spare child measure 10 to 30 MiB of PSS here.
-const DefaultWarmEstimate = 24 << 20
+// of its kind was measured on the node: a python zygote with a light import
+// and its spare child measure about 15 MiB of PSS here, and the sandbox's
+// pasta, which it keeps up, about 29 MiB more.
+const DefaultWarmEstimate = 40 << 20
 
 // MinWarmMemory is the least default budget (--warm-memory), however small
 // the machine.
@@ -88,9 +89,12 @@ func RecentUse(h HolderInfo, _ time.Time) float64 {
 type WarmBudget struct {
 	cfg WarmConfig
 
-	mu        sync.Mutex // guards holders' budget fields, estimates
+	mu        sync.Mutex // guards holders' budget fields, estimates, kinds
 	holders   map[*warmHolder]struct{}
 	estimates map[string]uint64 // last measurement by function name
+	// kinds is the last measurement by holder kind, the estimate for a
+	// function never measured.
+	kinds map[string]uint64
 }
 
 // NewWarmBudget makes a budget of cfg.
@@ -108,7 +112,7 @@ func NewWarmBudget(cfg WarmConfig) *WarmBudget {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &WarmBudget{cfg: cfg, holders: map[*warmHolder]struct{}{}, estimates: map[string]uint64{}}
+	return &WarmBudget{cfg: cfg, holders: map[*warmHolder]struct{}{}, estimates: map[string]uint64{}, kinds: map[string]uint64{}}
 }
 
 // warmHolder is one thing a starter builds ahead of need, accounted in a
@@ -267,7 +271,7 @@ func (h *warmHolder) admit(demand bool) error {
 			b.mu.Unlock()
 			return nil
 		}
-		need := b.estimateLocked(h.info.Function)
+		need := b.estimateLocked(h.info)
 		victims, ok := plan(views, need, b.cfg.Bytes, b.cfg.Max, prio)
 		if !ok {
 			b.mu.Unlock()
@@ -326,11 +330,24 @@ func (b *WarmBudget) views(hs []*warmHolder, now time.Time) []holderView {
 	return views
 }
 
-func (b *WarmBudget) estimateLocked(fn string) uint64 {
-	if e, ok := b.estimates[fn]; ok {
+// estimateLocked is what a holder is assumed to cost until measured: its
+// function's last measurement, else the last of its kind, else
+// WarmConfig.Estimate.
+func (b *WarmBudget) estimateLocked(h HolderInfo) uint64 {
+	if e, ok := b.estimates[h.Function]; ok {
+		return e
+	}
+	if e, ok := b.kinds[h.Kind]; ok {
 		return e
 	}
 	return b.cfg.Estimate
+}
+
+// measuredLocked records a holder's measurement m.
+func (b *WarmBudget) measuredLocked(h *warmHolder, m uint64) {
+	h.bytes = m
+	b.estimates[h.info.Function] = m
+	b.kinds[h.info.Kind] = m
 }
 
 // register makes h count once admitted; unregister forgets it (at close).
@@ -377,8 +394,7 @@ func (h *warmHolder) refresh() {
 		b.mu.Unlock()
 		return
 	}
-	h.bytes = m
-	b.estimates[h.info.Function] = m
+	b.measuredLocked(h, m)
 	hs := b.heldLocked(nil)
 	b.mu.Unlock()
 	b.rebalance(hs)
@@ -445,8 +461,7 @@ func (b *WarmBudget) Snapshot() WarmSnapshot {
 			continue
 		}
 		if measured[i] > 0 {
-			h.bytes = measured[i]
-			b.estimates[h.info.Function] = measured[i]
+			b.measuredLocked(h, measured[i])
 		}
 		s.Used += h.bytes
 		s.Holders = append(s.Holders, WarmHolderStatus{Function: h.info.Function, Version: h.info.Version,

@@ -90,7 +90,7 @@ func newTestHolder(b *WarmBudget, fn string, size uint64) *testHolder {
 func TestWarmBudgetSpendsByRecentUse(t *testing.T) {
 	const mib = 1 << 20
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	b := NewWarmBudget(WarmConfig{Bytes: 100 * mib, Max: 10, Estimate: 30 * mib, Now: func() time.Time { return now }})
+	b := NewWarmBudget(WarmConfig{Bytes: 100 * mib, Max: 10, Estimate: 20 * mib, Now: func() time.Time { return now }})
 	a, c, d := newTestHolder(b, "a", 30*mib), newTestHolder(b, "c", 30*mib), newTestHolder(b, "d", 30*mib)
 	e := newTestHolder(b, "e", 30*mib)
 	// Deploys: ahead of need, never used; three fit, the fourth does not
@@ -99,6 +99,10 @@ func TestWarmBudgetSpendsByRecentUse(t *testing.T) {
 		if err := th.h.admit(false); err != nil {
 			t.Fatalf("%s: admit = %v; want room", th.h.info.Function, err)
 		}
+	}
+	// They are accounted at the 20 MiB estimate until measured: 30 each.
+	if s := b.Snapshot(); s.Used != 90*mib {
+		t.Fatalf("snapshot = %d MiB; want the measured 90", s.Used/mib)
 	}
 	if err := e.h.admit(false); err == nil {
 		t.Fatal("a fourth holder of 30 MiB fit in 100 MiB")
@@ -151,10 +155,15 @@ func TestWarmBudgetSpendsByRecentUse(t *testing.T) {
 	}
 	// Its measurement is the function's estimate from now on.
 	b.mu.Lock()
-	est := b.estimateLocked("d")
+	est := b.estimateLocked(d.h.info)
+	other := b.estimateLocked(HolderInfo{Function: "new", Kind: KindZygote})
+	onnx := b.estimateLocked(HolderInfo{Function: "new", Kind: KindONNXSpare})
 	b.mu.Unlock()
 	if est != 50*mib {
 		t.Errorf("estimate for d = %d; want its last measurement, 50 MiB", est)
+	}
+	if other != 30*mib || onnx != 20*mib {
+		t.Errorf("estimates for a new zygote, onnx spare = %d, %d MiB; want the last zygote measured (30), the default (20)", other/mib, onnx/mib)
 	}
 	for _, th := range []*testHolder{a, c, d, e} {
 		th.h.unregister()
@@ -178,6 +187,13 @@ func TestWarmBudgetPriorityHook(t *testing.T) {
 	}
 	if err := f.h.admit(false); err != nil || g.evicted != 1 {
 		t.Fatalf("f, predicted sooner: admit = %v, g evicted %d; want g evicted", err, g.evicted)
+	}
+	// A request for g is demand: it outranks f, whatever the prediction.
+	if err := g.h.admit(false); err == nil {
+		t.Fatal("g, predicted later, evicted f ahead of need")
+	}
+	if err := g.h.admit(true); err != nil || f.evicted != 1 {
+		t.Fatalf("g on demand: admit = %v, f evicted %d; want f evicted", err, f.evicted)
 	}
 }
 

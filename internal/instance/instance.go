@@ -291,7 +291,8 @@ func (s *Starter) Start(ctx context.Context, id string) (*Instance, error) {
 
 // Prewarm builds a python function's zygote and its spare instance, or an
 // onnx function's spare process, in the background, so that even the first
-// request finds them ready. It does nothing for other functions.
+// request finds them ready, when the node's warm budget (Config.Warm) has
+// room for them. It does nothing for other functions.
 func (s *Starter) Prewarm() { s.launch.prewarm() }
 
 // Warm reports what the version holds of the node's warm budget; nil when

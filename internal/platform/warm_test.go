@@ -3,6 +3,7 @@ package platform
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/instance"
 )
@@ -123,14 +125,29 @@ func TestWarmBudgetBoundsManyIdleFunctions(t *testing.T) {
 	}
 	var held int
 	waitFor(t, "the deploys' zygotes", 60*time.Second, func() bool { held = settled(); return held >= 0 })
-	if held == 0 || held >= n {
-		t.Fatalf("%d of %d functions hold a zygote under a %d MiB budget; want some, not all", held, n, budget>>20)
-	}
 	if pss := processTreePSS(); pss > budget {
 		t.Fatalf("after %d deploys the process tree holds %.1f MiB PSS; the budget is %d MiB (%d holders; %v; budget %+v)", n, float64(pss)/(1<<20), budget>>20,
 			held, treeByCommand(), e.p.instCfg.Warm.Snapshot())
 	} else {
 		t.Logf("after %d deploys: %d hold a zygote, process tree %.1f MiB PSS (budget %d MiB)", n, held, float64(pss)/(1<<20), budget>>20)
+	}
+	if held == 0 || held >= n {
+		t.Fatalf("%d of %d functions hold a zygote under a %d MiB budget; want some, not all", held, n, budget>>20)
+	}
+	// The node's view: GET /v1/warm and the metrics.
+	code, body, _ := e.do("GET", "/v1/warm", "", nil)
+	var rep api.WarmReport
+	if err := json.Unmarshal([]byte(body), &rep); code != 200 || err != nil {
+		t.Fatalf("GET /v1/warm = %d %s", code, body)
+	}
+	if rep.LimitBytes != budget || rep.Count != held || len(rep.Holders) != held || rep.UsedBytes > budget || rep.Holders[0].Kind != instance.KindZygote {
+		t.Errorf("GET /v1/warm = %s; want %d zygotes within %d bytes", body, held, budget)
+	}
+	_, metricsText, _ := e.do("GET", "/metrics", "", nil)
+	for _, want := range []string{"ebb_warm_budget_bytes 1.00663296e+08\n", fmt.Sprintf("ebb_warm_holders %d\n", held), "ebb_warm_memory_bytes "} {
+		if !strings.Contains(metricsText, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 	// A function without a zygote answers its first request, and keeps
 	// the zygote it built, in room made by evicting an idle one.
@@ -161,6 +178,13 @@ func TestWarmBudgetBoundsManyIdleFunctions(t *testing.T) {
 		t.Fatalf("after a restart with %d functions the process tree holds %.1f MiB PSS; the budget is %d MiB (%v)", n, float64(pss)/(1<<20), budget>>20, treeByCommand())
 	} else {
 		t.Logf("after the restart: process tree %.1f MiB PSS", float64(pss)/(1<<20))
+	}
+	// Builds ahead would start in the background: the first request
+	// below waits for its own, long enough for one begun at restore to
+	// have taken its room.
+	answers(t, e, names[0])
+	if s := e.p.instCfg.Warm.Snapshot(); len(s.Holders) > 1 {
+		t.Errorf("after a restart and one request, %d versions hold warm capacity; want only the one asked for", len(s.Holders))
 	}
 	for _, i := range rng.Perm(n)[:4] {
 		answers(t, e, names[i])
