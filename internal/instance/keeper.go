@@ -38,12 +38,13 @@ type keeperConfig[T ahead] struct {
 	// the keeper's lock held, so must be quick.
 	busy func(spareLive bool) bool
 	// retire, when set, runs on each check after the keep-alive ran out
-	// (and busy said false); had says there was a spare. It runs with the
+	// (and busy said false), or when the warm budget evicts the spare
+	// (evicted); had says there was a spare. It runs with the
 	// keeper's lock held, so that no take comes between the check and
 	// what it lets go (a zygote a start would fork from), and must be
 	// quick; the func it returns, if any, runs after the lock is released
 	// and the spare is gone, for the slow part (a shutdown).
-	retire func(had bool) (after func())
+	retire func(had, evicted bool) (after func())
 	// ready, when set, runs after a spare was made (outside the lock).
 	ready func()
 }
@@ -191,7 +192,7 @@ func (k *keeper[T]) letGo(now time.Time, force bool) {
 	sp, had := k.takeLocked()
 	var after func()
 	if k.cfg.retire != nil {
-		after = k.cfg.retire(had)
+		after = k.cfg.retire(had, force)
 	}
 	k.mu.Unlock()
 	if had {

@@ -52,7 +52,7 @@ func TestKeeperRefillsWhenTakenAndExpires(t *testing.T) {
 			last.Store(f)
 			return f, nil
 		},
-		retire: func(had bool) func() {
+		retire: func(had, _ bool) func() {
 			return func() { retired <- had }
 		},
 	})

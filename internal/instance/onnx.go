@@ -74,8 +74,11 @@ func newONNXLauncher(s *Starter, argv []string) *onnxLauncher {
 	l.spares = newKeeper(keeperConfig[*onnxSpare]{
 		keepAlive: ka,
 		start:     l.startSpare,
-		retire: func(had bool) func() {
-			if had {
+		retire: func(had, evicted bool) func() {
+			switch {
+			case had && evicted:
+				s.cfg.Logger.Info("spare instance evicted for the warm budget; stopping it", "function", s.fn.Spec.Name, "version", s.fn.Version)
+			case had:
 				s.cfg.Logger.Info("spare instance unused; stopping it", "function", s.fn.Spec.Name, "version", s.fn.Version, "keep_alive", ka)
 			}
 			return nil

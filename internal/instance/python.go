@@ -74,7 +74,7 @@ func newPythonLauncher(s *Starter, fresh *execLauncher) *pythonLauncher {
 		keepAlive: ka,
 		start:     py.startSpare,
 		busy:      py.busy,
-		retire:    func(bool) func() { return py.retire() },
+		retire:    func(_, evicted bool) func() { return py.retire(evicted) },
 		ready:     func() { py.hold.refresh() },
 	})
 	py.hold = s.cfg.Warm.newHolder(s.fn.Spec.Name, s.fn.Version, KindZygote, py.measure, py.idle, py.spares.evict)
@@ -159,9 +159,10 @@ func (py *pythonLauncher) busy(spareLive bool) bool {
 	return n > 0
 }
 
-// retire lets go of the zygote, which nothing used for the keep-alive: a
-// later start builds a new one. It returns the zygote's shutdown.
-func (py *pythonLauncher) retire() func() {
+// retire lets go of the zygote, which nothing used for the keep-alive (or
+// which the warm budget evicts: evicted): a later start builds a new one.
+// It returns the zygote's shutdown.
+func (py *pythonLauncher) retire(evicted bool) func() {
 	py.mu.Lock()
 	if py.forks > 0 {
 		// A start took the zygote after busy looked.
@@ -175,7 +176,11 @@ func (py *pythonLauncher) retire() func() {
 		return nil
 	}
 	return func() {
-		py.s.cfg.Logger.Info("zygote idle; stopping it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "keep_alive", py.keepAlive)
+		if evicted {
+			py.s.cfg.Logger.Info("zygote evicted for the warm budget; stopping it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version)
+		} else {
+			py.s.cfg.Logger.Info("zygote idle; stopping it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "keep_alive", py.keepAlive)
+		}
 		z.shutdown()
 		py.hold.release()
 	}
