@@ -95,13 +95,22 @@
   // api GETs path and parses its JSON. 401 asks for a key (once: the
   // form stays up until one works); 403 is reported where it happened.
   async function api(path, signal) {
+    const sent = sessionStorage.getItem(KEY);
     const res = await fetch(path, { headers: authHeaders(), signal, cache: "no-store" });
     if (!res.ok) {
       const err = await errorOf(res);
-      if (res.status === 401) needKey(err.message);
+      if (res.status === 401) refused(sent, signal, err);
       throw err;
     }
     return res.json();
+  }
+
+  // refused asks for a key after a 401, unless the answer is stale: its
+  // view is gone, or a key was entered since it was asked (a slow refusal
+  // must not wipe the key just typed).
+  function refused(sent, signal, err) {
+    if ((signal && signal.aborted) || sessionStorage.getItem(KEY) !== sent) return;
+    needKey(err.message);
   }
 
   // ---- key ----------------------------------------------------------------
@@ -187,7 +196,9 @@
     }
     const series = [{ label: opts.xLabel || "time" }];
     labels.forEach((l, i) => {
-      const s = { label: l, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false };
+      // Points are drawn too: a minute with invocations between quiet ones
+      // is a point with no line to its neighbours.
+      const s = { label: l, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false, points: { show: true, size: 4 } };
       if (opts.bars) {
         s.fill = COLORS[i % COLORS.length] + "99";
         s.paths = uPlot.paths.bars({ size: [0.8, 60] });
@@ -664,10 +675,11 @@
     };
     const run = async () => {
       try {
+        const sent = sessionStorage.getItem(KEY);
         const res = await fetch(fnPath(name) + "/logs?follow=1&since=" + next, { headers: authHeaders(), signal: ctl.signal, cache: "no-store" });
         if (!res.ok) {
           const err = await errorOf(res);
-          if (res.status === 401) needKey(err.message);
+          if (res.status === 401) refused(sent, ctl.signal, err);
           panelStatus("d-logs-status", describe(err), true);
           return;
         }
