@@ -1,6 +1,9 @@
 package ebb
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Invocation is the record of one invocation: what the log line, the metrics
 // and metering are made of.
@@ -18,6 +21,7 @@ type Invocation struct {
 	Status     int           `json:"status"`
 	ErrorType  string        `json:"error_type,omitempty"`
 	InstanceID string        `json:"instance_id,omitempty"`
+	Trigger    Trigger       `json:"trigger"`
 }
 
 // BilledMS is the billed duration: handler time rounded up to the next whole
@@ -31,4 +35,31 @@ func (inv *Invocation) BilledMS() int64 {
 // (1 GB = 1024 MiB, as Lambda bills).
 func (inv *Invocation) GBSeconds() float64 {
 	return float64(inv.BilledMS()) / 1000 * float64(inv.MemoryMiB) / 1024
+}
+
+// Trigger says what caused an invocation.
+type Trigger string
+
+// The triggers of an invocation.
+const (
+	TriggerSync     Trigger = "sync"     // a caller waiting for the answer
+	TriggerAsync    Trigger = "async"    // a queued job
+	TriggerSchedule Trigger = "schedule" // a schedule's tick
+	TriggerEvent    Trigger = "event"    // a bucket or subject event
+	TriggerShadow   Trigger = "shadow"   // a mirrored request to a shadow version
+)
+
+type triggerKey struct{}
+
+// WithTrigger returns ctx carrying t, for the invocation made under it.
+func WithTrigger(ctx context.Context, t Trigger) context.Context {
+	return context.WithValue(ctx, triggerKey{}, t)
+}
+
+// TriggerOf returns the trigger ctx carries; a request with none is sync.
+func TriggerOf(ctx context.Context) Trigger {
+	if t, ok := ctx.Value(triggerKey{}).(Trigger); ok {
+		return t
+	}
+	return TriggerSync
 }

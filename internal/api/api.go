@@ -206,7 +206,9 @@ type Config struct {
 	BaseURL string
 	// Keys manages API keys and reads the audit log; nil leaves out
 	// /v1/keys and /v1/audit.
-	Keys   Keys
+	Keys Keys
+	// Usage reads metered usage; nil leaves out the usage routes.
+	Usage  Usage
 	Logger *slog.Logger
 }
 
@@ -257,6 +259,7 @@ func (a *API) Routes() []route.Route {
 		{Pattern: "DELETE /v1/functions/{name}/shadow", Perm: auth.PermDeploy, Function: name, Audit: "shadow.stop", Handler: a.stopShadow},
 		{Pattern: "GET /v1/functions/{name}/shadow", Perm: auth.PermDescribe, Function: name, Handler: a.shadowReport},
 	}
+	rs = append(rs, a.usageRoutes()...)
 	if a.cfg.Keys != nil {
 		rs = append(rs,
 			route.Route{Pattern: "POST /v1/keys", Perm: auth.PermKeys, Audit: "key.create", Handler: a.createKey},

@@ -14,6 +14,7 @@ import (
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/respguard"
 	"github.com/ebb-run/ebb/internal/shadow"
+	"github.com/ebb-run/ebb/internal/usage"
 )
 
 // maxVersionRetries bounds how often a request follows a redeploy: a request
@@ -62,7 +63,7 @@ func (p *Platform) Invoke(ctx context.Context, t gateway.Target, requestID strin
 	d, lease, run, err := p.acquireShadow(ctx, t)
 	if err != nil {
 		if d != nil {
-			p.record(d, nil, requestID, start, start, 0, err)
+			p.record(ctx, d, nil, requestID, start, start, 0, err)
 		}
 		return nil, err
 	}
@@ -73,13 +74,14 @@ func (p *Platform) Invoke(ctx context.Context, t gateway.Target, requestID strin
 	}
 	timeout := d.fn.Spec.Timeout
 	began := p.cfg.Now()
+	p.usage.Begin(d.fn.Spec.Name, d.fn.Version, began)
 	deadline := began.Add(timeout)
 	ictx, cancel := context.WithDeadline(ctx, deadline)
 	body, err := inst.Invoke(ictx, requestID, payload, deadline)
 	end := p.cfg.Now()
 	cancel()
 	err = p.settle(lease, inst, ctx, ictx, err, timeout)
-	p.record(d, lease, requestID, start, began, end.Sub(began), err)
+	p.record(ctx, d, lease, requestID, start, began, end.Sub(began), err)
 	if run != nil && err == nil {
 		p.mirror(run, t.Name, d, requestID, payload, body, end.Sub(start))
 	}
@@ -116,7 +118,7 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 	d, lease, run, err := p.acquireShadow(ctx, t)
 	if err != nil {
 		if d != nil {
-			p.record(d, nil, requestID, start, start, 0, err)
+			p.record(ctx, d, nil, requestID, start, start, 0, err)
 		}
 		return err
 	}
@@ -129,7 +131,7 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 	if run != nil {
 		if m, err = p.startProxyMirror(run, d, r); err != nil {
 			lease.Release()
-			p.record(d, lease, requestID, start, start, 0, err)
+			p.record(ctx, d, nil, requestID, start, start, 0, err)
 			return err
 		}
 		if m != nil {
@@ -139,6 +141,7 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 	admitted(lease.Cold, d.fn.Version)
 	timeout := d.fn.Spec.Timeout
 	began := p.cfg.Now()
+	p.usage.Begin(d.fn.Spec.Name, d.fn.Version, began)
 	// The deadline goes on the instance connection itself: a context timer
 	// per request would cost more than the rest of ebb's bookkeeping.
 	err = inst.Proxy(w, r, began.Add(timeout))
@@ -180,17 +183,19 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 	} else {
 		lease.Release()
 	}
-	p.record(d, lease, requestID, start, began, end.Sub(began), err)
+	p.record(ctx, d, lease, requestID, start, began, end.Sub(began), err)
 	if m != nil {
 		p.finishProxyMirror(run, m, t.Name, requestID, err, end.Sub(start))
 	}
 	return err
 }
 
-// record emits the invocation's log line and metrics.
-func (p *Platform) record(d *deployment, lease *dispatch.Lease[*instance.Instance], requestID string, start, began time.Time, dur time.Duration, err error) {
+// record emits the invocation's log line, metrics and usage record. lease
+// is nil for an invocation that never ran (refused, or failed before its
+// handler was called); one that ran was begun in the usage meter.
+func (p *Platform) record(ctx context.Context, d *deployment, lease *dispatch.Lease[*instance.Instance], requestID string, start, began time.Time, dur time.Duration, err error) {
 	inv := ebb.Invocation{Function: d.fn.Spec.Name, Version: d.fn.Version, RequestID: requestID, Start: start,
-		Queued: began.Sub(start), Duration: dur, MemoryMiB: d.fn.Spec.MemoryMiB, Status: http.StatusOK}
+		Queued: began.Sub(start), Duration: dur, MemoryMiB: d.fn.Spec.MemoryMiB, Status: http.StatusOK, Trigger: ebb.TriggerOf(ctx)}
 	var kind string
 	if err != nil {
 		inv.Status, _, kind = gateway.Classify(err)
@@ -204,6 +209,7 @@ func (p *Platform) record(d *deployment, lease *dispatch.Lease[*instance.Instanc
 		d.ver.stats.record(dur, lease != nil, inv.ColdStart, err != nil)
 	}
 	d.metrics.Record(&inv, kind)
+	p.usage.Record(usage.RecordOf(&inv), lease != nil, began.Add(dur))
 	if err == nil && !inv.ColdStart && p.cfg.InvocationLog != nil && p.log.Enabled(context.Background(), slog.LevelInfo) {
 		writeInvocationLine(p.cfg.InvocationLog, p.cfg.Now(), &inv)
 		return

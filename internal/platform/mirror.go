@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/shadow"
 )
@@ -73,7 +74,7 @@ func (p *Platform) finishProxyMirror(run *shadow.Run, m *proxyMirror, name, requ
 	primary := m.capture.answer()
 	go func() {
 		defer run.End()
-		ctx := p.ctx
+		ctx := ebb.WithTrigger(p.ctx, ebb.TriggerShadow)
 		req, err := http.NewRequestWithContext(ctx, m.method, "http://shadow"+m.path, bytes.NewReader(m.body))
 		if err != nil {
 			return

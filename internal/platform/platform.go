@@ -36,6 +36,7 @@ import (
 	"github.com/ebb-run/ebb/internal/route"
 	"github.com/ebb-run/ebb/internal/sandbox"
 	"github.com/ebb-run/ebb/internal/store"
+	"github.com/ebb-run/ebb/internal/usage"
 )
 
 // Config configures a platform.
@@ -100,6 +101,12 @@ type Config struct {
 	// invocations directly (the same JSON shape as Logger's lines, written
 	// without slog's per-line cost); it should be Logger's own writer.
 	InvocationLog io.Writer
+	// UsageRetention is how long invocation records are kept; default 90
+	// days (minute rollups are kept at least 396 days).
+	UsageRetention time.Duration
+	// IdleSampleEvery is how often idle warm capacity is measured for the
+	// usage record; default 10s.
+	IdleSampleEvery time.Duration
 	// Now is injected for tests of time-dependent behaviour.
 	Now func() time.Time
 }
@@ -132,6 +139,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CgroupMode == "" {
 		c.CgroupMode = "auto"
+	}
+	if c.IdleSampleEvery <= 0 {
+		c.IdleSampleEvery = 10 * time.Second
+	}
+	if c.UsageRetention < 0 {
+		return errors.New("platform config: usage retention must not be negative")
 	}
 	if c.HTTP.Logger == nil {
 		c.HTTP.Logger = c.Logger
@@ -175,6 +188,7 @@ type Platform struct {
 	wg     sync.WaitGroup // drains of old versions
 	seq    atomic.Uint64  // instance ids
 	async  *async         // jobs, schedules and events; see async.go
+	usage  *usage.Meter   // invocation records and rollups; see usage.go
 }
 
 // deployment is one function version's pool.
@@ -207,7 +221,8 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	}
 	p.logs = logs
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention})
+	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention,
+		UsageRetention: cfg.UsageRetention})
 	if err != nil {
 		return nil, "", fmt.Errorf("open store: %w", err)
 	}
@@ -231,6 +246,10 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", err
 	}
 	p.metrics = metrics.New(p.poolStats)
+	if err := p.openUsage(); err != nil {
+		p.closeStores()
+		return nil, "", err
+	}
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
 		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive,
 		Sandbox: p.sandbox, UIDFor: p.uids.uidFor}
@@ -282,6 +301,11 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 }
 
 func (p *Platform) closeStores() {
+	p.cancel()
+	p.wg.Wait()
+	if p.usage != nil {
+		p.usage.Close(context.Background())
+	}
 	p.procs.Close()
 	p.closeSandbox()
 	p.store.Close()
@@ -427,6 +451,9 @@ func (p *Platform) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	p.wg.Wait()
+	if err := p.usage.Close(ctx); err != nil {
+		p.log.Warn("close usage meter", "err", err)
+	}
 	p.procs.Close()
 	p.closeSandbox()
 	return p.store.Close()

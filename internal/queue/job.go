@@ -3,6 +3,8 @@ package queue
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/ebb-run/ebb"
 )
 
 // Status is where a job is in its life.
@@ -78,4 +80,16 @@ type Delivery struct {
 	At        time.Time `json:"at,omitzero"`
 	// JobID is the job made on a function destination.
 	JobID string `json:"job_id,omitempty"`
+}
+
+// trigger is what the job's source is as an invocation trigger: a schedule's
+// tick, an event, or else an async invoke (a destination is one too).
+func (j *Job) trigger() ebb.Trigger {
+	switch j.Source {
+	case "schedule":
+		return ebb.TriggerSchedule
+	case "event":
+		return ebb.TriggerEvent
+	}
+	return ebb.TriggerAsync
 }

@@ -187,7 +187,7 @@ func (q *Queue) handle(g *group, msg jetstream.Msg) {
 		return
 	}
 	stop := q.heartbeat(msg)
-	result, err := q.cfg.Invoker.Invoke(ctx, g.name, job.Version, id, payload)
+	result, err := q.cfg.Invoker.Invoke(ebb.WithTrigger(ctx, job.trigger()), g.name, job.Version, id, payload)
 	stop()
 	end := q.cfg.Now().UTC()
 	var perm *PermanentError

@@ -71,51 +71,85 @@ func (s *Store) Audit(ctx context.Context, since time.Time, limit int) ([]AuditR
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	info, err := s.audit.Info(ctx)
+	out := []AuditRecord{}
+	if limit <= 0 {
+		return out, nil
+	}
+	err := readStream(ctx, s.audit, since, func(seq uint64, data []byte) error {
+		var rec AuditRecord
+		if json.Unmarshal(data, &rec) == nil {
+			rec.Seq = seq
+			out = append(out, rec)
+		}
+		if len(out) >= limit {
+			return errStopRead
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read audit: %w", err)
 	}
-	if info.State.Msgs == 0 || limit <= 0 {
-		return []AuditRecord{}, nil
+	return out, nil
+}
+
+// errStopRead ends a readStream early, without an error.
+var errStopRead = errors.New("stop reading")
+
+// readStream calls each with every message of st published from since on
+// (all of them for a zero since), oldest first, up to the last message
+// stored when it began, until each returns an error: errStopRead ends it
+// quietly, any other is returned.
+func readStream(ctx context.Context, st jetstream.Stream, since time.Time, each func(seq uint64, data []byte) error) error {
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.State.Msgs == 0 || (!since.IsZero() && !info.State.LastTime.IsZero() && info.State.LastTime.Before(since)) {
+		return nil
 	}
 	cc := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
 	if !since.IsZero() {
 		cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
-	cons, err := s.audit.OrderedConsumer(ctx, cc)
+	cons, err := st.OrderedConsumer(ctx, cc)
 	if err != nil {
-		return nil, fmt.Errorf("read audit: %w", err)
+		return err
 	}
-	out := []AuditRecord{}
 	last := info.State.LastSeq
-	for len(out) < limit {
-		batch, err := cons.FetchNoWait(min(limit-len(out), 256))
+	var stop error
+	for {
+		batch, err := cons.FetchNoWait(256)
 		if err != nil {
-			return nil, fmt.Errorf("read audit: %w", err)
+			return err
 		}
 		n := 0
 		done := false
+		// The batch is drained whatever each says, so that its delivery
+		// ends cleanly.
 		for m := range batch.Messages() {
 			n++
 			md, err := m.Metadata()
-			if err != nil {
+			if err != nil || done || stop != nil {
 				continue
 			}
-			var rec AuditRecord
-			if json.Unmarshal(m.Data(), &rec) == nil {
-				rec.Seq = md.Sequence.Stream
-				out = append(out, rec)
+			if err := each(md.Sequence.Stream, m.Data()); err != nil {
+				stop = err
 			}
 			if md.Sequence.Stream >= last {
 				done = true
 			}
 		}
+		if errors.Is(stop, errStopRead) {
+			return nil
+		}
+		if stop != nil {
+			return stop
+		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return nil, fmt.Errorf("read audit: %w", err)
+			return err
 		}
 		if done || n == 0 {
-			break
+			return nil
 		}
 	}
-	return out, nil
 }

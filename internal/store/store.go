@@ -100,6 +100,11 @@ type Config struct {
 	// AuditMaxBytes bounds the audit stream (the oldest records go
 	// first); default 256 MiB.
 	AuditMaxBytes int64
+	// UsageRetention is how long invocation records are kept; default 90
+	// days. Minute rollups are kept at least 396 days.
+	UsageRetention time.Duration
+	// UsageMaxBytes bounds each usage stream; default 1 GiB.
+	UsageMaxBytes int64
 }
 
 // Validate fills in defaults and reports the first invalid field.
@@ -115,6 +120,15 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditMaxBytes == 0 {
 		c.AuditMaxBytes = 256 << 20
+	}
+	if c.UsageRetention == 0 {
+		c.UsageRetention = 90 * 24 * time.Hour
+	}
+	if c.UsageMaxBytes == 0 {
+		c.UsageMaxBytes = 1 << 30
+	}
+	if c.UsageRetention < 0 || c.UsageMaxBytes < 0 {
+		return errors.New("store config: usage retention and size must not be negative")
 	}
 	if c.AuditRetention < 0 || c.AuditMaxBytes < 0 {
 		return errors.New("store config: audit retention and size must not be negative")
@@ -192,6 +206,8 @@ type Store struct {
 	traffic  jetstream.KeyValue
 	bundles  jetstream.ObjectStore
 	audit    jetstream.Stream
+	// usage and usageMinutes are the usage streams; see usage.go.
+	usage, usageMinutes jetstream.Stream
 
 	// connClosed is closed by the connection's closed handler; Close waits
 	// on it after draining.
@@ -255,6 +271,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if err := s.setupAudit(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if err := s.setupUsage(ctx, cfg); err != nil {
 		return nil, err
 	}
 	ok = true

@@ -1,0 +1,149 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/route"
+	"github.com/ebb-run/ebb/internal/usage"
+)
+
+// Usage reads metered usage.
+type Usage interface {
+	Usage(ctx context.Context, q usage.Query) ([]usage.Report, error)
+	Invocations(ctx context.Context, fn string, since time.Time, each func(*usage.Record) bool) error
+}
+
+// UsageAll is what GET /v1/usage answers: every function's totals.
+type UsageAll struct {
+	Since     time.Time      `json:"since"`
+	Until     time.Time      `json:"until"`
+	Functions []usage.Report `json:"functions"`
+}
+
+// maxInvocationRecords bounds one GET of invocation records.
+const maxInvocationRecords = 10000
+
+func (a *API) usageRoutes() []route.Route {
+	if a.cfg.Usage == nil {
+		return nil
+	}
+	name := func(r *http.Request) string { return r.PathValue("name") }
+	return []route.Route{
+		{Pattern: "GET /v1/functions/{name}/usage", Perm: auth.PermDescribe, Function: name, Handler: a.functionUsage},
+		{Pattern: "GET /v1/functions/{name}/invocations", Perm: auth.PermDescribe, Function: name, Handler: a.invocations},
+		{Pattern: "GET /v1/usage", Perm: auth.PermDescribe, Handler: a.allUsage},
+	}
+}
+
+// usageQuery reads since, until, step and version from the query string.
+func usageQuery(r *http.Request, now time.Time, series bool) (usage.Query, error) {
+	v := r.URL.Query()
+	q := usage.Query{Until: now}
+	var err error
+	if q.Since, err = usage.ParseSince(v.Get("since"), now, time.Hour); err != nil {
+		return q, &ebb.FieldError{Field: "since", Reason: err.Error()}
+	}
+	if s := v.Get("until"); s != "" {
+		if q.Until, err = usage.ParseSince(s, now, 0); err != nil {
+			return q, &ebb.FieldError{Field: "until", Reason: err.Error()}
+		}
+	}
+	if !q.Until.After(q.Since) {
+		return q, &ebb.FieldError{Field: "since", Reason: "must be before until"}
+	}
+	if s := v.Get("version"); s != "" {
+		if q.Version, err = strconv.Atoi(s); err != nil || q.Version < 1 {
+			return q, &ebb.FieldError{Field: "version", Reason: fmt.Sprintf("%q is not a version number", s)}
+		}
+	}
+	if !series {
+		return q, nil
+	}
+	if s := v.Get("step"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Minute || d%time.Minute != 0 {
+			return q, &ebb.FieldError{Field: "step", Reason: fmt.Sprintf("%q is not a whole number of minutes (1m or more)", s)}
+		}
+		q.Step = d
+	} else {
+		q.Step = usage.DefaultStep(q.Until.Sub(q.Since))
+	}
+	return q, nil
+}
+
+func (a *API) functionUsage(w http.ResponseWriter, r *http.Request) {
+	q, err := usageQuery(r, time.Now(), true)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	q.Function = r.PathValue("name")
+	reps, err := a.cfg.Usage.Usage(r.Context(), q)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, reps[0])
+}
+
+func (a *API) allUsage(w http.ResponseWriter, r *http.Request) {
+	q, err := usageQuery(r, time.Now(), false)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	reps, err := a.cfg.Usage.Usage(r.Context(), q)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := UsageAll{Since: q.Since.UTC().Truncate(time.Minute), Until: q.Until.UTC(), Functions: reps}
+	if len(reps) > 0 {
+		out.Since, out.Until = reps[0].Since, reps[0].Until
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// invocations streams the function's stored invocation records as JSON
+// lines, oldest first.
+func (a *API) invocations(w http.ResponseWriter, r *http.Request) {
+	v := r.URL.Query()
+	since, err := usage.ParseSince(v.Get("since"), time.Now(), time.Hour)
+	if err != nil {
+		a.fail(w, &ebb.FieldError{Field: "since", Reason: err.Error()})
+		return
+	}
+	limit := 1000
+	if s := v.Get("limit"); s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > maxInvocationRecords {
+			a.fail(w, &ebb.FieldError{Field: "limit", Reason: fmt.Sprintf("%q is not a number from 1 to %d", s, maxInvocationRecords)})
+			return
+		}
+	}
+	name := r.PathValue("name")
+	if _, err := a.cfg.Platform.Versions(r.Context(), name); err != nil {
+		a.fail(w, err)
+		return
+	}
+	var out []byte
+	n := 0
+	err = a.cfg.Usage.Invocations(r.Context(), name, since, func(rec *usage.Record) bool {
+		b, _ := json.Marshal(rec)
+		out = append(append(out, b...), '\n')
+		n++
+		return n < limit
+	})
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Write(out)
+}
