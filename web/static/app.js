@@ -178,11 +178,12 @@
     const box = $(id) || id;
     const key = box.id || id;
     const data = [xs, ...ys];
-    let nonzero = 0;
-    for (const s of ys) for (const v of s) if (isNum(v) && v !== 0) nonzero++;
-    state.charts[box.dataset.chart || key] = { labels, data };
+    // data-nonzero counts the points with data in each series: a chart
+    // is drawn from real data when its first series has some.
+    const nonzero = ys.map((s) => s.filter((v) => isNum(v) && v !== 0).length);
+    state.charts[box.dataset.chart || key] = { labels, data, nonzero };
     box.dataset.points = String(xs.length);
-    box.dataset.nonzero = String(nonzero);
+    box.dataset.nonzero = nonzero.join(",");
     let u = charts.get(key);
     if (u && u.series.length === labels.length + 1) {
       u.setData(data);
@@ -215,6 +216,8 @@
       legend: { show: true },
       cursor: { drag: { x: false, y: false } },
     };
+    // Bars are centred on their category: half a bar of room each side.
+    if (opts.bars) o.scales.x = { time: false, range: (u, min, max) => [min - 0.5, max + 0.5] };
     if (opts.bars && opts.categories) {
       const cats = opts.categories;
       o.axes[0] = { values: (u, splits) => splits.map((v) => (Number.isInteger(v) && cats[v] !== undefined ? cats[v] : "")) };
@@ -249,6 +252,7 @@
     return $("since").value;
   }
   $("since").addEventListener("change", () => route());
+  $("d-monitor-baseline").addEventListener("change", () => route());
 
   // poller runs fn now and every REFRESH_MS until stopped; each run gets a
   // signal that aborts when the view goes.
@@ -363,6 +367,13 @@
     $("overview").hidden = true;
     $("detail").hidden = false;
     $("d-title").textContent = name;
+    if ($("d-monitor-baseline").dataset.fn !== name) {
+      // Another function: its versions are not this one's.
+      const sel = $("d-monitor-baseline");
+      clear(sel);
+      sel.append(el("option", { value: "", text: "the previous period" }));
+      sel.dataset.fn = name;
+    }
     for (const id of ["d-cards", "d-versions", "d-instances", "d-cost", "d-queue", "d-jobs", "d-shadow", "d-shadow-examples", "d-monitor", "d-logs"]) clear($(id));
     for (const id of ["d-usage-status", "d-jobs-status", "d-shadow-status", "d-monitor-status", "d-logs-status"]) panelStatus(id, "");
     const p = poller(async (signal) => {
@@ -371,11 +382,13 @@
       const st = obj(await api(fnPath(name), signal));
       renderStatus(st);
       await Promise.all([
-        api(fnPath(name) + "/versions", signal).then(renderVersions, (e) => panelFail(e, "d-usage-status")),
+        // The shadow report is asked for only while a run is under way
+        // (versions names it): without one the API answers 404, which the
+        // browser would log as an error every refresh.
+        api(fnPath(name) + "/versions", signal).then((v) => loadShadow(name, obj(v).shadow, signal), (e) => panelFail(e, "d-shadow-status")),
         loadUsage(name, signal),
         loadJobs(name, st, signal),
-        loadShadow(name, signal),
-        loadMonitor(name, signal),
+        loadMonitor(name, arr(st.versions).map((v) => obj(v).version).filter(isNum).sort((a, b) => b - a), signal),
       ]);
       state.loaded++;
     });
@@ -474,7 +487,8 @@
       card("GB-seconds", fmtNum(u.gb_seconds, 4)),
       card("vCPU-seconds", fmtNum(u.vcpu_seconds, 4)),
       card("idle warm MiB-s", fmtNum(u.idle_mib_seconds, 0)),
-      card("peak concurrency", fmtInt(u.peak_concurrency)));
+      card("peak concurrency", fmtInt(u.peak_concurrency)),
+      card("triggers", Object.entries(obj(u.triggers)).filter(([, n]) => isNum(n)).map(([t, n]) => t + " " + fmtInt(n)).join(" · ") || "–"));
     const pts = arr(u.series).map(obj);
     const xs = [], p50 = [], p95 = [], p99 = [], invs = [], errs = [], cold = [], gbs = [];
     for (const p of pts) {
@@ -534,7 +548,13 @@
     }
   }
 
-  async function loadShadow(name, signal) {
+  async function loadShadow(name, running, signal) {
+    if (!running) {
+      clear($("d-shadow"));
+      clear($("d-shadow-examples"));
+      panelStatus("d-shadow-status", "No shadow run under way (ebb shadow " + name + " --version N mirrors traffic to a version; ebb shadow report " + name + " shows the last run).");
+      return;
+    }
     let r;
     try {
       r = obj(await api(fnPath(name) + "/shadow", signal));
@@ -567,18 +587,31 @@
     }
   }
 
-  // loadMonitor draws what GET /monitor answers. Its shape is read loosely:
-  // every histogram ({counts} with {edges|bins|bounds}) and every class
-  // frequency map becomes a bar chart, numeric summaries a table, and drift
-  // scores (psi) are shown as numbers.
-  async function loadMonitor(name, signal) {
+  // loadMonitor draws GET /monitor's prediction and input distributions:
+  // per feature a histogram of this period's share of values per bin next to
+  // the baseline's (the previous period, or another version), per output
+  // its class frequencies likewise, each with its drift score (PSI).
+  async function loadMonitor(name, versions, signal) {
     const box = $("d-monitor");
+    const sel = $("d-monitor-baseline");
+    // The baseline choice: the previous period, or any other kept version.
+    const want = ["", ...versions.map(String)];
+    const have = [...sel.options].map((o) => o.value);
+    if (want.join() !== have.join()) {
+      const keep = sel.value;
+      clear(sel);
+      sel.append(el("option", { value: "", text: "the previous period" }));
+      for (const v of versions) sel.append(el("option", { value: String(v), text: "version " + v + ", same period" }));
+      sel.value = want.includes(keep) ? keep : "";
+    }
     let m;
     try {
-      m = await api(fnPath(name) + "/monitor?since=" + encodeURIComponent(since()), signal);
+      m = obj(await api(fnPath(name) + "/monitor?since=" + encodeURIComponent(since()) +
+        (sel.value ? "&baseline_version=" + encodeURIComponent(sel.value) : ""), signal));
     } catch (err) {
       if (err instanceof APIError && err.status === 404) {
         clear(box);
+        delete box.dataset.sig;
         panelStatus("d-monitor-status", err.type === "NotFound"
           ? "This ebb has no monitor API (GET /v1/functions/{name}/monitor): no prediction distributions to show."
           : "Not monitored: " + err.message);
@@ -586,75 +619,57 @@
       }
       return panelFail(err, "d-monitor-status");
     }
-    const hists = [], stats = [], drift = [];
-    walk(m, "", 0, hists, stats, drift);
-    panelStatus("d-monitor-status", hists.length || stats.length ? "" : "No distributions recorded yet.");
-    // Reuse the chart boxes when the shape is the same; rebuild otherwise.
-    const sig = hists.map((h) => h.path).join("|");
+    const feats = arr(m.features).map(obj).filter((f) => arr(f.counts).length > 0).slice(0, 48);
+    const classes = arr(m.classes).map(obj).filter((c) => Object.keys(obj(c.counts)).length > 0).slice(0, 24);
+    const base = obj(m.baseline);
+    panelStatus("d-monitor-status", feats.length || classes.length
+      ? "Version " + fmtInt(m.version) + ", " + fmtInt(m.events) + " invocations since " + fmtTime(m.since) +
+        (m.baseline ? "; baseline: version " + fmtInt(base.version) + ", " + fmtInt(base.events) + " invocations from " + fmtTime(base.since) : "; no baseline") + "."
+      : "No distributions recorded for version " + fmtInt(m.version) + " in this period (is the function monitored? onnx functions are; python and exec ones with monitor: true).");
+    // Rebuild the boxes only when the set of distributions changes.
+    const sig = feats.map((f) => "f:" + str(f.name)).concat(classes.map((c) => "c:" + str(c.name))).join("|");
     if (box.dataset.sig !== sig) {
       for (const id of [...charts.keys()]) if (id.startsWith("mon-")) { charts.get(id).destroy(); charts.delete(id); }
       clear(box);
       box.dataset.sig = sig;
-      if (drift.length) box.append(el("div", { class: "cards", id: "mon-drift" }));
-      if (stats.length) box.append(el("table", { id: "mon-stats" }));
+      box.append(el("div", { class: "cards", id: "mon-cards" }));
       const grid = el("div", { class: "dist" });
-      hists.slice(0, 24).forEach((h, i) => {
-        grid.append(el("figure", {}, el("figcaption", { text: h.path || "distribution" }), el("div", { class: "chart", id: "mon-" + i, "data-chart": "monitor:" + h.path })));
-      });
+      feats.forEach((f, i) => grid.append(el("figure", {}, el("figcaption", { id: "mon-f" + i + "-cap" }), el("div", { class: "chart", id: "mon-f" + i, "data-chart": "monitor:" + str(f.name) }))));
+      classes.forEach((c, i) => grid.append(el("figure", {}, el("figcaption", { id: "mon-c" + i + "-cap" }), el("div", { class: "chart", id: "mon-c" + i, "data-chart": "classes:" + str(c.name) }))));
       box.append(grid);
     }
-    const dc = $("mon-drift");
-    if (dc) {
-      clear(dc);
-      for (const d of drift.slice(0, 12)) dc.append(card("drift " + d.path, fmtNum(d.value, 3), d.value > 0.25 ? "bad" : ""));
-    }
-    const t = $("mon-stats");
-    if (t) {
-      clear(t);
-      t.append(el("thead", {}, el("tr", {}, ...["field", "count", "mean", "std", "min", "max"].map((h) => el("th", { text: h })))));
-      const tb = el("tbody");
-      for (const s of stats.slice(0, 100)) {
-        tb.append(el("tr", {}, el("td", { text: s.path }), ...["count", "mean", "std", "min", "max"].map((k) => el("td", { class: "num", text: fmtNum(s.v[k], 4) }))));
-      }
-      t.append(tb);
-    }
-    hists.slice(0, 24).forEach((h, i) => {
-      drawChart("mon-" + i, ["count"], h.counts.map((_, j) => j), [h.counts], { bars: true, categories: h.labels, xLabel: "bin", height: 160 });
+    const cards = $("mon-cards");
+    clear(cards);
+    cards.append(
+      card("max drift (PSI)", fmtNum(m.max_psi, 3), m.max_psi > 0.25 ? "bad" : m.max_psi > 0.1 ? "warn" : ""),
+      card("summarised", fmtInt(obj(m.monitor).events)),
+      card("dropped", fmtInt(obj(m.monitor).dropped), obj(m.monitor).dropped > 0 ? "bad" : ""),
+      card("undecodable", fmtInt(obj(m.monitor).failed)));
+    const share = (counts) => {
+      const tot = counts.reduce((a, v) => a + (isNum(v) ? v : 0), 0);
+      return counts.map((v) => (tot > 0 && isNum(v) ? (100 * v) / tot : 0));
+    };
+    const psiText = (p) => (isNum(p) ? "  PSI " + fmtNum(p, 3) : "");
+    feats.forEach((f, i) => {
+      const counts = arr(f.counts).map((v) => (isNum(v) ? v : 0));
+      const edges = arr(f.edges);
+      // counts[0] is below edges[0], counts[k] in [edges[k-1], edges[k]), the last at or above the last edge.
+      const labels = counts.map((_, k) => (k === 0 ? "<" + fmtNum(edges[0], 3) : k === counts.length - 1 ? "≥" + fmtNum(edges[k - 1], 3) : fmtNum(edges[k - 1], 3)));
+      const bc = arr(f.baseline_counts);
+      $("mon-f" + i + "-cap").textContent = str(f.name) + "  n=" + fmtInt(f.count) + "  mean " + fmtNum(f.mean, 3) + "  std " + fmtNum(f.std, 3) +
+        "  [" + fmtNum(f.min, 3) + ", " + fmtNum(f.max, 3) + "]" + psiText(f.psi);
+      const ys = [share(counts)];
+      if (bc.length === counts.length) ys.push(share(bc.map((v) => (isNum(v) ? v : 0))));
+      drawChart("mon-f" + i, ys.length > 1 ? ["% now", "% baseline"] : ["% now"], counts.map((_, k) => k), ys, { bars: true, categories: labels, xLabel: "bin", height: 170 });
     });
-  }
-
-  const numArray = (v) => Array.isArray(v) && v.length > 0 && v.length <= 10000 && v.every(isNum);
-
-  function walk(v, path, depth, hists, stats, drift) {
-    if (depth > 8 || hists.length > 64 || stats.length > 500) return;
-    if (Array.isArray(v)) {
-      v.slice(0, 200).forEach((x, i) => {
-        const o = obj(x);
-        const label = str(o.name || o.feature || o.field || o.output || o.input || o.tensor) || String(i);
-        walk(x, path ? path + "." + label : label, depth + 1, hists, stats, drift);
-      });
-      return;
-    }
-    if (!v || typeof v !== "object") return;
-    const edges = [v.edges, v.bins, v.bounds, v.boundaries].find(numArray);
-    if (numArray(v.counts)) {
-      const labels = v.counts.map((_, j) => (edges && edges.length > j ? fmtNum(edges[j], 3) : String(j)));
-      hists.push({ path, counts: v.counts, labels });
-    }
-    const s = {};
-    let has = 0;
-    for (const k of ["count", "mean", "std", "min", "max"]) if (isNum(v[k])) { s[k] = v[k]; has++; }
-    if (has >= 3 && isNum(s.mean)) stats.push({ path, v: s });
-    for (const k of Object.keys(v)) {
-      if (/^(psi|drift|drift_score)$/i.test(k) && isNum(v[k])) drift.push({ path: path || k, value: v[k] });
-      const c = v[k];
-      if (/^(classes|class_counts|class_frequencies|argmax)$/i.test(k) && c && typeof c === "object" && !Array.isArray(c)) {
-        const names = Object.keys(c).filter((n) => isNum(c[n])).slice(0, 100);
-        if (names.length) hists.push({ path: (path ? path + "." : "") + k, counts: names.map((n) => c[n]), labels: names });
-        continue;
-      }
-      if (k !== "counts" && c && typeof c === "object") walk(c, path ? path + "." + k : k, depth + 1, hists, stats, drift);
-    }
+    classes.forEach((c, i) => {
+      const cur = obj(c.counts), bl = obj(c.baseline_counts);
+      const names = [...new Set([...Object.keys(cur), ...Object.keys(bl)])].sort().slice(0, 100);
+      $("mon-c" + i + "-cap").textContent = str(c.name) + " classes" + psiText(c.psi);
+      const ys = [share(names.map((n) => (isNum(cur[n]) ? cur[n] : 0)))];
+      if (Object.keys(bl).length) ys.push(share(names.map((n) => (isNum(bl[n]) ? bl[n] : 0))));
+      drawChart("mon-c" + i, ys.length > 1 ? ["% now", "% baseline"] : ["% now"], names.map((_, k) => k), ys, { bars: true, categories: names, xLabel: "class", height: 170 });
+    });
   }
 
   // tailLogs follows the function's log (GET /logs?follow=1, NDJSON) until
