@@ -28,6 +28,8 @@ Usage:
   ebb jobs ls NAME | get ID | redrive NAME    async jobs: list, inspect, re-queue dead letters
   ebb keys create --role R [--functions G]    API keys: create, ls, revoke ID, rotate ID
   ebb audit [--since 24h]                     the audit log of control-plane actions
+  ebb usage NAME [--since 24h]                invocations, errors, cold starts, billed time, latency and idle warm memory
+  ebb cost [NAME] [--since 30d] [--what-if …] price the traffic as Lambda, Cloud Run, a dedicated instance and this node
 
 Client commands find the server with --url or EBB_URL (default http://127.0.0.1:8080)
 and authenticate with --key or EBB_API_KEY.
@@ -71,6 +73,10 @@ func main() {
 		err = runKeys(ctx, args)
 	case "audit":
 		err = runAudit(ctx, args)
+	case "usage":
+		err = runUsage(ctx, args)
+	case "cost":
+		err = runCost(ctx, args)
 	case "onnx-serve":
 		err = runONNXServe(ctx, args)
 	case "help", "-h", "--help":

@@ -13,6 +13,7 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -59,6 +60,7 @@ func runServe(ctx context.Context, args []string) error {
 	allowedHosts := fs.String("allowed-hosts", "", "comma-separated Host names ebb answers for besides loopback names (when listening on loopback); others get 421 (\"*\": any)")
 	corsOrigins := fs.String("cors-origins", "", "comma-separated browser origins allowed to call ebb (CORS; \"*\": any); none by default")
 	auditRetention := fs.Duration("audit-retention", 90*24*time.Hour, "how long the audit log of control-plane actions is kept")
+	usageRetention := fs.Duration("usage-retention", 90*24*time.Hour, "how long every invocation's usage record is kept (per-minute rollups: at least 396 days)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -79,6 +81,9 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	if *auditRetention <= 0 {
 		return fmt.Errorf("--audit-retention: must be a positive duration, got %s", *auditRetention)
+	}
+	if *usageRetention <= 0 {
+		return fmt.Errorf("--usage-retention: must be a positive duration, got %s", *usageRetention)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -118,6 +123,7 @@ func runServe(ctx context.Context, args []string) error {
 	p, adminKey, err := platform.New(ctx, platform.Config{
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		LoopbackHosts: loopback, AllowedHosts: splitList(*allowedHosts), CORSOrigins: splitList(*corsOrigins), AuditRetention: *auditRetention,
+		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(),
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
 		Sandbox:        sandbox.Config{Mode: *sandboxMode, UIDs: uids},
@@ -194,4 +200,13 @@ func sparesOrNone(n int) int {
 		return -1
 	}
 	return n
+}
+
+// nodeMemoryMiB is the machine's memory, for cost reports; 0 if unknown.
+func nodeMemoryMiB() int64 {
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) != nil {
+		return 0
+	}
+	return int64(si.Totalram) * int64(si.Unit) >> 20
 }

@@ -208,7 +208,9 @@ type Config struct {
 	// /v1/keys and /v1/audit.
 	Keys Keys
 	// Usage reads metered usage; nil leaves out the usage routes.
-	Usage  Usage
+	Usage Usage
+	// Node describes the machine, for GET /v1/usage.
+	Node   Node
 	Logger *slog.Logger
 }
 

@@ -20,11 +20,19 @@ type Usage interface {
 	Invocations(ctx context.Context, fn string, since time.Time, each func(*usage.Record) bool) error
 }
 
-// UsageAll is what GET /v1/usage answers: every function's totals.
+// UsageAll is what GET /v1/usage answers: every function's totals, and the
+// node they ran on (for its share of the node's cost).
 type UsageAll struct {
 	Since     time.Time      `json:"since"`
 	Until     time.Time      `json:"until"`
+	Node      Node           `json:"node"`
 	Functions []usage.Report `json:"functions"`
+}
+
+// Node is the machine ebb runs on.
+type Node struct {
+	MemoryMiB int64 `json:"memory_mib"`
+	CPUs      int   `json:"cpus"`
 }
 
 // maxInvocationRecords bounds one GET of invocation records.
@@ -104,7 +112,7 @@ func (a *API) allUsage(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	out := UsageAll{Since: q.Since.UTC().Truncate(time.Minute), Until: q.Until.UTC(), Functions: reps}
+	out := UsageAll{Since: q.Since.UTC().Truncate(time.Minute), Until: q.Until.UTC(), Node: a.cfg.Node, Functions: reps}
 	if len(reps) > 0 {
 		out.Since, out.Until = reps[0].Since, reps[0].Until
 	}

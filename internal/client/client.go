@@ -19,6 +19,7 @@ import (
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/queue"
 	"github.com/ebb-run/ebb/internal/shadow"
+	"github.com/ebb-run/ebb/internal/usage"
 )
 
 // Client talks to one ebb server.
@@ -368,4 +369,30 @@ func (c *Client) Audit(ctx context.Context, since string, limit int) ([]api.Audi
 	}
 	err := c.getJSON(ctx, http.MethodGet, "/v1/audit?"+q.Encode(), nil, nil, &out)
 	return out.Records, err
+}
+
+// Usage reads a function's usage from since ("24h", "30d" or RFC 3339),
+// with a series at step (empty: the server's choice).
+func (c *Client) Usage(ctx context.Context, name, since, step string) (*usage.Report, error) {
+	q := url.Values{}
+	if since != "" {
+		q.Set("since", since)
+	}
+	if step != "" {
+		q.Set("step", step)
+	}
+	var out usage.Report
+	err := c.getJSON(ctx, http.MethodGet, "/v1/functions/"+url.PathEscape(name)+"/usage?"+q.Encode(), nil, nil, &out)
+	return &out, err
+}
+
+// AllUsage reads every function's usage totals from since.
+func (c *Client) AllUsage(ctx context.Context, since string) (*api.UsageAll, error) {
+	q := url.Values{}
+	if since != "" {
+		q.Set("since", since)
+	}
+	var out api.UsageAll
+	err := c.getJSON(ctx, http.MethodGet, "/v1/usage?"+q.Encode(), nil, nil, &out)
+	return &out, err
 }

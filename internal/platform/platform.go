@@ -104,6 +104,10 @@ type Config struct {
 	// UsageRetention is how long invocation records are kept; default 90
 	// days (minute rollups are kept at least 396 days).
 	UsageRetention time.Duration
+	// NodeMemoryMiB and NodeCPUs describe the machine, for cost reports;
+	// 0 leaves them unknown.
+	NodeMemoryMiB int64
+	NodeCPUs      int
 	// IdleSampleEvery is how often idle warm capacity is measured for the
 	// usage record; default 10s.
 	IdleSampleEvery time.Duration

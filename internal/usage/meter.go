@@ -92,6 +92,8 @@ type Meter struct {
 	closed  int64
 	sweeps  map[key]*sweep
 	pending []Record
+	// spare is the last written batch's array, reused for the next one.
+	spare   []Record
 	dropped uint64
 	// unsent holds closed minutes the store refused, oldest first.
 	unsent []Minute
@@ -178,10 +180,7 @@ func (m *Meter) Record(r Record, began bool, end time.Time) {
 		for _, k := range [2]key{{r.Function, r.Version}, {r.Function, 0}} {
 			if s := m.sweeps[k]; s != nil && s.running > 0 {
 				m.advanceLocked(k, s, end)
-				s.running--
-				if s.running == 0 && k.ver != 0 {
-					delete(m.sweeps, k) // versions come and go; the function's stays
-				}
+				s.running-- // kept at 0 until Forget: a version's next call reuses it
 			}
 		}
 	}
@@ -259,7 +258,7 @@ func (m *Meter) Flush(ctx context.Context, all bool) error {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	recs := m.pending
-	m.pending = nil
+	m.pending, m.spare = m.spare[:0], nil
 	last := unixMinute(now.Add(-m.cfg.Grace)) - 1 // the newest minute to close
 	if all {
 		last = max(last, m.newestOpenLocked())
@@ -295,6 +294,11 @@ func (m *Meter) Flush(ctx context.Context, all bool) error {
 		if err := m.cfg.Sink.AppendUsageRecords(ctx, buf.Bytes()); err != nil {
 			errs = append(errs, err)
 			m.requeue(recs, nil)
+		} else if cap(recs) <= 4*m.cfg.MaxPending/100+1024 {
+			clear(recs)
+			m.mu.Lock()
+			m.spare = recs[:0]
+			m.mu.Unlock()
 		}
 	}
 	for i, mi := range unsent {
@@ -361,7 +365,7 @@ func cloneBuckets(bs []Bucket) []Bucket {
 
 func cloneBucket(b *Bucket) Bucket {
 	c := *b
-	c.Triggers, c.Latency = nil, nil
-	c.merge(&Bucket{Triggers: b.Triggers, Latency: b.Latency})
+	c.Triggers, c.Latency, c.Init = nil, nil, nil
+	c.merge(&Bucket{Triggers: b.Triggers, Latency: b.Latency, Init: b.Init})
 	return c
 }

@@ -40,13 +40,15 @@ type Percentiles struct {
 
 // Totals are usage summed over a range.
 type Totals struct {
-	Invocations uint64            `json:"invocations"`
-	Errors      uint64            `json:"errors"`
-	ColdStarts  uint64            `json:"cold_starts"`
-	BilledMS    int64             `json:"billed_ms"`
-	GBSeconds   float64           `json:"gb_seconds"`
-	VCPUSeconds float64           `json:"vcpu_seconds"`
-	Duration    Percentiles       `json:"duration_ms"`
+	Invocations uint64      `json:"invocations"`
+	Errors      uint64      `json:"errors"`
+	ColdStarts  uint64      `json:"cold_starts"`
+	BilledMS    int64       `json:"billed_ms"`
+	GBSeconds   float64     `json:"gb_seconds"`
+	VCPUSeconds float64     `json:"vcpu_seconds"`
+	Duration    Percentiles `json:"duration_ms"`
+	// ColdStart is the init time of cold starts.
+	ColdStart   Percentiles       `json:"cold_start_ms"`
 	Peak        int               `json:"peak_concurrency"`
 	BusySeconds float64           `json:"busy_seconds"`
 	IdleMiBs    float64           `json:"idle_mib_seconds"`
@@ -128,7 +130,7 @@ func (m *Meter) Report(ctx context.Context, q Query) ([]Report, error) {
 				// the versions' own are dropped below.
 			} else if q.Version == 0 {
 				b = &Bucket{Invocations: b.Invocations, Errors: b.Errors, ColdStarts: b.ColdStarts, BilledMS: b.BilledMS,
-					GBSeconds: b.GBSeconds, Triggers: b.Triggers, Latency: b.Latency, IdleMiBs: b.IdleMiBs}
+					GBSeconds: b.GBSeconds, Triggers: b.Triggers, Latency: b.Latency, Init: b.Init, IdleMiBs: b.IdleMiBs}
 			}
 			a := byFn[bs[i].Function]
 			if a == nil {
@@ -206,7 +208,8 @@ func totals(b *Bucket) Totals {
 	t := Totals{Invocations: b.Invocations, Errors: b.Errors, ColdStarts: b.ColdStarts, BilledMS: b.BilledMS,
 		GBSeconds: round6(b.GBSeconds), VCPUSeconds: float64(b.BilledMS) / 1000, Peak: b.Peak,
 		BusySeconds: round3(b.BusyMS / 1000), IdleMiBs: round3(b.IdleMiBs), Triggers: b.Triggers,
-		Duration: Percentiles{P50: b.Latency.Quantile(0.50), P95: b.Latency.Quantile(0.95), P99: b.Latency.Quantile(0.99)}}
+		Duration:  Percentiles{P50: b.Latency.Quantile(0.50), P95: b.Latency.Quantile(0.95), P99: b.Latency.Quantile(0.99)},
+		ColdStart: Percentiles{P50: b.Init.Quantile(0.50), P95: b.Init.Quantile(0.95), P99: b.Init.Quantile(0.99)}}
 	if t.Triggers == nil {
 		t.Triggers = map[string]uint64{}
 	}

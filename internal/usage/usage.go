@@ -12,7 +12,6 @@ package usage
 import (
 	"math"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/ebb-run/ebb"
@@ -62,9 +61,11 @@ type Bucket struct {
 	GBSeconds   float64           `json:"g,omitempty"`
 	Triggers    map[string]uint64 `json:"t,omitempty"`
 	Latency     Histogram         `json:"l,omitempty"`
-	BusyMS      float64           `json:"busy,omitempty"`
-	Peak        int               `json:"peak,omitempty"`
-	IdleMiBs    float64           `json:"idle,omitempty"`
+	// Init holds cold starts' init times.
+	Init     Histogram `json:"i,omitempty"`
+	BusyMS   float64   `json:"busy,omitempty"`
+	Peak     int       `json:"peak,omitempty"`
+	IdleMiBs float64   `json:"idle,omitempty"`
 }
 
 // add folds r into b.
@@ -86,6 +87,12 @@ func (b *Bucket) add(r *Record) {
 		b.Latency = Histogram{}
 	}
 	b.Latency.Add(r.DurationMS)
+	if r.Cold {
+		if b.Init == nil {
+			b.Init = Histogram{}
+		}
+		b.Init.Add(r.InitMS)
+	}
 }
 
 // merge folds o into b: counts add, peaks take the larger.
@@ -105,6 +112,10 @@ func (b *Bucket) merge(o *Bucket) {
 		b.Latency = Histogram{}
 	}
 	b.Latency.Merge(o.Latency)
+	if len(o.Init) > 0 && b.Init == nil {
+		b.Init = Histogram{}
+	}
+	b.Init.Merge(o.Init)
 	b.BusyMS += o.BusyMS
 	b.Peak = max(b.Peak, o.Peak)
 	b.IdleMiBs += o.IdleMiBs
@@ -119,7 +130,7 @@ type Minute struct {
 // Histogram counts durations in logarithmic bins 2% wide, so that
 // percentiles read from it are within 2% of the exact ones whatever the
 // scale, and histograms of different minutes merge by adding.
-type Histogram map[string]uint64
+type Histogram map[int32]uint64
 
 const (
 	histBase  = 1.02
@@ -129,18 +140,21 @@ const (
 var logBase = math.Log(histBase)
 
 // bin is the bin of a duration in milliseconds: bin i holds (upper(i-1), upper(i)].
-func bin(ms float64) int {
-	if ms <= histFloor {
+func bin(ms float64) int32 {
+	if !(ms > histFloor) { // NaN too
 		return 0
 	}
-	return int(math.Ceil(math.Log(ms/histFloor) / logBase))
+	return int32(min(math.Ceil(math.Log(ms/histFloor)/logBase), maxBin))
 }
 
+// maxBin is the last bin: about 10^17 ms; longer is clamped into it.
+const maxBin = 2000
+
 // upper is the largest duration bin i holds.
-func upper(i int) float64 { return histFloor * math.Pow(histBase, float64(i)) }
+func upper(i int32) float64 { return histFloor * math.Pow(histBase, float64(i)) }
 
 // Add counts one duration.
-func (h Histogram) Add(ms float64) { h[strconv.Itoa(bin(ms))]++ }
+func (h Histogram) Add(ms float64) { h[bin(ms)]++ }
 
 // Merge adds o's counts to h.
 func (h Histogram) Merge(o Histogram) {
@@ -153,15 +167,14 @@ func (h Histogram) Merge(o Histogram) {
 // it falls in; 0 for an empty histogram.
 func (h Histogram) Quantile(q float64) float64 {
 	type kv struct {
-		bin int
+		bin int32
 		n   uint64
 	}
 	var bins []kv
 	var total uint64
-	for k, n := range h {
-		i, err := strconv.Atoi(k)
-		if err != nil || n == 0 {
-			continue
+	for i, n := range h {
+		if n == 0 || i < 0 || i > maxBin {
+			continue // not a bin this package writes
 		}
 		bins = append(bins, kv{i, n})
 		total += n
@@ -169,7 +182,7 @@ func (h Histogram) Quantile(q float64) float64 {
 	if total == 0 {
 		return 0
 	}
-	slices.SortFunc(bins, func(a, b kv) int { return a.bin - b.bin })
+	slices.SortFunc(bins, func(a, b kv) int { return int(a.bin - b.bin) })
 	rank := uint64(math.Ceil(q * float64(total)))
 	rank = max(rank, 1)
 	var seen uint64

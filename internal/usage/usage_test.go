@@ -296,3 +296,43 @@ func TestQueryLimits(t *testing.T) {
 		t.Errorf("no usage: %+v, %v; want one empty report with 6 points", reps, err)
 	}
 }
+
+// BenchmarkMeter is what metering adds to each invocation on the request
+// path: Begin and Record.
+func BenchmarkMeter(b *testing.B) {
+	st := ebbtest.Store(b, store.Config{})
+	m, err := New(Config{Sink: st})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := rec("f", 1, time.Now(), 3*time.Millisecond, 200, false, ebb.TriggerSync)
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		now := time.Now()
+		m.Begin("f", 1, now)
+		m.Record(r, true, now)
+		if i++; i%1000 == 0 {
+			m.Flush(ctx, false) // the flusher, once a second at 1000 rps
+		}
+	}
+}
+
+// FuzzParseSince: any string is a time or an error, never a panic, and a
+// time is never after now.
+func FuzzParseSince(f *testing.F) {
+	for _, s := range []string{"", "1h", "30d", "90m", "2026-11-30T12:00:00Z", "-1h", "99999999d", "1e9h", "d"} {
+		f.Add(s)
+	}
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParseSince(s, now, time.Hour)
+		if err != nil {
+			return
+		}
+		if _, rfc := time.Parse(time.RFC3339, s); rfc != nil && got.After(now) {
+			t.Errorf("ParseSince(%q) = %v, after now", s, got)
+		}
+	})
+}
