@@ -483,6 +483,7 @@
       card("errors", fmtInt(u.errors), u.errors > 0 ? "bad" : ""),
       card("cold starts", fmtInt(u.cold_starts) + (inv > 0 && isNum(u.cold_starts) ? " (" + fmtNum((100 * u.cold_starts) / inv, 1) + "%)" : "")),
       card("p50 / p95 / p99 ms", [obj(u.duration_ms).p50, obj(u.duration_ms).p95, obj(u.duration_ms).p99].map((x) => fmtNum(x)).join(" / ")),
+      card("cold start init p50 / p99 ms", obj(u.cold_start_ms).p50 !== undefined ? fmtNum(obj(u.cold_start_ms).p50) + " / " + fmtNum(obj(u.cold_start_ms).p99) : "–"),
       card("billed", isNum(u.billed_ms) ? fmtNum(u.billed_ms / 1000, 2) + " s" : "–"),
       card("GB-seconds", fmtNum(u.gb_seconds, 4)),
       card("vCPU-seconds", fmtNum(u.vcpu_seconds, 4)),
