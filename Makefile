@@ -23,7 +23,7 @@ FUZZTIME ?= 30s
 # absolute path, since they run in their package directories.
 ORT_LIB := $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so.1
 # Where make fuzz looks for Fuzz targets (directories, searched recursively).
-FUZZDIRS ?= cmd internal
+FUZZDIRS ?= cmd internal web
 
 # Example binaries are shipped inside their bundles, so they are static
 # (CGO_ENABLED=0) and built without local paths.

@@ -20,6 +20,7 @@ import (
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/route"
 	"github.com/ebb-run/ebb/internal/store"
+	"github.com/ebb-run/ebb/web"
 )
 
 // This file is access control as the platform wires it: keys (kept in the
@@ -417,7 +418,7 @@ func (p *Platform) buildHandler() error {
 	if p.cfg.RequireAuth {
 		rc.Auth = &auth.Authenticator{Keys: &p.keys, MaxSignedBody: p.cfg.MaxSyncPayload, Now: p.cfg.Now}
 	}
-	t, err := route.New(rc, gw.Routes(), a.Routes(), p.asyncRoutes(), own)
+	t, err := route.New(rc, gw.Routes(), a.Routes(), p.asyncRoutes(), own, web.Routes())
 	if err != nil {
 		return fmt.Errorf("platform config: %w", err)
 	}
