@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
@@ -60,6 +61,7 @@ func runServe(ctx context.Context, args []string) error {
 	allowedHosts := fs.String("allowed-hosts", "", "comma-separated Host names ebb answers for besides loopback names (when listening on loopback); others get 421 (\"*\": any)")
 	corsOrigins := fs.String("cors-origins", "", "comma-separated browser origins allowed to call ebb (CORS; \"*\": any); none by default")
 	auditRetention := fs.Duration("audit-retention", 90*24*time.Hour, "how long the audit log of control-plane actions is kept")
+	nodeCost := fs.Float64("node-cost-per-hour", 0, "what this machine costs an hour (USD), to price its share in cost reports and the dashboard")
 	usageRetention := fs.Duration("usage-retention", 90*24*time.Hour, "how long every invocation's usage record is kept (per-minute rollups: at least 396 days)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -81,6 +83,9 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	if *auditRetention <= 0 {
 		return fmt.Errorf("--audit-retention: must be a positive duration, got %s", *auditRetention)
+	}
+	if *nodeCost < 0 || math.IsInf(*nodeCost, 0) || math.IsNaN(*nodeCost) {
+		return fmt.Errorf("--node-cost-per-hour: must be 0 or more, got %v", *nodeCost)
 	}
 	if *usageRetention <= 0 {
 		return fmt.Errorf("--usage-retention: must be a positive duration, got %s", *usageRetention)
@@ -123,7 +128,7 @@ func runServe(ctx context.Context, args []string) error {
 	p, adminKey, err := platform.New(ctx, platform.Config{
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		LoopbackHosts: loopback, AllowedHosts: splitList(*allowedHosts), CORSOrigins: splitList(*corsOrigins), AuditRetention: *auditRetention,
-		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(),
+		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(), NodeCostPerHour: *nodeCost,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, ONNXSpares: sparesOrNone(*onnxSpares),
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
 		Sandbox:        sandbox.Config{Mode: *sandboxMode, UIDs: uids},

@@ -209,9 +209,11 @@ type Config struct {
 	Keys Keys
 	// Usage reads metered usage; nil leaves out the usage routes.
 	Usage Usage
-	// Node describes the machine, for GET /v1/usage.
-	Node   Node
-	Logger *slog.Logger
+	// Node describes the machine, for GET /v1/usage; NodeCostPerHour is
+	// what it costs (USD), for its share in cost reports (0: not priced).
+	Node            Node
+	NodeCostPerHour float64
+	Logger          *slog.Logger
 }
 
 // Validate checks c and fills defaults.

@@ -108,6 +108,9 @@ type Config struct {
 	// 0 leaves them unknown.
 	NodeMemoryMiB int64
 	NodeCPUs      int
+	// NodeCostPerHour is what the machine costs an hour (USD), to price
+	// its share in GET /v1/functions/{name}/cost; 0 leaves it out.
+	NodeCostPerHour float64
 	// IdleSampleEvery is how often idle warm capacity is measured for the
 	// usage record; default 10s.
 	IdleSampleEvery time.Duration

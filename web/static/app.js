@@ -460,6 +460,26 @@
     }
   }
 
+  // loadCost adds what the period cost, priced with ebb's built-in table as
+  // Lambda, Cloud Run, an always-on instance and (when ebb serve was given
+  // --node-cost-per-hour) this node, and the recommendation.
+  async function loadCost(name, signal) {
+    let c;
+    try {
+      c = obj(await api(fnPath(name) + "/cost?since=" + encodeURIComponent(since()), signal));
+    } catch (err) {
+      return panelFail(err, "d-usage-status");
+    }
+    const td = obj(c.to_date);
+    const usd = (x) => (isNum(x) ? "$" + x.toFixed(2) : "–");
+    $("d-cost").append(
+      el("div", { class: "card", "data-cost": "lambda" }, el("span", { class: "k", text: "cost to date as Lambda" }), el("span", { class: "v", text: usd(td.lambda_usd) })),
+      card("as Cloud Run", usd(td.cloud_run_usd)),
+      card("as " + (str(obj(c.dedicated).instance) || "an always-on instance"), usd(td.dedicated_usd)),
+      card("on this node", isNum(td.ebb_usd) ? usd(td.ebb_usd) : "set --node-cost-per-hour"),
+      card("recommended", str(obj(c.recommendation).choice) || "–"));
+  }
+
   // loadUsage draws the usage API's series: latency percentiles, invocations
   // and errors, cold-start share and GB-s, and the totals as cost to date.
   async function loadUsage(name, signal) {
@@ -490,6 +510,7 @@
       card("idle warm MiB-s", fmtNum(u.idle_mib_seconds, 0)),
       card("peak concurrency", fmtInt(u.peak_concurrency)),
       card("triggers", Object.entries(obj(u.triggers)).filter(([, n]) => isNum(n)).map(([t, n]) => t + " " + fmtInt(n)).join(" · ") || "–"));
+    await loadCost(name, signal);
     const pts = arr(u.series).map(obj);
     const xs = [], p50 = [], p95 = [], p99 = [], invs = [], errs = [], cold = [], gbs = [];
     for (const p of pts) {

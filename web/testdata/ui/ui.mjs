@@ -92,6 +92,16 @@ try {
       fail(`${id}: no uPlot canvas with a non-zero point within ${T / 1000}s (usage panel says: ${st})`);
     }
   }
+  // Cost to date in dollars, from GET /v1/functions/{name}/cost.
+  try {
+    await page.waitForFunction(() => {
+      const c = document.querySelector('#d-cost [data-cost="lambda"] .v');
+      return c && /^\$\d+\.\d\d$/.test(c.textContent);
+    }, null, { timeout: T });
+  } catch (e) {
+    fail(`cost to date: no dollar amount within ${T / 1000}s (usage panel says: ${await page.textContent("#d-usage-status")})`);
+  }
+  summary.cost = await page.textContent("#d-cost");
   summary.charts = await page.evaluate(() => {
     const out = {};
     for (const [name, c] of Object.entries(window.ebbDashboard.charts)) {
