@@ -1,7 +1,6 @@
 package web_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,7 +13,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -211,58 +209,12 @@ type server struct {
 func serve(t *testing.T) *server {
 	t.Helper()
 	bin := ebbtest.Ebb(t)
-	cmd := exec.Command(bin, "serve", "--require-auth", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--onnx-spares", "0")
-	out := &ebbtest.Buffer{}
-	cmd.Stdout = out
-	errPipe, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &server{bin: bin, log: &ebbtest.Buffer{}}
-	addrc := make(chan string, 1)
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		sc := bufio.NewScanner(errPipe)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			s.log.Write(append(sc.Bytes(), '\n'))
-			var rec struct{ Msg, Addr string }
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "ebb serving" && rec.Addr != "" {
-				select {
-				case addrc <- rec.Addr:
-				default:
-				}
-			}
-		}
-		io.Copy(io.Discard, errPipe)
-		cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	select {
-	case addr := <-addrc:
-		s.url = "http://" + addr
-	case <-exited:
-		t.Fatalf("ebb serve exited:\n%s", s.log)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("ebb serve did not start within 60s:\n%s", s.log)
-	}
+	sv := ebbtest.StartServe(t, bin, "--require-auth", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--onnx-spares", "0")
+	s := &server{bin: bin, url: sv.URL, log: sv.Log}
 	// The admin key is printed before ebb serves.
-	s.admin = regexp.MustCompile(`ebb_[0-9a-f]{48}`).FindString(out.String())
+	s.admin = regexp.MustCompile(`ebb_[0-9a-f]{48}`).FindString(sv.Stdout.String())
 	if s.admin == "" {
-		t.Fatalf("no admin key printed; stdout:\n%s", out)
+		t.Fatalf("no admin key printed; stdout:\n%s", sv.Stdout)
 	}
 	return s
 }
