@@ -73,7 +73,7 @@ func (p *Platform) finishProxyMirror(run *shadow.Run, m *proxyMirror, name, requ
 	primary := m.capture.answer()
 	go func() {
 		defer run.End()
-		ctx := p.ctx
+		ctx := withTrigger(p.ctx, triggerShadow)
 		req, err := http.NewRequestWithContext(ctx, m.method, "http://shadow"+m.path, bytes.NewReader(m.body))
 		if err != nil {
 			return

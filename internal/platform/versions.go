@@ -516,7 +516,7 @@ func (p *Platform) mirror(run *shadow.Run, name string, primary *deployment, req
 		defer run.End()
 		t := gateway.Target{Name: name, Qualifier: strconv.Itoa(cfg.Version)}
 		start := time.Now()
-		res, err := p.Invoke(p.ctx, t, gateway.NewRequestID(), payload)
+		res, err := p.Invoke(withTrigger(p.ctx, triggerShadow), t, gateway.NewRequestID(), payload)
 		var body []byte
 		if res != nil {
 			body = res.Body
