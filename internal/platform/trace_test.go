@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/ebb-run/ebb/internal/bundle"
 	"github.com/ebb-run/ebb/internal/tracing"
@@ -637,4 +638,48 @@ func BenchmarkInvokeWarmTracing(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzTraceContext feeds arbitrary traceparent and tracestate headers to
+// withTraceContext: no request fails for them, and the handler behind it
+// either gets the caller's span (a valid one, from exactly the header sent,
+// which stays on the request) or no trace context at all, with neither
+// header left for a function to see.
+func FuzzTraceContext(f *testing.F) {
+	f.Add(callerParent, callerState, true)
+	f.Add("00-"+callerTrace+"-"+callerSpan+"-00", "", true)
+	f.Add("ff-"+callerTrace+"-"+callerSpan+"-01", "a=b", true)
+	f.Add("01-"+callerTrace+"-"+callerSpan+"-01-extra", "", true)
+	f.Add("00-00000000000000000000000000000000-"+callerSpan+"-01", "", true)
+	f.Add("garbage", "x", false)
+	f.Fuzz(func(t *testing.T, parent, state string, withState bool) {
+		var got *http.Request
+		h := withTraceContext(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got = r }))
+		r := httptest.NewRequest("GET", "/fn/f/", nil)
+		r.Header["Traceparent"] = []string{parent}
+		if withState {
+			r.Header["Tracestate"] = []string{state}
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if got == nil || w.Code != http.StatusOK {
+			t.Fatalf("traceparent %q: the request did not go through (%d)", parent, w.Code)
+		}
+		sc := oteltrace.SpanContextFromContext(got.Context())
+		if !sc.IsValid() {
+			if len(got.Header["Traceparent"]) != 0 || len(got.Header["Tracestate"]) != 0 {
+				t.Fatalf("traceparent %q ignored, but headers %v stay for the function", parent, got.Header)
+			}
+			return
+		}
+		if !sc.IsRemote() || got.Header.Get("Traceparent") != parent {
+			t.Fatalf("traceparent %q: span context %v (remote %v), header now %q", parent, sc, sc.IsRemote(), got.Header.Get("Traceparent"))
+		}
+		if tid, sid := sc.TraceID().String(), sc.SpanID().String(); !strings.Contains(parent, tid+"-"+sid) {
+			t.Fatalf("traceparent %q read as trace %s span %s", parent, tid, sid)
+		}
+		if st := got.Header.Get("Tracestate"); st != "" && (!withState || st != state || sc.TraceState().Len() == 0) {
+			t.Fatalf("tracestate %q (sent: %v) left on the request as %q, read as %q", state, withState, st, sc.TraceState())
+		}
+	})
 }
