@@ -210,6 +210,8 @@ type onnxSpare struct {
 func (sp *onnxSpare) claim(id string) error {
 	sp.inst.setAlias(id)
 	sp.inst.started = time.Now() // init time is what the claim waits for
+	// Its process runs already: what the claim waits for is all init.
+	sp.inst.spawned = sp.inst.started
 	sp.inst.cold.Spare = true
 	return onnx.Claim(sp.claimPipe)
 }

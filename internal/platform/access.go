@@ -422,6 +422,6 @@ func (p *Platform) buildHandler() error {
 	if err != nil {
 		return fmt.Errorf("platform config: %w", err)
 	}
-	p.handler = recoverer(t, p.log)
+	p.handler = withTraceContext(recoverer(t, p.log))
 	return nil
 }

@@ -234,7 +234,7 @@ func (a asyncInvoker) Invoke(ctx context.Context, name string, version int, id s
 	if version > 0 {
 		t.Qualifier = strconv.Itoa(version)
 	}
-	res, err := a.p.Invoke(ctx, t, id, payload)
+	res, err := a.p.Invoke(ctx, t, id, payload) // the queue put the job's trigger in ctx
 	var br *gateway.BadRequestError
 	var gone *ebb.NotFoundError
 	switch {

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/bundle"
@@ -114,6 +116,12 @@ type Config struct {
 	// IdleSampleEvery is how often idle warm capacity is measured for the
 	// usage record; default 10s.
 	IdleSampleEvery time.Duration
+	// TracerProvider, when set, makes a span of every invocation (see
+	// trace.go); nil records none, at no cost, while a caller's W3C trace
+	// context still reaches the function. Close shuts it down (flushing
+	// what it holds) when it has a Shutdown(context.Context) error method,
+	// as the SDK's has.
+	TracerProvider trace.TracerProvider
 	// Now is injected for tests of time-dependent behaviour.
 	Now func() time.Time
 }
@@ -196,6 +204,7 @@ type Platform struct {
 	seq    atomic.Uint64  // instance ids
 	async  *async         // jobs, schedules and events; see async.go
 	usage  *usage.Meter   // invocation records and rollups; see usage.go
+	tracer trace.Tracer   // nil without Config.TracerProvider
 }
 
 // deployment is one function version's pool.
@@ -227,6 +236,9 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", fmt.Errorf("platform config: %w", err)
 	}
 	p.logs = logs
+	if cfg.TracerProvider != nil {
+		p.tracer = cfg.TracerProvider.Tracer(tracerName)
+	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention,
 		UsageRetention: cfg.UsageRetention})
@@ -463,6 +475,7 @@ func (p *Platform) Close(ctx context.Context) error {
 	}
 	p.procs.Close()
 	p.closeSandbox()
+	p.shutdownTracing(ctx)
 	return p.store.Close()
 }
 
