@@ -1,0 +1,781 @@
+// Package monitor keeps streaming summaries of what monitored functions take
+// and answer, per function, version and time window: for every feature
+// (each element of a tensor's last axis, or each top-level JSON number) its
+// count, mean, standard deviation, extremes and a histogram over bin edges
+// frozen per feature, plus class frequencies of classifier outputs; and it
+// scores drift between two versions or two periods with the population
+// stability index (PSI).
+//
+// The request path only hands bytes it already has to Offer, which never
+// blocks: a bounded queue feeds one summariser goroutine, owned by the
+// Monitor and stopped by Close, that decodes and folds. When the queue is
+// full the event is dropped and counted, so monitoring can slow nothing
+// down. Summaries live in memory, in windows kept for Config.Retention.
+package monitor
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of Config.
+const (
+	DefaultWindow      = time.Minute
+	DefaultRetention   = 24 * time.Hour
+	DefaultMaxFeatures = 64
+	DefaultMaxTensors  = 32
+	DefaultMaxClasses  = 256
+	DefaultBins        = 10
+	DefaultLearn       = 256
+	DefaultQueue       = 1024
+	DefaultMaxBody     = 1 << 20
+)
+
+// Config configures a Monitor; zero values take the defaults.
+type Config struct {
+	// Window is the granularity of the kept summaries (default 1m).
+	Window time.Duration
+	// Retention is how long windows are kept (default 24h).
+	Retention time.Duration
+	// MaxFeatures bounds the features of one tensor or field: elements
+	// past it on the last axis are not summarised (default 64).
+	MaxFeatures int
+	// MaxTensors bounds the tensors or fields summarised per function and
+	// side (input, output, event, result); later ones are left out
+	// (default 32).
+	MaxTensors int
+	// MaxClasses bounds the classes counted per output; the rest count as
+	// "other" (default 256).
+	MaxClasses int
+	// Bins is how many equal-mass bins a feature's edges aim for (default
+	// 10); a feature has up to Bins+2 bins with the underflow and overflow.
+	Bins int
+	// Learn is how many values of a feature are seen before its bin edges
+	// freeze (default 256); a report freezes them earlier if it needs them.
+	Learn int
+	// Queue bounds the events waiting for the summariser (default 1024).
+	Queue int
+	// MaxBody bounds the bytes of a body that is summarised; a larger body
+	// is not captured at all (default 1 MiB).
+	MaxBody int
+}
+
+// Validate fills defaults and reports the first invalid field.
+func (c *Config) Validate() error {
+	def := func(v *int, d int, name string) error {
+		if *v < 0 {
+			return fmt.Errorf("monitor config: %s must not be negative", name)
+		}
+		if *v == 0 {
+			*v = d
+		}
+		return nil
+	}
+	for _, f := range []struct {
+		v    *int
+		d    int
+		name string
+	}{{&c.MaxFeatures, DefaultMaxFeatures, "MaxFeatures"}, {&c.MaxTensors, DefaultMaxTensors, "MaxTensors"},
+		{&c.MaxClasses, DefaultMaxClasses, "MaxClasses"}, {&c.Bins, DefaultBins, "Bins"}, {&c.Learn, DefaultLearn, "Learn"},
+		{&c.Queue, DefaultQueue, "Queue"}, {&c.MaxBody, DefaultMaxBody, "MaxBody"}} {
+		if err := def(f.v, f.d, f.name); err != nil {
+			return err
+		}
+	}
+	if c.Window < 0 || c.Retention < 0 {
+		return errors.New("monitor config: Window and Retention must not be negative")
+	}
+	if c.Window == 0 {
+		c.Window = DefaultWindow
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.Retention < c.Window {
+		return fmt.Errorf("monitor config: Retention %s is shorter than Window %s", c.Retention, c.Window)
+	}
+	return nil
+}
+
+// Kind says how an event's bodies are read.
+type Kind uint8
+
+const (
+	// KindOIP is an Open Inference Protocol request and response: inputs
+	// and outputs are tensors.
+	KindOIP Kind = iota + 1
+	// KindJSON is a JSON event and result: top-level numbers are features.
+	KindJSON
+	kindFlush
+)
+
+// Sides of a feature.
+const (
+	SideInput  = "input"
+	SideOutput = "output"
+	SideEvent  = "event"
+	SideResult = "result"
+)
+
+// Event is one invocation to summarise. The Monitor owns Request and
+// Response once Offer has them: the caller must not change them after.
+type Event struct {
+	Function string
+	Version  int
+	At       time.Time
+	Kind     Kind
+	Request  []byte
+	Response []byte
+	// RequestHeaderLen and ResponseHeaderLen are the bodies'
+	// Inference-Header-Content-Length (KindOIP); 0 when all JSON.
+	RequestHeaderLen, ResponseHeaderLen int
+	// Pooled says the bodies came from Buffer and go back to its pool.
+	Pooled bool
+	done   chan struct{}
+}
+
+// Monitor keeps the summaries. It is safe for concurrent use.
+type Monitor struct {
+	cfg     Config
+	ch      chan Event
+	stop    chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+	bufs    sync.Pool
+
+	events, dropped, failed atomic.Uint64
+
+	mu  sync.Mutex
+	fns map[string]*function
+}
+
+// New starts a Monitor's summariser; Close stops it.
+func New(cfg Config) (*Monitor, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m := &Monitor{cfg: cfg, ch: make(chan Event, cfg.Queue), stop: make(chan struct{}), stopped: make(chan struct{}),
+		fns: map[string]*function{}}
+	go m.run()
+	return m, nil
+}
+
+// Config returns the configuration in effect.
+func (m *Monitor) Config() Config { return m.cfg }
+
+// Close stops the summariser; later events are dropped.
+func (m *Monitor) Close() {
+	m.once.Do(func() { close(m.stop) })
+	<-m.stopped
+}
+
+// Room says whether an event offered now would likely be taken: the caller
+// can skip capturing bodies that would be dropped.
+func (m *Monitor) Room() bool { return len(m.ch) < cap(m.ch) }
+
+// Offer queues ev without blocking; false (counted as dropped) when the
+// queue is full.
+func (m *Monitor) Offer(ev Event) bool {
+	select {
+	case m.ch <- ev:
+		return true
+	default:
+		m.dropped.Add(1)
+		m.release(&ev)
+		return false
+	}
+}
+
+// Buffer returns an empty buffer with room for n bytes, for a body that an
+// Event with Pooled set will carry.
+func (m *Monitor) Buffer(n int) []byte {
+	if v := m.bufs.Get(); v != nil {
+		if b := *v.(*[]byte); cap(b) >= n {
+			return b[:0]
+		}
+	}
+	return make([]byte, 0, max(n, 4<<10))
+}
+
+func (m *Monitor) release(ev *Event) {
+	if !ev.Pooled {
+		return
+	}
+	for _, b := range [][]byte{ev.Request, ev.Response} {
+		if b != nil && cap(b) <= m.cfg.MaxBody {
+			b = b[:0]
+			m.bufs.Put(&b)
+		}
+	}
+}
+
+// Counts are the Monitor's totals since it started.
+type Counts struct {
+	Events  uint64 `json:"events"`  // summarised
+	Dropped uint64 `json:"dropped"` // the queue was full
+	Failed  uint64 `json:"failed"`  // a body could not be decoded
+}
+
+// Counts reports the totals.
+func (m *Monitor) Counts() Counts {
+	return Counts{Events: m.events.Load(), Dropped: m.dropped.Load(), Failed: m.failed.Load()}
+}
+
+// Flush waits until every event offered before it is folded.
+func (m *Monitor) Flush(ctx context.Context) error {
+	done := make(chan struct{})
+	select {
+	case m.ch <- Event{Kind: kindFlush, done: done}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-m.stopped:
+		return errors.New("monitor: closed")
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-m.stopped:
+		return errors.New("monitor: closed")
+	}
+}
+
+// Forget drops a function's summaries (it was removed).
+func (m *Monitor) Forget(function string) {
+	m.mu.Lock()
+	delete(m.fns, function)
+	m.mu.Unlock()
+}
+
+func (m *Monitor) run() {
+	defer close(m.stopped)
+	for {
+		select {
+		case <-m.stop:
+			return
+		case ev := <-m.ch:
+			if ev.Kind == kindFlush {
+				close(ev.done)
+				continue
+			}
+			m.fold(&ev)
+			m.release(&ev)
+		}
+	}
+}
+
+// function is one function's state: bin edges per feature (shared by its
+// versions, so that any two windows or versions are binned alike) and the
+// windows.
+type function struct {
+	features map[featureKey]*feature
+	tensors  map[[2]string]bool // side, tensor: admitted (true) or left out
+	windows  map[windowKey]*window
+	newest   int64 // start of the newest window, for pruning
+}
+
+type featureKey struct {
+	side, tensor string
+	index        int
+}
+
+type windowKey struct {
+	version int
+	start   int64 // Unix seconds
+}
+
+type window struct {
+	events  int64
+	feats   map[featureKey]*Summary
+	classes map[[2]string]map[string]int64
+}
+
+// feature is where a feature's bin edges are learned: values wait (in
+// their windows' summaries) until Learn of them have come, then the edges
+// freeze and the waiting values are binned.
+type feature struct {
+	edges   []float64
+	frozen  bool
+	learn   []float64
+	waiting []*Summary
+}
+
+func (m *Monitor) fold(ev *Event) {
+	var in, out []Tensor
+	var err error
+	switch ev.Kind {
+	case KindOIP:
+		if in, err = OIP(ev.Request, ev.RequestHeaderLen, "inputs"); err == nil {
+			out, err = OIP(ev.Response, ev.ResponseHeaderLen, "outputs")
+		}
+	case KindJSON:
+		var fi, fo []Field
+		if fi, err = JSONFields(ev.Request, m.cfg.MaxFeatures); err == nil {
+			fo, err = JSONFields(ev.Response, m.cfg.MaxFeatures)
+		}
+		in, out = fieldTensors(fi), fieldTensors(fo)
+	default:
+		err = errors.New("unknown kind")
+	}
+	if err != nil {
+		m.failed.Add(1)
+		return
+	}
+	m.events.Add(1)
+	inSide, outSide := SideInput, SideOutput
+	if ev.Kind == KindJSON {
+		inSide, outSide = SideEvent, SideResult
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f := m.fns[ev.Function]
+	if f == nil {
+		f = &function{features: map[featureKey]*feature{}, tensors: map[[2]string]bool{}, windows: map[windowKey]*window{}}
+		m.fns[ev.Function] = f
+	}
+	start := ev.At.Truncate(m.cfg.Window).Unix()
+	wk := windowKey{ev.Version, start}
+	w := f.windows[wk]
+	if w == nil {
+		w = &window{feats: map[featureKey]*Summary{}, classes: map[[2]string]map[string]int64{}}
+		f.windows[wk] = w
+		if start > f.newest {
+			f.newest = start
+			m.prune(f, time.Unix(start, 0))
+		}
+	}
+	w.events++
+	for i := range in {
+		m.foldTensor(f, w, inSide, &in[i], ev.Kind == KindJSON, false)
+	}
+	for i := range out {
+		m.foldTensor(f, w, outSide, &out[i], ev.Kind == KindJSON, ev.Kind == KindOIP)
+	}
+}
+
+// fieldTensors carries JSON fields as tensors whose Shape is nil and whose
+// feature indices are in shape[0] of each value (see foldTensor).
+func fieldTensors(fs []Field) []Tensor {
+	ts := make([]Tensor, len(fs))
+	for i, f := range fs {
+		ts[i] = Tensor{Name: f.Name, Values: f.Values, Shape: indexShape(f.Index)}
+	}
+	return ts
+}
+
+// indexShape smuggles a field's feature indices; see foldTensor.
+func indexShape(idx []int) []int64 {
+	s := make([]int64, len(idx))
+	for i, v := range idx {
+		s[i] = int64(v)
+	}
+	return s
+}
+
+// prune drops windows that ended Retention before now.
+func (m *Monitor) prune(f *function, now time.Time) {
+	oldest := now.Add(-m.cfg.Retention).Unix()
+	for k := range f.windows {
+		if k.start < oldest {
+			delete(f.windows, k)
+		}
+	}
+}
+
+// foldTensor folds one tensor (or JSON field: indexed, with the feature of
+// value i in Shape[i]). A tensor of rank 2 or more has a feature per
+// element of its last axis; a lower rank is one feature.
+func (m *Monitor) foldTensor(f *function, w *window, side string, t *Tensor, indexed, classes bool) {
+	if t.Values == nil {
+		return
+	}
+	tk := [2]string{side, t.Name}
+	ok, seen := f.tensors[tk]
+	if !seen {
+		n := 0
+		for k, in := range f.tensors {
+			if k[0] == side && in {
+				n++
+			}
+		}
+		ok = n < m.cfg.MaxTensors
+		f.tensors[tk] = ok
+	}
+	if !ok {
+		return
+	}
+	width := 1
+	if !indexed && len(t.Shape) >= 2 {
+		width = int(t.Shape[len(t.Shape)-1])
+	}
+	nf := min(width, m.cfg.MaxFeatures)
+	if indexed {
+		for _, ix := range t.Shape {
+			nf = max(nf, int(ix)+1)
+		}
+	}
+	sums := make([]*Summary, nf)
+	feats := make([]*feature, nf)
+	for i := range nf {
+		fk := featureKey{side, t.Name, i}
+		feats[i] = f.features[fk]
+		if feats[i] == nil {
+			feats[i] = &feature{}
+			f.features[fk] = feats[i]
+		}
+		sums[i] = w.feats[fk]
+		if sums[i] == nil {
+			sums[i] = &Summary{}
+			w.feats[fk] = sums[i]
+		}
+	}
+	for i, v := range t.Values {
+		j := 0
+		switch {
+		case indexed:
+			j = int(t.Shape[i])
+		case width > 1:
+			j = i % width
+			if j >= nf {
+				continue
+			}
+		}
+		m.add(feats[j], sums[j], v)
+	}
+	if classes {
+		m.foldClasses(w, tk, t, width)
+	}
+}
+
+// add folds v into s, binning it when the feature's edges are frozen.
+func (m *Monitor) add(ft *feature, s *Summary, v float64) {
+	if !s.Add(v) {
+		return
+	}
+	if ft.frozen {
+		if s.Hist == nil {
+			s.Hist = make([]int64, len(ft.edges)+1)
+		}
+		s.Hist[Bin(ft.edges, v)]++
+		return
+	}
+	ft.learn = append(ft.learn, v)
+	if len(s.pending) == 0 {
+		ft.waiting = append(ft.waiting, s)
+	}
+	s.pending = append(s.pending, v)
+	if len(ft.learn) >= m.cfg.Learn {
+		m.freeze(ft)
+	}
+}
+
+// freeze fixes a feature's edges from what it learned and bins the values
+// that waited for them.
+func (m *Monitor) freeze(ft *feature) {
+	if ft.frozen || len(ft.learn) == 0 {
+		return
+	}
+	ft.edges = Edges(ft.learn, m.cfg.Bins)
+	ft.frozen = true
+	for _, s := range ft.waiting {
+		if s.Hist == nil {
+			s.Hist = make([]int64, len(ft.edges)+1)
+		}
+		for _, v := range s.pending {
+			s.Hist[Bin(ft.edges, v)]++
+		}
+		s.pending = nil
+	}
+	ft.learn, ft.waiting = nil, nil
+}
+
+// foldClasses counts the classes an output names: the argmax of each row
+// of a floating-point [batch, classes] output, or each element of an
+// integer or bool output.
+func (m *Monitor) foldClasses(w *window, tk [2]string, t *Tensor, width int) {
+	isFloat := t.Datatype == "FP32" || t.Datatype == "FP64" || t.Datatype == "FP16" || t.Datatype == "BF16"
+	var count func(v float64)
+	cs := w.classes[tk]
+	count = func(v float64) {
+		if cs == nil {
+			cs = map[string]int64{}
+			w.classes[tk] = cs
+		}
+		k := classKey(v)
+		if _, ok := cs[k]; !ok && len(cs) >= m.cfg.MaxClasses {
+			k = otherClass
+		}
+		cs[k]++
+	}
+	switch {
+	case isFloat && len(t.Shape) == 2 && width >= 2:
+		for r := 0; r+width <= len(t.Values); r += width {
+			best := 0
+			for j, v := range t.Values[r : r+width] {
+				if v > t.Values[r+best] {
+					best = j
+				}
+			}
+			count(float64(best))
+		}
+	case !isFloat && t.Datatype != "" && t.Datatype != "BYTES":
+		for _, v := range t.Values {
+			count(v)
+		}
+	}
+}
+
+// Query selects what a report covers: a version over [Since, Until), and
+// the baseline it is compared with (BaselineVersion 0: no baseline).
+type Query struct {
+	Function                     string
+	Version                      int
+	Since, Until                 time.Time
+	BaselineVersion              int
+	BaselineSince, BaselineUntil time.Time
+}
+
+// Report is what GET /v1/functions/{name}/monitor answers.
+type Report struct {
+	Function string    `json:"function"`
+	Version  int       `json:"version"`
+	Since    time.Time `json:"since"`
+	Until    time.Time `json:"until"`
+	Window   string    `json:"window"`
+	// Events is how many invocations the summaries hold.
+	Events   int64     `json:"events"`
+	Baseline *Baseline `json:"baseline,omitempty"`
+	// MaxPSI is the largest PSI of any feature or class count; null
+	// without a baseline with data.
+	MaxPSI   *float64        `json:"max_psi"`
+	Features []FeatureReport `json:"features"`
+	Classes  []ClassReport   `json:"classes"`
+	// Monitor is the node's totals: summarised, dropped (the summariser
+	// was behind), failed (undecodable bodies).
+	Monitor Counts `json:"monitor"`
+}
+
+// Baseline is what a report compares with.
+type Baseline struct {
+	Version int       `json:"version"`
+	Since   time.Time `json:"since"`
+	Until   time.Time `json:"until"`
+	Events  int64     `json:"events"`
+}
+
+// FeatureReport is one feature's summary, histogram and drift.
+type FeatureReport struct {
+	// Name is side.tensor[index]: input.float_input[2], event.age[0].
+	Name   string  `json:"name"`
+	Side   string  `json:"side"`
+	Tensor string  `json:"tensor"`
+	Index  int     `json:"index"`
+	Count  int64   `json:"count"`
+	Mean   float64 `json:"mean"`
+	Std    float64 `json:"std"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	// NonFinite counts NaN and ±Inf values, which are in nothing else.
+	NonFinite int64 `json:"non_finite,omitempty"`
+	// Edges are the bin edges; Counts has one more entry: Counts[0] is
+	// below Edges[0], Counts[i] is in [Edges[i-1], Edges[i]), the last is
+	// at or above the last edge.
+	Edges          []float64 `json:"edges"`
+	Counts         []int64   `json:"counts"`
+	BaselineCount  int64     `json:"baseline_count"`
+	BaselineMean   float64   `json:"baseline_mean"`
+	BaselineCounts []int64   `json:"baseline_counts,omitempty"`
+	PSI            *float64  `json:"psi"`
+}
+
+// ClassReport is one output's class frequencies and their drift.
+type ClassReport struct {
+	Name           string           `json:"name"`
+	Side           string           `json:"side"`
+	Tensor         string           `json:"tensor"`
+	Counts         map[string]int64 `json:"counts"`
+	BaselineCounts map[string]int64 `json:"baseline_counts,omitempty"`
+	PSI            *float64         `json:"psi"`
+}
+
+// Report merges the windows q selects. A window counts when it starts in
+// [Since rounded down to the window, Until).
+func (m *Monitor) Report(q Query) *Report {
+	rep := &Report{Function: q.Function, Version: q.Version, Since: q.Since, Until: q.Until, Window: m.cfg.Window.String(),
+		Features: []FeatureReport{}, Classes: []ClassReport{}, Monitor: m.Counts()}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f := m.fns[q.Function]
+	if f == nil {
+		return rep
+	}
+	for _, ft := range f.features {
+		m.freeze(ft)
+	}
+	cur := m.merge(f, q.Version, q.Since, q.Until)
+	rep.Events = cur.events
+	var base *merged
+	if q.BaselineVersion > 0 {
+		base = m.merge(f, q.BaselineVersion, q.BaselineSince, q.BaselineUntil)
+		rep.Baseline = &Baseline{Version: q.BaselineVersion, Since: q.BaselineSince, Until: q.BaselineUntil, Events: base.events}
+	}
+	maxPSI := math.NaN()
+	keys := make([]featureKey, 0, len(cur.feats))
+	for k := range cur.feats {
+		keys = append(keys, k)
+	}
+	if base != nil {
+		for k := range base.feats {
+			if _, ok := cur.feats[k]; !ok {
+				keys = append(keys, k)
+			}
+		}
+	}
+	slices.SortFunc(keys, func(a, b featureKey) int {
+		return cmp.Or(cmp.Compare(sideOrder(a.side), sideOrder(b.side)), cmp.Compare(a.tensor, b.tensor), cmp.Compare(a.index, b.index))
+	})
+	for _, k := range keys {
+		s := cur.feats[k]
+		if s == nil {
+			s = &Summary{}
+		}
+		fr := FeatureReport{Name: fmt.Sprintf("%s.%s[%d]", k.side, k.tensor, k.index), Side: k.side, Tensor: k.tensor, Index: k.index,
+			Count: s.Count, Mean: s.Mean, Std: s.Std(), Min: s.Min, Max: s.Max, NonFinite: s.NonFinite,
+			Edges: f.features[k].edges, Counts: hist(s.Hist, len(f.features[k].edges)+1)}
+		if fr.Edges == nil {
+			fr.Edges = []float64{}
+		}
+		if base != nil {
+			b := base.feats[k]
+			if b == nil {
+				b = &Summary{}
+			}
+			fr.BaselineCount, fr.BaselineMean = b.Count, b.Mean
+			fr.BaselineCounts = hist(b.Hist, len(fr.Counts))
+			fr.PSI = finite(PSI(fr.Counts, fr.BaselineCounts))
+			if fr.PSI != nil && !(*fr.PSI <= maxPSI) {
+				maxPSI = *fr.PSI
+			}
+		}
+		rep.Features = append(rep.Features, fr)
+	}
+	ckeys := make([][2]string, 0, len(cur.classes))
+	for k := range cur.classes {
+		ckeys = append(ckeys, k)
+	}
+	if base != nil {
+		for k := range base.classes {
+			if _, ok := cur.classes[k]; !ok {
+				ckeys = append(ckeys, k)
+			}
+		}
+	}
+	slices.SortFunc(ckeys, func(a, b [2]string) int {
+		return cmp.Or(cmp.Compare(sideOrder(a[0]), sideOrder(b[0])), cmp.Compare(a[1], b[1]))
+	})
+	for _, k := range ckeys {
+		cr := ClassReport{Name: k[0] + "." + k[1], Side: k[0], Tensor: k[1], Counts: cur.classes[k]}
+		if cr.Counts == nil {
+			cr.Counts = map[string]int64{}
+		}
+		if base != nil {
+			cr.BaselineCounts = base.classes[k]
+			if cr.BaselineCounts == nil {
+				cr.BaselineCounts = map[string]int64{}
+			}
+			cr.PSI = finite(classPSI(cr.Counts, cr.BaselineCounts))
+			if cr.PSI != nil && !(*cr.PSI <= maxPSI) {
+				maxPSI = *cr.PSI
+			}
+		}
+		rep.Classes = append(rep.Classes, cr)
+	}
+	rep.MaxPSI = finite(maxPSI)
+	return rep
+}
+
+func sideOrder(s string) int {
+	switch s {
+	case SideInput, SideEvent:
+		return 0
+	}
+	return 1
+}
+
+func hist(h []int64, n int) []int64 {
+	out := make([]int64, n)
+	copy(out, h)
+	return out
+}
+
+func finite(v float64) *float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return nil
+	}
+	return &v
+}
+
+type merged struct {
+	events  int64
+	feats   map[featureKey]*Summary
+	classes map[[2]string]map[string]int64
+}
+
+func (m *Monitor) merge(f *function, version int, since, until time.Time) *merged {
+	out := &merged{feats: map[featureKey]*Summary{}, classes: map[[2]string]map[string]int64{}}
+	from, to := since.Truncate(m.cfg.Window).Unix(), until.Unix()
+	for k, w := range f.windows {
+		if k.version != version || k.start < from || k.start >= to {
+			continue
+		}
+		out.events += w.events
+		for fk, s := range w.feats {
+			d := out.feats[fk]
+			if d == nil {
+				d = &Summary{}
+				out.feats[fk] = d
+			}
+			d.Merge(s)
+		}
+		for ck, cs := range w.classes {
+			d := out.classes[ck]
+			if d == nil {
+				d = map[string]int64{}
+				out.classes[ck] = d
+			}
+			for c, n := range cs {
+				d[c] += n
+			}
+		}
+	}
+	return out
+}
+
+// Versions lists the versions with summaries of a function, newest first.
+func (m *Monitor) Versions(function string) []int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f := m.fns[function]
+	if f == nil {
+		return nil
+	}
+	seen := map[int]bool{}
+	var vs []int
+	for k := range f.windows {
+		if !seen[k.version] {
+			seen[k.version] = true
+			vs = append(vs, k.version)
+		}
+	}
+	slices.Sort(vs)
+	slices.Reverse(vs)
+	return vs
+}
