@@ -188,7 +188,7 @@ func (m *Monitor) Offer(ev Event) bool {
 		return true
 	default:
 		m.dropped.Add(1)
-		m.release(&ev)
+		m.Recycle(&ev)
 		return false
 	}
 }
@@ -204,7 +204,8 @@ func (m *Monitor) Buffer(n int) []byte {
 	return make([]byte, 0, max(n, 4<<10))
 }
 
-func (m *Monitor) release(ev *Event) {
+// Recycle gives a Pooled event's buffers back without summarising it.
+func (m *Monitor) Recycle(ev *Event) {
 	if !ev.Pooled {
 		return
 	}
@@ -267,7 +268,7 @@ func (m *Monitor) run() {
 				continue
 			}
 			m.fold(&ev)
-			m.release(&ev)
+			m.Recycle(&ev)
 		}
 	}
 }
@@ -534,7 +535,9 @@ func (m *Monitor) foldClasses(w *window, tk [2]string, t *Tensor, width int) {
 }
 
 // Query selects what a report covers: a version over [Since, Until), and
-// the baseline it is compared with (BaselineVersion 0: no baseline).
+// the baseline it is compared with: BaselineVersion over [BaselineSince,
+// BaselineUntil); BaselineVersion 0 is Version when BaselineSince is set,
+// else there is no baseline.
 type Query struct {
 	Function                     string
 	Version                      int
@@ -619,6 +622,9 @@ func (m *Monitor) Report(q Query) *Report {
 	}
 	for _, ft := range f.features {
 		m.freeze(ft)
+	}
+	if q.BaselineVersion == 0 && !q.BaselineSince.IsZero() {
+		q.BaselineVersion = q.Version
 	}
 	cur := m.merge(f, q.Version, q.Since, q.Until)
 	rep.Events = cur.events

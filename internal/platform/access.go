@@ -401,7 +401,7 @@ func (p *Platform) buildHandler() error {
 		return err
 	}
 	a, err := api.New(api.Config{Platform: p, Logs: p.logs, MaxBundleBytes: p.cfg.MaxBundleBytes, BaseURL: p.cfg.BaseURL,
-		Keys: p, Logger: p.log})
+		Keys: p, Logger: p.log, Monitor: p})
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/metrics"
+	"github.com/ebb-run/ebb/internal/monitor"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/route"
@@ -102,6 +103,8 @@ type Config struct {
 	InvocationLog io.Writer
 	// Now is injected for tests of time-dependent behaviour.
 	Now func() time.Time
+	// Monitor sizes the input and prediction summaries (monitor.Config).
+	Monitor monitor.Config
 }
 
 // Validate checks c and fills defaults.
@@ -175,6 +178,9 @@ type Platform struct {
 	wg     sync.WaitGroup // drains of old versions
 	seq    atomic.Uint64  // instance ids
 	async  *async         // jobs, schedules and events; see async.go
+
+	// mon keeps input and prediction summaries; see monitor.go.
+	mon *monitor.Monitor
 }
 
 // deployment is one function version's pool.
@@ -231,6 +237,10 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", err
 	}
 	p.metrics = metrics.New(p.poolStats)
+	if err := p.startMonitor(); err != nil {
+		p.closeStores()
+		return nil, "", fmt.Errorf("platform config: %w", err)
+	}
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
 		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive,
 		Sandbox: p.sandbox, UIDFor: p.uids.uidFor}
@@ -282,6 +292,9 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 }
 
 func (p *Platform) closeStores() {
+	if p.mon != nil {
+		p.mon.Close()
+	}
 	p.procs.Close()
 	p.closeSandbox()
 	p.store.Close()
@@ -427,6 +440,7 @@ func (p *Platform) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	p.wg.Wait()
+	p.mon.Close()
 	p.procs.Close()
 	p.closeSandbox()
 	return p.store.Close()
