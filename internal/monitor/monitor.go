@@ -36,6 +36,11 @@ const (
 	DefaultLearn       = 256
 	DefaultQueue       = 1024
 	DefaultMaxBody     = 1 << 20
+	DefaultBudget      = 512 << 10
+	// drainEvery is how often the summariser empties its queue: polling
+	// instead of waking on every event spares the request path a
+	// goroutine wake-up (a futex call on a busy machine) per invocation.
+	drainEvery = 10 * time.Millisecond
 )
 
 // Config configures a Monitor; zero values take the defaults.
@@ -65,6 +70,13 @@ type Config struct {
 	// MaxBody bounds the bytes of a body that is summarised; a larger body
 	// is not captured at all (default 1 MiB).
 	MaxBody int
+	// Budget bounds the body bytes summarised per second (default 512 KiB);
+	// past it invocations are sampled out (counted) until the budget
+	// refills. Decoding and folding run at some 30 to 100 MB/s of JSON on
+	// one core (less on a crowded one), so the default holds the
+	// summariser to a few percent of a core however busy the node is,
+	// while still sampling thousands of rows a second.
+	Budget int
 }
 
 // Validate fills defaults and reports the first invalid field.
@@ -84,7 +96,7 @@ func (c *Config) Validate() error {
 		name string
 	}{{&c.MaxFeatures, DefaultMaxFeatures, "MaxFeatures"}, {&c.MaxTensors, DefaultMaxTensors, "MaxTensors"},
 		{&c.MaxClasses, DefaultMaxClasses, "MaxClasses"}, {&c.Bins, DefaultBins, "Bins"}, {&c.Learn, DefaultLearn, "Learn"},
-		{&c.Queue, DefaultQueue, "Queue"}, {&c.MaxBody, DefaultMaxBody, "MaxBody"}} {
+		{&c.Queue, DefaultQueue, "Queue"}, {&c.MaxBody, DefaultMaxBody, "MaxBody"}, {&c.Budget, DefaultBudget, "Budget"}} {
 		if err := def(f.v, f.d, f.name); err != nil {
 			return err
 		}
@@ -150,7 +162,9 @@ type Monitor struct {
 	once    sync.Once
 	bufs    sync.Pool
 
-	events, dropped, failed atomic.Uint64
+	events, dropped, failed, sampled atomic.Uint64
+	tokens                           atomic.Int64 // budget bytes left; refilled by the summariser
+	dec                              decoder      // the summariser's scratch
 
 	mu  sync.Mutex
 	fns map[string]*function
@@ -163,6 +177,7 @@ func New(cfg Config) (*Monitor, error) {
 	}
 	m := &Monitor{cfg: cfg, ch: make(chan Event, cfg.Queue), stop: make(chan struct{}), stopped: make(chan struct{}),
 		fns: map[string]*function{}}
+	m.tokens.Store(int64(cfg.Budget))
 	go m.run()
 	return m, nil
 }
@@ -176,9 +191,22 @@ func (m *Monitor) Close() {
 	<-m.stopped
 }
 
-// Room says whether an event offered now would likely be taken: the caller
-// can skip capturing bodies that would be dropped.
-func (m *Monitor) Room() bool { return len(m.ch) < cap(m.ch) }
+// Admit says whether an invocation whose bodies hold about n bytes is
+// summarised: false when the queue is full (counted as dropped) or the
+// budget is spent (counted as sampled out). The caller captures and offers
+// only what is admitted.
+func (m *Monitor) Admit(n int) bool {
+	if len(m.ch) >= cap(m.ch) {
+		m.dropped.Add(1)
+		return false
+	}
+	if m.tokens.Add(-int64(n)) < 0 {
+		m.tokens.Add(int64(n))
+		m.sampled.Add(1)
+		return false
+	}
+	return true
+}
 
 // Offer queues ev without blocking; false (counted as dropped) when the
 // queue is full.
@@ -219,14 +247,15 @@ func (m *Monitor) Recycle(ev *Event) {
 
 // Counts are the Monitor's totals since it started.
 type Counts struct {
-	Events  uint64 `json:"events"`  // summarised
-	Dropped uint64 `json:"dropped"` // the queue was full
-	Failed  uint64 `json:"failed"`  // a body could not be decoded
+	Events     uint64 `json:"events"`      // summarised
+	Dropped    uint64 `json:"dropped"`     // the queue was full
+	SampledOut uint64 `json:"sampled_out"` // over the byte budget
+	Failed     uint64 `json:"failed"`      // a body could not be decoded
 }
 
 // Counts reports the totals.
 func (m *Monitor) Counts() Counts {
-	return Counts{Events: m.events.Load(), Dropped: m.dropped.Load(), Failed: m.failed.Load()}
+	return Counts{Events: m.events.Load(), Dropped: m.dropped.Load(), SampledOut: m.sampled.Load(), Failed: m.failed.Load()}
 }
 
 // Flush waits until every event offered before it is folded.
@@ -258,11 +287,20 @@ func (m *Monitor) Forget(function string) {
 
 func (m *Monitor) run() {
 	defer close(m.stopped)
+	tick := time.NewTicker(drainEvery)
+	defer tick.Stop()
+	refill := int64(m.cfg.Budget) * int64(drainEvery) / int64(time.Second)
 	for {
 		select {
 		case <-m.stop:
 			return
-		case ev := <-m.ch:
+		case <-tick.C:
+		}
+		if t := m.tokens.Add(refill); t > int64(m.cfg.Budget) {
+			m.tokens.Add(int64(m.cfg.Budget) - t)
+		}
+		for n := len(m.ch); n > 0; n-- {
+			ev := <-m.ch
 			if ev.Kind == kindFlush {
 				close(ev.done)
 				continue
@@ -278,7 +316,7 @@ func (m *Monitor) run() {
 // windows.
 type function struct {
 	features map[featureKey]*feature
-	tensors  map[[2]string]bool // side, tensor: admitted (true) or left out
+	tensors  map[[2]string][]*feature // side, tensor: its features; nil when left out
 	windows  map[windowKey]*window
 	newest   int64 // start of the newest window, for pruning
 }
@@ -296,6 +334,7 @@ type windowKey struct {
 type window struct {
 	events  int64
 	feats   map[featureKey]*Summary
+	sums    map[[2]string][]*Summary // by tensor, in feature order
 	classes map[[2]string]map[string]int64
 }
 
@@ -312,10 +351,11 @@ type feature struct {
 func (m *Monitor) fold(ev *Event) {
 	var in, out []Tensor
 	var err error
+	m.dec.reset()
 	switch ev.Kind {
 	case KindOIP:
-		if in, err = OIP(ev.Request, ev.RequestHeaderLen, "inputs"); err == nil {
-			out, err = OIP(ev.Response, ev.ResponseHeaderLen, "outputs")
+		if in, err = m.dec.oip(ev.Request, ev.RequestHeaderLen, "inputs"); err == nil {
+			out, err = m.dec.oip(ev.Response, ev.ResponseHeaderLen, "outputs")
 		}
 	case KindJSON:
 		var fi, fo []Field
@@ -339,14 +379,14 @@ func (m *Monitor) fold(ev *Event) {
 	defer m.mu.Unlock()
 	f := m.fns[ev.Function]
 	if f == nil {
-		f = &function{features: map[featureKey]*feature{}, tensors: map[[2]string]bool{}, windows: map[windowKey]*window{}}
+		f = &function{features: map[featureKey]*feature{}, tensors: map[[2]string][]*feature{}, windows: map[windowKey]*window{}}
 		m.fns[ev.Function] = f
 	}
 	start := ev.At.Truncate(m.cfg.Window).Unix()
 	wk := windowKey{ev.Version, start}
 	w := f.windows[wk]
 	if w == nil {
-		w = &window{feats: map[featureKey]*Summary{}, classes: map[[2]string]map[string]int64{}}
+		w = &window{feats: map[featureKey]*Summary{}, sums: map[[2]string][]*Summary{}, classes: map[[2]string]map[string]int64{}}
 		f.windows[wk] = w
 		if start > f.newest {
 			f.newest = start
@@ -399,18 +439,20 @@ func (m *Monitor) foldTensor(f *function, w *window, side string, t *Tensor, ind
 		return
 	}
 	tk := [2]string{side, t.Name}
-	ok, seen := f.tensors[tk]
+	feats, seen := f.tensors[tk]
 	if !seen {
 		n := 0
-		for k, in := range f.tensors {
-			if k[0] == side && in {
+		for k, fs := range f.tensors {
+			if k[0] == side && fs != nil {
 				n++
 			}
 		}
-		ok = n < m.cfg.MaxTensors
-		f.tensors[tk] = ok
+		if n < m.cfg.MaxTensors {
+			feats = []*feature{}
+		}
+		f.tensors[tk] = feats
 	}
-	if !ok {
+	if feats == nil {
 		return
 	}
 	width := 1
@@ -423,20 +465,18 @@ func (m *Monitor) foldTensor(f *function, w *window, side string, t *Tensor, ind
 			nf = max(nf, int(ix)+1)
 		}
 	}
-	sums := make([]*Summary, nf)
-	feats := make([]*feature, nf)
-	for i := range nf {
-		fk := featureKey{side, t.Name, i}
-		feats[i] = f.features[fk]
-		if feats[i] == nil {
-			feats[i] = &feature{}
-			f.features[fk] = feats[i]
-		}
-		sums[i] = w.feats[fk]
-		if sums[i] == nil {
-			sums[i] = &Summary{}
-			w.feats[fk] = sums[i]
-		}
+	for i := len(feats); i < nf; i++ {
+		ft := &feature{}
+		f.features[featureKey{side, t.Name, i}] = ft
+		feats = append(feats, ft)
+		f.tensors[tk] = feats
+	}
+	sums := w.sums[tk]
+	for i := len(sums); i < nf; i++ {
+		s := &Summary{}
+		w.feats[featureKey{side, t.Name, i}] = s
+		sums = append(sums, s)
+		w.sums[tk] = sums
 	}
 	for i, v := range t.Values {
 		j := 0

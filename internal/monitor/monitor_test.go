@@ -161,3 +161,18 @@ func TestOfferDropsWhenFull(t *testing.T) {
 		t.Fatalf("counts = %+v with %d accepted; want a drop and every event either summarised or dropped", c, accepted)
 	}
 }
+
+func TestAdmitSamplesOutPastTheBudget(t *testing.T) {
+	// 1000 bytes a second: the summariser adds 10 every 10 ms, far less
+	// than the second call needs.
+	m := newMonitor(t, Config{Budget: 1000})
+	if !m.Admit(600) {
+		t.Fatal("the first 600 bytes of a 1000-byte budget were refused")
+	}
+	if m.Admit(600) {
+		t.Fatal("600 more bytes were admitted with about 400 left")
+	}
+	if c := m.Counts(); c.SampledOut != 1 || c.Dropped != 0 {
+		t.Fatalf("counts = %+v, want one sampled out", c)
+	}
+}

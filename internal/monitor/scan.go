@@ -131,6 +131,9 @@ func (s *scanner) number(bools bool) (float64, bool, error) {
 	switch c := s.peek(); {
 	case c == '-' || (c >= '0' && c <= '9'):
 		t := s.token()
+		if v, ok := fastFloat(t); ok {
+			return v, true, nil
+		}
 		v, err := strconv.ParseFloat(string(t), 64)
 		return v, err == nil, nil
 	case bools && c == 't':
@@ -388,6 +391,24 @@ const maxTensorRank = 16
 // tensor bytes follow the header, in the order of the tensors that declare
 // a binary_data_size.
 func OIP(body []byte, headerLen int, key string) ([]Tensor, error) {
+	var d decoder
+	return d.oip(body, headerLen, key)
+}
+
+// decoder keeps its buffers from one body to the next: the tensors and
+// values it returns are valid until reset.
+type decoder struct {
+	vals []float64
+}
+
+func (d *decoder) reset() {
+	if cap(d.vals) > 1<<18 {
+		d.vals = nil // an outsized body's buffer is not kept
+	}
+	d.vals = d.vals[:0]
+}
+
+func (d *decoder) oip(body []byte, headerLen int, key string) ([]Tensor, error) {
 	if headerLen < 0 || headerLen > len(body) {
 		return nil, fmt.Errorf("header length %d is outside the body (%d bytes)", headerLen, len(body))
 	}
@@ -404,7 +425,7 @@ func OIP(body []byte, headerLen int, key string) ([]Tensor, error) {
 		}
 		seen = true
 		return s.array(func(int) error {
-			t, err := s.tensor()
+			t, err := s.tensor(d)
 			if err != nil {
 				return err
 			}
@@ -424,7 +445,7 @@ func OIP(body []byte, headerLen int, key string) ([]Tensor, error) {
 		if t.binary > int64(len(bin))-off {
 			return nil, fmt.Errorf("tensor %q: binary_data_size %d runs past the body", t.Name, t.binary)
 		}
-		t.Values = decodeBinary(t.Datatype, bin[off:off+t.binary])
+		t.Values = d.binary(t.Datatype, bin[off:off+t.binary])
 		off += t.binary
 	}
 	for i := range out {
@@ -449,7 +470,7 @@ func elements(shape []int64) (int64, bool) {
 	return n, true
 }
 
-func (s *scanner) tensor() (Tensor, error) {
+func (s *scanner) tensor(d *decoder) (Tensor, error) {
 	t := Tensor{binary: -1}
 	err := s.object(func(k string) error {
 		switch k {
@@ -475,11 +496,14 @@ func (s *scanner) tensor() (Tensor, error) {
 				return nil
 			})
 		case "data":
-			t.Values = t.Values[:0]
+			// Values go at the end of the decoder's buffer; a tensor's
+			// are contiguous because nothing else appends meanwhile.
+			start := len(d.vals)
 			numeric := true
-			if err := s.data(&t.Values, &numeric, 0); err != nil {
+			if err := s.data(&d.vals, &numeric, 0); err != nil {
 				return err
 			}
+			t.Values = d.vals[start:len(d.vals):len(d.vals)]
 			if !numeric {
 				t.Values = nil
 			}
@@ -520,9 +544,10 @@ func (s *scanner) data(out *[]float64, numeric *bool, depth int) error {
 	return s.array(func(int) error { return s.data(out, numeric, depth+1) })
 }
 
-// decodeBinary reads little-endian elements of datatype dt; nil for BYTES,
-// an unknown type or a length that is not a whole number of elements.
-func decodeBinary(dt string, b []byte) []float64 {
+// binary reads little-endian elements of datatype dt into the decoder's
+// buffer; nil for BYTES, an unknown type or a length that is not a whole
+// number of elements.
+func (d *decoder) binary(dt string, b []byte) []float64 {
 	size := 0
 	switch dt {
 	case "BOOL", "UINT8", "INT8":
@@ -539,7 +564,9 @@ func decodeBinary(dt string, b []byte) []float64 {
 	if len(b)%size != 0 {
 		return nil
 	}
-	out := make([]float64, len(b)/size)
+	start := len(d.vals)
+	d.vals = append(d.vals, make([]float64, len(b)/size)...)
+	out := d.vals[start:len(d.vals):len(d.vals)]
 	le := binary.LittleEndian
 	for i := range out {
 		e := b[i*size:]
@@ -593,4 +620,46 @@ func half(h uint16) float64 {
 		return math.NaN()
 	}
 	return sign * math.Ldexp(1+frac/1024, exp-15)
+}
+
+// pow10 are the powers of ten that float64 holds exactly.
+var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// fastFloat reads a plain decimal (-?digits[.digits], at most 15 digits)
+// the quick way: its digits and its power of ten are exact float64s, so one
+// division is correctly rounded, as ParseFloat would round (Clinger's fast
+// path). ok is false for anything else, which ParseFloat then reads.
+func fastFloat(t []byte) (float64, bool) {
+	neg := len(t) > 0 && t[0] == '-'
+	if neg {
+		t = t[1:]
+	}
+	if len(t) == 0 || len(t) > 16 {
+		return 0, false
+	}
+	var mant uint64
+	digits, frac, dot := 0, 0, false
+	for i, c := range t {
+		switch {
+		case c >= '0' && c <= '9':
+			mant = mant*10 + uint64(c-'0')
+			digits++
+			if dot {
+				frac++
+			}
+		case c == '.' && !dot && i > 0 && i < len(t)-1:
+			dot = true
+		default:
+			return 0, false
+		}
+	}
+	if digits > 15 || (t[0] == '0' && len(t) > 1 && t[1] != '.') {
+		return 0, false
+	}
+	v := float64(mant) / pow10[frac]
+	if neg {
+		v = -v
+	}
+	return v, true
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"slices"
+	"strconv"
 	"testing"
 )
 
@@ -199,6 +200,22 @@ func FuzzOIP(f *testing.F) {
 					t.Fatalf("tensor %q has %d values for shape %v", tn.Name, len(tn.Values), tn.Shape)
 				}
 			}
+		}
+	})
+}
+
+func FuzzFastFloat(f *testing.F) {
+	for _, s := range []string{"0", "-0", "0.25", "123456789012345", "1.000000000000001", "-9.5", "01", "1.", ".5", "1e5", "99999999999999.9"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, ok := fastFloat([]byte(s))
+		if !ok {
+			return
+		}
+		want, err := strconv.ParseFloat(s, 64)
+		if err != nil || math.Float64bits(v) != math.Float64bits(want) {
+			t.Fatalf("fastFloat(%q) = %v, ParseFloat = %v, %v", s, v, want, err)
 		}
 	})
 }

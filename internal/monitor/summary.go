@@ -76,7 +76,14 @@ func (s *Summary) Std() float64 {
 // i is [edges[i-1], edges[i]), and len(edges) is at or above the last edge
 // (overflow).
 func Bin(edges []float64, v float64) int {
-	return sort.Search(len(edges), func(i int) bool { return edges[i] > v })
+	if len(edges) > 16 {
+		return sort.Search(len(edges), func(i int) bool { return edges[i] > v })
+	}
+	i := 0
+	for i < len(edges) && edges[i] <= v {
+		i++
+	}
+	return i
 }
 
 // Edges freezes bin edges from a sample: its quantiles at 0, 1/bins, …, 1

@@ -22,8 +22,9 @@ import (
 // invocation) or as copies taken while the proxy passes them on (onnx: the
 // proxy reads the request into a buffer it recycles and writes the
 // response in recycled chunks, so those bytes cannot be kept). A body is
-// copied only when the queue has room, so a summariser that falls behind
-// costs the request path nothing but the drop count.
+// copied only when the monitor admits it (its queue has room and its byte
+// budget is not spent), so that a summariser that falls behind, or a flood
+// of requests, costs the request path no more than the decision.
 
 // startMonitor creates the platform's monitor and publishes its counters.
 func (p *Platform) startMonitor() error {
@@ -38,6 +39,7 @@ func (p *Platform) startMonitor() error {
 	p.metrics.Register(
 		counter("ebb_monitor_events_total", "Invocations summarised for input and prediction monitoring.", func(c monitor.Counts) uint64 { return c.Events }),
 		counter("ebb_monitor_dropped_total", "Invocations not summarised because the summariser was behind (its queue was full).", func(c monitor.Counts) uint64 { return c.Dropped }),
+		counter("ebb_monitor_sampled_out_total", "Invocations not summarised because the summariser's byte budget was spent.", func(c monitor.Counts) uint64 { return c.SampledOut }),
 		counter("ebb_monitor_failed_total", "Invocations whose bodies could not be decoded for monitoring.", func(c monitor.Counts) uint64 { return c.Failed }))
 	return nil
 }
@@ -45,7 +47,7 @@ func (p *Platform) startMonitor() error {
 // monitorInvoke hands a python or exec invocation's event and result to the
 // monitor.
 func (p *Platform) monitorInvoke(d *deployment, at time.Time, payload, result []byte) {
-	if p.mon == nil || !d.fn.Spec.Monitored() {
+	if p.mon == nil || !d.fn.Spec.Monitored() || !p.mon.Admit(len(payload)+len(result)) {
 		return
 	}
 	p.mon.Offer(monitor.Event{Function: d.fn.Spec.Name, Version: d.fn.Version, At: at, Kind: monitor.KindJSON,
@@ -71,7 +73,7 @@ type proxyCapture struct {
 func (p *Platform) captureProxy(d *deployment, w http.ResponseWriter, r *http.Request) (http.ResponseWriter, *proxyCapture) {
 	m := p.mon
 	if m == nil || !d.fn.Spec.Monitored() || r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/infer") ||
-		r.Body == nil || r.Body == http.NoBody || r.ContentLength > int64(m.Config().MaxBody) || !m.Room() {
+		r.Body == nil || r.Body == http.NoBody || r.ContentLength > int64(m.Config().MaxBody) || !m.Admit(int(2*max(r.ContentLength, 0))) {
 		return w, nil
 	}
 	c := &proxyCapture{ResponseWriter: w, m: m, body: r.Body, req: m.Buffer(int(max(r.ContentLength, 0)))}

@@ -86,7 +86,8 @@ func inferMLP(t *testing.T, e *env, rs [][]float32, bin bool) {
 // TestMonitorONNXDrift serves a real model and shifts its inputs: versions
 // fed the same distribution score below 0.1, a shifted one above 0.25.
 func TestMonitorONNXDrift(t *testing.T) {
-	e := startONNX(t)
+	// A budget that samples nothing out: every request counts here.
+	e := startONNX(t, func(c *Config) { c.Monitor.Budget = 256 << 20 })
 	model, err := os.ReadFile("../onnx/testdata/mlp.onnx")
 	if err != nil {
 		t.Fatal(err)
