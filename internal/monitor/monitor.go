@@ -748,6 +748,26 @@ func (m *Monitor) Report(q Query) *Report {
 	return rep
 }
 
+// OutputPSI is the largest PSI of the output and result features and the
+// class counts; nil when none has one.
+func (r *Report) OutputPSI() *float64 {
+	var out *float64
+	take := func(p *float64) {
+		if p != nil && (out == nil || *p > *out) {
+			out = p
+		}
+	}
+	for i := range r.Features {
+		if sideOrder(r.Features[i].Side) == 1 {
+			take(r.Features[i].PSI)
+		}
+	}
+	for i := range r.Classes {
+		take(r.Classes[i].PSI)
+	}
+	return out
+}
+
 func sideOrder(s string) int {
 	switch s {
 	case SideInput, SideEvent:

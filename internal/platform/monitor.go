@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/monitor"
 	"github.com/ebb-run/ebb/internal/onnx"
+	"github.com/ebb-run/ebb/internal/shadow"
 )
 
 // Monitoring of inputs and predictions (internal/monitor). The request path
@@ -167,4 +169,27 @@ func (p *Platform) MonitorReport(ctx context.Context, name string, q monitor.Que
 		q.Version = fn.Version
 	}
 	return p.mon.Report(q), nil
+}
+
+// shadowPSI compares a monitored function's shadow version's outputs with
+// its primary's (the version with the largest share of its route) over the
+// run so far; nil when the function is not monitored or there is no data.
+func (p *Platform) shadowPSI(f *function, run *shadow.Run) *float64 {
+	p.mu.RLock()
+	latest, route := f.latest, slices.Clone(f.traffic.Route)
+	p.mu.RUnlock()
+	if p.mon == nil || latest == nil || !latest.fn.Spec.Monitored() {
+		return nil
+	}
+	primary := latest.fn.Version
+	best := -1
+	for _, w := range route {
+		if w.Percent > best {
+			primary, best = w.Version, w.Percent
+		}
+	}
+	rep := run.Report(false)
+	now := p.cfg.Now()
+	return p.mon.Report(monitor.Query{Function: f.name, Version: rep.Version, Since: rep.Since, Until: now.Add(time.Minute),
+		BaselineVersion: primary, BaselineSince: rep.Since, BaselineUntil: now.Add(time.Minute)}).OutputPSI()
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/monitor"
 )
 
@@ -211,5 +213,41 @@ func TestMonitorPythonDrift(t *testing.T) {
 	}
 	if code, _, _ := e.do("GET", "/v1/functions/nope/monitor", "", nil); code != 404 {
 		t.Errorf("unknown function = %d, want 404", code)
+	}
+}
+
+// TestMonitorShadowOutputPSI: the shadow report of a monitored function
+// scores the shadow's outputs against the primary's as distributions.
+func TestMonitorShadowOutputPSI(t *testing.T) {
+	needPython(t)
+	e := start(t, "")
+	ctx := context.Background()
+	handler := func(offset string) map[string]string {
+		return map[string]string{"app.py": "def handler(event, context):\n    return {\"y\": event[\"x\"] + " + offset + "}\n"}
+	}
+	e.deploy(fnDir(t, "name: sh\nruntime: python\nhandler: app.handler\nmonitor: true\n", handler("0")))
+	e.deployWith(fnDir(t, "name: sh\nruntime: python\nhandler: app.handler\nmonitor: true\n", handler("3")), api.DeployOptions{NoTraffic: true})
+	if _, err := e.c.SetShadow(ctx, "sh", ebb.Shadow{Version: 2, Percent: 100}); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(11, 12))
+	for range 300 {
+		if code, body, _ := e.invoke("sh", fmt.Sprintf(`{"x": %v}`, r.NormFloat64())); code != 200 {
+			t.Fatalf("invoke = %d %s", code, body)
+		}
+	}
+	waitFor(t, "the mirrors", 60*time.Second, func() bool {
+		rep, err := e.p.ShadowReport(ctx, "sh")
+		return err == nil && rep.Mirrored+rep.Dropped >= 300
+	})
+	if err := e.p.mon.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := e.p.ShadowReport(ctx, "sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OutputPSI == nil || *rep.OutputPSI <= 0.25 {
+		t.Fatalf("output_psi = %v with the shadow answering x+3, want > 0.25 (report %+v)", rep.OutputPSI, rep)
 	}
 }
