@@ -28,6 +28,7 @@ Usage:
   ebb jobs ls NAME | get ID | redrive NAME    async jobs: list, inspect, re-queue dead letters
   ebb keys create --role R [--functions G]    API keys: create, ls, revoke ID, rotate ID
   ebb audit [--since 24h]                     the audit log of control-plane actions
+  ebb monitor NAME [--since 1h]               input and prediction distributions, drift (PSI) against a baseline
 
 Client commands find the server with --url or EBB_URL (default http://127.0.0.1:8080)
 and authenticate with --key or EBB_API_KEY.
@@ -71,6 +72,8 @@ func main() {
 		err = runKeys(ctx, args)
 	case "audit":
 		err = runAudit(ctx, args)
+	case "monitor":
+		err = runMonitor(ctx, args)
 	case "onnx-serve":
 		err = runONNXServe(ctx, args)
 	case "help", "-h", "--help":
