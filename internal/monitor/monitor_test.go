@@ -79,6 +79,16 @@ func TestReportDriftBetweenWindowsAndVersions(t *testing.T) {
 	if x.Count != 600 || sum != 600 || len(x.Counts) != len(x.Edges)+1 || len(x.Edges) < 5 {
 		t.Errorf("feature x: count %d, histogram sum %d, %d counts over %d edges", x.Count, sum, len(x.Counts), len(x.Edges))
 	}
+	// Minute 0 saw the values the edges were learned from, binned when
+	// they froze.
+	first := m.Report(Query{Function: "f", Version: 1, Since: w(0), Until: w(1)}).Features[0]
+	sum = 0
+	for _, c := range first.Counts {
+		sum += c
+	}
+	if first.Count != 600 || sum != 600 {
+		t.Errorf("minute 0: count %d, histogram sum %d, want 600 and 600", first.Count, sum)
+	}
 	if _, up := psi(Query{Function: "f", Version: 1, Since: w(2), Until: w(3), BaselineVersion: 1, BaselineSince: w(0), BaselineUntil: w(2)}); up <= 0.25 {
 		t.Errorf("PSI after a shift of two sigma = %v, want > 0.25", up)
 	}

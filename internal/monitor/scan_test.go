@@ -14,12 +14,16 @@ type pair struct {
 	v   float64
 }
 
+// fieldsMap indexes fields by name; a name given twice is "#dup".
 func fieldsMap(fs []Field) map[string][]pair {
 	out := map[string][]pair{}
 	for _, f := range fs {
 		ps := []pair{}
 		for i, v := range f.Values {
 			ps = append(ps, pair{f.Index[i], v})
+		}
+		if _, dup := out[f.Name]; dup {
+			out["#dup"] = nil
 		}
 		out[f.Name] = ps
 	}

@@ -200,6 +200,16 @@ func TestMonitorPythonDrift(t *testing.T) {
 	if p := maxPSI(t, rep); p <= 0.25 {
 		t.Errorf("max PSI of version %d (events shifted by 2σ) against %d = %v, want > 0.25", v3, v1, p)
 	}
+	// baseline_version alone: the same period (the last hour), which holds
+	// all of version 1's events.
+	rep = e.monitorReport("pydrift", fmt.Sprintf("version=%d&baseline_version=%d", v2, v1))
+	if b := rep.Baseline; b == nil || b.Version != v1 || !b.Since.Equal(rep.Since) || b.Events != 40 || rep.Events != 40 {
+		t.Errorf("baseline_version alone: events %d, baseline %+v; want 40 against version %d's 40 over the same period", rep.Events, rep.Baseline, v1)
+	}
+	// No baseline: the hour before, which saw nothing.
+	if rep = e.monitorReport("pydrift", ""); rep.Version != v3 || rep.Baseline == nil || rep.Baseline.Version != v3 || rep.Baseline.Events != 0 || rep.MaxPSI != nil {
+		t.Errorf("default query: version %d, baseline %+v, max_psi %v; want version %d against its own previous hour (empty, no PSI)", rep.Version, rep.Baseline, rep.MaxPSI, v3)
+	}
 	// A python function that does not opt in is not summarised.
 	dir = fnDir(t, "name: plain\nruntime: python\nhandler: app.handler\n", map[string]string{"app.py": monitoredPy})
 	e.deploy(dir)
