@@ -63,7 +63,8 @@ type Config struct {
 	// 10); a feature has up to Bins+2 bins with the underflow and overflow.
 	Bins int
 	// Learn is how many values of a feature are seen before its bin edges
-	// freeze (default 256); a report freezes them earlier if it needs them.
+	// freeze (default 256); until then reports use provisional edges from
+	// the values seen so far.
 	Learn int
 	// Queue bounds the events waiting for the summariser (default 1024).
 	Queue int
@@ -660,17 +661,31 @@ func (m *Monitor) Report(q Query) *Report {
 	if f == nil {
 		return rep
 	}
-	for _, ft := range f.features {
-		m.freeze(ft)
+	// A feature still learning is reported over provisional edges from
+	// what it has seen so far; they are not frozen, so that a report (a
+	// dashboard polling right after a deploy) cannot fix a feature's bins
+	// from its first handful of values.
+	provisional := map[featureKey][]float64{}
+	edgesOf := func(k featureKey) []float64 {
+		ft := f.features[k]
+		if ft.frozen {
+			return ft.edges
+		}
+		e, ok := provisional[k]
+		if !ok {
+			e = Edges(slices.Clone(ft.learn), m.cfg.Bins)
+			provisional[k] = e
+		}
+		return e
 	}
 	if q.BaselineVersion == 0 && !q.BaselineSince.IsZero() {
 		q.BaselineVersion = q.Version
 	}
-	cur := m.merge(f, q.Version, q.Since, q.Until)
+	cur := m.merge(f, q.Version, q.Since, q.Until, edgesOf)
 	rep.Events = cur.events
 	var base *merged
 	if q.BaselineVersion > 0 {
-		base = m.merge(f, q.BaselineVersion, q.BaselineSince, q.BaselineUntil)
+		base = m.merge(f, q.BaselineVersion, q.BaselineSince, q.BaselineUntil, edgesOf)
 		rep.Baseline = &Baseline{Version: q.BaselineVersion, Since: q.BaselineSince, Until: q.BaselineUntil, Events: base.events}
 	}
 	maxPSI := math.NaN()
@@ -695,7 +710,7 @@ func (m *Monitor) Report(q Query) *Report {
 		}
 		fr := FeatureReport{Name: fmt.Sprintf("%s.%s[%d]", k.side, k.tensor, k.index), Side: k.side, Tensor: k.tensor, Index: k.index,
 			Count: s.Count, Mean: s.Mean, Std: s.Std(), Min: s.Min, Max: s.Max, NonFinite: s.NonFinite,
-			Edges: f.features[k].edges, Counts: hist(s.Hist, len(f.features[k].edges)+1)}
+			Edges: edgesOf(k), Counts: hist(s.Hist, len(edgesOf(k))+1)}
 		if fr.Edges == nil {
 			fr.Edges = []float64{}
 		}
@@ -795,7 +810,10 @@ type merged struct {
 	classes map[[2]string]map[string]int64
 }
 
-func (m *Monitor) merge(f *function, version int, since, until time.Time) *merged {
+// merge adds up the windows of version that start in [since, until);
+// values still waiting for their feature's edges are binned over
+// edgesOf's.
+func (m *Monitor) merge(f *function, version int, since, until time.Time, edgesOf func(featureKey) []float64) *merged {
 	out := &merged{feats: map[featureKey]*Summary{}, classes: map[[2]string]map[string]int64{}}
 	from, to := since.Truncate(m.cfg.Window).Unix(), until.Unix()
 	for k, w := range f.windows {
@@ -810,6 +828,15 @@ func (m *Monitor) merge(f *function, version int, since, until time.Time) *merge
 				out.feats[fk] = d
 			}
 			d.Merge(s)
+			if len(s.pending) > 0 {
+				e := edgesOf(fk)
+				if len(d.Hist) < len(e)+1 {
+					d.Hist = append(d.Hist, make([]int64, len(e)+1-len(d.Hist))...)
+				}
+				for _, v := range s.pending {
+					d.Hist[Bin(e, v)]++
+				}
+			}
 		}
 		for ck, cs := range w.classes {
 			d := out.classes[ck]

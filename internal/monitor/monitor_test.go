@@ -186,3 +186,25 @@ func TestAdmitSamplesOutPastTheBudget(t *testing.T) {
 		t.Fatalf("counts = %+v, want one sampled out", c)
 	}
 }
+
+func TestReportBeforeEdgesFreezeDoesNotFixThem(t *testing.T) {
+	m := newMonitor(t, Config{})
+	at := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
+	q := Query{Function: "f", Version: 1, Since: at, Until: at.Add(time.Minute)}
+	i := 0.0
+	next := func() float64 { i++; return i }
+	sendJSON(t, m, 1, at, 3, next) // x = 1, 2, 3
+	rep := m.Report(q)
+	if x := rep.Features[0]; fmt.Sprint(x.Edges) != "[1 2 3]" || fmt.Sprint(x.Counts) != "[0 1 1 1]" {
+		t.Fatalf("after 3 values: edges %v counts %v, want provisional [1 2 3] and [0 1 1 1]", x.Edges, x.Counts)
+	}
+	sendJSON(t, m, 1, at, 297, next) // x = 4 … 300: the edges freeze at 256
+	x := m.Report(q).Features[0]
+	var sum int64
+	for _, c := range x.Counts {
+		sum += c
+	}
+	if len(x.Edges) != 11 || x.Edges[0] != 1 || x.Edges[10] != 256 || sum != 300 {
+		t.Fatalf("after 300 values: edges %v (sum of counts %d), want 11 edges from 1 to 256 learned from the first 256, and 300 counted", x.Edges, sum)
+	}
+}
