@@ -32,6 +32,7 @@ const maxMonitorRange = 31 * 24 * time.Hour
 //	                              baseline_version, default version);
 //	                              baseline_until defaults to since, or to
 //	                              until with a baseline_version
+//	series=true                   each feature's per-minute points too
 //
 // With no baseline parameter the baseline is the same version over the
 // period of the same length just before since.
@@ -68,6 +69,13 @@ func (a *API) monitorReport(w http.ResponseWriter, r *http.Request) {
 	mq.Since = at("since", mq.Until.Add(-time.Hour))
 	mq.Version = version("version")
 	mq.BaselineVersion = version("baseline_version")
+	if s := q.Get("series"); s != "" {
+		b, perr := strconv.ParseBool(s)
+		if perr != nil && err == nil {
+			err = &ebb.FieldError{Field: "series", Reason: fmt.Sprintf("%q is not true or false", s)}
+		}
+		mq.Series = b
+	}
 	_, hasBaseSince := q["baseline_since"]
 	switch {
 	case hasBaseSince:

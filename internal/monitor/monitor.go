@@ -585,6 +585,8 @@ type Query struct {
 	Since, Until                 time.Time
 	BaselineVersion              int
 	BaselineSince, BaselineUntil time.Time
+	// Series adds each feature's per-window points to the report.
+	Series bool
 }
 
 // Report is what GET /v1/functions/{name}/monitor answers.
@@ -638,6 +640,17 @@ type FeatureReport struct {
 	BaselineMean   float64   `json:"baseline_mean"`
 	BaselineCounts []int64   `json:"baseline_counts,omitempty"`
 	PSI            *float64  `json:"psi"`
+	// Series, when asked for, is the feature over time: one point per
+	// window with data, oldest first.
+	Series []Point `json:"series,omitempty"`
+}
+
+// Point is one window of a feature.
+type Point struct {
+	Start time.Time `json:"start"`
+	Count int64     `json:"count"`
+	Mean  float64   `json:"mean"`
+	Std   float64   `json:"std"`
 }
 
 // ClassReport is one output's class frequencies and their drift.
@@ -682,6 +695,10 @@ func (m *Monitor) Report(q Query) *Report {
 		q.BaselineVersion = q.Version
 	}
 	cur := m.merge(f, q.Version, q.Since, q.Until, edgesOf)
+	if q.Series {
+		cur.series = map[featureKey][]Point{}
+		m.points(f, q.Version, q.Since, q.Until, cur.series)
+	}
 	rep.Events = cur.events
 	var base *merged
 	if q.BaselineVersion > 0 {
@@ -713,6 +730,9 @@ func (m *Monitor) Report(q Query) *Report {
 			Edges: edgesOf(k), Counts: hist(s.Hist, len(edgesOf(k))+1)}
 		if fr.Edges == nil {
 			fr.Edges = []float64{}
+		}
+		if cur.series != nil {
+			fr.Series = cur.series[k]
 		}
 		if base != nil {
 			b := base.feats[k]
@@ -805,6 +825,7 @@ func finite(v float64) *float64 {
 }
 
 type merged struct {
+	series  map[featureKey][]Point
 	events  int64
 	feats   map[featureKey]*Summary
 	classes map[[2]string]map[string]int64
@@ -850,6 +871,25 @@ func (m *Monitor) merge(f *function, version int, since, until time.Time, edgesO
 		}
 	}
 	return out
+}
+
+// points collects the per-window points of version's windows in [since,
+// until), oldest first.
+func (m *Monitor) points(f *function, version int, since, until time.Time, out map[featureKey][]Point) {
+	from, to := since.Truncate(m.cfg.Window).Unix(), until.Unix()
+	for k, w := range f.windows {
+		if k.version != version || k.start < from || k.start >= to {
+			continue
+		}
+		for fk, s := range w.feats {
+			if s.Count > 0 {
+				out[fk] = append(out[fk], Point{Start: time.Unix(k.start, 0).UTC(), Count: s.Count, Mean: s.Mean, Std: s.Std()})
+			}
+		}
+	}
+	for _, ps := range out {
+		slices.SortFunc(ps, func(a, b Point) int { return a.Start.Compare(b.Start) })
+	}
 }
 
 // Versions lists the versions with summaries of a function, newest first.

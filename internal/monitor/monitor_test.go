@@ -99,8 +99,17 @@ func TestReportDriftBetweenWindowsAndVersions(t *testing.T) {
 	if _, v := psi(Query{Function: "f", Version: 2, Since: w(2), Until: w(3), BaselineVersion: 1, BaselineSince: w(2), BaselineUntil: w(3)}); v <= 0.25 {
 		t.Errorf("PSI of version 2 against version 1 shifted = %v, want > 0.25", v)
 	}
-	if rep := m.Report(Query{Function: "f", Version: 1, Since: w(0), Until: w(3)}); rep.MaxPSI != nil || rep.Events != 1800 {
+	rep = m.Report(Query{Function: "f", Version: 1, Since: w(0), Until: w(3), Series: true})
+	if rep.MaxPSI != nil || rep.Events != 1800 {
 		t.Errorf("without a baseline: max_psi %v, events %d; want null, 1800", rep.MaxPSI, rep.Events)
+	}
+	// The series shows the shift in the third minute.
+	s := rep.Features[0].Series
+	if len(s) != 3 || !s[0].Start.Equal(w(0)) || !s[2].Start.Equal(w(2)) || s[1].Count != 600 || s[1].Mean > 0.2 || s[2].Mean < 1.8 {
+		t.Errorf("series = %+v, want three minutes of 600, the last with mean about 2", s)
+	}
+	if m.Report(Query{Function: "f", Version: 1, Since: w(0), Until: w(3)}).Features[0].Series != nil {
+		t.Error("a series came without asking")
 	}
 }
 

@@ -181,7 +181,14 @@ func TestMonitorPythonDrift(t *testing.T) {
 	}
 	v1, v2, v3 := feed(0), feed(0), feed(2)
 
-	rep := e.monitorReport("pydrift", fmt.Sprintf("version=%d&baseline_version=%d&baseline_since=1h", v2, v1))
+	rep := e.monitorReport("pydrift", fmt.Sprintf("version=%d&baseline_version=%d&baseline_since=1h&series=true", v2, v1))
+	var points int64
+	for _, p := range rep.Features[1].Series {
+		points += p.Count
+	}
+	if points != 2000 {
+		t.Errorf("event.rows[0]'s series adds up to %d values, want 2000: %+v", points, rep.Features[1].Series)
+	}
 	var names []string
 	for _, f := range rep.Features {
 		names = append(names, f.Name)
@@ -220,6 +227,10 @@ func TestMonitorPythonDrift(t *testing.T) {
 	code, body, _ := e.do("GET", "/v1/functions/pydrift/monitor?since=yesterday", "", nil)
 	if code != 400 || !strings.Contains(body, "since") {
 		t.Errorf("since=yesterday = %d %s, want 400 naming since", code, body)
+	}
+	code, body, _ = e.do("GET", "/v1/functions/pydrift/monitor?series=maybe", "", nil)
+	if code != 400 || !strings.Contains(body, "series") {
+		t.Errorf("series=maybe = %d %s, want 400 naming series", code, body)
 	}
 	if code, _, _ := e.do("GET", "/v1/functions/nope/monitor", "", nil); code != 404 {
 		t.Errorf("unknown function = %d, want 404", code)
