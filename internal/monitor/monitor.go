@@ -891,24 +891,3 @@ func (m *Monitor) points(f *function, version int, since, until time.Time, out m
 		slices.SortFunc(ps, func(a, b Point) int { return a.Start.Compare(b.Start) })
 	}
 }
-
-// Versions lists the versions with summaries of a function, newest first.
-func (m *Monitor) Versions(function string) []int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	f := m.fns[function]
-	if f == nil {
-		return nil
-	}
-	seen := map[int]bool{}
-	var vs []int
-	for k := range f.windows {
-		if !seen[k.version] {
-			seen[k.version] = true
-			vs = append(vs, k.version)
-		}
-	}
-	slices.Sort(vs)
-	slices.Reverse(vs)
-	return vs
-}
