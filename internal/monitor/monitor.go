@@ -396,30 +396,21 @@ func (m *Monitor) fold(ev *Event) {
 	}
 	w.events++
 	for i := range in {
-		m.foldTensor(f, w, inSide, &in[i], ev.Kind == KindJSON, false)
+		m.foldTensor(f, w, inSide, &in[i], false)
 	}
 	for i := range out {
-		m.foldTensor(f, w, outSide, &out[i], ev.Kind == KindJSON, ev.Kind == KindOIP)
+		m.foldTensor(f, w, outSide, &out[i], ev.Kind == KindOIP)
 	}
 }
 
-// fieldTensors carries JSON fields as tensors whose Shape is nil and whose
-// feature indices are in shape[0] of each value (see foldTensor).
+// fieldTensors carries JSON fields as tensors that say each value's
+// feature.
 func fieldTensors(fs []Field) []Tensor {
 	ts := make([]Tensor, len(fs))
 	for i, f := range fs {
-		ts[i] = Tensor{Name: f.Name, Values: f.Values, Shape: indexShape(f.Index)}
+		ts[i] = Tensor{Name: f.Name, Values: f.Values, index: f.Index}
 	}
 	return ts
-}
-
-// indexShape smuggles a field's feature indices; see foldTensor.
-func indexShape(idx []int) []int64 {
-	s := make([]int64, len(idx))
-	for i, v := range idx {
-		s[i] = int64(v)
-	}
-	return s
 }
 
 // prune drops windows that ended Retention before now.
@@ -432,10 +423,10 @@ func (m *Monitor) prune(f *function, now time.Time) {
 	}
 }
 
-// foldTensor folds one tensor (or JSON field: indexed, with the feature of
-// value i in Shape[i]). A tensor of rank 2 or more has a feature per
-// element of its last axis; a lower rank is one feature.
-func (m *Monitor) foldTensor(f *function, w *window, side string, t *Tensor, indexed, classes bool) {
+// foldTensor folds one tensor or JSON field. A tensor of rank 2 or more
+// has a feature per element of its last axis, a lower rank is one feature;
+// a field says each value's feature.
+func (m *Monitor) foldTensor(f *function, w *window, side string, t *Tensor, classes bool) {
 	if t.Values == nil {
 		return
 	}
@@ -456,14 +447,15 @@ func (m *Monitor) foldTensor(f *function, w *window, side string, t *Tensor, ind
 	if feats == nil {
 		return
 	}
+	indexed := t.index != nil
 	width := 1
 	if !indexed && len(t.Shape) >= 2 {
 		width = int(t.Shape[len(t.Shape)-1])
 	}
 	nf := min(width, m.cfg.MaxFeatures)
 	if indexed {
-		for _, ix := range t.Shape {
-			nf = max(nf, int(ix)+1)
+		for _, ix := range t.index {
+			nf = max(nf, ix+1)
 		}
 	}
 	for i := len(feats); i < nf; i++ {
@@ -483,7 +475,7 @@ func (m *Monitor) foldTensor(f *function, w *window, side string, t *Tensor, ind
 		j := 0
 		switch {
 		case indexed:
-			j = int(t.Shape[i])
+			j = t.index[i]
 		case width > 1:
 			j = i % width
 			if j >= nf {

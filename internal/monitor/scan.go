@@ -380,6 +380,7 @@ type Tensor struct {
 	Shape    []int64
 	Values   []float64
 	binary   int64 // parameters.binary_data_size; -1 when data is in JSON
+	index    []int // a JSON field's: the feature of each value
 }
 
 // maxTensorRank bounds the nesting of a tensor's JSON data.
