@@ -317,7 +317,8 @@ func (m *Monitor) run() {
 // windows.
 type function struct {
 	features map[featureKey]*feature
-	tensors  map[[2]string][]*feature // side, tensor: its features; nil when left out
+	tensors  map[[2]string][]*feature // side, tensor: its features
+	admitted map[string]int           // tensors per side
 	windows  map[windowKey]*window
 	newest   int64 // start of the newest window, for pruning
 }
@@ -380,7 +381,8 @@ func (m *Monitor) fold(ev *Event) {
 	defer m.mu.Unlock()
 	f := m.fns[ev.Function]
 	if f == nil {
-		f = &function{features: map[featureKey]*feature{}, tensors: map[[2]string][]*feature{}, windows: map[windowKey]*window{}}
+		f = &function{features: map[featureKey]*feature{}, tensors: map[[2]string][]*feature{}, admitted: map[string]int{},
+			windows: map[windowKey]*window{}}
 		m.fns[ev.Function] = f
 	}
 	start := ev.At.Truncate(m.cfg.Window).Unix()
@@ -433,19 +435,14 @@ func (m *Monitor) foldTensor(f *function, w *window, side string, t *Tensor, cla
 	tk := [2]string{side, t.Name}
 	feats, seen := f.tensors[tk]
 	if !seen {
-		n := 0
-		for k, fs := range f.tensors {
-			if k[0] == side && fs != nil {
-				n++
-			}
+		// Names past the cap are not remembered either: events with ever
+		// new keys must not grow the map.
+		if f.admitted[side] >= m.cfg.MaxTensors {
+			return
 		}
-		if n < m.cfg.MaxTensors {
-			feats = []*feature{}
-		}
+		f.admitted[side]++
+		feats = []*feature{}
 		f.tensors[tk] = feats
-	}
-	if feats == nil {
-		return
 	}
 	indexed := t.index != nil
 	width := 1

@@ -217,3 +217,19 @@ func TestReportBeforeEdgesFreezeDoesNotFixThem(t *testing.T) {
 		t.Fatalf("after 300 values: edges %v (sum of counts %d), want 11 edges from 1 to 256 learned from the first 256, and 300 counted", x.Edges, sum)
 	}
 }
+
+func TestTensorCapForgetsNamesPastIt(t *testing.T) {
+	m := newMonitor(t, Config{MaxTensors: 2})
+	at := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
+	for i := range 50 {
+		m.Offer(Event{Function: "f", Version: 1, At: at, Kind: KindJSON, Request: fmt.Appendf(nil, `{"k%d": 1}`, i), Response: []byte(`{}`)})
+	}
+	flush(t, m)
+	rep := m.Report(Query{Function: "f", Version: 1, Since: at, Until: at.Add(time.Minute)})
+	m.mu.Lock()
+	remembered := len(m.fns["f"].tensors)
+	m.mu.Unlock()
+	if len(rep.Features) != 2 || rep.Features[0].Name != "event.k0[0]" || remembered != 2 {
+		t.Fatalf("features %d (first %s), names remembered %d; want 2, event.k0[0], 2", len(rep.Features), rep.Features[0].Name, remembered)
+	}
+}
