@@ -214,6 +214,9 @@ type Config struct {
 	Node            Node
 	NodeCostPerHour float64
 	Logger          *slog.Logger
+	// Monitor reads input and prediction summaries; nil leaves out
+	// /v1/functions/{name}/monitor.
+	Monitor Monitor
 }
 
 // Validate checks c and fills defaults.
@@ -271,6 +274,9 @@ func (a *API) Routes() []route.Route {
 			route.Route{Pattern: "DELETE /v1/keys/{id}", Perm: auth.PermKeys, Audit: "key.revoke", AuditTarget: id, Handler: a.revokeKey},
 			route.Route{Pattern: "POST /v1/keys/{id}/rotate", Perm: auth.PermKeys, Audit: "key.rotate", AuditTarget: id, Handler: a.rotateKey},
 			route.Route{Pattern: "GET /v1/audit", Perm: auth.PermAudit, Handler: a.audit})
+	}
+	if a.cfg.Monitor != nil {
+		rs = append(rs, route.Route{Pattern: "GET /v1/functions/{name}/monitor", Perm: auth.PermDescribe, Function: name, Handler: a.monitorReport})
 	}
 	return rs
 }

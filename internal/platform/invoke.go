@@ -89,6 +89,9 @@ func (p *Platform) Invoke(ctx context.Context, t gateway.Target, requestID strin
 	err = p.settle(lease, inst, ctx, ictx, err, timeout)
 	p.record(ctx, d, lease, requestID, start, began, end.Sub(began), err)
 	tr.end(err, end.Sub(began), true)
+	if err == nil {
+		p.monitorInvoke(d, end, payload, body)
+	}
 	if run != nil && err == nil {
 		p.mirror(run, t.Name, d, requestID, payload, body, end.Sub(start))
 	}
@@ -150,6 +153,7 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 			w = m.tee(w)
 		}
 	}
+	w, capture := p.captureProxy(d, w, r)
 	admitted(lease.Cold, d.fn.Version)
 	timeout := d.fn.Spec.Timeout
 	began := p.cfg.Now()
@@ -198,6 +202,9 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 	}
 	p.record(ctx, d, lease, requestID, start, began, end.Sub(began), err)
 	tr.end(err, end.Sub(began), true)
+	if capture != nil {
+		p.finishCapture(capture, d, end, err)
+	}
 	if m != nil {
 		p.finishProxyMirror(run, m, t.Name, requestID, err, end.Sub(start))
 	}

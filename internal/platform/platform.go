@@ -33,6 +33,7 @@ import (
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/metrics"
+	"github.com/ebb-run/ebb/internal/monitor"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/route"
@@ -124,6 +125,8 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// Now is injected for tests of time-dependent behaviour.
 	Now func() time.Time
+	// Monitor sizes the input and prediction summaries (monitor.Config).
+	Monitor monitor.Config
 }
 
 // Validate checks c and fills defaults.
@@ -205,6 +208,9 @@ type Platform struct {
 	async  *async         // jobs, schedules and events; see async.go
 	usage  *usage.Meter   // invocation records and rollups; see usage.go
 	tracer trace.Tracer   // nil without Config.TracerProvider
+
+	// mon keeps input and prediction summaries; see monitor.go.
+	mon *monitor.Monitor
 }
 
 // deployment is one function version's pool.
@@ -269,6 +275,10 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		p.closeStores()
 		return nil, "", err
 	}
+	if err := p.startMonitor(); err != nil {
+		p.closeStores()
+		return nil, "", fmt.Errorf("platform config: %w", err)
+	}
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
 		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive,
 		Sandbox: p.sandbox, UIDFor: p.uids.uidFor}
@@ -324,6 +334,9 @@ func (p *Platform) closeStores() {
 	p.wg.Wait()
 	if p.usage != nil {
 		p.usage.Close(context.Background())
+	}
+	if p.mon != nil {
+		p.mon.Close()
 	}
 	p.procs.Close()
 	p.closeSandbox()
@@ -473,6 +486,7 @@ func (p *Platform) Close(ctx context.Context) error {
 	if err := p.usage.Close(ctx); err != nil {
 		p.log.Warn("close usage meter", "err", err)
 	}
+	p.mon.Close()
 	p.procs.Close()
 	p.closeSandbox()
 	p.shutdownTracing(ctx)
