@@ -214,3 +214,26 @@ func (p *Platform) shutdownTracing(ctx context.Context) {
 		p.log.Warn("flush trace spans", "err", err)
 	}
 }
+
+// traceEnqueue returns the trace context a job queued under ctx carries to
+// its run, so that the run joins the caller's trace: with tracing on, that
+// of an "enqueue NAME" producer span (ended by the returned func, with the
+// enqueue's error), else the caller's as it came (none for an untraced
+// caller).
+func (p *Platform) traceEnqueue(ctx context.Context, name, id string) (ebb.TraceHeaders, func(error)) {
+	end := func(error) {}
+	if p.tracer != nil {
+		var span trace.Span
+		ctx, span = p.tracer.Start(ctx, "enqueue "+name, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
+			attribute.String("faas.name", name), attribute.String("faas.invocation_id", id)))
+		end = func(err error) {
+			if err != nil {
+				span.SetStatus(codes.Error, err.Error())
+			}
+			span.End()
+		}
+	}
+	c := propagation.MapCarrier{}
+	traceContext.Inject(ctx, c)
+	return ebb.TraceHeaders{Parent: c["traceparent"], State: c["tracestate"]}, end
+}

@@ -27,6 +27,7 @@ import (
 	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/ebb-run/ebb/internal/bundle"
+	"github.com/ebb-run/ebb/internal/queue"
 	"github.com/ebb-run/ebb/internal/tracing"
 )
 
@@ -389,7 +390,9 @@ func TestTracingSpans(t *testing.T) {
 		}
 	})
 	t.Run("async", func(t *testing.T) {
-		code, body, _ := e.do("POST", "/v1/functions/tr-raw/invoke", `{}`, map[string]string{"Ebb-Invocation-Type": "Event"})
+		hdr := callerHeaders()
+		hdr["Ebb-Invocation-Type"] = "Event"
+		code, body, _ := e.do("POST", "/v1/functions/tr-raw/invoke", `{}`, hdr)
 		if code != 202 {
 			t.Fatalf("async invoke = %d %s", code, body)
 		}
@@ -397,6 +400,14 @@ func TestTracingSpans(t *testing.T) {
 		inv := waitSpan(t, tp, rc, "invoke tr-raw", "faas.invocation_id", id)
 		if attr(inv, "ebb.trigger") != "async" || inv.Kind != tracepb.Span_SPAN_KIND_CONSUMER {
 			t.Errorf("job span: trigger %q kind %v, want async consumer", attr(inv, "ebb.trigger"), inv.Kind)
+		}
+		// The job's run joins the caller's trace, under the enqueue.
+		enq := waitSpan(t, tp, rc, "enqueue tr-raw", "faas.invocation_id", id)
+		if enq.Kind != tracepb.Span_SPAN_KIND_PRODUCER || spanHex(enq.TraceId) != callerTrace || spanHex(enq.ParentSpanId) != callerSpan {
+			t.Errorf("enqueue span: kind %v trace %s parent %s, want a producer under the caller's span", enq.Kind, spanHex(enq.TraceId), spanHex(enq.ParentSpanId))
+		}
+		if spanHex(inv.TraceId) != callerTrace || !bytes.Equal(inv.ParentSpanId, enq.SpanId) {
+			t.Errorf("job span: trace %s parent %s, want the caller's trace under the enqueue span %s", spanHex(inv.TraceId), spanHex(inv.ParentSpanId), spanHex(enq.SpanId))
 		}
 		if rc.children(inv)["handler"] == nil {
 			t.Errorf("job span has no handler child")
@@ -490,6 +501,19 @@ func TestTraceContextWithoutExporter(t *testing.T) {
 	}
 	if h := seenHeaders(t, body); h.Get("Traceparent") != callerParent || h.Get("Tracestate") != callerState {
 		t.Errorf("http: traceparent %q tracestate %q, want the caller's", h.Get("Traceparent"), h.Get("Tracestate"))
+	}
+
+	// An async job carries the caller's trace context to its run.
+	hdr := callerHeaders()
+	hdr["Ebb-Invocation-Type"] = "Event"
+	code, body, _ = e.do("POST", "/v1/functions/pt-raw/invoke", `{}`, hdr)
+	if code != 202 {
+		t.Fatalf("async invoke = %d %s", code, body)
+	}
+	job := e.waitJob(decode(t, body)["id"].(string), queue.StatusSucceeded)
+	var seen map[string]any
+	if err := json.Unmarshal(job.Result, &seen); err != nil || seen["traceparent"] != callerParent || seen["tracestate"] != callerState {
+		t.Errorf("async exec: /next headers %s (%v), want the caller's traceparent and tracestate", job.Result, err)
 	}
 
 	// Untraced callers and malformed headers: the function gets no trace
