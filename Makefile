@@ -67,11 +67,11 @@ test: fmt-check build onnxruntime vet
 
 # The packages whose goroutines share the most state (dispatcher, instances,
 # process manager, job queue, usage meter, monitor, and the platform that
-# ties them together),
-# under the race detector; CI runs it after `make test`. -short trims the
-# platform's ONNX conformance run (every backend case through ebb, already
-# run in full by `make test`) to 60 cases: with it the five packages take
-# about 7 minutes on 2 busy cores, without it about 20.
+# ties them together), under the race detector; CI runs it after `make
+# test`. -short trims the platform's ONNX conformance run (every backend
+# case through ebb, already run in full by `make test`) to 60 cases: with
+# it these packages take about 7 minutes on 2 busy cores, without it about
+# 20.
 RACE_PKGS ?= ./internal/dispatch ./internal/instance ./internal/process ./internal/queue ./internal/platform ./internal/usage ./internal/monitor
 
 test-race: build onnxruntime
