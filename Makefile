@@ -23,7 +23,7 @@ FUZZTIME ?= 30s
 # absolute path, since they run in their package directories.
 ORT_LIB := $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so.1
 # Where make fuzz looks for Fuzz targets (directories, searched recursively).
-FUZZDIRS ?= cmd internal
+FUZZDIRS ?= cmd internal web
 
 # Example binaries are shipped inside their bundles, so they are static
 # (CGO_ENABLED=0) and built without local paths.
@@ -66,12 +66,13 @@ test: fmt-check build onnxruntime vet
 	$(GO) test -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
 
 # The packages whose goroutines share the most state (dispatcher, instances,
-# process manager, job queue, and the platform that ties them together),
-# under the race detector; CI runs it after `make test`. -short trims the
-# platform's ONNX conformance run (every backend case through ebb, already
-# run in full by `make test`) to 60 cases: with it the five packages take
-# about 7 minutes on 2 busy cores, without it about 20.
-RACE_PKGS ?= ./internal/dispatch ./internal/instance ./internal/process ./internal/queue ./internal/platform
+# process manager, job queue, usage meter, monitor, and the platform that
+# ties them together), under the race detector; CI runs it after `make
+# test`. -short trims the platform's ONNX conformance run (every backend
+# case through ebb, already run in full by `make test`) to 60 cases: with
+# it these packages take about 7 minutes on 2 busy cores, without it about
+# 20.
+RACE_PKGS ?= ./internal/dispatch ./internal/instance ./internal/process ./internal/queue ./internal/platform ./internal/usage ./internal/monitor
 
 test-race: build onnxruntime
 	@if [[ -z "$${EBB_ONNXRUNTIME_LIB:-}" && -f '$(ORT_LIB)' ]]; then export EBB_ONNXRUNTIME_LIB='$(ORT_LIB)'; fi; \

@@ -97,6 +97,18 @@ type Spec struct {
 	// RateLimit bounds the invocations the function accepts, over every
 	// protocol; nil is no limit beyond max_instances and max_queue.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+	// Monitor keeps input and prediction distributions (GET
+	// /v1/functions/NAME/monitor): nil is on for onnx functions and off
+	// for the others; python and exec functions opt in with true.
+	Monitor *bool `json:"monitor,omitempty"`
+}
+
+// Monitored says whether the function's distributions are kept.
+func (s *Spec) Monitored() bool {
+	if s.Monitor != nil {
+		return *s.Monitor && s.Runtime != RuntimeHTTP
+	}
+	return s.Runtime == RuntimeONNX
 }
 
 // FunctionURL is how /fn/NAME is guarded, as Lambda's function URL AuthType.
@@ -318,6 +330,9 @@ func (s *Spec) Validate() error {
 		case l.Burst < 1 || l.Burst > MaxRateLimitRPS:
 			return &FieldError{"rate_limit.burst", fmt.Sprintf("%d is out of range (1 to %d)", l.Burst, MaxRateLimitRPS)}
 		}
+	}
+	if s.Monitor != nil && *s.Monitor && s.Runtime == RuntimeHTTP {
+		return &FieldError{"monitor", "applies to python, exec and onnx functions, not runtime http (its bodies are free-form)"}
 	}
 	if len(s.Warmup) > 0 {
 		switch {

@@ -63,3 +63,23 @@ func TriggerOf(ctx context.Context) Trigger {
 	}
 	return TriggerSync
 }
+
+// TraceHeaders are a W3C trace context as traceparent and tracestate carry
+// it: how an async job keeps its caller's trace until it runs.
+type TraceHeaders struct {
+	Parent string `json:"traceparent,omitempty"`
+	State  string `json:"tracestate,omitempty"`
+}
+
+type traceHeadersKey struct{}
+
+// WithTraceHeaders returns ctx carrying h, for the invocation made under it.
+func WithTraceHeaders(ctx context.Context, h TraceHeaders) context.Context {
+	return context.WithValue(ctx, traceHeadersKey{}, h)
+}
+
+// TraceHeadersOf returns the trace headers ctx carries, if any.
+func TraceHeadersOf(ctx context.Context) (TraceHeaders, bool) {
+	h, ok := ctx.Value(traceHeadersKey{}).(TraceHeaders)
+	return h, ok && h.Parent != ""
+}

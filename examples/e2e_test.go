@@ -1,7 +1,6 @@
 package examples
 
 import (
-	"bufio"
 	"encoding/json"
 	"io"
 	"io/fs"
@@ -10,9 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/ebb-run/ebb/internal/ebbtest"
 )
@@ -74,61 +71,8 @@ type ebbServer struct {
 // startEbb starts `ebb serve` on dataDir with the extra flags.
 func startEbb(t *testing.T, bin, dataDir string, flags ...string) *ebbServer {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--data", dataDir}, flags...)...)
-	cmd.Stdout = io.Discard
-	pipe, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatalf("stderr pipe: %v", err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start ebb serve: %v", err)
-	}
-	s := &ebbServer{bin: bin, pid: cmd.Process.Pid, stderr: &ebbtest.Buffer{}}
-	exited := make(chan struct{})
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			t.Errorf("ebb serve did not exit 20s after SIGTERM; killing it")
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-
-	// ebb logs the address it really listens on (we asked for port 0) as a
-	// JSON line; the reader owns the pipe until the process exits.
-	addrc := make(chan string, 1)
-	go func() {
-		defer close(exited)
-		sc := bufio.NewScanner(pipe)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Bytes()
-			s.stderr.Write(append(line, '\n'))
-			var rec struct {
-				Msg  string `json:"msg"`
-				Addr string `json:"addr"`
-			}
-			if json.Unmarshal(line, &rec) == nil && rec.Msg == "ebb serving" && rec.Addr != "" {
-				select {
-				case addrc <- rec.Addr:
-				default:
-				}
-			}
-		}
-		io.Copy(io.Discard, pipe)
-		cmd.Wait()
-	}()
-
-	select {
-	case addr := <-addrc:
-		s.url = "http://" + addr
-	case <-exited:
-		t.Fatalf("ebb serve exited before serving:\n%s", s.stderr.String())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("ebb serve did not log its address within 60s:\n%s", s.stderr.String())
-	}
+	sv := ebbtest.StartServe(t, bin, append([]string{"--listen", "127.0.0.1:0", "--data", dataDir}, flags...)...)
+	s := &ebbServer{bin: bin, url: sv.URL, pid: sv.Pid, stderr: sv.Log}
 
 	resp, err := http.Get(s.url + "/healthz")
 	if err != nil {

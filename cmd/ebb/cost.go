@@ -85,25 +85,6 @@ func num(f float64) string {
 	return s
 }
 
-// costReport is what ebb cost --json prints: the estimate, the
-// recommendation and what it was made of.
-type costReport struct {
-	*cost.Estimate
-	Function       string              `json:"function,omitempty"`
-	Observed       *observed           `json:"observed,omitempty"`
-	Needs          cost.Needs          `json:"needs"`
-	Recommendation cost.Recommendation `json:"recommendation"`
-}
-
-// observed is the measured traffic a report was made from.
-type observed struct {
-	Since       time.Time `json:"since"`
-	Until       time.Time `json:"until"`
-	Invocations uint64    `json:"invocations"`
-	// Scale is the factor from the period to a 30-day month.
-	Scale float64 `json:"scale"`
-}
-
 func runCost(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("cost", flag.ContinueOnError)
 	mk := clientFlags(fs)
@@ -137,15 +118,13 @@ func runCost(ctx context.Context, args []string) error {
 			return fmt.Errorf("cost: %s: %w", *pricesFile, err)
 		}
 	}
-	rep := costReport{Needs: cost.Needs{ModelMB: *modelMB, P99TargetMS: float64(*p99) / float64(time.Millisecond), GPU: *gpu,
-		Shape: cost.Shape{Kind: "unknown"}}}
+	var rep cost.Report
 	var w cost.Workload
 	node := cost.Node{PerHour: *nodeCost, MemoryMiB: float64(*nodeMem)}
 	if *whatIf != "" {
 		if w, err = cost.ParseWhatIf(*whatIf); err != nil {
 			return fmt.Errorf("cost: %w", err)
 		}
-		w.GPU = w.GPU || *gpu
 	} else {
 		c := mk()
 		all, err := c.AllUsage(ctx, *since)
@@ -159,16 +138,26 @@ func runCost(ctx context.Context, args []string) error {
 		if len(pos) == 1 {
 			name = pos[0]
 		}
-		if w, rep.Observed, err = observe(ctx, c, all, name, *since, &rep.Needs); err != nil {
+		if w, err = observe(ctx, c, all, name, *since, &rep); err != nil {
 			return fmt.Errorf("cost: %w", err)
 		}
-		w.VCPU, w.GPU = *vcpu, *gpu
+		w.VCPU = *vcpu
 		rep.Function = name
+	}
+	rep.Needs.ModelMB = max(rep.Needs.ModelMB, *modelMB)
+	rep.Needs.P99TargetMS, rep.Needs.GPU = float64(*p99)/float64(time.Millisecond), *gpu
+	w.GPU = w.GPU || *gpu
+	if rep.Needs.Shape.Kind == "" {
+		rep.Needs.Shape.Kind = "unknown"
 	}
 	if rep.Estimate, err = cost.Price(w, prices, node); err != nil {
 		return fmt.Errorf("cost: %w", err)
 	}
 	rep.Recommendation = cost.Recommend(rep.Estimate, rep.Needs)
+	if rep.Observed != nil {
+		td := cost.Back(rep.Estimate, *rep.Observed)
+		rep.ToDate = &td
+	}
 	if *asJSON {
 		return printJSON(rep)
 	}
@@ -176,72 +165,42 @@ func runCost(ctx context.Context, args []string) error {
 	return nil
 }
 
-// observe turns measured usage into a month's workload: the period's
-// traffic scaled to 30 days. Without a name, every function's traffic is
-// priced as one workload.
-func observe(ctx context.Context, c *client.Client, all *api.UsageAll, name, since string, needs *cost.Needs) (cost.Workload, *observed, error) {
-	var w cost.Workload
+// observe turns measured usage into a month's workload. Without a name,
+// every function's traffic is priced as one workload.
+func observe(ctx context.Context, c *client.Client, all *api.UsageAll, name, since string, rep *cost.Report) (cost.Workload, error) {
 	var reps []meter.Report
 	for _, r := range all.Functions {
 		if name == "" || r.Function == name {
 			reps = append(reps, r)
 		}
 	}
-	period := all.Until.Sub(all.Since)
-	if period <= 0 {
-		return w, nil, errors.New("the server answered an empty period")
-	}
-	ob := &observed{Since: all.Since, Until: all.Until, Scale: float64(cost.DaysPerMonth*24*time.Hour) / float64(period)}
-	var billedMS, mibMS, idle, busy float64
-	var cold uint64
-	for _, r := range reps {
-		ob.Invocations += r.Invocations
-		cold += r.ColdStarts
-		billedMS += float64(r.BilledMS)
-		mibMS += r.GBSeconds * 1024 * 1000
-		idle += r.IdleMiBs
-		busy += r.BusySeconds
-		w.PeakConcurrency += r.Peak
-		needs.P99MS = max(needs.P99MS, r.Duration.P99)
-		needs.ColdStartP99MS = max(needs.ColdStartP99MS, r.ColdStart.P99)
-	}
-	w.Requests = float64(ob.Invocations) * ob.Scale
-	w.BusySeconds, w.IdleMiBSeconds = busy*ob.Scale, idle*ob.Scale
-	w.MemoryMB, w.Concurrency = 128, 1
-	if ob.Invocations > 0 {
-		w.DurationMS = billedMS / float64(ob.Invocations)
-		needs.ColdShare = float64(cold) / float64(ob.Invocations)
-	}
-	if billedMS > 0 {
-		w.MemoryMB = mibMS / billedMS
-	}
+	var st *api.FunctionStatus
 	if name != "" {
-		st, err := c.Status(ctx, name)
-		if err != nil {
-			return w, nil, err
+		var err error
+		if st, err = c.Status(ctx, name); err != nil {
+			return cost.Workload{}, err
 		}
+		r, err := c.Usage(ctx, name, since, cost.SeriesStep(all.Until.Sub(all.Since)).String())
+		if err != nil {
+			return cost.Workload{}, err
+		}
+		reps = []meter.Report{*r}
+	}
+	w, needs, ob, err := cost.FromUsage(reps, all.Since, all.Until)
+	if err != nil {
+		return w, err
+	}
+	if st != nil {
 		w.MemoryMB, w.Concurrency = float64(st.Spec.Memory), max(st.Spec.Concurrency, 1)
-		if needs.ModelMB == 0 && st.Runtime == ebb.RuntimeONNX {
+		if st.Runtime == ebb.RuntimeONNX {
 			needs.ModelMB = float64(st.Size) / 1e6
 		}
-		step := "1h"
-		if period < 24*time.Hour {
-			step = "5m"
-		}
-		r, err := c.Usage(ctx, name, since, step)
-		if err != nil {
-			return w, nil, err
-		}
-		counts := make([]float64, len(r.Series))
-		for i, p := range r.Series {
-			counts[i] = float64(p.Invocations)
-		}
-		needs.Shape = cost.ShapeOf(counts)
 	}
-	return w, ob, nil
+	rep.Needs, rep.Observed = needs, &ob
+	return w, nil
 }
 
-func printCost(r *costReport) {
+func printCost(r *cost.Report) {
 	e, w := r.Estimate, &r.Estimate.Workload
 	if r.Observed != nil {
 		what := "all functions"
@@ -266,6 +225,13 @@ func printCost(r *costReport) {
 		fmt.Fprintln(tw, "ebb (this node)\t-\tgive --node-cost-per-hour to price it")
 	}
 	tw.Flush()
+	if td := r.ToDate; td != nil {
+		fmt.Printf("\nthe period itself: Lambda $%.2f, Cloud Run $%.2f, %s $%.2f", td.LambdaUSD, td.CloudRunUSD, e.Dedicated.Instance, td.DedicatedUSD)
+		if td.EbbUSD != nil {
+			fmt.Printf(", ebb $%.2f", *td.EbbUSD)
+		}
+		fmt.Println()
+	}
 	fmt.Printf("\nrecommendation: %s\n", r.Recommendation.Choice)
 	for _, s := range r.Recommendation.Reasons {
 		fmt.Printf("  - %s\n", s)

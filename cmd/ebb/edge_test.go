@@ -5,7 +5,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -15,36 +14,19 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
 const python3 = "/usr/bin/python3"
 
-// lockedBuffer collects ebb's stderr while its reader goroutine writes.
-type lockedBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type server struct {
 	bin, addr, url string
-	log            *lockedBuffer
-	out            *lockedBuffer // ebb's stdout: the admin key, when one is made
-	key            string        // the key ebb deploy runs with
+	log            *ebbtest.Buffer
+	out            *ebbtest.Buffer // ebb's stdout: the admin key, when one is made
+	key            string          // the key ebb deploy runs with
 }
 
 // buildEbb builds ./cmd/ebb once per test binary.
@@ -72,55 +54,9 @@ func startServe(t *testing.T, flags ...string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--warm-memory", "256MiB"}, flags...)
-	cmd := exec.Command(bin, args...)
-	out := &lockedBuffer{}
-	cmd.Stdout = out
-	pipe, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &server{bin: bin, log: &lockedBuffer{}, out: out}
-	exited := make(chan struct{})
-	addrc := make(chan string, 1)
-	go func() {
-		defer close(exited)
-		sc := bufio.NewScanner(pipe)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			s.log.Write(append(sc.Bytes(), '\n'))
-			var rec struct{ Msg, Addr string }
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "ebb serving" {
-				select {
-				case addrc <- rec.Addr:
-				default:
-				}
-			}
-		}
-		io.Copy(io.Discard, pipe)
-		cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	select {
-	case s.addr = <-addrc:
-		s.url = "http://" + s.addr
-	case <-exited:
-		t.Fatalf("ebb serve exited:\n%s", s.log)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("ebb serve did not start within 60s:\n%s", s.log)
-	}
-	return s
+	args := append([]string{"--listen", "127.0.0.1:0", "--data", t.TempDir(), "--warm-memory", "256MiB"}, flags...)
+	sv := ebbtest.StartServe(t, bin, args...)
+	return &server{bin: bin, addr: sv.Addr, url: sv.URL, log: sv.Log, out: sv.Stdout}
 }
 
 // deploy writes files (name → content) to a directory and runs `ebb deploy`.

@@ -32,6 +32,7 @@ Usage:
   ebb usage NAME [--since 24h]                invocations, errors, cold starts, billed time, latency and idle warm memory
   ebb cost [NAME] [--since 30d] [--what-if …] price the traffic as Lambda, Cloud Run, a dedicated instance and this node
   ebb sim --trace FILE --policy hybrid        replay invocation traces through keep-alive policies
+  ebb monitor NAME [--since 1h]               input and prediction distributions, drift (PSI) against a baseline
 
 Client commands find the server with --url or EBB_URL (default http://127.0.0.1:8080)
 and authenticate with --key or EBB_API_KEY.
@@ -83,6 +84,8 @@ func main() {
 		err = runCost(ctx, args)
 	case "sim":
 		err = runSim(ctx, args)
+	case "monitor":
+		err = runMonitor(ctx, args)
 	case "onnx-serve":
 		err = runONNXServe(ctx, args)
 	case "help", "-h", "--help":

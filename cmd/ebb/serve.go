@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
@@ -19,12 +20,16 @@ import (
 	"syscall"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/platform"
 	"github.com/ebb-run/ebb/internal/sandbox"
+	"github.com/ebb-run/ebb/internal/tracing"
 )
 
 func runServe(ctx context.Context, args []string) error {
@@ -63,7 +68,9 @@ func runServe(ctx context.Context, args []string) error {
 	allowedHosts := fs.String("allowed-hosts", "", "comma-separated Host names ebb answers for besides loopback names (when listening on loopback); others get 421 (\"*\": any)")
 	corsOrigins := fs.String("cors-origins", "", "comma-separated browser origins allowed to call ebb (CORS; \"*\": any); none by default")
 	auditRetention := fs.Duration("audit-retention", 90*24*time.Hour, "how long the audit log of control-plane actions is kept")
+	nodeCost := fs.Float64("node-cost-per-hour", 0, "what this machine costs an hour (USD), to price its share in cost reports and the dashboard")
 	usageRetention := fs.Duration("usage-retention", 90*24*time.Hour, "how long every invocation's usage record is kept (per-minute rollups: at least 396 days)")
+	otlpEndpoint := fs.String("otlp-endpoint", "", "export OpenTelemetry spans of every invocation over OTLP/HTTP to this collector URL (e.g. http://localhost:4318); off by default")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,6 +91,9 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	if *auditRetention <= 0 {
 		return fmt.Errorf("--audit-retention: must be a positive duration, got %s", *auditRetention)
+	}
+	if *nodeCost < 0 || math.IsInf(*nodeCost, 0) || math.IsNaN(*nodeCost) {
+		return fmt.Errorf("--node-cost-per-hour: must be 0 or more, got %v", *nodeCost)
 	}
 	if *usageRetention <= 0 {
 		return fmt.Errorf("--usage-retention: must be a positive duration, got %s", *usageRetention)
@@ -123,12 +133,21 @@ func runServe(ctx context.Context, args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	loopback := auth.IsLoopback(*listen)
+	var tracer trace.TracerProvider // nil: no spans
+	var tp *sdktrace.TracerProvider
+	if *otlpEndpoint != "" {
+		if tp, err = tracing.New(tracing.Config{Endpoint: *otlpEndpoint, Logger: log}); err != nil {
+			ln.Close()
+			return fmt.Errorf("--otlp-endpoint: %w", err)
+		}
+		tracer = tp // platform.Close shuts it down
+	}
 	p, adminKey, err := platform.New(ctx, platform.Config{
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		LoopbackHosts: loopback, AllowedHosts: splitList(*allowedHosts), CORSOrigins: splitList(*corsOrigins), AuditRetention: *auditRetention,
-		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(),
+		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(), NodeCostPerHour: *nodeCost,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, WarmMemory: int64(warmMemory), WarmMax: sparesOrNone(*warmMax),
-		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut,
+		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut, TracerProvider: tracer,
 		Sandbox:        sandbox.Config{Mode: *sandboxMode, UIDs: uids},
 		LogBufferBytes: int64(logBuffer), MaxUnpackedBytes: int64(maxUnpacked),
 		Async: platform.AsyncOptions{JobRetention: *jobRetention, MaxRecordBytes: int64(recordBytes), MaxQueuedBytes: int64(queuedBytes),
@@ -137,6 +156,9 @@ func runServe(ctx context.Context, args []string) error {
 	})
 	if err != nil {
 		ln.Close()
+		if tp != nil {
+			tp.Shutdown(ctx)
+		}
 		return err
 	}
 	if adminKey != "" {

@@ -214,9 +214,14 @@ type Config struct {
 	Usage Usage
 	// Warm reads the warm budget; nil leaves out GET /v1/warm.
 	Warm Warm
-	// Node describes the machine, for GET /v1/usage.
-	Node   Node
-	Logger *slog.Logger
+	// Node describes the machine, for GET /v1/usage; NodeCostPerHour is
+	// what it costs (USD), for its share in cost reports (0: not priced).
+	Node            Node
+	NodeCostPerHour float64
+	Logger          *slog.Logger
+	// Monitor reads input and prediction summaries; nil leaves out
+	// /v1/functions/{name}/monitor.
+	Monitor Monitor
 }
 
 // Validate checks c and fills defaults.
@@ -275,6 +280,9 @@ func (a *API) Routes() []route.Route {
 			route.Route{Pattern: "DELETE /v1/keys/{id}", Perm: auth.PermKeys, Audit: "key.revoke", AuditTarget: id, Handler: a.revokeKey},
 			route.Route{Pattern: "POST /v1/keys/{id}/rotate", Perm: auth.PermKeys, Audit: "key.rotate", AuditTarget: id, Handler: a.rotateKey},
 			route.Route{Pattern: "GET /v1/audit", Perm: auth.PermAudit, Handler: a.audit})
+	}
+	if a.cfg.Monitor != nil {
+		rs = append(rs, route.Route{Pattern: "GET /v1/functions/{name}/monitor", Perm: auth.PermDescribe, Function: name, Handler: a.monitorReport})
 	}
 	return rs
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/cost"
 	"github.com/ebb-run/ebb/internal/route"
 	"github.com/ebb-run/ebb/internal/usage"
 )
@@ -47,6 +48,7 @@ func (a *API) usageRoutes() []route.Route {
 		{Pattern: "GET /v1/functions/{name}/usage", Perm: auth.PermDescribe, Function: name, Handler: a.functionUsage},
 		{Pattern: "GET /v1/functions/{name}/invocations", Perm: auth.PermDescribe, Function: name, Handler: a.invocations},
 		{Pattern: "GET /v1/usage", Perm: auth.PermDescribe, Handler: a.allUsage},
+		{Pattern: "GET /v1/functions/{name}/cost", Perm: auth.PermDescribe, Function: name, Handler: a.functionCost},
 	}
 }
 
@@ -154,4 +156,43 @@ func (a *API) invocations(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Write(out)
+}
+
+// functionCost prices the function's observed traffic with the built-in
+// price table: what the period cost each way, and a month of it.
+func (a *API) functionCost(w http.ResponseWriter, r *http.Request) {
+	q, err := usageQuery(r, time.Now(), false)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	name := r.PathValue("name")
+	st, err := a.cfg.Platform.Status(r.Context(), name)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	q.Function, q.Step = name, cost.SeriesStep(q.Until.Sub(q.Since))
+	reps, err := a.cfg.Usage.Usage(r.Context(), q)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	wl, needs, ob, err := cost.FromUsage(reps, reps[0].Since, reps[0].Until)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	wl.MemoryMB, wl.Concurrency = float64(st.Spec.Memory), max(st.Spec.Concurrency, 1)
+	if st.Runtime == ebb.RuntimeONNX {
+		needs.ModelMB = float64(st.Size) / 1e6
+	}
+	e, err := cost.Price(wl, cost.Default(), cost.Node{PerHour: a.cfg.NodeCostPerHour, MemoryMiB: float64(a.cfg.Node.MemoryMiB)})
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	td := cost.Back(e, ob)
+	writeJSON(w, http.StatusOK, cost.Report{Estimate: e, Function: name, Observed: &ob, ToDate: &td, Needs: needs,
+		Recommendation: cost.Recommend(e, needs)})
 }

@@ -25,6 +25,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
@@ -351,6 +353,9 @@ func (s *Starter) spawnBlocked(ctx context.Context, inst *Instance, argv, env []
 		return nil, fmt.Errorf("start process: %w", err)
 	}
 	inst.proc = proc
+	if !block {
+		inst.spawned = time.Now() // a blocked spare's is its claim's
+	}
 	go inst.watch()
 	return release, nil
 }
@@ -404,6 +409,11 @@ type Instance struct {
 	sink    LogSink
 	log     *slog.Logger
 	started time.Time
+	// spawned is when the process was there to run the function's own
+	// start (made, confined and exec'd; forked; or a spare released), so
+	// that a cold start splits into process start and init; set before
+	// Start returns, zero if unknown.
+	spawned time.Time
 	ready   time.Time
 	done    chan struct{} // closed by watch once the process is gone
 
@@ -457,6 +467,14 @@ func (i *Instance) Pid() int { return i.proc.Pid() }
 
 // InitDuration is how long the instance took from start to ready.
 func (i *Instance) InitDuration() time.Duration { return i.ready.Sub(i.started) }
+
+// StartTimes are when the instance's start began, when its process was there
+// to run the function's start (spawned; zero if unknown) and when it was
+// ready. The process start is started→spawned, the function's init
+// spawned→ready. A spare handed out ready has all three at its claim.
+func (i *Instance) StartTimes() (started, spawned, ready time.Time) {
+	return i.started, i.spawned, i.ready
+}
 
 // Done is closed when the instance's process has exited and been cleaned up.
 func (i *Instance) Done() <-chan struct{} { return i.done }
@@ -558,6 +576,8 @@ func (i *Instance) end(rid *string) {
 }
 
 // Invoke runs one event through the function's handler (exec and python).
+// The span in ctx, if any, is the handler's trace context: its runtime gets
+// it as Lambda-Runtime-Trace-Id (X-Ray's form) and traceparent/tracestate.
 // Errors: *ebb.HandlerError (the handler failed), ebb.ErrCrashed or
 // ebb.ErrOutOfMemory (the instance died), ctx's error.
 func (i *Instance) Invoke(ctx context.Context, requestID string, payload []byte, deadline time.Time) ([]byte, error) {
@@ -567,7 +587,11 @@ func (i *Instance) Invoke(ctx context.Context, requestID string, payload []byte,
 	rid := &requestID
 	i.begin(rid)
 	defer i.end(rid)
-	return i.rt.Invoke(ctx, runtimeapi.Request{ID: requestID, Payload: payload, Deadline: deadline})
+	req := runtimeapi.Request{ID: requestID, Payload: payload, Deadline: deadline}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		req.TraceID, req.TraceParent, req.TraceState = traceHeaders(sc)
+	}
+	return i.rt.Invoke(ctx, req)
 }
 
 // IsHTTP reports whether the instance takes HTTP requests rather than events.

@@ -240,6 +240,8 @@ func (sp *onnxSpare) pid() int { return sp.inst.Pid() }
 func (sp *onnxSpare) claim(id string) error {
 	sp.inst.setAlias(id)
 	sp.inst.started = time.Now() // init time is what the claim waits for
+	// Its process runs already: what the claim waits for is all init.
+	sp.inst.spawned = sp.inst.started
 	sp.inst.cold.Spare = true
 	return onnx.Claim(sp.claimPipe)
 }

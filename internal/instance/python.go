@@ -95,6 +95,9 @@ type forkedSpare struct{ inst *Instance }
 
 func (sp forkedSpare) claim(id string) error {
 	sp.inst.setAlias(id)
+	// Its start was paid ahead: the request that claims it waited for none.
+	now := time.Now()
+	sp.inst.started, sp.inst.spawned, sp.inst.ready = now, now, now
 	return nil
 }
 

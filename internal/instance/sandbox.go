@@ -408,7 +408,9 @@ func (sp boxedSpare) claim(id string) error {
 	sp.inst.setAlias(id)
 	sp.inst.started = time.Now() // init is what the claim waits for
 	sp.inst.cold.Spare = true
-	return sp.release()
+	err := sp.release()
+	sp.inst.spawned = time.Now()
+	return err
 }
 
 func (sp boxedSpare) kill()                 { sp.inst.Kill() }

@@ -284,12 +284,14 @@ func (py *pythonLauncher) zygoteLines(id, stream string) func([]byte) {
 // manifest's warmup event before it is handed out (prime).
 func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Instance, error) {
 	s := py.s
+	begun := time.Now()
 	z, built, err := py.ensure(ctx, !spare)
 	if err != nil {
 		return nil, err
 	}
 	defer py.forkDone()
 	inst := s.newInstance(id)
+	inst.started = begun // a zygote built for this start is part of its process start
 	inst.cold = ColdStart{Zygote: true, ZygoteBuild: built}
 	if err := attachRuntimeAPI(ctx, s, inst); err != nil {
 		return nil, err
@@ -358,6 +360,7 @@ func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Ins
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
 	inst.proc = proc
+	inst.spawned = time.Now()
 	go inst.watch()
 	if err := inst.waitRuntimeAPI(ctx); err != nil {
 		inst.abort()

@@ -133,6 +133,9 @@ func Parse(data []byte) (*ebb.Spec, error) {
 			s.FunctionURL = p.functionURL(name, v)
 		case "rate_limit":
 			s.RateLimit = p.rateLimit(name, v)
+		case "monitor":
+			b := p.boolean(name, v)
+			s.Monitor = &b
 		default:
 			return nil, &Error{Field: name, Line: k.Line, Reason: "unknown field" + suggest(name)}
 		}
@@ -160,7 +163,7 @@ func Parse(data []byte) (*ebb.Spec, error) {
 
 var fields = []string{"name", "runtime", "handler", "memory", "timeout", "concurrency", "min_instances",
 	"max_instances", "idle_timeout", "max_queue", "queue_timeout", "preload", "env", "batching", "zygote", "python",
-	"async", "schedule", "events", "target", "warmup", "network", "function_url", "rate_limit"}
+	"async", "schedule", "events", "target", "warmup", "network", "function_url", "rate_limit", "monitor"}
 
 // suggest proposes a known field for a misspelt one.
 func suggest(name string) string {

@@ -128,6 +128,8 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"events bad bucket", base + "events: [{bucket: B}]\n", "events[0].bucket", "3-63"},
 		{"events subject prefix", base + "events: [{subject: a.b, prefix: x}]\n", "events[0]", "only to bucket"},
 		{"network junk", base + "network: internet\n", "network", "outbound or none"},
+		{"monitor junk", base + "monitor: yes please\n", "monitor", "true or false"},
+		{"monitor http", "name: a\nruntime: http\nhandler: ./srv\nmonitor: true\n", "monitor", "not runtime http"},
 		{"network list", base + "network: [outbound]\n", "network", "single value"},
 		{"warmup exec", "name: a\nruntime: exec\nhandler: ./b\nwarmup: {x: 1}\n", "warmup", "only to python"},
 		{"warmup onnx before runtime", "warmup: 1\nname: a\nruntime: onnx\nhandler: m.onnx\n", "warmup", "only to python"},
@@ -266,4 +268,26 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse accepted a spec that does not validate: %v", err)
 		}
 	})
+}
+
+func TestMonitorField(t *testing.T) {
+	for _, c := range []struct {
+		yaml string
+		want bool
+	}{
+		{"name: a\nruntime: onnx\nhandler: m.onnx\n", true},
+		{"name: a\nruntime: onnx\nhandler: m.onnx\nmonitor: false\n", false},
+		{"name: a\nruntime: python\nhandler: app.handler\n", false},
+		{"name: a\nruntime: python\nhandler: app.handler\nmonitor: true\n", true},
+		{"name: a\nruntime: exec\nhandler: ./fn\nmonitor: true\n", true},
+		{"name: a\nruntime: http\nhandler: ./srv\nmonitor: false\n", false},
+	} {
+		spec, err := Parse([]byte(c.yaml))
+		if err != nil {
+			t.Fatalf("%q: %v", c.yaml, err)
+		}
+		if got := spec.Monitored(); got != c.want {
+			t.Errorf("%q: monitored = %v, want %v", c.yaml, got, c.want)
+		}
+	}
 }

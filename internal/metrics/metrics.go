@@ -94,6 +94,10 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
+// Register adds collectors that other packages own (the monitor's
+// counters).
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
 // RateLimited counts a request refused by a rate limit.
 func (m *Metrics) RateLimited(scope, name string) { m.rateLimited.WithLabelValues(scope, name).Inc() }
 

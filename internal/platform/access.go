@@ -20,6 +20,7 @@ import (
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/route"
 	"github.com/ebb-run/ebb/internal/store"
+	"github.com/ebb-run/ebb/web"
 )
 
 // This file is access control as the platform wires it: keys (kept in the
@@ -401,7 +402,7 @@ func (p *Platform) buildHandler() error {
 		return err
 	}
 	a, err := api.New(api.Config{Platform: p, Logs: p.logs, MaxBundleBytes: p.cfg.MaxBundleBytes, BaseURL: p.cfg.BaseURL,
-		Keys: p, Usage: p, Node: api.Node{MemoryMiB: p.cfg.NodeMemoryMiB, CPUs: p.cfg.NodeCPUs}, Warm: p, Logger: p.log})
+		Keys: p, Usage: p, Node: api.Node{MemoryMiB: p.cfg.NodeMemoryMiB, CPUs: p.cfg.NodeCPUs}, NodeCostPerHour: p.cfg.NodeCostPerHour, Logger: p.log, Monitor: p, Warm: p})
 	if err != nil {
 		return err
 	}
@@ -417,10 +418,10 @@ func (p *Platform) buildHandler() error {
 	if p.cfg.RequireAuth {
 		rc.Auth = &auth.Authenticator{Keys: &p.keys, MaxSignedBody: p.cfg.MaxSyncPayload, Now: p.cfg.Now}
 	}
-	t, err := route.New(rc, gw.Routes(), a.Routes(), p.asyncRoutes(), own)
+	t, err := route.New(rc, gw.Routes(), a.Routes(), p.asyncRoutes(), own, web.Routes())
 	if err != nil {
 		return fmt.Errorf("platform config: %w", err)
 	}
-	p.handler = recoverer(t, p.log)
+	p.handler = withTraceContext(recoverer(t, p.log))
 	return nil
 }

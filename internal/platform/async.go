@@ -17,6 +17,7 @@ import (
 	"github.com/ebb-run/ebb/internal/route"
 	"github.com/ebb-run/ebb/internal/schedule"
 	"github.com/ebb-run/ebb/internal/store"
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // AsyncOptions tune asynchronous invocations; zero values are the queue's
@@ -222,7 +223,10 @@ func (p *Platform) Enqueue(ctx context.Context, t gateway.Target, id string, pay
 	if t.Qualifier != "" {
 		opt.Version = v.fn.Version
 	}
+	var end func(error)
+	opt.Trace, end = p.traceEnqueue(ctx, t.Name, id)
 	_, err = p.async.queue.Enqueue(ctx, t.Name, id, payload, opt)
+	end(err)
 	return err
 }
 
@@ -233,6 +237,10 @@ func (a asyncInvoker) Invoke(ctx context.Context, name string, version int, id s
 	t := gateway.Target{Name: name}
 	if version > 0 {
 		t.Qualifier = strconv.Itoa(version)
+	}
+	// The queue put the job's trigger in ctx, and its caller's trace.
+	if h, ok := ebb.TraceHeadersOf(ctx); ok {
+		ctx = traceContext.Extract(ctx, propagation.MapCarrier{"traceparent": h.Parent, "tracestate": h.State})
 	}
 	res, err := a.p.Invoke(ctx, t, id, payload)
 	var br *gateway.BadRequestError

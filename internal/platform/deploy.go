@@ -479,6 +479,7 @@ func (p *Platform) Remove(ctx context.Context, name string) error {
 		p.retire(v, true)
 	}
 	p.metrics.Forget(name)
+	p.mon.Forget(name)
 	p.logs.Forget(name)
 	p.usage.Forget(name)
 	p.releaseUIDIfGone(name)

@@ -60,28 +60,38 @@ func (p *Platform) acquireShadow(ctx context.Context, t gateway.Target) (*deploy
 // under its timeout, and records the invocation.
 func (p *Platform) Invoke(ctx context.Context, t gateway.Target, requestID string, payload []byte) (*gateway.Result, error) {
 	start := p.cfg.Now()
+	ctx, tr := p.traceInvocation(ctx, t.Name, requestID)
 	d, lease, run, err := p.acquireShadow(ctx, t)
+	tr.admitted(d, lease)
 	if err != nil {
 		if d != nil {
 			p.record(ctx, d, nil, requestID, start, start, 0, err)
 		}
+		tr.end(err, 0, false)
 		return nil, err
 	}
 	inst := lease.Instance
 	if inst.IsHTTP() {
 		lease.Release()
-		return nil, &gateway.BadRequestError{Msg: fmt.Sprintf("function %q serves HTTP; call it at /fn/%s/", t.Name, t.Name)}
+		err := &gateway.BadRequestError{Msg: fmt.Sprintf("function %q serves HTTP; call it at /fn/%s/", t.Name, t.Name)}
+		tr.end(err, 0, false)
+		return nil, err
 	}
 	timeout := d.fn.Spec.Timeout
 	began := p.cfg.Now()
 	p.usage.Begin(d.fn.Spec.Name, d.fn.Version, began)
 	deadline := began.Add(timeout)
-	ictx, cancel := context.WithDeadline(ctx, deadline)
+	// The handler's span (or the caller's, untraced) goes to the function.
+	ictx, cancel := context.WithDeadline(tr.handler(ctx), deadline)
 	body, err := inst.Invoke(ictx, requestID, payload, deadline)
 	end := p.cfg.Now()
 	cancel()
 	err = p.settle(lease, inst, ctx, ictx, err, timeout)
 	p.record(ctx, d, lease, requestID, start, began, end.Sub(began), err)
+	tr.end(err, end.Sub(began), true)
+	if err == nil {
+		p.monitorInvoke(d, end, payload, body)
+	}
 	if run != nil && err == nil {
 		p.mirror(run, t.Name, d, requestID, payload, body, end.Sub(start))
 	}
@@ -115,16 +125,20 @@ func (p *Platform) settle(lease *dispatch.Lease[*instance.Instance], inst *insta
 // Proxy implements gateway.Backend for http and onnx functions.
 func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string, w http.ResponseWriter, r *http.Request, admitted func(cold bool, version int)) error {
 	start := p.cfg.Now()
+	ctx, tr := p.traceInvocation(ctx, t.Name, requestID)
 	d, lease, run, err := p.acquireShadow(ctx, t)
+	tr.admitted(d, lease)
 	if err != nil {
 		if d != nil {
 			p.record(ctx, d, nil, requestID, start, start, 0, err)
 		}
+		tr.end(err, 0, false)
 		return err
 	}
 	inst := lease.Instance
 	if !inst.IsHTTP() {
 		lease.Release()
+		tr.end(ebb.ErrNotFound, 0, false)
 		return ebb.ErrNotFound
 	}
 	var m *proxyMirror
@@ -132,16 +146,19 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 		if m, err = p.startProxyMirror(run, d, r); err != nil {
 			lease.Release()
 			p.record(ctx, d, nil, requestID, start, start, 0, err)
+			tr.end(err, 0, true)
 			return err
 		}
 		if m != nil {
 			w = m.tee(w)
 		}
 	}
+	w, capture := p.captureProxy(d, w, r)
 	admitted(lease.Cold, d.fn.Version)
 	timeout := d.fn.Spec.Timeout
 	began := p.cfg.Now()
 	p.usage.Begin(d.fn.Spec.Name, d.fn.Version, began)
+	tr.proxy(r)
 	// The deadline goes on the instance connection itself: a context timer
 	// per request would cost more than the rest of ebb's bookkeeping.
 	err = inst.Proxy(w, r, began.Add(timeout))
@@ -184,6 +201,10 @@ func (p *Platform) Proxy(ctx context.Context, t gateway.Target, requestID string
 		lease.Release()
 	}
 	p.record(ctx, d, lease, requestID, start, began, end.Sub(began), err)
+	tr.end(err, end.Sub(began), true)
+	if capture != nil {
+		p.finishCapture(capture, d, end, err)
+	}
 	if m != nil {
 		p.finishProxyMirror(run, m, t.Name, requestID, err, end.Sub(start))
 	}

@@ -54,6 +54,9 @@ func (p *Platform) startProxyMirror(run *shadow.Run, primary *deployment, r *htt
 	for _, k := range []string{"Authorization", "Proxy-Authorization", "X-Api-Key", "Cookie", "X-Amz-Security-Token"} {
 		delete(h, k)
 	}
+	// Nor is it part of the caller's trace, as a copy of an event is not.
+	delete(h, "Traceparent")
+	delete(h, "Tracestate")
 	return &proxyMirror{method: r.Method, path: r.URL.Path, rawQuery: r.URL.RawQuery, host: r.Host, remote: r.RemoteAddr,
 		header: h, body: body}, nil
 }

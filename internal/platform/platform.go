@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/bundle"
@@ -31,6 +33,7 @@ import (
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/metrics"
+	"github.com/ebb-run/ebb/internal/monitor"
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/process"
 	"github.com/ebb-run/ebb/internal/route"
@@ -112,11 +115,22 @@ type Config struct {
 	// 0 leaves them unknown.
 	NodeMemoryMiB int64
 	NodeCPUs      int
+	// NodeCostPerHour is what the machine costs an hour (USD), to price
+	// its share in GET /v1/functions/{name}/cost; 0 leaves it out.
+	NodeCostPerHour float64
 	// IdleSampleEvery is how often idle warm capacity is measured for the
 	// usage record; default 10s.
 	IdleSampleEvery time.Duration
+	// TracerProvider, when set, makes a span of every invocation (see
+	// trace.go); nil records none, at no cost, while a caller's W3C trace
+	// context still reaches the function. Close shuts it down (flushing
+	// what it holds) when it has a Shutdown(context.Context) error method,
+	// as the SDK's has.
+	TracerProvider trace.TracerProvider
 	// Now is injected for tests of time-dependent behaviour.
 	Now func() time.Time
+	// Monitor sizes the input and prediction summaries (monitor.Config).
+	Monitor monitor.Config
 }
 
 // Validate checks c and fills defaults.
@@ -201,6 +215,10 @@ type Platform struct {
 	seq    atomic.Uint64  // instance ids
 	async  *async         // jobs, schedules and events; see async.go
 	usage  *usage.Meter   // invocation records and rollups; see usage.go
+	tracer trace.Tracer   // nil without Config.TracerProvider
+
+	// mon keeps input and prediction summaries; see monitor.go.
+	mon *monitor.Monitor
 }
 
 // deployment is one function version's pool.
@@ -232,6 +250,9 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", fmt.Errorf("platform config: %w", err)
 	}
 	p.logs = logs
+	if cfg.TracerProvider != nil {
+		p.tracer = cfg.TracerProvider.Tracer(tracerName)
+	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention,
 		UsageRetention: cfg.UsageRetention})
@@ -261,6 +282,10 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	if err := p.openUsage(); err != nil {
 		p.closeStores()
 		return nil, "", err
+	}
+	if err := p.startMonitor(); err != nil {
+		p.closeStores()
+		return nil, "", fmt.Errorf("platform config: %w", err)
 	}
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
 		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive,
@@ -313,6 +338,9 @@ func (p *Platform) closeStores() {
 	p.wg.Wait()
 	if p.usage != nil {
 		p.usage.Close(context.Background())
+	}
+	if p.mon != nil {
+		p.mon.Close()
 	}
 	p.procs.Close()
 	p.closeSandbox()
@@ -467,8 +495,10 @@ func (p *Platform) Close(ctx context.Context) error {
 	if err := p.usage.Close(ctx); err != nil {
 		p.log.Warn("close usage meter", "err", err)
 	}
+	p.mon.Close()
 	p.procs.Close()
 	p.closeSandbox()
+	p.shutdownTracing(ctx)
 	return p.store.Close()
 }
 

@@ -96,6 +96,33 @@ func TestUsageTotalsEqualRecords(t *testing.T) {
 		t.Errorf("the series sums to %d invocations, the total is %d", sum, rep.Invocations)
 	}
 
+	// The cost of the same traffic: a month of it, priced from the records'
+	// billed time at the function's memory.
+	code, body, _ = e.do("GET", "/v1/functions/metered/cost?since=1h", "", nil)
+	if code != 200 {
+		t.Fatalf("cost = %d %s", code, body)
+	}
+	var c struct {
+		Observed struct {
+			Invocations uint64  `json:"invocations"`
+			Scale       float64 `json:"scale"`
+		} `json:"observed"`
+		Lambda struct {
+			GBSeconds float64 `json:"gb_seconds"`
+		} `json:"lambda"`
+		ToDate struct {
+			LambdaUSD *float64 `json:"lambda_usd"`
+		} `json:"to_date"`
+		Recommendation struct{ Choice string } `json:"recommendation"`
+	}
+	if err := json.Unmarshal([]byte(body), &c); err != nil {
+		t.Fatal(err)
+	}
+	wantGBs := float64(billed) / 1000 * 256 / 1024 * c.Observed.Scale
+	if c.Observed.Invocations != uint64(n) || math.Abs(c.Lambda.GBSeconds-wantGBs) > 1e-6*wantGBs || c.ToDate.LambdaUSD == nil || c.Recommendation.Choice == "" {
+		t.Errorf("cost %s; want %d invocations and %.3f GB-s a month", body, n, wantGBs)
+	}
+
 	code, body, _ = e.do("GET", "/v1/usage?since=1h", "", nil)
 	if code != 200 || !strings.Contains(body, `"function": "metered"`) {
 		t.Errorf("all usage = %d %s", code, body)

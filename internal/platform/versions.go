@@ -499,6 +499,7 @@ func (p *Platform) ShadowReport(ctx context.Context, name string) (*shadow.Repor
 		return nil, &ebb.NotFoundError{Message: fmt.Sprintf("function %q has had no shadow run since ebb started", name)}
 	}
 	rep := run.Report(active)
+	rep.OutputPSI = p.shadowPSI(f, run)
 	return &rep, nil
 }
 

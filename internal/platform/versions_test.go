@@ -361,7 +361,8 @@ func TestOIPShadow(t *testing.T) {
 
 // TestHTTPShadowRequestCopy: the shadow of an http function gets the same
 // method, path, query, headers and body, less credentials (here the
-// function's own Authorization on a public URL).
+// function's own Authorization on a public URL) and the caller's trace
+// context (a shadow copy is not part of the caller's trace).
 func TestHTTPShadowRequestCopy(t *testing.T) {
 	e := start(t, "", func(c *Config) { c.RequireAuth = true })
 	ctx := context.Background()
@@ -377,8 +378,8 @@ func TestHTTPShadowRequestCopy(t *testing.T) {
 	if code != 200 || !strings.Contains(body, `"body":"hello"`) {
 		t.Fatalf("POST /fn/web/echo = %d %s", code, body)
 	}
-	code, body, _ = e.do("GET", "/fn/web/headers", "", map[string]string{"Authorization": "Bearer the-function's-own"})
-	if code != 200 || !strings.Contains(body, "the-function's-own") {
+	code, body, _ = e.do("GET", "/fn/web/headers", "", map[string]string{"Authorization": "Bearer the-function's-own", "Traceparent": callerParent})
+	if code != 200 || !strings.Contains(body, "the-function's-own") || !strings.Contains(body, callerParent) {
 		t.Fatalf("GET /fn/web/headers = %d %s", code, body)
 	}
 	var rep *shadowReport
@@ -395,6 +396,9 @@ func TestHTTPShadowRequestCopy(t *testing.T) {
 		paths[ex.Path] = true
 		if strings.Contains(ex.Shadow, "the-function's-own") {
 			t.Errorf("the shadow received the caller's credential: %s", ex.Shadow)
+		}
+		if strings.Contains(ex.Shadow, callerTrace) {
+			t.Errorf("the shadow copy joined the caller's trace: %s", ex.Shadow)
 		}
 	}
 	if !paths["$.request_id"] || !paths["$.header.Authorization"] {

@@ -98,10 +98,11 @@ class LambdaContext(object):
         "identity",
         "client_context",
         "tenant_id",
+        "trace_context",
         "_deadline_ms",
     )
 
-    def __init__(self, statics, request_id, deadline_ms, arn, identity, client_context, tenant_id):
+    def __init__(self, statics, request_id, deadline_ms, arn, identity, client_context, tenant_id, trace_context=None):
         (
             self.function_name,
             self.function_version,
@@ -114,6 +115,12 @@ class LambdaContext(object):
         self.identity = identity
         self.client_context = client_context
         self.tenant_id = tenant_id
+        # The invocation's W3C trace context, {"traceparent": ..., and
+        # "tracestate": ... when there is one}; {} when untraced. It is a
+        # carrier as OpenTelemetry's propagators take it:
+        # TraceContextTextMapPropagator().extract(context.trace_context)
+        # makes the handler's spans children of ebb's.
+        self.trace_context = trace_context if trace_context is not None else {}
         self._deadline_ms = deadline_ms
 
     def get_remaining_time_in_millis(self):
@@ -340,6 +347,13 @@ def serve(api_addr, handler=None):
                 deadline_ms = 0
             identity = _json_header(resp, "Lambda-Runtime-Cognito-Identity", _identity) or CognitoIdentity()
             client_context = _json_header(resp, "Lambda-Runtime-Client-Context", ClientContext)
+            trace_context = {}
+            traceparent = resp.getheader("traceparent")
+            if traceparent:
+                trace_context["traceparent"] = traceparent
+                tracestate = resp.getheader("tracestate")
+                if tracestate:
+                    trace_context["tracestate"] = tracestate
             context = LambdaContext(
                 statics,
                 request_id,
@@ -348,6 +362,7 @@ def serve(api_addr, handler=None):
                 identity,
                 client_context,
                 resp.getheader("Lambda-Runtime-Aws-Tenant-Id"),
+                trace_context,
             )
             _invoke(api, handler, request_id, body, context)
     finally:

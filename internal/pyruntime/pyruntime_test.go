@@ -190,6 +190,7 @@ def handler(event, context):
         "client_env": context.client_context.env if context.client_context else None,
         "remaining_ms": context.get_remaining_time_in_millis(),
         "trace_env": os.environ.get("_X_AMZN_TRACE_ID"),
+        "trace_context": context.trace_context,
     }
 `}
 	in := startReady(t, files, "ctxapp.handler", runtimeapi.Config{FunctionName: "churn", FunctionVersion: "3"})
@@ -200,6 +201,8 @@ def handler(event, context):
 		TraceID:         "Root=1-00000001-000000000000000000000001;Sampled=0",
 		ClientContext:   `{"env":{"locale":"pl"}}`,
 		CognitoIdentity: `{"cognitoIdentityId":"id-7","cognitoIdentityPoolId":"pool"}`,
+		TraceParent:     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		TraceState:      "k=v",
 	}
 	body, err := in.srv.Invoke(timeout(t), req)
 	if err != nil {
@@ -220,6 +223,7 @@ def handler(event, context):
 		"identity_id":          "id-7",
 		"client_env":           map[string]any{"locale": "pl"},
 		"trace_env":            req.TraceID,
+		"trace_context":        map[string]any{"traceparent": req.TraceParent, "tracestate": req.TraceState},
 	}
 	for k, w := range want {
 		if !reflect.DeepEqual(got[k], w) {
@@ -230,6 +234,19 @@ def handler(event, context):
 	// wrong unit or a missing header (0).
 	if ms, _ := got["remaining_ms"].(float64); ms < 10_000 || ms > 20_000 {
 		t.Errorf("get_remaining_time_in_millis() = %v, want about 20000", got["remaining_ms"])
+	}
+
+	// Untraced: an empty trace_context, not the last invocation's.
+	body, err = in.srv.Invoke(timeout(t), runtimeapi.Request{ID: "untraced", Payload: []byte(`{}`)})
+	if err != nil {
+		t.Fatalf("Invoke: %v", err)
+	}
+	got = nil
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatalf("decode %s: %v", body, err)
+	}
+	if tc, ok := got["trace_context"].(map[string]any); !ok || len(tc) != 0 {
+		t.Errorf("untraced context.trace_context = %#v, want {}", got["trace_context"])
 	}
 }
 

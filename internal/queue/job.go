@@ -47,6 +47,9 @@ type Job struct {
 	// Hops counts the on_success/on_failure deliveries that led to this
 	// job; see MaxHops.
 	Hops int `json:"hops,omitempty"`
+	// Trace is the W3C trace context of the request that queued the job:
+	// its run joins the caller's trace.
+	Trace ebb.TraceHeaders `json:"trace,omitzero"`
 	// Attempts counts executions started. Failures counts the ones that
 	// failed; a restart of ebb in the middle of one is not the function's
 	// failure and does not use up a retry.

@@ -56,6 +56,9 @@ const (
 	hdrRedrive  = "Ebb-Redrive"
 	hdrHops     = "Ebb-Hops"
 	hdrVersion  = "Ebb-Version"
+	// The caller's W3C trace context, under the names HTTP gives it.
+	hdrTraceParent = "Traceparent"
+	hdrTraceState  = "Tracestate"
 )
 
 // MaxHops bounds a chain of destinations: a job made by delivering an
@@ -340,6 +343,8 @@ type EnqueueOptions struct {
 	Hops int
 	// Version pins the job to one version of fn (0: none).
 	Version int
+	// Trace is the caller's trace context, handed to the job's run.
+	Trace ebb.TraceHeaders
 }
 
 // Enqueue durably queues payload for fn under id and records it. It returns
@@ -358,7 +363,8 @@ func (q *Queue) Enqueue(ctx context.Context, fn, id string, payload []byte, opt 
 		opt.Source = "invoke"
 	}
 	now := q.cfg.Now().UTC()
-	job := &Job{ID: id, Function: fn, Version: opt.Version, Status: StatusQueued, Source: opt.Source, EnqueuedAt: now, Hops: opt.Hops}
+	job := &Job{ID: id, Function: fn, Version: opt.Version, Status: StatusQueued, Source: opt.Source, EnqueuedAt: now, Hops: opt.Hops,
+		Trace: opt.Trace}
 	msg := q.message(jobsPrefix+fn, job, nil)
 	if len(payload) > q.inlineMax {
 		if _, err := q.payloads.PutBytes(ctx, id, payload); err != nil {
@@ -407,6 +413,12 @@ func (q *Queue) message(subject string, job *Job, data []byte) *nats.Msg {
 	}
 	if job.Version > 0 {
 		msg.Header.Set(hdrVersion, strconv.Itoa(job.Version))
+	}
+	if job.Trace.Parent != "" {
+		msg.Header.Set(hdrTraceParent, job.Trace.Parent)
+		if job.Trace.State != "" {
+			msg.Header.Set(hdrTraceState, job.Trace.State)
+		}
 	}
 	msg.Data = data
 	return msg

@@ -187,7 +187,11 @@ func (q *Queue) handle(g *group, msg jetstream.Msg) {
 		return
 	}
 	stop := q.heartbeat(msg)
-	result, err := q.cfg.Invoker.Invoke(ebb.WithTrigger(ctx, job.trigger()), g.name, job.Version, id, payload)
+	ictx := ebb.WithTrigger(ctx, job.trigger())
+	if job.Trace.Parent != "" {
+		ictx = ebb.WithTraceHeaders(ictx, job.Trace)
+	}
+	result, err := q.cfg.Invoker.Invoke(ictx, g.name, job.Version, id, payload)
 	stop()
 	end := q.cfg.Now().UTC()
 	var perm *PermanentError
@@ -253,6 +257,7 @@ func (q *Queue) jobFromHeaders(fn, id string, msg jetstream.Msg) *Job {
 	job := &Job{ID: id, Function: fn, Status: StatusQueued, Source: h.Get(hdrSource)}
 	job.Hops, _ = strconv.Atoi(h.Get(hdrHops))
 	job.Version, _ = strconv.Atoi(h.Get(hdrVersion))
+	job.Trace = ebb.TraceHeaders{Parent: h.Get(hdrTraceParent), State: h.Get(hdrTraceState)}
 	job.EnqueuedAt, _ = time.Parse(time.RFC3339Nano, h.Get(hdrEnqueued))
 	if job.EnqueuedAt.IsZero() {
 		job.EnqueuedAt = q.cfg.Now().UTC()
@@ -403,7 +408,7 @@ func (q *Queue) deliver(ctx context.Context, job *Job) {
 	}
 	ectx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	if _, err := q.Enqueue(ectx, d.Target, id, body, EnqueueOptions{Source: "destination", Hops: job.Hops + 1}); err != nil {
+	if _, err := q.Enqueue(ectx, d.Target, id, body, EnqueueOptions{Source: "destination", Hops: job.Hops + 1, Trace: job.Trace}); err != nil {
 		d.Error, d.At = err.Error(), q.cfg.Now().UTC()
 		return
 	}

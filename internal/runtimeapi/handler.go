@@ -33,6 +33,8 @@ const (
 	hdrTraceID         = "Lambda-Runtime-Trace-Id"
 	hdrClientContext   = "Lambda-Runtime-Client-Context"
 	hdrCognitoIdentity = "Lambda-Runtime-Cognito-Identity"
+	hdrTraceParent     = "Traceparent" // W3C trace context, canonical form
+	hdrTraceState      = "Tracestate"
 	hdrErrorType       = "Lambda-Runtime-Function-Error-Type"
 	hdrErrorBody       = "Lambda-Runtime-Function-Error-Body" // trailer, base64 JSON
 )
@@ -120,13 +122,15 @@ func (s *Server) serveNext(w http.ResponseWriter, r *http.Request) {
 		trace = newTraceID()
 	}
 	// One allocation holds every per-invocation header value.
-	v := new([6]string)
+	v := new([8]string)
 	v[0] = c.req.ID
 	v[1] = strconv.FormatInt(c.deadlineMS, 10)
 	v[2] = trace
 	v[3] = strconv.Itoa(len(payload))
 	v[4] = c.req.ClientContext
 	v[5] = c.req.CognitoIdentity
+	v[6] = c.req.TraceParent
+	v[7] = c.req.TraceState
 	h := w.Header()
 	h["Content-Type"] = jsonContentType
 	h[hdrRequestID] = v[0:1:1]
@@ -139,6 +143,12 @@ func (s *Server) serveNext(w http.ResponseWriter, r *http.Request) {
 	}
 	if v[5] != "" {
 		h[hdrCognitoIdentity] = v[5:6:6]
+	}
+	if v[6] != "" {
+		h[hdrTraceParent] = v[6:7:7]
+		if v[7] != "" {
+			h[hdrTraceState] = v[7:8:8]
+		}
 	}
 	w.WriteHeader(http.StatusOK)
 	// A failed write is the runtime's problem: the invocation was handed out

@@ -114,6 +114,7 @@ func TestNextHeaders(t *testing.T) {
 	res := invokeAsync(invokeCtx(t), s, Request{
 		ID: "id-1", Payload: []byte(`{"x":1}`), Deadline: deadline,
 		TraceID: "Root=1-a", ClientContext: `{"custom":{}}`, CognitoIdentity: `{"CognitoIdentityID":"c"}`,
+		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", TraceState: "k=v",
 	})
 	r := rt.next()
 	want := map[string]string{
@@ -125,6 +126,8 @@ func TestNextHeaders(t *testing.T) {
 		"Lambda-Runtime-Trace-Id":             "Root=1-a",
 		"Lambda-Runtime-Client-Context":       `{"custom":{}}`,
 		"Lambda-Runtime-Cognito-Identity":     `{"CognitoIdentityID":"c"}`,
+		"Traceparent":                         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"Tracestate":                          "k=v",
 	}
 	for k, v := range want {
 		if got := r.header.Get(k); got != v {
@@ -144,7 +147,7 @@ func TestNextHeaders(t *testing.T) {
 	// Optional headers are left out when unset.
 	res = invokeAsync(invokeCtx(t), s, Request{ID: "id-2"})
 	r = rt.next()
-	for _, k := range []string{"Lambda-Runtime-Client-Context", "Lambda-Runtime-Cognito-Identity"} {
+	for _, k := range []string{"Lambda-Runtime-Client-Context", "Lambda-Runtime-Cognito-Identity", "Traceparent", "Tracestate"} {
 		if _, ok := r.header[k]; ok {
 			t.Errorf("header %s present without a value to carry", k)
 		}

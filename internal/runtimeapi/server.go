@@ -35,6 +35,10 @@ type Request struct {
 	Deadline time.Time
 	// Optional values passed on as the Lambda-Runtime-* headers of those names.
 	TraceID, ClientContext, CognitoIdentity string
+	// TraceParent and TraceState, when set, are the invocation's W3C trace
+	// context, passed on as the traceparent and tracestate headers so that
+	// an OpenTelemetry SDK in the function joins the caller's trace.
+	TraceParent, TraceState string
 }
 
 // maxRequestIDBytes bounds a request id so that it always fits a URL and a header.

@@ -62,6 +62,12 @@ type Report struct {
 	ShadowP50MS  float64   `json:"shadow_p50_ms"`
 	ShadowP99MS  float64   `json:"shadow_p99_ms"`
 	Examples     []Example `json:"examples"`
+	// OutputPSI, for a monitored function, is the largest population
+	// stability index of the shadow's outputs (features and classes)
+	// against the primary's since the run began: how far the shadow's
+	// predictions drift from the primary's as distributions, where
+	// Differ counts answers that differ one by one.
+	OutputPSI *float64 `json:"output_psi,omitempty"`
 }
 
 // NewRun starts a run of cfg; at most limit mirrors are in flight at once.

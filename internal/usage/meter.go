@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -97,8 +98,12 @@ type Meter struct {
 	// spare is the last written batch's array, reused for the next one.
 	spare   []Record
 	dropped uint64
-	// unsent holds closed minutes the store refused, oldest first.
+	// unsent holds closed minutes not yet stored, oldest first; a minute
+	// leaves it only once stored, so that a report always finds it in
+	// memory or in the store (in both for a moment: memory wins).
 	unsent []Minute
+
+	flushMu sync.Mutex // serialises Flush: a minute is written once
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -257,6 +262,8 @@ func (m *Meter) Close(ctx context.Context) error {
 // Flush writes the pending records and every minute that has closed (every
 // open minute when all is set).
 func (m *Meter) Flush(ctx context.Context, all bool) error {
+	m.flushMu.Lock()
+	defer m.flushMu.Unlock()
 	now := m.cfg.Now()
 	m.mu.Lock()
 	recs := m.pending
@@ -282,8 +289,7 @@ func (m *Meter) Flush(ctx context.Context, all bool) error {
 		delete(m.open, min)
 		m.closed = min
 	}
-	unsent := m.unsent
-	m.unsent = nil
+	unsent := slices.Clone(m.unsent)
 	m.mu.Unlock()
 
 	var errs []error
@@ -295,7 +301,7 @@ func (m *Meter) Flush(ctx context.Context, all bool) error {
 		}
 		if err := m.cfg.Sink.AppendUsageRecords(ctx, buf.Bytes()); err != nil {
 			errs = append(errs, err)
-			m.requeue(recs, nil)
+			m.requeue(recs)
 		} else if cap(recs) <= 4*m.cfg.MaxPending/100+1024 {
 			clear(recs)
 			m.mu.Lock()
@@ -303,13 +309,15 @@ func (m *Meter) Flush(ctx context.Context, all bool) error {
 			m.mu.Unlock()
 		}
 	}
-	for i, mi := range unsent {
+	for _, mi := range unsent {
 		data, _ := json.Marshal(mi)
 		if err := m.cfg.Sink.AppendUsageMinute(ctx, data); err != nil {
 			errs = append(errs, err)
-			m.requeue(nil, unsent[i:])
 			break
 		}
+		m.mu.Lock()
+		m.unsent = m.unsent[1:] // mi: only Flush removes, in order
+		m.mu.Unlock()
 	}
 	if err := errors.Join(errs...); err != nil {
 		m.cfg.Logger.Warn("write usage; will retry", "err", err)
@@ -327,7 +335,7 @@ func (m *Meter) newestOpenLocked() int64 {
 }
 
 // requeue puts back what the store refused, ahead of what came since.
-func (m *Meter) requeue(recs []Record, minutes []Minute) {
+func (m *Meter) requeue(recs []Record) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(recs) > 0 {
@@ -337,7 +345,6 @@ func (m *Meter) requeue(recs []Record, minutes []Minute) {
 			m.dropped += uint64(over)
 		}
 	}
-	m.unsent = append(minutes, m.unsent...)
 }
 
 // snapshot returns copies of the minutes not yet stored (open, and closed

@@ -360,3 +360,42 @@ func TestTwoNodesAddUp(t *testing.T) {
 		t.Errorf("node a sees %d invocations, want its 1 and b's 2", reps[0].Invocations)
 	}
 }
+
+// slowSink holds each minute's write until released.
+type slowSink struct {
+	*store.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *slowSink) AppendUsageMinute(ctx context.Context, data []byte) error {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.Store.AppendUsageMinute(ctx, data)
+}
+
+// TestReportDuringWrite: a report made while a minute is being written
+// (out of the open minutes, not yet in the store) still counts it, once.
+func TestReportDuringWrite(t *testing.T) {
+	s := &slowSink{Store: ebbtest.Store(t, store.Config{}), entered: make(chan struct{}), release: make(chan struct{})}
+	c := &clock{t: t0}
+	m := newMeter(t, s, c)
+	ctx := context.Background()
+	run(m, c, "f", 1, t0.Add(time.Second), time.Second, 200)
+	c.Set(t0.Add(5 * time.Minute))
+	done := make(chan error)
+	go func() { done <- m.Flush(ctx, false) }()
+	<-s.entered
+	reps, err := m.Report(ctx, Query{Function: "f", Since: t0, Until: c.Now()})
+	if err != nil || reps[0].Invocations != 1 {
+		t.Errorf("during the write: %+v, %v; want 1 invocation", reps, err)
+	}
+	close(s.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	reps, _ = m.Report(ctx, Query{Function: "f", Since: t0, Until: c.Now()})
+	if reps[0].Invocations != 1 {
+		t.Errorf("after the write: %d invocations, want 1", reps[0].Invocations)
+	}
+}

@@ -1,0 +1,81 @@
+package ebbtest
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Serve is a real `ebb serve` process, started by StartServe.
+type Serve struct {
+	// Addr is where it listens (host:port); URL is http://Addr.
+	Addr, URL string
+	Pid       int
+	// Stdout is its standard output (the admin key, when one is made);
+	// Log its JSON log (standard error), line by line.
+	Stdout, Log *Buffer
+}
+
+// StartServe runs `bin serve ARGS...` (ARGS should listen on a port of its
+// choosing, 127.0.0.1:0) until the test ends, and returns once it logged
+// the address it serves on. The test fails if it exits first or has not
+// served within a minute; at the end it gets SIGTERM, and SIGKILL 30 s
+// later.
+func StartServe(t testing.TB, bin string, args ...string) *Serve {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
+	s := &Serve{Stdout: &Buffer{}, Log: &Buffer{}}
+	cmd.Stdout = s.Stdout
+	pipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatalf("ebb serve: stderr pipe: %v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start ebb serve: %v", err)
+	}
+	s.Pid = cmd.Process.Pid
+	exited := make(chan struct{})
+	addrc := make(chan string, 1)
+	// The reader owns the pipe until the process exits; ebb logs the
+	// address it really listens on as a JSON line.
+	go func() {
+		defer close(exited)
+		sc := bufio.NewScanner(pipe)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			s.Log.Write(append(sc.Bytes(), '\n'))
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "ebb serving" && rec.Addr != "" {
+				select {
+				case addrc <- rec.Addr:
+				default:
+				}
+			}
+		}
+		io.Copy(io.Discard, pipe)
+		cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			t.Errorf("ebb serve did not exit 30s after SIGTERM; killing it")
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	select {
+	case s.Addr = <-addrc:
+		s.URL = "http://" + s.Addr
+	case <-exited:
+		t.Fatalf("ebb serve exited before serving:\n%s", s.Log)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("ebb serve did not log its address within 60s:\n%s", s.Log)
+	}
+	return s
+}
