@@ -34,8 +34,27 @@ type Netns struct {
 	pastaErr  error         // set before pastaDone closes
 	pastaLog  *bytes.Buffer // pasta's first output; read after pastaDone
 
+	// fmu guards f against Close while a thread is entering it: a Listen
+	// or Dial may race with the last user's Close (a dying instance's
+	// readiness dial). fclosed is set by Close.
+	fmu     sync.RWMutex
+	fclosed bool
+
 	closeOnce sync.Once
 	closeErr  error
+}
+
+// ErrNetnsClosed is returned by a Listen or Dial on a closed namespace.
+var ErrNetnsClosed = errors.New("network namespace is closed")
+
+// run runs fn on a thread inside n, unless n is closed.
+func (n *Netns) run(fn func() error) error {
+	n.fmu.RLock()
+	defer n.fmu.RUnlock()
+	if n.fclosed {
+		return ErrNetnsClosed
+	}
+	return runInNetns(n.f, fn)
 }
 
 // pastaReadyTimeout bounds the wait for pasta to configure the namespace
@@ -200,7 +219,7 @@ func (n *Netns) Listen(network, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen in network namespace: %w", err)
 	}
 	var l net.Listener
-	err := runInNetns(n.f, func() error {
+	err := n.run(func() error {
 		var err error
 		l, err = net.Listen(network, addr)
 		return err
@@ -223,7 +242,7 @@ func (n *Netns) Dial(ctx context.Context, network, addr string) (net.Conn, error
 	}
 	var c net.Conn
 	d := net.Dialer{FallbackDelay: -1}
-	err := runInNetns(n.f, func() error {
+	err := n.run(func() error {
 		var err error
 		c, err = d.DialContext(ctx, network, addr)
 		return err
@@ -252,7 +271,10 @@ func (n *Netns) Close() error {
 			n.pasta.Process.Kill()
 			<-n.pastaDone
 		}
+		n.fmu.Lock() // waits for a Listen or Dial entering it
+		n.fclosed = true
 		n.closeErr = n.f.Close()
+		n.fmu.Unlock()
 	})
 	return n.closeErr
 }

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -501,4 +502,41 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TestNetnsCloseWhileDialing: the last user of a namespace may close it
+// while another goroutine still dials or listens in it (a dying instance's
+// readiness check). Close waits for the thread in it; later calls fail
+// with ErrNetnsClosed, and nothing touches the closed fd (run with -race).
+func TestNetnsCloseWhileDialing(t *testing.T) {
+	requireSandbox(t, false)
+	s := newSandbox(t, Config{})
+	ns, err := s.NewNetns(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				c, err := ns.Dial(context.Background(), "tcp", "127.0.0.1:1") // refused at once
+				if err == nil {
+					c.Close()
+				}
+				if errors.Is(err, ErrNetnsClosed) {
+					return
+				}
+			}
+		}()
+	}
+	ns.Close()
+	wg.Wait()
+	if _, err := ns.Listen("tcp", "127.0.0.1:0"); !errors.Is(err, ErrNetnsClosed) {
+		t.Errorf("Listen after Close: %v, want ErrNetnsClosed", err)
+	}
+	if _, err := ns.Dial(context.Background(), "tcp", "127.0.0.1:1"); !errors.Is(err, ErrNetnsClosed) {
+		t.Errorf("Dial after Close: %v, want ErrNetnsClosed", err)
+	}
 }
