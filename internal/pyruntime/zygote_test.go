@@ -352,7 +352,9 @@ func TestWarmupForkedChild(t *testing.T) {
 	tz := startZygote(t, map[string]string{"app.py": echoPy}, "app.handler", zygoteOpts{})
 	c := tz.fork(t, forkOpts{env: map[string]string{"EBB_WARMUP": `{"print":"hi"}`}})
 	waitReady(t, c)
-	// Printed before the first poll, so before ready.
+	// Printed before the first poll, so before ready; it reaches the
+	// buffer through a pipe and a copier, which may lag behind.
+	c.stdout.WaitFor("priming hi\n", 10*time.Second)
 	if out := c.stdout.String(); out != "priming hi\n" {
 		t.Errorf("stdout at ready = %q, want the warmup's line", out)
 	}
@@ -390,13 +392,18 @@ func TestWarmupFreshInterpreter(t *testing.T) {
 			if err := in.srv.WaitReady(timeout(t)); err != nil {
 				t.Fatalf("WaitReady: %v", err)
 			}
-			stderr := in.stderr.String()
-			if tc.wantStderr == "" && stderr != "" || !strings.HasPrefix(stderr, tc.wantStderr) || strings.Count(stderr, "\n") > 1 {
-				t.Errorf("stderr at ready = %q, want one line starting %q (or none)", stderr, tc.wantStderr)
+			// The warning was written before ready, but reaches the buffer
+			// through a pipe and a copier, which may lag behind.
+			if tc.wantStderr != "" {
+				in.stderr.WaitFor("\n", 10*time.Second)
 			}
 			out, err := in.invoke(t, "r1", `{}`)
 			if err != nil {
 				t.Fatalf("Invoke: %v", err)
+			}
+			stderr := in.stderr.String()
+			if tc.wantStderr == "" && stderr != "" || !strings.HasPrefix(stderr, tc.wantStderr) || strings.Count(stderr, "\n") > 1 {
+				t.Errorf("stderr = %q, want one line starting %q (or none)", stderr, tc.wantStderr)
 			}
 			var got struct {
 				Calls     []string
