@@ -81,6 +81,9 @@ func usageQuery(r *http.Request, now time.Time, series bool) (usage.Query, error
 		if err != nil || d < time.Minute || d%time.Minute != 0 {
 			return q, &ebb.FieldError{Field: "step", Reason: fmt.Sprintf("%q is not a whole number of minutes (1m or more)", s)}
 		}
+		if (q.Until.Sub(q.Since)+2*time.Minute)/d+1 > usage.MaxPoints { // the range is rounded out to whole minutes
+			return q, &ebb.FieldError{Field: "step", Reason: fmt.Sprintf("%s makes more than %d points over the range: take a longer step", s, usage.MaxPoints)}
+		}
 		q.Step = d
 	} else {
 		q.Step = usage.DefaultStep(q.Until.Sub(q.Since))

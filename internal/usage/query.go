@@ -28,8 +28,8 @@ type Query struct {
 	Step time.Duration
 }
 
-// maxPoints bounds a series.
-const maxPoints = 10000
+// MaxPoints bounds a series.
+const MaxPoints = 10000
 
 // Percentiles are latency percentiles in milliseconds.
 type Percentiles struct {
@@ -104,8 +104,8 @@ func (m *Meter) Report(ctx context.Context, q Query) ([]Report, error) {
 		if stepMin < 1 || q.Step%time.Minute != 0 {
 			return nil, fmt.Errorf("report usage: step %s is not a whole number of minutes", q.Step)
 		}
-		if (to-from+stepMin-1)/stepMin > maxPoints {
-			return nil, fmt.Errorf("report usage: step %s makes more than %d points", q.Step, maxPoints)
+		if (to-from+stepMin-1)/stepMin > MaxPoints {
+			return nil, fmt.Errorf("report usage: step %s makes more than %d points", q.Step, MaxPoints)
 		}
 	}
 	// This meter's minutes still in memory win over its minutes in the
