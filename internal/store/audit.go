@@ -98,8 +98,9 @@ var errStopRead = errors.New("stop reading")
 // readStream calls each with every message of st published from since on
 // (all of them for a zero since), oldest first, up to the last message
 // stored when it began, until each returns an error: errStopRead ends it
-// quietly, any other is returned.
-func readStream(ctx context.Context, st jetstream.Stream, since time.Time, each func(seq uint64, data []byte) error) error {
+// quietly, any other is returned. With filter subjects only messages on
+// them are read: the server skips the rest, the client never sees them.
+func readStream(ctx context.Context, st jetstream.Stream, since time.Time, each func(seq uint64, data []byte) error, filter ...string) error {
 	info, err := st.Info(ctx)
 	if err != nil {
 		return err
@@ -107,7 +108,7 @@ func readStream(ctx context.Context, st jetstream.Stream, since time.Time, each 
 	if info.State.Msgs == 0 || (!since.IsZero() && !info.State.LastTime.IsZero() && info.State.LastTime.Before(since)) {
 		return nil
 	}
-	cc := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	cc := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubjects: filter}
 	if !since.IsZero() {
 		cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}

@@ -1041,3 +1041,36 @@ func TestWatchKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageRecordsBeforeSubjectsPerFunction checks that record batches
+// written on the single subject used before batches were kept per function
+// are still read, for one function and for all.
+func TestUsageRecordsBeforeSubjectsPerFunction(t *testing.T) {
+	s := openStore(t, "")
+	ctx := testCtx(t)
+	if err := s.appendUsage(ctx, usageSubject, []byte("old\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendUsageRecords(ctx, "a", []byte("a\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendUsageRecords(ctx, "b", []byte("b\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendUsageRecords(ctx, "Not/A.name", []byte("x\n")); !errors.Is(err, ebb.ErrNotFound) {
+		t.Fatalf("a batch for an invalid name: %v, want not found", err)
+	}
+	read := func(fn string) string {
+		var got []byte
+		if err := s.UsageRecords(ctx, fn, time.Time{}, func(b []byte) error { got = append(got, b...); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return string(got)
+	}
+	if got := read("a"); got != "old\na\n" {
+		t.Errorf("records of a: %q, want the old batch and a's", got)
+	}
+	if got := read(""); got != "old\na\nb\n" {
+		t.Errorf("all records: %q", got)
+	}
+}

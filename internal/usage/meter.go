@@ -8,22 +8,26 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
 
 // Sink keeps what the Meter writes: the store's usage streams.
 type Sink interface {
-	// AppendUsageRecords stores a batch of records, one JSON object a line.
-	AppendUsageRecords(ctx context.Context, data []byte) error
+	// AppendUsageRecords stores a batch of records of function fn, one
+	// JSON object a line.
+	AppendUsageRecords(ctx context.Context, fn string, data []byte) error
 	// AppendUsageMinute stores one minute's rollup.
 	AppendUsageMinute(ctx context.Context, data []byte) error
 	// UsageMinutes calls each with every stored minute message published
 	// from since on, oldest first.
 	UsageMinutes(ctx context.Context, since time.Time, each func([]byte) error) error
-	// UsageRecords calls each with every stored record batch published
-	// from since on, oldest first.
-	UsageRecords(ctx context.Context, since time.Time, each func([]byte) error) error
+	// UsageRecords calls each with every stored record batch of function
+	// fn (every function for "") published from since on, oldest first. A
+	// batch may hold other functions' records too (batches written before
+	// they were kept per function).
+	UsageRecords(ctx context.Context, fn string, since time.Time, each func([]byte) error) error
 }
 
 // Config configures a Meter.
@@ -38,8 +42,15 @@ type Config struct {
 	// MaxPending bounds records held while the store refuses them; the
 	// oldest are dropped (and counted) past it. Default 100000.
 	MaxPending int
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// LongRange is the report range from which a report is a long scan
+	// (every minute rollup of it is read: a year is some 500,000
+	// messages); default 7 days. LongScans of them run at once, node-wide,
+	// the rest wait their turn; default 1. A key that may read usage can
+	// then keep at most that much of the machine busy, whatever it asks.
+	LongRange time.Duration
+	LongScans int
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // Validate fills in defaults and reports the first invalid field.
@@ -56,8 +67,14 @@ func (c *Config) Validate() error {
 	if c.MaxPending == 0 {
 		c.MaxPending = 100000
 	}
-	if c.FlushEvery < 0 || c.Grace < 0 || c.MaxPending < 0 {
-		return errors.New("usage config: flush interval, grace and max pending must not be negative")
+	if c.LongRange == 0 {
+		c.LongRange = 7 * 24 * time.Hour
+	}
+	if c.LongScans == 0 {
+		c.LongScans = 1
+	}
+	if c.FlushEvery < 0 || c.Grace < 0 || c.MaxPending < 0 || c.LongRange < 0 || c.LongScans < 0 {
+		return errors.New("usage config: flush interval, grace, max pending, long range and long scans must not be negative")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -105,6 +122,10 @@ type Meter struct {
 
 	flushMu sync.Mutex // serialises Flush: a minute is written once
 
+	// longScans holds a token per long report running (see
+	// Config.LongRange).
+	longScans chan struct{}
+
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -114,7 +135,8 @@ func New(cfg Config) (*Meter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m := &Meter{cfg: cfg, id: rand.Text(), open: map[int64]map[key]*Bucket{}, sweeps: map[key]*sweep{}}
+	m := &Meter{cfg: cfg, id: rand.Text(), open: map[int64]map[key]*Bucket{}, sweeps: map[key]*sweep{},
+		longScans: make(chan struct{}, cfg.LongScans)}
 	m.closed = unixMinute(cfg.Now()) - 1
 	return m, nil
 }
@@ -294,14 +316,31 @@ func (m *Meter) Flush(ctx context.Context, all bool) error {
 
 	var errs []error
 	if len(recs) > 0 {
+		// One batch per function, so that a function's records are read
+		// without reading every other function's. The sort is stable:
+		// a function's records keep their order.
+		slices.SortStableFunc(recs, func(a, b Record) int { return strings.Compare(a.Function, b.Function) })
 		var buf bytes.Buffer
 		enc := json.NewEncoder(&buf)
-		for i := range recs {
-			enc.Encode(&recs[i])
+		failed := -1 // the first record of the first batch refused
+		for i := 0; i < len(recs); {
+			j := i + 1
+			for j < len(recs) && recs[j].Function == recs[i].Function {
+				j++
+			}
+			buf.Reset()
+			for k := i; k < j; k++ {
+				enc.Encode(&recs[k])
+			}
+			if err := m.cfg.Sink.AppendUsageRecords(ctx, recs[i].Function, buf.Bytes()); err != nil {
+				errs = append(errs, err)
+				failed = i
+				break
+			}
+			i = j
 		}
-		if err := m.cfg.Sink.AppendUsageRecords(ctx, buf.Bytes()); err != nil {
-			errs = append(errs, err)
-			m.requeue(recs)
+		if failed >= 0 {
+			m.requeue(recs[failed:])
 		} else if cap(recs) <= 4*m.cfg.MaxPending/100+1024 {
 			clear(recs)
 			m.mu.Lock()

@@ -108,6 +108,14 @@ func (m *Meter) Report(ctx context.Context, q Query) ([]Report, error) {
 			return nil, fmt.Errorf("report usage: step %s makes more than %d points", q.Step, MaxPoints)
 		}
 	}
+	if time.Duration(to-from)*time.Minute >= m.cfg.LongRange {
+		select {
+		case m.longScans <- struct{}{}:
+			defer func() { <-m.longScans }()
+		case <-ctx.Done():
+			return nil, fmt.Errorf("report usage: wait for a long report to end: %w", ctx.Err())
+		}
+	}
 	// This meter's minutes still in memory win over its minutes in the
 	// store: one being written as this runs may be read from both. Other
 	// meters' minutes (other nodes') add up.
@@ -223,7 +231,7 @@ func round6(f float64) float64 { return math.Round(f*1e6) / 1e6 }
 // fn is "") that started in [since, until), oldest write first, until each
 // returns false. Records still in memory are not included: Flush first.
 func (m *Meter) Records(ctx context.Context, fn string, since, until time.Time, each func(*Record) bool) error {
-	err := m.cfg.Sink.UsageRecords(ctx, since, func(data []byte) error {
+	err := m.cfg.Sink.UsageRecords(ctx, fn, since, func(data []byte) error {
 		sc := bufio.NewScanner(bytes.NewReader(data))
 		sc.Buffer(make([]byte, 0, 4096), 1<<20)
 		for sc.Scan() {

@@ -183,14 +183,14 @@ type failing struct {
 	down bool
 }
 
-func (f *failing) AppendUsageRecords(ctx context.Context, data []byte) error {
+func (f *failing) AppendUsageRecords(ctx context.Context, fn string, data []byte) error {
 	f.mu.Lock()
 	down := f.down
 	f.mu.Unlock()
 	if down {
 		return errors.New("store down")
 	}
-	return f.Store.AppendUsageRecords(ctx, data)
+	return f.Store.AppendUsageRecords(ctx, fn, data)
 }
 
 func (f *failing) AppendUsageMinute(ctx context.Context, data []byte) error {
@@ -397,5 +397,158 @@ func TestReportDuringWrite(t *testing.T) {
 	reps, _ = m.Report(ctx, Query{Function: "f", Since: t0, Until: c.Now()})
 	if reps[0].Invocations != 1 {
 		t.Errorf("after the write: %d invocations, want 1", reps[0].Invocations)
+	}
+}
+
+// counting is a sink that counts what UsageRecords hands back.
+type counting struct {
+	*store.Store
+	batches, bytes int
+}
+
+func (c *counting) UsageRecords(ctx context.Context, fn string, since time.Time, each func([]byte) error) error {
+	return c.Store.UsageRecords(ctx, fn, since, func(b []byte) error {
+		c.batches++
+		c.bytes += len(b)
+		return each(b)
+	})
+}
+
+// TestRecordsOfOneFunctionReadAlone checks that reading one function's
+// records costs that function's records, not the stream's: a key allowed to
+// read a small function's invocations must not make ebb ship and decode a
+// busy neighbour's gigabyte.
+func TestRecordsOfOneFunctionReadAlone(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	cs := &counting{Store: st}
+	c := &clock{t: t0}
+	m := newMeter(t, cs, c)
+	ctx := context.Background()
+	now := t0
+	for i := range 2000 {
+		fn := "busy"
+		if i%100 == 0 {
+			fn = "small"
+		}
+		run(m, c, fn, 1, now, 10*time.Millisecond, 200)
+		now = now.Add(20 * time.Millisecond)
+		c.Set(now)
+		if i%50 == 49 {
+			if err := m.Flush(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	if err := m.Records(ctx, "small", time.Time{}, time.Time{}, func(r *Record) bool {
+		if r.Function != "small" {
+			t.Errorf("read a record of %q", r.Function)
+		}
+		n++
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 20 {
+		t.Fatalf("read %d records of small, want 20", n)
+	}
+	// 20 records in at most 20 batches (one per flush that had one), and
+	// no batch of busy's.
+	if cs.batches > 20 || cs.bytes > 20*1024 {
+		t.Fatalf("reading small's 20 records was handed %d batches, %d bytes: the neighbour's records came too", cs.batches, cs.bytes)
+	}
+	all := 0
+	if err := m.Records(ctx, "", time.Time{}, time.Time{}, func(*Record) bool { all++; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if all != 2000 {
+		t.Fatalf("read %d records in all, want 2000", all)
+	}
+}
+
+// gated is a sink whose minute reads wait for their own release, and say
+// when one began.
+type gated struct {
+	*store.Store
+	began chan read
+}
+
+// read is a minute read that began from since; closing release lets it go.
+type read struct {
+	since   time.Time
+	release chan struct{}
+}
+
+func (g *gated) UsageMinutes(ctx context.Context, since time.Time, each func([]byte) error) error {
+	r := read{since, make(chan struct{})}
+	g.began <- r
+	<-r.release
+	return g.Store.UsageMinutes(ctx, since, each)
+}
+
+// next waits for the next read to begin, failing after a deadline far past
+// anything a loaded machine needs (a read that never comes is the failure).
+func (g *gated) next(t *testing.T) read {
+	t.Helper()
+	select {
+	case r := <-g.began:
+		return r
+	case <-time.After(30 * time.Second):
+		t.Fatal("no read began")
+		return read{}
+	}
+}
+
+// TestLongReportsOneAtATime checks that reports over long ranges (every
+// rollup of a year read) run one at a time, however many are asked for,
+// while a short report does not wait behind them.
+func TestLongReportsOneAtATime(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	g := &gated{Store: st, began: make(chan read, 4)}
+	c := &clock{t: t0}
+	m := newMeter(t, g, c)
+	ctx := context.Background()
+	year := Query{Since: t0.Add(-396 * 24 * time.Hour), Until: t0}
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := m.Report(ctx, year); errs <- err }()
+	}
+	first := g.next(t)
+	if !first.since.Equal(year.Since) {
+		t.Fatalf("a read from %s began, want the long report's", first.since)
+	}
+	// The second long report waits; a short one goes past it.
+	short := make(chan error, 1)
+	go func() { _, err := m.Report(ctx, Query{Since: t0.Add(-time.Hour), Until: t0}); short <- err }()
+	r := g.next(t)
+	if !r.since.Equal(t0.Add(-time.Hour)) {
+		t.Fatalf("a read from %s began while the first long report ran, want only the short one", r.since)
+	}
+	close(r.release)
+	if err := <-short; err != nil {
+		t.Fatal(err)
+	}
+	// A long report whose caller gives up while waiting ends with its
+	// context's error.
+	cctx, cancel := context.WithCancel(ctx)
+	gaveUp := make(chan error, 1)
+	go func() { _, err := m.Report(cctx, year); gaveUp <- err }()
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a waiting report whose caller left: %v", err)
+	}
+	close(first.release) // the first long one ends, and the second begins
+	second := g.next(t)
+	if !second.since.Equal(year.Since) {
+		t.Fatalf("a read from %s began, want the second long report's", second.since)
+	}
+	close(second.release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
