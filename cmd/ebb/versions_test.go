@@ -391,13 +391,22 @@ func TestAliasesEverywhere(t *testing.T) {
 // version 2 the same (keys in another order, y off by 1e-12 relative) for
 // even x and y = 2x+1 for odd x; version 3 crashes on even x and sleeps
 // past its 1s timeout on odd x.
+// shadowTimeout is the timeout of the shadow version that sleeps past it.
+const shadowTimeout = 5 * time.Second
+
 func shadowFn(v int) map[string]string {
 	code := map[int]string{
 		1: "def handler(event, context):\n    x = event['x']\n    return {'x': x, 'y': 2 * x}\n",
 		2: "def handler(event, context):\n    x = event['x']\n    if x % 2 == 0:\n        return {'y': 2 * x * (1 + 1e-12), 'x': x}\n    return {'x': x, 'y': 2 * x + 1}\n",
-		3: "import os, time\ndef handler(event, context):\n    if event['x'] % 2 == 0:\n        os._exit(3)\n    time.sleep(3)\n    return {}\n",
+		3: "import os, time\ndef handler(event, context):\n    if event['x'] % 2 == 0:\n        os._exit(3)\n    time.sleep(30)\n    return {}\n",
 	}[v]
-	return map[string]string{"ebb.yaml": "name: sh\nruntime: python\nhandler: app.handler\ntimeout: 1s\n", "app.py": code}
+	// Version 3's shadow calls that sleep end at its timeout: a caller
+	// that waited for one would take at least that long.
+	timeout := map[int]string{3: shadowTimeout.String()}[v]
+	if timeout == "" {
+		timeout = "1s"
+	}
+	return map[string]string{"ebb.yaml": "name: sh\nruntime: python\nhandler: app.handler\ntimeout: " + timeout + "\n", "app.py": code}
 }
 
 type shadowReport struct {
@@ -504,11 +513,12 @@ func TestShadowCompares(t *testing.T) {
 	if rep.Mirrored+rep.Dropped != 100 || rep.ShadowErrors != rep.Mirrored || rep.Equal != 0 || rep.Mirrored == 0 {
 		t.Fatalf("report of a failing shadow = %+v, want every mirror a shadow error", rep)
 	}
-	// The shadow's 1s timeout and 3s sleep never reach a caller: the
-	// slowest of 100 calls stays far from either (the primary answers in
-	// milliseconds).
-	if worst >= 700*time.Millisecond {
-		t.Fatalf("the slowest caller took %s with a failing shadow", worst)
+	// The shadow's timeout and its 30s sleep never reach a caller: one
+	// that waited for its shadow would have taken at least the timeout
+	// (the primary answers in milliseconds). A causal bound, not a guess
+	// at the machine's speed.
+	if worst >= shadowTimeout {
+		t.Fatalf("the slowest caller took %s with a shadow that runs into its %s timeout", worst, shadowTimeout)
 	}
 	out, err := s.cli(t, s.key, "shadow", "stop", "sh")
 	if err != nil || !strings.Contains(out, "stopped") {

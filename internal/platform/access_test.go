@@ -143,6 +143,47 @@ func TestKeyRateAndExpiry(t *testing.T) {
 	}
 }
 
+// TestFunctionRateLimitRefills: a function's rate_limit is a token bucket
+// of burst tokens refilled at rps, moved by the platform's clock: the
+// burst is answered, the next request is 429 with Retry-After, one
+// interval brings back one token, and a long pause no more than the burst.
+func TestFunctionRateLimitRefills(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	e := start(t, "", func(c *Config) { c.Now = clock })
+	e.deploy(goFn(t, "limited", "rate_limit: {rps: 5, burst: 5}\n"))
+	admitted := func(n int) {
+		t.Helper()
+		for i := range n {
+			if code, body, _ := e.invoke("limited", `{}`); code != 200 {
+				t.Fatalf("request %d of %d with tokens left = %d %s", i+1, n, code, body)
+			}
+		}
+	}
+	refused := func(what string) {
+		t.Helper()
+		if code, body, h := e.invoke("limited", `{}`); code != 429 || h.Get("Retry-After") != "1" {
+			t.Fatalf("%s = %d %s (Retry-After %q), want 429 with Retry-After 1", what, code, body, h.Get("Retry-After"))
+		}
+	}
+	admitted(5)
+	refused("the request after the burst, at the same instant")
+	advance(199 * time.Millisecond)
+	refused("199ms later at 5 rps")
+	advance(time.Millisecond)
+	admitted(1)
+	refused("the request after the refilled token")
+	advance(time.Hour)
+	admitted(5)
+	refused("the request after a full bucket's burst")
+	_, metrics, _ := e.do("GET", "/metrics", "", nil)
+	if !strings.Contains(metrics, `ebb_rate_limited_total{name="limited",scope="function"} 4`) {
+		t.Errorf("/metrics does not count the 4 refusals")
+	}
+}
+
 // TestLambdaInvokeAPIEdges: what AWS SDKs branch on, in Lambda's shapes:
 // DryRun, the executed version, ARN and qualified names, 429
 // TooManyRequestsException, 413 RequestTooLargeException, unsupported

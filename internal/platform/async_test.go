@@ -187,13 +187,24 @@ func TestAsyncRetriesDeadLettersAndRedrive(t *testing.T) {
 }
 
 func TestAsyncWebhookDestinationDown(t *testing.T) {
-	// A port with nothing listening: every delivery is refused.
+	// A destination that is down: every connection is closed unanswered.
+	// (A port picked free and closed could be taken by another process
+	// meanwhile; this one stays the test's.)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 	dead := "http://" + ln.Addr().String() + "/hook"
-	ln.Close()
 	e := start(t, "", fastRetries, func(c *Config) { c.Async.WebhookAttempts = 3 })
 	e.deploy(asyncFn(t, "hooked", "async: {max_retries: 0, on_failure: \""+dead+"\"}\n"))
 	id := e.submit("hooked", `{"fail":"nope"}`)

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +31,10 @@ def handler(event, context):
             hog[i] = 1
     if event.get("sleep"):
         time.sleep(event["sleep"])
+    if event.get("hold"):
+        # a test's gate: a file in the code directory (see env.newGate)
+        while not os.path.exists(os.path.join(os.environ["LAMBDA_TASK_ROOT"], event["hold"])):
+            time.sleep(0.005)
     fds = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -64,30 +67,6 @@ func waitSpare(t *testing.T, e *env, name string) *api.ZygoteStatus {
 	return zs
 }
 
-// invokeAll sends the payloads at once and returns the decoded replies.
-func invokeAll(t *testing.T, e *env, name string, payloads ...string) []map[string]any {
-	t.Helper()
-	out := make([]map[string]any, len(payloads))
-	codes := make([]int, len(payloads))
-	bodies := make([]string, len(payloads))
-	var wg sync.WaitGroup
-	for i, p := range payloads {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			codes[i], bodies[i], _ = e.invoke(name, p)
-		}()
-	}
-	wg.Wait()
-	for i := range payloads {
-		if codes[i] != 200 {
-			t.Fatalf("invoke %s %s = %d %s", name, payloads[i], codes[i], bodies[i])
-		}
-		out[i] = decode(t, bodies[i])
-	}
-	return out
-}
-
 func memoryCgroup(s string) string {
 	for _, line := range strings.Split(s, "\n") {
 		if f := strings.SplitN(line, ":", 3); len(f) == 3 && (f[1] == "memory" || (f[0] == "0" && f[1] == "")) {
@@ -106,7 +85,24 @@ func TestZygoteForkedInstancesAreIsolated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	replies := invokeAll(t, e, "zfork", `{"sleep":0.5}`, `{"sleep":0.5}`, `{"sleep":0.5}`)
+	// Three requests in flight at once, held until all three are, so that
+	// each has an instance of its own (a sleep only made that likely).
+	gate := e.newGate("zfork")
+	var held []<-chan string
+	for range 3 {
+		held = append(held, e.goInvoke("zfork", `{"hold":"`+gate.path+`"}`))
+	}
+	e.waitStatus("zfork", "3 requests in flight", func(st api.FunctionStatus) bool { return st.InFlight == 3 })
+	gate.open()
+	var replies []map[string]any
+	for _, r := range held {
+		got := <-r
+		code, body, _ := strings.Cut(got, " ")
+		if code != "200" {
+			t.Fatalf("held request = %s, want 200", got)
+		}
+		replies = append(replies, decode(t, body))
+	}
 
 	seen := map[string]map[string]bool{"pid": {}, "rand": {}, "np": {}, "socket": {}, "cgroup": {}, "cwd": {}}
 	for _, m := range replies {

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -445,10 +446,19 @@ func TestBlockUntilRelease(t *testing.T) {
 	cmd, c := start(t, s, ns, Spec{Code: codeDir(t, nil), Block: true, Argv: []string{"/bin/sh", "-c", "echo ran"}}, &out)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		t.Fatalf("exited before Release: %v %q", err, out.String())
-	case <-time.After(300 * time.Millisecond):
+	// The event the block stands for: a process of the sandbox sits in
+	// read on the block fd (bwrap's wait, after its setup, before the
+	// exec). Until then the function must not have run or exited.
+	blockFD := 3 + 1 // start's FirstFD (no extra files), plus one
+	for deadline := time.Now().Add(15 * time.Second); !readingFD(cmd.Process.Pid, blockFD); time.Sleep(time.Millisecond) {
+		select {
+		case err := <-done:
+			t.Fatalf("exited before Release: %v %q", err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no process of the sandbox is reading fd %d (the block) 15s after start: %s", blockFD, out.String())
+		}
 	}
 	if out.String() != "" {
 		t.Fatalf("ran before Release: %q", out.String())
@@ -539,4 +549,39 @@ func TestNetnsCloseWhileDialing(t *testing.T) {
 	if _, err := ns.Dial(context.Background(), "tcp", "127.0.0.1:1"); !errors.Is(err, ErrNetnsClosed) {
 		t.Errorf("Dial after Close: %v, want ErrNetnsClosed", err)
 	}
+}
+
+// readingFD says whether root or a descendant of it is blocked in read(2)
+// on fd, as /proc/PID/syscall shows a sleeping task's system call and its
+// first argument.
+func readingFD(root, fd int) bool {
+	parent := map[int]int{}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid …; comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		fields := strings.Fields(string(b[i+1:]))
+		pid, _ := strconv.Atoi(strings.Split(f, "/")[2])
+		if len(fields) > 1 {
+			parent[pid], _ = strconv.Atoi(fields[1])
+		}
+	}
+	want := fmt.Sprintf("%d 0x%x ", syscall.SYS_READ, fd)
+	for pid := range parent {
+		p := pid
+		for p != root && p > 1 {
+			p = parent[p]
+		}
+		if p != root {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid)); err == nil && strings.HasPrefix(string(b), want) {
+			return true
+		}
+	}
+	return false
 }

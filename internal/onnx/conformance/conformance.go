@@ -220,6 +220,9 @@ type Result struct {
 	Case   string
 	Status Status
 	Reason string
+	// Unread says the case failed because ebb's own reader could not read
+	// it (Case.Broken): a failure that no known-failure entry excuses.
+	Unread bool
 }
 
 // Check runs every data set of c against the model served at
@@ -227,7 +230,7 @@ type Result struct {
 // difference.
 func Check(ctx context.Context, baseURL, model string, c *Case, opts Options) Result {
 	if c.Broken != "" {
-		return Result{Case: c.Name, Status: Fail, Reason: "read case: " + c.Broken}
+		return Result{Case: c.Name, Status: Fail, Reason: "read case: " + c.Broken, Unread: true}
 	}
 	if c.Skip != "" {
 		return Result{Case: c.Name, Status: Skip, Reason: c.Skip}
@@ -809,7 +812,7 @@ func Run(ctx context.Context, cases []*Case, deploy Deploy, workers int, opts Op
 
 func runOne(ctx context.Context, c *Case, deploy Deploy, opts Options) Result {
 	if c.Broken != "" {
-		return Result{Case: c.Name, Status: Fail, Reason: "read case: " + c.Broken}
+		return Result{Case: c.Name, Status: Fail, Reason: "read case: " + c.Broken, Unread: true}
 	}
 	if c.Skip != "" {
 		return Result{Case: c.Name, Status: Skip, Reason: c.Skip}
@@ -854,21 +857,39 @@ func (s *Summary) Write(w io.Writer) {
 }
 
 // Problems returns what makes a run fail: each failure that is not a known
-// one, each known failure without mayPass that passed (its entry is stale),
-// and, when full says every case ran, a pass count below PassFloor.
+// one, each case ebb's reader could not read (listed or not), each known
+// failure without mayPass that passed (its entry is stale), and, when full
+// says every case ran, a pass count below PassFloor and any listed case
+// that is not among the results (a misspelt or vanished name excuses
+// nothing and hides nothing).
 func (s *Summary) Problems(full bool) []string {
 	var out []string
+	ran := make(map[string]bool, len(s.Results))
 	for _, r := range s.Results {
+		ran[r.Case] = true
 		k, isKnown := knownFailures[r.Case]
 		switch {
-		case r.Status == Fail && !isKnown:
+		case r.Status == Fail && (!isKnown || r.Unread):
 			out = append(out, fmt.Sprintf("%s: %s", r.Case, r.Reason))
 		case r.Status == Pass && isKnown && !k.mayPass:
 			out = append(out, fmt.Sprintf("%s passes but is listed as a known failure (%s): remove it from knownFailures and raise PassFloor", r.Case, k.why))
 		}
 	}
-	if passed := s.Count(Pass); full && passed < PassFloor {
+	if !full {
+		return out
+	}
+	if passed := s.Count(Pass); passed < PassFloor {
 		out = append(out, fmt.Sprintf("%d cases passed, below the floor of %d (conformance.PassFloor)", passed, PassFloor))
+	}
+	names := make([]string, 0, len(knownFailures))
+	for name := range knownFailures {
+		if !ran[name] {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		out = append(out, fmt.Sprintf("%s is listed as a known failure but is not among the cases run: remove or correct it", name))
 	}
 	return out
 }
