@@ -44,6 +44,9 @@ func (p *Platform) acquireShadow(ctx context.Context, t gateway.Target) (*deploy
 				return nil, nil, nil, err
 			}
 		}
+		if k := d.keeper; k != nil {
+			k.Observe(p.cfg.Now()) // an arrival, for the adaptive keep-alive
+		}
 		lease, err := d.pool.Acquire(ctx)
 		if errors.Is(err, ebb.ErrDraining) {
 			continue

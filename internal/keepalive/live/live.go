@@ -34,6 +34,10 @@ type Target interface {
 	// and reports whether it started anything (the warm budget may have
 	// had no room, or the version is warm already).
 	Prewarm(now time.Time) bool
+	// Warm says whether something started ahead waits for a call now (an
+	// idle instance, a spare): asked when a call arrives after a
+	// pre-warm, to count it as a pre-warmed start.
+	Warm() bool
 }
 
 // Observer is told of what keepers do, for metrics. Calls come without
@@ -287,18 +291,21 @@ type Counts struct {
 // and once per bin the policy's Observe and Decide.
 func (k *Keeper) Observe(at time.Time) {
 	k.mu.Lock()
-	if !k.lastObs.IsZero() && at.Sub(k.lastObs) < k.bin {
-		if at.After(k.lastCall) {
-			k.lastCall = at
-		}
+	if k.sameBinLocked(at) {
 		k.mu.Unlock()
 		return
 	}
-	if at.Before(k.lastObs) {
+	// A call after a pre-warm: was it found warm? Asked of the target
+	// without the lock (it reads the pool), then the bin checked again.
+	ask := k.prewarmed && !k.closed
+	k.mu.Unlock()
+	warm := ask && k.target.Warm()
+	k.mu.Lock()
+	if k.sameBinLocked(at) {
 		k.mu.Unlock()
 		return
 	}
-	used, unused, idle := k.closeLocked(at)
+	used, unused, idle := k.closeLocked(at, warm)
 	k.hist.Observe(at)
 	k.d = k.hist.Decide(at)
 	d := k.d
@@ -315,10 +322,26 @@ func (k *Keeper) Observe(at time.Time) {
 	k.s.schedule(k, next)
 }
 
+// sameBinLocked says whether a call at `at` is one arrival with the last
+// one observed (within a bin of it, or older), noting it as the latest
+// call.
+func (k *Keeper) sameBinLocked(at time.Time) bool {
+	if k.lastObs.IsZero() {
+		return false
+	}
+	if at.Sub(k.lastObs) < k.bin || at.Before(k.lastObs) {
+		if at.After(k.lastCall) {
+			k.lastCall = at
+		}
+		return true
+	}
+	return false
+}
+
 // closeLocked accounts the current decision's warm window as ended at t
 // (an arrival, or the unload): the idle warm time in it, and whether its
-// pre-warm was used.
-func (k *Keeper) closeLocked(t time.Time) (used, unused bool, idle time.Duration) {
+// pre-warm was used (an arrival in the window that found it warm).
+func (k *Keeper) closeLocked(t time.Time, warm bool) (used, unused bool, idle time.Duration) {
 	if k.closed || k.d.Last.IsZero() {
 		return false, false, 0
 	}
@@ -336,7 +359,7 @@ func (k *Keeper) closeLocked(t time.Time) (used, unused bool, idle time.Duration
 		idle = to.Sub(from)
 	}
 	if k.prewarmed {
-		if !t.Before(d.PrewarmAt) && !t.After(d.UnloadAt) {
+		if warm && !t.Before(d.PrewarmAt) && !t.After(d.UnloadAt) {
 			used = true
 			k.counts.PrewarmedStarts++
 		} else {
@@ -387,7 +410,7 @@ func (k *Keeper) apply(now time.Time) time.Time {
 	var used, unused bool
 	var idle time.Duration
 	if act == keepalive.Unload && !d.Last.IsZero() && now.After(d.UnloadAt) {
-		used, unused, idle = k.closeLocked(now)
+		used, unused, idle = k.closeLocked(now, false)
 	}
 	k.mu.Unlock()
 	k.report(used, unused, idle)
@@ -433,14 +456,17 @@ func (k *Keeper) IdleDeadline(lastUsed time.Time) time.Time {
 	}
 }
 
-// NextArrival is when the policy expects the version's next call: the
-// start of its pre-warm window; false when it predicts none (no history,
-// or a plain keep-alive).
-func (k *Keeper) NextArrival() (time.Time, bool) {
+// NextArrival is when the policy, at now, expects the version's next
+// call: the start of its pre-warm window; false when it predicts none (no
+// history, a plain keep-alive, or the window passed without a call).
+func (k *Keeper) NextArrival(now time.Time) (time.Time, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	d := k.effectiveLocked()
-	return d.PrewarmAt, !d.PrewarmAt.IsZero()
+	if d.PrewarmAt.IsZero() || now.After(d.UnloadAt) {
+		return time.Time{}, false
+	}
+	return d.PrewarmAt, true
 }
 
 // Status is a keeper as status output shows it.

@@ -40,6 +40,12 @@ func (t *target) Prewarm(now time.Time) bool {
 	return !t.refuse
 }
 
+func (t *target) Warm() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.prewarms) > 0 && !t.refuse
+}
+
 func (t *target) calls() (unloads, prewarms []time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -1,0 +1,166 @@
+package platform
+
+import (
+	"context"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb/internal/api"
+)
+
+// testClock is a clock the test moves.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.After(c.t) {
+		c.t = t
+	}
+}
+
+// bootstraps counts the processes below this one running the test
+// function's binary (./bootstrap): its instances.
+func bootstraps() int {
+	n := 0
+	stack := childrenOf(os.Getpid())
+	for len(stack) > 0 {
+		pid := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		if strings.TrimSpace(string(comm)) == "bootstrap" {
+			n++
+		}
+		stack = append(stack, childrenOf(pid)...)
+	}
+	return n
+}
+
+// A function under keep_alive: adaptive, called every 15 minutes (on a
+// clock the test moves), is unloaded right after each call once the policy
+// has learned the period, pre-warmed before the next call (which is then
+// not cold), and, when a call does not come, unloaded after the learned
+// keep-alive; status and /metrics count it.
+func TestAdaptiveKeepAlivePrewarmsAndUnloads(t *testing.T) {
+	clk := &testClock{t: time.Now()}
+	e := start(t, "", unsandboxed, func(c *Config) { c.Now = clk.Now })
+	e.deploy(goFn(t, "timer", "keep_alive: adaptive\n"))
+	status := func() api.FunctionStatus {
+		st, err := e.c.Status(context.Background(), "timer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *st
+	}
+	// moveTo moves the clock and has the scheduler look at it.
+	moveTo := func(at time.Time) {
+		clk.Set(at)
+		e.p.keep.Poke()
+	}
+	call := func() (cold string) {
+		t.Helper()
+		code, body, hdr := e.invoke("timer", `{}`)
+		if code != 200 {
+			t.Fatalf("invoke: %d %s", code, body)
+		}
+		return hdr.Get("Ebb-Cold-Start")
+	}
+
+	const period = 15 * time.Minute
+	var last time.Time
+	for i := range 7 {
+		if i > 0 {
+			moveTo(last.Add(period))
+		}
+		last = clk.Now()
+		call()
+	}
+	ka := status().KeepAlive
+	if ka == nil || ka.Why != "histogram" || ka.NextPrewarm.IsZero() {
+		t.Fatalf("after 7 calls every 15m, keep-alive %+v: want a histogram decision with a pre-warm", ka)
+	}
+	if !ka.NextPrewarm.Before(last.Add(period)) || !ka.NextUnload.After(last.Add(period)) {
+		t.Fatalf("pre-warm at %v and unload at %v do not surround the next call at %v", ka.NextPrewarm, ka.NextUnload, last.Add(period))
+	}
+	// Unloaded right after the call: the pool's idle stop follows the
+	// policy (its tick runs on the real clock, reading the moved one).
+	waitFor(t, "the instance unloaded right after the call", 30*time.Second, func() bool {
+		return len(status().Instances) == 0 && bootstraps() == 0
+	})
+
+	// The pre-warm comes before the next call, which finds the instance
+	// warm.
+	moveTo(ka.NextPrewarm)
+	waitFor(t, "the pre-warmed instance", 30*time.Second, func() bool {
+		st := status()
+		return len(st.Instances) == 1 && st.Instances[0].Phase == "idle"
+	})
+	moveTo(last.Add(period))
+	last = clk.Now()
+	if cold := call(); cold != "false" {
+		t.Fatalf("the call after a pre-warm: Ebb-Cold-Start %q, want false", cold)
+	}
+	ka = status().KeepAlive
+	if ka.Prewarms != 1 || ka.PrewarmedStarts != 1 || ka.UnusedPrewarms != 0 {
+		t.Fatalf("keep-alive counts %+v: want one pre-warm, used", ka)
+	}
+
+	// The next call does not come: pre-warmed, then unloaded at the learned
+	// keep-alive, the process gone.
+	waitFor(t, "the instance unloaded after the call", 30*time.Second, func() bool { return bootstraps() == 0 })
+	ka = status().KeepAlive
+	moveTo(ka.NextPrewarm)
+	waitFor(t, "the second pre-warm", 30*time.Second, func() bool { return bootstraps() == 1 })
+	moveTo(ka.NextUnload.Add(time.Second))
+	waitFor(t, "the unused pre-warm unloaded", 30*time.Second, func() bool {
+		moveTo(clk.Now().Add(time.Second)) // an unload still stopping is looked at again a second later
+		return bootstraps() == 0 && len(status().Instances) == 0
+	})
+	ka = status().KeepAlive
+	if ka.Prewarms != 2 || ka.PrewarmedStarts != 1 || ka.UnusedPrewarms != 1 || ka.IdleWarmSeconds <= 0 {
+		t.Fatalf("keep-alive counts %+v: want two pre-warms, one used, one unused, some idle warm time", ka)
+	}
+	_, body, _ := e.do("GET", "/metrics", "", nil)
+	for _, re := range []string{`ebb_keepalive_prewarms_total\{function="timer"\} 2`, `ebb_keepalive_prewarmed_starts_total\{function="timer"\} 1`,
+		`ebb_keepalive_prewarms_unused_total\{function="timer"\} 1`, `ebb_keepalive_idle_warm_seconds_total\{function="timer"\} [1-9]`} {
+		if !regexp.MustCompile(re).MatchString(body) {
+			t.Errorf("/metrics has no %s", re)
+		}
+	}
+}
+
+// A function without keep_alive runs under the server's default: its
+// idle_timeout unless --keep-alive says otherwise; idle_timeout in the
+// manifest is a fixed keep-alive whatever the server's default.
+func TestKeepAliveDefaults(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.KeepAlive = "adaptive" })
+	e.deploy(goFn(t, "plain", ""))
+	e.deploy(goFn(t, "pinned", "idle_timeout: 2m\n"))
+	for name, want := range map[string]string{"plain": "adaptive (hybrid)", "pinned": "fixed:2m"} {
+		st, err := e.c.Status(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.KeepAlive == nil || st.KeepAlive.Policy != want {
+			t.Errorf("%s: keep-alive %+v, want policy %s", name, st.KeepAlive, want)
+		}
+	}
+	code, body := deployRaw(t, e, "bad", goFn(t, "bad", "keep_alive: sometimes\n"))
+	if code != 400 || !strings.Contains(body, "keep_alive") {
+		t.Errorf("deploy with keep_alive: sometimes: %d %s, want a 400 naming keep_alive", code, body)
+	}
+}
