@@ -41,15 +41,19 @@ func (p *Platform) keepAliveOf(s *ebb.Spec) (policy keepalive.Policy, idle time.
 type keepTarget struct{ d *deployment }
 
 // Unload stops the instances past the keeper's idle deadline and, once
-// none is left stopping, lets go of the zygote or spare built ahead.
+// none is left, lets go of the zygote or spare built ahead. It is not done
+// while an instance is busy, starting or stopping (a call in flight is
+// unloaded right after it ends); idle instances the pool keeps (its floor,
+// a later deadline) are the pool's business.
 func (t keepTarget) Unload(now time.Time) bool {
 	t.d.pool.StopIdle(now)
-	for _, in := range t.d.pool.Stats().Instances {
-		if in.Phase == dispatch.PhaseStopping {
+	st := t.d.pool.Stats()
+	for _, in := range st.Instances {
+		if in.Phase != dispatch.PhaseIdle {
 			return false
 		}
 	}
-	return t.d.starter.Release()
+	return len(st.Instances) > 0 || t.d.starter.Release()
 }
 
 // Prewarm builds a python function's zygote and forked spare (through the
@@ -62,20 +66,6 @@ func (t keepTarget) Prewarm(now time.Time) bool {
 		return true
 	}
 	return t.d.pool.Prewarm(now)
-}
-
-// Warm says whether something started ahead waits for the arrival: an
-// idle instance, or a spare.
-func (t keepTarget) Warm() bool {
-	if t.d.starter.SpareWaiting() {
-		return true
-	}
-	for _, in := range t.d.pool.Stats().Instances {
-		if in.Phase == dispatch.PhaseIdle {
-			return true
-		}
-	}
-	return false
 }
 
 // warmPriority ranks holders of the warm budget by predicted demand: the

@@ -1,7 +1,10 @@
 package platform
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -11,6 +14,9 @@ import (
 	"time"
 
 	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/instance"
+	"github.com/ebb-run/ebb/internal/keepalive"
+	"github.com/ebb-run/ebb/internal/keepalive/live"
 )
 
 // testClock is a clock the test moves.
@@ -82,9 +88,11 @@ func TestAdaptiveKeepAlivePrewarmsAndUnloads(t *testing.T) {
 
 	const period = 15 * time.Minute
 	var last time.Time
+	// The history: the clock moves without a poke, so that the scheduler
+	// sees each call's decision only at the next call (no pre-warm yet).
 	for i := range 7 {
 		if i > 0 {
-			moveTo(last.Add(period))
+			clk.Set(last.Add(period))
 		}
 		last = clk.Now()
 		call()
@@ -162,5 +170,151 @@ func TestKeepAliveDefaults(t *testing.T) {
 	code, body := deployRaw(t, e, "bad", goFn(t, "bad", "keep_alive: sometimes\n"))
 	if code != 400 || !strings.Contains(body, "keep_alive") {
 		t.Errorf("deploy with keep_alive: sometimes: %d %s, want a 400 naming keep_alive", code, body)
+	}
+}
+
+// BenchmarkInvokeWarmAdaptive is BenchmarkInvokeWarm under keep_alive:
+// adaptive: the invocation path's only addition is the keeper's Observe
+// (a time stamp under the version's own lock, within a bin).
+func BenchmarkInvokeWarmAdaptive(b *testing.B) {
+	e := start(b, "")
+	e.deploy(goFn(b, "bench", "min_instances: 1\nkeep_alive: adaptive\n"))
+	url := e.url + "/v1/functions/bench/invoke"
+	body := []byte(`{"name":"bench"}`)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	do := func() {
+		resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	do()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		do()
+	}
+}
+
+// A python function under keep_alive: adaptive is pre-warmed along its
+// cheapest path, a zygote and its forked spare child, which the next call
+// claims; unloading lets the zygote go (its process gone).
+func TestAdaptiveKeepAlivePrewarmsPythonSpare(t *testing.T) {
+	needPython(t)
+	clk := &testClock{t: time.Now()}
+	e := start(t, "", func(c *Config) { c.Now = clk.Now })
+	e.deploy(fnDir(t, "name: pytimer\nruntime: python\nhandler: main.handler\nkeep_alive: adaptive\n", map[string]string{"main.py": warmFn}))
+	status := func() api.FunctionStatus {
+		st, err := e.c.Status(context.Background(), "pytimer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *st
+	}
+	moveTo := func(at time.Time) {
+		clk.Set(at)
+		e.p.keep.Poke()
+	}
+	// nudge moves the clock a second, up to limit: an unload that left
+	// something stopping is looked at again a second later.
+	nudge := func(limit time.Time) {
+		if at := clk.Now().Add(time.Second); at.Before(limit) {
+			moveTo(at)
+		}
+	}
+	call := func() (cold string) {
+		t.Helper()
+		code, body, hdr := e.invoke("pytimer", `{"a": "1"}`)
+		if code != 200 {
+			t.Fatalf("invoke: %d %s", code, body)
+		}
+		return hdr.Get("Ebb-Cold-Start")
+	}
+	const period = 15 * time.Minute
+	var last time.Time
+	// The history: the clock moves without a poke, so that the scheduler
+	// sees each call's decision only at the next call (no pre-warm yet).
+	for i := range 7 {
+		if i > 0 {
+			clk.Set(last.Add(period))
+		}
+		last = clk.Now()
+		call()
+	}
+	ka := status().KeepAlive
+	if ka == nil || ka.NextPrewarm.IsZero() {
+		t.Fatalf("after 7 calls every 15m, keep-alive %+v: want a pre-warm", ka)
+	}
+	waitFor(t, "the instance and the zygote unloaded right after the call", 30*time.Second, func() bool {
+		nudge(ka.NextPrewarm)
+		st := status()
+		return len(st.Instances) == 0 && st.Zygote == nil && st.Warm == nil
+	})
+
+	moveTo(ka.NextPrewarm)
+	var zpid int
+	waitFor(t, "the pre-warmed zygote and spare", 30*time.Second, func() bool {
+		z := status().Zygote
+		if z != nil && z.Spare {
+			zpid = z.PID
+			return true
+		}
+		return false
+	})
+	if st := status(); len(st.Instances) != 0 || st.Warm == nil {
+		t.Fatalf("a python pre-warm started instances %+v / holds no warm budget %+v: want only the zygote and its spare, in the budget", st.Instances, st.Warm)
+	}
+	moveTo(last.Add(period))
+	call()
+	ka = status().KeepAlive
+	if ka.Prewarms != 1 || ka.PrewarmedStarts != 1 {
+		t.Fatalf("keep-alive counts %+v: want one pre-warm, used", ka)
+	}
+	waitFor(t, "the zygote unloaded after the call", 30*time.Second, func() bool {
+		nudge(ka.NextPrewarm)
+		_, err := os.Stat("/proc/" + strconv.Itoa(zpid))
+		return os.IsNotExist(err) && status().Zygote == nil
+	})
+}
+
+// nopTarget is a keeper's target that does nothing.
+type nopTarget struct{}
+
+func (nopTarget) Unload(time.Time) bool  { return true }
+func (nopTarget) Prewarm(time.Time) bool { return true }
+
+// The warm budget ranks a version by its keeper's predicted arrival where
+// it has one, by recent use otherwise, on one scale: a function predicted
+// in 2 minutes ranks below one used a minute ago and above one used 3
+// minutes ago.
+func TestWarmPriorityFollowsPredictedArrival(t *testing.T) {
+	p := &Platform{keep: live.NewScheduler(nil, nil)}
+	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	k := p.keep.Add("timer", 1, keepalive.DefaultHybrid(), nopTarget{}, time.Minute)
+	var last time.Time
+	for i := range 12 {
+		last = t0.Add(time.Duration(i) * 15 * time.Minute)
+		k.Observe(last, false)
+	}
+	at, ok := k.NextArrival(last)
+	if !ok {
+		t.Fatal("no predicted arrival after 12 calls every 15m")
+	}
+	now := at.Add(-2 * time.Minute)
+	predicted := p.warmPriority(instance.HolderInfo{Function: "timer", Version: 1, LastUse: last}, now)
+	recent := p.warmPriority(instance.HolderInfo{Function: "other", Version: 1, LastUse: now.Add(-time.Minute)}, now)
+	older := p.warmPriority(instance.HolderInfo{Function: "other", Version: 1, LastUse: now.Add(-3 * time.Minute)}, now)
+	if !(older < predicted && predicted < recent) {
+		t.Fatalf("priorities: used 3m ago %v, predicted in 2m %v, used 1m ago %v; want increasing", older, predicted, recent)
+	}
+	// Once the pre-warm window passed with no call, recent use ranks it.
+	late := p.warmPriority(instance.HolderInfo{Function: "timer", Version: 1, LastUse: last}, last.Add(time.Hour))
+	if late != instance.RecentUse(instance.HolderInfo{LastUse: last}, last.Add(time.Hour)) {
+		t.Fatalf("after the window, priority %v is not recent use", late)
 	}
 }

@@ -34,10 +34,6 @@ type Target interface {
 	// and reports whether it started anything (the warm budget may have
 	// had no room, or the version is warm already).
 	Prewarm(now time.Time) bool
-	// Warm says whether something started ahead waits for a call now (an
-	// idle instance, a spare): asked when a call arrives after a
-	// pre-warm, to count it as a pre-warmed start.
-	Warm() bool
 }
 
 // Observer is told of what keepers do, for metrics. Calls come without
@@ -286,20 +282,12 @@ type Counts struct {
 	IdleWarm        time.Duration // time kept warm without an invocation, as the policy decided it
 }
 
-// Observe records an invocation that arrived at `at`: the one call on
-// the invocation path. It costs a time stamp under the keeper's own lock,
-// and once per bin the policy's Observe and Decide.
-func (k *Keeper) Observe(at time.Time) {
-	k.mu.Lock()
-	if k.sameBinLocked(at) {
-		k.mu.Unlock()
-		return
-	}
-	// A call after a pre-warm: was it found warm? Asked of the target
-	// without the lock (it reads the pool), then the bin checked again.
-	ask := k.prewarmed && !k.closed
-	k.mu.Unlock()
-	warm := ask && k.target.Warm()
+// Observe records an invocation that arrived at `at`; warm says it found
+// something started ahead (a warm instance, a spare), which after a
+// pre-warm makes it a pre-warmed start. It is the one call on the
+// invocation path: a time stamp under the keeper's own lock, and once per
+// bin the policy's Observe and Decide.
+func (k *Keeper) Observe(at time.Time, warm bool) {
 	k.mu.Lock()
 	if k.sameBinLocked(at) {
 		k.mu.Unlock()
@@ -418,12 +406,15 @@ func (k *Keeper) apply(now time.Time) time.Time {
 	case prewarm:
 		if k.target.Prewarm(now) {
 			k.mu.Lock()
-			if k.tried && !k.closed { // no arrival replaced the decision meanwhile
+			counted := k.tried && !k.closed // no arrival replaced the decision meanwhile
+			if counted {
 				k.prewarmed = true
 				k.counts.Prewarms++
 			}
 			k.mu.Unlock()
-			k.s.obs.Prewarmed(k.fn)
+			if counted {
+				k.s.obs.Prewarmed(k.fn)
+			}
 		}
 	case act == keepalive.Unload && !d.Last.IsZero():
 		if !k.target.Unload(now) {

@@ -40,12 +40,6 @@ func (t *target) Prewarm(now time.Time) bool {
 	return !t.refuse
 }
 
-func (t *target) Warm() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.prewarms) > 0 && !t.refuse
-}
-
 func (t *target) calls() (unloads, prewarms []time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -61,7 +55,7 @@ func periodic(s *Scheduler, k *Keeper, n int, period time.Duration) time.Time {
 	var at time.Time
 	for i := range n {
 		at = t0.Add(time.Duration(i) * period)
-		k.Observe(at)
+		k.Observe(at, true)
 		s.Advance(at)
 	}
 	return at
@@ -109,7 +103,7 @@ func TestPeriodicFunctionIsPrewarmedAndUnloaded(t *testing.T) {
 	if dl := k.IdleDeadline(due); dl.Before(next) {
 		t.Fatalf("a pre-warmed instance is stopped at %v, before the call it is for (%v)", dl, next)
 	}
-	k.Observe(next)
+	k.Observe(next, true)
 	s.Advance(next)
 	if c := k.Status(next).Counts; c.Prewarms != 1 || c.PrewarmedStarts != 1 || c.UnusedPrewarms != 0 {
 		t.Fatalf("counts %+v: want one pre-warm, used", c)
@@ -149,8 +143,8 @@ func TestFallbackKeepAliveFollowsTheLastCall(t *testing.T) {
 	s := NewScheduler(nil, nil)
 	tg := &target{}
 	k := s.Add("fn", 1, keepalive.DefaultHybrid(), tg, 5*time.Minute)
-	k.Observe(t0)
-	k.Observe(t0.Add(30 * time.Second)) // same bin
+	k.Observe(t0, true)
+	k.Observe(t0.Add(30 * time.Second), true) // same bin
 	if dl := k.IdleDeadline(t0.Add(30 * time.Second)); !dl.Equal(t0.Add(30*time.Second + 10*time.Minute)) {
 		t.Fatalf("idle deadline %v, want 10m (the fallback) after the last call", dl)
 	}
@@ -178,7 +172,7 @@ func TestRefusedPrewarmAndBusyUnload(t *testing.T) {
 	for now := last; now.Before(last.Add(15 * time.Minute)); now = now.Add(30 * time.Second) {
 		s.Advance(now)
 	}
-	k.Observe(last.Add(15 * time.Minute))
+	k.Observe(last.Add(15 * time.Minute), true)
 	if c := k.Status(last).Counts; c.Prewarms != 0 || c.PrewarmedStarts != 0 {
 		t.Fatalf("counts %+v after refused pre-warms", c)
 	}
@@ -193,6 +187,20 @@ func TestRefusedPrewarmAndBusyUnload(t *testing.T) {
 	}
 }
 
+// A call in the pre-warm window that found nothing warm (the pre-warm
+// failed, or was unloaded) is not a pre-warmed start: the pre-warm went
+// unused.
+func TestPrewarmNotFoundIsUnused(t *testing.T) {
+	s := NewScheduler(nil, nil)
+	k := s.Add("timer", 1, keepalive.DefaultHybrid(), &target{}, 5*time.Minute)
+	last := periodic(s, k, 12, 15*time.Minute)
+	s.Advance(k.Status(last).PrewarmAt)
+	k.Observe(last.Add(15*time.Minute), false)
+	if c := k.Status(last).Counts; c.Prewarms != 1 || c.PrewarmedStarts != 0 || c.UnusedPrewarms != 1 {
+		t.Fatalf("counts %+v: want one pre-warm, unused", c)
+	}
+}
+
 // The scheduler's goroutine applies what is due on the real clock, and
 // stops on Close.
 func TestSchedulerGoroutine(t *testing.T) {
@@ -201,7 +209,7 @@ func TestSchedulerGoroutine(t *testing.T) {
 	k := s.Add("fn", 1, keepalive.Fixed(time.Millisecond), tg, time.Millisecond)
 	s.Start()
 	at := time.Now()
-	k.Observe(at)
+	k.Observe(at, true)
 	got := <-tg.unloaded
 	if !got.After(at.Add(time.Millisecond)) {
 		t.Fatalf("unloaded at %v, before fixed:1ms after the call at %v ran out", got, at)
@@ -218,9 +226,9 @@ func TestSchedulerGoroutine(t *testing.T) {
 func BenchmarkObserveWithinBin(b *testing.B) {
 	s := NewScheduler(nil, nil)
 	k := s.Add("fn", 1, keepalive.DefaultHybrid(), &target{}, time.Minute)
-	k.Observe(t0)
+	k.Observe(t0, true)
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		k.Observe(t0.Add(time.Duration(i)))
+		k.Observe(t0.Add(time.Duration(i)), false)
 	}
 }
