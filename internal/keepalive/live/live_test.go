@@ -144,7 +144,7 @@ func TestFallbackKeepAliveFollowsTheLastCall(t *testing.T) {
 	tg := &target{}
 	k := s.Add("fn", 1, keepalive.DefaultHybrid(), tg, 5*time.Minute)
 	k.Observe(t0, true)
-	k.Observe(t0.Add(30 * time.Second), true) // same bin
+	k.Observe(t0.Add(30*time.Second), true) // same bin
 	if dl := k.IdleDeadline(t0.Add(30 * time.Second)); !dl.Equal(t0.Add(30*time.Second + 10*time.Minute)) {
 		t.Fatalf("idle deadline %v, want 10m (the fallback) after the last call", dl)
 	}
@@ -172,7 +172,7 @@ func TestRefusedPrewarmAndBusyUnload(t *testing.T) {
 	for now := last; now.Before(last.Add(15 * time.Minute)); now = now.Add(30 * time.Second) {
 		s.Advance(now)
 	}
-	k.Observe(last.Add(15 * time.Minute), true)
+	k.Observe(last.Add(15*time.Minute), true)
 	if c := k.Status(last).Counts; c.Prewarms != 0 || c.PrewarmedStarts != 0 {
 		t.Fatalf("counts %+v after refused pre-warms", c)
 	}
