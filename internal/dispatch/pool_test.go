@@ -946,7 +946,7 @@ func TestIdleDeadlineAndPrewarm(t *testing.T) {
 	l.Release()
 	t1 := clk.Now()
 	p.StopIdle(t1.Add(30 * time.Minute)) // past IdleTimeout, within the policy's hour
-	if st := p.Stats(); len(st.Instances) != 1 {
+	if st := p.Stats(); len(st.Instances) != 1 || st.Instances[0].Phase != PhaseIdle {
 		t.Fatalf("stopped before the policy's deadline: %+v", st)
 	}
 	mu.Lock()
