@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +22,17 @@ func TestKeepAliveLine(t *testing.T) {
 	} {
 		if got := keepAliveLine(&c.ka, now); got != c.want {
 			t.Errorf("keepAliveLine(%+v)\n got %q\nwant %q", c.ka, got, c.want)
+		}
+	}
+}
+
+// A bad --keep-alive stops ebb serve before it starts anything, naming the
+// flag.
+func TestServeRefusesBadKeepAlive(t *testing.T) {
+	for _, v := range []string{"sometimes", "fixed:0s", "hybrid"} {
+		err := runServe(t.Context(), []string{"--keep-alive", v, "--data", t.TempDir(), "--listen", "127.0.0.1:0"})
+		if err == nil || !strings.HasPrefix(err.Error(), "--keep-alive: ") {
+			t.Errorf("serve --keep-alive %s: %v, want an error naming --keep-alive", v, err)
 		}
 	}
 }
