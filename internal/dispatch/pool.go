@@ -770,6 +770,25 @@ func (p *Pool[I]) tick(now time.Time) {
 // does (the floor and waiting requests are served as usual).
 func (p *Pool[I]) StopIdle(now time.Time) { p.tick(now) }
 
+// StopIdleNow stops every idle instance above MinInstances now, whatever
+// its idle deadline: for the warm budget taking back the room of a
+// pre-warm. Busy instances are left alone.
+func (p *Pool[I]) StopIdleNow() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining || p.waiting > 0 {
+		return
+	}
+	for _, m := range p.members {
+		if p.ready <= p.cfg.MinInstances {
+			return
+		}
+		if m.ph == phReady && m.inFlight == 0 {
+			p.requestStopLocked(m, StopIdle)
+		}
+	}
+}
+
 // Prewarm starts one instance ahead of a predicted request, when none is
 // running or starting (and the pool may start one: not draining, below
 // MaxInstances, not backing off). It reports whether it started one. The

@@ -956,4 +956,27 @@ func TestIdleDeadlineAndPrewarm(t *testing.T) {
 	if ev := recv(t, obs.stopped, "the idle stop"); ev != (stopEvent{l.InstanceID, StopIdle}) {
 		t.Fatalf("stopped %+v, want %s for idle", ev, l.InstanceID)
 	}
+
+	// StopIdleNow stops an idle instance within its deadline, not a busy
+	// one.
+	mu.Lock()
+	keep = time.Hour
+	mu.Unlock()
+	if !p.Prewarm(clk.Now()) {
+		t.Fatal("Prewarm of an empty pool started nothing")
+	}
+	waitFor(t, "the second pre-warmed instance", func() bool {
+		st := p.Stats()
+		return len(st.Instances) == 1 && st.Instances[0].Phase == PhaseIdle
+	})
+	busy := mustAcquire(t, p)
+	p.StopIdleNow()
+	if st := p.Stats(); st.Instances[0].Phase != PhaseBusy {
+		t.Fatalf("StopIdleNow touched a busy instance: %+v", st)
+	}
+	busy.Release()
+	p.StopIdleNow()
+	if ev := recv(t, obs.stopped, "the stop of an idle instance within its deadline"); ev != (stopEvent{busy.InstanceID, StopIdle}) {
+		t.Fatalf("stopped %+v, want %s", ev, busy.InstanceID)
+	}
 }

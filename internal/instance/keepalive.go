@@ -39,3 +39,51 @@ func (s *Starter) Release() bool {
 	}
 	return h.status() == nil
 }
+
+// KindInstance is an instance started ahead of a predicted call (a
+// keep-alive pre-warm of a runtime without a spare to build).
+const KindInstance = "instance"
+
+// PrewarmHold accounts the instances a keep-alive policy starts ahead of a
+// predicted call in the node's warm budget, like a zygote or a spare: the
+// pre-warm starts only when the budget admits it, at the priority of the
+// predicted arrival, and the budget may evict it (stop the instances) for
+// something in higher demand. Until something of the function was measured
+// it counts at the budget's estimate.
+type PrewarmHold struct{ h *warmHolder }
+
+// A nil hold admits always (no budget).
+//
+// NewPrewarmHold makes (and registers) the hold of version of fn: idle
+// says no instance it accounts serves a request now, evict stops them.
+func (b *WarmBudget) NewPrewarmHold(fn string, version int, idle func() bool, evict func()) *PrewarmHold {
+	p := &PrewarmHold{}
+	p.h = b.newHolder(fn, version, KindInstance, func() uint64 { return 0 }, idle, func() {
+		evict()
+		p.h.release()
+	})
+	p.h.register()
+	return p
+}
+
+// Admit takes room for a pre-warm, evicting holders of lower priority;
+// false when the budget has none. Admitting a held hold is a no-op.
+func (p *PrewarmHold) Admit() bool { return p == nil || p.h.admit(false) == nil }
+
+// Release gives the room back: the pre-warmed instances are gone, or in
+// use (demand, not held ahead).
+func (p *PrewarmHold) Release() {
+	if p != nil {
+		p.h.release()
+	}
+}
+
+// Held says whether the hold has room now.
+func (p *PrewarmHold) Held() bool { return p != nil && p.h.status() != nil }
+
+// Close forgets the hold (its version is going).
+func (p *PrewarmHold) Close() {
+	if p != nil {
+		p.h.unregister()
+	}
+}

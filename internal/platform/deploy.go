@@ -178,6 +178,7 @@ func (p *Platform) drain(d *deployment) {
 			p.log.Warn("drain old version", "function", d.fn.Spec.Name, "version", d.fn.Version, "err", err)
 		}
 		d.starter.Close()
+		d.prewarmHold.Close()
 		p.mu.Lock()
 		delete(p.draining, d)
 		p.mu.Unlock()

@@ -48,24 +48,49 @@ type keepTarget struct{ d *deployment }
 func (t keepTarget) Unload(now time.Time) bool {
 	t.d.pool.StopIdle(now)
 	st := t.d.pool.Stats()
+	if !allIdle(st) {
+		return false
+	}
+	if len(st.Instances) > 0 {
+		return true
+	}
+	t.d.prewarmHold.Release()
+	return t.d.starter.Release()
+}
+
+// allIdle says whether every instance of a pool is idle (none busy,
+// starting or stopping).
+func allIdle(st dispatch.Stats) bool {
 	for _, in := range st.Instances {
 		if in.Phase != dispatch.PhaseIdle {
 			return false
 		}
 	}
-	return len(st.Instances) > 0 || t.d.starter.Release()
+	return true
 }
 
-// Prewarm builds a python function's zygote and forked spare (through the
-// warm budget, at the priority of the predicted arrival); other runtimes
-// start an instance, which for onnx claims its spare process and loads the
-// model.
+// Prewarm builds a python function's zygote and forked spare; other
+// runtimes start an instance, which for onnx claims its spare process and
+// loads the model. Either way through the warm budget, at the priority of
+// the predicted arrival: the zygote is a holder of its own, an instance is
+// held by the version's prewarmHold until it is unloaded.
 func (t keepTarget) Prewarm(now time.Time) bool {
 	if t.d.starter.PrewarmsSpare() {
 		t.d.starter.Prewarm()
 		return true
 	}
-	return t.d.pool.Prewarm(now)
+	h := t.d.prewarmHold
+	held := h.Held() // by an earlier pre-warm's instance, still up
+	if !h.Admit() {
+		return false
+	}
+	if !t.d.pool.Prewarm(now) {
+		if !held {
+			h.Release()
+		}
+		return false
+	}
+	return true
 }
 
 // warmPriority ranks holders of the warm budget by predicted demand: the

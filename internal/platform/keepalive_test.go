@@ -117,6 +117,9 @@ func TestAdaptiveKeepAlivePrewarmsAndUnloads(t *testing.T) {
 		st := status()
 		return len(st.Instances) == 1 && st.Instances[0].Phase == "idle"
 	})
+	if !holdsInstance(e.p, "timer") {
+		t.Fatalf("the pre-warmed instance is not in the warm budget: %+v", e.p.instCfg.Warm.Snapshot())
+	}
 	moveTo(last.Add(period))
 	last = clk.Now()
 	if cold := call(); cold != "false" {
@@ -138,6 +141,9 @@ func TestAdaptiveKeepAlivePrewarmsAndUnloads(t *testing.T) {
 		moveTo(clk.Now().Add(time.Second)) // an unload still stopping is looked at again a second later
 		return bootstraps() == 0 && len(status().Instances) == 0
 	})
+	if holdsInstance(e.p, "timer") {
+		t.Fatalf("the unloaded pre-warm still holds warm budget: %+v", e.p.instCfg.Warm.Snapshot())
+	}
 	ka = status().KeepAlive
 	if ka.Prewarms != 2 || ka.PrewarmedStarts != 1 || ka.UnusedPrewarms != 1 || ka.IdleWarmSeconds <= 0 {
 		t.Fatalf("keep-alive counts %+v: want two pre-warms, one used, one unused, some idle warm time", ka)
@@ -148,6 +154,48 @@ func TestAdaptiveKeepAlivePrewarmsAndUnloads(t *testing.T) {
 		if !regexp.MustCompile(re).MatchString(body) {
 			t.Errorf("/metrics has no %s", re)
 		}
+	}
+}
+
+// holdsInstance says whether fn holds warm budget for a pre-warmed
+// instance.
+func holdsInstance(p *Platform, fn string) bool {
+	for _, h := range p.instCfg.Warm.Snapshot().Holders {
+		if h.Function == fn && h.Kind == instance.KindInstance {
+			return true
+		}
+	}
+	return false
+}
+
+// A pre-warm goes through the warm budget: with no room for any holder
+// (--warm-max 0) the predicted call finds nothing started, and nothing is
+// counted as pre-warmed.
+func TestAdaptivePrewarmNeedsWarmBudget(t *testing.T) {
+	clk := &testClock{t: time.Now()}
+	e := start(t, "", unsandboxed, func(c *Config) { c.Now = clk.Now; c.WarmMax = -1 })
+	e.deploy(goFn(t, "timer", "keep_alive: adaptive\n"))
+	var last time.Time
+	for i := range 7 {
+		if i > 0 {
+			clk.Set(last.Add(15 * time.Minute))
+		}
+		last = clk.Now()
+		if code, body, _ := e.invoke("timer", `{}`); code != 200 {
+			t.Fatalf("invoke: %d %s", code, body)
+		}
+	}
+	st, err := e.c.Status(context.Background(), "timer")
+	if err != nil || st.KeepAlive == nil || st.KeepAlive.NextPrewarm.IsZero() {
+		t.Fatalf("status %+v, %v: want a pre-warm ahead", st, err)
+	}
+	waitFor(t, "the instance unloaded right after the call", 30*time.Second, func() bool { return e.instances("timer") == 0 })
+	// Applied here, synchronously: a pre-warm that started an instance
+	// would list it at once.
+	e.p.keep.Advance(st.KeepAlive.NextPrewarm)
+	st, _ = e.c.Status(context.Background(), "timer")
+	if len(st.Instances) != 0 || st.KeepAlive.Prewarms != 0 {
+		t.Fatalf("with no warm budget, instances %+v and %d pre-warms: want none", st.Instances, st.KeepAlive.Prewarms)
 	}
 }
 

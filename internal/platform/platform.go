@@ -256,6 +256,9 @@ type deployment struct {
 	// keeper applies the version's adaptive keep-alive; nil under a fixed
 	// one (the pool's IdleTimeout).
 	keeper *live.Keeper
+	// prewarmHold accounts instances the keeper starts ahead of a call in
+	// the warm budget; nil without a keeper.
+	prewarmHold *instance.PrewarmHold
 }
 
 // New opens the store, restores every deployed function and returns a
@@ -431,12 +434,14 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 	if policy != nil {
 		d.keeper = p.keep.Add(s.Name, fn.Version, policy, keepTarget{d}, idle)
 		pc.IdleDeadline = d.keeper.IdleDeadline
+		d.prewarmHold = p.instCfg.Warm.NewPrewarmHold(s.Name, fn.Version, func() bool { return allIdle(d.pool.Stats()) }, func() { d.pool.StopIdleNow() })
 	}
 	pool, err := dispatch.NewPool(pc, starter)
 	if err != nil {
 		if d.keeper != nil {
 			d.keeper.Remove()
 		}
+		d.prewarmHold.Close()
 		starter.Close()
 		return nil, err
 	}
@@ -531,6 +536,7 @@ func (p *Platform) Close(ctx context.Context) error {
 			defer wg.Done()
 			d.pool.Close(ctx)
 			d.starter.Close()
+			d.prewarmHold.Close()
 		}()
 	}
 	wg.Wait()
