@@ -97,6 +97,12 @@ type Spec struct {
 	// RateLimit bounds the invocations the function accepts, over every
 	// protocol; nil is no limit beyond max_instances and max_queue.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+	// KeepAlive is how the function's instances are kept warm after an
+	// invocation: KeepAliveAdaptive (a policy that learns from the
+	// function's arrivals, pre-warming before predicted calls), or
+	// "fixed:DURATION" (IdleTimeout; what idle_timeout: D means too).
+	// Empty follows the server's --keep-alive.
+	KeepAlive string `json:"keep_alive,omitempty"`
 	// Monitor keeps input and prediction distributions (GET
 	// /v1/functions/NAME/monitor): nil is on for onnx functions and off
 	// for the others; python and exec functions opt in with true.
@@ -211,6 +217,9 @@ func (s *Spec) Defaults() {
 	}
 	if s.MaxInstances == 0 {
 		s.MaxInstances = max(DefaultMaxInstances, s.MinInstances)
+	}
+	if d, ok := s.FixedKeepAlive(); ok && s.IdleTimeout == 0 {
+		s.IdleTimeout = d
 	}
 	if s.IdleTimeout == 0 {
 		s.IdleTimeout = DefaultIdleTimeout
@@ -331,6 +340,9 @@ func (s *Spec) Validate() error {
 			return &FieldError{"rate_limit.burst", fmt.Sprintf("%d is out of range (1 to %d)", l.Burst, MaxRateLimitRPS)}
 		}
 	}
+	if err := s.validateKeepAlive(); err != nil {
+		return err
+	}
 	if s.Monitor != nil && *s.Monitor && s.Runtime == RuntimeHTTP {
 		return &FieldError{"monitor", "applies to python, exec and onnx functions, not runtime http (its bodies are free-form)"}
 	}
@@ -343,6 +355,61 @@ func (s *Spec) Validate() error {
 		case !json.Valid(s.Warmup):
 			return &FieldError{"warmup", "is not valid JSON"}
 		}
+	}
+	return nil
+}
+
+// KeepAliveAdaptive is the keep_alive that learns from the function's
+// arrivals (the hybrid histogram policy, docs/keepalive.md).
+const KeepAliveAdaptive = "adaptive"
+
+// maxKeepAliveBytes bounds keep_alive's text.
+const maxKeepAliveBytes = 64
+
+// ParseKeepAlive reads a keep_alive: KeepAliveAdaptive, or "fixed:D" with D
+// a Go duration of at least 1ms; it returns the canonical form (fixed:600s
+// is fixed:10m) and, for fixed, D.
+func ParseKeepAlive(v string) (canonical string, fixed time.Duration, err error) {
+	if v == KeepAliveAdaptive {
+		return v, 0, nil
+	}
+	arg, ok := strings.CutPrefix(v, "fixed:")
+	if !ok || len(v) > maxKeepAliveBytes {
+		return "", 0, fmt.Errorf("%q is not adaptive or fixed:DURATION (e.g. fixed:10m)", v)
+	}
+	d, perr := time.ParseDuration(arg)
+	if perr != nil || d < time.Millisecond {
+		return "", 0, fmt.Errorf("%q: %q is not a duration of at least 1ms (e.g. fixed:10m)", v, arg)
+	}
+	ds := d.String()
+	if t, ok := strings.CutSuffix(ds, "m0s"); ok {
+		ds = t + "m"
+	}
+	if t, ok := strings.CutSuffix(ds, "h0m"); ok {
+		ds = t + "h"
+	}
+	return "fixed:" + ds, d, nil
+}
+
+// FixedKeepAlive returns D when KeepAlive is "fixed:D".
+func (s *Spec) FixedKeepAlive() (time.Duration, bool) {
+	if !strings.HasPrefix(s.KeepAlive, "fixed:") {
+		return 0, false
+	}
+	_, d, err := ParseKeepAlive(s.KeepAlive)
+	return d, err == nil
+}
+
+func (s *Spec) validateKeepAlive() error {
+	if s.KeepAlive == "" {
+		return nil
+	}
+	_, d, err := ParseKeepAlive(s.KeepAlive)
+	switch {
+	case err != nil:
+		return &FieldError{"keep_alive", err.Error()}
+	case d != 0 && d != s.IdleTimeout:
+		return &FieldError{"keep_alive", fmt.Sprintf("%s differs from idle_timeout %s; give one of them", s.KeepAlive, s.IdleTimeout)}
 	}
 	return nil
 }

@@ -90,7 +90,7 @@ func TestCLIClientCommands(t *testing.T) {
 	t.Run("status", func(t *testing.T) {
 		out := s.ebbOK(t, "status", "clifn")
 		for _, re := range []string{`(?m)^clifn  version 1  \(python app\.handler\)$`, `(?m)^  url +http://\S+/v1/functions/clifn/invoke$`,
-			`(?m)^  invocations  1 \(cold starts 1, errors 0\)`} {
+			`(?m)^  invocations  1 \(cold starts 1, errors 0\)`, `(?m)^  keep-alive   fixed:5m, fixed; `} {
 			if !regexp.MustCompile(re).MatchString(out) {
 				t.Errorf("status output does not match %s:\n%s", re, out)
 			}

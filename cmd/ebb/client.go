@@ -262,6 +262,9 @@ func runStatus(ctx context.Context, args []string) error {
 	} else if st.Runtime == ebb.RuntimePython || st.Runtime == ebb.RuntimeONNX {
 		fmt.Println("  warm         none held (the next cold start builds its own; ebb warm)")
 	}
+	if ka := st.KeepAlive; ka != nil {
+		fmt.Printf("  keep-alive   %s\n", keepAliveLine(ka, time.Now()))
+	}
 	if len(st.Instances) == 0 {
 		fmt.Println("  instances    none (scaled to zero)")
 		return nil
@@ -322,4 +325,29 @@ func runRemove(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("removed %s\n", pos[0])
 	return nil
+}
+
+// keepAliveLine is the status line of a function's keep-alive: its policy,
+// why it decided as it did, what comes next, and for an adaptive one what
+// its pre-warms did.
+func keepAliveLine(ka *api.KeepAliveStatus, now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s, %s", ka.Policy, ka.Why)
+	in := func(t time.Time) string { return max(t.Sub(now), 0).Round(time.Second).String() }
+	switch {
+	case !ka.NextPrewarm.IsZero():
+		fmt.Fprintf(&b, "; pre-warm in %s", in(ka.NextPrewarm))
+		if !ka.NextUnload.IsZero() {
+			fmt.Fprintf(&b, ", unload in %s if no call", in(ka.NextUnload))
+		}
+	case !ka.NextUnload.IsZero():
+		fmt.Fprintf(&b, "; warm, unload in %s", in(ka.NextUnload))
+	default:
+		b.WriteString("; nothing warm")
+	}
+	if strings.HasPrefix(ka.Policy, "adaptive") {
+		fmt.Fprintf(&b, "; %d pre-warms (%d used, %d unused), %s idle warm", ka.Prewarms, ka.PrewarmedStarts, ka.UnusedPrewarms,
+			(time.Duration(ka.IdleWarmSeconds * float64(time.Second))).Round(time.Second))
+	}
+	return b.String()
 }

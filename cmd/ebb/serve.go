@@ -23,6 +23,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/instance"
@@ -47,6 +48,7 @@ func runServe(ctx context.Context, args []string) error {
 	warmMemory := byteSize(instance.DefaultWarmMemory(uint64(nodeMemoryMiB()) << 20))
 	fs.Var(&warmMemory, "warm-memory", "node-wide budget (PSS) for warm capacity built ahead of need: python zygotes, onnx spares, spare sandboxes (default a tenth of the machine's memory, at least 256MiB)")
 	warmMax := fs.Int("warm-max", instance.DefaultWarmMax, "most function versions holding warm capacity at once, node-wide; 0 for none")
+	fnKeepAlive := fs.String("keep-alive", "", "keep-alive of functions whose ebb.yaml sets neither keep_alive nor idle_timeout: adaptive (learned from each function's calls, pre-warmed before predicted ones) or fixed:DURATION (default: their idle_timeout, 5m)")
 	sandboxMode := fs.String("sandbox", "auto", "confine every function process: auto (wherever the host allows it, else a loud warning), on (refuse to start without) or off")
 	sandboxUIDs := fs.String("sandbox-uids", sandbox.DefaultUIDs.String(), "host uids for sandboxed functions, FIRST-LAST; FIRST is the sandbox group, each function gets one of the others")
 	instanceDir := fs.String("instance-dir", "", "where instances' working and scratch dirs live (default: a tmpfs under /dev/shm when there is one, else DATA/instances)")
@@ -98,6 +100,11 @@ func runServe(ctx context.Context, args []string) error {
 	if *usageRetention <= 0 {
 		return fmt.Errorf("--usage-retention: must be a positive duration, got %s", *usageRetention)
 	}
+	if *fnKeepAlive != "" {
+		if _, _, err := ebb.ParseKeepAlive(*fnKeepAlive); err != nil {
+			return fmt.Errorf("--keep-alive: %w", err)
+		}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -146,7 +153,7 @@ func runServe(ctx context.Context, args []string) error {
 		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		LoopbackHosts: loopback, AllowedHosts: splitList(*allowedHosts), CORSOrigins: splitList(*corsOrigins), AuditRetention: *auditRetention,
 		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(), NodeCostPerHour: *nodeCost,
-		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, WarmMemory: int64(warmMemory), WarmMax: sparesOrNone(*warmMax),
+		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, WarmMemory: int64(warmMemory), WarmMax: sparesOrNone(*warmMax), KeepAlive: *fnKeepAlive,
 		CgroupMode: *cgroup, InstanceDir: *instanceDir, Logger: log, InvocationLog: logOut, TracerProvider: tracer,
 		Sandbox:        sandbox.Config{Mode: *sandboxMode, UIDs: uids},
 		LogBufferBytes: int64(logBuffer), MaxUnpackedBytes: int64(maxUnpacked),

@@ -49,6 +49,8 @@ type FunctionStatus struct {
 	// Warm is what the current version holds of the node's warm budget
 	// (GET /v1/warm); nil when it holds nothing.
 	Warm *WarmStatus `json:"warm,omitempty"`
+	// KeepAlive is how the current version is kept warm.
+	KeepAlive *KeepAliveStatus `json:"keep_alive,omitempty"`
 	// Sandbox says how the current version's processes are confined: "on"
 	// or "off" (the node's mode), and with it their uid and network.
 	Sandbox SandboxStatus `json:"sandbox"`
@@ -149,6 +151,7 @@ type SpecJSON struct {
 	QueueTimeout string            `json:"queue_timeout"`
 	Env          map[string]string `json:"env,omitempty"`
 	Preload      []string          `json:"preload,omitempty"`
+	KeepAlive    string            `json:"keep_alive,omitempty"`
 }
 
 // SpecOf converts s for clients.
@@ -156,7 +159,7 @@ func SpecOf(s *ebb.Spec) SpecJSON {
 	return SpecJSON{Runtime: s.Runtime, Handler: s.Handler, Memory: s.MemoryMiB, Timeout: s.Timeout.String(),
 		Concurrency: s.Concurrency, MinInstances: s.MinInstances, MaxInstances: s.MaxInstances,
 		IdleTimeout: s.IdleTimeout.String(), MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout.String(),
-		Env: s.Env, Preload: s.Preload}
+		Env: s.Env, Preload: s.Preload, KeepAlive: s.KeepAlive}
 }
 
 // InstanceStatus describes one instance.

@@ -33,8 +33,8 @@ type WarmHolder struct {
 
 // WarmStatus is what a function version holds of the warm budget.
 type WarmStatus struct {
-	// Kind is zygote (a python zygote and its spare child), onnx-spare
-	// or box-spare.
+	// Kind is zygote (a python zygote and its spare child), onnx-spare,
+	// box-spare or instance (started ahead of a predicted call).
 	Kind string `json:"kind"`
 	// Bytes is its measured PSS (an estimate until it is up).
 	Bytes   uint64    `json:"bytes"`

@@ -98,6 +98,12 @@ type Config struct {
 	// IdleTimeout is how long an instance may sit idle before it is stopped
 	// (down to MinInstances); 0 means ebb.DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// IdleDeadline, when set, replaces IdleTimeout in the idle stop: it
+	// says when an instance last used at lastUsed is to be stopped (a
+	// keep-alive policy's decision, which may stop it right after its call
+	// or keep it until a learned time). It must be quick and safe to call
+	// with the pool's lock held.
+	IdleDeadline func(lastUsed time.Time) time.Time
 	// StartTimeout bounds one Starter.Start; 0 means DefaultStartTimeout.
 	StartTimeout time.Duration
 	// StopTimeout is the grace given to Instance.Stop before its ctx ends;
@@ -112,6 +118,14 @@ type Config struct {
 
 	Observer Observer     // nil means no metrics hooks
 	Logger   *slog.Logger // nil means discard
+}
+
+// idleDeadline is when an instance last used at lastUsed is stopped as idle.
+func (c *Config) idleDeadline(lastUsed time.Time) time.Time {
+	if c.IdleDeadline != nil {
+		return c.IdleDeadline(lastUsed)
+	}
+	return lastUsed.Add(c.IdleTimeout)
 }
 
 // setDefaults fills the zero fields of c. It is separate from Validate so that

@@ -47,7 +47,7 @@ type Decision struct {
 }
 
 // Plan is the pure scaling decision for (state, now). It stops instances idle
-// for at least IdleTimeout, least recently used first, but never below
+// for at least IdleTimeout (or past cfg.IdleDeadline), least recently used first, but never below
 // MinInstances and never while requests wait (they are about to need the
 // capacity); it starts enough instances to reach MinInstances, counting those
 // already starting. Starting for waiting requests is not Plan's business: the
@@ -63,7 +63,7 @@ func Plan(cfg Config, s State, now time.Time) Decision {
 			running++
 		case PhaseIdle:
 			running++
-			if in.InFlight == 0 && !now.Before(in.LastUsed.Add(cfg.IdleTimeout)) {
+			if in.InFlight == 0 && !now.Before(cfg.idleDeadline(in.LastUsed)) {
 				expired = append(expired, in)
 			}
 		}

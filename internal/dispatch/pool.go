@@ -749,7 +749,7 @@ func (p *Pool[I]) tick(now time.Time) {
 		for _, m := range p.members {
 			if m.id == id {
 				if m.ph == phReady && m.inFlight == 0 && p.waiting == 0 && p.ready > p.cfg.MinInstances &&
-					!now.Before(m.lastUsed.Add(p.cfg.IdleTimeout)) {
+					!now.Before(p.cfg.idleDeadline(m.lastUsed)) {
 					p.requestStopLocked(m, StopIdle)
 				}
 				break
@@ -763,6 +763,44 @@ func (p *Pool[I]) tick(now time.Time) {
 	depth := p.waiting
 	p.mu.Unlock()
 	p.obs.QueueDepth(p.cfg.Function, depth)
+}
+
+// StopIdle applies the idle stop now, rather than at the loop's next tick:
+// for a keep-alive policy whose unload time has come. It does what a tick
+// does (the floor and waiting requests are served as usual).
+func (p *Pool[I]) StopIdle(now time.Time) { p.tick(now) }
+
+// StopIdleNow stops every idle instance above MinInstances now, whatever
+// its idle deadline: for the warm budget taking back the room of a
+// pre-warm. Busy instances are left alone.
+func (p *Pool[I]) StopIdleNow() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining || p.waiting > 0 {
+		return
+	}
+	for _, m := range p.members {
+		if p.ready <= p.cfg.MinInstances {
+			return
+		}
+		if m.ph == phReady && m.inFlight == 0 {
+			p.requestStopLocked(m, StopIdle)
+		}
+	}
+}
+
+// Prewarm starts one instance ahead of a predicted request, when none is
+// running or starting (and the pool may start one: not draining, below
+// MaxInstances, not backing off). It reports whether it started one. The
+// instance is stopped as idle like any other.
+func (p *Pool[I]) Prewarm(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ready+p.starting > 0 || !p.canStartLocked(now) {
+		return false
+	}
+	p.startLocked(now)
+	return true
 }
 
 // Stats is a snapshot of a pool.

@@ -914,3 +914,69 @@ func TestIsNilSeesNilPointersInTheInstanceType(t *testing.T) {
 		t.Error("a live instance was seen as nil")
 	}
 }
+
+// A keep-alive policy's deadline replaces IdleTimeout in the idle stop,
+// and a pre-warm starts one instance that the next request finds warm.
+func TestIdleDeadlineAndPrewarm(t *testing.T) {
+	clk := newFakeClock()
+	fs := newFakeStarter(false)
+	var mu sync.Mutex
+	keep := time.Hour // what the policy says now
+	deadline := func(lastUsed time.Time) time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return lastUsed.Add(keep)
+	}
+	p, obs := newTestPool(t, Config{Concurrency: 1, MaxInstances: 3, IdleTimeout: time.Minute, IdleDeadline: deadline, Now: clk.Now}, fs)
+
+	if !p.Prewarm(clk.Now()) {
+		t.Fatal("Prewarm of an empty pool started nothing")
+	}
+	if p.Prewarm(clk.Now()) {
+		t.Fatal("a second Prewarm started another instance while one was starting")
+	}
+	waitFor(t, "the pre-warmed instance", func() bool {
+		st := p.Stats()
+		return len(st.Instances) == 1 && st.Instances[0].Phase == PhaseIdle
+	})
+	l := mustAcquire(t, p)
+	if l.Cold {
+		t.Fatal("the request after a pre-warm was cold")
+	}
+	l.Release()
+	t1 := clk.Now()
+	p.StopIdle(t1.Add(30 * time.Minute)) // past IdleTimeout, within the policy's hour
+	if st := p.Stats(); len(st.Instances) != 1 || st.Instances[0].Phase != PhaseIdle {
+		t.Fatalf("stopped before the policy's deadline: %+v", st)
+	}
+	mu.Lock()
+	keep = 0 // the policy now unloads right after a call
+	mu.Unlock()
+	p.StopIdle(t1)
+	if ev := recv(t, obs.stopped, "the idle stop"); ev != (stopEvent{l.InstanceID, StopIdle}) {
+		t.Fatalf("stopped %+v, want %s for idle", ev, l.InstanceID)
+	}
+
+	// StopIdleNow stops an idle instance within its deadline, not a busy
+	// one.
+	mu.Lock()
+	keep = time.Hour
+	mu.Unlock()
+	if !p.Prewarm(clk.Now()) {
+		t.Fatal("Prewarm of an empty pool started nothing")
+	}
+	waitFor(t, "the second pre-warmed instance", func() bool {
+		st := p.Stats()
+		return len(st.Instances) == 1 && st.Instances[0].Phase == PhaseIdle
+	})
+	busy := mustAcquire(t, p)
+	p.StopIdleNow()
+	if st := p.Stats(); st.Instances[0].Phase != PhaseBusy {
+		t.Fatalf("StopIdleNow touched a busy instance: %+v", st)
+	}
+	busy.Release()
+	p.StopIdleNow()
+	if ev := recv(t, obs.stopped, "the stop of an idle instance within its deadline"); ev != (stopEvent{busy.InstanceID, StopIdle}) {
+		t.Fatalf("stopped %+v, want %s", ev, busy.InstanceID)
+	}
+}

@@ -136,12 +136,24 @@ func Parse(data []byte) (*ebb.Spec, error) {
 		case "monitor":
 			b := p.boolean(name, v)
 			s.Monitor = &b
+		case "keep_alive":
+			s.KeepAlive = p.keepAlive(name, v)
 		default:
 			return nil, &Error{Field: name, Line: k.Line, Reason: "unknown field" + suggest(name)}
 		}
 		if p.err != nil {
 			return nil, p.err
 		}
+	}
+	// idle_timeout: D is keep_alive: fixed:D, whatever the server's
+	// --keep-alive; the two together would say the same thing twice, or
+	// contradict each other.
+	switch {
+	case seen["keep_alive"] && seen["idle_timeout"]:
+		return nil, &Error{Field: "keep_alive", Line: lineOf(root, "keep_alive"),
+			Reason: "give keep_alive or idle_timeout, not both (idle_timeout: D is keep_alive: fixed:D)"}
+	case seen["idle_timeout"]:
+		s.KeepAlive, _, _ = ebb.ParseKeepAlive("fixed:" + s.IdleTimeout.String())
 	}
 	explicitNoQueue := s.MaxQueue == -1
 	if explicitNoQueue {
@@ -163,7 +175,7 @@ func Parse(data []byte) (*ebb.Spec, error) {
 
 var fields = []string{"name", "runtime", "handler", "memory", "timeout", "concurrency", "min_instances",
 	"max_instances", "idle_timeout", "max_queue", "queue_timeout", "preload", "env", "batching", "zygote", "python",
-	"async", "schedule", "events", "target", "warmup", "network", "function_url", "rate_limit", "monitor"}
+	"async", "schedule", "events", "target", "warmup", "network", "function_url", "rate_limit", "monitor", "keep_alive"}
 
 // suggest proposes a known field for a misspelt one.
 func suggest(name string) string {
@@ -337,6 +349,20 @@ func (p *parser) duration(field string, n *yaml.Node) time.Duration {
 		p.fail(field, n, "must be more than zero, not %s", v)
 	}
 	return d
+}
+
+// keepAlive parses adaptive or fixed:DURATION.
+func (p *parser) keepAlive(field string, n *yaml.Node) string {
+	v, ok := p.scalar(field, n)
+	if !ok {
+		return ""
+	}
+	c, _, err := ebb.ParseKeepAlive(v)
+	if err != nil {
+		p.fail(field, n, "%s", err.Error())
+		return ""
+	}
+	return c
 }
 
 func (p *parser) strList(field string, n *yaml.Node) []string {

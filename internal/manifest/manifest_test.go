@@ -102,6 +102,12 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"batching field", base + "batching: {size: 3}\n", "batching.size", "unknown"},
 		{"null handler", "name: a\nruntime: exec\nhandler:\n", "handler", "empty"},
 		{"zygote junk", base + "zygote: maybe\n", "zygote", "true or false"},
+		{"keep_alive junk", base + "keep_alive: forever\n", "keep_alive", "adaptive or fixed:DURATION"},
+		{"keep_alive fixed junk", base + "keep_alive: fixed:soon\n", "keep_alive", "duration of at least 1ms"},
+		{"keep_alive fixed zero", base + "keep_alive: fixed:0s\n", "keep_alive", "at least 1ms"},
+		{"keep_alive hybrid", base + "keep_alive: hybrid\n", "keep_alive", "adaptive or fixed"},
+		{"keep_alive list", base + "keep_alive: [adaptive]\n", "keep_alive", "single value"},
+		{"keep_alive and idle_timeout", base + "idle_timeout: 5m\nkeep_alive: adaptive\n", "keep_alive", "not both"},
 		{"async not map", base + "async: 3\n", "async", "mapping"},
 		{"async unknown", base + "async: {retries: 3}\n", "async.retries", "unknown field"},
 		{"async negative retries", base + "async: {max_retries: -1}\n", "async.max_retries", "negative"},
@@ -253,6 +259,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("name: b\nruntime: onnx\nhandler: model.onnx\nbatching: {max_batch_size: 8, max_delay: 1ms}\n"))
 	f.Add([]byte("env: {A: b}\npreload: [x, y]\nmin_instances: 2\nmax_instances: 1\n"))
 	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("name: e\nruntime: exec\nhandler: x\nkeep_alive: fixed:1m30s\n"))
+	f.Add([]byte("name: e\nruntime: exec\nhandler: x\nkeep_alive: adaptive\nidle_timeout: 3\n"))
 	f.Add([]byte("name: d\nruntime: python\nhandler: a.b\nnetwork: none\nwarmup: {x: [1, 2.5, \"s\", null, true]}\n"))
 	f.Add([]byte("name: c\nruntime: exec\nhandler: x\nasync: {max_retries: 1, on_failure: d}\nschedule: \"0 9 * * mon-fri\"\nevents: [{subject: a.*}, {bucket: up, suffix: .csv}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -268,6 +276,32 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse accepted a spec that does not validate: %v", err)
 		}
 	})
+}
+
+func TestKeepAliveField(t *testing.T) {
+	base := "name: a\nruntime: python\nhandler: app.handler\n"
+	for _, c := range []struct {
+		yaml, keepAlive string
+		idle            time.Duration
+	}{
+		{base, "", ebb.DefaultIdleTimeout},
+		{base + "keep_alive: adaptive\n", "adaptive", ebb.DefaultIdleTimeout},
+		{base + "keep_alive: fixed:600s\n", "fixed:10m", 10 * time.Minute},
+		{base + "keep_alive: fixed:90s\n", "fixed:1m30s", 90 * time.Second},
+		// idle_timeout is a fixed keep-alive, whatever the server's default.
+		{base + "idle_timeout: 2m\n", "fixed:2m", 2 * time.Minute},
+	} {
+		spec, err := Parse([]byte(c.yaml))
+		if err != nil {
+			t.Fatalf("%q: %v", c.yaml, err)
+		}
+		if spec.KeepAlive != c.keepAlive || spec.IdleTimeout != c.idle {
+			t.Errorf("%q: keep_alive %q, idle_timeout %s; want %q, %s", c.yaml, spec.KeepAlive, spec.IdleTimeout, c.keepAlive, c.idle)
+		}
+		if d, ok := spec.FixedKeepAlive(); ok != strings.HasPrefix(c.keepAlive, "fixed:") || (ok && d != c.idle) {
+			t.Errorf("%q: FixedKeepAlive = %s, %v", c.yaml, d, ok)
+		}
+	}
 }
 
 func TestMonitorField(t *testing.T) {
@@ -290,4 +324,25 @@ func TestMonitorField(t *testing.T) {
 			t.Errorf("%q: monitored = %v, want %v", c.yaml, got, c.want)
 		}
 	}
+}
+
+// FuzzParseKeepAlive: keep_alive's values (ebb.ParseKeepAlive): what is accepted has a canonical form that parses
+// back to itself, with the same duration.
+func FuzzParseKeepAlive(f *testing.F) {
+	for _, s := range []string{"adaptive", "fixed:10m", "fixed:1h30m", "fixed:0.5s", "fixed:x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, d, err := ebb.ParseKeepAlive(s)
+		if err != nil {
+			return
+		}
+		if c != ebb.KeepAliveAdaptive && d < time.Millisecond {
+			t.Fatalf("%q accepted as %q with duration %s", s, c, d)
+		}
+		c2, d2, err := ebb.ParseKeepAlive(c)
+		if err != nil || c2 != c || d2 != d {
+			t.Fatalf("%q → %q (%s) → %q (%s), %v", s, c, d, c2, d2, err)
+		}
+	})
 }

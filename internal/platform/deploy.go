@@ -171,10 +171,14 @@ func (p *Platform) drain(d *deployment) {
 		defer p.wg.Done()
 		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.DrainTimeout)
 		defer cancel()
+		if d.keeper != nil {
+			d.keeper.Remove()
+		}
 		if err := d.pool.Drain(ctx); err != nil {
 			p.log.Warn("drain old version", "function", d.fn.Spec.Name, "version", d.fn.Version, "err", err)
 		}
 		d.starter.Close()
+		d.prewarmHold.Close()
 		p.mu.Lock()
 		delete(p.draining, d)
 		p.mu.Unlock()
@@ -438,6 +442,7 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 			st.Spare = &api.SpareStatus{PID: sp.Pid, Since: sp.Since, RSS: sp.RSS, PSS: sp.PSS}
 		}
 		st.Warm = warmStatus(d.starter.Warm())
+		st.KeepAlive = p.keepAliveStatus(d, ps)
 	}
 	st.Sandbox.Mode = p.SandboxMode()
 	p.mu.RLock()
@@ -479,6 +484,7 @@ func (p *Platform) Remove(ctx context.Context, name string) error {
 		p.retire(v, true)
 	}
 	p.metrics.Forget(name)
+	p.keepStats.Forget(name)
 	p.mon.Forget(name)
 	p.logs.Forget(name)
 	p.usage.Forget(name)

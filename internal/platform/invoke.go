@@ -44,9 +44,22 @@ func (p *Platform) acquireShadow(ctx context.Context, t gateway.Target) (*deploy
 				return nil, nil, nil, err
 			}
 		}
+		// An arrival, for the adaptive keep-alive: observed once the lease
+		// holds its instance, so that the decision it makes (unload right
+		// after the call) cannot stop the instance the call is about to get.
+		k := d.keeper
+		var arrived time.Time
+		if k != nil {
+			arrived = p.cfg.Now()
+		}
 		lease, err := d.pool.Acquire(ctx)
 		if errors.Is(err, ebb.ErrDraining) {
 			continue
+		}
+		if k != nil {
+			// It found the version warm: a warm instance, or a spare
+			// started ahead (a python fork, an onnx process).
+			k.Observe(arrived, err == nil && (!lease.Cold || lease.Instance.ColdStart().Spare))
 		}
 		if err != nil {
 			return d, nil, nil, err

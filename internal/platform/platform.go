@@ -31,6 +31,8 @@ import (
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/instance"
+	"github.com/ebb-run/ebb/internal/keepalive"
+	"github.com/ebb-run/ebb/internal/keepalive/live"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/metrics"
 	"github.com/ebb-run/ebb/internal/monitor"
@@ -95,6 +97,14 @@ type Config struct {
 	// WarmMax caps the holders of warm capacity; 0 means
 	// instance.DefaultWarmMax, negative none.
 	WarmMax int
+	// KeepAlive is the keep-alive of functions whose manifest gives none
+	// (neither keep_alive nor idle_timeout): "" keeps each at its
+	// idle_timeout (the default), ebb.KeepAliveAdaptive runs Adaptive on
+	// its traffic, "fixed:D" keeps each warm D after a call.
+	KeepAlive string
+	// Adaptive is the policy that keep_alive: adaptive runs; nil means
+	// keepalive.DefaultHybrid().
+	Adaptive keepalive.Policy
 	// Sandbox confines every function process (sandbox.Config; its Mode
 	// defaults to auto, its ViewDir to one derived from DataDir).
 	Sandbox sandbox.Config
@@ -165,6 +175,16 @@ func (c *Config) Validate() error {
 	if c.IdleSampleEvery <= 0 {
 		c.IdleSampleEvery = 10 * time.Second
 	}
+	if c.KeepAlive != "" {
+		ka, _, err := ebb.ParseKeepAlive(c.KeepAlive)
+		if err != nil {
+			return fmt.Errorf("platform config: keep-alive %w", err)
+		}
+		c.KeepAlive = ka
+	}
+	if c.Adaptive == nil {
+		c.Adaptive = keepalive.DefaultHybrid()
+	}
 	if c.UsageRetention < 0 {
 		return errors.New("platform config: usage retention must not be negative")
 	}
@@ -219,6 +239,10 @@ type Platform struct {
 
 	// mon keeps input and prediction summaries; see monitor.go.
 	mon *monitor.Monitor
+	// keep schedules the live keep-alive of adaptive versions; see
+	// keepalive.go.
+	keep      *live.Scheduler
+	keepStats *metrics.KeepAlive
 }
 
 // deployment is one function version's pool.
@@ -229,6 +253,12 @@ type deployment struct {
 	pool    *dispatch.Pool[*instance.Instance]
 	starter *instance.Starter
 	metrics *metrics.Function
+	// keeper applies the version's adaptive keep-alive; nil under a fixed
+	// one (the pool's IdleTimeout).
+	keeper *live.Keeper
+	// prewarmHold accounts instances the keeper starts ahead of a call in
+	// the warm budget; nil without a keeper.
+	prewarmHold *instance.PrewarmHold
 }
 
 // New opens the store, restores every deployed function and returns a
@@ -290,7 +320,11 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	p.instCfg = instance.Config{Processes: procs, ShimDir: filepath.Join(cfg.DataDir, "runtime"), Python: cfg.Python,
 		Executable: cfg.Executable, ONNXLibrary: cfg.ONNXLibrary, Logs: p.logs, Logger: cfg.Logger, ZygoteKeepAlive: cfg.ZygoteKeepAlive,
 		Sandbox: p.sandbox, UIDFor: p.uids.uidFor}
-	p.instCfg.Warm = instance.NewWarmBudget(warmConfig(cfg))
+	p.keepStats = p.metrics.KeepAlive()
+	p.keep = live.NewScheduler(cfg.Now, p.keepStats)
+	wc := warmConfig(cfg)
+	wc.Priority = p.warmPriority
+	p.instCfg.Warm = instance.NewWarmBudget(wc)
 	p.metrics.Warm(p.warmMetrics)
 	if err := p.instCfg.Validate(); err != nil {
 		p.closeStores()
@@ -301,7 +335,9 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		p.closeStores()
 		return nil, "", err
 	}
+	p.keep.Start()
 	if err := p.restore(ctx); err != nil {
+		p.keep.Close()
 		p.closeStores()
 		return nil, "", err
 	}
@@ -388,13 +424,24 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 	}
 	d := &deployment{fn: fn, codeDir: codeDir, starter: starter, metrics: p.metrics.For(fn.Spec.Name)}
 	s := &fn.Spec
-	pool, err := dispatch.NewPool(dispatch.Config{
+	policy, idle := p.keepAliveOf(s)
+	pc := dispatch.Config{
 		Function: s.Name, Version: fn.Version,
 		Concurrency: s.Concurrency, MinInstances: s.MinInstances, MaxInstances: s.MaxInstances,
-		MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout, IdleTimeout: s.IdleTimeout,
+		MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout, IdleTimeout: idle,
 		Now: p.cfg.Now, Observer: p.metrics, Logger: p.log,
-	}, starter)
+	}
+	if policy != nil {
+		d.keeper = p.keep.Add(s.Name, fn.Version, policy, keepTarget{d}, idle)
+		pc.IdleDeadline = d.keeper.IdleDeadline
+		d.prewarmHold = p.instCfg.Warm.NewPrewarmHold(s.Name, fn.Version, func() bool { return allIdle(d.pool.Stats()) }, func() { d.pool.StopIdleNow() })
+	}
+	pool, err := dispatch.NewPool(pc, starter)
 	if err != nil {
+		if d.keeper != nil {
+			d.keeper.Remove()
+		}
+		d.prewarmHold.Close()
 		starter.Close()
 		return nil, err
 	}
@@ -461,6 +508,7 @@ func (p *Platform) Close(ctx context.Context) error {
 	// Jobs finish (or are handed back) while their functions still run.
 	p.stopAsync(ctx)
 	p.cancel()
+	p.keep.Close() // no unload or pre-warm while the pools close
 	p.mu.Lock()
 	fns := p.fns
 	p.fns = map[string]*function{}
@@ -488,6 +536,7 @@ func (p *Platform) Close(ctx context.Context) error {
 			defer wg.Done()
 			d.pool.Close(ctx)
 			d.starter.Close()
+			d.prewarmHold.Close()
 		}()
 	}
 	wg.Wait()
