@@ -269,13 +269,10 @@ func (s *Scheduler) fire(ctx context.Context, fn string, tick time.Time, catchUp
 		}
 		return 0, err
 	}
-	rev, err := s.record(ctx, fn, tick, rev)
-	if err == nil {
-		// Logged once the record holds: two nodes that both fired (both
-		// believed they led) log it once, and the queue keeps one job.
-		s.cfg.Logger.Info("schedule fired", "function", fn, "tick", tick.UTC().Format(time.RFC3339Nano), "catch_up", catchUp)
-	}
-	return rev, err
+	// Every fire is logged, so that a tick fired by two nodes shows (the
+	// queue would keep one job of it; the lease is what keeps it to one).
+	s.cfg.Logger.Info("schedule fired", "function", fn, "tick", tick.UTC().Format(time.RFC3339Nano), "catch_up", catchUp)
+	return s.record(ctx, fn, tick, rev)
 }
 
 // last reads fn's last tick and the entry's revision (0 when none).
