@@ -10,12 +10,16 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ebb-run/ebb/internal/client"
 	"github.com/ebb-run/ebb/internal/cluster"
@@ -132,6 +136,31 @@ func TestClusterOfThree(t *testing.T) {
 			t.Errorf("echo through %s = %s", n.name, body)
 		}
 	}
+
+	// Every stream ebb made (registry, keys, bundles, jobs, usage, audit,
+	// schedules, heartbeats, lease) has three replicas.
+	nc, err := natsgo.Connect(nats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var streams []string
+	for info := range js.ListStreams(context.Background()).Info() {
+		streams = append(streams, info.Config.Name)
+		if info.Config.Replicas != 3 {
+			t.Errorf("stream %s has %d replicas, want 3", info.Config.Name, info.Config.Replicas)
+		}
+	}
+	for _, want := range []string{"KV_ebb_functions", "KV_ebb_keys", "OBJ_ebb_bundles", "KV_ebb_nodes", "KV_ebb_leases", "KV_ebb_schedules"} {
+		if !slices.Contains(streams, want) {
+			t.Errorf("no stream %s among %v", want, streams)
+		}
+	}
+	t.Logf("%d streams, each with 3 replicas", len(streams))
 
 	// 300 async jobs through B; A is killed while they run.
 	const jobs = 300
