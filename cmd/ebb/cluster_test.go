@@ -361,3 +361,53 @@ func tailOf(s string, n int) string {
 	}
 	return s
 }
+
+// TestClusterFlags: bad cluster flags stop `ebb serve` before it starts,
+// naming the flag.
+func TestClusterFlags(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds ebb; skipped with -short")
+	}
+	bin, err := buildEbb()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nats-replicas", "0"}, "--nats-replicas: must be 1 to 5"},
+		{[]string{"--nats-replicas", "6", "--nats", "nats://127.0.0.1:1"}, "--nats-replicas: must be 1 to 5"},
+		{[]string{"--nats-replicas", "3"}, "--nats-replicas: needs --nats"},
+		{[]string{"--node", "a b"}, "--node: node name \"a b\""},
+		{[]string{"--node", ".a"}, "--node: node name \".a\""},
+	} {
+		args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir()}, c.args...)
+		_, errOut, code := runEbb(t, bin, args...)
+		if code == 0 || !strings.Contains(errOut, c.want) {
+			t.Errorf("ebb %v: exit %d, stderr %q; want a failure saying %q", c.args, code, errOut, c.want)
+		}
+	}
+}
+
+// TestDefaultNodeName: without --node a node is named once, from the host
+// name, and keeps that name in its data dir across restarts; another data
+// dir gets another name.
+func TestDefaultNodeName(t *testing.T) {
+	dir := t.TempDir()
+	first, err := defaultNodeName(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.ValidName(first); err != nil {
+		t.Errorf("default name %q: %v", first, err)
+	}
+	again, err := defaultNodeName(dir)
+	if err != nil || again != first {
+		t.Errorf("second start named %q (%v), want %q again", again, err, first)
+	}
+	other, err := defaultNodeName(t.TempDir())
+	if err != nil || other == first {
+		t.Errorf("another data dir named %q (%v), want a name other than %q", other, err, first)
+	}
+}
