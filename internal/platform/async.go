@@ -176,11 +176,17 @@ func (p *Platform) followRegistry(ctx context.Context, events <-chan store.Funct
 		}
 		a := p.async
 		// Deploys and removals made through other nodes of a cluster
-		// reach this one here; this node's own are no news to it.
-		if ev.Function == nil {
+		// reach this one here. A node alone has no others: it skips this,
+		// which also keeps a lagging event of its own (a version it has
+		// removed since) from being taken up again.
+		switch {
+		case p.cfg.NATSURL == "":
+		case ev.Function == nil:
 			p.forget(ev.Name)
-		} else if err := p.adopt(ctx, ev.Function); err != nil && ctx.Err() == nil {
-			p.log.Error("take up a version deployed through another node", "function", ev.Name, "version", ev.Function.Version, "err", err)
+		default:
+			if err := p.adopt(ctx, ev.Function); err != nil && ctx.Err() == nil {
+				p.log.Error("take up a version deployed through another node", "function", ev.Name, "version", ev.Function.Version, "err", err)
+			}
 		}
 		if ev.Function == nil {
 			if err := a.queue.Remove(ctx, ev.Name); err != nil && ctx.Err() == nil {
