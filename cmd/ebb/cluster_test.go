@@ -160,7 +160,7 @@ func TestClusterOfThree(t *testing.T) {
 			t.Errorf("no stream %s among %v", want, streams)
 		}
 	}
-	t.Logf("%d streams, each with 3 replicas", len(streams))
+	t.Logf("%d streams checked for 3 replicas", len(streams))
 
 	// 300 async jobs through B; A is killed while they run.
 	const jobs = 300
