@@ -322,7 +322,7 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", err
 	}
 	if err := p.startCluster(ctx); err != nil {
-		p.closeStores()
+		p.Close(ctx)
 		return nil, "", err
 	}
 	if err := p.startAsync(ctx); err != nil {
