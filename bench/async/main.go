@@ -2,6 +2,10 @@
 // `ebb serve` on a free loopback port and a fresh data directory, deploys the
 // function in -fn, queues -n Event invocations from -c clients, and waits
 // until every job's record says succeeded. It fails on any job that does not.
+//
+// With -nats it starts -nodes ebb nodes on that NATS cluster instead (with
+// -replicas), deploys through the first and queues through all of them in
+// turn, so that the jobs run wherever a node's workers take them.
 package main
 
 import (
@@ -29,10 +33,58 @@ func main() {
 	fnDir := flag.String("fn", "", "function directory to deploy (required)")
 	n := flag.Int("n", 1000, "jobs")
 	c := flag.Int("c", 16, "concurrent clients queueing jobs")
+	flag.StringVar(&natsURL, "nats", "", "external NATS cluster URLs (comma-separated); default embedded")
+	flag.IntVar(&nodes, "nodes", 1, "with -nats: ebb nodes to start")
+	flag.IntVar(&replicas, "replicas", 1, "with -nats: --nats-replicas")
+	flag.StringVar(&payload, "payload", "{}", "each job's event")
 	flag.Parse()
 	if err := run(*bin, *fnDir, *n, *c); err != nil {
 		fmt.Fprintln(os.Stderr, "async bench: FAIL:", err)
 		os.Exit(1)
+	}
+}
+
+var (
+	natsURL, payload string
+	nodes, replicas  int
+)
+
+// serve starts one `ebb serve` on a free loopback port and data dir, and
+// returns its URL once it answers, and the function that stops it.
+func serve(bin, data string, i int) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	logf, err := os.Create(filepath.Join(data, fmt.Sprintf("ebb%d.log", i)))
+	if err != nil {
+		return "", nil, err
+	}
+	args := []string{"serve", "--listen", addr, "--data", filepath.Join(data, fmt.Sprintf("d%d", i)), "--log-level", "warn"}
+	if natsURL != "" {
+		args = append(args, "--nats", natsURL, "--nats-replicas", fmt.Sprint(replicas), "--node", fmt.Sprintf("n%d", i))
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	url := "http://" + addr
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get(url + "/healthz"); err == nil {
+			resp.Body.Close()
+			return url, stop, nil
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", nil, fmt.Errorf("ebb serve %d did not start (log in %s)", i, logf.Name())
+		}
 	}
 }
 
@@ -53,37 +105,24 @@ func run(bin, fnDir string, n, conc int) error {
 		return err
 	}
 	defer os.RemoveAll(data)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
+	if natsURL == "" {
+		nodes = 1
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	logf, err := os.Create(filepath.Join(data, "ebb.log"))
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(bin, "serve", "--listen", addr, "--data", filepath.Join(data, "d"), "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
-	url := "http://" + addr
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get(url + "/healthz"); err == nil {
-			resp.Body.Close()
-			break
+	var urls []string
+	for i := range nodes {
+		url, stop, err := serve(bin, data, i)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("ebb serve did not start")
-		}
+		defer stop()
+		urls = append(urls, url)
 	}
 	ctx := context.Background()
-	cl := client.New(url, "")
+	cl := client.New(urls[0], "")
+	var cls []*client.Client
+	for _, u := range urls {
+		cls = append(cls, client.New(u, ""))
+	}
 	var buf bytes.Buffer
 	if _, err := bundle.Pack(fnDir, &buf); err != nil {
 		return err
@@ -91,8 +130,17 @@ func run(bin, fnDir string, n, conc int) error {
 	if _, err := cl.Deploy(ctx, spec.Name, &buf); err != nil {
 		return err
 	}
-	if r, err := cl.Invoke(ctx, spec.Name, []byte(`{}`)); err != nil || r.Status != 200 {
-		return fmt.Errorf("warm-up invoke: %v %v", r, err)
+	// Warm every node up: the others take the function up from the registry.
+	for i, c := range cls {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			r, err := c.Invoke(ctx, spec.Name, []byte(payload))
+			if err == nil && r.Status == 200 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("warm-up invoke through node %d: %v %v", i, r, err)
+			}
+		}
 	}
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -102,7 +150,7 @@ func run(bin, fnDir string, n, conc int) error {
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += conc {
-				if _, err := cl.InvokeAsync(ctx, spec.Name, []byte(`{}`)); err != nil {
+				if _, err := cls[i%len(cls)].InvokeAsync(ctx, spec.Name, []byte(payload)); err != nil {
 					errc <- err
 					return
 				}
@@ -128,8 +176,12 @@ func run(bin, fnDir string, n, conc int) error {
 		}
 	}
 	total := time.Since(start)
-	fmt.Printf("| function | jobs | clients | queued (202) jobs/s | end-to-end jobs/s | all done in |\n|---|---|---|---|---|---|\n")
-	fmt.Printf("| %s (max_instances %d) | %d | %d | %.0f | %.0f | %s |\n", spec.Name, spec.MaxInstances, n, conc,
+	where := "embedded NATS"
+	if natsURL != "" {
+		where = fmt.Sprintf("%d node(s), NATS cluster R%d", nodes, replicas)
+	}
+	fmt.Printf("| ebb | function | jobs | clients | queued (202) jobs/s | end-to-end jobs/s | all done in |\n|---|---|---|---|---|---|---|\n")
+	fmt.Printf("| %s | %s (max_instances %d, %s) | %d | %d | %.0f | %.0f | %s |\n", where, spec.Name, spec.MaxInstances, payload, n, conc,
 		float64(n)/queued.Seconds(), float64(n)/total.Seconds(), total.Round(time.Millisecond))
 	return nil
 }

@@ -144,6 +144,7 @@ func TestEveryRoleOnEveryRoute(t *testing.T) {
 		{"GET", "/v1/jobs/nope", "", "jobs", all},
 		{"GET", "/v1/functions/echo-a/versions", "", "describe", all},
 		{"GET", "/v2", "", "describe", all},
+		{"GET", "/v1/nodes", "", "describe", all},
 		{"PUT", "/v1/functions/echo-a/shadow", `{"version":1,"percent":10}`, "deploy", []string{"admin", "deploy"}},
 		{"GET", "/v1/functions/echo-a/shadow", "", "describe", all},
 		{"DELETE", "/v1/functions/echo-a/shadow", "", "deploy", []string{"admin", "deploy"}},

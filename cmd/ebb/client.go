@@ -200,12 +200,19 @@ func runStatus(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	mk := clientFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
+	nodes := fs.Bool("nodes", false, "list the cluster's nodes, their capacity and load, instead of a function")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
+	if *nodes {
+		if len(pos) != 0 {
+			return fmt.Errorf("usage: ebb status --nodes")
+		}
+		return printNodes(ctx, mk(), *asJSON)
+	}
 	if len(pos) != 1 {
-		return fmt.Errorf("usage: ebb status NAME")
+		return fmt.Errorf("usage: ebb status NAME | ebb status --nodes")
 	}
 	st, err := mk().Status(ctx, pos[0])
 	if err != nil {

@@ -18,6 +18,7 @@ Usage:
   ebb invoke NAME [-d JSON | -f FILE]         invoke a function, print its result
   ebb ls                                      list functions
   ebb status NAME                             show a function's version, instances and counters
+  ebb status --nodes                          the cluster's nodes: address, capacity, load
   ebb warm                                    the node's budget for warm capacity (--warm-memory) and what holds it
   ebb logs NAME [-f]                          show a function's output
   ebb rm NAME [--version N]                   remove a function, or one of its versions

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/cluster"
 	"github.com/ebb-run/ebb/internal/h1"
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/onnx"
@@ -37,7 +39,9 @@ func runServe(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
 	data := fs.String("data", "./ebb-data", "data directory (state, bundles, instance dirs)")
-	natsURL := fs.String("nats", "", "external NATS URL (default: embedded NATS with JetStream in --data)")
+	natsURL := fs.String("nats", "", "external NATS server URLs, comma-separated (nats://a:4222,nats://b:4222), to join a cluster of ebb nodes (default: embedded NATS with JetStream in --data)")
+	natsReplicas := fs.Int("nats-replicas", 1, "with --nats: copies JetStream keeps of ebb's state (registry, keys, bundles, jobs, usage), 1 to 5; 3 survives the loss of one NATS server")
+	nodeName := fs.String("node", "", "this node's name in the cluster (letters, digits, - _ .; default: the host name and a suffix made once and kept in --data)")
 	requireAuth := fs.Bool("require-auth", false, "require API keys even on loopback (always on for other addresses)")
 	maxPayload := fs.Int64("max-payload", 6<<20, "largest synchronous request payload, in bytes")
 	python := fs.String("python", "/usr/bin/python3", "default Python interpreter for python functions")
@@ -105,6 +109,17 @@ func runServe(ctx context.Context, args []string) error {
 			return fmt.Errorf("--keep-alive: %w", err)
 		}
 	}
+	if *natsReplicas < 1 || *natsReplicas > 5 {
+		return fmt.Errorf("--nats-replicas: must be 1 to 5, got %d", *natsReplicas)
+	}
+	if *natsReplicas > 1 && *natsURL == "" {
+		return errors.New("--nats-replicas: needs --nats (the embedded NATS is a single server)")
+	}
+	if *nodeName != "" {
+		if err := cluster.ValidName(*nodeName); err != nil {
+			return fmt.Errorf("--node: %w", err)
+		}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -135,6 +150,11 @@ func runServe(ctx context.Context, args []string) error {
 	if *instanceDir == "" {
 		*instanceDir = defaultInstanceDir(dataDir)
 	}
+	if *nodeName == "" {
+		if *nodeName, err = defaultNodeName(dataDir); err != nil {
+			return fmt.Errorf("--node: %w", err)
+		}
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -150,7 +170,7 @@ func runServe(ctx context.Context, args []string) error {
 		tracer = tp // platform.Close shuts it down
 	}
 	p, adminKey, err := platform.New(ctx, platform.Config{
-		DataDir: dataDir, NATSURL: *natsURL, RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
+		DataDir: dataDir, NATSURL: *natsURL, NATSReplicas: *natsReplicas, Node: *nodeName, Version: ebbVersion(), RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		LoopbackHosts: loopback, AllowedHosts: splitList(*allowedHosts), CORSOrigins: splitList(*corsOrigins), AuditRetention: *auditRetention,
 		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(), NodeCostPerHour: *nodeCost,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, WarmMemory: int64(warmMemory), WarmMax: sparesOrNone(*warmMax), KeepAlive: *fnKeepAlive,
@@ -183,7 +203,7 @@ func runServe(ctx context.Context, args []string) error {
 	srv := p.Server()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("ebb serving", "addr", ln.Addr().String(), "data", dataDir, "auth", *requireAuth || !loopback, "cgroup", p.CgroupMode(), "sandbox", p.SandboxMode())
+	log.Info("ebb serving", "addr", ln.Addr().String(), "node", *nodeName, "data", dataDir, "auth", *requireAuth || !loopback, "cgroup", p.CgroupMode(), "sandbox", p.SandboxMode())
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
@@ -241,4 +261,56 @@ func nodeMemoryMiB() int64 {
 		return 0
 	}
 	return int64(si.Totalram) * int64(si.Unit) >> 20
+}
+
+// nodeFile, under the data directory, keeps the node name made up when
+// --node is not given, so that a node keeps its name across restarts.
+const nodeFile = "node-name"
+
+// defaultNodeName is the name kept in dataDir, or a new one made of the host
+// name and a random suffix (two nodes on one host differ), kept there.
+func defaultNodeName(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, nodeFile)
+	if b, err := os.ReadFile(path); err == nil {
+		name := strings.TrimSpace(string(b))
+		if err := cluster.ValidName(name); err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
+		}
+		return name, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	host, _ := os.Hostname()
+	host = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '-'
+	}, host)
+	if len(host) > 40 {
+		host = host[:40]
+	}
+	if host == "" {
+		host = "ebb"
+	}
+	var suffix [3]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return "", err
+	}
+	name := host + "-" + hex.EncodeToString(suffix[:])
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, []byte(name+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("keep node name: %w", err)
+	}
+	return name, nil
+}
+
+// ebbVersion is the module version ebb was built at, for its heartbeat.
+func ebbVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
 }

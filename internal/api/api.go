@@ -225,6 +225,8 @@ type Config struct {
 	// Monitor reads input and prediction summaries; nil leaves out
 	// /v1/functions/{name}/monitor.
 	Monitor Monitor
+	// Nodes lists the cluster's nodes; nil leaves out GET /v1/nodes.
+	Nodes Nodes
 }
 
 // Validate checks c and fills defaults.
@@ -286,6 +288,9 @@ func (a *API) Routes() []route.Route {
 	}
 	if a.cfg.Monitor != nil {
 		rs = append(rs, route.Route{Pattern: "GET /v1/functions/{name}/monitor", Perm: auth.PermDescribe, Function: name, Handler: a.monitorReport})
+	}
+	if a.cfg.Nodes != nil {
+		rs = append(rs, route.Route{Pattern: "GET /v1/nodes", Perm: auth.PermDescribe, Handler: a.nodes})
 	}
 	return rs
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/cluster"
 	"github.com/ebb-run/ebb/internal/logbuf"
 	"github.com/ebb-run/ebb/internal/queue"
 	"github.com/ebb-run/ebb/internal/shadow"
@@ -215,6 +216,13 @@ func (c *Client) Warm(ctx context.Context) (*api.WarmReport, error) {
 	var out api.WarmReport
 	err := c.getJSON(ctx, http.MethodGet, "/v1/warm", nil, nil, &out)
 	return &out, err
+}
+
+// Nodes lists the nodes of the server's cluster (GET /v1/nodes).
+func (c *Client) Nodes(ctx context.Context) ([]cluster.Node, error) {
+	var out api.NodesReply
+	err := c.getJSON(ctx, http.MethodGet, "/v1/nodes", nil, nil, &out)
+	return out.Nodes, err
 }
 
 // Remove deletes a function.

@@ -402,7 +402,8 @@ func (p *Platform) buildHandler() error {
 		return err
 	}
 	a, err := api.New(api.Config{Platform: p, Logs: p.logs, MaxBundleBytes: p.cfg.MaxBundleBytes, BaseURL: p.cfg.BaseURL,
-		Keys: p, Usage: p, Node: api.Node{MemoryMiB: p.cfg.NodeMemoryMiB, CPUs: p.cfg.NodeCPUs}, NodeCostPerHour: p.cfg.NodeCostPerHour, Logger: p.log, Monitor: p, Warm: p})
+		Keys: p, Usage: p, Node: api.Node{MemoryMiB: p.cfg.NodeMemoryMiB, CPUs: p.cfg.NodeCPUs}, NodeCostPerHour: p.cfg.NodeCostPerHour, Logger: p.log, Monitor: p, Warm: p,
+		Nodes: p})
 	if err != nil {
 		return err
 	}

@@ -62,18 +62,19 @@ func (p *Platform) startAsync(ctx context.Context) error {
 	q, err := queue.New(ctx, queue.Config{
 		JetStream: p.store.JetStream(), Invoker: asyncInvoker{p}, MaxPayload: o.MaxPayload, AckWait: o.AckWait,
 		RetryBase: o.RetryBase, RetryMax: o.RetryMax, WebhookAttempts: o.WebhookAttempts, Logger: p.log, Now: p.cfg.Now,
-		RecordTTL: o.JobRetention, MaxRecordBytes: o.MaxRecordBytes, MaxQueuedBytes: o.MaxQueuedBytes,
+		RecordTTL: o.JobRetention, MaxRecordBytes: o.MaxRecordBytes, MaxQueuedBytes: o.MaxQueuedBytes, Replicas: p.cfg.NATSReplicas,
 	})
 	if err != nil {
 		return fmt.Errorf("start async queue: %w", err)
 	}
 	a := &async{queue: q, watchDone: make(chan struct{})}
-	a.sched, err = schedule.New(ctx, schedule.Config{JetStream: p.store.JetStream(), Fire: p.fireSchedule, Logger: p.log, Now: p.cfg.Now})
+	a.sched, err = schedule.New(ctx, schedule.Config{JetStream: p.store.JetStream(), Fire: p.fireSchedule, Leader: p.cluster.Leader,
+		Replicas: p.cfg.NATSReplicas, Logger: p.log, Now: p.cfg.Now})
 	if err != nil {
 		q.Close(ctx)
 		return fmt.Errorf("start scheduler: %w", err)
 	}
-	a.events, err = events.New(events.Config{JetStream: p.store.JetStream(), Logger: p.log, Now: p.cfg.Now,
+	a.events, err = events.New(events.Config{JetStream: p.store.JetStream(), Logger: p.log, Now: p.cfg.Now, Replicas: p.cfg.NATSReplicas,
 		MaxBuckets: o.MaxBuckets, MaxBucketBytes: o.MaxBucketBytes, MaxObjectBytes: o.MaxObjectBytes,
 		Enqueue: func(ctx context.Context, fn, id string, payload []byte, source string) error {
 			v, err := p.pinnedVersion(fn)
@@ -174,6 +175,19 @@ func (p *Platform) followRegistry(ctx context.Context, events <-chan store.Funct
 			return
 		}
 		a := p.async
+		// Deploys and removals made through other nodes of a cluster
+		// reach this one here. A node alone has no others: it skips this,
+		// which also keeps a lagging event of its own (a version it has
+		// removed since) from being taken up again.
+		switch {
+		case p.cfg.NATSURL == "":
+		case ev.Function == nil:
+			p.forget(ev.Name)
+		default:
+			if err := p.adopt(ctx, ev.Function); err != nil && ctx.Err() == nil {
+				p.log.Error("take up a version deployed through another node", "function", ev.Name, "version", ev.Function.Version, "err", err)
+			}
+		}
 		if ev.Function == nil {
 			if err := a.queue.Remove(ctx, ev.Name); err != nil && ctx.Err() == nil {
 				p.log.Warn("remove async jobs", "function", ev.Name, "err", err)

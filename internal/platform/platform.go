@@ -27,6 +27,7 @@ import (
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/bundle"
+	"github.com/ebb-run/ebb/internal/cluster"
 	"github.com/ebb-run/ebb/internal/dispatch"
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/h1"
@@ -48,6 +49,13 @@ import (
 type Config struct {
 	DataDir string // required: JetStream, bundles, instance dirs
 	NATSURL string // external NATS; empty = embedded
+	// NATSReplicas is the replication factor of the buckets and streams
+	// made on an external NATS cluster (1 to 5); default 1.
+	NATSReplicas int
+	// Node names this node among the nodes sharing NATS (a KV key:
+	// cluster.ValidName); default "local". Version is ebb's, for its
+	// heartbeat.
+	Node, Version string
 	// RequireAuth makes every request but /healthz (and public function
 	// URLs) carry an API key. main sets it whenever ebb listens beyond
 	// loopback.
@@ -191,6 +199,12 @@ func (c *Config) Validate() error {
 	if c.HTTP.Logger == nil {
 		c.HTTP.Logger = c.Logger
 	}
+	if c.Node == "" {
+		c.Node = "local"
+	}
+	if err := cluster.ValidName(c.Node); err != nil {
+		return fmt.Errorf("platform config: %w", err)
+	}
 	if err := c.HTTP.Validate(); err != nil {
 		return fmt.Errorf("platform config: %w", err)
 	}
@@ -243,6 +257,8 @@ type Platform struct {
 	// keepalive.go.
 	keep      *live.Scheduler
 	keepStats *metrics.KeepAlive
+	// cluster is this node's heartbeat and lease; see cluster.go.
+	cluster *cluster.Cluster
 }
 
 // deployment is one function version's pool.
@@ -284,7 +300,7 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		p.tracer = cfg.TracerProvider.Tracer(tracerName)
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention,
+	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Replicas: cfg.NATSReplicas, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention,
 		UsageRetention: cfg.UsageRetention})
 	if err != nil {
 		return nil, "", fmt.Errorf("open store: %w", err)
@@ -339,6 +355,10 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 	if err := p.restore(ctx); err != nil {
 		p.keep.Close()
 		p.closeStores()
+		return nil, "", err
+	}
+	if err := p.startCluster(ctx); err != nil {
+		p.Close(ctx)
 		return nil, "", err
 	}
 	if err := p.startAsync(ctx); err != nil {
@@ -507,6 +527,9 @@ func (p *Platform) Runtime(t gateway.Target) (ebb.Runtime, error) {
 func (p *Platform) Close(ctx context.Context) error {
 	// Jobs finish (or are handed back) while their functions still run.
 	p.stopAsync(ctx)
+	if p.cluster != nil {
+		p.cluster.Close(ctx) // after the scheduler: the lease goes with it
+	}
 	p.cancel()
 	p.keep.Close() // no unload or pre-warm while the pools close
 	p.mu.Lock()

@@ -571,10 +571,28 @@ func (q *Queue) readWindow(ctx context.Context, st jetstream.Stream, fn string, 
 	}
 	pending := cons.CachedInfo().NumPending
 	var out []seqJob
-	read := 0
+	read, tries := 0, 0
+	// On a clustered stream the ordered consumer just made may not yet be
+	// known to the server that a pull request reaches, which answers that
+	// nobody serves it: asked again a little later, it does.
+	retry := func(err error) bool {
+		if !errors.Is(err, nats.ErrNoResponders) || tries == 20 {
+			return false
+		}
+		tries++
+		select {
+		case <-time.After(time.Duration(tries) * 10 * time.Millisecond):
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	for uint64(read) < pending {
 		batch, err := cons.FetchNoWait(min(int(pending)-read, 256))
 		if err != nil {
+			if retry(err) {
+				continue
+			}
 			return nil, read, err
 		}
 		got := 0
@@ -596,6 +614,9 @@ func (q *Queue) readWindow(ctx context.Context, st jetstream.Stream, fn string, 
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			if got == 0 && retry(err) {
+				continue
+			}
 			return nil, read, err
 		}
 		if got == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -150,7 +151,9 @@ func TestCatchUpOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.record(context.Background(), "cron", now.Add(-time.Hour))
+	if _, err := s.record(context.Background(), "cron", now.Add(-time.Hour), 0); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Set("cron", "*/5 * * * *"); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +164,7 @@ func TestCatchUpOnce(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		last, _ := s.last(context.Background(), "cron")
+		last, _, _ := s.last(context.Background(), "cron")
 		if last.Equal(at("2026-03-01 10:00")) {
 			break
 		}
@@ -177,5 +180,103 @@ func TestCatchUpOnce(t *testing.T) {
 	defer mu.Unlock()
 	if len(fired) != 1 || !fired[0].Equal(at("2026-03-01 10:00")) || !catchUps[0] {
 		t.Errorf("fired %v (catch-up %v), want one catch-up at 10:00", fired, catchUps)
+	}
+}
+
+func TestDue(t *testing.T) {
+	every5, _ := Parse("*/5 * * * *")
+	last := at("2026-03-01 10:00")
+	for _, c := range []struct {
+		now  string
+		want []string
+	}{
+		{"2026-03-01 10:04", nil},
+		{"2026-03-01 10:05", []string{"2026-03-01 10:05"}},
+		{"2026-03-01 10:17", []string{"2026-03-01 10:05", "2026-03-01 10:10", "2026-03-01 10:15"}},
+		{"2026-03-01 10:20", []string{"2026-03-01 10:05", "2026-03-01 10:10", "2026-03-01 10:15", "2026-03-01 10:20"}},
+		// Past max (4 here): a downtime, only the latest.
+		{"2026-03-01 10:25", []string{"2026-03-01 10:25"}},
+		{"2026-03-08 10:03", []string{"2026-03-08 10:00"}},
+	} {
+		got := Due(every5, last, at(c.now), 4)
+		var s []string
+		for _, g := range got {
+			s = append(s, g.Format("2006-01-02 15:04"))
+		}
+		if strings.Join(s, ",") != strings.Join(c.want, ",") {
+			t.Errorf("Due(last 10:00, now %s) = %v, want %v", c.now, s, c.want)
+		}
+	}
+	if got := Due(every5, time.Time{}, at("2026-03-01 10:25"), 4); got != nil {
+		t.Errorf("Due with no last tick = %v, want none", got)
+	}
+}
+
+// TestLeaderFailoverNeitherLosesNorDoubles: two schedulers on one store,
+// as two nodes; only the leader fires. The leader goes, nobody leads for a
+// couple of ticks, then the other takes over: it fires the ticks missed,
+// late, and every tick fires exactly once.
+func TestLeaderFailoverNeitherLosesNorDoubles(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	var mu sync.Mutex
+	fired := map[int64]int{}
+	var lead [2]atomic.Bool
+	fires := make(chan struct{}, 100)
+	mk := func(i int) *Scheduler {
+		s, err := New(context.Background(), Config{JetStream: st.JetStream(), Leader: lead[i].Load,
+			Fire: func(ctx context.Context, fn string, tick time.Time, catchUp bool) error {
+				mu.Lock()
+				fired[tick.Unix()]++
+				mu.Unlock()
+				fires <- struct{}{}
+				return nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Set("tick", "@every 1s"); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	lead[0].Store(true)
+	a, b := mk(0), mk(1)
+	defer b.Close(context.Background())
+	wait := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-fires:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no tick fired within 10s")
+			}
+		}
+	}
+	wait(2)
+	lead[0].Store(false)
+	a.Close(context.Background())
+	gap := time.Now().Add(2500 * time.Millisecond)
+	for time.Now().Before(gap) { // two ticks pass with no leader
+		time.Sleep(50 * time.Millisecond)
+	}
+	lead[1].Store(true)
+	wait(4) // at least the two missed, then two on time
+	b.Close(context.Background())
+	mu.Lock()
+	defer mu.Unlock()
+	var lo, hi int64
+	for k := range fired {
+		if lo == 0 || k < lo {
+			lo = k
+		}
+		hi = max(hi, k)
+	}
+	for k := lo; k <= hi; k++ {
+		if fired[k] != 1 {
+			t.Errorf("tick %d fired %d times, want once (ticks %d..%d: %v)", k, fired[k], lo, hi, fired)
+		}
+	}
+	if hi-lo < 5 {
+		t.Errorf("ticks %d..%d: want at least 6", lo, hi)
 	}
 }

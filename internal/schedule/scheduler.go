@@ -14,18 +14,29 @@ import (
 // Bucket holds each function's last tick; part of the on-disk format.
 const Bucket = "ebb_schedules"
 
-// Fire invokes fn for one tick. catchUp says the tick was missed while ebb
-// was down. It must be idempotent per (fn, tick): on a cluster every node
-// fires the same ticks, and ebb may fire a tick again after a crash.
+// Fire invokes fn for one tick. catchUp says the tick is fired late: it was
+// missed while ebb was down, or while no node of a cluster led. It must be
+// idempotent per (fn, tick): ebb may fire a tick again after a crash between
+// firing it and recording it, and two nodes may both believe they lead for
+// a moment when a lease changes hands.
 type Fire func(ctx context.Context, fn string, tick time.Time, catchUp bool) error
+
+// MaxCatchUp is how many missed ticks a scheduler fires one by one when it
+// finds them (a leader taking over from one that died); past it, after a
+// long downtime, only the latest fires.
+const MaxCatchUp = 30
 
 // Config configures a Scheduler.
 type Config struct {
 	JetStream jetstream.JetStream
 	Fire      Fire
-	Replicas  int
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// Leader says whether this node fires schedules now; nil means always
+	// (a single node). On a cluster it is the holder of a lease, so that
+	// a tick fires on one node.
+	Leader   func() bool
+	Replicas int
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // Validate checks c and fills defaults.
@@ -41,6 +52,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Leader == nil {
+		c.Leader = func() bool { return true }
 	}
 	return nil
 }
@@ -158,22 +172,33 @@ func Plan(sched Schedule, last, now time.Time) (catchUp, next time.Time) {
 	return catchUp, next
 }
 
+// Due lists the ticks to fire at now, given the last one fired: every tick
+// after last up to now, oldest first, so that a leader taking over fires
+// the ticks missed since its predecessor's last one. More than max of them
+// is a long downtime, not a failover: then only the latest fires.
+func Due(sched Schedule, last, now time.Time, max int) []time.Time {
+	if last.IsZero() {
+		return nil
+	}
+	var out []time.Time
+	for t := sched.Next(last); !t.IsZero() && !t.After(now); t = sched.Next(t) {
+		if len(out) == max {
+			latest, _ := Plan(sched, last, now)
+			return []time.Time{latest}
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
 func (s *Scheduler) loop(ctx context.Context, fn string, sched Schedule) {
 	defer s.wg.Done()
 	log := s.cfg.Logger.With("function", fn)
 	now := s.cfg.Now()
-	last, err := s.last(ctx, fn)
-	if err != nil {
-		log.Warn("read last schedule tick", "err", err)
+	if s.cfg.Leader() {
+		s.start(ctx, fn, sched, now)
 	}
-	if last.IsZero() {
-		// First time seen: missed ticks are counted from now on.
-		s.record(ctx, fn, now)
-	}
-	catchUp, next := Plan(sched, last, now)
-	if !catchUp.IsZero() {
-		s.fire(ctx, fn, catchUp, true)
-	}
+	next := sched.Next(now)
 	for !next.IsZero() {
 		t := time.NewTimer(next.Sub(s.cfg.Now()))
 		select {
@@ -182,7 +207,9 @@ func (s *Scheduler) loop(ctx context.Context, fn string, sched Schedule) {
 			return
 		case <-t.C:
 		}
-		s.fire(ctx, fn, next, false)
+		if s.cfg.Leader() {
+			s.tick(ctx, fn, sched, next)
+		}
 		// A tick that took longer than the interval does not queue up the
 		// ones it overran.
 		from := s.cfg.Now()
@@ -194,29 +221,84 @@ func (s *Scheduler) loop(ctx context.Context, fn string, sched Schedule) {
 	log.Warn("schedule has no further ticks")
 }
 
-func (s *Scheduler) fire(ctx context.Context, fn string, tick time.Time, catchUp bool) {
+// start is a leader's first look at fn: a schedule seen for the first time
+// counts missed ticks from now on; one that missed ticks while ebb was down
+// fires one catch-up tick (Plan).
+func (s *Scheduler) start(ctx context.Context, fn string, sched Schedule, now time.Time) {
+	last, rev, err := s.last(ctx, fn)
+	if err != nil {
+		s.cfg.Logger.Warn("read last schedule tick", "function", fn, "err", err)
+		return
+	}
+	if last.IsZero() {
+		s.record(ctx, fn, now, 0)
+		return
+	}
+	if catchUp, _ := Plan(sched, last, now); !catchUp.IsZero() {
+		s.fire(ctx, fn, catchUp, true, rev)
+	}
+}
+
+// tick fires the tick due at `at` and, first, those after the last one
+// recorded that nobody fired (a leader died): each is recorded with a
+// compare-and-set on the revision read, so that a node that lost the lease
+// unawares stops at its first stale write instead of firing on.
+func (s *Scheduler) tick(ctx context.Context, fn string, sched Schedule, at time.Time) {
+	last, rev, err := s.last(ctx, fn)
+	if err != nil {
+		s.cfg.Logger.Warn("read last schedule tick", "function", fn, "err", err)
+		return
+	}
+	if last.IsZero() {
+		s.fire(ctx, fn, at, false, 0)
+		return
+	}
+	for _, t := range Due(sched, last, at, MaxCatchUp) {
+		if rev, err = s.fire(ctx, fn, t, !t.Equal(at), rev); err != nil {
+			return
+		}
+	}
+}
+
+// fire fires one tick and records it over revision rev (0: the first
+// record), returning the new revision.
+func (s *Scheduler) fire(ctx context.Context, fn string, tick time.Time, catchUp bool, rev uint64) (uint64, error) {
 	if err := s.cfg.Fire(ctx, fn, tick, catchUp); err != nil {
 		if ctx.Err() == nil {
 			s.cfg.Logger.Error("fire scheduled invocation", "function", fn, "tick", tick, "err", err)
 		}
-		return
+		return 0, err
 	}
-	s.record(ctx, fn, tick)
+	// Every fire is logged, so that a tick fired by two nodes shows (the
+	// queue would keep one job of it; the lease is what keeps it to one).
+	s.cfg.Logger.Info("schedule fired", "function", fn, "tick", tick.UTC().Format(time.RFC3339Nano), "catch_up", catchUp)
+	return s.record(ctx, fn, tick, rev)
 }
 
-func (s *Scheduler) last(ctx context.Context, fn string) (time.Time, error) {
+// last reads fn's last tick and the entry's revision (0 when none).
+func (s *Scheduler) last(ctx context.Context, fn string) (time.Time, uint64, error) {
 	e, err := s.kv.Get(ctx, fn)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return time.Time{}, nil
+		return time.Time{}, 0, nil
 	}
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, 0, err
 	}
-	return time.Parse(time.RFC3339Nano, string(e.Value()))
+	t, err := time.Parse(time.RFC3339Nano, string(e.Value()))
+	return t, e.Revision(), err
 }
 
-func (s *Scheduler) record(ctx context.Context, fn string, tick time.Time) {
-	if _, err := s.kv.Put(ctx, fn, []byte(tick.UTC().Format(time.RFC3339Nano))); err != nil && ctx.Err() == nil {
-		s.cfg.Logger.Warn("record schedule tick", "function", fn, "err", err)
+// record stores tick as fn's last over revision rev (0: none yet).
+func (s *Scheduler) record(ctx context.Context, fn string, tick time.Time, rev uint64) (uint64, error) {
+	v := []byte(tick.UTC().Format(time.RFC3339Nano))
+	var err error
+	if rev == 0 {
+		rev, err = s.kv.Create(ctx, fn, v)
+	} else {
+		rev, err = s.kv.Update(ctx, fn, v, rev)
 	}
+	if err != nil && ctx.Err() == nil {
+		s.cfg.Logger.Warn("record schedule tick (another node may have recorded it)", "function", fn, "tick", tick, "err", err)
+	}
+	return rev, err
 }

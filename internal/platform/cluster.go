@@ -1,0 +1,119 @@
+package platform
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/cluster"
+)
+
+// This file is the platform's part in a cluster of ebb nodes sharing one
+// NATS: its heartbeat (cluster.Cluster), and following deploys and
+// removals made through other nodes, so that any node serves any function.
+
+// startCluster starts this node's heartbeat and, on a shared NATS, its part
+// in the scheduler lease.
+func (p *Platform) startCluster(ctx context.Context) error {
+	var warm int64
+	if p.instCfg.Warm != nil {
+		warm = int64(p.instCfg.Warm.Snapshot().Limit)
+	}
+	c, err := cluster.Start(ctx, cluster.Config{
+		JetStream: p.store.JetStream(),
+		Self: cluster.Node{Name: p.cfg.Node, Addr: p.cfg.BaseURL, Version: p.cfg.Version,
+			Capacity: cluster.Capacity{CPUs: p.cfg.NodeCPUs, MemoryMiB: p.cfg.NodeMemoryMiB, WarmBytes: warm}},
+		Load:     p.load,
+		Elect:    p.cfg.NATSURL != "",
+		Replicas: p.cfg.NATSReplicas,
+		Logger:   p.log,
+	})
+	if err != nil {
+		return err
+	}
+	p.cluster = c
+	return nil
+}
+
+// load is what this node holds now, for its heartbeat.
+func (p *Platform) load() cluster.Load {
+	p.mu.RLock()
+	var ds []*deployment
+	for _, f := range p.fns {
+		for _, v := range f.versions {
+			if d := v.dep.Load(); d != nil {
+				ds = append(ds, d)
+			}
+		}
+	}
+	p.mu.RUnlock()
+	var l cluster.Load
+	for _, d := range ds {
+		for _, in := range d.pool.Stats().Instances {
+			l.Instances++
+			l.InFlight += in.InFlight
+		}
+	}
+	return l
+}
+
+// Nodes implements api.Nodes: the nodes alive now.
+func (p *Platform) Nodes(ctx context.Context) ([]cluster.Node, error) {
+	return p.cluster.Nodes(ctx)
+}
+
+// adopt makes version fn, registered by another node, servable here: its
+// bundle is fetched from the shared store (and cached by digest), and the
+// function's routes are read again. A version this node has (its own
+// deploy, seen again through the registry) is left alone.
+func (p *Platform) adopt(ctx context.Context, fn *ebb.Function) error {
+	p.deployMu.Lock()
+	defer p.deployMu.Unlock()
+	name := fn.Spec.Name
+	p.mu.RLock()
+	f := p.fns[name]
+	has := f != nil && f.versions[fn.Version] != nil
+	p.mu.RUnlock()
+	if has {
+		return nil
+	}
+	if f == nil {
+		// New here: every kept version and the routes, as at a restart.
+		return p.restoreFunction(ctx, fn)
+	}
+	codeDir, err := p.ensureBundle(ctx, fn.Digest)
+	if err != nil {
+		return fmt.Errorf("fetch bundle of %s version %d: %w", name, fn.Version, err)
+	}
+	tr, err := p.store.GetTraffic(ctx, name)
+	if err != nil {
+		return err
+	}
+	p.internModel(fn, codeDir)
+	p.install(fn, codeDir, nil, tr)
+	return nil
+}
+
+// forget is a removal made through another node: the function stops
+// taking requests here and its instances stop, as in Remove, without
+// touching the registry (already done).
+func (p *Platform) forget(name string) {
+	p.deployMu.Lock()
+	defer p.deployMu.Unlock()
+	p.mu.Lock()
+	f := p.fns[name]
+	delete(p.fns, name)
+	p.mu.Unlock()
+	if f == nil {
+		return
+	}
+	for _, v := range f.versions {
+		p.retire(v, true)
+	}
+	p.metrics.Forget(name)
+	p.mon.Forget(name)
+	p.logs.Forget(name)
+	p.usage.Forget(name)
+	p.releaseUIDIfGone(name)
+	p.collectSoon()
+}
