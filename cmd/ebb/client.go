@@ -277,9 +277,9 @@ func runStatus(ctx context.Context, args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  INSTANCE\tVERSION\tSTATE\tIN FLIGHT\tREQUESTS\tSTARTED\tLAST USED")
+	fmt.Fprintln(tw, "  INSTANCE\tVERSION\tSTATE\tPID\tIN FLIGHT\tREQUESTS\tSTARTED\tLAST USED")
 	for _, in := range st.Instances {
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%d\t%s ago\t%s ago\n", in.ID, in.Version, in.Phase, in.InFlight, in.Requests,
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%d\t%d\t%s ago\t%s ago\n", in.ID, in.Version, in.Phase, in.Pid, in.InFlight, in.Requests,
 			time.Since(in.StartedAt).Round(time.Second), time.Since(in.LastUsed).Round(time.Millisecond))
 	}
 	return tw.Flush()

@@ -126,6 +126,8 @@ type SpareStatus struct {
 
 // ZygoteStatus describes a python function's fork-server.
 type ZygoteStatus struct {
+	// PID is the host pid of the python process (not a sandbox's bwrap);
+	// RSS and PSS are its own.
 	PID      int       `json:"pid,omitempty"`
 	BuiltAt  time.Time `json:"built_at,omitzero"`
 	BuildMS  float64   `json:"build_ms,omitempty"`
@@ -162,7 +164,10 @@ func SpecOf(s *ebb.Spec) SpecJSON {
 		Env: s.Env, Preload: s.Preload, KeepAlive: s.KeepAlive}
 }
 
-// InstanceStatus describes one instance.
+// InstanceStatus describes one instance. Pid is the host pid of the
+// process running the function's code: under the sandbox, the process
+// bwrap runs (pid 1 of its namespace, or a zygote's forked child), not
+// bwrap.
 type InstanceStatus struct {
 	ID        string    `json:"id"`
 	Version   int       `json:"version"`

@@ -816,6 +816,20 @@ type Stats struct {
 	Draining      bool
 }
 
+// Instance returns the instance Stats names id, for a report (its
+// process); false while it starts or once it has left the pool.
+func (p *Pool[I]) Instance(id string) (I, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.members {
+		if m.id == id && m.ph != phStarting {
+			return m.inst, true
+		}
+	}
+	var zero I
+	return zero, false
+}
+
 // Stats returns a snapshot of the pool.
 func (p *Pool[I]) Stats() Stats {
 	p.mu.Lock()

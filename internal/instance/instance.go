@@ -353,6 +353,7 @@ func (s *Starter) spawnBlocked(ctx context.Context, inst *Instance, argv, env []
 		return nil, fmt.Errorf("start process: %w", err)
 	}
 	inst.proc = proc
+	inst.boxed = s.box != nil
 	if !block {
 		inst.spawned = time.Now() // a blocked spare's is its claim's
 	}
@@ -440,6 +441,10 @@ type Instance struct {
 	// is gone, or spawn when it never started.
 	exitHooks []func(err error)
 	exitErr   error // set by watch before done is closed
+	// boxed says proc is bwrap, whose child (its pid namespace's init)
+	// runs the function (FunctionPid); false for a forked instance, whose
+	// proc is the function's process itself. Set before Start returns.
+	boxed bool
 }
 
 // onExit adds a hook that frees something of the instance once its process
@@ -462,8 +467,15 @@ func (i *Instance) ID() string {
 
 func (i *Instance) setAlias(id string) { i.alias.Store(&id) }
 
-// Pid returns the process id.
+// Pid returns the id of the process ebb started (or adopted): under a
+// sandbox, bwrap's.
 func (i *Instance) Pid() int { return i.proc.Pid() }
+
+// FunctionPid returns the host pid of the process running the function's
+// own code: Pid without a sandbox and for a forked instance; under a
+// sandbox, the process bwrap runs (bwrap's child, pid 1 in its namespace).
+// This is the pid `ebb status` shows. 0 once it is gone.
+func (i *Instance) FunctionPid() int { return functionPid(i.proc.Pid(), i.boxed, true) }
 
 // InitDuration is how long the instance took from start to ready.
 func (i *Instance) InitDuration() time.Duration { return i.ready.Sub(i.started) }

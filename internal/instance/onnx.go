@@ -273,7 +273,7 @@ func (s *Starter) Spare() *SpareStatus {
 	var st SpareStatus
 	s.onnx.spares.peek(func(p *onnxSpare) {
 		// ready changes when a cold start claims the spare, after take.
-		sp, st = p, SpareStatus{Pid: p.inst.Pid(), Since: p.inst.ready}
+		sp, st = p, SpareStatus{Pid: p.inst.FunctionPid(), Since: p.inst.ready}
 	})
 	if sp == nil || isClosed(sp.done()) {
 		return nil

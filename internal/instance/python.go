@@ -257,8 +257,12 @@ func (py *pythonLauncher) status() *ZygoteStatus {
 		}
 		return st
 	}
-	st.Pid, st.BuiltAt, st.Build = z.proc.Pid(), z.builtAt, z.build
-	st.RSS, st.PSS = ReadPSS(z.proc.Pid())
+	// The python process, not a sandbox's bwrap above it: what forked
+	// the instances and holds the imports.
+	st.Pid, st.BuiltAt, st.Build = z.pid(), z.builtAt, z.build
+	if st.Pid != 0 {
+		st.RSS, st.PSS = ReadPSS(st.Pid)
+	}
 	st.Children = z.children()
 	st.Spare = py.spares.live()
 	return st

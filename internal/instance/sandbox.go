@@ -478,3 +478,50 @@ func spawnReleasable(ctx context.Context, s *Starter, inst *Instance, argv, env 
 	}
 	return release, nil
 }
+
+// functionPid is the host pid of the function's process in the tree ebb
+// started as pid. Without a sandbox (boxed false) that is pid. Under one,
+// pid is bwrap outside the namespaces, and its one child is the pid
+// namespace's init: the function itself when it runs as init, else
+// bwrap's reaper, whose first child (the lowest pid in the namespace; any
+// others are orphans it adopted later) runs the function. 0 when gone.
+func functionPid(pid int, boxed, init bool) int {
+	if !boxed {
+		return pid
+	}
+	p := firstChild(pid)
+	if !init && p != 0 {
+		p = firstChild(p)
+	}
+	return p
+}
+
+// firstChild is pid's child with the lowest pid in its own pid namespace
+// (the one it forked first, under bwrap); 0 if it has none.
+func firstChild(pid int) int {
+	best, bestNS := 0, 0
+	for _, c := range childPids(pid) {
+		if ns := innerPid(c); ns > 0 && (best == 0 || ns < bestNS) {
+			best, bestNS = c, ns
+		}
+	}
+	return best
+}
+
+// innerPid is pid's pid in its innermost pid namespace (the last NSpid
+// field of /proc/PID/status); 0 when it is gone.
+func innerPid(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				n, _ := strconv.Atoi(f[len(f)-1])
+				return n
+			}
+		}
+	}
+	return 0
+}

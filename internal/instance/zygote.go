@@ -62,6 +62,7 @@ type ZygoteStatus struct {
 // zygote is one running fork-server.
 type zygote struct {
 	proc    *process.Process
+	boxed   bool // proc is bwrap; python runs under its init (pid)
 	client  *pyruntime.Zygote
 	builtAt time.Time
 	build   time.Duration
@@ -201,7 +202,7 @@ func (py *pythonLauncher) build(ctx context.Context) (*zygote, error) {
 	if err != nil {
 		return nil, err
 	}
-	z := &zygote{slots: map[int]*process.Slot{}, pids: map[int]int{}, early: map[int]syscall.WaitStatus{}}
+	z := &zygote{slots: map[int]*process.Slot{}, pids: map[int]int{}, early: map[int]syscall.WaitStatus{}, boxed: s.box != nil}
 	client, err := pyruntime.NewZygote(ours, z.onExit)
 	if err != nil {
 		theirs.Close()
@@ -442,6 +443,11 @@ func (z *zygote) adopt(slot *process.Slot, nsPid, pid int) (*process.Process, er
 	}
 	return p, err
 }
+
+// pid is the host pid of the python process, whose children the instances
+// are: proc's own without a sandbox, under one the process bwrap's init
+// runs (pid 2 in the namespace). 0 once it is gone.
+func (z *zygote) pid() int { return functionPid(z.proc.Pid(), z.boxed, false) }
 
 // maxEarlyExits bounds the exit reports kept for children not yet adopted:
 // the zygote runs the function's code and could report any number of pids.

@@ -1,7 +1,6 @@
 package platform
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -49,10 +48,10 @@ func startServer(t *testing.T, bin, dataDir, logPath string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Unsandboxed: the function counts its executions in a file of the
-	// test's, which a sandboxed one could not reach. Info level for the
-	// "ebb serving" line that gives the address.
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data", dataDir, "--log-level", "info", "--python", python, "--sandbox", "off")
+	// The sandbox as ebb serve chooses it (auto); CI requires it on
+	// (below). Info level for the "ebb serving" line that gives the
+	// address.
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data", dataDir, "--log-level", "info", "--python", python)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -72,8 +71,13 @@ func startServer(t *testing.T, bin, dataDir, logPath string) *server {
 	for {
 		resp, err := http.Get(s.url + "/healthz")
 		if err == nil {
+			var h struct{ Sandbox string }
+			json.NewDecoder(resp.Body).Decode(&h)
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
+				if os.Getenv("EBB_REQUIRE_SANDBOX") == "1" && h.Sandbox != "on" {
+					t.Fatalf("EBB_REQUIRE_SANDBOX=1 but ebb serve runs functions with the sandbox %q", h.Sandbox)
+				}
 				return s
 			}
 		}
@@ -106,26 +110,6 @@ func (s *server) kill9() {
 	s.log.Close()
 }
 
-// countLines counts the lines of path per line.
-func countLines(t *testing.T, path string) (map[string]int, int) {
-	t.Helper()
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
-		return map[string]int{}, 0
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	m, n := map[string]int{}, 0
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		m[sc.Text()]++
-		n++
-	}
-	return m, n
-}
-
 // TestAsyncDurabilityKill9 queues 1,000 jobs on a real `ebb serve`, kills it
 // with SIGKILL while they run, restarts it on the same data directory and
 // checks that every accepted job succeeds. At-least-once delivery means a job
@@ -137,8 +121,10 @@ func TestAsyncDurabilityKill9(t *testing.T) {
 	const jobs = 1000
 	bin := buildEbb(t)
 	dataDir, work := t.TempDir(), t.TempDir()
-	execLog := filepath.Join(work, "executions.log")
 	serverLog := filepath.Join(work, "ebb.log")
+	// The function counts its executions with the test's counter, which
+	// outlives ebb.
+	cnt := newCounter(t)
 	s := startServer(t, bin, dataDir, serverLog)
 	defer func() {
 		if t.Failed() {
@@ -152,11 +138,13 @@ func TestAsyncDurabilityKill9(t *testing.T) {
 	if _, err := bundle.Pack(asyncFn(t, "dur", "memory: 64\nmax_instances: 24\nasync: {max_retries: 2}\n"), &buf); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Deploy(ctx, "dur", &buf); err != nil {
+	dep, err := c.Deploy(ctx, "dur", &buf)
+	if err != nil {
 		t.Fatal(err)
 	}
+	cnt.into(filepath.Join(dataDir, "bundles", dep.Digest))
 
-	payload := []byte(fmt.Sprintf(`{"log":%q,"sleep_ms":25}`, execLog))
+	payload := []byte(fmt.Sprintf(`{"count":%q,"sleep_ms":25}`, counterSock))
 	ids := make([]string, jobs)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -184,11 +172,11 @@ func TestAsyncDurabilityKill9(t *testing.T) {
 
 	// Kill while jobs run: after some have finished, well before all have.
 	waitFor(t, "a quarter of the jobs to run", 30*time.Second, func() bool {
-		_, n := countLines(t, execLog)
+		_, n := cnt.counts()
 		return n >= jobs/4
 	})
 	s.kill9()
-	_, before := countLines(t, execLog)
+	_, before := cnt.counts()
 	t.Logf("killed ebb with SIGKILL after %d executions", before)
 
 	restarted := time.Now()
@@ -215,7 +203,7 @@ func TestAsyncDurabilityKill9(t *testing.T) {
 			t.Errorf("job %s: handler saw request id %q, want the job id", j.ID, res.RequestID)
 		}
 	}
-	runs, total := countLines(t, execLog)
+	runs, total := cnt.counts()
 	lost, dups, dupJobs := 0, 0, 0
 	for _, id := range ids {
 		if !done[id] {

@@ -137,22 +137,23 @@ func TestAsyncInvokeEdge(t *testing.T) {
 }
 
 func TestAsyncRetriesDeadLettersAndRedrive(t *testing.T) {
-	// Unsandboxed: the functions count attempts in a directory of the
-	// test's.
-	e := start(t, "", fastRetries, unsandboxed)
-	state := t.TempDir()
-	e.deploy(asyncFn(t, "flaky", "async: {max_retries: 2}\n"))
-	e.deploy(asyncFn(t, "crashy", "async: {max_retries: 1}\n"))
-	e.deploy(asyncFn(t, "doomed", "async: {max_retries: 1}\n"))
+	e := start(t, "", fastRetries)
+	// The functions count their attempts with the test's counter, which
+	// outlives their instances.
+	cnt := newCounter(t)
+	for _, fn := range []struct{ name, extra string }{{"flaky", "async: {max_retries: 2}\n"}, {"crashy", "async: {max_retries: 1}\n"}, {"doomed", "async: {max_retries: 1}\n"}} {
+		e.deploy(asyncFn(t, fn.name, fn.extra))
+		cnt.into(e.codeDir(fn.name))
+	}
 	e.deploy(asyncFn(t, "slow", "timeout: 300ms\nasync: {max_retries: 0}\n"))
 
 	// Fails its first two attempts, succeeds on the third.
-	flaky := e.submit("flaky", fmt.Sprintf(`{"state":%q,"fail_until":2}`, state))
+	flaky := e.submit("flaky", fmt.Sprintf(`{"count":%q,"fail_until":2}`, counterSock))
 	// The instance dies in the first attempt.
-	crashy := e.submit("crashy", fmt.Sprintf(`{"state":%q,"crash_until":1}`, state))
+	crashy := e.submit("crashy", fmt.Sprintf(`{"count":%q,"crash_until":1}`, counterSock))
 	// Fails three attempts: dead after two, then redriven, fails once more
 	// and succeeds.
-	doomed := e.submit("doomed", fmt.Sprintf(`{"state":%q,"fail_until":3}`, state))
+	doomed := e.submit("doomed", fmt.Sprintf(`{"count":%q,"fail_until":3}`, counterSock))
 	// Times out with no retries left.
 	slow := e.submit("slow", `{"sleep_ms":2000}`)
 
@@ -183,6 +184,12 @@ func TestAsyncRetriesDeadLettersAndRedrive(t *testing.T) {
 	j = e.waitJob(doomed, queue.StatusSucceeded)
 	if j.Attempts != 4 || j.Redrives != 1 {
 		t.Errorf("doomed after redrive: attempts=%d redrives=%d, want 4 and 1", j.Attempts, j.Redrives)
+	}
+	// What the functions counted agrees with ebb's records: every attempt
+	// ran, once.
+	runs, _ := cnt.counts()
+	if runs[flaky] != 3 || runs[crashy] != 2 || runs[doomed] != 4 {
+		t.Errorf("executions counted: flaky %d crashy %d doomed %d, want 3, 2 and 4", runs[flaky], runs[crashy], runs[doomed])
 	}
 }
 

@@ -428,7 +428,7 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 		for _, in := range ps.Instances {
 			st.InFlight += in.InFlight
 			st.Instances = append(st.Instances, api.InstanceStatus{ID: in.ID, Version: d.fn.Version, Phase: string(in.Phase),
-				InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
+				InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases, Pid: instancePid(d, in.ID)})
 		}
 		if i > 0 {
 			continue
@@ -451,7 +451,7 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 			st.Draining = append(st.Draining, od.fn.Version)
 			for _, in := range od.pool.Stats().Instances {
 				st.Instances = append(st.Instances, api.InstanceStatus{ID: in.ID, Version: od.fn.Version, Phase: string(in.Phase),
-					InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases})
+					InFlight: in.InFlight, StartedAt: in.StartedAt, LastUsed: in.LastUsed, Requests: in.Leases, Pid: instancePid(od, in.ID)})
 			}
 		}
 	}
@@ -459,6 +459,15 @@ func (p *Platform) Status(ctx context.Context, name string) (*api.FunctionStatus
 	sort.Ints(st.Draining)
 	st.Draining = slices.Compact(st.Draining)
 	return st, nil
+}
+
+// instancePid is the host pid of instance id's function process (under a
+// sandbox, not bwrap's), 0 while it starts or once gone.
+func instancePid(d *deployment, id string) int {
+	if in, ok := d.pool.Instance(id); ok && in != nil {
+		return in.FunctionPid()
+	}
+	return 0
 }
 
 // Remove implements api.Platform: the function stops taking requests, the

@@ -18,7 +18,7 @@ import (
 )
 
 func TestExecScaleFromZeroAndBack(t *testing.T) {
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	e.deploy(goFn(t, "hello", "idle_timeout: 300ms\nmemory: 128\nenv: {GREETING: hi}\n"))
 	if n := e.instances("hello"); n != 0 {
 		t.Fatalf("instances after deploy = %d, want 0 (scaled to zero)", n)
@@ -50,14 +50,29 @@ func TestExecScaleFromZeroAndBack(t *testing.T) {
 	if code != 200 || h.Get("Ebb-Cold-Start") != "false" {
 		t.Errorf("second invoke = %d cold=%q, want 200 false", code, h.Get("Ebb-Cold-Start"))
 	}
-	pid := int(m["pid"].(float64))
-	waitFor(t, "scale to zero", 5*time.Second, func() bool { return e.instances("hello") == 0 })
-	if err := syscallKill0(pid); err == nil {
-		t.Errorf("process %d still alive after scale to zero", pid)
+	// The instance's process as the host sees it (the pid it reports is
+	// its sandbox's), with its cgroup, and the bwrap around it.
+	proc := e.instanceProc("hello", int(m["pid"].(float64)))
+	e.checkCgroup(proc)
+	var bwrap *hostProc
+	if e.sandboxed() {
+		bwrap = e.bwrapOf(proc)
+		if m["cwd"] != "/var/task" || m["tmp"] != "/tmp" {
+			t.Errorf("sandboxed cwd %v TMPDIR %v, want /var/task and its private /tmp", m["cwd"], m["tmp"])
+		}
 	}
-	// The instance's own directories are gone with it.
-	if _, err := os.Stat(m["cwd"].(string)); !os.IsNotExist(err) {
-		t.Errorf("work dir %v still exists", m["cwd"])
+	waitFor(t, "scale to zero", 5*time.Second, func() bool { return e.instances("hello") == 0 })
+	e.checkGone(proc, bwrap, "after scale to zero")
+	// The instance's own directories are gone with it: unsandboxed, its
+	// work dir on the host; sandboxed, its /tmp went with its mount
+	// namespace (checkGone), and ebb made none on the host.
+	if !e.sandboxed() {
+		if _, err := os.Stat(m["cwd"].(string)); !os.IsNotExist(err) {
+			t.Errorf("work dir %v still exists", m["cwd"])
+		}
+	}
+	if left, _ := os.ReadDir(filepath.Join(e.dataDir, "instances")); len(left) > 0 {
+		t.Errorf("instance directories left after scale to zero: %v", left)
 	}
 	code, _, h = e.invoke("hello", `{}`)
 	if code != 200 || h.Get("Ebb-Cold-Start") != "true" {
@@ -252,10 +267,15 @@ func TestMinInstancesWarm(t *testing.T) {
 }
 
 func TestTimeoutKillsInstance(t *testing.T) {
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	e.deploy(goFn(t, "sleepy", "timeout: 200ms\n"))
 	_, body, _ := e.invoke("sleepy", `{}`)
-	pid := int(decode(t, body)["pid"].(float64))
+	proc := e.instanceProc("sleepy", int(decode(t, body)["pid"].(float64)))
+	e.checkCgroup(proc)
+	var bwrap *hostProc
+	if e.sandboxed() {
+		bwrap = e.bwrapOf(proc)
+	}
 	// The handler would answer 200 after a minute: a 504 is the timeout.
 	code, body, _ := e.invoke("sleepy", `{"sleep_ms":60000}`)
 	if code != 504 {
@@ -264,7 +284,9 @@ func TestTimeoutKillsInstance(t *testing.T) {
 	if m := decode(t, body); m["errorType"] != "Sandbox.Timedout" {
 		t.Errorf("body = %v", m)
 	}
-	waitFor(t, "timed-out instance to die", 5*time.Second, func() bool { return syscallKill0(pid) != nil })
+	waitFor(t, "timed-out instance to die", 5*time.Second, func() bool { return !alive(proc.pid) })
+	waitFor(t, "the timed-out instance to leave the pool", 5*time.Second, func() bool { return e.instances("sleepy") == 0 })
+	e.checkGone(proc, bwrap, "after the timeout")
 	code, _, h := e.invoke("sleepy", `{}`)
 	if code != 200 || h.Get("Ebb-Cold-Start") != "true" {
 		t.Errorf("after timeout: %d cold=%s, want a fresh instance", code, h.Get("Ebb-Cold-Start"))

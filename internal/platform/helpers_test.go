@@ -43,12 +43,6 @@ type env struct {
 
 type envOpt func(*Config)
 
-// unsandboxed runs functions without the sandbox, for tests that watch an
-// instance's processes from the host by the pids the function reports: a
-// pid namespace gives those only inside. The sandbox's own behaviour is
-// tested through the same paths in sandbox_test.go and examples.
-func unsandboxed(c *Config) { c.Sandbox.Mode = sandbox.ModeOff }
-
 // start runs a platform on a fresh (or given) data dir until the test ends.
 func start(t testing.TB, dataDir string, opts ...envOpt) *env {
 	t.Helper()
@@ -75,6 +69,13 @@ func start(t testing.TB, dataDir string, opts ...envOpt) *env {
 		t.Fatalf("platform.New: %v", err)
 	}
 	e.p, e.adminKey = p, key
+	// CI sets EBB_REQUIRE_SANDBOX=1: there every test runs its functions
+	// sandboxed unless it turned the sandbox off itself.
+	if cfg.Sandbox.Mode != sandbox.ModeOff && os.Getenv("EBB_REQUIRE_SANDBOX") == "1" && p.SandboxMode() != sandbox.ModeOn {
+		p.Close(context.Background())
+		ln.Close()
+		t.Fatalf("EBB_REQUIRE_SANDBOX=1 but the platform runs functions with the sandbox %s", p.SandboxMode())
+	}
 	e.srv = &h1.Server{Handler: p.Handler()}
 	go e.srv.Serve(ln)
 	e.c = client.New(e.url, key)
@@ -265,8 +266,9 @@ type gate struct {
 	hostPath string // where the test creates it
 }
 
-// newGate makes a gate for name's current version.
-func (e *env) newGate(name string) *gate {
+// codeDir is the host directory of name's current version's code, which
+// its instances see at /var/task (read-only) when sandboxed.
+func (e *env) codeDir(name string) string {
 	e.t.Helper()
 	e.p.mu.RLock()
 	f := e.p.fns[name]
@@ -276,12 +278,19 @@ func (e *env) newGate(name string) *gate {
 	}
 	e.p.mu.RUnlock()
 	if v == nil {
-		e.t.Fatalf("gate for %s: no single routed version", name)
+		e.t.Fatalf("code of %s: no single routed version", name)
 	}
+	return v.codeDir
+}
+
+// newGate makes a gate for name's current version.
+func (e *env) newGate(name string) *gate {
+	e.t.Helper()
+	codeDir := e.codeDir(name)
 	var b [6]byte
 	rand.Read(b[:])
 	g := &gate{t: e.t, path: "gate-" + hex.EncodeToString(b[:])}
-	g.hostPath = filepath.Join(v.codeDir, g.path)
+	g.hostPath = filepath.Join(codeDir, g.path)
 	e.t.Cleanup(func() { os.Remove(g.hostPath) })
 	e.t.Cleanup(func() { os.WriteFile(g.hostPath, nil, 0o644) })
 	return g

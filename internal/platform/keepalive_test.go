@@ -63,7 +63,7 @@ func bootstraps() int {
 // keep-alive; status and /metrics count it.
 func TestAdaptiveKeepAlivePrewarmsAndUnloads(t *testing.T) {
 	clk := &testClock{t: time.Now()}
-	e := start(t, "", unsandboxed, func(c *Config) { c.Now = clk.Now })
+	e := start(t, "", func(c *Config) { c.Now = clk.Now })
 	e.deploy(goFn(t, "timer", "keep_alive: adaptive\n"))
 	status := func() api.FunctionStatus {
 		st, err := e.c.Status(context.Background(), "timer")
@@ -173,7 +173,7 @@ func holdsInstance(p *Platform, fn string) bool {
 // counted as pre-warmed.
 func TestAdaptivePrewarmNeedsWarmBudget(t *testing.T) {
 	clk := &testClock{t: time.Now()}
-	e := start(t, "", unsandboxed, func(c *Config) { c.Now = clk.Now; c.WarmMax = -1 })
+	e := start(t, "", func(c *Config) { c.Now = clk.Now; c.WarmMax = -1 })
 	e.deploy(goFn(t, "timer", "keep_alive: adaptive\n"))
 	var last time.Time
 	for i := range 7 {

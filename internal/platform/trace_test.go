@@ -436,15 +436,16 @@ func TestTracingSpans(t *testing.T) {
 	})
 }
 
-// TestTracingFreshColdStart: a cold start with no spare to claim (no
-// sandbox: a fresh process) is split at the process's spawn too.
+// TestTracingFreshColdStart: a cold start with no spare to claim (the
+// node's warm budget holds none: a fresh process, in a sandbox set up on
+// the request's path) is split at the process's spawn too.
 func TestTracingFreshColdStart(t *testing.T) {
 	rc := newOTLPReceiver(t)
 	tp, err := tracing.New(tracing.Config{Endpoint: rc.url})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := start(t, "", unsandboxed, func(c *Config) { c.TracerProvider = tp })
+	e := start(t, "", func(c *Config) { c.TracerProvider, c.WarmMax = tp, -1 })
 	e.deploy(goFn(t, "fresh", ""))
 	code, body, h := e.do("POST", "/v1/functions/fresh/invoke", `{}`, callerHeaders())
 	if code != 200 {

@@ -78,13 +78,19 @@ func memoryCgroup(s string) string {
 
 func TestZygoteForkedInstancesAreIsolated(t *testing.T) {
 	needPython(t)
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	e.deploy(fnDir(t, "name: zfork\nruntime: python\nhandler: app.handler\nmax_instances: 4\npreload: [json]\n", map[string]string{"app.py": forkProbe}))
 	zs := waitSpare(t, e, "zfork")
-	zygoteCg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", zs.PID))
-	if err != nil {
-		t.Fatal(err)
+	// The zygote as the host sees it; its children report pids of the
+	// sandbox's pid namespace, which they share with it.
+	zygote := readHostProc(zs.PID)
+	if zygote == nil {
+		t.Fatalf("zygote pid %d from status: no such process", zs.PID)
 	}
+	if e.sandboxed() && (len(zygote.nspid) < 2 || zygote.uid == 0) {
+		t.Fatalf("zygote %+v: want a sandboxed process, not bwrap's or the host's", zygote)
+	}
+	e.checkCgroup(zygote)
 	// Three requests in flight at once, held until all three are, so that
 	// each has an instance of its own (a sleep only made that likely).
 	gate := e.newGate("zfork")
@@ -104,20 +110,41 @@ func TestZygoteForkedInstancesAreIsolated(t *testing.T) {
 		replies = append(replies, decode(t, body))
 	}
 
-	seen := map[string]map[string]bool{"pid": {}, "rand": {}, "np": {}, "socket": {}, "cgroup": {}, "cwd": {}}
+	seen := map[string]map[string]bool{"pid": {}, "rand": {}, "np": {}, "socket": {}, "cgroup": {}, "cwd": {}, "host pid": {}}
 	for _, m := range replies {
 		pid := m["pid"].(float64)
-		if m["ppid"] != float64(zs.PID) || m["imported_in"] != float64(zs.PID) {
-			t.Errorf("ppid %v, module imported in %v; want both the zygote %d", m["ppid"], m["imported_in"], zs.PID)
+		if m["ppid"] != float64(zygote.inner()) || m["imported_in"] != float64(zygote.inner()) {
+			t.Errorf("ppid %v, module imported in %v; want both the zygote %d (%d on the host)", m["ppid"], m["imported_in"], zygote.inner(), zs.PID)
 		}
 		if m["sid"] != pid || m["pgid"] != pid {
 			t.Errorf("sid %v pgid %v, want its own session and group %v", m["sid"], m["pgid"], pid)
 		}
-		cg := memoryCgroup(m["cgroup"].(string))
-		if zcg := memoryCgroup(string(zygoteCg)); cg == "" || cg == zcg || path.Dir(cg) != path.Dir(zcg) {
-			t.Errorf("instance cgroup %q, zygote cgroup %q: want its own next to it", cg, memoryCgroup(string(zygoteCg)))
+		// The host's view of the instance: its status pid is the child
+		// of that zygote that reported pid, in the zygote's namespace.
+		var proc *hostProc
+		for _, h := range e.instanceProcs("zfork") {
+			if h.pidNS == zygote.pidNS && h.inner() == int(pid) {
+				proc = h
+			}
 		}
-		if !strings.Contains(m["tmp"].(string), "/instances/") || !strings.HasPrefix(m["cwd"].(string), strings.TrimSuffix(m["tmp"].(string), "/tmp")) {
+		if proc == nil || proc.ppid != zs.PID || proc.uid != zygote.uid {
+			t.Fatalf("instance %v: host process %+v, want a child of the zygote %d reported in status", pid, proc, zs.PID)
+		}
+		seen["host pid"][fmt.Sprint(proc.pid)] = true
+		// Its cgroup, from the host (inside, a cgroup namespace hides
+		// the path): its own, next to the zygote's.
+		cg := proc.cgroup
+		if zygote.cgroup != "" && (cg == "" || cg == zygote.cgroup || path.Dir(cg) != path.Dir(zygote.cgroup)) {
+			t.Errorf("instance cgroup %q, zygote cgroup %q: want its own next to it", cg, zygote.cgroup)
+		}
+		if e.sandboxed() {
+			// No host directories: the code at /var/task, and /tmp is
+			// the sandbox's (shared with the zygote's other children;
+			// docs/sandbox.md, Known limits).
+			if m["cwd"] != "/var/task" || m["tmp"] != "/tmp" {
+				t.Errorf("cwd %v tmp %v: want /var/task and the sandbox's /tmp", m["cwd"], m["tmp"])
+			}
+		} else if !strings.Contains(m["tmp"].(string), "/instances/") || !strings.HasPrefix(m["cwd"].(string), strings.TrimSuffix(m["tmp"].(string), "/tmp")) {
 			t.Errorf("cwd %v tmp %v: want the instance's own directories", m["cwd"], m["tmp"])
 		}
 		sockets := 0
@@ -138,17 +165,25 @@ func TestZygoteForkedInstancesAreIsolated(t *testing.T) {
 		}
 		for _, k := range []string{"pid", "rand", "np", "cgroup", "cwd"} {
 			v := fmt.Sprint(m[k])
-			if k == "cgroup" {
+			switch {
+			case k == "cgroup":
 				v = cg
-			}
-			if k == "np" && m[k] == nil {
+				if cg == "" {
+					continue // no cgroups
+				}
+			case k == "np" && m[k] == nil:
 				continue // numpy not installed
+			case k == "cwd" && e.sandboxed():
+				continue // /var/task, the same read-only code for all
 			}
 			if seen[k][v] {
 				t.Errorf("%s %s is shared between instances", k, v)
 			}
 			seen[k][v] = true
 		}
+	}
+	if len(seen["host pid"]) != len(replies) {
+		t.Errorf("host pids %v: want one per instance", seen["host pid"])
 	}
 	if len(seen["socket"]) != len(replies) {
 		t.Errorf("sockets %v shared between instances", seen["socket"])
@@ -189,22 +224,36 @@ func TestZygoteMemoryLimitHolds(t *testing.T) {
 
 func TestZygoteDeathIsRebuilt(t *testing.T) {
 	needPython(t)
-	e := start(t, "", unsandboxed)
+	e := start(t, "")
 	e.deploy(fnDir(t, "name: zdie\nruntime: python\nhandler: app.handler\n", map[string]string{"app.py": forkProbe}))
 	zs := waitSpare(t, e, "zdie")
 	first := decode(t, mustInvoke(t, e, "zdie", `{}`))
+	// The zygote and the instance as the host sees them: their pids
+	// inside a sandbox can come again in the next one.
+	zygote := readHostProc(zs.PID)
+	if zygote == nil || int(first["ppid"].(float64)) != zygote.inner() {
+		t.Fatalf("zygote %d from status: %+v, the instance's parent is %v", zs.PID, zygote, first["ppid"])
+	}
+	inst := e.instanceProc("zdie", int(first["pid"].(float64)))
+	if inst.ppid != zs.PID {
+		t.Fatalf("instance %+v: want a child of the zygote %d", inst, zs.PID)
+	}
+	// The python process itself, not a sandbox's bwrap above it.
 	if err := syscall.Kill(zs.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	// Its children die with it (parent-death signal); the next cold start
-	// builds a new zygote.
+	// Its children die with it (parent-death signal; sandboxed, their
+	// pid namespace ends with it); the next cold start builds a new
+	// zygote.
 	waitFor(t, "the old instance to be gone", 10*time.Second, func() bool { return e.instances("zdie") == 0 })
+	e.checkGone(inst, nil, "after the zygote died")
 	m := decode(t, mustInvoke(t, e, "zdie", `{}`))
-	if m["ppid"] == float64(zs.PID) || m["pid"] == first["pid"] {
-		t.Errorf("served by %v (parent %v) after the zygote %d died", m["pid"], m["ppid"], zs.PID)
+	now := e.instanceProc("zdie", int(m["pid"].(float64)))
+	if now.ppid == zs.PID || now.pid == inst.pid || (e.sandboxed() && now.pidNS == zygote.pidNS) {
+		t.Errorf("served by %+v after the zygote %d (%+v) died, want a child of a new one", now, zs.PID, zygote)
 	}
-	if st := zygoteOf(t, e, "zdie"); st == nil || st.PID == zs.PID || float64(st.PID) != m["ppid"] {
-		t.Errorf("zygote after rebuild = %+v, want a new one that forked %v", st, m["ppid"])
+	if st := zygoteOf(t, e, "zdie"); st == nil || st.PID == zs.PID || st.PID != now.ppid {
+		t.Errorf("zygote after rebuild = %+v, want a new one that forked %d", st, now.pid)
 	}
 }
 

@@ -1,17 +1,22 @@
 // Command asyncfn is the aws-lambda-go function of the async tests. It
-// records every execution (one line with its request id appended to a file),
-// so that a test can count executions per job, and it fails or crashes its
-// first attempts on request, keeping the attempt count in a file per request
-// id so that the count survives the instance.
+// counts its executions per request id with a counter the test runs (a
+// unix socket the test puts in the function's code directory, which a
+// sandboxed function reaches read-only at /var/task: connecting needs no
+// write to the filesystem), so that a test can count executions per job
+// and the count survives the instance; and it fails or crashes its first
+// attempts on request, by that count.
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
@@ -19,33 +24,40 @@ import (
 )
 
 type event struct {
-	Log        string `json:"log"`
-	State      string `json:"state"`
+	// Count is the counter's socket, relative to the function's code.
+	Count      string `json:"count"`
 	SleepMS    int    `json:"sleep_ms"`
 	FailUntil  int    `json:"fail_until"`
 	CrashUntil int    `json:"crash_until"`
 	Fail       string `json:"fail"`
 }
 
-func attempt(state, rid string) int {
-	if state == "" {
-		return 1
+// attempt counts this execution of rid and returns its number (1 without
+// a counter).
+func attempt(sock, rid string) (int, error) {
+	if sock == "" {
+		return 1, nil
 	}
-	p := filepath.Join(state, rid)
-	b, _ := os.ReadFile(p)
-	n, _ := strconv.Atoi(string(b))
-	n++
-	os.WriteFile(p, []byte(strconv.Itoa(n)), 0o644)
-	return n
+	c, err := net.Dial("unix", filepath.Join(os.Getenv("LAMBDA_TASK_ROOT"), sock))
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintln(c, rid); err != nil {
+		return 0, err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return 0, fmt.Errorf("read count: %w", err)
+	}
+	return strconv.Atoi(strings.TrimSpace(line))
 }
 
 func handle(ctx context.Context, ev map[string]any) (map[string]any, error) {
 	var e event
-	if s, ok := ev["log"].(string); ok {
-		e.Log = s
-	}
-	if s, ok := ev["state"].(string); ok {
-		e.State = s
+	if s, ok := ev["count"].(string); ok {
+		e.Count = s
 	}
 	if f, ok := ev["sleep_ms"].(float64); ok {
 		e.SleepMS = int(f)
@@ -61,15 +73,10 @@ func handle(ctx context.Context, ev map[string]any) (map[string]any, error) {
 	}
 	lc, _ := lambdacontext.FromContext(ctx)
 	rid := lc.AwsRequestID
-	if e.Log != "" {
-		f, err := os.OpenFile(e.Log, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintln(f, rid)
-		f.Close()
+	n, err := attempt(e.Count, rid)
+	if err != nil {
+		return nil, err
 	}
-	n := attempt(e.State, rid)
 	if e.SleepMS > 0 {
 		time.Sleep(time.Duration(e.SleepMS) * time.Millisecond)
 	}
