@@ -2,6 +2,7 @@ package instance
 
 import (
 	"errors"
+	"maps"
 	"math"
 	"os"
 	"slices"
@@ -95,6 +96,9 @@ type WarmBudget struct {
 	// kinds is the last measurement by holder kind, the estimate for a
 	// function never measured.
 	kinds map[string]uint64
+	// seen is when functions were last used before this process began
+	// (SeedUse): the last use of their holders until they are used again.
+	seen map[string]time.Time
 }
 
 // NewWarmBudget makes a budget of cfg.
@@ -139,7 +143,24 @@ func (b *WarmBudget) newHolder(fn string, version int, kind string, measure func
 		return nil
 	}
 	h := &warmHolder{b: b, info: HolderInfo{Function: fn, Version: version, Kind: kind}, measure: measure, idle: idle, evict: evict}
+	b.mu.Lock()
+	h.info.LastUse = b.seen[fn]
+	b.mu.Unlock()
 	return h
+}
+
+// SeedUse tells the budget when functions were last used before this
+// process began (read from the usage store at a restart): holders made for
+// them afterwards rank by that use until they are used again, so that what
+// a restart builds ahead, and what it evicts first, follows the traffic
+// before it.
+func (b *WarmBudget) SeedUse(last map[string]time.Time) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.seen = maps.Clone(last)
+	b.mu.Unlock()
 }
 
 // used notes a start of the holder's function, for its priority.

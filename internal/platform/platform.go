@@ -352,11 +352,14 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", err
 	}
 	p.keep.Start()
+	used := p.recentUse(ctx)
+	p.instCfg.Warm.SeedUse(used)
 	if err := p.restore(ctx); err != nil {
 		p.keep.Close()
 		p.closeStores()
 		return nil, "", err
 	}
+	p.prebuild(used)
 	if err := p.startCluster(ctx); err != nil {
 		p.Close(ctx)
 		return nil, "", err

@@ -2,10 +2,15 @@ package platform
 
 import (
 	"context"
+	"maps"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/ebb-run/ebb/internal/api"
 	"github.com/ebb-run/ebb/internal/instance"
 	"github.com/ebb-run/ebb/internal/metrics"
+	"github.com/ebb-run/ebb/internal/usage"
 )
 
 // The node's budget for warm capacity (instance.WarmBudget): python zygotes
@@ -13,9 +18,11 @@ import (
 // so that a node with a thousand idle functions holds no more memory ahead
 // of need than --warm-memory. A deploy builds its version's zygote (or
 // spare) only when the budget has room, or by evicting a holder used less
-// recently; a restart builds none: the registry says nothing cheap about
-// which functions will be called first, and a request builds its own (the
-// cold path).
+// recently. A restart builds those of the functions used in the day before
+// it, most recently used first, while the budget has room (prebuild): the
+// usage store says which were called, and a function nobody called costs
+// nothing but its files. Any other function's first request builds its own
+// (the cold path).
 
 // warmConfig is the budget cfg asks for.
 func warmConfig(cfg Config) instance.WarmConfig {
@@ -50,4 +57,61 @@ func warmStatus(w *instance.WarmStatus) *api.WarmStatus {
 		return nil
 	}
 	return &api.WarmStatus{Kind: w.Kind, Bytes: w.Bytes, Since: w.Since, LastUse: w.LastUse}
+}
+
+// recentUse reads when each function was last invoked in the day before
+// now, to the minute, from the usage rollups (the meter's own, of every
+// node sharing the store).
+func (p *Platform) recentUse(ctx context.Context) map[string]time.Time {
+	now := p.cfg.Now()
+	reps, err := p.usage.Report(ctx, usage.Query{Since: now.Add(-24 * time.Hour), Until: now, Step: time.Minute})
+	if err != nil {
+		p.log.Warn("read recent usage; nothing is built ahead", "err", err)
+		return nil
+	}
+	last := map[string]time.Time{}
+	for _, r := range reps {
+		for i := len(r.Series) - 1; i >= 0; i-- {
+			if r.Series[i].Invocations > 0 {
+				last[r.Function] = r.Series[i].Time.Add(time.Minute)
+				break
+			}
+		}
+	}
+	return last
+}
+
+// prebuild asks the serving versions of the functions in last for their
+// warm capacity (a zygote and its spare, a spare process), most recently used
+// first and no more than the budget may hold: the budget admits them while
+// it has room, ranked by that use.
+func (p *Platform) prebuild(last map[string]time.Time) {
+	names := slices.Collect(maps.Keys(last))
+	slices.SortFunc(names, func(a, b string) int {
+		if c := last[b].Compare(last[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	if n := p.instCfg.Warm.Snapshot().Max; len(names) > n {
+		names = names[:n]
+	}
+	if len(names) > 0 {
+		p.log.Info("build warm capacity ahead by recent use", "functions", names)
+	}
+	for _, name := range names {
+		p.mu.RLock()
+		var deps []*deployment
+		if f := p.fns[name]; f != nil {
+			for _, v := range f.versions {
+				if d := v.dep.Load(); d != nil {
+					deps = append(deps, d)
+				}
+			}
+		}
+		p.mu.RUnlock()
+		for _, d := range deps {
+			d.starter.Prewarm()
+		}
+	}
 }

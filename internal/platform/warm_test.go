@@ -171,7 +171,8 @@ func TestWarmBudgetBoundsManyIdleFunctions(t *testing.T) {
 		t.Errorf("after a demand build the budget holds %d MiB of %d", s.Used>>20, budget>>20)
 	}
 
-	// Restart on the same data dir: nothing is built ahead.
+	// Restart on the same data dir: only what was used before it (the
+	// one function called) is built ahead.
 	e.stop()
 	e = start(t, e.dataDir, opt)
 	if pss := processTreePSS(); pss > budget {
@@ -183,8 +184,13 @@ func TestWarmBudgetBoundsManyIdleFunctions(t *testing.T) {
 	// below waits for its own, long enough for one begun at restore to
 	// have taken its room.
 	answers(t, e, names[0])
-	if s := e.p.instCfg.Warm.Snapshot(); len(s.Holders) > 1 {
-		t.Errorf("after a restart and one request, %d versions hold warm capacity; want only the one asked for", len(s.Holders))
+	waitFor(t, "the function called before the restart to be built ahead", 30*time.Second, func() bool {
+		return e.p.current(cold).starter.Warm() != nil
+	})
+	for _, h := range e.p.instCfg.Warm.Snapshot().Holders {
+		if h.Function != cold && h.Function != names[0] {
+			t.Errorf("after a restart and one request, %s holds warm capacity; want only %s (called before) and %s (asked for)", h.Function, cold, names[0])
+		}
 	}
 	for _, i := range rng.Perm(n)[:4] {
 		answers(t, e, names[i])
@@ -203,5 +209,51 @@ func answers(t *testing.T, e *env, name string) {
 	}
 	if m := decode(t, body); m["fn"] != name || m["sum"] != "1.3" {
 		t.Fatalf("invoke %s = %s", name, body)
+	}
+}
+
+// TestRestartBuildsAheadByRecentUse: a restart builds warm capacity for the
+// functions called in the day before it, most recently called first and no
+// more than the budget holds, and none for a function nobody called.
+func TestRestartBuildsAheadByRecentUse(t *testing.T) {
+	needPython(t)
+	clk := &testClock{t: time.Now()}
+	withClock := func(c *Config) { c.Now = clk.Now }
+	e := start(t, "", withClock)
+	for _, name := range []string{"never", "earlier", "latest"} {
+		e.deploy(fnDir(t, "name: "+name+"\nruntime: python\nhandler: main.handler\n", map[string]string{"main.py": warmFn}))
+	}
+	answers(t, e, "earlier")
+	clk.Set(clk.Now().Add(3 * time.Minute))
+	answers(t, e, "latest")
+	clk.Set(clk.Now().Add(time.Minute))
+	dir := e.dataDir
+	held := func(name string) bool { return e.p.current(name).starter.Warm() != nil }
+
+	// Room for one holder: the one called last.
+	e.stop()
+	e = start(t, dir, withClock, func(c *Config) { c.WarmMax = 1 })
+	waitFor(t, "the function called last to be built ahead", 60*time.Second, func() bool { return held("latest") })
+	if held("earlier") || held("never") {
+		t.Fatalf("with room for one, warm holders %+v; want only latest", e.p.instCfg.Warm.Snapshot().Holders)
+	}
+
+	// Room for all: both called, never the one nobody called.
+	e.stop()
+	e = start(t, dir, withClock)
+	if !strings.Contains(e.logText(), `"functions":["latest","earlier"]`) {
+		t.Fatalf("the restart did not build latest then earlier ahead: %s", e.logText())
+	}
+	waitFor(t, "both functions called to be built ahead", 60*time.Second, func() bool { return held("latest") && held("earlier") })
+	if held("never") {
+		t.Fatalf("a function nobody called was built ahead: %+v", e.p.instCfg.Warm.Snapshot().Holders)
+	}
+
+	// A day later nothing is recent: nothing is built.
+	e.stop()
+	clk.Set(clk.Now().Add(25 * time.Hour))
+	e = start(t, dir, withClock)
+	if strings.Contains(e.logText(), "build warm capacity ahead") {
+		t.Fatalf("a day after the last call, the restart built ahead: %s", e.logText())
 	}
 }
