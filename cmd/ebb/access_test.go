@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -406,6 +407,67 @@ func TestAWSSDKWithEbbKeys(t *testing.T) {
 	var ae smithy.APIError
 	if !errors.As(err, &ae) || ae.ErrorCode() != "UnrecognizedClientException" {
 		t.Errorf("unknown access key: err = %v, want UnrecognizedClientException", err)
+	}
+}
+
+// TestKeysCreateJSON: `ebb keys create --json` prints exactly the fields
+// it promises, with what was asked for.
+func TestKeysCreateJSON(t *testing.T) {
+	s := authServe(t)
+	before := time.Now()
+	out, err := s.cli(t, s.key, "keys", "create", "--role", "invoke", "--functions", "a-*,b-*", "--name", "ci", "--expires", "30d", "--rps", "3", "--json")
+	if err != nil {
+		t.Fatalf("ebb keys create: %v %s", err, out)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(out), &fields); err != nil {
+		t.Fatalf("ebb keys create --json printed %s", out)
+	}
+	var names []string
+	for k := range fields {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	if want := []string{"access_key_id", "expires", "functions", "id", "key", "role", "secret_access_key"}; !slices.Equal(names, want) {
+		t.Errorf("ebb keys create --json printed fields %v, want exactly %v", names, want)
+	}
+	var k struct {
+		ID, Key, Role   string
+		AccessKeyID     string `json:"access_key_id"`
+		SecretAccessKey string `json:"secret_access_key"`
+		Functions       []string
+		Expires         time.Time
+	}
+	json.Unmarshal([]byte(out), &k)
+	if k.ID == "" || !strings.HasPrefix(k.Key, "ebb_") || k.AccessKeyID == "" || len(k.SecretAccessKey) < 30 || k.Role != "invoke" ||
+		!slices.Equal(k.Functions, []string{"a-*", "b-*"}) {
+		t.Errorf("ebb keys create --json = %s", out)
+	}
+	if lo, hi := before.Add(30*24*time.Hour-time.Minute), time.Now().Add(30*24*time.Hour+time.Minute); k.Expires.Before(lo) || k.Expires.After(hi) {
+		t.Errorf("expires = %s, want 30 days from now", k.Expires)
+	}
+	// An unscoped key that never expires says so: functions [] and
+	// expires null, not missing.
+	out, err = s.cli(t, s.key, "keys", "create", "--role", "read", "--json")
+	if err != nil || !strings.Contains(out, `"functions": []`) || !strings.Contains(out, `"expires": null`) {
+		t.Errorf("ebb keys create --role read --json = %v %s", err, out)
+	}
+	// The name and rps were kept.
+	out, err = s.cli(t, s.key, "keys", "ls", "--json")
+	var listed []struct {
+		ID, Name string
+		RPS      float64
+	}
+	if err != nil || json.Unmarshal([]byte(out), &listed) != nil {
+		t.Fatalf("keys ls --json: %v %s", err, out)
+	}
+	if i := slices.IndexFunc(listed, func(l struct {
+		ID, Name string
+		RPS      float64
+	}) bool {
+		return l.ID == k.ID
+	}); i < 0 || listed[i].Name != "ci" || listed[i].RPS != 3 {
+		t.Errorf("keys ls = %s, want key %s named ci with rps 3", out, k.ID)
 	}
 }
 
