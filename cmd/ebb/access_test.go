@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -469,6 +470,57 @@ func TestKeysCreateJSON(t *testing.T) {
 	}); i < 0 || listed[i].Name != "ci" || listed[i].RPS != 3 {
 		t.Errorf("keys ls = %s, want key %s named ci with rps 3", out, k.ID)
 	}
+}
+
+// TestLambdaTailIsTheInvocationsOwn: LogType Tail answers the last 4 KB of
+// the invocation's own log lines, even while other invocations of the same
+// function are logging.
+func TestLambdaTailIsTheInvocationsOwn(t *testing.T) {
+	s := authServe(t)
+	s.deploy(t, map[string]string{
+		"ebb.yaml": "name: chatty\nruntime: python\nhandler: app.handler\n",
+		"app.py": "def handler(event, context):\n    rid = context.aws_request_id\n" +
+			"    for i in range(event['n']):\n        print(rid, 'line %04d' % i, 'x' * 60, flush=True)\n" +
+			"    print(rid, 'end', flush=True)\n    return {}\n",
+	})
+	k := s.createKey(t, "--role", "invoke")
+	c := lambda.New(lambda.Options{Region: "eu-west-3", BaseEndpoint: aws.String(s.url), RetryMaxAttempts: 1,
+		Credentials: credentials.NewStaticCredentialsProvider(k.AccessKeyID, k.SecretAccessKey, "")})
+	var wg sync.WaitGroup
+	for n := range 4 {
+		wg.Go(func() {
+			out, err := c.Invoke(context.Background(), &lambda.InvokeInput{FunctionName: aws.String("chatty"),
+				Payload: []byte(fmt.Sprintf(`{"n":%d}`, 150+n*50)), LogType: types.LogTypeTail})
+			if err != nil {
+				t.Errorf("Invoke: %v", err)
+				return
+			}
+			tail, err := base64.StdEncoding.DecodeString(aws.ToString(out.LogResult))
+			if err != nil {
+				t.Errorf("LogResult is not base64: %v", err)
+				return
+			}
+			lines := strings.Split(strings.TrimSuffix(string(tail), "\n"), "\n")
+			last := lines[len(lines)-1]
+			rid, _, _ := strings.Cut(last, " ")
+			switch {
+			case len(tail) > 4096 || len(tail) < 3500:
+				t.Errorf("Tail of %d lines is %d bytes, want the last 4 KB", 150+n*50, len(tail))
+			case !strings.HasSuffix(last, " end"):
+				t.Errorf("Tail ends with %q, want the invocation's last line", last)
+			case strings.Contains(string(tail), "line 0000"):
+				t.Errorf("Tail holds the first line of %d: not the last 4 KB", 150+n*50)
+			}
+			// Every whole line is this invocation's (the first may be cut).
+			for _, l := range lines[1:] {
+				if !strings.HasPrefix(l, rid+" ") {
+					t.Errorf("Tail of %s holds another invocation's line %q", rid, l)
+					break
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // TestRevokeAndRotate: revocation and rotation take effect at once, and
