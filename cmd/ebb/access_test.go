@@ -695,6 +695,18 @@ func TestForeignHost(t *testing.T) {
 	if h.Get("Access-Control-Allow-Origin") != "" {
 		t.Errorf("CORS header sent without --cors-origins")
 	}
+	// --cors-origins lists the origins that get CORS headers, and only them.
+	s = startServe(t, "--cors-origins", "https://app.example")
+	for origin, want := range map[string]string{"https://app.example": "https://app.example", "https://evil.example": ""} {
+		code, _, h := s.call(t, "OPTIONS", "/v1/functions", "", "", map[string]string{"Origin": origin, "Access-Control-Request-Method": "GET"})
+		if got := h.Get("Access-Control-Allow-Origin"); got != want || (want != "" && code != 204) {
+			t.Errorf("preflight from %s = %d, Access-Control-Allow-Origin %q, want %q", origin, code, got, want)
+		}
+		_, _, h = s.call(t, "GET", "/healthz", "", "", map[string]string{"Origin": origin})
+		if got := h.Get("Access-Control-Allow-Origin"); got != want {
+			t.Errorf("GET from %s: Access-Control-Allow-Origin %q, want %q", origin, got, want)
+		}
+	}
 }
 
 // TestNonLoopbackRequiresKeys: listening beyond loopback, ebb requires keys
