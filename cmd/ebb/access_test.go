@@ -641,10 +641,22 @@ func TestPublicFunctionURL(t *testing.T) {
 func TestFunctionRateLimit(t *testing.T) {
 	s := authServe(t)
 	s.deploy(t, echoFn("limited", "rate_limit: {rps: 5, burst: 5}\n"))
+	// Four instances warm first (four of the bucket's five tokens), so that
+	// cold starts holding all four senders do not leave tokens unspent;
+	// then a second for the bucket to fill again (5 rps, burst 5).
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if code, body, _ := s.call(t, "POST", "/v1/functions/limited/invoke", s.key, `{}`, nil); code != 200 {
+				t.Errorf("warm-up invoke = %d %s", code, body)
+			}
+		})
+	}
+	wg.Wait()
+	time.Sleep(1100 * time.Millisecond)
 	var ok, limited, other atomic.Int64
 	var badRetry atomic.Bool
 	deadline := time.Now().Add(3 * time.Second)
-	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
 			for time.Now().Before(deadline) {
