@@ -1,10 +1,13 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -190,6 +193,17 @@ func TestSigV4(t *testing.T) {
 	sign(t, r, body, akid, secret, now.Add(-6*time.Minute))
 	check("skew", r, "InvalidSignatureException")
 
+	// Clock skew up to 5 minutes either way is accepted; beyond, refused.
+	for _, c := range []struct {
+		skew time.Duration
+		want string
+	}{{-5*time.Minute + time.Second, ""}, {5*time.Minute - time.Second, ""}, {-5*time.Minute - 2*time.Second, "InvalidSignatureException"},
+		{5*time.Minute + 2*time.Second, "InvalidSignatureException"}} {
+		r = newReq()
+		sign(t, r, body, akid, secret, now.Add(c.skew))
+		check("skew "+c.skew.String(), r, c.want)
+	}
+
 	r = newReq()
 	sign(t, r, body, akid, secret, now)
 	r.Body = httptest.NewRequest("POST", "/", strings.NewReader(`{"x":2}`)).Body
@@ -223,6 +237,108 @@ func TestSigV4(t *testing.T) {
 	}
 	r = httptest.NewRequest("GET", strings.Replace(u, "size=3", "size=4", 1), nil)
 	check("presigned, query changed", r, "InvalidSignatureException")
+	// A presigned URL lives X-Amz-Expires (300 s from a minute ago), not
+	// the clock skew.
+	now = now.Add(4 * time.Minute)
+	check("presigned, at its expiry", httptest.NewRequest("GET", u, nil), "")
+	now = now.Add(2 * time.Second)
+	check("presigned, expired", httptest.NewRequest("GET", u, nil), "InvalidSignatureException")
+}
+
+// FuzzAuthenticate: whatever a request carries (method, path and query,
+// Authorization, X-Amz-Date, X-Amz-Content-Sha256, body), Authenticate
+// neither panics nor answers an error outside its kinds, admits nothing
+// but the one key's SigV4 signatures (the seeds are genuine ones; TestSigV4
+// checks which changes break them), puts the body back, and once it has
+// admitted a request, Strip leaves no credential header and no SigV4 query
+// parameter for the function.
+func FuzzAuthenticate(f *testing.F) {
+	const akid, secret = "EBBFUZZAAAAAAAAAAAAA", "fuzz-secret-0123456789abcdefghijklmnopq"
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	_, hash := NewSecret()
+	kr := &Keyring{}
+	if err := kr.Put(ebb.Key{ID: "0000fuzz", Role: ebb.RoleInvoke, Hash: hash, AccessKeyID: akid, CreatedAt: now}, secret); err != nil {
+		f.Fatal(err)
+	}
+	a := &Authenticator{Keys: kr, MaxSignedBody: 1 << 10, Now: func() time.Time { return now }}
+	// Seeds: a header-signed invoke and a presigned URL, both genuine.
+	r := httptest.NewRequest("POST", "http://127.0.0.1/2015-03-31/functions/f/invocations?Qualifier=3", strings.NewReader(`{"x":1}`))
+	if err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: akid, SecretAccessKey: secret}, r,
+		hashBody([]byte(`{"x":1}`)), "lambda", "eu-west-3", now); err != nil {
+		f.Fatal(err)
+	}
+	f.Add("POST", r.URL.RequestURI(), r.Header.Get("Authorization"), r.Header.Get("X-Amz-Date"), "", []byte(`{"x":1}`))
+	pr := httptest.NewRequest("GET", "http://127.0.0.1/fn/f/x?size=3&X-Amz-Expires=60", nil)
+	u, _, err := v4.NewSigner().PresignHTTP(context.Background(), aws.Credentials{AccessKeyID: akid, SecretAccessKey: secret}, pr,
+		hashBody(nil), "lambda", "us-east-1", now)
+	if err != nil {
+		f.Fatal(err)
+	}
+	pu, _ := url.Parse(u)
+	f.Add("GET", pu.RequestURI(), "", "", "", []byte(nil))
+	f.Add("GET", "/fn/f?X%2DAmz%2DSignature=1&X-Amz-Credential=EBBFUZZAAAAAAAAAAAAA/20261130/r/lambda/aws4_request", "AWS4-HMAC-SHA256 Credential=x", "20261130T120000Z", "UNSIGNED-PAYLOAD", []byte("b"))
+	f.Fuzz(func(t *testing.T, method, uri, authz, date, contentSha string, body []byte) {
+		if !validMethod(method) {
+			return
+		}
+		u, err := url.ParseRequestURI(uri)
+		if err != nil {
+			return
+		}
+		r := &http.Request{Method: method, URL: u, Host: "127.0.0.1", Header: http.Header{}, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Body: io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body))}
+		for k, v := range map[string]string{"Authorization": authz, "X-Amz-Date": date, "X-Amz-Content-Sha256": contentSha} {
+			if v != "" {
+				r.Header.Set(k, v)
+			}
+		}
+		p, err := a.Authenticate(r)
+		var se *SigV4Error
+		var rl *RateLimitedError
+		switch {
+		case err == nil:
+		case errors.As(err, &se):
+			if se.Type != "InvalidSignatureException" && se.Type != "IncompleteSignatureException" && se.Type != "UnrecognizedClientException" {
+				t.Fatalf("SigV4 error of unknown type %q", se.Type)
+			}
+			return
+		case errors.Is(err, ErrNoCredentials), errors.Is(err, ErrUnknownKey), errors.Is(err, ErrSignedBodyTooLarge), errors.As(err, &rl):
+			return
+		default:
+			t.Fatalf("Authenticate: error of no known kind: %v", err)
+		}
+		if p.Key.ID != "0000fuzz" || p.Via != "sigv4" {
+			t.Fatalf("admitted %+v via %q: only the key's SigV4 signatures can be genuine here", p.Key, p.Via)
+		}
+		if got, _ := io.ReadAll(r.Body); !bytes.Equal(got, body) {
+			t.Fatalf("the body was not put back: %q, want %q", got, body)
+		}
+		Strip(r, true)
+		for _, h := range []string{"Authorization", "X-Api-Key", "X-Amz-Date", "X-Amz-Content-Sha256", "X-Amz-Security-Token"} {
+			if _, ok := r.Header[h]; ok {
+				t.Fatalf("Strip left %s", h)
+			}
+		}
+		for part := range strings.SplitSeq(r.URL.RawQuery, "&") {
+			name, _, _ := strings.Cut(part, "=")
+			if n, err := url.QueryUnescape(name); err == nil && sigv4Params[n] {
+				t.Fatalf("Strip left query parameter %q in %q", n, r.URL.RawQuery)
+			}
+		}
+	})
+}
+
+// validMethod is a method net/http would send: a token.
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for _, c := range m {
+		if c <= ' ' || c >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, c) {
+			return false
+		}
+	}
+	return true
 }
 
 func TestStrip(t *testing.T) {

@@ -122,6 +122,8 @@ func (p *Platform) CreateKey(ctx context.Context, req api.KeyRequest) (*api.KeyC
 		}
 		k.ExpiresAt = k.CreatedAt.Add(d)
 	}
+	p.keysMu.Lock()
+	defer p.keysMu.Unlock()
 	for range 8 {
 		k.ID = auth.NewID()
 		secret, sigSecret := p.newSecrets(&k)
@@ -192,6 +194,8 @@ func (p *Platform) ListKeys(ctx context.Context) ([]api.KeyInfo, error) {
 // RevokeKey implements api.Keys: the key stops working on this node before
 // the call returns, and on others as soon as they see the store's change.
 func (p *Platform) RevokeKey(ctx context.Context, id string) error {
+	p.keysMu.Lock()
+	defer p.keysMu.Unlock()
 	p.keys.Remove(id)
 	if err := p.store.DeleteKey(ctx, id); err != nil {
 		if k, gerr := p.store.GetKey(ctx, id); gerr == nil {
@@ -205,6 +209,8 @@ func (p *Platform) RevokeKey(ctx context.Context, id string) error {
 // RotateKey implements api.Keys: the same key (ID, role, scope) with a new
 // bearer secret and SigV4 pair; the old ones stop working at once.
 func (p *Platform) RotateKey(ctx context.Context, id string) (*api.KeyCreated, error) {
+	p.keysMu.Lock()
+	defer p.keysMu.Unlock()
 	k, err := p.store.GetKey(ctx, id)
 	if err != nil {
 		return nil, err
@@ -261,14 +267,34 @@ func (p *Platform) keysLoop(events <-chan store.KeyEvent) {
 				events = nil
 				continue
 			}
-			if ev.Key == nil {
-				p.keys.Remove(ev.ID)
-			} else if held, ok := p.keys.Get(ev.ID); !ok || held.Hash != ev.Key.Hash || !slices.Equal(held.Functions, ev.Key.Functions) ||
-				held.Role != ev.Key.Role || held.ExpiresAt != ev.Key.ExpiresAt || held.RPS != ev.Key.RPS {
-				p.holdKey(*ev.Key)
-			}
+			p.syncKey(ev.ID)
 		case <-t.C:
 			p.flushLastUsed()
+		}
+	}
+}
+
+// syncKey makes the keyring hold key id as the store has it now. An event
+// can be older than a change this node has made since (a create or rotate
+// seen after the revoke or rotate that followed it): applying the event's
+// key would bring a revoked key or a rotated secret back until the next
+// event. Under keysMu, no change of this node's runs between the read and
+// the keyring's update.
+func (p *Platform) syncKey(id string) {
+	p.keysMu.Lock()
+	defer p.keysMu.Unlock()
+	ctx, cancel := context.WithTimeout(p.ctx, storeTimeout)
+	k, err := p.store.GetKey(ctx, id)
+	cancel()
+	switch {
+	case errors.Is(err, ebb.ErrNotFound):
+		p.keys.Remove(id)
+	case err != nil:
+		p.log.Warn("read changed key", "key", id, "err", err)
+	default:
+		if held, ok := p.keys.Get(id); !ok || held.Hash != k.Hash || !slices.Equal(held.Functions, k.Functions) ||
+			held.Role != k.Role || held.ExpiresAt != k.ExpiresAt || held.RPS != k.RPS {
+			p.holdKey(*k)
 		}
 	}
 }

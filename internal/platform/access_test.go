@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/api"
+	"github.com/ebb-run/ebb/internal/auth"
 	"github.com/ebb-run/ebb/internal/gateway"
 )
 
@@ -229,5 +231,43 @@ func TestLambdaInvokeAPIEdges(t *testing.T) {
 	check("over the rate limit", code, h, 429, "TooManyRequestsException")
 	if h.Get("Retry-After") == "" {
 		t.Error("429 without Retry-After")
+	}
+}
+
+// TestRevokeAndRotateAtOnce: on the node that serves them, a revoked key and
+// a rotated key's old secrets stop working before the call returns, not
+// when the store's watch comes round (twenty of each, so that a watch that
+// happens to be quick does not hide a missing step).
+func TestRevokeAndRotateAtOnce(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.RequireAuth = true })
+	ctx := context.Background()
+	a := &auth.Authenticator{Keys: &e.p.keys, Now: time.Now}
+	valid := func(secret string) bool {
+		r := httptest.NewRequest("GET", "/v1/functions", nil)
+		r.Header.Set("Authorization", "Bearer "+secret)
+		_, err := a.Authenticate(r)
+		return err == nil
+	}
+	for i := range 20 {
+		k, err := e.p.CreateKey(ctx, api.KeyRequest{Role: ebb.RoleRead})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !valid(k.Key) {
+			t.Fatalf("a new key is not valid at once")
+		}
+		rot, err := e.p.RotateKey(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if valid(k.Key) || !valid(rot.Key) {
+			t.Fatalf("key %d: right after rotate, old secret valid %v, new secret valid %v", i, valid(k.Key), valid(rot.Key))
+		}
+		if err := e.p.RevokeKey(ctx, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		if valid(rot.Key) {
+			t.Fatalf("key %d is still valid right after its revocation returned", i)
+		}
 	}
 }

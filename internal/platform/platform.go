@@ -231,6 +231,7 @@ type Platform struct {
 	models  *onnx.ModelCache // onnx models by content hash, shared by bundles
 
 	deployMu sync.Mutex // serialises deploys and removals, so versions swap in order
+	keysMu   sync.Mutex // serialises key changes with the keys watch (access.go)
 
 	// restoring is set while New restores the registry: nothing is built
 	// ahead of need then (warm.go).

@@ -278,15 +278,15 @@ func TestOIPVersions(t *testing.T) {
 			t.Errorf("GET %s: input datatype %s (Ebb-Version %s), want %s", path, dt, ev, want)
 		}
 	}
-	for path, want := range map[string]string{
-		"/v2/models/m/versions/1/infer":    `{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1.5,2.5]}]}`,
-		"/v2/models/m/versions/prod/infer": `{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1.5,2.5]}]}`,
-		"/v2/models/m/versions/2/infer":    `{"inputs":[{"name":"x","datatype":"INT32","shape":[1,2],"data":[1,2]}]}`,
-		"/v2/models/m/infer":               `{"inputs":[{"name":"x","datatype":"INT32","shape":[1,2],"data":[3,4]}]}`,
+	for path, c := range map[string]struct{ req, version string }{
+		"/v2/models/m/versions/1/infer":    {`{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1.5,2.5]}]}`, "1"},
+		"/v2/models/m/versions/prod/infer": {`{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1.5,2.5]}]}`, "1"},
+		"/v2/models/m/versions/2/infer":    {`{"inputs":[{"name":"x","datatype":"INT32","shape":[1,2],"data":[1,2]}]}`, "2"},
+		"/v2/models/m/infer":               {`{"inputs":[{"name":"x","datatype":"INT32","shape":[1,2],"data":[3,4]}]}`, "2"},
 	} {
-		code, body, h := e.do("POST", path, want, nil)
-		if code != 200 || !strings.Contains(body, `"outputs"`) {
-			t.Errorf("POST %s = %d %s (Ebb-Version %s)", path, code, body, h.Get("Ebb-Version"))
+		code, body, h := e.do("POST", path, c.req, nil)
+		if code != 200 || !strings.Contains(body, `"outputs"`) || h.Get("Ebb-Version") != c.version {
+			t.Errorf("POST %s = %d %s (Ebb-Version %q), want version %s's answer", path, code, body, h.Get("Ebb-Version"), c.version)
 		}
 	}
 	// The server metadata, which clients read first, in the spec's shape.

@@ -660,6 +660,9 @@ func (f fixture) write(ctx context.Context, s *Store) error {
 	if err := s.PutBundle(ctx, digestOf(f.bundle), bytes.NewReader(f.bundle)); err != nil {
 		return err
 	}
+	if err := s.AppendAudit(ctx, AuditRecord{Time: time.Date(2025, 2, 2, 0, 0, 1, 0, time.UTC), KeyID: f.key[:8], Action: "function.deploy", Target: "alpha", Status: 201}); err != nil {
+		return err
+	}
 	return s.CreateKey(ctx, ebb.Key{ID: f.key[:8], Hash: f.key, Name: "fixture", Role: ebb.RoleAdmin, CreatedAt: time.Date(2025, 2, 2, 0, 0, 0, 0, time.UTC)})
 }
 
@@ -680,6 +683,10 @@ func (f fixture) check(t *testing.T, ctx context.Context, s *Store) {
 	}
 	if k, err := s.GetKey(ctx, f.key[:8]); err != nil || k.Name != "fixture" || k.Role != ebb.RoleAdmin || k.Hash != f.key {
 		t.Errorf("GetKey = %+v, %v; want the fixture key", k, err)
+	}
+	// The audit log is in JetStream too.
+	if recs, err := s.Audit(ctx, time.Time{}, 10); err != nil || len(recs) != 1 || recs[0].Target != "alpha" || recs[0].KeyID != f.key[:8] {
+		t.Errorf("Audit = %+v, %v; want the fixture's record", recs, err)
 	}
 	// Version counters survived too: the next numbers follow on.
 	for _, fn := range f.fns {
