@@ -180,6 +180,7 @@ func TestEveryRoleOnEveryRoute(t *testing.T) {
 		{"GET", "/v1/functions/echo-a/monitor", "", "describe", all},
 		{"GET", "/v1/usage", "", "describe", all},
 		{"GET", "/v1/warm", "", "describe", all},
+		{"GET", "/v1/nodes", "", "describe", all},
 		{"GET", "/v1/buckets/b1/k", "", "buckets", []string{"admin"}},
 		{"POST", "/v1/keys", `{}`, "keys", []string{"admin"}},
 		{"DELETE", "/v1/keys/nope", "", "keys", []string{"admin"}},

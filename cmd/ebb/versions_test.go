@@ -547,8 +547,11 @@ func TestShadowCompares(t *testing.T) {
 		t.Fatalf("ebb status --json: %v %.2000s", err, out)
 	}
 	v1, v3 := st.Versions[0], st.Versions[2]
-	if v3.Version != 3 || v3.Invocations != rep.Mirrored || v3.Errors != rep.Mirrored || v3.ColdStarts == 0 || v1.Errors != 0 || v1.ColdStarts == 0 {
-		t.Fatalf("ebb status versions = %+v, want version 3 with %d invocations, all errors, and cold starts", st.Versions, rep.Mirrored)
+	// Every mirror is an error of version 3's; those its pool refused (its
+	// instances held by calls sleeping into the timeout) never ran, so
+	// they are errors without an invocation.
+	if v3.Version != 3 || v3.Invocations == 0 || v3.Invocations > rep.Mirrored || v3.Errors != rep.Mirrored || v3.ColdStarts == 0 || v1.Errors != 0 || v1.ColdStarts == 0 {
+		t.Fatalf("ebb status versions = %+v, want version 3 with at most %d invocations, %d errors, and cold starts", st.Versions, rep.Mirrored, rep.Mirrored)
 	}
 	out, err = s.cli(t, s.key, "status", "sh")
 	if want := fmt.Sprintf("%d invocations (cold starts %d, errors %d)", v3.Invocations, v3.ColdStarts, v3.Errors); err != nil || !strings.Contains(out, want) {
