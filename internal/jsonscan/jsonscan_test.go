@@ -83,6 +83,7 @@ func TestSkipLoose(t *testing.T) {
 		{`tru]`, "]", true},
 		{strings.Repeat("[", 10000) + strings.Repeat("]", 10000), "", true},
 		{`]`, "", false},
+		{`][`, "", false},
 		{`,`, "", false},
 		{`:`, "", false},
 		{`[1`, "", false},
@@ -290,7 +291,7 @@ func nesting(b []byte) int {
 // the same place, and a JSON string decodes as encoding/json decodes it.
 func FuzzScanner(f *testing.F) {
 	for _, s := range []string{`{"a": [1, -2.5e3, "x\n\u00e9", true, null, {}]}`, ` NaN `, `[-Infinity, Infinity]`, `"a"b`,
-		`[1 2]`, `{"a" 1}`, `01`, "\"\xff\\ud83d\\ude00\"", `"\ud83d\u0041"`, `[[[[]]]]`, `{"a":{"b":{}}}  `, `1e400`, `tru`} {
+		`[1 2]`, `{"a" 1}`, `01`, "\"\xff\\ud83d\\ude00\"", `"\ud83d\u0041"`, `[[[[]]]]`, `{"a":{"b":{}}}  `, `1e400`, `tru`, `[nul]`, "\"\x01\""} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
