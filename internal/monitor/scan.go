@@ -2,11 +2,12 @@ package monitor
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
+
+	"github.com/ebb-run/ebb/internal/jsonscan"
 )
 
 // The decoders here read only what the summaries need from bodies that ebb
@@ -15,231 +16,49 @@ import (
 // header followed by raw tensor bytes). They run on the summariser's
 // goroutine, never on a request's, and never panic on malformed input.
 
-var (
-	errEnd    = errors.New("unexpected end of JSON")
-	errSyntax = errors.New("malformed JSON")
-)
-
-// scanner is a small JSON scanner; it is lenient with malformed input (which
-// only has to be survived) and exact with valid input.
+// scanner reads with jsonscan's strict scanner where a value is decoded
+// (keys, names, datatypes, shapes) and with its lenient one where a value
+// is only skipped or tried as a number, so that it survives malformed input
+// and is exact with valid input.
 type scanner struct {
-	b []byte
-	i int
-}
-
-func (s *scanner) ws() {
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case ' ', '\t', '\n', '\r':
-			s.i++
-		default:
-			return
-		}
-	}
-}
-
-// peek returns the next non-space byte (0 at the end).
-func (s *scanner) peek() byte {
-	s.ws()
-	if s.i >= len(s.b) {
-		return 0
-	}
-	return s.b[s.i]
-}
-
-func (s *scanner) expect(c byte) error {
-	if s.peek() != c {
-		if s.i >= len(s.b) {
-			return errEnd
-		}
-		return errSyntax
-	}
-	s.i++
-	return nil
-}
-
-// str consumes a string; raw is what is between the quotes, plain says it
-// has no escapes and is ASCII (so raw is its value).
-func (s *scanner) str() (raw []byte, plain bool, err error) {
-	if err := s.expect('"'); err != nil {
-		return nil, false, err
-	}
-	start := s.i
-	plain = true
-	for s.i < len(s.b) {
-		switch c := s.b[s.i]; {
-		case c == '"':
-			raw = s.b[start:s.i]
-			s.i++
-			return raw, plain, nil
-		case c == '\\':
-			plain = false
-			s.i += 2
-			continue
-		case c >= 0x80 || c < 0x20:
-			plain = false
-		}
-		s.i++
-	}
-	return nil, false, errEnd
-}
-
-// text consumes a string and returns its value as encoding/json decodes it.
-func (s *scanner) text() (string, error) {
-	start := s.peekPos()
-	raw, plain, err := s.str()
-	if err != nil {
-		return "", err
-	}
-	if plain {
-		return string(raw), nil
-	}
-	var v string
-	if err := json.Unmarshal(s.b[start:s.i], &v); err != nil {
-		return "", errSyntax
-	}
-	return v, nil
-}
-
-func (s *scanner) peekPos() int {
-	s.ws()
-	return s.i
-}
-
-// isDelim says whether c ends a bare token (number, true, false, null).
-func isDelim(c byte) bool {
-	switch c {
-	case ' ', '\t', '\n', '\r', ',', ':', ']', '}', '[', '{', '"':
-		return true
-	}
-	return false
-}
-
-// token consumes a bare token.
-func (s *scanner) token() []byte {
-	s.ws()
-	start := s.i
-	for s.i < len(s.b) && !isDelim(s.b[s.i]) {
-		s.i++
-	}
-	return s.b[start:s.i]
+	jsonscan.Scanner
 }
 
 // number consumes a value and says whether it was a number (a bool too, as
 // 0 or 1, when bools is set).
 func (s *scanner) number(bools bool) (float64, bool, error) {
-	switch c := s.peek(); {
+	switch c := s.Peek(); {
 	case c == '-' || (c >= '0' && c <= '9'):
-		t := s.token()
-		if v, ok := fastFloat(t); ok {
+		t := s.Bare()
+		if v, ok := jsonscan.FastFloat(t); ok {
 			return v, true, nil
 		}
 		v, err := strconv.ParseFloat(string(t), 64)
 		return v, err == nil, nil
 	case bools && c == 't':
-		return 1, string(s.token()) == "true", nil
+		return 1, string(s.Bare()) == "true", nil
 	case bools && c == 'f':
-		return 0, string(s.token()) == "false", nil
+		return 0, string(s.Bare()) == "false", nil
 	}
-	return 0, false, s.skip()
+	return 0, false, s.SkipLoose()
 }
 
-// skip consumes one value of any kind, without recursion.
-func (s *scanner) skip() error {
-	depth := 0
-	for {
-		switch c := s.peek(); c {
-		case 0:
-			return errEnd
-		case '"':
-			if _, _, err := s.str(); err != nil {
-				return err
-			}
-		case '{', '[':
-			depth++
-			s.i++
-		case '}', ']':
-			depth--
-			s.i++
-			if depth < 0 {
-				return errSyntax
-			}
-		case ',', ':':
-			if depth == 0 {
-				return errSyntax
-			}
-			s.i++
-			continue
-		default:
-			if len(s.token()) == 0 {
-				return errSyntax
-			}
-		}
-		if depth == 0 {
-			return nil
-		}
+// text reads a string as encoding/json decodes it.
+func (s *scanner) text() (string, error) {
+	v, err := s.StrBytes()
+	if err != nil {
+		return "", err
 	}
+	return jsonscan.UTF8(v), nil
 }
 
-// object walks an object; each must consume its key's value.
-func (s *scanner) object(each func(key string) error) error {
-	if err := s.expect('{'); err != nil {
-		return err
-	}
-	if s.peek() == '}' {
-		s.i++
-		return nil
-	}
-	for {
-		k, err := s.text()
-		if err != nil {
-			return err
-		}
-		if err := s.expect(':'); err != nil {
-			return err
-		}
-		if err := each(k); err != nil {
-			return err
-		}
-		switch s.peek() {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		case 0:
-			return errEnd
-		default:
-			return errSyntax
-		}
-	}
-}
-
-// array walks an array; each must consume one element.
-func (s *scanner) array(each func(i int) error) error {
-	if err := s.expect('['); err != nil {
-		return err
-	}
-	if s.peek() == ']' {
-		s.i++
-		return nil
-	}
-	for i := 0; ; i++ {
-		if err := each(i); err != nil {
-			return err
-		}
-		switch s.peek() {
-		case ',':
-			s.i++
-		case ']':
-			s.i++
-			return nil
-		case 0:
-			return errEnd
-		default:
-			return errSyntax
-		}
-	}
+// arrayAt walks an array, giving each element's index.
+func (s *scanner) arrayAt(each func(i int) error) error {
+	i := 0
+	return s.Array(func() error {
+		i++
+		return each(i - 1)
+	})
 }
 
 // Field is one top-level number or numeric array of a JSON document, as
@@ -271,8 +90,9 @@ const RootField = "$"
 // an object is one field named RootField. A key given twice counts once,
 // with its last value (as encoding/json reads it).
 func JSONFields(b []byte, maxFeatures int) ([]Field, error) {
-	s := &scanner{b: b}
-	if s.peek() != '{' {
+	s := &scanner{}
+	s.Reset(b)
+	if s.Peek() != '{' {
 		f := Field{Name: RootField}
 		ok, err := s.fieldValue(&f, maxFeatures)
 		if err != nil || !ok {
@@ -283,7 +103,8 @@ func JSONFields(b []byte, maxFeatures int) ([]Field, error) {
 	var out []Field
 	var removed []bool
 	pos := map[string]int{}
-	err := s.object(func(key string) error {
+	err := s.Object(func(k []byte) error {
+		key := jsonscan.UTF8(k)
 		f := Field{Name: key}
 		ok, err := s.fieldValue(&f, maxFeatures)
 		if err != nil {
@@ -315,7 +136,7 @@ func JSONFields(b []byte, maxFeatures int) ([]Field, error) {
 // fieldValue reads one field's value into f; ok is false (and f empty) when
 // it is not numeric.
 func (s *scanner) fieldValue(f *Field, maxFeatures int) (ok bool, err error) {
-	c := s.peek()
+	c := s.Peek()
 	if c != '[' {
 		v, ok, err := s.number(false)
 		if ok {
@@ -323,19 +144,19 @@ func (s *scanner) fieldValue(f *Field, maxFeatures int) (ok bool, err error) {
 		}
 		return ok, err
 	}
-	start := s.i
+	start := s.Pos()
 	rank := 0
 	numeric := true
-	err = s.array(func(i int) error {
+	err = s.arrayAt(func(i int) error {
 		if !numeric {
 			return errNotNumeric
 		}
-		if s.peek() == '[' {
+		if s.Peek() == '[' {
 			if rank == 1 {
 				return errNotNumeric
 			}
 			rank = 2
-			return s.array(func(j int) error {
+			return s.arrayAt(func(j int) error {
 				v, ok, err := s.number(false)
 				if err != nil {
 					return err
@@ -363,13 +184,16 @@ func (s *scanner) fieldValue(f *Field, maxFeatures int) (ok bool, err error) {
 	})
 	if err == errNotNumeric {
 		f.Index, f.Values = nil, nil
-		s.i = start
-		return false, s.skip()
+		s.Seek(start)
+		return false, s.SkipLoose()
 	}
 	return err == nil, err
 }
 
 var errNotNumeric = errors.New("not numeric")
+
+// errSize refuses a shape or binary_data_size that is not a size.
+var errSize = errors.New("malformed JSON: want a whole number from 0 to 2^31-1")
 
 // Tensor is one tensor of an inference request or response, its elements
 // as float64 in row-major order. Values is nil for a tensor whose data is
@@ -417,15 +241,16 @@ func (d *decoder) oip(body []byte, headerLen int, key string) ([]Tensor, error) 
 	if headerLen > 0 {
 		header, bin = body[:headerLen], body[headerLen:]
 	}
-	s := &scanner{b: header}
+	s := &scanner{}
+	s.Reset(header)
 	var out []Tensor
 	seen := false
-	err := s.object(func(k string) error {
-		if k != key || seen {
-			return s.skip()
+	err := s.Object(func(k []byte) error {
+		if string(k) != key || seen {
+			return s.SkipLoose()
 		}
 		seen = true
-		return s.array(func(int) error {
+		return s.Array(func() error {
 			t, err := s.tensor(d)
 			if err != nil {
 				return err
@@ -473,8 +298,8 @@ func elements(shape []int64) (int64, bool) {
 
 func (s *scanner) tensor(d *decoder) (Tensor, error) {
 	t := Tensor{binary: -1}
-	err := s.object(func(k string) error {
-		switch k {
+	err := s.Object(func(k []byte) error {
+		switch string(k) {
 		case "name":
 			v, err := s.text()
 			t.Name = v
@@ -485,13 +310,13 @@ func (s *scanner) tensor(d *decoder) (Tensor, error) {
 			return err
 		case "shape":
 			t.Shape = t.Shape[:0]
-			return s.array(func(int) error {
+			return s.Array(func() error {
 				v, ok, err := s.number(false)
 				if err != nil {
 					return err
 				}
 				if !ok || v != math.Trunc(v) || v < 0 || v > math.MaxInt32 {
-					return errSyntax
+					return errSize
 				}
 				t.Shape = append(t.Shape, int64(v))
 				return nil
@@ -510,22 +335,22 @@ func (s *scanner) tensor(d *decoder) (Tensor, error) {
 			}
 			return nil
 		case "parameters":
-			return s.object(func(p string) error {
-				if p != "binary_data_size" {
-					return s.skip()
+			return s.Object(func(p []byte) error {
+				if string(p) != "binary_data_size" {
+					return s.SkipLoose()
 				}
 				v, ok, err := s.number(false)
 				if err != nil {
 					return err
 				}
 				if !ok || v != math.Trunc(v) || v < 0 || v > math.MaxInt32 {
-					return errSyntax
+					return errSize
 				}
 				t.binary = int64(v)
 				return nil
 			})
 		}
-		return s.skip()
+		return s.SkipLoose()
 	})
 	return t, err
 }
@@ -533,7 +358,7 @@ func (s *scanner) tensor(d *decoder) (Tensor, error) {
 // data flattens a tensor's JSON data (nested arrays of numbers or bools);
 // numeric turns false at anything else.
 func (s *scanner) data(out *[]float64, numeric *bool, depth int) error {
-	if s.peek() != '[' || depth >= maxTensorRank || !*numeric {
+	if s.Peek() != '[' || depth >= maxTensorRank || !*numeric {
 		v, ok, err := s.number(true)
 		if ok && *numeric {
 			*out = append(*out, v)
@@ -542,7 +367,7 @@ func (s *scanner) data(out *[]float64, numeric *bool, depth int) error {
 		}
 		return err
 	}
-	return s.array(func(int) error { return s.data(out, numeric, depth+1) })
+	return s.Array(func() error { return s.data(out, numeric, depth+1) })
 }
 
 // binary reads little-endian elements of datatype dt into the decoder's
@@ -621,46 +446,4 @@ func half(h uint16) float64 {
 		return math.NaN()
 	}
 	return sign * math.Ldexp(1+frac/1024, exp-15)
-}
-
-// pow10 are the powers of ten that float64 holds exactly.
-var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
-	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
-
-// fastFloat reads a plain decimal (-?digits[.digits], at most 15 digits)
-// the quick way: its digits and its power of ten are exact float64s, so one
-// division is correctly rounded, as ParseFloat would round (Clinger's fast
-// path). ok is false for anything else, which ParseFloat then reads.
-func fastFloat(t []byte) (float64, bool) {
-	neg := len(t) > 0 && t[0] == '-'
-	if neg {
-		t = t[1:]
-	}
-	if len(t) == 0 || len(t) > 16 {
-		return 0, false
-	}
-	var mant uint64
-	digits, frac, dot := 0, 0, false
-	for i, c := range t {
-		switch {
-		case c >= '0' && c <= '9':
-			mant = mant*10 + uint64(c-'0')
-			digits++
-			if dot {
-				frac++
-			}
-		case c == '.' && !dot && i > 0 && i < len(t)-1:
-			dot = true
-		default:
-			return 0, false
-		}
-	}
-	if digits > 15 || (t[0] == '0' && len(t) > 1 && t[1] != '.') {
-		return 0, false
-	}
-	v := float64(mant) / pow10[frac]
-	if neg {
-		v = -v
-	}
-	return v, true
 }

@@ -7,6 +7,8 @@ import (
 	"math"
 	"strconv"
 	"unsafe"
+
+	"github.com/ebb-run/ebb/internal/jsonscan"
 )
 
 // tensor is one tensor of a request or a response. Fixed-width elements are
@@ -82,16 +84,16 @@ type inferRequest struct {
 // Tensor data is decoded with the request's own datatype and shape; checking
 // them against the model is the caller's job.
 func parseRequest(header, bin []byte) (*inferRequest, error) {
-	s := &jscan{b: header}
+	s := jsonscan.New(header)
 	req := &inferRequest{}
 	var seenInputs, seenParams bool
-	err := s.object(func(key []byte) error {
+	err := s.Object(func(key []byte) error {
 		switch string(key) {
 		case "id":
 			if req.hasID {
 				return badRequest("duplicate key \"id\"")
 			}
-			v, err := s.strBytes()
+			v, err := s.StrBytes()
 			if err != nil {
 				return badRequest("request: id: %v", err)
 			}
@@ -101,10 +103,10 @@ func parseRequest(header, bin []byte) (*inferRequest, error) {
 				return badRequest("duplicate key \"parameters\"")
 			}
 			seenParams = true
-			return s.object(func(k []byte) error {
+			return s.Object(func(k []byte) error {
 				switch string(k) {
 				case "binary_data_output":
-					v, err := s.bool()
+					v, err := s.Bool()
 					if err != nil {
 						return badRequest("parameters.binary_data_output: %v", err)
 					}
@@ -113,14 +115,14 @@ func parseRequest(header, bin []byte) (*inferRequest, error) {
 				case "classification":
 					return badRequest("parameters.classification is not supported")
 				}
-				return s.skip()
+				return s.Skip()
 			})
 		case "inputs":
 			if seenInputs {
 				return badRequest("duplicate key \"inputs\"")
 			}
 			seenInputs = true
-			return s.array(func() error {
+			return s.Array(func() error {
 				in, err := parseInput(s)
 				if err != nil {
 					return err
@@ -133,7 +135,7 @@ func parseRequest(header, bin []byte) (*inferRequest, error) {
 				return badRequest("duplicate key \"outputs\"")
 			}
 			req.hasOutputs = true
-			return s.array(func() error {
+			return s.Array(func() error {
 				o, err := parseOutput(s)
 				if err != nil {
 					return err
@@ -142,14 +144,14 @@ func parseRequest(header, bin []byte) (*inferRequest, error) {
 				return nil
 			})
 		default:
-			return s.skip()
+			return s.Skip()
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, asBadRequest(err)
 	}
-	if s.peek() != 0 {
+	if s.Peek() != 0 {
 		return nil, badRequest("malformed JSON: data after the request object")
 	}
 	if !seenInputs {
@@ -164,7 +166,8 @@ func parseRequest(header, bin []byte) (*inferRequest, error) {
 				return nil, badRequest("input %q has no data", in.name)
 			}
 			if !in.decoded {
-				ds := &jscan{b: header, i: in.dataStart}
+				ds := jsonscan.New(header)
+				ds.Seek(in.dataStart)
 				if err := in.decodeJSON(ds); err != nil {
 					return nil, err
 				}
@@ -197,19 +200,19 @@ func asBadRequest(err error) error {
 	return badRequest("%v", err)
 }
 
-func parseInput(s *jscan) (reqInput, error) {
+func parseInput(s *jsonscan.Scanner) (reqInput, error) {
 	in := reqInput{binarySize: -1, dataStart: -1}
 	var seenName, seenType bool
-	err := s.object(func(key []byte) error {
+	err := s.Object(func(key []byte) error {
 		switch string(key) {
 		case "name":
-			v, err := s.str()
+			v, err := s.Str()
 			if err != nil {
 				return err
 			}
 			in.name, seenName = v, true
 		case "datatype":
-			v, err := s.str()
+			v, err := s.Str()
 			if err != nil {
 				return err
 			}
@@ -224,15 +227,15 @@ func parseInput(s *jscan) (reqInput, error) {
 			}
 			in.hasShape = true
 			in.shape = make([]int64, 0, 4)
-			return s.array(func() error {
-				t, err := s.token()
+			return s.Array(func() error {
+				t, err := s.Token()
 				if err != nil {
 					return err
 				}
-				if !isJSONInteger(t) {
+				if !jsonscan.IsInteger(t) {
 					return badRequest("input %q: shape must be a list of integers, got %q", in.name, t)
 				}
-				d, err := strconv.ParseInt(bytesString(t), 10, 64)
+				d, err := strconv.ParseInt(jsonscan.BytesString(t), 10, 64)
 				if err != nil || d < 0 {
 					return badRequest("input %q: invalid dimension %s in shape", in.name, t)
 				}
@@ -243,16 +246,16 @@ func parseInput(s *jscan) (reqInput, error) {
 				return nil
 			})
 		case "parameters":
-			return s.object(func(k []byte) error {
+			return s.Object(func(k []byte) error {
 				if string(k) != "binary_data_size" {
-					return s.skip()
+					return s.Skip()
 				}
-				t, err := s.token()
+				t, err := s.Token()
 				if err != nil {
 					return err
 				}
-				n, err := strconv.ParseInt(bytesString(t), 10, 64)
-				if err != nil || n < 0 || !isJSONInteger(t) {
+				n, err := strconv.ParseInt(jsonscan.BytesString(t), 10, 64)
+				if err != nil || n < 0 || !jsonscan.IsInteger(t) {
 					return badRequest("input %q: invalid binary_data_size %q", in.name, t)
 				}
 				in.binarySize = n
@@ -262,15 +265,15 @@ func parseInput(s *jscan) (reqInput, error) {
 			if in.dataStart >= 0 {
 				return badRequest("input %q: duplicate key \"data\"", in.name)
 			}
-			in.dataStart = s.i
+			in.dataStart = s.Pos()
 			// Clients write name, shape and datatype before data, so the
 			// data can usually be decoded in place, in one pass.
 			if seenType && in.hasShape {
 				return in.decodeJSON(s)
 			}
-			return s.skip()
+			return s.Skip()
 		default:
-			return s.skip()
+			return s.Skip()
 		}
 		return nil
 	})
@@ -288,22 +291,22 @@ func parseInput(s *jscan) (reqInput, error) {
 	return in, nil
 }
 
-func parseOutput(s *jscan) (reqOutput, error) {
+func parseOutput(s *jsonscan.Scanner) (reqOutput, error) {
 	o := reqOutput{binary: -1}
 	seenName := false
-	err := s.object(func(key []byte) error {
+	err := s.Object(func(key []byte) error {
 		switch string(key) {
 		case "name":
-			v, err := s.str()
+			v, err := s.Str()
 			if err != nil {
 				return err
 			}
 			o.name, seenName = v, true
 		case "parameters":
-			return s.object(func(k []byte) error {
+			return s.Object(func(k []byte) error {
 				switch string(k) {
 				case "binary_data":
-					v, err := s.bool()
+					v, err := s.Bool()
 					if err != nil {
 						return badRequest("output %q: parameters.binary_data: %v", o.name, err)
 					}
@@ -315,10 +318,10 @@ func parseOutput(s *jscan) (reqOutput, error) {
 				case "classification":
 					return badRequest("output %q: parameters.classification is not supported", o.name)
 				}
-				return s.skip()
+				return s.Skip()
 			})
 		default:
-			return s.skip()
+			return s.Skip()
 		}
 		return nil
 	})
@@ -408,7 +411,7 @@ func byteCount(n int64, size int) string {
 
 // dataDecoder fills one tensor from its JSON "data".
 type dataDecoder struct {
-	s     *jscan
+	s     *jsonscan.Scanner
 	in    *reqInput
 	n     int64 // elements expected
 	k     int64 // elements stored
@@ -417,9 +420,9 @@ type dataDecoder struct {
 }
 
 // decodeJSON decodes the "data" value at the scanner's position.
-func (in *reqInput) decodeJSON(s *jscan) error {
+func (in *reqInput) decodeJSON(s *jsonscan.Scanner) error {
 	// Every element takes at least one byte and a separator.
-	n, err := in.prepare(int64(len(s.b)-s.i)/2 + 1)
+	n, err := in.prepare(int64(s.Remaining())/2 + 1)
 	if err != nil {
 		return err
 	}
@@ -429,7 +432,7 @@ func (in *reqInput) decodeJSON(s *jscan) error {
 		in.t.data = make([]byte, n*int64(in.dt.size))
 	}
 	d := dataDecoder{s: s, in: in, n: n, shape: in.shape}
-	if s.peek() != '[' {
+	if s.Peek() != '[' {
 		// A bare value stands for a tensor of one element.
 		if n != 1 {
 			return badRequest("input %q: data must be a list", in.name)
@@ -451,15 +454,15 @@ func (in *reqInput) decodeJSON(s *jscan) error {
 // 0 is the flat form; otherwise every level must match the shape.
 func (d *dataDecoder) list(depth int) error {
 	s := d.s
-	s.i++ // '['
-	if s.peek() == ']' {
-		s.i++
+	s.Next() // '['
+	if s.Peek() == ']' {
+		s.Next()
 		if depth > 0 && (depth != len(d.shape)-1 || d.shape[depth] != 0) {
 			return d.nestErr(depth)
 		}
 		return nil
 	}
-	nested := s.peek() == '['
+	nested := s.Peek() == '['
 	if depth == 0 {
 		d.flat = !nested
 	} else if d.flat || depth >= len(d.shape) {
@@ -468,14 +471,14 @@ func (d *dataDecoder) list(depth int) error {
 	count := int64(0)
 	for {
 		if nested {
-			if s.peek() != '[' || depth+1 >= len(d.shape) {
+			if s.Peek() != '[' || depth+1 >= len(d.shape) {
 				return d.nestErr(depth + 1)
 			}
 			if err := d.list(depth + 1); err != nil {
 				return err
 			}
 		} else {
-			if s.peek() == '[' {
+			if s.Peek() == '[' {
 				return d.nestErr(depth)
 			}
 			if err := d.element(); err != nil {
@@ -483,16 +486,16 @@ func (d *dataDecoder) list(depth int) error {
 			}
 		}
 		count++
-		switch s.peek() {
+		switch s.Peek() {
 		case ',':
-			s.i++
+			s.Next()
 			continue
 		case ']':
-			s.i++
+			s.Next()
 		case 0:
-			return errJSONEnd
+			return jsonscan.ErrEnd
 		default:
-			return badRequest("input %q: %v", d.in.name, s.errorf("want ',' or ']' in data"))
+			return badRequest("input %q: %v", d.in.name, s.Errorf("want ',' or ']' in data"))
 		}
 		break
 	}
@@ -517,10 +520,10 @@ func (d *dataDecoder) element() error {
 	s, in := d.s, d.in
 	dt := in.dt
 	if dt == dtBytes {
-		if s.peek() != '"' {
+		if s.Peek() != '"' {
 			return badRequest("input %q: BYTES elements must be strings", in.name)
 		}
-		v, err := s.strBytes()
+		v, err := s.StrBytes()
 		if err != nil {
 			return asBadRequest(err)
 		}
@@ -528,7 +531,7 @@ func (d *dataDecoder) element() error {
 		d.k++
 		return nil
 	}
-	tok, err := s.token()
+	tok, err := s.Token()
 	if err != nil {
 		return badRequest("input %q: %v", in.name, err)
 	}
@@ -570,10 +573,10 @@ func (d *dataDecoder) element() error {
 		}
 		return nil
 	}
-	if !isJSONInteger(tok) {
+	if !jsonscan.IsInteger(tok) {
 		return badRequest("input %q: %s elements must be integers, got %q", in.name, dt.name, tok)
 	}
-	str := bytesString(tok)
+	str := jsonscan.BytesString(tok)
 	var bits uint64 // two's complement for the signed types
 	switch dt {
 	case dtUint8, dtUint16, dtUint32, dtUint64:
@@ -611,7 +614,7 @@ func parseFloatToken(tok []byte, dt *dtype) (float64, error) {
 	case "-Infinity":
 		return math.Inf(-1), nil
 	}
-	if f, ok := fastFloat(tok); ok {
+	if f, ok := jsonscan.FastFloat(tok); ok {
 		if dt != dtFP32 {
 			return f, nil
 		}
@@ -623,14 +626,14 @@ func parseFloatToken(tok []byte, dt *dtype) (float64, error) {
 			return f, nil
 		}
 	}
-	if !isJSONNumber(tok) {
+	if !jsonscan.IsNumber(tok) {
 		return 0, fmt.Errorf("%q is not a number", tok)
 	}
 	bits := 64
 	if dt == dtFP32 {
 		bits = 32
 	}
-	f, err := strconv.ParseFloat(bytesString(tok), bits)
+	f, err := strconv.ParseFloat(jsonscan.BytesString(tok), bits)
 	if err != nil {
 		// ParseFloat reports overflow with ±Inf; underflow is silently zero.
 		return 0, fmt.Errorf("%s is out of range for %s", tok, dt.name)

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ebb-run/ebb/internal/jsonscan"
 )
 
 func TestParseRequest(t *testing.T) {
@@ -199,7 +201,7 @@ func TestFloatParsing(t *testing.T) {
 	}
 	toks = append(toks, "0", "-0", "1e22", "1e23", "123456789012345678", "0.000001", "1E5", "1e-400", "4.9e-324", "3.4028235677973366e38")
 	for _, tok := range toks {
-		if !isJSONNumber([]byte(tok)) {
+		if !jsonscan.IsNumber([]byte(tok)) {
 			continue
 		}
 		for _, dt := range []*dtype{dtFP64, dtFP32} {
@@ -223,27 +225,6 @@ func TestFloatParsing(t *testing.T) {
 			}
 		}
 	}
-}
-
-// FuzzFastFloat: the fast path accepts only JSON numbers, and agrees with
-// strconv on them.
-func FuzzFastFloat(f *testing.F) {
-	for _, s := range []string{"0", "-1.5", "1e5", "1.", ".5", "01", "1e", "-", "1e+", "123456789012345", "0.000e-3"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		got, ok := fastFloat([]byte(s))
-		if !ok {
-			return
-		}
-		if !isJSONNumber([]byte(s)) {
-			t.Fatalf("fastFloat accepted %q, which is not a JSON number", s)
-		}
-		want, err := strconv.ParseFloat(s, 64)
-		if err != nil || math.Float64bits(got) != math.Float64bits(want) {
-			t.Fatalf("fastFloat(%q) = %v, strconv says %v, %v", s, got, want, err)
-		}
-	})
 }
 
 func BenchmarkParseRequestJSON(b *testing.B) {
