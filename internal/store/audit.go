@@ -66,30 +66,36 @@ func (s *Store) AppendAudit(ctx context.Context, rec AuditRecord) error {
 	return nil
 }
 
-// Audit returns up to limit records from since on, oldest first.
+// Audit returns the newest limit records from since on, oldest first: what
+// an operator asking for the last day wants is its end, not its first
+// thousand actions. At most limit records are held while reading.
 func (s *Store) Audit(ctx context.Context, since time.Time, limit int) ([]AuditRecord, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	out := []AuditRecord{}
 	if limit <= 0 {
-		return out, nil
+		return []AuditRecord{}, nil
 	}
+	var ring []AuditRecord // the newest read, a ring once full; next is its oldest
+	next := 0
 	err := readStream(ctx, s.audit, since, func(seq uint64, data []byte) error {
 		var rec AuditRecord
-		if json.Unmarshal(data, &rec) == nil {
-			rec.Seq = seq
-			out = append(out, rec)
+		if json.Unmarshal(data, &rec) != nil {
+			return nil
 		}
-		if len(out) >= limit {
-			return errStopRead
+		rec.Seq = seq
+		if len(ring) < limit {
+			ring = append(ring, rec)
+		} else {
+			ring[next] = rec
+			next = (next + 1) % limit
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read audit: %w", err)
 	}
-	return out, nil
+	return append(ring[next:], ring[:next]...), nil
 }
 
 // errStopRead ends a readStream early, without an error.

@@ -614,13 +614,14 @@ func TestAudit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The newest three, oldest first.
 	recs, err := s.Audit(ctx, time.Time{}, 3)
 	if err != nil || len(recs) != 3 {
 		t.Fatalf("Audit(limit 3) = %d records, %v", len(recs), err)
 	}
 	for i, r := range recs {
-		if r.Target != fmt.Sprintf("fn-%d", i) || r.Seq != uint64(i+1) || !r.Time.Equal(t0.Add(time.Duration(i)*time.Second)) {
-			t.Errorf("record %d = %+v", i, r)
+		if n := i + 2; r.Target != fmt.Sprintf("fn-%d", n) || r.Seq != uint64(n+1) || !r.Time.Equal(t0.Add(time.Duration(n)*time.Second)) {
+			t.Errorf("record %d = %+v, want fn-%d", i, r, n)
 		}
 	}
 	if recs, err := s.Audit(ctx, time.Time{}, 100); err != nil || len(recs) != 5 {
