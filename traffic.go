@@ -46,8 +46,9 @@ type Shadow struct {
 	// Percent of unqualified requests mirrored, 1 to 100.
 	Percent int `json:"percent"`
 	// Tolerance is the relative difference under which numbers in the two
-	// answers agree; 0 means DefaultShadowTolerance.
-	Tolerance float64 `json:"tolerance,omitempty"`
+	// answers agree: 0 compares them exactly; absent (nil) means
+	// DefaultShadowTolerance.
+	Tolerance *float64 `json:"tolerance,omitempty"`
 }
 
 // DefaultShadowTolerance is the tolerance of a shadow run that names none.
@@ -55,10 +56,10 @@ const DefaultShadowTolerance = 1e-6
 
 // Tol is s's tolerance with the default filled in.
 func (s Shadow) Tol() float64 {
-	if s.Tolerance <= 0 {
+	if s.Tolerance == nil {
 		return DefaultShadowTolerance
 	}
-	return s.Tolerance
+	return *s.Tolerance
 }
 
 // Validate checks s against the versions that exist.
@@ -68,8 +69,8 @@ func (s Shadow) Validate(exists func(int) bool) error {
 		return fmt.Errorf("version %d does not exist", s.Version)
 	case s.Percent < 1 || s.Percent > 100:
 		return fmt.Errorf("shadow share %d%% is not 1 to 100", s.Percent)
-	case s.Tolerance < 0 || s.Tolerance >= 1 || s.Tolerance != s.Tolerance:
-		return fmt.Errorf("tolerance %g is not a relative difference from 0 to 1", s.Tolerance)
+	case s.Tolerance != nil && !(*s.Tolerance >= 0 && *s.Tolerance < 1):
+		return fmt.Errorf("tolerance %g is not a relative difference from 0 to 1", *s.Tolerance)
 	}
 	return nil
 }

@@ -198,7 +198,7 @@ func runShadow(ctx context.Context, args []string) error {
 		if *version < 1 {
 			return fmt.Errorf("--version is required\n%s", usage)
 		}
-		rep, err = c.SetShadow(ctx, pos[0], ebb.Shadow{Version: *version, Percent: *percent, Tolerance: *tolerance})
+		rep, err = c.SetShadow(ctx, pos[0], ebb.Shadow{Version: *version, Percent: *percent, Tolerance: tolerance})
 	}
 	if err != nil {
 		return err
@@ -210,7 +210,7 @@ func runShadow(ctx context.Context, args []string) error {
 	if rep.Active {
 		state = "running"
 	}
-	fmt.Printf("shadow of %s: version %d, %d%% mirrored, tolerance %g (%s since %s)\n", pos[0], rep.Version, rep.Percent, rep.Tolerance,
+	fmt.Printf("shadow of %s: version %d, %d%% mirrored, tolerance %g (%s since %s)\n", pos[0], rep.Version, rep.Percent, rep.Tol(),
 		state, rep.Since.Local().Format(time.DateTime))
 	fmt.Printf("  mirrored %d: equal %d, differ %d, shadow errors %d (dropped %d)\n", rep.Mirrored, rep.Equal, rep.Differ, rep.ShadowErrors, rep.Dropped)
 	fmt.Printf("  latency  primary p50 %.2f ms, p99 %.2f ms; shadow p50 %.2f ms, p99 %.2f ms\n", rep.PrimaryP50MS, rep.PrimaryP99MS, rep.ShadowP50MS, rep.ShadowP99MS)

@@ -105,7 +105,7 @@ func TestVersionPoolsFollowTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.deployWith(dir, api.DeployOptions{NoTraffic: true}) // version 4: kept, unrouted
-	if _, err := e.c.SetShadow(ctx, "pv", ebb.Shadow{Version: 3, Percent: 50, Tolerance: 0.01}); err != nil {
+	if _, err := e.c.SetShadow(ctx, "pv", ebb.Shadow{Version: 3, Percent: 50, Tolerance: new(0.01)}); err != nil {
 		t.Fatal(err)
 	}
 	e.stop()
@@ -122,7 +122,7 @@ func TestVersionPoolsFollowTraffic(t *testing.T) {
 	if got := e2.active("pv"); !reflect.DeepEqual(got, map[int]bool{1: true, 2: true, 3: true}) {
 		t.Fatalf("pools after a restart: %v, want the routed versions' (1, 2, 3) only", got)
 	}
-	if rep, err := e2.c.ShadowReport(ctx, "pv"); err != nil || !rep.Active || rep.Version != 3 || rep.Percent != 50 || rep.Tolerance != 0.01 {
+	if rep, err := e2.c.ShadowReport(ctx, "pv"); err != nil || !rep.Active || rep.Version != 3 || rep.Percent != 50 || rep.Tol() != 0.01 {
 		t.Fatalf("shadow run after a restart = %+v, %v", rep, err)
 	}
 	for q, want := range map[string]string{"pv:old": "1", "pv:4": "4", "pv:latest": "4"} {

@@ -142,7 +142,8 @@ func (r *Run) Report(active bool) Report {
 		Mirrored: r.mirrored.Load(), Equal: r.equal.Load(), Differ: r.differ.Load(), ShadowErrors: r.errors.Load(), Dropped: r.dropped.Load(),
 		PrimaryP50MS: r.primary.QuantileMS(0.5), PrimaryP99MS: r.primary.QuantileMS(0.99),
 		ShadowP50MS: r.shadow.QuantileMS(0.5), ShadowP99MS: r.shadow.QuantileMS(0.99)}
-	rep.Config.Tolerance = r.cfg.Tol()
+	tol := r.cfg.Tol()
+	rep.Config.Tolerance = &tol
 	r.mu.Lock()
 	rep.Examples = append([]Example{}, r.examples...)
 	r.mu.Unlock()

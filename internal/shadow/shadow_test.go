@@ -73,7 +73,7 @@ func TestRunTallies(t *testing.T) {
 	if len(rep.Examples) != 12 || rep.Examples[0].RequestID != "rid-0" || rep.Examples[0].Path != "$.v" {
 		t.Fatalf("examples = %+v", rep.Examples)
 	}
-	if rep.Tolerance != DefaultTolerance || rep.ShadowP50MS <= rep.PrimaryP50MS {
+	if rep.Tol() != DefaultTolerance || rep.ShadowP50MS <= rep.PrimaryP50MS {
 		t.Fatalf("report = %+v", rep)
 	}
 	// The in-flight bound: the third concurrent mirror is dropped.
@@ -86,5 +86,21 @@ func TestRunTallies(t *testing.T) {
 	}
 	if r.Report(true).Dropped != 1 {
 		t.Fatal("a dropped mirror was not counted")
+	}
+}
+
+// TestRunToleranceZeroIsExact: a run asked for tolerance 0 compares numbers
+// exactly; one that names none uses the default.
+func TestRunToleranceZeroIsExact(t *testing.T) {
+	primary, shadow := []byte(`{"p":0.5}`), []byte(`{"p":0.5000000001}`)
+	exact := NewRun(Config{Version: 2, Percent: 100, Tolerance: new(0.0)}, time.Unix(0, 0), 2)
+	exact.Record("r", primary, time.Millisecond, shadow, time.Millisecond, nil)
+	if rep := exact.Report(true); rep.Differ != 1 || rep.Tol() != 0 {
+		t.Fatalf("tolerance 0: %+v, want the pair to differ", rep)
+	}
+	def := NewRun(Config{Version: 2, Percent: 100}, time.Unix(0, 0), 2)
+	def.Record("r", primary, time.Millisecond, shadow, time.Millisecond, nil)
+	if rep := def.Report(true); rep.Equal != 1 || rep.Tol() != DefaultTolerance {
+		t.Fatalf("no tolerance named: %+v, want the pair equal within %g", rep, DefaultTolerance)
 	}
 }
