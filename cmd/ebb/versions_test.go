@@ -327,9 +327,9 @@ func TestAliasesEverywhere(t *testing.T) {
 
 	// An async job for al:prod records the version it resolved to, and runs
 	// on it even after the alias moves.
-	code, body, _ := s.call(t, "POST", "/v1/functions/al:prod/invoke", s.key, `{}`, map[string]string{"Ebb-Invocation-Type": "Event"})
-	if code != 202 {
-		t.Fatalf("async invoke of al:prod = %d %s", code, body)
+	code, body, h := s.call(t, "POST", "/v1/functions/al:prod/invoke", s.key, `{}`, map[string]string{"Ebb-Invocation-Type": "Event"})
+	if code != 202 || h.Get("Ebb-Version") != "2" {
+		t.Fatalf("async invoke of al:prod = %d %s (Ebb-Version %q), want 202 naming version 2", code, body, h.Get("Ebb-Version"))
 	}
 	var job struct{ ID string }
 	json.Unmarshal([]byte(body), &job)

@@ -68,8 +68,10 @@ type Backend interface {
 // Enqueuer queues asynchronous invocations (invocation type Event).
 type Enqueuer interface {
 	// Enqueue durably queues payload for t under id, returning only once
-	// the job is stored; ebb.ErrNotFound if there is no such function.
-	Enqueue(ctx context.Context, t Target, id string, payload []byte) error
+	// the job is stored; ebb.ErrNotFound if there is no such function. It
+	// returns the version the job will run on when t's qualifier fixed
+	// it, 0 when the job follows the function's route when it runs.
+	Enqueue(ctx context.Context, t Target, id string, payload []byte) (version int, err error)
 }
 
 // Config configures the gateway.
@@ -326,9 +328,13 @@ func (g *Gateway) enqueue(w http.ResponseWriter, r *http.Request, t Target, rid 
 		g.fail(w, d, name, err)
 		return
 	}
-	if err := g.cfg.Enqueuer.Enqueue(r.Context(), t, rid, payload); err != nil {
+	version, err := g.cfg.Enqueuer.Enqueue(r.Context(), t, rid, payload)
+	if err != nil {
 		g.fail(w, d, name, err)
 		return
+	}
+	if version > 0 {
+		w.Header()["Ebb-Version"] = []string{strconv.Itoa(version)}
 	}
 	route.JSON(w, http.StatusAccepted, struct {
 		ID string `json:"id"`

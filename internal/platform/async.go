@@ -226,12 +226,12 @@ func (p *Platform) stopAsync(ctx context.Context) {
 }
 
 // Enqueue implements gateway.Enqueuer. A job for NAME:QUALIFIER records the
-// version the qualifier resolves to now, and runs on it; an unqualified job
-// follows the function's route when it runs.
-func (p *Platform) Enqueue(ctx context.Context, t gateway.Target, id string, payload []byte) error {
+// version the qualifier resolves to now, and runs on it (the 202 says
+// which); an unqualified job follows the function's route when it runs.
+func (p *Platform) Enqueue(ctx context.Context, t gateway.Target, id string, payload []byte) (int, error) {
 	v, err := p.resolve(t)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var opt queue.EnqueueOptions
 	if t.Qualifier != "" {
@@ -241,7 +241,7 @@ func (p *Platform) Enqueue(ctx context.Context, t gateway.Target, id string, pay
 	opt.Trace, end = p.traceEnqueue(ctx, t.Name, id)
 	_, err = p.async.queue.Enqueue(ctx, t.Name, id, payload, opt)
 	end(err)
-	return err
+	return opt.Version, err
 }
 
 // asyncInvoker runs jobs through the synchronous invoke path.
