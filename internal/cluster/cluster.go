@@ -1,13 +1,15 @@
 // Package cluster is what ebb nodes sharing one NATS cluster know of each
 // other: each node's heartbeat (who it is, where it answers HTTP, what it
-// can hold and what it holds now) in a KV bucket whose entries expire, and a
+// can hold and what it holds now) in a KV bucket whose entries expire; a
 // leader lease, so that work that must happen once per cluster (a schedule's
-// tick) happens on one node.
+// tick) happens on one node; and instance slots per function version
+// (slots.go), so that max_instances holds for the cluster.
 //
 // Everything rests on JetStream KV: the heartbeat bucket's TTL removes a
 // node that stopped beating, and the lease is taken and renewed by
-// compare-and-set on the entry's revision. The decisions (who is alive,
-// which node is least loaded, whether to claim the lease) are pure functions
+// compare-and-set on the entry's revision, as are the slots. The decisions
+// (who is alive, which node is least loaded, whether to claim the lease or
+// a slot) are pure functions
 // of the state read and the time, tested by moving the time.
 package cluster
 
@@ -159,11 +161,12 @@ type Cluster struct {
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu sync.Mutex // guards until, mine, claimedAt
+	mu sync.Mutex // guards until, mine, claimedAt, refused
 	// mine is the slots this node holds per key, as last written, and
 	// claimedAt when it last claimed one.
 	mine      map[string]int
 	claimedAt map[string]time.Time
+	refused   map[string]refusal
 	// until is when this node's hold on the lease ends by its own clock:
 	// the claim's start plus Lease, less a margin; zero when not held.
 	until time.Time
@@ -182,7 +185,8 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: bucket %s: %w", NodesBucket, err)
 	}
-	c := &Cluster{cfg: cfg, nodes: nodes, mine: map[string]int{}, claimedAt: map[string]time.Time{}}
+	c := &Cluster{cfg: cfg, nodes: nodes, mine: map[string]int{}, claimedAt: map[string]time.Time{},
+		refused: map[string]refusal{}}
 	if cfg.Slots {
 		if c.slots, err = cfg.JetStream.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: SlotsBucket, Description: "ebb instance slots per function version and node", History: 1,

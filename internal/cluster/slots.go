@@ -118,6 +118,12 @@ func (c *Cluster) Claim(ctx context.Context, key string, max int) (Claimed, erro
 		return Claimed{OK: true}, nil // a lone node: its pools bound it
 	}
 	me := c.cfg.Self.Name
+	c.mu.Lock()
+	r, ok := c.refused[key]
+	c.mu.Unlock()
+	if ok && c.cfg.Now().Before(r.until) {
+		return r.Claimed, nil
+	}
 	hb := map[string]*Node{}
 	for range maxCASTries {
 		s, rev, err := c.readSlots(ctx, key)
@@ -137,7 +143,11 @@ func (c *Cluster) Claim(ctx context.Context, key string, max int) (Claimed, erro
 					hs = append(hs, nodes[i])
 				}
 			}
-			return Claimed{Holders: hs}, nil
+			got := Claimed{Holders: hs}
+			c.mu.Lock()
+			c.refused[key] = refusal{got, now.Add(c.cfg.Interval / 2)}
+			c.mu.Unlock()
+			return got, nil
 		}
 		if err := c.writeSlots(ctx, key, next, rev); err != nil {
 			if lostRace(err) {
@@ -152,6 +162,24 @@ func (c *Cluster) Claim(ctx context.Context, key string, max int) (Claimed, erro
 		return Claimed{OK: true}, nil
 	}
 	return Claimed{}, fmt.Errorf("claim slot %s: %d writers raced past every try", key, maxCASTries)
+}
+
+// refusal is a claim refused, kept for half a heartbeat interval: a node
+// forwarding every request of a function to its holder asks the bucket
+// again at most that often, not once per request. Forwarding on a stale
+// refusal is safe (the holder serves, or claims a slot itself); only a
+// claim could overshoot, and claims are never cached.
+type refusal struct {
+	Claimed
+	until time.Time
+}
+
+// Recheck forgets a refusal of key, so that the next Claim reads the bucket
+// again: for a holder found dead.
+func (c *Cluster) Recheck(key string) {
+	c.mu.Lock()
+	delete(c.refused, key)
+	c.mu.Unlock()
 }
 
 // Mine is how many slots of key this node holds, as it last wrote.

@@ -126,6 +126,7 @@ func TestClaimNeverOvershoots(t *testing.T) {
 			break
 		}
 	}
+	other.Recheck("f.v1") // a refusal it may keep from above
 	if got, _ := other.Claim(context.Background(), "f.v1", max); !got.OK {
 		t.Errorf("after a release %s got no slot: %+v", other.Self(), got)
 	}
@@ -193,4 +194,51 @@ func TestReconcileGivesBackUnused(t *testing.T) {
 	running = 0
 	mu.Unlock()
 	waitFor(t, "the unused slots to be given back", func() bool { return c.mineOf(t, "a") == 0 && c.Mine("f.v1") == 0 })
+}
+
+// TestRefusalKeptHalfAnInterval: a refused claim is answered from memory
+// until half an interval has passed (or Recheck), never a granted one.
+func TestRefusalKeptHalfAnInterval(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	move := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	mk := func(name string) *Cluster {
+		c, err := Start(context.Background(), Config{JetStream: st.JetStream(), Self: Node{Name: name}, Interval: time.Second,
+			TTL: time.Hour, Slots: true, Now: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	x, y := mk("x"), mk("y")
+	defer x.Close(context.Background())
+	defer y.Close(context.Background())
+	ctx := context.Background()
+	if got, _ := x.Claim(ctx, "f.v1", 1); !got.OK {
+		t.Fatal("x got no slot")
+	}
+	if got, _ := y.Claim(ctx, "f.v1", 1); got.OK || len(got.Holders) != 1 || got.Holders[0].Name != "x" {
+		t.Fatalf("y's claim = %+v, want refused, held by x", got)
+	}
+	if err := x.Release(ctx, "f.v1", 0); err != nil {
+		t.Fatal(err)
+	}
+	move(499 * time.Millisecond)
+	if got, _ := y.Claim(ctx, "f.v1", 1); got.OK {
+		t.Error("y's refusal was not kept for half an interval")
+	}
+	move(time.Millisecond)
+	if got, _ := y.Claim(ctx, "f.v1", 1); !got.OK {
+		t.Error("y's refusal outlived half an interval")
+	}
+	if got, _ := x.Claim(ctx, "f.v1", 1); got.OK {
+		t.Error("x got a second slot of one")
+	}
+	y.Release(ctx, "f.v1", 0)
+	x.Recheck("f.v1")
+	if got, _ := x.Claim(ctx, "f.v1", 1); !got.OK {
+		t.Error("after Recheck x's refusal was still kept")
+	}
 }

@@ -174,6 +174,7 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 			// The holder is down but its heartbeat has not expired yet:
 			// claim again (its slots may be free by now), else 503.
 			p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
+			p.cluster.Recheck(key)
 		}
 		route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
 			Message:    "the node holding " + name + "'s instances is down; its slots are free within the heartbeat TTL",
