@@ -54,7 +54,8 @@ func (n *node) call(t *testing.T, method, path, body string) answer {
 }
 
 // TestClusterOneInstance: a max_instances: 1 function, invoked through each
-// of three nodes (native invoke and /fn, one at a time and all at once),
+// of three nodes (native invoke, /fn and Lambda Invoke, one at a time and
+// all at once),
 // answers from one and the same process; the nodes not holding its slot
 // forward to the one that does. When that node is killed, the others
 // refuse fast (503, Retry-After) until its heartbeat expires, then one of
@@ -91,11 +92,13 @@ func TestClusterOneInstance(t *testing.T) {
 		})
 	}
 
-	// One at a time, through every node, native invoke and /fn.
+	// One at a time, through every node: native invoke, /fn and the Lambda
+	// API's Invoke.
 	var answers []answer
 	for range 3 {
 		for _, n := range nodes {
-			answers = append(answers, n.call(t, "POST", "/v1/functions/one/invoke", "{}"), n.call(t, "GET", "/fn/one/x", ""))
+			answers = append(answers, n.call(t, "POST", "/v1/functions/one/invoke", "{}"), n.call(t, "GET", "/fn/one/x", ""),
+				n.call(t, "POST", "/2015-03-31/functions/one/invocations", "{}"))
 		}
 	}
 	// All at once: 3 nodes × 6 callers × 4 calls.
