@@ -3,12 +3,16 @@
 # same three-server NATS JetStream cluster (--nats-replicas 3), on loopback,
 # in one run. Each measurement gets a fresh NATS cluster. N (default 1500)
 # jobs from C (default 16) clients, each sleeping SLEEP_MS (default 20) in a
-# Go function with max_instances 8 per node; prints Markdown rows.
+# Go function with max_instances 8 per node; prints Markdown rows. Then the
+# latency of a forwarded hop: HOP (default 500) sync invokes of a Go
+# function with max_instances 1 through the node holding its instance and as
+# many through another node, which forwards them, interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1500}
 C=${C:-16}
 SLEEP_MS=${SLEEP_MS:-20}
+HOP=${HOP:-500}
 tmp=$(mktemp -d)
 pids=()
 stop_nats() {
@@ -23,6 +27,9 @@ go build -o "$tmp/nats-server" github.com/nats-io/nats-server/v2
 mkdir "$tmp/work"
 CGO_ENABLED=0 go build -o "$tmp/work/bootstrap" ./internal/platform/testdata/asyncfn
 printf 'name: work\nruntime: exec\nhandler: ./bootstrap\nmemory: 64\nmax_instances: 8\n' >"$tmp/work/ebb.yaml"
+mkdir "$tmp/one"
+cp "$tmp/work/bootstrap" "$tmp/one/"
+printf 'name: one\nruntime: exec\nhandler: ./bootstrap\nmemory: 64\nmax_instances: 1\n' >"$tmp/one/ebb.yaml"
 
 # start_nats runs three clustered nats-servers on fresh ports and stores and
 # waits until the leader of JetStream's meta group sees both others current.
@@ -57,10 +64,17 @@ sys.exit(0 if ok else 1)' 2>/dev/null; then
 	exit 1
 }
 
-echo "cluster.sh: $N jobs of ${SLEEP_MS} ms, $C clients, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ)" >&2
-for nodes in 1 3; do
-	start_nats
-	go run ./bench/async -ebb "$tmp/ebb" -fn "$tmp/work" -n "$N" -c "$C" -nats "$urls" -nodes "$nodes" -replicas 3 \
-		-payload "{\"sleep_ms\":$SLEEP_MS}" | { [[ $nodes == 1 ]] && cat || tail -n 1; }
-	stop_nats
-done
+if [[ -z ${HOP_ONLY:-} ]]; then # HOP_ONLY=1 measures the hop alone
+	echo "cluster.sh: $N jobs of ${SLEEP_MS} ms, $C clients, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ)" >&2
+	for nodes in 1 3; do
+		start_nats
+		go run ./bench/async -ebb "$tmp/ebb" -fn "$tmp/work" -n "$N" -c "$C" -nats "$urls" -nodes "$nodes" -replicas 3 \
+			-payload "{\"sleep_ms\":$SLEEP_MS}" | { [[ $nodes == 1 ]] && cat || tail -n 1; }
+		stop_nats
+	done
+fi
+
+echo "cluster.sh: forwarded hop: $HOP invokes each way, 3 nodes" >&2
+start_nats
+go run ./bench/async -ebb "$tmp/ebb" -fn "$tmp/one" -nats "$urls" -nodes 3 -replicas 3 -hop "$HOP"
+stop_nats

@@ -13,11 +13,14 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +40,7 @@ func main() {
 	flag.IntVar(&nodes, "nodes", 1, "with -nats: ebb nodes to start")
 	flag.IntVar(&replicas, "replicas", 1, "with -nats: --nats-replicas")
 	flag.StringVar(&payload, "payload", "{}", "each job's event")
+	flag.IntVar(&hop, "hop", 0, "with -nats and -nodes 2 or more: instead of async jobs, time this many sync invokes through the node holding the function's instance and as many through another node, which forwards them (deploy a max_instances: 1 function)")
 	flag.Parse()
 	if err := run(*bin, *fnDir, *n, *c); err != nil {
 		fmt.Fprintln(os.Stderr, "async bench: FAIL:", err)
@@ -45,8 +49,8 @@ func main() {
 }
 
 var (
-	natsURL, payload string
-	nodes, replicas  int
+	natsURL, payload     string
+	nodes, replicas, hop int
 )
 
 // serve starts one `ebb serve` on a free loopback port and data dir, and
@@ -142,6 +146,9 @@ func run(bin, fnDir string, n, conc int) error {
 			}
 		}
 	}
+	if hop > 0 {
+		return hopBench(urls, spec.Name, hop)
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	errc := make(chan error, conc)
@@ -183,5 +190,75 @@ func run(bin, fnDir string, n, conc int) error {
 	fmt.Printf("| ebb | function | jobs | clients | queued (202) jobs/s | end-to-end jobs/s | all done in |\n|---|---|---|---|---|---|---|\n")
 	fmt.Printf("| %s | %s (max_instances %d, %s) | %d | %d | %.0f | %.0f | %s |\n", where, spec.Name, spec.MaxInstances, payload, n, conc,
 		float64(n)/queued.Seconds(), float64(n)/total.Seconds(), total.Round(time.Millisecond))
+	return nil
+}
+
+// hopBench times sync invokes through the node holding the function's one
+// instance (direct) and through another node (forwarded), interleaved so
+// that both see the same machine, and prints their p50 and p90 and the p50
+// a hop adds.
+func hopBench(urls []string, fn string, n int) error {
+	if len(urls) < 2 {
+		return fmt.Errorf("-hop needs -nats and -nodes 2 or more")
+	}
+	call := func(url string) (time.Duration, string, error) {
+		t0 := time.Now()
+		resp, err := http.Post(url+"/v1/functions/"+fn+"/invoke", "application/json", strings.NewReader(payload))
+		if err != nil {
+			return 0, "", err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		d := time.Since(t0)
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("invoke through %s: status %d", url, resp.StatusCode)
+		}
+		return d, resp.Header.Get("Ebb-Node"), err
+	}
+	// Which node serves: the one named by Ebb-Node through the first.
+	_, holder, err := call(urls[0])
+	if err != nil {
+		return err
+	}
+	direct, other := "", ""
+	for i, u := range urls {
+		if fmt.Sprintf("n%d", i) == holder {
+			direct = u
+		} else if other == "" {
+			other = u
+		}
+	}
+	if direct == "" {
+		return fmt.Errorf("the serving node %q is none of ours", holder)
+	}
+	for range 50 { // warm both paths, the hop's connections too
+		if _, _, err := call(direct); err != nil {
+			return err
+		}
+		if _, via, err := call(other); err != nil || via != holder {
+			return fmt.Errorf("through another node: served by %q (%v), want %s", via, err, holder)
+		}
+	}
+	var ds, fs []time.Duration
+	for range n {
+		d, _, err := call(direct)
+		if err != nil {
+			return err
+		}
+		f, _, err := call(other)
+		if err != nil {
+			return err
+		}
+		ds, fs = append(ds, d), append(fs, f)
+	}
+	q := func(xs []time.Duration, p float64) time.Duration {
+		slices.Sort(xs)
+		return xs[int(p*float64(len(xs)-1))]
+	}
+	us := func(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Microseconds())) }
+	fmt.Printf("| path | invokes | p50 | p90 |\n|---|---|---|---|\n")
+	fmt.Printf("| through the node holding the instance | %d | %s | %s |\n", n, us(q(ds, .5)), us(q(ds, .9)))
+	fmt.Printf("| through another node (one forwarded hop) | %d | %s | %s |\n", n, us(q(fs, .5)), us(q(fs, .9)))
+	fmt.Printf("\nA forwarded hop adds %s at p50.\n", us(q(fs, .5)-q(ds, .5)))
 	return nil
 }

@@ -1,13 +1,15 @@
 // Package cluster is what ebb nodes sharing one NATS cluster know of each
 // other: each node's heartbeat (who it is, where it answers HTTP, what it
-// can hold and what it holds now) in a KV bucket whose entries expire, and a
+// can hold and what it holds now) in a KV bucket whose entries expire; a
 // leader lease, so that work that must happen once per cluster (a schedule's
-// tick) happens on one node.
+// tick) happens on one node; and instance slots per function version
+// (slots.go), so that max_instances holds for the cluster.
 //
 // Everything rests on JetStream KV: the heartbeat bucket's TTL removes a
 // node that stopped beating, and the lease is taken and renewed by
-// compare-and-set on the entry's revision. The decisions (who is alive,
-// which node is least loaded, whether to claim the lease) are pure functions
+// compare-and-set on the entry's revision, as are the slots. The decisions
+// (who is alive, which node is least loaded, whether to claim the lease or
+// a slot) are pure functions
 // of the state read and the time, tested by moving the time.
 package cluster
 
@@ -100,7 +102,15 @@ type Config struct {
 	Elect bool
 	// Lease is how long a claim of the lease lasts; the holder renews it
 	// every Lease/3 (default 3s).
-	Lease    time.Duration
+	Lease time.Duration
+	// Slots keeps cluster-wide instance slots (bucket ebb_slots) for
+	// Claim and Release; without it (a single node) Claim always grants
+	// and costs nothing.
+	Slots bool
+	// Running reports how many instances this node runs of a slot key,
+	// so that slots held beyond them are given back every Interval; nil
+	// gives nothing back but on Release.
+	Running  func(key string) int
 	Replicas int
 	Now      func() time.Time
 	Logger   *slog.Logger
@@ -147,10 +157,16 @@ type Cluster struct {
 	cfg    Config
 	nodes  jetstream.KeyValue
 	leases jetstream.KeyValue
+	slots  jetstream.KeyValue
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu sync.Mutex // guards until
+	mu sync.Mutex // guards until, mine, claimedAt, refused
+	// mine is the slots this node holds per key, as last written, and
+	// claimedAt when it last claimed one.
+	mine      map[string]int
+	claimedAt map[string]time.Time
+	refused   map[string]refusal
 	// until is when this node's hold on the lease ends by its own clock:
 	// the claim's start plus Lease, less a margin; zero when not held.
 	until time.Time
@@ -169,7 +185,16 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: bucket %s: %w", NodesBucket, err)
 	}
-	c := &Cluster{cfg: cfg, nodes: nodes}
+	c := &Cluster{cfg: cfg, nodes: nodes, mine: map[string]int{}, claimedAt: map[string]time.Time{},
+		refused: map[string]refusal{}}
+	if cfg.Slots {
+		if c.slots, err = cfg.JetStream.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: SlotsBucket, Description: "ebb instance slots per function version and node", History: 1,
+			Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+		}); err != nil {
+			return nil, fmt.Errorf("start cluster: bucket %s: %w", SlotsBucket, err)
+		}
+	}
 	if cfg.Elect {
 		if c.leases, err = cfg.JetStream.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: LeasesBucket, Description: "ebb leader leases", History: 1,
@@ -199,15 +224,22 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.wg.Add(1)
 		go c.every(lctx, cfg.Lease/3, "scheduler lease", c.elect)
 	}
+	if c.slots != nil {
+		c.wg.Add(1)
+		go c.every(lctx, cfg.Interval, "instance slots", c.reconcile)
+	}
 	return c, nil
 }
 
-// Close stops the loops and withdraws this node: its heartbeat is deleted
-// and a lease it holds is released, so that the others need not wait for
+// Close stops the loops and withdraws this node: its slots are given back,
+// its heartbeat is deleted and a lease it holds is released, so that the others need not wait for
 // them to expire.
 func (c *Cluster) Close(ctx context.Context) {
 	c.stop()
 	c.wg.Wait()
+	if c.slots != nil {
+		c.releaseAll(ctx)
+	}
 	c.nodes.Delete(ctx, c.cfg.Self.Name)
 	if c.leases != nil && c.Leader() {
 		if e, err := c.leases.Get(ctx, SchedulerLease); err == nil {

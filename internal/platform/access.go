@@ -445,7 +445,7 @@ func (p *Platform) buildHandler() error {
 	if p.cfg.RequireAuth {
 		rc.Auth = &auth.Authenticator{Keys: &p.keys, MaxSignedBody: p.cfg.MaxSyncPayload, Now: p.cfg.Now}
 	}
-	t, err := route.New(rc, gw.Routes(), a.Routes(), p.asyncRoutes(), own, web.Routes())
+	t, err := route.New(rc, p.clusterRoutes(gw.Routes()), a.Routes(), p.asyncRoutes(), own, web.Routes())
 	if err != nil {
 		return fmt.Errorf("platform config: %w", err)
 	}

@@ -25,6 +25,8 @@ func (p *Platform) startCluster(ctx context.Context) error {
 			Capacity: cluster.Capacity{CPUs: p.cfg.NodeCPUs, MemoryMiB: p.cfg.NodeMemoryMiB, WarmBytes: warm}},
 		Load:     p.load,
 		Elect:    p.cfg.NATSURL != "",
+		Slots:    p.cfg.NATSURL != "",
+		Running:  p.slotsRunning,
 		Replicas: p.cfg.NATSReplicas,
 		Logger:   p.log,
 	})

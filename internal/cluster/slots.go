@@ -1,0 +1,349 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// SlotsBucket holds the cluster-wide instance slots: one key per function
+// version, whose value says how many instances each node may run.
+const SlotsBucket = "ebb_slots"
+
+// maxCASTries bounds one claim or release: each try that loses a race has
+// read a newer value, so a few suffice unless the bucket is hammered.
+const maxCASTries = 16
+
+// Slots is one function version's entry: instances claimed per node.
+type Slots map[string]int
+
+// alive is the set of the nodes whose heartbeat is younger than ttl at now.
+func alive(nodes []Node, now time.Time, ttl time.Duration) map[string]bool {
+	out := map[string]bool{}
+	for _, n := range Alive(nodes, now, ttl) {
+		out[n.Name] = true
+	}
+	return out
+}
+
+// Live is s without the entries of nodes not alive at now (their heartbeat
+// expired: they died, and their slots are free) and without zero counts.
+func Live(s Slots, nodes []Node, now time.Time, ttl time.Duration) Slots {
+	up := alive(nodes, now, ttl)
+	out := Slots{}
+	for n, k := range s {
+		if k > 0 && up[n] {
+			out[n] = k
+		}
+	}
+	return out
+}
+
+// Held is how many slots of s the nodes alive at now hold.
+func Held(s Slots, nodes []Node, now time.Time, ttl time.Duration) int {
+	h := 0
+	for _, k := range Live(s, nodes, now, ttl) {
+		h += k
+	}
+	return h
+}
+
+// ClaimSlot is s after node me claims one more slot, within max held by the
+// nodes alive at now; dead nodes' entries are dropped from it. ok is false
+// (and s is returned unchanged) when every slot is held.
+func ClaimSlot(s Slots, me string, max int, nodes []Node, now time.Time, ttl time.Duration) (Slots, bool) {
+	live := Live(s, nodes, now, ttl)
+	held := 0
+	for _, k := range live {
+		held += k
+	}
+	if held >= max {
+		return s, false
+	}
+	live[me]++
+	return live, true
+}
+
+// ReleaseSlots is s with node me holding n slots (none when n is 0), dead
+// nodes' entries dropped.
+func ReleaseSlots(s Slots, me string, n int, nodes []Node, now time.Time, ttl time.Duration) Slots {
+	live := Live(s, nodes, now, ttl)
+	if n > 0 {
+		live[me] = n
+	} else {
+		delete(live, me)
+	}
+	return live
+}
+
+// Holders are the nodes other than me alive at now that hold slots of s,
+// by name.
+func Holders(s Slots, me string, nodes []Node, now time.Time, ttl time.Duration) []string {
+	var out []string
+	for n := range Live(s, nodes, now, ttl) {
+		if n != me {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// SlotKey is the KV key of a function version's slots. Function names are
+// valid KV key tokens already.
+func SlotKey(function string, version int) string {
+	return fmt.Sprintf("%s.v%d", function, version)
+}
+
+// Claimed is the answer to a claim: whether this node got a slot, and
+// otherwise which live nodes hold them (to forward to) with their
+// addresses.
+type Claimed struct {
+	OK      bool
+	Holders []Node
+}
+
+// Claim takes one more slot of key for this node if fewer than max are held
+// by live nodes, by compare-and-set on the entry's revision: of two nodes
+// claiming the last slot at once, one is written and the other reads the
+// winner's entry and finds no slot.
+func (c *Cluster) Claim(ctx context.Context, key string, max int) (Claimed, error) {
+	if c.slots == nil {
+		return Claimed{OK: true}, nil // a lone node: its pools bound it
+	}
+	me := c.cfg.Self.Name
+	c.mu.Lock()
+	r, ok := c.refused[key]
+	c.mu.Unlock()
+	if ok && c.cfg.Now().Before(r.until) {
+		return r.Claimed, nil
+	}
+	hb := map[string]*Node{}
+	for range maxCASTries {
+		s, rev, err := c.readSlots(ctx, key)
+		if err != nil {
+			return Claimed{}, err
+		}
+		nodes, err := c.heartbeats(ctx, s, hb)
+		if err != nil {
+			return Claimed{}, err
+		}
+		now := c.cfg.Now()
+		next, ok := ClaimSlot(s, me, max, nodes, now, c.cfg.TTL)
+		if !ok {
+			var hs []Node
+			for _, h := range Holders(s, me, nodes, now, c.cfg.TTL) {
+				if i := slices.IndexFunc(nodes, func(n Node) bool { return n.Name == h }); i >= 0 {
+					hs = append(hs, nodes[i])
+				}
+			}
+			got := Claimed{Holders: hs}
+			c.mu.Lock()
+			c.refused[key] = refusal{got, now.Add(c.cfg.Interval / 2)}
+			c.mu.Unlock()
+			return got, nil
+		}
+		if err := c.writeSlots(ctx, key, next, rev); err != nil {
+			if lostRace(err) {
+				continue
+			}
+			return Claimed{}, err
+		}
+		c.mu.Lock()
+		c.mine[key] = next[me]
+		c.claimedAt[key] = now
+		c.mu.Unlock()
+		return Claimed{OK: true}, nil
+	}
+	return Claimed{}, fmt.Errorf("claim slot %s: %d writers raced past every try", key, maxCASTries)
+}
+
+// refusal is a claim refused, kept for half a heartbeat interval: a node
+// forwarding every request of a function to its holder asks the bucket
+// again at most that often, not once per request. Forwarding on a stale
+// refusal is safe (the holder serves, or claims a slot itself); only a
+// claim could overshoot, and claims are never cached.
+type refusal struct {
+	Claimed
+	until time.Time
+}
+
+// Recheck forgets a refusal of key, so that the next Claim reads the bucket
+// again: for a holder found dead.
+func (c *Cluster) Recheck(key string) {
+	c.mu.Lock()
+	delete(c.refused, key)
+	c.mu.Unlock()
+}
+
+// Mine is how many slots of key this node holds, as it last wrote.
+func (c *Cluster) Mine(key string) int {
+	if c.slots == nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mine[key]
+}
+
+// Release lowers this node's slots of key to n (those it runs), by
+// compare-and-set like Claim.
+func (c *Cluster) Release(ctx context.Context, key string, n int) error {
+	if c.slots == nil {
+		return nil
+	}
+	me := c.cfg.Self.Name
+	hb := map[string]*Node{}
+	for range maxCASTries {
+		s, rev, err := c.readSlots(ctx, key)
+		if err != nil {
+			return err
+		}
+		nodes, err := c.heartbeats(ctx, s, hb)
+		if err != nil {
+			return err
+		}
+		next := ReleaseSlots(s, me, n, nodes, c.cfg.Now(), c.cfg.TTL)
+		if maps.Equal(next, s) {
+			break
+		}
+		if err := c.writeSlots(ctx, key, next, rev); err != nil {
+			if lostRace(err) {
+				continue
+			}
+			return err
+		}
+		break
+	}
+	c.mu.Lock()
+	if n > 0 {
+		c.mine[key] = n
+	} else {
+		delete(c.mine, key)
+		delete(c.claimedAt, key)
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// reconcile gives back the slots this node holds beyond what it runs (an
+// instance stopped as idle or crashed), except those claimed within the
+// last interval, whose instance may still be starting.
+func (c *Cluster) reconcile(ctx context.Context) error {
+	if c.cfg.Running == nil {
+		return nil
+	}
+	now := c.cfg.Now()
+	c.mu.Lock()
+	type lower struct {
+		key  string
+		to   int
+		from int
+	}
+	var todo []lower
+	for key, n := range c.mine {
+		if now.Sub(c.claimedAt[key]) < c.cfg.Interval {
+			continue
+		}
+		if run := c.cfg.Running(key); run < n {
+			todo = append(todo, lower{key, run, n})
+		}
+	}
+	c.mu.Unlock()
+	var errs []error
+	for _, l := range todo {
+		if err := c.Release(ctx, l.key, l.to); err != nil {
+			errs = append(errs, fmt.Errorf("release slots of %s: %w", l.key, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// heartbeats reads the heartbeats of the nodes that s names, and this
+// node's own, each by its key (a node whose key is gone has expired), into
+// and from the cache hb of this one claim. Reading by key rather than
+// listing the bucket never takes a live node for dead.
+func (c *Cluster) heartbeats(ctx context.Context, s Slots, hb map[string]*Node) ([]Node, error) {
+	names := slices.Collect(maps.Keys(s))
+	names = append(names, c.cfg.Self.Name)
+	var out []Node
+	for _, name := range names {
+		n, seen := hb[name]
+		if !seen {
+			e, err := c.nodes.Get(ctx, name)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				return nil, fmt.Errorf("read heartbeat of %s: %w", name, err)
+			default:
+				n = new(Node)
+				if json.Unmarshal(e.Value(), n) != nil {
+					n = nil // corrupt: not alive
+				}
+			}
+			if name == c.cfg.Self.Name && n == nil {
+				// This node is alive, whatever its heartbeat says.
+				n = &Node{Name: name}
+			}
+			if name == c.cfg.Self.Name {
+				n.Seen = c.cfg.Now()
+			}
+			hb[name] = n
+		}
+		if n != nil {
+			out = append(out, *n)
+		}
+	}
+	return out, nil
+}
+
+func (c *Cluster) readSlots(ctx context.Context, key string) (Slots, uint64, error) {
+	e, err := c.slots.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Slots{}, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read slots %s: %w", key, err)
+	}
+	var s Slots
+	if err := json.Unmarshal(e.Value(), &s); err != nil {
+		s = Slots{} // corrupt: overwritten by the next write
+	}
+	if e.Operation() != jetstream.KeyValuePut {
+		s = Slots{}
+	}
+	return s, e.Revision(), nil
+}
+
+func (c *Cluster) writeSlots(ctx context.Context, key string, s Slots, rev uint64) error {
+	b, _ := json.Marshal(s)
+	var err error
+	if rev == 0 {
+		_, err = c.slots.Create(ctx, key, b)
+	} else {
+		_, err = c.slots.Update(ctx, key, b, rev)
+	}
+	return err
+}
+
+// lostRace says whether a compare-and-set failed because another writer
+// got there first.
+func lostRace(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)
+}
+
+// releaseAll gives back every slot of this node, on a clean shutdown.
+func (c *Cluster) releaseAll(ctx context.Context) {
+	c.mu.Lock()
+	keys := slices.Collect(maps.Keys(c.mine))
+	c.mu.Unlock()
+	for _, k := range keys {
+		c.Release(ctx, k, 0)
+	}
+}

@@ -1,0 +1,244 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ebb-run/ebb/internal/ebbtest"
+	"github.com/ebb-run/ebb/internal/store"
+)
+
+func TestSlotDecisionsMovingNow(t *testing.T) {
+	ttl := 6 * time.Second
+	nodes := []Node{{Name: "a", Seen: t0}, {Name: "b", Seen: t0.Add(-4 * time.Second)}, {Name: "c", Seen: t0}}
+	s := Slots{"a": 1, "b": 1}
+	// At t0 a and b hold the two slots: c finds none and forwards to them.
+	if _, ok := ClaimSlot(s, "c", 2, nodes, t0, ttl); ok {
+		t.Error("c claimed a third slot of two")
+	}
+	if got := Holders(s, "c", nodes, t0, ttl); fmt.Sprint(got) != "[a b]" {
+		t.Errorf("Holders at t0 = %v, want [a b]", got)
+	}
+	if got := Held(s, nodes, t0, ttl); got != 2 {
+		t.Errorf("Held at t0 = %d, want 2", got)
+	}
+	// b's heartbeat expires at t0+2s: its slot is free, and the claim
+	// drops b's entry.
+	at := t0.Add(2 * time.Second)
+	next, ok := ClaimSlot(s, "c", 2, nodes, at, ttl)
+	if !ok || fmt.Sprint(next) != "map[a:1 c:1]" {
+		t.Errorf("ClaimSlot after b expired = %v %v, want map[a:1 c:1] true", next, ok)
+	}
+	if got := Holders(s, "c", nodes, at, ttl); fmt.Sprint(got) != "[a]" {
+		t.Errorf("Holders after b expired = %v, want [a]", got)
+	}
+	// A node's own slots count against it too.
+	if _, ok := ClaimSlot(Slots{"a": 2}, "a", 2, nodes, t0, ttl); ok {
+		t.Error("a claimed a third slot of two")
+	}
+	if next, ok := ClaimSlot(Slots{"a": 1}, "a", 2, nodes, t0, ttl); !ok || next["a"] != 2 {
+		t.Errorf("a's second slot: %v %v", next, ok)
+	}
+	if got := ReleaseSlots(Slots{"a": 2, "b": 1}, "a", 0, nodes, at, ttl); fmt.Sprint(got) != "map[]" {
+		t.Errorf("ReleaseSlots = %v, want a's gone and dead b's dropped", got)
+	}
+	if got := ReleaseSlots(Slots{"a": 2, "c": 1}, "a", 1, nodes, t0, ttl); fmt.Sprint(got) != "map[a:1 c:1]" {
+		t.Errorf("ReleaseSlots to 1 = %v", got)
+	}
+	// Everyone dead: every slot is free.
+	if got := Held(s, nodes, t0.Add(ttl), ttl); got != 0 {
+		t.Errorf("Held when all expired = %d", got)
+	}
+}
+
+// TestClaimNeverOvershoots: eight nodes claim slots of one key at once,
+// many times each, against a real JetStream KV; exactly max are granted.
+// Releasing one frees one; a killed node's slots are free once its
+// heartbeat expires, and its entry is cleaned up by the next claim.
+func TestClaimNeverOvershoots(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	var cs []*Cluster
+	for i := range 8 {
+		c := startSlots(t, st, fmt.Sprintf("n%d", i))
+		cs = append(cs, c)
+	}
+	defer func() {
+		for _, c := range cs[1:] {
+			c.Close(context.Background())
+		}
+	}()
+	waitFor(t, "every node", func() bool { ns, _ := cs[0].Nodes(context.Background()); return len(ns) == 8 })
+	const max = 3
+	var mu sync.Mutex
+	granted := map[string]int{}
+	var wg sync.WaitGroup
+	for _, c := range cs[1:] { // n0 only watches, and survives the kills below
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got, err := c.Claim(context.Background(), "f.v1", max)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if got.OK {
+					mu.Lock()
+					granted[c.Self()]++
+					mu.Unlock()
+				} else if len(got.Holders) == 0 {
+					t.Error("refused with no holders")
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	total := 0
+	for n, k := range granted {
+		total += k
+		if got := cs[0].mineOf(t, n); got != k {
+			t.Errorf("%s was granted %d, the bucket says %d", n, k, got)
+		}
+	}
+	if total != max {
+		s, _, _ := cs[0].readSlots(context.Background(), "f.v1")
+		ns, _ := cs[0].Nodes(context.Background())
+		t.Fatalf("granted %d slots of %d: %v; bucket %v; nodes %d", total, max, granted, s, len(ns))
+	}
+	// One holder gives one back: one more claim succeeds, the next not.
+	var holder *Cluster
+	for _, c := range cs {
+		if granted[c.Self()] > 0 {
+			holder = c
+			break
+		}
+	}
+	if err := holder.Release(context.Background(), "f.v1", granted[holder.Self()]-1); err != nil {
+		t.Fatal(err)
+	}
+	var other *Cluster
+	for _, c := range cs {
+		if c != holder && c != cs[0] {
+			other = c
+			break
+		}
+	}
+	other.Recheck("f.v1") // a refusal it may keep from above
+	if got, _ := other.Claim(context.Background(), "f.v1", max); !got.OK {
+		t.Errorf("after a release %s got no slot: %+v", other.Self(), got)
+	}
+	if got, _ := other.Claim(context.Background(), "f.v1", max); got.OK {
+		t.Error("a fourth slot was granted")
+	}
+	// Kill every holder but other: their heartbeats expire and so do
+	// their slots; other then claims them all.
+	for i, c := range cs {
+		if c != other && c != cs[0] && c.Mine("f.v1") > 0 {
+			c.kill()
+			cs[i] = cs[0]
+		}
+	}
+	waitFor(t, "the dead holders' slots to free", func() bool {
+		got, err := other.Claim(context.Background(), "f.v1", max)
+		return err == nil && got.OK && other.Mine("f.v1") == max
+	})
+	s, _, _ := other.readSlots(context.Background(), "f.v1")
+	if fmt.Sprint(s) != fmt.Sprintf("map[%s:%d]", other.Self(), max) {
+		t.Errorf("slots after the holders died = %v, want only %s's", s, other.Self())
+	}
+}
+
+func startSlots(t *testing.T, st *store.Store, name string) *Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Config{JetStream: st.JetStream(), Self: Node{Name: name}, Interval: 50 * time.Millisecond,
+		TTL: 400 * time.Millisecond, Slots: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *Cluster) mineOf(t *testing.T, node string) int {
+	s, _, err := c.readSlots(context.Background(), "f.v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s[node]
+}
+
+// TestReconcileGivesBackUnused: slots held beyond the instances a node runs
+// are given back after an interval.
+func TestReconcileGivesBackUnused(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	var mu sync.Mutex
+	running := 2
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Config{JetStream: st.JetStream(), Self: Node{Name: "a"}, Interval: 50 * time.Millisecond,
+		TTL: 400 * time.Millisecond, Slots: true, Running: func(string) int { mu.Lock(); defer mu.Unlock(); return running }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	for range 2 {
+		if got, err := c.Claim(ctx, "f.v1", 5); err != nil || !got.OK {
+			t.Fatal(got, err)
+		}
+	}
+	mu.Lock()
+	running = 0
+	mu.Unlock()
+	waitFor(t, "the unused slots to be given back", func() bool { return c.mineOf(t, "a") == 0 && c.Mine("f.v1") == 0 })
+}
+
+// TestRefusalKeptHalfAnInterval: a refused claim is answered from memory
+// until half an interval has passed (or Recheck), never a granted one.
+func TestRefusalKeptHalfAnInterval(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	move := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	mk := func(name string) *Cluster {
+		c, err := Start(context.Background(), Config{JetStream: st.JetStream(), Self: Node{Name: name}, Interval: time.Second,
+			TTL: time.Hour, Slots: true, Now: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	x, y := mk("x"), mk("y")
+	defer x.Close(context.Background())
+	defer y.Close(context.Background())
+	ctx := context.Background()
+	if got, _ := x.Claim(ctx, "f.v1", 1); !got.OK {
+		t.Fatal("x got no slot")
+	}
+	if got, _ := y.Claim(ctx, "f.v1", 1); got.OK || len(got.Holders) != 1 || got.Holders[0].Name != "x" {
+		t.Fatalf("y's claim = %+v, want refused, held by x", got)
+	}
+	if err := x.Release(ctx, "f.v1", 0); err != nil {
+		t.Fatal(err)
+	}
+	move(499 * time.Millisecond)
+	if got, _ := y.Claim(ctx, "f.v1", 1); got.OK {
+		t.Error("y's refusal was not kept for half an interval")
+	}
+	move(time.Millisecond)
+	if got, _ := y.Claim(ctx, "f.v1", 1); !got.OK {
+		t.Error("y's refusal outlived half an interval")
+	}
+	if got, _ := x.Claim(ctx, "f.v1", 1); got.OK {
+		t.Error("x got a second slot of one")
+	}
+	y.Release(ctx, "f.v1", 0)
+	x.Recheck("f.v1")
+	if got, _ := x.Claim(ctx, "f.v1", 1); !got.OK {
+		t.Error("after Recheck x's refusal was still kept")
+	}
+}

@@ -1,0 +1,246 @@
+package platform
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ebb-run/ebb"
+	"github.com/ebb-run/ebb/internal/cluster"
+	"github.com/ebb-run/ebb/internal/dispatch"
+	"github.com/ebb-run/ebb/internal/gateway"
+	"github.com/ebb-run/ebb/internal/route"
+)
+
+// This file is how a node of a cluster (a shared NATS) keeps max_instances
+// cluster-wide: before it starts an instance of a version it claims one of
+// the version's slots (cluster.Claim); when every slot is held by other
+// nodes it forwards the request to one of them over a direct HTTP hop. A
+// single node has none of it: its invoke routes are not wrapped.
+
+// Headers of the hop between nodes.
+const (
+	// ForwardedByHeader names the node that forwarded a request; a
+	// request that carries it is served where it lands, never forwarded
+	// again.
+	ForwardedByHeader = "Ebb-Forwarded-By"
+	// NodeHeader names the node that served a request.
+	NodeHeader = "Ebb-Node"
+)
+
+// hopClient carries forwarded requests: no timeout of its own (the
+// function's timeout holds on the serving node; the caller's context ends
+// the hop), a short dial timeout so that a dead node fails fast.
+var hopClient = &http.Client{
+	Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// clusterRoutes wraps the synchronous invoke routes of rs with the slot
+// check and the forward, on a node of a cluster.
+func (p *Platform) clusterRoutes(rs []route.Route) []route.Route {
+	if p.cluster == nil || p.cfg.NATSURL == "" {
+		return rs
+	}
+	for i := range rs {
+		if rs[i].Invoke && rs[i].Function != nil {
+			rs[i].Handler = p.forwarding(rs[i].Function, rs[i].Dialect, rs[i].Handler)
+		}
+	}
+	return rs
+}
+
+// slotsRunning is how many instances this node runs (or starts) of the
+// version whose slot key is key, for cluster.Config.Running.
+func (p *Platform) slotsRunning(key string) int {
+	p.mu.RLock()
+	var d *deployment
+	for name, f := range p.fns {
+		for n, v := range f.versions {
+			if cluster.SlotKey(name, n) == key {
+				d = v.dep.Load()
+			}
+		}
+	}
+	p.mu.RUnlock()
+	if d == nil {
+		return 0
+	}
+	return running(d.pool.Stats())
+}
+
+func running(s dispatch.Stats) int {
+	n := 0
+	for _, in := range s.Instances {
+		if in.Phase != dispatch.PhaseStopping {
+			n++
+		}
+	}
+	return n
+}
+
+// free says whether the pool can take a request now without starting an
+// instance: one of its instances has room, or one is starting.
+func free(s dispatch.Stats, concurrency int) bool {
+	for _, in := range s.Instances {
+		if in.Phase == dispatch.PhaseStarting || (in.Phase != dispatch.PhaseStopping && in.InFlight < concurrency) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dialect, next http.HandlerFunc) http.HandlerFunc {
+	me := p.cfg.Node
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(NodeHeader, me)
+		if isEvent(r) {
+			next(w, r)
+			return
+		}
+		forwarded := r.Header.Get(ForwardedByHeader) != ""
+		name := fnOf(r)
+		t := gateway.Target{Name: name, Key: r.Header.Get(ebb.RoutingKeyHeader)}
+		if n, q := ebb.SplitQualified(r.PathValue("name")); n == name {
+			t.Qualifier = q
+		}
+		v, _, err := p.resolveShadow(t)
+		if err != nil {
+			next(w, r) // the gateway says what is wrong
+			return
+		}
+		spec := v.fn.Spec
+		key := cluster.SlotKey(name, v.fn.Version)
+		var have int
+		if d := v.dep.Load(); d != nil {
+			st := d.pool.Stats()
+			if free(st, max(spec.Concurrency, 1)) {
+				next(w, r)
+				return
+			}
+			have = running(st)
+		}
+		if have < p.cluster.Mine(key) {
+			next(w, r) // a slot held here, its instance to start
+			return
+		}
+		maxInst := spec.MaxInstances
+		if maxInst <= 0 {
+			maxInst = max(ebb.DefaultMaxInstances, spec.MinInstances)
+		}
+		for range 2 {
+			c, err := p.cluster.Claim(r.Context(), key, maxInst)
+			if err != nil {
+				p.log.Warn("cluster: claim an instance slot", "key", key, "err", err)
+				route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
+					Message: "cannot reach the cluster's instance slots", RetryAfter: time.Second})
+				return
+			}
+			if c.OK || have > 0 || len(c.Holders) == 0 {
+				// A slot of ours: serve here (queued behind our own
+				// instances when every slot is held).
+				next(w, r)
+				return
+			}
+			if forwarded {
+				// Forwarded here, but the slot went meanwhile: never a
+				// second hop.
+				route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
+					Message: "every instance slot of " + name + " is held by other nodes", RetryAfter: time.Second})
+				return
+			}
+			h := c.Holders[0] // the first by name: every node picks the same
+			err = p.hop(w, r, h)
+			if err == nil {
+				return
+			}
+			if !isDialError(err) {
+				// The connection broke before an answer (the node died
+				// with it open): the request may have reached it, so it
+				// is not served here; the caller retries.
+				p.log.Warn("cluster: forward", "node", h.Name, "err", err)
+				route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
+					Message: "node " + h.Name + ", which holds " + name + "'s instances, stopped answering", RetryAfter: time.Second})
+				return
+			}
+			// The holder is down but its heartbeat has not expired yet:
+			// claim again (its slots may be free by now), else 503.
+			p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
+			p.cluster.Recheck(key)
+		}
+		route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
+			Message:    "the node holding " + name + "'s instances is down; its slots are free within the heartbeat TTL",
+			RetryAfter: cluster.DefaultTTL})
+	}
+}
+
+func isEvent(r *http.Request) bool {
+	it := r.Header.Get("Ebb-Invocation-Type")
+	if it == "" {
+		it = r.Header.Get("X-Amz-Invocation-Type")
+	}
+	return strings.EqualFold(it, "Event")
+}
+
+// hop sends r to node h and copies its answer to w unchanged but for
+// Ebb-Node. The caller's credentials go unchanged: h checks them again
+// (keys are replicated), so a hop grants nothing the caller lacks. An error
+// means nothing was written to w.
+func (p *Platform) hop(w http.ResponseWriter, r *http.Request, h cluster.Node) error {
+	out, err := http.NewRequestWithContext(r.Context(), r.Method, strings.TrimSuffix(h.Addr, "/")+r.URL.RequestURI(), noClose{r.Body})
+	if err != nil {
+		return err
+	}
+	out.Header = r.Header.Clone()
+	out.Header.Set(ForwardedByHeader, p.cfg.Node)
+	out.Host = r.Host
+	out.ContentLength = r.ContentLength
+	if r.ContentLength == 0 {
+		out.Body = nil
+	}
+	resp, err := hopClient.Do(out)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	wh := w.Header()
+	for k, vs := range resp.Header {
+		wh[k] = vs
+	}
+	if wh.Get(NodeHeader) == "" {
+		wh.Set(NodeHeader, h.Name)
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(flushWriter{w}, resp.Body)
+	return nil
+}
+
+// noClose keeps the transport from closing the caller's body when a dial
+// fails, so that the request can still be served here.
+type noClose struct{ io.Reader }
+
+func (noClose) Close() error { return nil }
+
+// flushWriter flushes each chunk, for streamed answers.
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f flushWriter) Write(b []byte) (int, error) {
+	n, err := f.w.Write(b)
+	http.NewResponseController(f.w).Flush()
+	return n, err
+}
+
+// isDialError says whether err is a failure to connect (the node is down):
+// nothing was sent.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial" || errors.Is(err, syscall.ECONNREFUSED)
+}
