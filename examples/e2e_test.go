@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -245,4 +246,80 @@ func TestExamplesOnEbb(t *testing.T) {
 			t.Errorf("status: got version %d and %d instances, want version ≥ 1 and the warm instance", st.Version, len(st.Instances))
 		}
 	})
+}
+
+// TestONNXVersionsOnEbb: the Open Inference Protocol through a real ebb
+// serve addresses versions and aliases (/v2/models/NAME/versions/V/...),
+// every answer names the version that gave it, and GET /v2 answers the
+// server metadata in the spec's shape.
+func TestONNXVersionsOnEbb(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs ebb; skipped with -short")
+	}
+	lib := os.Getenv("EBB_ONNXRUNTIME_LIB")
+	if lib == "" {
+		lib, _ = filepath.Abs("../.cache/onnxruntime/lib/libonnxruntime.so.1")
+	}
+	if _, err := os.Stat(lib); err != nil {
+		ebbtest.SkipUnlessRequired(t, ebbtest.RequireONNX, "ONNX Runtime library not found at %s: run scripts/fetch-onnxruntime.sh", lib)
+	}
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "ebb")
+	goBuild(t, bin, "./cmd/ebb", nil)
+	dir := filepath.Join(tmp, "fn", "hello-onnx")
+	copyExample(t, "hello-onnx", dir)
+	s := startEbb(t, bin, filepath.Join(tmp, "data"), "--onnxruntime-lib", lib)
+	s.cli(t, "deploy", dir)
+	s.cli(t, "deploy", dir, "--no-traffic")
+	s.cli(t, "alias", "set", "hello-onnx", "prod", "2")
+
+	code, _, body := s.call(t, "GET", "/v2", "")
+	var meta struct {
+		Name       string   `json:"name"`
+		Version    string   `json:"version"`
+		Extensions []string `json:"extensions"`
+	}
+	if err := json.Unmarshal([]byte(body), &meta); code != http.StatusOK || err != nil || meta.Name == "" || meta.Version == "" || meta.Extensions == nil {
+		t.Fatalf("GET /v2 = %d %s, want the server metadata (name, version, extensions)", code, body)
+	}
+
+	row := strings.Repeat("0.5,", 63) + "0.5"
+	req := `{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[` + row + `]}]}`
+	var first []float64
+	for _, c := range []struct{ path, version string }{
+		{"/v2/models/hello-onnx/infer", "1"},
+		{"/v2/models/hello-onnx/versions/1/infer", "1"},
+		{"/v2/models/hello-onnx/versions/2/infer", "2"},
+		{"/v2/models/hello-onnx/versions/prod/infer", "2"},
+	} {
+		code, h, body := s.call(t, "POST", c.path, req)
+		var res struct {
+			Outputs []struct {
+				Shape []int     `json:"shape"`
+				Data  []float64 `json:"data"`
+			} `json:"outputs"`
+		}
+		if err := json.Unmarshal([]byte(body), &res); code != http.StatusOK || err != nil || len(res.Outputs) != 1 || len(res.Outputs[0].Data) != 10 {
+			t.Fatalf("POST %s = %d %.500s, want 10 logits", c.path, code, body)
+		}
+		if v := h.Get("Ebb-Version"); v != c.version {
+			t.Errorf("POST %s answered by version %q, want %s", c.path, v, c.version)
+		}
+		// Both versions are the same model: the same logits.
+		if first == nil {
+			first = res.Outputs[0].Data
+		} else if !slices.Equal(first, res.Outputs[0].Data) {
+			t.Errorf("POST %s logits %v, want %v", c.path, res.Outputs[0].Data, first)
+		}
+	}
+	if code, _, body := s.call(t, "GET", "/v2/models/hello-onnx/versions/prod", ""); code != http.StatusOK || !strings.Contains(body, `"inputs"`) {
+		t.Errorf("model metadata of the prod alias = %d %s", code, body)
+	}
+	code, _, body = s.call(t, "POST", "/v2/models/hello-onnx/versions/9/infer", req)
+	var oipErr struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal([]byte(body), &oipErr) != nil || code != http.StatusNotFound || oipErr.Error == "" {
+		t.Errorf("an unknown version = %d %s, want 404 in OIP's error shape", code, body)
+	}
 }
