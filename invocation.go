@@ -64,6 +64,21 @@ func TriggerOf(ctx context.Context) Trigger {
 	return TriggerSync
 }
 
+type logSyncKey struct{}
+
+// WithLogSync returns ctx asking that the invocation made under it answer
+// only once every log line its function wrote has been taken in, so that
+// what follows can read them all (Lambda's LogType Tail).
+func WithLogSync(ctx context.Context) context.Context {
+	return context.WithValue(ctx, logSyncKey{}, true)
+}
+
+// LogSync says whether ctx asks for WithLogSync.
+func LogSync(ctx context.Context) bool {
+	v, _ := ctx.Value(logSyncKey{}).(bool)
+	return v
+}
+
 // TraceHeaders are a W3C trace context as traceparent and tracestate carry
 // it: how an async job keeps its caller's trace until it runs.
 type TraceHeaders struct {

@@ -59,10 +59,12 @@ func (g *Gateway) lambdaInvoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var mark uint64
+	ctx := r.Context()
 	if tail {
 		mark = g.cfg.Catalog.LogMark(name)
+		ctx = ebb.WithLogSync(ctx) // the answer waits for the handler's lines
 	}
-	res, err := g.cfg.Backend.Invoke(r.Context(), target, rid, payload)
+	res, err := g.cfg.Backend.Invoke(ctx, target, rid, payload)
 	if res != nil {
 		h.Set("Ebb-Cold-Start", strconv.FormatBool(res.ColdStart))
 		h.Set("Ebb-Version", strconv.Itoa(res.Version))

@@ -603,8 +603,21 @@ func (i *Instance) Invoke(ctx context.Context, requestID string, payload []byte,
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		req.TraceID, req.TraceParent, req.TraceState = traceHeaders(sc)
 	}
-	return i.rt.Invoke(ctx, req)
+	out, err := i.rt.Invoke(ctx, req)
+	if ebb.LogSync(ctx) && i.proc != nil {
+		// The handler wrote its lines before it answered: take them all
+		// in while the request is still current, bounded so that a
+		// process holding its pipe full cannot hold the answer.
+		sctx, cancel := context.WithTimeout(ctx, logSyncTimeout)
+		i.proc.SyncOutput(sctx)
+		cancel()
+	}
+	return out, err
 }
+
+// logSyncTimeout bounds how long an invocation's answer waits for its log
+// lines (WithLogSync).
+const logSyncTimeout = 2 * time.Second
 
 // IsHTTP reports whether the instance takes HTTP requests rather than events.
 func (i *Instance) IsHTTP() bool { return i.up != nil }

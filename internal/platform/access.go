@@ -375,11 +375,6 @@ func (p *Platform) Functions() []*ebb.Function {
 	return out
 }
 
-// tailSettle is how long Tail waits for an invocation's last lines: output
-// travels through a pipe that ebb reads on its own, so a line written just
-// before the handler returned may arrive just after its result.
-const tailSettle = 25 * time.Millisecond
-
 // tailBatch is how many log lines Tail reads at a time.
 const tailBatch = 256
 
@@ -404,14 +399,9 @@ func (p *Platform) Tail(ctx context.Context, name, requestID string, mark uint64
 	// Tail on every invoke must not make ebb copy every line it keeps.
 	lines, next := p.logs.Since(name, mark, tailBatch)
 	collect(lines)
+	// Every line is in: the invocation was made WithLogSync.
 	for len(lines) == tailBatch {
 		lines, next = p.logs.Since(name, next, tailBatch)
-		collect(lines)
-	}
-	wctx, cancel := context.WithTimeout(ctx, tailSettle)
-	defer cancel()
-	for wctx.Err() == nil {
-		lines, next = p.logs.Wait(wctx, name, next, tailBatch)
 		collect(lines)
 	}
 	if len(text) > gateway.MaxTailBytes {

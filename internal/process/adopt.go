@@ -226,9 +226,11 @@ func (s *Slot) Adopt(pid int) (*Process, error) {
 		}
 		fn := s.outFn[i]
 		p.readers++
+		p.out[i].f = f
 		go func() {
 			defer func() { p.readerDone <- struct{}{} }()
-			readLines(f, fn)
+			defer p.out[i].ended()
+			readLines(f, fn, &p.out[i])
 		}()
 	}
 	m.mu.Lock()

@@ -13,10 +13,20 @@ const MaxLineBytes = 64 << 10
 // write short lines, and an idle instance should not pin 64 KiB per stream.
 const initialLineBuffer = 4 << 10
 
+// readHooks let a reader's owner act at its quiet points. before is
+// called before each read, when every whole line read so far has been
+// delivered; interrupted is asked about a read error and returns true when
+// the error was the owner's own interruption (a read deadline set to wake
+// the reader), after which reading goes on.
+type readHooks interface {
+	before()
+	interrupted(err error) bool
+}
+
 // readLines calls fn once per line read from r, without the newline, until r
 // fails or reaches EOF. A final line without a newline is delivered too. The
-// slice handed to fn is only valid during the call.
-func readLines(r io.Reader, fn func(line []byte)) {
+// slice handed to fn is only valid during the call. hooks may be nil.
+func readLines(r io.Reader, fn func(line []byte), hooks readHooks) {
 	buf := make([]byte, initialLineBuffer)
 	start, end := 0, 0
 	// split is set after a line was cut at MaxLineBytes, so that a newline
@@ -53,8 +63,14 @@ func readLines(r io.Reader, fn func(line []byte)) {
 				buf = grown
 			}
 		}
+		if hooks != nil {
+			hooks.before()
+		}
 		n, err := r.Read(buf[end:])
 		end += n
+		if err != nil && n == 0 && hooks != nil && hooks.interrupted(err) {
+			continue
+		}
 		if err != nil {
 			for start < end {
 				// Deliver what was read before the error, line by line,

@@ -46,7 +46,7 @@ func TestReadLines(t *testing.T) {
 						t.Errorf("line of %d bytes, limit %d", len(line), MaxLineBytes)
 					}
 					got = append(got, string(line))
-				})
+				}, nil)
 				if !slices.Equal(got, tt.want) {
 					t.Errorf("got %d lines, want %d; first difference: %s", len(got), len(tt.want), firstDiff(got, tt.want))
 				}
@@ -58,7 +58,7 @@ func TestReadLines(t *testing.T) {
 func TestReadLinesStopsOnError(t *testing.T) {
 	r := io.MultiReader(strings.NewReader("a\nb"), iotest.ErrReader(errors.New("pipe closed")))
 	var got []string
-	readLines(r, func(line []byte) { got = append(got, string(line)) })
+	readLines(r, func(line []byte) { got = append(got, string(line)) }, nil)
 	if want := []string{"a", "b"}; !slices.Equal(got, want) {
 		t.Errorf("got %q, want %q", got, want)
 	}

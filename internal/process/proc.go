@@ -30,6 +30,7 @@ type Process struct {
 	stdout, stderr *os.File
 	readers        int           // output reader goroutines started
 	readerDone     chan struct{} // each reader sends once when it returns
+	out            [2]output     // stdout's and stderr's readers, for SyncOutput
 	done           chan struct{}
 
 	mu sync.Mutex // guards reaped

@@ -511,7 +511,7 @@ func (m *Manager) start(ctx context.Context, spec *Spec) (_ *Process, err error)
 		p.pidfd = nil
 		err = nil
 	}
-	for _, r := range []struct {
+	for i, r := range []struct {
 		f  *os.File
 		fn func([]byte)
 	}{{p.stdout, spec.Stdout}, {p.stderr, spec.Stderr}} {
@@ -519,9 +519,11 @@ func (m *Manager) start(ctx context.Context, spec *Spec) (_ *Process, err error)
 			continue
 		}
 		p.readers++
+		p.out[i].f = r.f
 		go func() {
 			defer func() { p.readerDone <- struct{}{} }()
-			readLines(r.f, r.fn)
+			defer p.out[i].ended()
+			readLines(r.f, r.fn, &p.out[i])
 		}()
 	}
 	return p, nil

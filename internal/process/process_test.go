@@ -782,3 +782,41 @@ func TestRelativePathInCode(t *testing.T) {
 		t.Errorf("output %q, want [\"boot arg\"]", got)
 	}
 }
+
+// TestSyncOutput: lines a process wrote before SyncOutput is called have
+// all been delivered when it returns, however far its readers lag behind
+// (here a line callback that takes a millisecond per line).
+func TestSyncOutput(t *testing.T) {
+	m := newTestManager(t, Config{CgroupMode: "none"})
+	var mu sync.Mutex
+	var got []string
+	slow := func(line []byte) {
+		time.Sleep(time.Millisecond)
+		mu.Lock()
+		got = append(got, string(line))
+		mu.Unlock()
+	}
+	done := filepath.Join(t.TempDir(), "written")
+	script := `i=0; while [ $i -lt 300 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done; : > ` + done + `; sleep 1000`
+	p := start(t, m, Spec{Path: "/bin/sh", Args: []string{"-c", script}, Stdout: slow, Stderr: slow})
+	t.Cleanup(p.Kill)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(done); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the script did not write its lines")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.SyncOutput(ctx); err != nil {
+		t.Fatalf("SyncOutput: %v", err)
+	}
+	mu.Lock()
+	n := len(got)
+	mu.Unlock()
+	if n != 600 {
+		t.Fatalf("after SyncOutput %d of the 600 lines written before it were delivered", n)
+	}
+}
