@@ -109,13 +109,5 @@ func (p *Platform) forget(name string) {
 	if f == nil {
 		return
 	}
-	for _, v := range f.versions {
-		p.retire(v, true)
-	}
-	p.metrics.Forget(name)
-	p.mon.Forget(name)
-	p.logs.Forget(name)
-	p.usage.Forget(name)
-	p.releaseUIDIfGone(name)
-	p.collectSoon()
+	p.forgetFunction(name, f)
 }

@@ -489,6 +489,15 @@ func (p *Platform) Remove(ctx context.Context, name string) error {
 	if err := p.store.DeleteVersions(ctx, name); err != nil {
 		return fmt.Errorf("delete versions: %w", err)
 	}
+	p.forgetFunction(name, f)
+	return nil
+}
+
+// forgetFunction retires every version of a function already out of the
+// registry and drops what the node kept of it: its series, summaries, logs,
+// usage sweeps and uid. Removal here and a removal followed from another
+// node (cluster.go) end the same way.
+func (p *Platform) forgetFunction(name string, f *function) {
 	for _, v := range f.versions {
 		p.retire(v, true)
 	}
@@ -499,5 +508,4 @@ func (p *Platform) Remove(ctx context.Context, name string) error {
 	p.usage.Forget(name)
 	p.releaseUIDIfGone(name)
 	p.collectSoon()
-	return nil
 }
