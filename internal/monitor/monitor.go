@@ -825,9 +825,11 @@ type merged struct {
 // edgesOf's.
 func (m *Monitor) merge(f *function, version int, since, until time.Time, edgesOf func(featureKey) []float64) *merged {
 	out := &merged{feats: map[featureKey]*Summary{}, classes: map[[2]string]map[string]int64{}}
-	from, to := since.Truncate(m.cfg.Window).Unix(), until.Unix()
+	from, to := since.Truncate(m.cfg.Window).Unix(), until.UnixNano()
 	for k, w := range f.windows {
-		if k.version != version || k.start < from || k.start >= to {
+		// To the nanosecond: a window that began in until's second, before
+		// until, is in the range.
+		if k.version != version || k.start < from || k.start*int64(time.Second) >= to {
 			continue
 		}
 		out.events += w.events
@@ -865,9 +867,11 @@ func (m *Monitor) merge(f *function, version int, since, until time.Time, edgesO
 // points collects the per-window points of version's windows in [since,
 // until), oldest first.
 func (m *Monitor) points(f *function, version int, since, until time.Time, out map[featureKey][]Point) {
-	from, to := since.Truncate(m.cfg.Window).Unix(), until.Unix()
+	from, to := since.Truncate(m.cfg.Window).Unix(), until.UnixNano()
 	for k, w := range f.windows {
-		if k.version != version || k.start < from || k.start >= to {
+		// To the nanosecond: a window that began in until's second, before
+		// until, is in the range.
+		if k.version != version || k.start < from || k.start*int64(time.Second) >= to {
 			continue
 		}
 		for fk, s := range w.feats {

@@ -233,3 +233,24 @@ func TestTensorCapForgetsNamesPastIt(t *testing.T) {
 		t.Fatalf("features %d (first %s), names remembered %d; want 2, event.k0[0], 2", len(rep.Features), rep.Features[0].Name, remembered)
 	}
 }
+
+// TestReportUntilInTheWindowsFirstSecond: a report until a moment in the
+// first second of a window includes that window's events (the full suite
+// once asked at 01:27:00.87 for events of 01:27:00.8 and got none).
+func TestReportUntilInTheWindowsFirstSecond(t *testing.T) {
+	m := newMonitor(t, Config{})
+	t0 := time.Date(2026, 12, 1, 1, 27, 0, 0, time.UTC)
+	sendJSON(t, m, 1, t0.Add(800*time.Millisecond), 20, func() float64 { return 1 })
+	for _, series := range []bool{false, true} {
+		rep := m.Report(Query{Function: "f", Version: 1, Since: t0.Add(-time.Hour), Until: t0.Add(870 * time.Millisecond), Series: series})
+		if rep.Events != 20 {
+			t.Errorf("report until 870 ms into the window (series %v): %d events, want 20", series, rep.Events)
+		}
+		if series && (len(rep.Features) == 0 || len(rep.Features[0].Series) != 1) {
+			t.Errorf("series: %+v, want the window's point", rep.Features)
+		}
+	}
+	if rep := m.Report(Query{Function: "f", Version: 1, Since: t0.Add(-time.Hour), Until: t0}); rep.Events != 0 {
+		t.Errorf("report until the window's start: %d events, want none", rep.Events)
+	}
+}
