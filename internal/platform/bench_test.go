@@ -9,9 +9,13 @@ import (
 
 // BenchmarkInvokeWarm measures a warm exec (aws-lambda-go) invoke end to end
 // over HTTP on loopback, as a client sees it.
-func BenchmarkInvokeWarm(b *testing.B) {
+func BenchmarkInvokeWarm(b *testing.B) { benchInvokeWarm(b, "") }
+
+// benchInvokeWarm is BenchmarkInvokeWarm with more manifest lines (the
+// keep-alive's variant in keepalive_test.go).
+func benchInvokeWarm(b *testing.B, manifest string) {
 	e := start(b, "")
-	e.deploy(goFn(b, "bench", "min_instances: 1\n"))
+	e.deploy(goFn(b, "bench", "min_instances: 1\n"+manifest))
 	url := e.url + "/v1/functions/bench/invoke"
 	body := []byte(`{"name":"bench"}`)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}

@@ -1,10 +1,7 @@
 package platform
 
 import (
-	"bytes"
 	"context"
-	"io"
-	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -227,30 +224,7 @@ func TestKeepAliveDefaults(t *testing.T) {
 // BenchmarkInvokeWarmAdaptive is BenchmarkInvokeWarm under keep_alive:
 // adaptive: the invocation path's only addition is the keeper's Observe
 // (a time stamp under the version's own lock, within a bin).
-func BenchmarkInvokeWarmAdaptive(b *testing.B) {
-	e := start(b, "")
-	e.deploy(goFn(b, "bench", "min_instances: 1\nkeep_alive: adaptive\n"))
-	url := e.url + "/v1/functions/bench/invoke"
-	body := []byte(`{"name":"bench"}`)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	do := func() {
-		resp, err := client.Post(url, "application/json", bytes.NewReader(body))
-		if err != nil {
-			b.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			b.Fatalf("status %d", resp.StatusCode)
-		}
-	}
-	do()
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		do()
-	}
-}
+func BenchmarkInvokeWarmAdaptive(b *testing.B) { benchInvokeWarm(b, "keep_alive: adaptive\n") }
 
 // A python function under keep_alive: adaptive is pre-warmed along its
 // cheapest path, a zygote and its forked spare child, which the next call

@@ -820,3 +820,39 @@ func TestSyncOutput(t *testing.T) {
 		t.Fatalf("after SyncOutput %d of the 600 lines written before it were delivered", n)
 	}
 }
+
+// TestSyncOutputFloodIsBounded: a process that never stops writing keeps
+// its pipe from ever being empty at a quiet point, so a sync can never
+// complete; it must end with its context, and output keeps flowing.
+func TestSyncOutputFloodIsBounded(t *testing.T) {
+	m := newTestManager(t, Config{CgroupMode: "none"})
+	var mu sync.Mutex
+	lines := 0
+	count := func([]byte) { mu.Lock(); lines++; mu.Unlock() }
+	p := start(t, m, Spec{Path: "/bin/sh", Args: []string{"-c", "while :; do echo flood; done"}, Stdout: count})
+	t.Cleanup(p.Kill)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := p.SyncOutput(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		// Nil is possible only if the pipe was seen empty at a quiet
+		// point, which a writer in a tight loop can allow now and then:
+		// then the sync was honest, and the bound is not what was tested.
+		if err != nil {
+			t.Fatalf("SyncOutput under a flood: %v, want the context's end", err)
+		}
+	}
+	mu.Lock()
+	before := lines
+	mu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := lines
+		mu.Unlock()
+		if n > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("output stopped flowing after a sync")
+		}
+	}
+}
