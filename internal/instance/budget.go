@@ -392,12 +392,20 @@ func (h *warmHolder) unregister() {
 }
 
 // release gives h's room back; what it held is gone.
-func (h *warmHolder) release() {
+func (h *warmHolder) release() { h.releaseUnless(nil) }
+
+// releaseUnless is release, unless superseded says (under the budget's
+// lock, so no admission interleaves) that the hold has a new owner: what
+// it accounted is gone, but something built since took over the hold.
+// superseded must not take locks.
+func (h *warmHolder) releaseUnless(superseded func() bool) {
 	if h == nil {
 		return
 	}
 	h.b.mu.Lock()
-	h.held = false
+	if superseded == nil || !superseded() {
+		h.held = false
+	}
 	h.b.mu.Unlock()
 }
 

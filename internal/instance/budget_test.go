@@ -205,3 +205,22 @@ func TestDefaultWarmMemory(t *testing.T) {
 		t.Errorf("DefaultWarmMemory(1 GiB) = %d; want the floor", got)
 	}
 }
+
+// A zygote let go and shut down later must not release the hold that a
+// build begun in between took over (the keep-alive's unload racing its
+// pre-warm): the new zygote would then run outside the budget.
+func TestWarmHolderReleaseUnlessSuperseded(t *testing.T) {
+	b := NewWarmBudget(WarmConfig{Bytes: 100 << 20, Max: 10, Estimate: 20 << 20})
+	th := newTestHolder(b, "a", 10<<20)
+	if err := th.h.admit(false); err != nil {
+		t.Fatal(err)
+	}
+	th.h.releaseUnless(func() bool { return true })
+	if th.h.status() == nil {
+		t.Fatal("a superseded release let go of the hold")
+	}
+	th.h.releaseUnless(func() bool { return false })
+	if th.h.status() != nil {
+		t.Fatal("a release that was not superseded kept the hold")
+	}
+}

@@ -33,6 +33,10 @@ type pythonLauncher struct {
 	// hold accounts the zygote and its spare child in the node's warm
 	// budget: held from a build's admission until the zygote is gone.
 	hold *warmHolder
+	// builds counts zygote builds begun (before their admission). A
+	// retired zygote's shutdown releases hold only if no build began
+	// since it was let go: the hold is then the next zygote's.
+	builds atomic.Uint64
 
 	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
 
@@ -178,6 +182,7 @@ func (py *pythonLauncher) retire(evicted bool) func() {
 	if z == nil {
 		return nil
 	}
+	gen := py.builds.Load()
 	return func() {
 		if evicted {
 			py.s.cfg.Logger.Info("zygote evicted for the warm budget; stopping it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version)
@@ -185,7 +190,7 @@ func (py *pythonLauncher) retire(evicted bool) func() {
 			py.s.cfg.Logger.Info("zygote idle; stopping it", "function", py.s.fn.Spec.Name, "version", py.s.fn.Version, "keep_alive", py.keepAlive)
 		}
 		z.shutdown()
-		py.hold.release()
+		py.hold.releaseUnless(func() bool { return py.builds.Load() != gen })
 	}
 }
 

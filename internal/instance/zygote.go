@@ -93,6 +93,7 @@ func (py *pythonLauncher) ensure(ctx context.Context, demand bool) (z *zygote, b
 	if z, err := py.current(); z != nil || err != nil {
 		return z, 0, err
 	}
+	py.builds.Add(1) // before admission: see retire
 	if err := py.hold.admit(demand); err != nil {
 		return nil, 0, err
 	}
