@@ -93,7 +93,7 @@ func synthetic(t *testing.T, apps, days int, seed uint64, mix []trace.Share) ([]
 }
 
 // TestHybridAgainstFixed is the measure: synthetic days of 300 apps
-// with the paper's mix (trace.Mix), hybrid against fixed:10m, several
+// with the paper's mix (trace.PoissonRareMix), hybrid against fixed:10m, several
 // seeds. On that mix hybrid cuts the wasted memory time (≤ 0.9×) and the
 // median app's cold starts (≤ 0.5×), but not the 75th-percentile app's:
 // a third of the apps are rare and random (Poisson), and for those any
@@ -105,8 +105,8 @@ func TestHybridAgainstFixed(t *testing.T) {
 		t.Skip("replays 6 synthetic traces")
 	}
 	hybrid, _ := keepalive.Parse("hybrid")
-	fewerRare := make([]trace.Share, len(trace.Mix))
-	for i, m := range trace.Mix {
+	fewerRare := make([]trace.Share, len(trace.PoissonRareMix))
+	for i, m := range trace.PoissonRareMix {
 		fewerRare[i] = trace.Share{Kind: m.Kind, Share: m.Share * (1 - 0.15) / (1 - 0.32)}
 		if m.Kind == trace.Rare {
 			fewerRare[i].Share = 0.15
@@ -120,7 +120,7 @@ func TestHybridAgainstFixed(t *testing.T) {
 			wantP50   float64
 			wantWaste float64
 		}{
-			{"paper mix", trace.Mix, 1, 0.5, 0.9},
+			{"paper mix", trace.PoissonRareMix, 1, 0.5, 0.9},
 			{"rare 15%", fewerRare, 0.5, 0.5, 0.9},
 		} {
 			apps, minutes, mem := synthetic(t, 300, 3, seed, c.mix)
@@ -138,7 +138,7 @@ func TestHybridAgainstFixed(t *testing.T) {
 }
 
 func TestReportJSON(t *testing.T) {
-	apps, minutes, _ := synthetic(t, 20, 1, 5, trace.Mix)
+	apps, minutes, _ := synthetic(t, 20, 1, 5, trace.PoissonRareMix)
 	fixed20, _ := keepalive.Parse("fixed:20m")
 	rep := Run(apps, minutes, 1, nil, []keepalive.Policy{fixed20})
 	b, err := json.Marshal(rep)
