@@ -5,7 +5,7 @@
 # and the earlier stress mix with a third of the apps rare and Poisson) and
 # each seed in SEEDS (default "1 2 3"), replayed by `ebb sim` through
 # POLICIES (default: hybrid, ebb's default; hybrid:exchange=0s, the
-# paper's rule; fixed:20m), each against fixed:10m. Prints a Markdown row
+# paper's rule; the previous default; fixed:20m), each against fixed:10m. Prints a Markdown row
 # per mix, seed and policy; the JSON reports go to bench/out/keepalive/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ APPS=${APPS:-300}
 DAYS=${DAYS:-3}
 SEEDS=${SEEDS:-1 2 3}
 MIXES=${MIXES:-paper poisson-rare}
-POLICIES=${POLICIES:-hybrid hybrid:exchange=0s fixed:20m}
+POLICIES=${POLICIES:-hybrid hybrid:exchange=0s hybrid:exchange=30m,exchange-idle=0,exchange-memory=0,search=false fixed:20m}
 out=bench/out/keepalive
 mkdir -p "$out"
 tmp=$(mktemp -d)
