@@ -11,13 +11,13 @@ import (
 // their figures as reproduced for the public trace by the dataset's own
 // notebook (AzurePublicDataset, analysis/AzureFunctionsDataset2019-Trace_Analysis.md):
 //
-//   - triggers (§3.2, Figure 3): 13% of apps have only timer triggers and
+//   - triggers (§3, Figure 3): 13% of apps have only timer triggers and
 //     29% at least one timer, so 16% combine timers with other triggers
 //     and 71% have no timer;
-//   - rates (§3.3, Figure 5(a)): the average daily invocations of apps,
+//   - rates (§3, Figure 5(a)): the average daily invocations of apps,
 //     including the two numbers the text states (45% of apps at most once
 //     an hour, 81% at most once a minute);
-//   - burstiness (§3.3, Figure 6): the coefficient of variation (CV) of
+//   - burstiness (§3, Figure 6): the coefficient of variation (CV) of
 //     each app's inter-arrival times, separately for apps with only timers
 //     and apps without timers (the paper's takeaway: 40% of apps have a CV
 //     above 1; without timers it is 65%).
