@@ -19,8 +19,9 @@ import (
 //     an hour, 81% at most once a minute);
 //   - burstiness (§3, Figure 6): the coefficient of variation (CV) of
 //     each app's inter-arrival times, separately for apps with only timers
-//     and apps without timers (the paper's takeaway: 40% of apps have a CV
-//     above 1; without timers it is 65%).
+//     and apps without timers (the paper's text: 40% of apps have a CV
+//     above 1; read off the figure, 43% of all apps and 65% of those
+//     without timers).
 //
 // Each app's non-timer traffic is a renewal process whose inter-arrival
 // times are gamma distributed with the app's mean and CV (shape 1/CV²): a
