@@ -34,6 +34,7 @@ func runSim(_ context.Context, args []string) error {
 	synth := fs.Int("synthesize", 0, "write a synthetic trace of N apps to the directory OUT instead")
 	seed := fs.Uint64("seed", 1, "--synthesize: random seed (the same seed writes the same trace)")
 	days := fs.Int("days", 2, "--synthesize: days to write")
+	mix := fs.String("mix", trace.MixPaper, "--synthesize: paper (the distributions Shahrad et al. measured) or poisson-rare (a third of the apps rare and Poisson, a stress case)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -45,7 +46,7 @@ func runSim(_ context.Context, args []string) error {
 		if *synth < 0 || *days < 1 || *days > 14 {
 			return errors.New("sim --synthesize: N must be positive and --days 1..14")
 		}
-		return synthesize(pos[0], *synth, *days, *seed)
+		return synthesize(pos[0], *mix, *synth, *days, *seed)
 	}
 	if len(pos) > 0 {
 		return fmt.Errorf("sim: unexpected argument %q", pos[0])
@@ -102,11 +103,14 @@ func readInto(name string, read func(*os.File) error) error {
 }
 
 // synthesize writes OUT/invocations.dNN.csv for each day and OUT/memory.csv.
-func synthesize(out string, apps, days int, seed uint64) error {
+func synthesize(out, mix string, apps, days int, seed uint64) error {
+	s, err := trace.SynthesizeNamed(mix, apps, days, seed)
+	if err != nil {
+		return fmt.Errorf("sim --mix: %w", err)
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return fmt.Errorf("sim: %w", err)
 	}
-	s := trace.Synthesize(apps, days, seed)
 	write := func(name string, w func(*os.File) error) error {
 		f, err := os.Create(filepath.Join(out, name))
 		if err != nil {
@@ -129,9 +133,9 @@ func synthesize(out string, apps, days int, seed uint64) error {
 	if err := write("memory.csv", func(f *os.File) error { return s.WriteMemory(f) }); err != nil {
 		return err
 	}
-	perHour, perMinute := s.Stats()
-	fmt.Printf("wrote %d apps over %d day(s) to %s: %.0f%% invoked at most once an hour, %.0f%% at most once a minute\n",
-		apps, days, out, 100*perHour, 100*perMinute)
+	st := s.Stats()
+	fmt.Printf("wrote %d apps over %d day(s) to %s (mix %s): %.0f%% invoked at most once an hour, %.0f%% at most once a minute (paper: 45%%, 81%%); of the %d apps invoked at most once a minute with 2 or more inter-arrival times (minute resolution), %.0f%% have a CV above 1, %.0f%% at most 0.05 (paper, Figure 6: 43%%, about 24%%)\n",
+		apps, days, out, mix, 100*st.PerHour, 100*st.PerMinute, st.CVApps, 100*st.CVAbove1, 100*st.CVPeriodic)
 	fmt.Printf("replay: ebb sim %s --memory %s --policy hybrid\n", strings.Join(files, " "), filepath.Join(out, "memory.csv"))
 	return nil
 }

@@ -84,6 +84,14 @@ func TestSimCLI(t *testing.T) {
 	if len(a) == 0 || !bytes.Equal(a, b) {
 		t.Error("--synthesize with the same seed wrote another trace")
 	}
+	// The earlier mix stays available as a stress case, and differs.
+	dir3 := t.TempDir()
+	if out, errOut, code := runEbb(t, bin, "sim", "--synthesize", "40", "--seed", "9", "--days", "2", "--mix", "poisson-rare", dir3); code != 0 || !strings.Contains(out, "(mix poisson-rare)") {
+		t.Fatalf("--mix poisson-rare: exit %d, %s %s", code, out, errOut)
+	}
+	if c, _ := os.ReadFile(filepath.Join(dir3, "invocations.d02.csv")); len(c) == 0 || bytes.Equal(a, c) {
+		t.Error("--mix poisson-rare wrote the paper mix")
+	}
 
 	bad := filepath.Join(dir, "bad.csv")
 	first, _ := os.ReadFile(d1)
@@ -99,6 +107,7 @@ func TestSimCLI(t *testing.T) {
 		{[]string{"--trace", d1, "--policy", "lru"}, `unknown policy "lru"`},
 		{[]string{"--trace", filepath.Join(dir, "none.csv")}, "no such file"},
 		{nil, "--trace FILE is required"},
+		{[]string{"--synthesize", "5", "--mix", "azure", t.TempDir()}, `unknown mix "azure"`},
 	} {
 		_, errOut, code := runEbb(t, bin, append([]string{"sim"}, c.args...)...)
 		if code == 0 || !strings.Contains(errOut, c.want) {

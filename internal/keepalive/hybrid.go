@@ -31,33 +31,61 @@ import (
 //
 // With Exchange set (ebb's default), the CV test only admits the window as
 // a candidate: the decision is the cheapest of the fallback, the paper's
-// standard keep-alive (warm for the whole Range) and the window, priced on
-// the idle times seen so far at one minute per idle warm minute and
-// Exchange per cold start. The CV test alone takes any sparse histogram
-// for a pattern (n samples spread evenly over B bins have a CV of about
-// √(B/n)), and keeps a random app called every few hours warm for hours
-// at a time; pricing keeps it warm only where that buys warm starts at
-// less than Exchange of idle memory each. Exchange 0 is the paper's rule.
+// standard keep-alive (warm for the whole Range), the window and, with
+// Search, windows between other percentiles of the histogram, priced on
+// the idle times seen so far at one minute per idle warm minute and a
+// price per cold start. The CV test alone takes any sparse histogram for
+// a pattern (n samples spread evenly over B bins have a CV of about
+// √(B/n)), and keeps a random app called every few hours warm for hours at
+// a time; pricing keeps it warm only where that buys warm starts at less
+// than the price of a cold start each. Exchange 0 is the paper's rule.
+//
+// The price of a cold start is Exchange, raised to ExchangeIdle times the
+// app's mean time between calls, and scaled by ExchangeMemory over the
+// app's memory when the history knows it (NewSized). The measure is each
+// app's share of cold calls, as in the paper, and that share moves by
+// 1/calls per cold start: a cold start matters more for an app called
+// twice an hour than for one called every second, and an idle minute costs
+// in proportion to the app's memory. Pricing a cold start at K mean times
+// between calls, per MB, spends memory where it buys the most of that
+// share; a memoryless (Poisson) app buys a warm start at one mean idle time
+// of warm memory however it is kept, so with K above 1 it is kept warm and
+// with K below 1 it is not.
 type Hybrid struct {
-	Bin            time.Duration // histogram bin width (1m)
-	Range          time.Duration // histogram range (4h)
-	Head           float64       // head percentile for the pre-warm window
-	Tail           float64       // tail percentile for the keep-alive window
-	Margin         float64       // fraction taken off the head, added to the tail (0.10)
-	MinSamples     int           // idle times needed before the histogram is trusted
-	CV             float64       // coefficient of variation of bin counts needed (2)
-	Exchange       time.Duration // idle warm time worth one cold start (0: the paper's rule, see Decide)
+	Bin        time.Duration // histogram bin width (1m)
+	Range      time.Duration // histogram range (4h)
+	Head       float64       // head percentile for the pre-warm window
+	Tail       float64       // tail percentile for the keep-alive window
+	Margin     float64       // fraction taken off the head, added to the tail (0.10)
+	MinSamples int           // idle times needed before the histogram is trusted
+	CV         float64       // coefficient of variation of bin counts needed (2)
+	Exchange   time.Duration // idle warm time worth one cold start, at least (0: the paper's rule)
+	// ExchangeIdle, when above 0, raises the price of a cold start to
+	// ExchangeIdle times the app's mean time between calls (the idle
+	// times over the calls after the first; a Counted history counts every
+	// call, else one per arrival).
+	ExchangeIdle float64
+	// ExchangeMemory, when above 0, is the memory (MB) at which the price
+	// is as set: an app of m MB prices a cold start at ExchangeMemory/m
+	// times that. Only histories made by NewSized know m.
+	ExchangeMemory float64
 	OOB            float64       // fraction of out-of-bounds idle times that switches to the forecast (0.5)
 	Alpha          float64       // exponential smoothing weight of the newest out-of-bounds idle time
 	ForecastMargin float64       // fraction around the forecast (0.15)
 	Fallback       time.Duration // keep-alive while the histogram is not representative
 	MinPrewarm     time.Duration // shorter pre-warm windows keep warm instead (1m)
+	// Search, with Exchange set, also prices the windows between other
+	// percentiles of the histogram (searchHeads, searchTails), whether or
+	// not it passes the CV test, and takes the cheapest.
+	Search bool
 }
 
 // DefaultHybrid is the hybrid policy as tuned for ebb (docs/keepalive.md
 // has the measurements behind the choices): the paper's bins, range, CV
-// threshold and margins, with the tail percentile and fallback chosen on
-// the synthetic mix.
+// threshold and margins; cold starts priced at 4 mean times between calls
+// (ExchangeIdle, chosen on seeds 1–3 of the paper mix and checked on seeds
+// 4–6) per 170 MB (the paper's median app, Figure 8), at least a minute;
+// windows searched among percentiles.
 func DefaultHybrid() *Hybrid {
 	return &Hybrid{
 		Bin:            time.Minute,
@@ -67,7 +95,10 @@ func DefaultHybrid() *Hybrid {
 		Margin:         0.10,
 		MinSamples:     5,
 		CV:             2,
-		Exchange:       30 * time.Minute,
+		Exchange:       time.Minute,
+		ExchangeIdle:   4,
+		ExchangeMemory: 170,
+		Search:         true,
 		OOB:            0.5,
 		Alpha:          0.5,
 		ForecastMargin: 0.15,
@@ -95,6 +126,10 @@ func (h *Hybrid) Validate() error {
 		return errors.New("cv must be a non-negative number")
 	case h.Exchange < 0:
 		return errors.New("exchange must not be negative")
+	case !(h.ExchangeIdle >= 0) || math.IsInf(h.ExchangeIdle, 0):
+		return errors.New("exchange-idle must be a non-negative number")
+	case !(h.ExchangeMemory >= 0) || math.IsInf(h.ExchangeMemory, 0):
+		return errors.New("exchange-memory must be a non-negative number")
 	case !(h.OOB >= 0 && h.OOB <= 1):
 		return errors.New("oob must be in [0, 1]")
 	case !(h.Alpha > 0 && h.Alpha <= 1):
@@ -134,6 +169,12 @@ func (h *Hybrid) set(arg string) error {
 			h.CV, err = strconv.ParseFloat(v, 64)
 		case "exchange":
 			h.Exchange, err = time.ParseDuration(v)
+		case "exchange-idle":
+			h.ExchangeIdle, err = strconv.ParseFloat(v, 64)
+		case "exchange-memory":
+			h.ExchangeMemory, err = strconv.ParseFloat(v, 64)
+		case "search":
+			h.Search, err = strconv.ParseBool(v)
 		case "oob":
 			h.OOB, err = strconv.ParseFloat(v, 64)
 		case "alpha":
@@ -145,7 +186,7 @@ func (h *Hybrid) set(arg string) error {
 		case "min-prewarm":
 			h.MinPrewarm, err = time.ParseDuration(v)
 		default:
-			return fmt.Errorf("unknown setting %q (bin, range, head, tail, margin, min-samples, cv, exchange, oob, alpha, forecast-margin, fallback, min-prewarm)", k)
+			return fmt.Errorf("unknown setting %q (bin, range, head, tail, margin, min-samples, cv, exchange, exchange-idle, exchange-memory, search, oob, alpha, forecast-margin, fallback, min-prewarm)", k)
 		}
 		if err != nil {
 			return fmt.Errorf("setting %s: %q is not a valid value", k, v)
@@ -173,6 +214,9 @@ func (h *Hybrid) Name() string {
 	add(h.MinSamples != d.MinSamples, "min-samples", strconv.Itoa(h.MinSamples))
 	add(h.CV != d.CV, "cv", f(h.CV))
 	add(h.Exchange != d.Exchange, "exchange", fmtDuration(h.Exchange))
+	add(h.ExchangeIdle != d.ExchangeIdle, "exchange-idle", f(h.ExchangeIdle))
+	add(h.ExchangeMemory != d.ExchangeMemory, "exchange-memory", f(h.ExchangeMemory))
+	add(h.Search != d.Search, "search", strconv.FormatBool(h.Search))
 	add(h.OOB != d.OOB, "oob", f(h.OOB))
 	add(h.Alpha != d.Alpha, "alpha", f(h.Alpha))
 	add(h.ForecastMargin != d.ForecastMargin, "forecast-margin", f(h.ForecastMargin))
@@ -185,24 +229,44 @@ func (h *Hybrid) Name() string {
 }
 
 // New implements Policy.
-func (h *Hybrid) New() History {
+func (h *Hybrid) New() History { return h.NewSized(0) }
+
+// NewSized implements Sized: a history for an app of mb MB (0: unknown).
+func (h *Hybrid) NewSized(mb float64) History {
 	n := int(h.Range / h.Bin)
-	return &hybridHistory{p: h, bins: make([]uint32, n), cnt: make([]float64, n+1), sum: make([]float64, n+1)}
+	scale := 1.0
+	if h.ExchangeMemory > 0 && mb > 0 {
+		scale = h.ExchangeMemory / mb
+	}
+	return &hybridHistory{p: h, scale: scale, bins: make([]uint32, n), cnt: make([]float64, n+1), sum: make([]float64, n+1)}
 }
 
+// oobKeep is how many out-of-bounds idle times a history keeps to price
+// the forecast: the newest ones, as the forecast follows them too.
+const oobKeep = 16
+
 type hybridHistory struct {
-	p        *Hybrid
-	last     time.Time
-	bins     []uint32
-	inRange  int
-	sumSq    float64       // Σ count², for the coefficient of variation in O(1)
-	oob      int           // idle times beyond Range
-	forecast time.Duration // smoothed out-of-bounds idle time; 0: none yet
+	p       *Hybrid
+	scale   float64 // of the price of a cold start, by the app's memory
+	last    time.Time
+	bins    []uint32
+	inRange int
+	sumSq   float64       // Σ count², for the coefficient of variation in O(1)
+	oob     int           // idle times beyond Range
+	idleSum time.Duration // all idle times, for their mean
+	calls   int64         // calls after the first arrival (ObserveN), ≥ one per idle time
+	// oobRecent holds the latest out-of-bounds idle times, in bins (a
+	// ring indexed by oob), to price the forecast's window.
+	oobRecent [oobKeep]float64
+	forecast  time.Duration // smoothed out-of-bounds idle time; 0: none yet
 
 	cnt, sum []float64 // Fenwick trees over the bins (see add)
 }
 
-func (h *hybridHistory) Observe(at time.Time) {
+func (h *hybridHistory) Observe(at time.Time) { h.ObserveN(at, 1) }
+
+// ObserveN implements keepalive.Counted.
+func (h *hybridHistory) ObserveN(at time.Time, calls int64) {
 	if h.last.IsZero() {
 		h.last = at
 		return
@@ -210,8 +274,10 @@ func (h *hybridHistory) Observe(at time.Time) {
 	if at.Before(h.last) {
 		return
 	}
+	h.calls += max(1, calls)
 	idle := at.Sub(h.last)
 	h.last = at
+	h.idleSum += idle
 	if b := int(idle / h.p.Bin); b < len(h.bins) {
 		c := float64(h.bins[b])
 		h.sumSq += 2*c + 1 // (c+1)² − c²
@@ -220,6 +286,7 @@ func (h *hybridHistory) Observe(at time.Time) {
 		h.add(b)
 		return
 	}
+	h.oobRecent[h.oob%oobKeep] = float64(idle) / float64(h.p.Bin)
 	h.oob++
 	if h.forecast == 0 {
 		h.forecast = idle
@@ -240,7 +307,15 @@ func (h *hybridHistory) Decide(time.Time) Decision {
 	}
 	if float64(h.oob) > p.OOB*float64(n) && h.forecast > 0 {
 		f := float64(h.forecast)
-		return h.window(time.Duration(f*(1-p.ForecastMargin)), time.Duration(f*(1+p.ForecastMargin)), "forecast")
+		fc := h.window(time.Duration(f*(1-p.ForecastMargin)), time.Duration(f*(1+p.ForecastMargin)), "forecast")
+		// Priced, the forecast's window must buy its warm starts at less
+		// than Exchange each, like the histogram's: a random app called
+		// every few hours is warm in it for 30% of a mean idle time per
+		// call and rarely called in it.
+		if p.Exchange == 0 || h.cost(fc) < h.cost(fallback) {
+			return fc
+		}
+		return fallback
 	}
 	if h.inRange == 0 {
 		return fallback
@@ -271,16 +346,47 @@ func (h *hybridHistory) Decide(time.Time) Decision {
 	if representative {
 		consider(hist)
 	}
+	if p.Search {
+		// Windows between other percentiles, priced the same way: an
+		// on/off app's tail is better cut before its silences, a drifting
+		// timer's head and tail lie where its histogram says, not at 5/90.
+		var tails [len(searchTails)]time.Duration
+		for i, tp := range searchTails {
+			tails[i] = time.Duration(float64(h.bin(tp)+1) * (1 + p.Margin) * float64(p.Bin))
+		}
+		for _, hp := range searchHeads {
+			var from time.Duration
+			if hp >= 0 {
+				from = time.Duration(float64(h.bin(hp)) * (1 - p.Margin) * float64(p.Bin))
+			}
+			for _, to := range tails {
+				if to > from {
+					consider(h.window(from, to, "search"))
+				}
+			}
+		}
+	}
 	return best
 }
 
+// searchHeads and searchTails are the percentiles the Search windows
+// start and end at (a head of −1: no pre-warm).
+var (
+	searchHeads = [...]float64{-1, 1, 5, 10, 25, 50}
+	searchTails = [...]float64{25, 50, 75, 90, 95, 99, 100}
+)
+
 // cost is what d would have cost over the idle times seen so far, in
 // bins: the idle warm time, plus Exchange for each arrival it would have
-// found cold. Idle times are taken at their bin's middle; out of bounds
-// ones as longer than any window.
+// found cold. Idle times in range are taken at their bin's middle; out of
+// bounds ones as the latest oobKeep of them, weighted up to their count.
 func (h *hybridHistory) cost(d Decision) float64 {
 	bin := float64(h.p.Bin)
 	x := float64(h.p.Exchange) / bin
+	if h.p.ExchangeIdle > 0 && h.calls > 0 {
+		x = max(x, h.p.ExchangeIdle*float64(h.idleSum)/float64(h.calls)/bin)
+	}
+	x *= h.scale
 	from := 0.0
 	if !d.PrewarmAt.IsZero() {
 		from = float64(d.PrewarmAt.Sub(d.Last)) / bin
@@ -293,8 +399,24 @@ func (h *hybridHistory) cost(d Decision) float64 {
 	before, beforeSum := h.below(lo)
 	upTo, upToSum := h.below(hi)
 	in, inSum := upTo-before, upToSum-beforeSum
-	after := float64(h.inRange) - upTo + float64(h.oob)
-	return x*before + (inSum - from*in) + (x+to-from)*after
+	after := float64(h.inRange) - upTo
+	c := x*before + (inSum - from*in) + (x+to-from)*after
+	if h.oob > 0 {
+		kept := min(h.oob, oobKeep)
+		var oc float64
+		for _, v := range h.oobRecent[:kept] {
+			switch {
+			case v < from:
+				oc += x
+			case v <= to:
+				oc += v - from
+			default:
+				oc += x + to - from
+			}
+		}
+		c += oc * float64(h.oob) / float64(kept)
+	}
+	return c
 }
 
 // The idle times per bin are also kept in two Fenwick trees (counts, and

@@ -12,7 +12,10 @@
 //     a pre-warm window (head percentile) and a keep-alive window (tail
 //     percentile); apps without a representative histogram fall back to a
 //     fixed keep-alive, and apps whose idle times mostly exceed the
-//     histogram's range get a forecast of the next idle time.
+//     histogram's range get a forecast of the next idle time. ebb prices
+//     the candidate windows on the idle times seen so far, a cold start
+//     at a few mean times between the app's calls per MB of its memory,
+//     and takes the cheapest (see Hybrid).
 package keepalive
 
 import (
@@ -27,6 +30,30 @@ type Policy interface {
 	Name() string
 	// New returns an empty history for one app.
 	New() History
+}
+
+// Sized is a Policy whose histories can weigh the app's memory (MB) in
+// their decisions; a caller that knows it uses NewSized instead of New.
+type Sized interface {
+	Policy
+	NewSized(mb float64) History
+}
+
+// NewHistory returns p's history for an app of mb MB: NewSized when p is
+// Sized and mb is known (above 0), New otherwise.
+func NewHistory(p Policy, mb float64) History {
+	if s, ok := p.(Sized); ok && mb > 0 {
+		return s.NewSized(mb)
+	}
+	return p.New()
+}
+
+// Counted is a History that also takes how many calls an arrival stands
+// for (a replay observes one arrival per minute with calls); a policy that
+// prices cold starts per call uses it. Observe(at) is ObserveN(at, 1).
+type Counted interface {
+	History
+	ObserveN(at time.Time, calls int64)
 }
 
 // History is one app's arrival history under a policy. It is not safe for

@@ -20,6 +20,8 @@ func TestParse(t *testing.T) {
 		{"hybrid", "hybrid"},
 		{"hybrid:tail=99,fallback=4h", "hybrid:tail=99,fallback=4h"},
 		{"hybrid:tail=90", "hybrid"}, // the default
+		{"hybrid:exchange=30m,exchange-idle=0,exchange-memory=0,search=false", "hybrid:exchange=30m,exchange-idle=0,exchange-memory=0,search=false"},
+		{"hybrid:exchange-idle=4,search=true", "hybrid"},
 	} {
 		p, err := Parse(c.in)
 		if err != nil {
@@ -43,6 +45,9 @@ func TestParse(t *testing.T) {
 		{"hybrid:head=50,tail=10", "tail must be"},
 		{"hybrid:color=red", "unknown setting"},
 		{"hybrid:range=0s", "range"},
+		{"hybrid:exchange-idle=-1", "exchange-idle must be"},
+		{"hybrid:exchange-memory=NaN", "exchange-memory must be"},
+		{"hybrid:search=maybe", "setting search"},
 	} {
 		_, err := Parse(c.in)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -92,7 +97,7 @@ func TestHybridPeriodic(t *testing.T) {
 		h.Observe(a)
 		d := h.Decide(a)
 		next := arrivals[i+1]
-		if d.Why != "histogram" {
+		if d.Why != "histogram" && d.Why != "search" { // the paper's window, or a searched one
 			if learned {
 				t.Fatalf("arrival %d: %s decision after the histogram was learned", i, d.Why)
 			}
@@ -171,8 +176,10 @@ func TestHybridFallback(t *testing.T) {
 		t.Fatalf("%d idle times: %s, want the histogram", p.MinSamples, d.Why)
 	}
 
-	// Idle times 1, 2, …, 200 minutes: every bin once, no pattern.
-	h = p.New()
+	// Idle times 1, 2, …, 200 minutes: every bin once, no pattern; the
+	// paper's rule falls back.
+	paper, _ := Parse("hybrid:exchange=0s")
+	h = paper.New()
 	at := 0.0
 	for i := range 201 {
 		at += float64(i)
@@ -201,6 +208,19 @@ func TestHybridForecast(t *testing.T) {
 	if !d.Warm(last.Add(360*time.Minute)) || d.Warm(last.Add(time.Hour)) {
 		t.Fatal("6-hourly: want cold an hour after, warm at the next call")
 	}
+
+	// Idle times of 5 to 40 hours at random: the forecast's window is
+	// priced like the histogram's, and rarely holds the next call.
+	gaps := []float64{300, 2400, 610, 1500, 330, 2000, 900, 420, 1800, 700}
+	for _, c := range []struct{ policy, want string }{
+		{"hybrid:exchange=0s", "forecast"}, // the paper's rule
+		{"hybrid:exchange=30m,exchange-idle=0", "fallback"},
+	} {
+		p, _ := Parse(c.policy)
+		if d := idles(p.New(), 1, gaps...); d.Why != c.want {
+			t.Errorf("random 5–40h idle times, %s: %s, want %s", c.policy, d.Why, c.want)
+		}
+	}
 }
 
 func BenchmarkHybridObserveDecide(b *testing.B) {
@@ -217,6 +237,7 @@ func BenchmarkHybridObserveDecide(b *testing.B) {
 // Fenwick trees equal the ones counted bin by bin, on random histories.
 func TestHybridTreesMatchBins(t *testing.T) {
 	p := DefaultHybrid()
+	p.ExchangeIdle = 0 // a constant price, Exchange
 	rng := rand.New(rand.NewPCG(1, 2))
 	for trial := range 200 {
 		h := p.New().(*hybridHistory)
@@ -246,7 +267,20 @@ func TestHybridTreesMatchBins(t *testing.T) {
 				d.PrewarmAt = at.Add(time.Duration(w[0] * float64(time.Minute)))
 			}
 			x := float64(p.Exchange / time.Minute)
-			want := float64(h.oob) * (x + w[1] - w[0])
+			want, kept := 0.0, min(h.oob, oobKeep)
+			for _, v := range h.oobRecent[:kept] {
+				switch {
+				case v < w[0]:
+					want += x
+				case v <= w[1]:
+					want += v - w[0]
+				default:
+					want += x + w[1] - w[0]
+				}
+			}
+			if kept > 0 {
+				want *= float64(h.oob) / float64(kept)
+			}
 			for b, c := range h.bins {
 				switch g := float64(b) + 0.5; {
 				case g < w[0]:
@@ -261,5 +295,86 @@ func TestHybridTreesMatchBins(t *testing.T) {
 				t.Fatalf("trial %d: window %v costs %v, counting says %v", trial, w, got, want)
 			}
 		}
+	}
+}
+
+// idles replays idle times (minutes) into a fresh history of p, with
+// calls per arrival, and returns the decision after the last.
+func idles(h History, calls int64, gaps ...float64) Decision {
+	at := 0.0
+	h.(Counted).ObserveN(min_(at), calls)
+	for _, g := range gaps {
+		at += g
+		h.(Counted).ObserveN(min_(at), calls)
+	}
+	return h.Decide(min_(at))
+}
+
+// drifting is a timer of about two hours whose firings drift by up to
+// half an hour: idle times 95–145 minutes.
+var drifting = []float64{120, 97, 141, 118, 104, 133, 126, 95, 145, 112, 121, 108, 137, 99, 130}
+
+// random is an app called at random, about once an hour (exponential
+// idle times, mean 54 minutes, the longest 211): a warm start costs about
+// one mean idle time of warm memory however it is timed.
+var random = []float64{48, 21, 127, 10, 93, 56, 8, 86, 6, 69, 10, 12, 67, 211, 17, 31}
+
+// TestHybridPricePerCall: a cold start is priced at ExchangeIdle (4) mean
+// times between calls, so a random app called about once an hour is kept
+// warm for hours after each call (each warm start costs about one mean
+// idle time; it may be unloaded for the few minutes no call came in), which
+// a fixed price of 30 minutes does not buy.
+func TestHybridPricePerCall(t *testing.T) {
+	d := idles(DefaultHybrid().New(), 1, random...)
+	if d.WarmFrom().After(d.Last.Add(6*time.Minute)) || d.UnloadAt.Before(d.Last.Add(2*time.Hour)) {
+		t.Fatalf("random hourly app: %s window %v–%v after the call, want warm from 6m or less to 2h or more",
+			d.Why, d.PrewarmAt.Sub(d.Last), d.UnloadAt.Sub(d.Last))
+	}
+	fixedPrice, _ := Parse("hybrid:exchange=30m,exchange-idle=0")
+	if d := idles(fixedPrice.New(), 1, random...); d.UnloadAt.After(d.Last.Add(30 * time.Minute)) {
+		t.Fatalf("random hourly app at a fixed 30m price: %s, unload %v after the call, want 30m or less", d.Why, d.UnloadAt.Sub(d.Last))
+	}
+}
+
+// TestHybridPriceMemoryAndCalls: the same idle times are worth keeping
+// warm for an app of the reference memory and not for one ten times
+// larger, nor for one whose arrivals each stand for 100 calls (a cold
+// start is then a hundredth of the share of its calls it is otherwise).
+func TestHybridPriceMemoryAndCalls(t *testing.T) {
+	p := DefaultHybrid()
+	short := func(d Decision) bool { return d.UnloadAt.Sub(d.WarmFrom()) <= 30*time.Minute }
+	if d := idles(p.NewSized(170), 1, random...); short(d) {
+		t.Fatalf("170 MB: %s %v warm, want hours", d.Why, d.UnloadAt.Sub(d.WarmFrom()))
+	}
+	if d := idles(p.NewSized(1700), 1, random...); !short(d) {
+		t.Fatalf("1700 MB: %s %v warm, want 30m or less", d.Why, d.UnloadAt.Sub(d.WarmFrom()))
+	}
+	if d := idles(p.New(), 100, random...); !short(d) {
+		t.Fatalf("100 calls an arrival: %s %v warm, want 30m or less", d.Why, d.UnloadAt.Sub(d.WarmFrom()))
+	}
+	if h := NewHistory(p, 1700); h.(*hybridHistory).scale != 0.1 {
+		t.Fatalf("NewHistory(1700 MB) scales the price by %v, want 0.1", h.(*hybridHistory).scale)
+	}
+}
+
+// TestHybridSearchOnOff: an app called in bursts of five calls a minute
+// apart, with silences of two to three hours between them, stays warm
+// through a burst's gaps but not through the silences. Without search the
+// candidates are the paper's window (up to its 90th percentile, in the
+// silences), the whole range and the 10-minute fallback, and the cheapest
+// of them keeps it warm longer after each burst.
+func TestHybridSearchOnOff(t *testing.T) {
+	var gaps []float64
+	for b := range 8 {
+		gaps = append(gaps, 1, 1, 1, 1, float64(120+10*b))
+	}
+	gaps = append(gaps, 1, 1)
+	d := idles(DefaultHybrid().New(), 1, gaps...)
+	if !d.PrewarmAt.IsZero() || d.UnloadAt.After(d.Last.Add(5*time.Minute)) || d.UnloadAt.Before(d.Last.Add(time.Minute)) {
+		t.Fatalf("on/off: %s %v–%v, want warm from the call for 1–5 minutes", d.Why, d.PrewarmAt.Sub(d.Last), d.UnloadAt.Sub(d.Last))
+	}
+	noSearch, _ := Parse("hybrid:search=false")
+	if d2 := idles(noSearch.New(), 1, gaps...); !d2.UnloadAt.After(d.UnloadAt) {
+		t.Fatalf("on/off without search: %s unload %v after the call, want longer than with search (%v)", d2.Why, d2.UnloadAt.Sub(d2.Last), d.UnloadAt.Sub(d.Last))
 	}
 }

@@ -343,3 +343,44 @@ func TestWarmPriorityFollowsPredictedArrival(t *testing.T) {
 		t.Fatalf("after the window, priority %v is not recent use", late)
 	}
 }
+
+// TestAdaptiveKeepAliveSurvivesRestart: the keepers' histories are
+// rebuilt at start from the usage rollups of the day before, so a timer
+// called every 15 minutes before a restart is pre-warmed before its next
+// call after it, with no new call to learn from.
+func TestAdaptiveKeepAliveSurvivesRestart(t *testing.T) {
+	clk := &testClock{t: time.Now()}
+	withClock := func(c *Config) { c.Now = clk.Now }
+	e := start(t, "", withClock)
+	e.deploy(goFn(t, "timer", "keep_alive: adaptive\n"))
+	const period = 15 * time.Minute
+	var last time.Time
+	for i := range 7 {
+		if i > 0 {
+			clk.Set(last.Add(period))
+		}
+		last = clk.Now()
+		if code, body, _ := e.invoke("timer", `{}`); code != 200 {
+			t.Fatalf("invoke: %d %s", code, body)
+		}
+	}
+	dir := e.dataDir
+	e.stop()
+	clk.Set(last.Add(2 * time.Minute))
+	e = start(t, dir, withClock)
+	st, err := e.c.Status(context.Background(), "timer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ka := st.KeepAlive
+	next := last.Add(period)
+	if ka == nil || ka.Why != "histogram" || ka.NextPrewarm.IsZero() || !ka.NextPrewarm.After(clk.Now()) || !ka.NextPrewarm.Before(next) {
+		t.Fatalf("after a restart, keep-alive %+v: want the learned pre-warm before the next call at %v", ka, next)
+	}
+	clk.Set(ka.NextPrewarm)
+	e.p.keep.Poke()
+	waitFor(t, "the pre-warmed instance", 30*time.Second, func() bool {
+		st, err := e.c.Status(context.Background(), "timer")
+		return err == nil && len(st.Instances) > 0 && st.KeepAlive.Prewarms == 1
+	})
+}

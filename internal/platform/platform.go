@@ -258,6 +258,11 @@ type Platform struct {
 	// keepalive.go.
 	keep      *live.Scheduler
 	keepStats *metrics.KeepAlive
+
+	// pastArrivals, while the functions are restored at start, holds each
+	// function's minutes with calls in the day before (usage rollups), to
+	// seed its keepers' histories (docs/keepalive.md).
+	pastArrivals atomic.Pointer[map[string][]time.Time]
 	// cluster is this node's heartbeat and lease; see cluster.go.
 	cluster *cluster.Cluster
 }
@@ -353,9 +358,12 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		return nil, "", err
 	}
 	p.keep.Start()
-	used := p.recentUse(ctx)
+	used, past := p.recentUse(ctx)
 	p.instCfg.Warm.SeedUse(used)
-	if err := p.restore(ctx); err != nil {
+	p.pastArrivals.Store(&past)
+	err = p.restore(ctx)
+	p.pastArrivals.Store(nil)
+	if err != nil {
 		p.keep.Close()
 		p.closeStores()
 		return nil, "", err
@@ -470,6 +478,11 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 		return nil, err
 	}
 	d.pool = pool
+	// At start, an adaptive version learns again from the calls of the day
+	// before (its keeper acts on the pool, so only now).
+	if past := p.pastArrivals.Load(); d.keeper != nil && past != nil {
+		d.keeper.Seed((*past)[s.Name])
+	}
 	// A python function's zygote (or an onnx spare) is built now, so that
 	// even the first request finds it ready, when the warm budget has room:
 	// at a deploy only, not at a restart (warm.go).

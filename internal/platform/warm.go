@@ -61,16 +61,22 @@ func warmStatus(w *instance.WarmStatus) *api.WarmStatus {
 
 // recentUse reads when each function was last invoked in the day before
 // now, to the minute, from the usage rollups (the meter's own, of every
-// node sharing the store).
-func (p *Platform) recentUse(ctx context.Context) map[string]time.Time {
+// node sharing the store), and the minutes in which it was (past, in
+// order: the arrivals its adaptive keep-alive learns from again).
+func (p *Platform) recentUse(ctx context.Context) (last map[string]time.Time, past map[string][]time.Time) {
 	now := p.cfg.Now()
 	reps, err := p.usage.Report(ctx, usage.Query{Since: now.Add(-24 * time.Hour), Until: now, Step: time.Minute})
 	if err != nil {
 		p.log.Warn("read recent usage; nothing is built ahead", "err", err)
-		return nil
+		return nil, nil
 	}
-	last := map[string]time.Time{}
+	last, past = map[string]time.Time{}, map[string][]time.Time{}
 	for _, r := range reps {
+		for _, pt := range r.Series {
+			if pt.Invocations > 0 {
+				past[r.Function] = append(past[r.Function], pt.Time)
+			}
+		}
 		for i := len(r.Series) - 1; i >= 0; i-- {
 			if r.Series[i].Invocations > 0 {
 				last[r.Function] = r.Series[i].Time.Add(time.Minute)
@@ -78,7 +84,7 @@ func (p *Platform) recentUse(ctx context.Context) map[string]time.Time {
 			}
 		}
 	}
-	return last
+	return last, past
 }
 
 // prebuild asks the serving versions of the functions in last for their

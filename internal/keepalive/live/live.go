@@ -310,6 +310,40 @@ func (k *Keeper) Observe(at time.Time, warm bool) {
 	k.s.schedule(k, next)
 }
 
+// Seed replays arrivals from before the keeper was made into its history,
+// in order: after a restart, the minutes with calls in the node's usage
+// rollups, so that the policy starts from what it had learned rather than
+// from nothing. It does nothing once the keeper has observed an arrival.
+// The decision after the last one acts from now on: a pre-warm still ahead
+// is scheduled; a keep-alive from the last call is not counted as idle
+// warm time (nothing was warm while the node was down).
+func (k *Keeper) Seed(arrivals []time.Time) {
+	k.mu.Lock()
+	if !k.lastObs.IsZero() || len(arrivals) == 0 {
+		k.mu.Unlock()
+		return
+	}
+	for _, at := range arrivals {
+		k.hist.Observe(at)
+	}
+	last := arrivals[len(arrivals)-1]
+	k.d = k.hist.Decide(last)
+	k.lastObs, k.lastCall = last, last
+	k.tried, k.prewarmed = false, false
+	k.closed = k.d.PrewarmAt.IsZero()
+	d := k.d
+	k.mu.Unlock()
+	// Act at the decision's next change, not now: unloading now would let
+	// go of what a restart built ahead by recent use before the pre-warm
+	// window it is kept for.
+	switch act, next := d.At(k.s.now()); {
+	case act == keepalive.Keep:
+		k.s.schedule(k, k.s.now())
+	case !next.IsZero():
+		k.s.schedule(k, next)
+	}
+}
+
 // sameBinLocked says whether a call at `at` is one arrival with the last
 // one observed (within a bin of it, or older), noting it as the latest
 // call.

@@ -232,3 +232,45 @@ func BenchmarkObserveWithinBin(b *testing.B) {
 		k.Observe(t0.Add(time.Duration(i)), false)
 	}
 }
+
+// TestSeedFromPastArrivals: a keeper made after a restart, seeded with
+// the arrivals the node recorded before it (a timer every 15 minutes),
+// pre-warms before the next call without a new arrival, and unloads
+// nothing before that; a seed after a live arrival changes nothing.
+func TestSeedFromPastArrivals(t *testing.T) {
+	var past []time.Time
+	for i := range 7 {
+		past = append(past, t0.Add(time.Duration(i)*15*time.Minute))
+	}
+	last := past[len(past)-1]
+	now := last.Add(5 * time.Minute) // the restart
+	clock := now
+	s := NewScheduler(func() time.Time { return clock }, nil)
+	tg := &target{}
+	k := s.Add("timer", 1, keepalive.DefaultHybrid(), tg, 5*time.Minute)
+	k.Seed(past)
+	st := k.Status(now)
+	if st.Why != "histogram" || st.PrewarmAt.IsZero() || !st.PrewarmAt.After(now) || !st.PrewarmAt.Before(last.Add(15*time.Minute)) {
+		t.Fatalf("seeded keeper at the restart: %+v, want a histogram pre-warm before the next call at %v", st, last.Add(15*time.Minute))
+	}
+	s.Advance(now)
+	if unloads, prewarms := tg.calls(); len(unloads) != 0 || len(prewarms) != 0 {
+		t.Fatalf("at the restart the keeper unloaded %v, pre-warmed %v; want nothing until the pre-warm", unloads, prewarms)
+	}
+	s.Advance(st.PrewarmAt)
+	if _, prewarms := tg.calls(); len(prewarms) != 1 || !prewarms[0].Equal(st.PrewarmAt) {
+		t.Fatalf("pre-warms %v, want one at %v", prewarms, st.PrewarmAt)
+	}
+	k.Observe(last.Add(15*time.Minute), true)
+	if c := k.Status(last.Add(15 * time.Minute)).Counts; c.Prewarms != 1 || c.PrewarmedStarts != 1 || c.IdleWarm > 2*time.Minute {
+		t.Fatalf("counts %+v: want the seeded pre-warm counted and used, its idle time only from the pre-warm", c)
+	}
+
+	// A keeper that already saw a live call keeps its own history.
+	k2 := s.Add("fn", 1, keepalive.DefaultHybrid(), &target{}, 5*time.Minute)
+	k2.Observe(now, false)
+	k2.Seed(past)
+	if st := k2.Status(now); st.Why != "fallback" {
+		t.Fatalf("seed after a live arrival: %s, want the one-arrival fallback", st.Why)
+	}
+}

