@@ -84,6 +84,11 @@ func (p *Platform) recentUse(ctx context.Context) (last map[string]time.Time, pa
 			}
 		}
 	}
+	// A function's versions report apart: one sorted list of its minutes.
+	for fn, ts := range past {
+		slices.SortFunc(ts, time.Time.Compare)
+		past[fn] = slices.CompactFunc(ts, time.Time.Equal)
+	}
 	return last, past
 }
 
