@@ -585,3 +585,72 @@ func readingFD(root, fd int) bool {
 	}
 	return false
 }
+
+// A dial uses sockets made inside the namespace ahead of time (in
+// batches): every dial, across several batches, reaches the listener in
+// the namespace and not the host's on the same port; a refused one says
+// so; Close closes the sockets left over.
+func TestNetnsDialPreparedSockets(t *testing.T) {
+	requireSandbox(t, false)
+	s := newSandbox(t, Config{})
+	ns := newNetns(t, s, false)
+	l, err := ns.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	// The host's listener on the same port, if free there, must never
+	// be reached.
+	if hl, err := net.Listen("tcp", addr); err == nil {
+		defer hl.Close()
+		go func() {
+			for {
+				c, err := hl.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("host"))
+				c.Close()
+			}
+		}()
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("inside"))
+			c.Close()
+		}
+	}()
+	fds := func() int {
+		es, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(es)
+	}
+	for i := range 3*socketBatch + 1 {
+		c, err := ns.Dial(context.Background(), "tcp", addr)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		got, _ := io.ReadAll(c)
+		c.Close()
+		if string(got) != "inside" {
+			t.Fatalf("dial %d read %q, want the namespace's listener", i, got)
+		}
+	}
+	_, err = ns.Dial(context.Background(), "tcp", "127.0.0.1:1")
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial of a closed port: %v, want connection refused", err)
+	}
+	before := fds()
+	ns.Close()
+	if after := fds(); after >= before-1 {
+		t.Errorf("Close left the prepared sockets open: %d fds before, %d after", before, after)
+	}
+}
