@@ -356,6 +356,7 @@ func TestStrip(t *testing.T) {
 		{name: "sigv4 headers", set: map[string]string{"Authorization": "AWS4-HMAC-SHA256 Credential=x", "X-Amz-Date": "1", "X-Amz-Content-Sha256": "2", "X-Amz-Security-Token": "3"},
 			gone: []string{"Authorization", "X-Amz-Date", "X-Amz-Content-Sha256", "X-Amz-Security-Token"}},
 		{name: "query", query: "a=1&X-Amz-Signature=s&b=2&X-Amz-Credential=c&x-amz-other=k", want: "a=1&b=2&x-amz-other=k"},
+		{name: "query, names percent-encoded", query: "a=%41&X%2DAmz-Signature=s&%58-Amz-Credential=c", want: "a=%41"},
 	} {
 		r := httptest.NewRequest("GET", "/fn/x?"+tt.query, nil)
 		for k, v := range tt.set {

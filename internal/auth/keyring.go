@@ -306,7 +306,10 @@ func Strip(r *http.Request, keyed bool) {
 			delete(h, k)
 		}
 	}
-	if q := r.URL.RawQuery; q != "" && strings.Contains(q, "X-Amz-") {
+	// A parameter's name may come percent-encoded (X%2DAmz-Signature is
+	// X-Amz-Signature to the query parser that authenticated it), so only
+	// a query with neither is certain to carry none.
+	if q := r.URL.RawQuery; q != "" && (strings.Contains(q, "X-Amz-") || strings.Contains(q, "%")) {
 		r.URL.RawQuery = stripQuery(q)
 		r.URL.ForceQuery = false
 	}
