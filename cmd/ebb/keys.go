@@ -106,17 +106,7 @@ func runKeys(ctx context.Context, args []string) error {
 
 func printCreated(k *api.KeyCreated, asJSON bool) error {
 	if asJSON {
-		// Exactly the fields the CLI promises (the API's answer also
-		// echoes the name and rps asked for).
-		return printJSON(struct {
-			ID              string     `json:"id"`
-			Key             string     `json:"key"`
-			AccessKeyID     string     `json:"access_key_id"`
-			SecretAccessKey string     `json:"secret_access_key"`
-			Role            ebb.Role   `json:"role"`
-			Functions       []string   `json:"functions"`
-			Expires         *time.Time `json:"expires"`
-		}{k.ID, k.Key, k.AccessKeyID, k.SecretAccessKey, k.Role, k.Functions, k.Expires})
+		return printJSON(k.KeyIssued) // exactly the fields the CLI promises
 	}
 	fmt.Printf("key %s (role %s", k.ID, k.Role)
 	if len(k.Functions) > 0 {

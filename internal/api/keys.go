@@ -37,8 +37,16 @@ type KeyRequest struct {
 }
 
 // KeyCreated answers a create or a rotate: the only time the secrets are
-// shown.
+// shown. It also echoes the name and rps asked for.
 type KeyCreated struct {
+	KeyIssued
+	Name string  `json:"name,omitempty"`
+	RPS  float64 `json:"rps,omitempty"`
+}
+
+// KeyIssued is a new key and its secrets: exactly what `ebb keys create
+// --json` prints.
+type KeyIssued struct {
 	ID              string     `json:"id"`
 	Key             string     `json:"key"`
 	AccessKeyID     string     `json:"access_key_id"`
@@ -46,8 +54,6 @@ type KeyCreated struct {
 	Role            ebb.Role   `json:"role"`
 	Functions       []string   `json:"functions"`
 	Expires         *time.Time `json:"expires"`
-	Name            string     `json:"name,omitempty"`
-	RPS             float64    `json:"rps,omitempty"`
 }
 
 // KeyInfo is a key as listed: never a secret.

@@ -150,8 +150,8 @@ func (p *Platform) newSecrets(k *ebb.Key) (secret, sigSecret string) {
 }
 
 func created(k ebb.Key, secret, sigSecret string) *api.KeyCreated {
-	c := &api.KeyCreated{ID: k.ID, Key: secret, AccessKeyID: k.AccessKeyID, SecretAccessKey: sigSecret, Role: k.Role,
-		Functions: k.Functions, Name: k.Name, RPS: k.RPS}
+	c := &api.KeyCreated{KeyIssued: api.KeyIssued{ID: k.ID, Key: secret, AccessKeyID: k.AccessKeyID, SecretAccessKey: sigSecret, Role: k.Role,
+		Functions: k.Functions}, Name: k.Name, RPS: k.RPS}
 	if c.Functions == nil {
 		c.Functions = []string{}
 	}
