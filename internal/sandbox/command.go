@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -169,7 +170,15 @@ func (s *Sandbox) command(spec Spec) (*Command, error) {
 		}
 		blockR = r
 		c.ExtraFiles = append(c.ExtraFiles, r)
-		args = append(args, "--block-fd", strconv.Itoa(spec.FirstFD+1))
+		blockFD := spec.FirstFD + 1
+		if shim := s.releaseShim(blockFD, spec.Argv[0]); shim != "" {
+			// bwrap execs the shim, which waits with the filter loaded
+			// (release.go); the block fd passes through bwrap to it.
+			args = append(args, "--ro-bind", shim, ShimPath)
+			spec.Argv = append([]string{ShimPath}, spec.Argv...)
+		} else {
+			args = append(args, "--block-fd", strconv.Itoa(blockFD))
+		}
 		var once sync.Once
 		var relErr error
 		c.Release = func() error {
@@ -223,4 +232,20 @@ func (s *Sandbox) seccompFile() (*os.File, error) {
 		return nil, fmt.Errorf("rewind seccomp memfd: %w", err)
 	}
 	return f, nil
+}
+
+// releaseShim is the host path of the release shim for a spare whose block
+// pipe is fd and whose command is argv0, or "" to wait in bwrap instead: no
+// shim for this machine, or a command named without a path (bwrap's execvp
+// searches PATH; the shim execs the path it is given).
+func (s *Sandbox) releaseShim(fd int, argv0 string) string {
+	if s.shims == nil || !strings.Contains(argv0, "/") {
+		return ""
+	}
+	p, err := s.shims.path(fd)
+	if err != nil {
+		s.cfg.Logger.Warn("spares wait in bwrap", "err", err)
+		return ""
+	}
+	return p
 }

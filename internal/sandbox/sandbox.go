@@ -133,6 +133,7 @@ type Sandbox struct {
 	enabled bool
 	reason  string          // why not enabled
 	seccomp *seccompProgram // compiled once; nil when disabled
+	shims   *releaseShims   // spares' release shims (release.go); nil where there are none
 	view    *view           // nil when disabled
 }
 
@@ -179,6 +180,9 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	s.view = v
 	s.enabled = true
+	if shimArch() {
+		s.shims = &releaseShims{dir: v.dir}
+	}
 	if cfg.Pasta == "" {
 		cfg.Logger.Warn("NO OUTBOUND NETWORK: pasta not found (Debian package passt); functions with network: outbound get loopback only")
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -438,36 +439,54 @@ func TestNetnsListenDial(t *testing.T) {
 	}
 }
 
+// A spare waits, set up, until Release: in the release shim (release.go)
+// where there is one, else in bwrap. Either way the command then runs with
+// the filter and no_new_privs, and without the block fd.
 func TestBlockUntilRelease(t *testing.T) {
 	requireSandbox(t, false)
-	s := newSandbox(t, Config{})
-	ns := newNetns(t, s, false)
-	var out syncBuffer
-	cmd, c := start(t, s, ns, Spec{Code: codeDir(t, nil), Block: true, Argv: []string{"/bin/sh", "-c", "echo ran"}}, &out)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	// The event the block stands for: a process of the sandbox sits in
-	// read on the block fd (bwrap's wait, after its setup, before the
-	// exec). Until then the function must not have run or exited.
-	blockFD := 3 + 1 // start's FirstFD (no extra files), plus one
-	for deadline := time.Now().Add(15 * time.Second); !readingFD(cmd.Process.Pid, blockFD); time.Sleep(time.Millisecond) {
-		select {
-		case err := <-done:
-			t.Fatalf("exited before Release: %v %q", err, out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no process of the sandbox is reading fd %d (the block) 15s after start: %s", blockFD, out.String())
-		}
-	}
-	if out.String() != "" {
-		t.Fatalf("ran before Release: %q", out.String())
-	}
-	if err := c.Release(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil || strings.TrimSpace(out.String()) != "ran" {
-		t.Fatalf("after Release: %v %q", err, out.String())
+	for _, shim := range []bool{true, false} {
+		t.Run(map[bool]string{true: "shim", false: "bwrap"}[shim], func(t *testing.T) {
+			s := newSandbox(t, Config{})
+			if shim && s.shims == nil {
+				t.Skip("no release shim on " + runtime.GOARCH)
+			}
+			if !shim {
+				s.shims = nil
+			}
+			ns := newNetns(t, s, false)
+			var out syncBuffer
+			cmd, c := start(t, s, ns, Spec{Code: codeDir(t, nil), Block: true, Argv: []string{"/bin/sh", "-c",
+				`echo ran; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; if [ -e /proc/self/fd/4 ]; then echo block-fd-open; fi`}}, &out)
+			if got := strings.Contains(strings.Join(cmd.Args, " "), ShimPath); got != shim {
+				t.Fatalf("command %q: shim used %v, want %v", cmd.Args, got, shim)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			// The event the block stands for: a process of the sandbox
+			// sits in read on the block fd (after the setup, before the
+			// command's exec). Until then the command must not have run or
+			// exited.
+			blockFD := 3 + 1 // start's FirstFD (no extra files), plus one
+			for deadline := time.Now().Add(15 * time.Second); !readingFD(cmd.Process.Pid, blockFD); time.Sleep(time.Millisecond) {
+				select {
+				case err := <-done:
+					t.Fatalf("exited before Release: %v %q", err, out.String())
+				default:
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no process of the sandbox is reading fd %d (the block) 15s after start: %s", blockFD, out.String())
+				}
+			}
+			if out.String() != "" {
+				t.Fatalf("ran before Release: %q", out.String())
+			}
+			if err := c.Release(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil || out.String() != "ran\nNoNewPrivs:\t1\nSeccomp:\t2\n" {
+				t.Fatalf("after Release: %v %q", err, out.String())
+			}
+		})
 	}
 }
 
