@@ -27,6 +27,31 @@ type Serve struct {
 // later.
 func StartServe(t testing.TB, bin string, args ...string) *Serve {
 	t.Helper()
+	return StartServes(t, bin, args)[0]
+}
+
+// StartServes is StartServe for several servers started at once, one per
+// argument list: nodes of a cluster that wait for each other before they
+// serve. It returns once every one of them serves, in the order given.
+func StartServes(t testing.TB, bin string, args ...[]string) []*Serve {
+	t.Helper()
+	var ss []*Serve
+	var waits []func()
+	for _, a := range args {
+		s, wait := startServe(t, bin, a)
+		ss = append(ss, s)
+		waits = append(waits, wait)
+	}
+	for _, wait := range waits {
+		wait()
+	}
+	return ss
+}
+
+// startServe starts one server; wait returns once it serves, failing t
+// otherwise. wait must be called on the test's goroutine.
+func startServe(t testing.TB, bin string, args []string) (*Serve, func()) {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
 	s := &Serve{Stdout: &Buffer{}, Log: &Buffer{}}
 	cmd.Stdout = s.Stdout
@@ -69,13 +94,16 @@ func StartServe(t testing.TB, bin string, args ...string) *Serve {
 			<-exited
 		}
 	})
-	select {
-	case s.Addr = <-addrc:
-		s.URL = "http://" + s.Addr
-	case <-exited:
-		t.Fatalf("ebb serve exited before serving:\n%s", s.Log)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("ebb serve did not log its address within 60s:\n%s", s.Log)
+	started := time.Now()
+	return s, func() {
+		t.Helper()
+		select {
+		case s.Addr = <-addrc:
+			s.URL = "http://" + s.Addr
+		case <-exited:
+			t.Fatalf("ebb serve exited before serving:\n%s", s.Log)
+		case <-time.After(time.Until(started.Add(60 * time.Second))):
+			t.Fatalf("ebb serve did not log its address within 60s:\n%s", s.Log)
+		}
 	}
-	return s
 }
