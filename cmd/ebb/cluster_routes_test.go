@@ -287,4 +287,3 @@ func shadowOf(t *testing.T, n *node, fn string) (shadowReport, bool) {
 	}
 	return rep, true
 }
-

@@ -296,7 +296,9 @@ func TestWatchRoutes(t *testing.T) {
 	}
 	change(func(tr *ebb.Traffic) { tr.SetRoute(ebb.Split{{Version: 1, Percent: 90}, {Version: 2, Percent: 10}}) })
 	wait("f 1=90 2=10")
-	change(func(tr *ebb.Traffic) { tr.Aliases = []ebb.Alias{{Name: "live", Split: ebb.Split{{Version: 2, Percent: 100}}}} })
+	change(func(tr *ebb.Traffic) {
+		tr.Aliases = []ebb.Alias{{Name: "live", Split: ebb.Split{{Version: 2, Percent: 100}}}}
+	})
 	wait("f 1=90 2=10 live->2")
 	change(func(tr *ebb.Traffic) { tr.Shadow = &ebb.Shadow{Version: 2, Percent: 50} })
 	wait("f 1=90 2=10 live->2 shadow 2")
