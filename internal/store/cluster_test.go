@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/ebb-run/ebb"
 )
 
@@ -145,7 +147,7 @@ func TestClusterOfEmbeddedServers(t *testing.T) {
 	for i := range n {
 		logs[i] = &syncBuffer{}
 		cfgs[i] = Config{DataDir: t.TempDir(), ServerName: fmt.Sprintf("s%d", i), Replicas: 3, ClusterRoutes: routes,
-			ClusterListen: "127.0.0.1:" + strconv.Itoa(ports[i]), Logger: slog.New(slog.NewJSONHandler(logs[i], nil))}
+			ClusterListen: "127.0.0.1:" + strconv.Itoa(ports[i]), FormTimeout: 90 * time.Second, Logger: slog.New(slog.NewJSONHandler(logs[i], nil))}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
@@ -201,6 +203,30 @@ func TestClusterOfEmbeddedServers(t *testing.T) {
 	}
 	if r := st.CachedInfo().Config.Replicas; r != 3 {
 		t.Errorf("registry bucket has %d replicas, want 3", r)
+	}
+
+	// Nodes that start at once make the same buckets at once; JetStream
+	// answers one of two identical concurrent requests, so the shared
+	// JetStream context retries: every node gets its bucket, none waits
+	// for its whole deadline.
+	for k := range 4 {
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i, s := range stores {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+				defer cancel()
+				_, errs[i] = s.JetStream().CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{Bucket: fmt.Sprintf("race_%d", k), Replicas: 3})
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("bucket race_%d through store %d: %v", k, i, err)
+			}
+		}
 	}
 
 	// One server gone: the two others keep a quorum.
