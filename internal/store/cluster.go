@@ -66,12 +66,26 @@ func ParseRoutes(list string) ([]string, error) {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
 			return nil, fmt.Errorf("route %q: port %q is not a number from 1 to 65535", r, port)
 		}
-		if strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-			return nil, fmt.Errorf("route %q: host has spaces or control characters", r)
+		if !validHost(host) {
+			return nil, fmt.Errorf("route %q: host %q is neither an IP address nor a host name", r, host)
 		}
 		out = append(out, "nats://"+net.JoinHostPort(host, port))
 	}
 	return out, nil
+}
+
+// validHost says whether host is an IP address or a host name (letters,
+// digits, '-', '_' and '.').
+func validHost(host string) bool {
+	if net.ParseIP(host) != nil {
+		return true
+	}
+	if host == "" || len(host) > 253 {
+		return false
+	}
+	return !strings.ContainsFunc(host, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+	})
 }
 
 // ValidClusterName checks a cluster name: nats-server refuses spaces.

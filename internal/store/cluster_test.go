@@ -35,6 +35,8 @@ func TestParseRoutes(t *testing.T) {
 		{"nats://a:01", "", "port"},
 		{"nats://:1", "", "no host"},
 		{"a:1", "", "want nats://HOST:PORT"},
+		{"nats://]:10", "", "neither an IP address nor a host name"},
+		{"nats://a!b:1", "", "neither"},
 	} {
 		got, err := ParseRoutes(c.in)
 		if c.err != "" {
