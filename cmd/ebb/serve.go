@@ -41,7 +41,7 @@ func runServe(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
 	data := fs.String("data", "./ebb-data", "data directory (state, bundles, instance dirs)")
 	natsURL := fs.String("nats", "", "external NATS server URLs, comma-separated (nats://a:4222,nats://b:4222), to join a cluster of ebb nodes (default: embedded NATS with JetStream in --data)")
-	natsReplicas := fs.Int("nats-replicas", 1, "with --nats: copies JetStream keeps of ebb's state (registry, keys, bundles, jobs, usage), 1 to 5; 3 survives the loss of one NATS server")
+	natsReplicas := fs.Int("nats-replicas", 1, "with --nats or --cluster-routes: copies JetStream keeps of ebb's state (registry, keys, bundles, jobs, usage), 1 to 5; 3 survives the loss of one NATS server")
 	clusterRoutes := fs.String("cluster-routes", "", "cluster routes (nats://host:port, comma-separated) of the other nodes' embedded NATS: the nodes' embedded servers form one JetStream cluster themselves, with no separate nats-server (not with --nats; the same list on every node will do)")
 	clusterListen := fs.String("cluster-listen", "", "with --cluster-routes: host:port on which this node's embedded NATS takes the others' routes (default: --listen's host, port 6222)")
 	clusterName := fs.String("cluster-name", "", "with --cluster-routes: the cluster's name, the same on every node (default ebb)")

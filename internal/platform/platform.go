@@ -50,7 +50,8 @@ type Config struct {
 	DataDir string // required: JetStream, bundles, instance dirs
 	NATSURL string // external NATS; empty = embedded
 	// NATSReplicas is the replication factor of the buckets and streams
-	// made on an external NATS cluster (1 to 5); default 1.
+	// made on a NATS cluster, external or of embedded servers (1 to 5);
+	// default 1.
 	NATSReplicas int
 	// ClusterRoutes, ClusterListen and ClusterName, without NATSURL, make
 	// the embedded NATS server join those of other nodes in one JetStream
