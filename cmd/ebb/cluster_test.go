@@ -381,6 +381,14 @@ func TestClusterFlags(t *testing.T) {
 		{[]string{"--nats-replicas", "3"}, "--nats-replicas: needs --nats"},
 		{[]string{"--node", "a b"}, "--node: node name \"a b\""},
 		{[]string{"--node", ".a"}, "--node: node name \".a\""},
+		{[]string{"--cluster-routes", "nats://127.0.0.1:1", "--nats", "nats://127.0.0.1:2"}, "--cluster-routes: not with --nats"},
+		{[]string{"--cluster-routes", "http://127.0.0.1:1"}, "--cluster-routes: route \"http://127.0.0.1:1\""},
+		{[]string{"--cluster-routes", "nats://127.0.0.1:1,,nats://127.0.0.1:2"}, "--cluster-routes: route list"},
+		{[]string{"--cluster-listen", "127.0.0.1:6222"}, "--cluster-listen: needs --cluster-routes"},
+		{[]string{"--cluster-name", "x"}, "--cluster-name: needs --cluster-routes"},
+		{[]string{"--cluster-routes", "nats://127.0.0.1:1", "--cluster-listen", ":6222"}, "--cluster-listen: \":6222\" names no host"},
+		{[]string{"--cluster-routes", "nats://127.0.0.1:1", "--cluster-name", "a b"}, "--cluster-name: cluster name \"a b\""},
+		{[]string{"--cluster-routes", "nats://127.0.0.1:1", "--nats-replicas", "3"}, "--nats-replicas: 3 copies need 3 servers"},
 	} {
 		args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir()}, c.args...)
 		_, errOut, code := runEbb(t, bin, args...)

@@ -32,6 +32,7 @@ import (
 	"github.com/ebb-run/ebb/internal/onnx"
 	"github.com/ebb-run/ebb/internal/platform"
 	"github.com/ebb-run/ebb/internal/sandbox"
+	"github.com/ebb-run/ebb/internal/store"
 	"github.com/ebb-run/ebb/internal/tracing"
 )
 
@@ -40,7 +41,10 @@ func runServe(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
 	data := fs.String("data", "./ebb-data", "data directory (state, bundles, instance dirs)")
 	natsURL := fs.String("nats", "", "external NATS server URLs, comma-separated (nats://a:4222,nats://b:4222), to join a cluster of ebb nodes (default: embedded NATS with JetStream in --data)")
-	natsReplicas := fs.Int("nats-replicas", 1, "with --nats: copies JetStream keeps of ebb's state (registry, keys, bundles, jobs, usage), 1 to 5; 3 survives the loss of one NATS server")
+	natsReplicas := fs.Int("nats-replicas", 1, "with --nats or --cluster-routes: copies JetStream keeps of ebb's state (registry, keys, bundles, jobs, usage), 1 to 5; 3 survives the loss of one NATS server")
+	clusterRoutes := fs.String("cluster-routes", "", "cluster routes (nats://host:port, comma-separated) of the other nodes' embedded NATS: the nodes' embedded servers form one JetStream cluster themselves, with no separate nats-server (not with --nats; the same list on every node will do)")
+	clusterListen := fs.String("cluster-listen", "", "with --cluster-routes: host:port on which this node's embedded NATS takes the others' routes (default: --listen's host, port 6222)")
+	clusterName := fs.String("cluster-name", "", "with --cluster-routes: the cluster's name, the same on every node (default ebb)")
 	nodeName := fs.String("node", "", "this node's name in the cluster (letters, digits, - _ .; default: the host name and a suffix made once and kept in --data)")
 	requireAuth := fs.Bool("require-auth", false, "require API keys even on loopback (always on for other addresses)")
 	maxPayload := fs.Int64("max-payload", 6<<20, "largest synchronous request payload, in bytes")
@@ -112,8 +116,12 @@ func runServe(ctx context.Context, args []string) error {
 	if *natsReplicas < 1 || *natsReplicas > 5 {
 		return fmt.Errorf("--nats-replicas: must be 1 to 5, got %d", *natsReplicas)
 	}
-	if *natsReplicas > 1 && *natsURL == "" {
-		return errors.New("--nats-replicas: needs --nats (the embedded NATS is a single server)")
+	routes, err := clusterFlags(*natsURL, *clusterRoutes, clusterListen, clusterName, *listen, *natsReplicas)
+	if err != nil {
+		return err
+	}
+	if *natsReplicas > 1 && *natsURL == "" && routes == nil {
+		return errors.New("--nats-replicas: needs --nats or --cluster-routes (the embedded NATS alone is a single server)")
 	}
 	if *nodeName != "" {
 		if err := cluster.ValidName(*nodeName); err != nil {
@@ -170,7 +178,7 @@ func runServe(ctx context.Context, args []string) error {
 		tracer = tp // platform.Close shuts it down
 	}
 	p, adminKey, err := platform.New(ctx, platform.Config{
-		DataDir: dataDir, NATSURL: *natsURL, NATSReplicas: *natsReplicas, Node: *nodeName, Version: ebbVersion(), RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
+		DataDir: dataDir, NATSURL: *natsURL, NATSReplicas: *natsReplicas, ClusterRoutes: routes, ClusterListen: *clusterListen, ClusterName: *clusterName, Node: *nodeName, Version: ebbVersion(), RequireAuth: *requireAuth || !loopback, MaxSyncPayload: *maxPayload,
 		LoopbackHosts: loopback, AllowedHosts: splitList(*allowedHosts), CORSOrigins: splitList(*corsOrigins), AuditRetention: *auditRetention,
 		UsageRetention: *usageRetention, NodeMemoryMiB: nodeMemoryMiB(), NodeCPUs: runtime.NumCPU(), NodeCostPerHour: *nodeCost,
 		BaseURL: "http://" + ln.Addr().String(), Python: *python, Executable: exe, ONNXLibrary: *ortLib, WarmMemory: int64(warmMemory), WarmMax: sparesOrNone(*warmMax), KeepAlive: *fnKeepAlive,
@@ -219,6 +227,49 @@ func runServe(ctx context.Context, args []string) error {
 		err = nil
 	}
 	return err
+}
+
+// clusterFlags checks --cluster-routes, --cluster-listen and --cluster-name
+// against --nats and --nats-replicas, fills in the defaults of listen and
+// name, and returns the routes (nil without --cluster-routes).
+func clusterFlags(natsURL, routeList string, listen, name *string, httpListen string, replicas int) ([]string, error) {
+	if routeList == "" {
+		switch {
+		case *listen != "":
+			return nil, errors.New("--cluster-listen: needs --cluster-routes")
+		case *name != "":
+			return nil, errors.New("--cluster-name: needs --cluster-routes")
+		}
+		return nil, nil
+	}
+	if natsURL != "" {
+		return nil, errors.New("--cluster-routes: not with --nats: with routes the nodes' embedded NATS servers form the cluster; --nats joins one run apart")
+	}
+	routes, err := store.ParseRoutes(routeList)
+	if err != nil {
+		return nil, fmt.Errorf("--cluster-routes: %w", err)
+	}
+	if *listen == "" {
+		host, _, _ := net.SplitHostPort(httpListen)
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		*listen = net.JoinHostPort(host, "6222")
+	}
+	if err := store.ValidClusterListen(*listen); err != nil {
+		return nil, fmt.Errorf("--cluster-listen: %w", err)
+	}
+	if *name == "" {
+		*name = store.DefaultClusterName
+	}
+	if err := store.ValidClusterName(*name); err != nil {
+		return nil, fmt.Errorf("--cluster-name: %w", err)
+	}
+	if replicas > len(routes)+1 {
+		return nil, fmt.Errorf("--nats-replicas: %d copies need %d servers, and --cluster-routes names %d routes (at most %d servers with this one)",
+			replicas, replicas, len(routes), len(routes)+1)
+	}
+	return routes, nil
 }
 
 // defaultInstanceDir puts instance directories on /dev/shm when it is a

@@ -33,7 +33,7 @@ func NATSBinary() (string, error) {
 // leader elected). Each stores JetStream under its own temporary dir.
 func NATSCluster(t testing.TB, bin string, n int) []*NATSServer {
 	t.Helper()
-	ports := freePorts(t, 3*n)
+	ports := FreePorts(t, 3*n)
 	client, route, monitor := ports[:n], ports[n:2*n], ports[2*n:]
 	var srvs []*NATSServer
 	for i := range n {
@@ -140,10 +140,10 @@ func healthy(url string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// freePorts finds n loopback ports free now, holding them all at once so
+// FreePorts finds n loopback ports free now, holding them all at once so
 // that they differ. Another process may take one before it is used; on
 // loopback in a test that is rare enough.
-func freePorts(t testing.TB, n int) []int {
+func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	for range n {

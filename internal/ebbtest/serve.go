@@ -27,6 +27,37 @@ type Serve struct {
 // later.
 func StartServe(t testing.TB, bin string, args ...string) *Serve {
 	t.Helper()
+	return StartServes(t, bin, args)[0]
+}
+
+// StartServes is StartServe for several servers started at once, one per
+// argument list: nodes of a cluster that wait for each other before they
+// serve. It returns once every one of them serves, in the order given; each
+// has two minutes (the time ebb waits for its cluster to form).
+func StartServes(t testing.TB, bin string, args ...[]string) []*Serve {
+	t.Helper()
+	bound := 60 * time.Second
+	if len(args) > 1 {
+		bound = 2 * time.Minute
+	}
+	var ss []*Serve
+	var waits []func()
+	for _, a := range args {
+		s, wait := startServe(t, bin, a, bound)
+		ss = append(ss, s)
+		waits = append(waits, wait)
+	}
+	for _, wait := range waits {
+		wait()
+	}
+	return ss
+}
+
+// startServe starts one server; wait returns once it serves, failing t
+// if it exits first or has not served within bound. wait must be called
+// on the test's goroutine.
+func startServe(t testing.TB, bin string, args []string, bound time.Duration) (*Serve, func()) {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
 	s := &Serve{Stdout: &Buffer{}, Log: &Buffer{}}
 	cmd.Stdout = s.Stdout
@@ -69,13 +100,16 @@ func StartServe(t testing.TB, bin string, args ...string) *Serve {
 			<-exited
 		}
 	})
-	select {
-	case s.Addr = <-addrc:
-		s.URL = "http://" + s.Addr
-	case <-exited:
-		t.Fatalf("ebb serve exited before serving:\n%s", s.Log)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("ebb serve did not log its address within 60s:\n%s", s.Log)
+	started := time.Now()
+	return s, func() {
+		t.Helper()
+		select {
+		case s.Addr = <-addrc:
+			s.URL = "http://" + s.Addr
+		case <-exited:
+			t.Fatalf("ebb serve exited before serving:\n%s", s.Log)
+		case <-time.After(time.Until(started.Add(bound))):
+			t.Fatalf("ebb serve did not log its address within %s:\n%s", bound, s.Log)
+		}
 	}
-	return s
 }

@@ -98,9 +98,23 @@ func (p *Platform) startAsync(ctx context.Context) error {
 		q.Close(ctx)
 		return fmt.Errorf("watch functions: %w", err)
 	}
+	// On a cluster, changes to routes and the removal of single versions
+	// are followed too; a node alone makes them all itself.
+	var routes <-chan store.RouteEvent
+	if p.clustered() {
+		if routes, err = p.store.WatchRoutes(wctx); err != nil {
+			cancel()
+			for range changes {
+			}
+			a.events.Close()
+			a.sched.Close(ctx)
+			q.Close(ctx)
+			return fmt.Errorf("watch routes: %w", err)
+		}
+	}
 	a.stopWatch = cancel
 	p.async = a
-	go p.followRegistry(wctx, changes)
+	go p.followRegistry(wctx, changes, routes)
 	return nil
 }
 
@@ -158,7 +172,7 @@ func (p *Platform) pinnedVersion(fn string) (int, error) {
 	return v.fn.Version, nil
 }
 
-func (p *Platform) followRegistry(ctx context.Context, events <-chan store.FunctionEvent) {
+func (p *Platform) followRegistry(ctx context.Context, events <-chan store.FunctionEvent, routes <-chan store.RouteEvent) {
 	defer close(p.async.watchDone)
 	for {
 		var ev store.FunctionEvent
@@ -168,9 +182,20 @@ func (p *Platform) followRegistry(ctx context.Context, events <-chan store.Funct
 			if !ok {
 				return
 			}
+		case rev, ok := <-routes: // nil, and never ready, on a node alone
+			if !ok {
+				routes = nil
+			} else {
+				p.followRoutes(ctx, rev)
+			}
+			continue
 		case <-ctx.Done():
-			// Unblock the store's watcher, which may be handing us an event.
+			// Unblock the store's watchers, which may be handing us an event.
 			for range events {
+			}
+			if routes != nil { // ranging over nil would block for ever
+				for range routes {
+				}
 			}
 			return
 		}
@@ -180,7 +205,7 @@ func (p *Platform) followRegistry(ctx context.Context, events <-chan store.Funct
 		// which also keeps a lagging event of its own (a version it has
 		// removed since) from being taken up again.
 		switch {
-		case p.cfg.NATSURL == "":
+		case !p.clustered():
 		case ev.Function == nil:
 			p.forget(ev.Name)
 		default:

@@ -1,16 +1,20 @@
 package platform
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/cluster"
+	"github.com/ebb-run/ebb/internal/store"
 )
 
 // This file is the platform's part in a cluster of ebb nodes sharing one
-// NATS: its heartbeat (cluster.Cluster), and following deploys and
-// removals made through other nodes, so that any node serves any function.
+// NATS: its heartbeat (cluster.Cluster), and following deploys, removals,
+// routes, aliases and shadow runs made through other nodes, so that any
+// node serves any function as every other does.
 
 // startCluster starts this node's heartbeat and, on a shared NATS, its part
 // in the scheduler lease.
@@ -24,8 +28,8 @@ func (p *Platform) startCluster(ctx context.Context) error {
 		Self: cluster.Node{Name: p.cfg.Node, Addr: p.cfg.BaseURL, Version: p.cfg.Version,
 			Capacity: cluster.Capacity{CPUs: p.cfg.NodeCPUs, MemoryMiB: p.cfg.NodeMemoryMiB, WarmBytes: warm}},
 		Load:     p.load,
-		Elect:    p.cfg.NATSURL != "",
-		Slots:    p.cfg.NATSURL != "",
+		Elect:    p.clustered(),
+		Slots:    p.clustered(),
 		Running:  p.slotsRunning,
 		Replicas: p.cfg.NATSReplicas,
 		Logger:   p.log,
@@ -35,6 +39,12 @@ func (p *Platform) startCluster(ctx context.Context) error {
 	}
 	p.cluster = c
 	return nil
+}
+
+// clustered says whether this node shares its state with others: through
+// an external NATS, or through its embedded server's cluster routes.
+func (p *Platform) clustered() bool {
+	return p.cfg.NATSURL != "" || len(p.cfg.ClusterRoutes) > 0
 }
 
 // load is what this node holds now, for its heartbeat.
@@ -110,4 +120,102 @@ func (p *Platform) forget(name string) {
 		return
 	}
 	p.forgetFunction(name, f)
+}
+
+// followRoutes takes up a change to name's routes, aliases or shadow run,
+// or the removal of one of its versions, when it differs from what this
+// node has: one made through another node. The node then reads the
+// function's versions and routes from the store as they are now, so that
+// an event that lags behind a newer change never undoes it. This node's
+// own changes, seen again, differ in nothing and cost nothing.
+func (p *Platform) followRoutes(ctx context.Context, ev store.RouteEvent) {
+	p.mu.RLock()
+	f := p.fns[ev.Name]
+	changed := false
+	if f != nil {
+		if ev.Removed != 0 {
+			changed = f.versions[ev.Removed] != nil
+		} else {
+			changed = !sameTraffic(f.traffic, ev.Traffic)
+		}
+	}
+	p.mu.RUnlock()
+	if !changed {
+		return
+	}
+	if err := p.resync(ctx, ev.Name); err != nil && ctx.Err() == nil {
+		p.log.Error("follow routes or versions changed through another node", "function", ev.Name, "err", err)
+	}
+}
+
+// sameTraffic compares routes as they are stored.
+func sameTraffic(a, b ebb.Traffic) bool {
+	ja, err1 := json.Marshal(&a)
+	jb, err2 := json.Marshal(&b)
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
+}
+
+// resync brings name's kept versions and routes here in line with the
+// store: versions removed through another node go (their pools drain),
+// versions this node lacks are fetched, and the routes, aliases and shadow
+// run are compiled afresh (a shadow run whose configuration is unchanged
+// keeps going).
+func (p *Platform) resync(ctx context.Context, name string) error {
+	p.deployMu.Lock()
+	defer p.deployMu.Unlock()
+	p.mu.RLock()
+	f := p.fns[name]
+	p.mu.RUnlock()
+	if f == nil {
+		return nil // not here yet: the registry brings it, routes and all
+	}
+	vs, err := p.store.ListVersions(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(vs) == 0 {
+		return nil // the function is being removed: the registry says so
+	}
+	tr, err := p.store.GetTraffic(ctx, name)
+	if err != nil {
+		return err
+	}
+	kept := make(map[int]bool, len(vs))
+	var added []*version
+	for _, vf := range vs {
+		kept[vf.Version] = true
+		p.mu.RLock()
+		has := f.versions[vf.Version] != nil
+		p.mu.RUnlock()
+		if has {
+			continue
+		}
+		codeDir, err := p.ensureBundle(ctx, vf.Digest)
+		if err != nil {
+			return fmt.Errorf("fetch bundle of %s version %d: %w", name, vf.Version, err)
+		}
+		p.internModel(vf, codeDir)
+		added = append(added, p.newVersion(vf, codeDir))
+	}
+	var removed []*version
+	p.mu.Lock()
+	for _, v := range added {
+		f.versions[v.fn.Version] = v
+	}
+	for n, v := range f.versions {
+		if !kept[n] {
+			delete(f.versions, n)
+			removed = append(removed, v)
+		}
+	}
+	if latest := f.newest(); latest != f.latest {
+		f.latest = latest
+		f.limiter = newLimiter(&latest.fn.Spec)
+	}
+	f.traffic = tr
+	f.compile()
+	p.mu.Unlock()
+	p.retireVersions(name, removed)
+	p.syncPools(f)
+	return nil
 }

@@ -47,7 +47,7 @@ var hopClient = &http.Client{
 // clusterRoutes wraps the synchronous invoke routes of rs with the slot
 // check and the forward, on a node of a cluster.
 func (p *Platform) clusterRoutes(rs []route.Route) []route.Route {
-	if p.cluster == nil || p.cfg.NATSURL == "" {
+	if p.cluster == nil || !p.clustered() {
 		return rs
 	}
 	for i := range rs {

@@ -50,8 +50,15 @@ type Config struct {
 	DataDir string // required: JetStream, bundles, instance dirs
 	NATSURL string // external NATS; empty = embedded
 	// NATSReplicas is the replication factor of the buckets and streams
-	// made on an external NATS cluster (1 to 5); default 1.
+	// made on a NATS cluster, external or of embedded servers (1 to 5);
+	// default 1.
 	NATSReplicas int
+	// ClusterRoutes, ClusterListen and ClusterName, without NATSURL, make
+	// the embedded NATS server join those of other nodes in one JetStream
+	// cluster (see store.Config), under the name Node; NATSReplicas may
+	// then be more than 1.
+	ClusterRoutes              []string
+	ClusterListen, ClusterName string
 	// Node names this node among the nodes sharing NATS (a KV key:
 	// cluster.ValidName); default "local". Version is ebb's, for its
 	// heartbeat.
@@ -306,8 +313,12 @@ func New(ctx context.Context, cfg Config) (*Platform, string, error) {
 		p.tracer = cfg.TracerProvider.Tracer(tracerName)
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	st, err := store.Open(ctx, store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Replicas: cfg.NATSReplicas, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention,
-		UsageRetention: cfg.UsageRetention})
+	sc := store.Config{DataDir: cfg.DataDir, URL: cfg.NATSURL, Replicas: cfg.NATSReplicas, Logger: cfg.Logger, AuditRetention: cfg.AuditRetention,
+		UsageRetention: cfg.UsageRetention, ClusterRoutes: cfg.ClusterRoutes, ClusterListen: cfg.ClusterListen, ClusterName: cfg.ClusterName}
+	if len(cfg.ClusterRoutes) > 0 {
+		sc.ServerName = cfg.Node // each server of a cluster needs its own name
+	}
+	st, err := store.Open(ctx, sc)
 	if err != nil {
 		return nil, "", fmt.Errorf("open store: %w", err)
 	}

@@ -576,20 +576,37 @@ func (p *Platform) RemoveVersion(ctx context.Context, name string, n int) error 
 	p.mu.Lock()
 	delete(f.versions, n)
 	if f.latest == v {
-		f.latest = nil
-		for _, o := range f.versions {
-			if f.latest == nil || o.fn.Version > f.latest.fn.Version {
-				f.latest = o
-			}
-		}
+		f.latest = f.newest()
 		f.limiter = newLimiter(&f.latest.fn.Spec)
 	}
 	f.compile()
 	p.mu.Unlock()
-	p.retire(v, true)
-	p.metrics.ForgetVersion(name, n)
-	p.collectSoon()
+	p.retireVersions(name, []*version{v})
 	return nil
+}
+
+// newest is f's newest kept version.
+func (f *function) newest() *version {
+	var latest *version
+	for _, v := range f.versions {
+		if latest == nil || v.fn.Version > latest.fn.Version {
+			latest = v
+		}
+	}
+	return latest
+}
+
+// retireVersions ends versions vs of name, removed from their function
+// already: their pools drain, their series go, and their code goes with
+// the next collection.
+func (p *Platform) retireVersions(name string, vs []*version) {
+	for _, v := range vs {
+		p.retire(v, true)
+		p.metrics.ForgetVersion(name, v.fn.Version)
+	}
+	if len(vs) > 0 {
+		p.collectSoon()
+	}
 }
 
 // Versions implements api.Platform: name's kept versions and routes.

@@ -92,6 +92,21 @@ type Config struct {
 	// empty host means 127.0.0.1. The server has no authentication, so a
 	// non-loopback host is honoured but logged as a warning.
 	Listen string
+	// ClusterRoutes, for the embedded server, are the cluster routes
+	// (nats://HOST:PORT, see ParseRoutes) of the embedded servers of the
+	// other ebb nodes: with them this one joins theirs in one JetStream
+	// cluster (RAFT-replicated buckets and streams, Replicas copies) named
+	// ClusterName (default "ebb"), taking routes on ClusterListen
+	// (HOST:PORT, required with routes). ServerName must then be this
+	// node's own. A route to this server itself is ignored, so every node
+	// may be given the same list.
+	ClusterRoutes []string
+	ClusterListen string
+	ClusterName   string
+	// FormTimeout bounds how long Open waits for a cluster (of embedded
+	// servers, or an external one) to elect its JetStream meta leader and
+	// know enough peers to place Replicas copies; default 2 minutes.
+	FormTimeout time.Duration
 	// Logger receives the store's and the embedded server's logs; nil
 	// discards them.
 	Logger *slog.Logger
@@ -111,6 +126,15 @@ type Config struct {
 func (c *Config) Validate() error {
 	if c.Replicas == 0 {
 		c.Replicas = 1
+	}
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
+	if c.FormTimeout == 0 {
+		c.FormTimeout = defaultFormTimeout
+	}
+	if c.FormTimeout < 0 {
+		return errors.New("store config: form timeout must not be negative")
 	}
 	if c.ServerName == "" {
 		c.ServerName = "ebb"
@@ -153,8 +177,8 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("store config: data directory is required for the embedded server")
 	}
-	if c.Replicas != 1 {
-		return fmt.Errorf("store config: replicas must be 1 for the embedded server, not %d", c.Replicas)
+	if c.Replicas != 1 && len(c.ClusterRoutes) == 0 {
+		return fmt.Errorf("store config: replicas must be 1 for the embedded server without cluster routes, not %d", c.Replicas)
 	}
 	if c.Listen != "" {
 		if _, _, err := splitListen(c.Listen); err != nil {
@@ -199,6 +223,7 @@ type Store struct {
 	lock     *os.File       // nil in external mode
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	shared   jetstream.JetStream // js, or js retried while a cluster forms
 	fns      jetstream.KeyValue
 	versions jetstream.KeyValue
 	keys     jetstream.KeyValue
@@ -266,20 +291,35 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: jetstream: %w", err)
 	}
-	s.js = js
-	if err := s.setupBuckets(ctx, cfg.Replicas); err != nil {
+	s.js, s.shared = js, js
+	if cfg.URL != "" || len(cfg.ClusterRoutes) > 0 {
+		s.shared = &formingJS{JetStream: js, s: s, bound: cfg.FormTimeout}
+	}
+	formBy := time.Now().Add(cfg.FormTimeout)
+	if err := s.waitFormed(ctx, cfg, formBy); err != nil {
 		return nil, err
 	}
-	if err := s.setupAudit(ctx, cfg); err != nil {
-		return nil, err
-	}
-	if err := s.setupUsage(ctx, cfg); err != nil {
+	// Every setup step makes what is missing and binds what exists, so
+	// that one may run again while a forming cluster refuses to place
+	// replicated streams.
+	if err := s.untilPlaced(ctx, cfg.Replicas, formBy, func(ctx context.Context) error {
+		if err := s.setupBuckets(ctx, cfg.Replicas); err != nil {
+			return err
+		}
+		if err := s.setupAudit(ctx, cfg); err != nil {
+			return err
+		}
+		return s.setupUsage(ctx, cfg)
+	}); err != nil {
 		return nil, err
 	}
 	ok = true
 	attrs := []any{"took", time.Since(start)}
 	if s.srv != nil {
 		attrs = append(attrs, "mode", "embedded", "data_dir", cfg.DataDir)
+		if len(cfg.ClusterRoutes) > 0 {
+			attrs = append(attrs, "cluster", cfg.ClusterName, "cluster_listen", cfg.ClusterListen, "replicas", cfg.Replicas)
+		}
 		if u := s.ClientURL(); u != "" {
 			attrs = append(attrs, "listen", u)
 		}
@@ -316,6 +356,11 @@ func (s *Store) startEmbedded(cfg Config) error {
 		opts.Host, opts.Port = host, port
 		if !isLoopback(host) {
 			s.log.Warn("embedded NATS server listens beyond loopback without authentication", "listen", cfg.Listen)
+		}
+	}
+	if len(cfg.ClusterRoutes) > 0 {
+		if err := s.clusterOptions(opts, cfg); err != nil {
+			return err
 		}
 	}
 	srv, err := server.NewServer(opts)
@@ -525,7 +570,9 @@ func (s *Store) abort() {
 func (s *Store) Conn() *nats.Conn { return s.nc }
 
 // JetStream is the store's JetStream context, for packages that share it.
-func (s *Store) JetStream() jetstream.JetStream { return s.js }
+// On a cluster, its calls that make streams, buckets and consumers are
+// retried while the cluster forms (formingJS).
+func (s *Store) JetStream() jetstream.JetStream { return s.shared }
 
 // ClientURL is the URL on which the embedded server accepts NATS clients, or
 // "" when it listens on no port or the store is external.

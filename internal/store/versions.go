@@ -182,3 +182,109 @@ func (s *Store) UpdateTraffic(ctx context.Context, name string, change func(*ebb
 		return t, nil
 	}
 }
+
+// RouteEvent is a change to a function's routes, or the removal of one of
+// its kept versions, seen by WatchRoutes.
+type RouteEvent struct {
+	Name string
+	// Removed, when not 0, is a version of Name whose record was removed;
+	// otherwise Traffic is Name's routes as they were set.
+	Removed int
+	Traffic ebb.Traffic
+}
+
+// WatchRoutes reports the routes of every function and the removal of
+// kept versions, so that a node can follow changes made through another:
+// first the routes each function has now and the versions removed before
+// (as far as their markers are kept), then every change as it happens,
+// until ctx ends or the store closes; then it closes the channel. A new
+// version, and routes removed with their function, are not reported: the
+// registry (WatchFunctions) says those. A consumer that stops reading
+// stalls only its own watch.
+func (s *Store) WatchRoutes(ctx context.Context) (<-chan RouteEvent, error) {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	tw, err := s.traffic.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch routes: %w", err)
+	}
+	vw, err := s.kept.WatchAll(ctx)
+	if err != nil {
+		_ = tw.Stop()
+		drain(tw)
+		return nil, fmt.Errorf("watch versions: %w", err)
+	}
+	routes, removed, out := make(chan RouteEvent, 16), make(chan RouteEvent, 16), make(chan RouteEvent, 16)
+	s.watchers.Add(3)
+	go pump(s, ctx, tw, routes, func(e jetstream.KeyValueEntry) (RouteEvent, bool) {
+		if e == nil || e.Operation() != jetstream.KeyValuePut {
+			return RouteEvent{}, false
+		}
+		ev := RouteEvent{Name: e.Key()}
+		if err := json.Unmarshal(e.Value(), &ev.Traffic); err != nil {
+			s.log.Error("skipping corrupt routes", "function", e.Key(), "err", err)
+			return RouteEvent{}, false
+		}
+		return ev, true
+	})
+	go pump(s, ctx, vw, removed, func(e jetstream.KeyValueEntry) (RouteEvent, bool) {
+		if e == nil || e.Operation() == jetstream.KeyValuePut {
+			return RouteEvent{}, false
+		}
+		name, n, ok := parseVersionKey(e.Key())
+		return RouteEvent{Name: name, Removed: n}, ok
+	})
+	go s.merge(ctx, out, routes, removed)
+	return out, nil
+}
+
+// merge sends what a and b carry to out until both are closed, ctx ends or
+// the store closes; then it closes out. The caller has done
+// s.watchers.Add(1) for it.
+func (s *Store) merge(ctx context.Context, out chan<- RouteEvent, a, b <-chan RouteEvent) {
+	defer s.watchers.Done()
+	defer close(out)
+	for a != nil || b != nil {
+		var ev RouteEvent
+		var ok bool
+		select {
+		case ev, ok = <-a:
+			if !ok {
+				a = nil
+				continue
+			}
+		case ev, ok = <-b:
+			if !ok {
+				b = nil
+				continue
+			}
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			return
+		}
+		select {
+		case out <- ev:
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// parseVersionKey splits a version record's key, NAME.N.
+func parseVersionKey(key string) (string, int, bool) {
+	i := strings.LastIndexByte(key, '.')
+	if i <= 0 {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(key[i+1:])
+	if err != nil || n < 1 || versionKey(key[:i], n) != key {
+		return "", 0, false
+	}
+	return key[:i], n, true
+}
