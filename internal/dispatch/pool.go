@@ -351,7 +351,16 @@ func (p *Pool[I]) serveLocked(m *member[I], now time.Time, cold bool) int {
 
 // canStartLocked reports whether one more instance may start now.
 func (p *Pool[I]) canStartLocked(now time.Time) bool {
-	return !p.draining && p.ready+p.starting < p.cfg.MaxInstances && !now.Before(p.retryAt)
+	return !p.draining && p.ready+p.starting < p.maxLocked() && !now.Before(p.retryAt)
+}
+
+// maxLocked is how many instances may run or start now: MaxInstances,
+// within Limit when set.
+func (p *Pool[I]) maxLocked() int {
+	if p.cfg.Limit != nil {
+		return min(p.cfg.MaxInstances, p.cfg.Limit())
+	}
+	return p.cfg.MaxInstances
 }
 
 // growLocked starts instances until those starting can serve every waiting
