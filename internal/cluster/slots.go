@@ -149,6 +149,11 @@ func (c *Cluster) Claim(ctx context.Context, key string, max int) (Claimed, erro
 			c.mu.Unlock()
 			return got, nil
 		}
+		// Marked before the write: a reconcile under way gives nothing
+		// back from now on (it would write over this claim).
+		c.mu.Lock()
+		c.claimedAt[key] = now
+		c.mu.Unlock()
 		if err := c.writeSlots(ctx, key, next, rev); err != nil {
 			if lostRace(err) {
 				continue
@@ -157,7 +162,6 @@ func (c *Cluster) Claim(ctx context.Context, key string, max int) (Claimed, erro
 		}
 		c.mu.Lock()
 		c.mine[key] = next[me]
-		c.claimedAt[key] = now
 		c.mu.Unlock()
 		return Claimed{OK: true}, nil
 	}
@@ -195,6 +199,12 @@ func (c *Cluster) Mine(key string) int {
 // Release lowers this node's slots of key to n (those it runs), by
 // compare-and-set like Claim.
 func (c *Cluster) Release(ctx context.Context, key string, n int) error {
+	return c.release(ctx, key, n, time.Time{})
+}
+
+// release is Release; with claimed set, it gives nothing back once this
+// node has claimed a slot of key since claimed (reconcile's view is stale).
+func (c *Cluster) release(ctx context.Context, key string, n int, claimed time.Time) error {
 	if c.slots == nil {
 		return nil
 	}
@@ -212,6 +222,14 @@ func (c *Cluster) Release(ctx context.Context, key string, n int) error {
 		next := ReleaseSlots(s, me, n, nodes, c.cfg.Now(), c.cfg.TTL)
 		if maps.Equal(next, s) {
 			break
+		}
+		if !claimed.IsZero() {
+			c.mu.Lock()
+			moved := !c.claimedAt[key].Equal(claimed)
+			c.mu.Unlock()
+			if moved {
+				return nil
+			}
 		}
 		if err := c.writeSlots(ctx, key, next, rev); err != nil {
 			if lostRace(err) {
@@ -234,32 +252,32 @@ func (c *Cluster) Release(ctx context.Context, key string, n int) error {
 
 // reconcile gives back the slots this node holds beyond what it runs (an
 // instance stopped as idle or crashed), except those claimed within the
-// last interval, whose instance may still be starting.
+// last interval, whose instance may still be starting. Running is called
+// without c.mu held: a pool asks Mine under its own lock (its Limit), and
+// Running reads the pools.
 func (c *Cluster) reconcile(ctx context.Context) error {
 	if c.cfg.Running == nil {
 		return nil
 	}
 	now := c.cfg.Now()
 	c.mu.Lock()
-	type lower struct {
-		key  string
-		to   int
-		from int
+	type held struct {
+		n       int
+		claimed time.Time
 	}
-	var todo []lower
+	hs := map[string]held{}
 	for key, n := range c.mine {
-		if now.Sub(c.claimedAt[key]) < c.cfg.Interval {
-			continue
-		}
-		if run := c.cfg.Running(key); run < n {
-			todo = append(todo, lower{key, run, n})
+		if at := c.claimedAt[key]; now.Sub(at) >= c.cfg.Interval {
+			hs[key] = held{n, at}
 		}
 	}
 	c.mu.Unlock()
 	var errs []error
-	for _, l := range todo {
-		if err := c.Release(ctx, l.key, l.to); err != nil {
-			errs = append(errs, fmt.Errorf("release slots of %s: %w", l.key, err))
+	for key, h := range hs {
+		if run := c.cfg.Running(key); run < h.n {
+			if err := c.release(ctx, key, run, h.claimed); err != nil {
+				errs = append(errs, fmt.Errorf("release slots of %s: %w", key, err))
+			}
 		}
 	}
 	return errors.Join(errs...)

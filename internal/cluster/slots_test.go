@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/store"
@@ -240,5 +244,125 @@ func TestRefusalKeptHalfAnInterval(t *testing.T) {
 	x.Recheck("f.v1")
 	if got, _ := x.Claim(ctx, "f.v1", 1); !got.OK {
 		t.Error("after Recheck x's refusal was still kept")
+	}
+}
+
+// TestClaimRacesOnReplicatedBucket: on a bucket of three replicas (three
+// nats-server processes), a compare-and-set that loses is answered with
+// another error code than on one server; claims at once from four nodes
+// still all end in a grant or a refusal, never an error, and exactly max
+// are granted.
+func TestClaimRacesOnReplicatedBucket(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 3 nats-server processes; skipped with -short")
+	}
+	bin, err := ebbtest.NATSBinary()
+	if err != nil {
+		t.Skipf("cannot build nats-server: %v", err)
+	}
+	nc, err := nats.Connect(ebbtest.NATSURLs(ebbtest.NATSCluster(t, bin, 3)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs []*Cluster
+	for i := range 4 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		c, err := Start(ctx, Config{JetStream: js, Self: Node{Name: fmt.Sprintf("n%d", i)}, Slots: true, Replicas: 3})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(context.Background())
+		cs = append(cs, c)
+	}
+	const max = 5
+	var granted atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got, err := c.Claim(context.Background(), "f.v1", max)
+				if err != nil {
+					t.Errorf("claim on %s: %v", c.Self(), err)
+				} else if got.OK {
+					granted.Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if got := granted.Load(); got != max {
+		s, _, _ := cs[0].readSlots(context.Background(), "f.v1")
+		t.Errorf("granted %d slots of %d; bucket %v", got, max, s)
+	}
+}
+
+// TestStaleReconcileKeepsAFreshClaim: a reconcile that decided to give a
+// slot back, from what it read before this node claimed another, gives
+// nothing back (it would write over the fresh claim); one that read after
+// does. Running is asked without the cluster's lock held, since a pool's
+// Limit asks Mine under the pool's lock: a Running that calls Mine does
+// not deadlock.
+func TestStaleReconcileKeepsAFreshClaim(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var c *Cluster
+	c, err := Start(ctx, Config{JetStream: st.JetStream(), Self: Node{Name: "a"}, Interval: time.Hour,
+		TTL: 2 * time.Hour, Slots: true, Running: func(key string) int { return c.Mine(key) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed only when no reconcile deadlocked (Close would wait on it).
+	deadlocked := false
+	defer func() {
+		if !deadlocked {
+			c.Close(context.Background())
+		}
+	}()
+	if got, err := c.Claim(ctx, "f.v1", 5); err != nil || !got.OK {
+		t.Fatal(got, err)
+	}
+	c.mu.Lock()
+	seen := c.claimedAt["f.v1"]
+	c.mu.Unlock()
+	if got, err := c.Claim(ctx, "f.v1", 5); err != nil || !got.OK {
+		t.Fatal(got, err)
+	}
+	if err := c.release(ctx, "f.v1", 0, seen.Add(-time.Nanosecond)); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.mineOf(t, "a"); got != 2 || c.Mine("f.v1") != 2 {
+		t.Errorf("after a stale reconcile: bucket %d, Mine %d; want the 2 claimed", got, c.Mine("f.v1"))
+	}
+	c.mu.Lock()
+	seen = c.claimedAt["f.v1"]
+	c.mu.Unlock()
+	if err := c.release(ctx, "f.v1", 1, seen); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.mineOf(t, "a"); got != 1 || c.Mine("f.v1") != 1 {
+		t.Errorf("after a current reconcile: bucket %d, Mine %d; want 1", got, c.Mine("f.v1"))
+	}
+	c.mu.Lock()
+	c.claimedAt["f.v1"] = time.Time{} // old enough to reconcile
+	c.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- c.reconcile(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		deadlocked = true
+		t.Fatal("reconcile deadlocked: Running was asked with the cluster's lock held")
 	}
 }
