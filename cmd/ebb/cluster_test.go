@@ -162,6 +162,13 @@ func TestClusterOfThree(t *testing.T) {
 	}
 	t.Logf("%d streams checked for 3 replicas", len(streams))
 
+	// A holds one of work's two instance slots, which are cluster-wide for
+	// async jobs too (its instance stays warm), so that jobs run on A when
+	// it is killed.
+	if code, body := a.invoke("work", `{"n":-1}`); code != 200 {
+		t.Fatalf("work through a = %d %s", code, body)
+	}
+
 	// 300 async jobs through B; A is killed while they run.
 	const jobs = 300
 	bc := client.New(b.url, "")

@@ -34,6 +34,10 @@ func (p *Platform) startCluster(ctx context.Context) error {
 		return err
 	}
 	p.cluster = c
+	if p.cfg.NATSURL != "" {
+		p.hop = newHopClient()
+		p.slots.Store(c)
+	}
 	return nil
 }
 

@@ -1,7 +1,9 @@
 package platform
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -32,16 +34,99 @@ const (
 	NodeHeader = "Ebb-Node"
 )
 
-// hopClient carries forwarded requests: no timeout of its own (the
-// function's timeout holds on the serving node; the caller's context ends
-// the hop), a short dial timeout so that a dead node fails fast.
-var hopClient = &http.Client{
-	Transport: &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-	},
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+// newHopClient makes the client that carries forwarded requests: no
+// timeout of its own (the function's timeout holds on the serving node; the
+// caller's context ends the hop), a short dial timeout so that a dead node
+// fails fast. The platform owns it and closes its idle connections in Close.
+func newHopClient() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// slotted says whether this node keeps cluster-wide instance slots: it is
+// a node of a cluster (a shared NATS).
+func (p *Platform) slotted() bool { return p.cfg.NATSURL != "" && p.cluster != nil }
+
+// slotLimit is the Limit of version fn's pool on a node of a cluster: the
+// slots of it this node holds, and never below its min_instances floor
+// here; nil on a lone node, whose pools are bound by max_instances alone.
+func (p *Platform) slotLimit(fn *ebb.Function) func() int {
+	if p.cfg.NATSURL == "" {
+		return nil
+	}
+	key := cluster.SlotKey(fn.Spec.Name, fn.Version)
+	floor := fn.Spec.MinInstances
+	return func() int {
+		c := p.slots.Load()
+		if c == nil {
+			return floor
+		}
+		return max(c.Mine(key), floor)
+	}
+}
+
+// elsewhereError says that every instance slot of a version is held by
+// other nodes and this node runs none: the request belongs on one of
+// holders. It is an ebb.ErrOverloaded, so that what cannot send it there
+// (an async worker) hands it back to be tried again.
+type elsewhereError struct {
+	name    string
+	key     string
+	holders []cluster.Node
+}
+
+func (e *elsewhereError) Error() string {
+	return "every instance slot of " + e.name + " is held by other nodes (" + e.holders[0].Name + ")"
+}
+
+func (e *elsewhereError) Unwrap() error { return ebb.ErrOverloaded }
+
+// admit decides whether a request for version v of function name runs on
+// this node, on a node of a cluster: yes (nil) when one of its instances
+// here has room (or one starting will), when this node holds a slot not
+// yet running, when it can claim one more, or when every slot is held and
+// some here (the request queues behind them). Otherwise an
+// *elsewhereError names the holders. Every invocation passes it: HTTP
+// requests (which forward on an *elsewhereError) and what runs in process
+// (async jobs, scheduled ticks, event sources), so that max_instances
+// holds for the cluster whatever the trigger.
+func (p *Platform) admit(ctx context.Context, name string, v *version) error {
+	spec := &v.fn.Spec
+	key := cluster.SlotKey(name, v.fn.Version)
+	var have int
+	if d := v.dep.Load(); d != nil {
+		st := d.pool.Stats()
+		if free(st, max(spec.Concurrency, 1)) {
+			return nil
+		}
+		have = running(st)
+	}
+	if have < p.cluster.Mine(key) {
+		return nil // a slot held here, its instance to start
+	}
+	maxInst := spec.MaxInstances
+	if maxInst <= 0 {
+		maxInst = max(ebb.DefaultMaxInstances, spec.MinInstances)
+	}
+	c, err := p.cluster.Claim(ctx, key, maxInst)
+	if err != nil {
+		return fmt.Errorf("claim an instance slot of %s: %w", key, err)
+	}
+	if c.OK || have > 0 || len(c.Holders) == 0 {
+		return nil
+	}
+	if d := v.dep.Load(); d != nil && running(d.pool.Stats()) > 0 {
+		// Another request's claim started one here meanwhile: queue
+		// behind it rather than hop.
+		return nil
+	}
+	return &elsewhereError{name: name, key: key, holders: c.Holders}
 }
 
 // clusterRoutes wraps the synchronous invoke routes of rs with the slot
@@ -88,14 +173,15 @@ func running(s dispatch.Stats) int {
 }
 
 // free says whether the pool can take a request now without starting an
-// instance: one of its instances has room, or one is starting.
+// instance: one of its instances has room, or those starting have room
+// beyond the requests already waiting for them.
 func free(s dispatch.Stats, concurrency int) bool {
 	for _, in := range s.Instances {
-		if in.Phase == dispatch.PhaseStarting || (in.Phase != dispatch.PhaseStopping && in.InFlight < concurrency) {
+		if in.Phase != dispatch.PhaseStopping && in.Phase != dispatch.PhaseStarting && in.InFlight < concurrency {
 			return true
 		}
 	}
-	return false
+	return s.Starting*concurrency > s.Waiting
 }
 
 func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dialect, next http.HandlerFunc) http.HandlerFunc {
@@ -117,37 +203,17 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 			next(w, r) // the gateway says what is wrong
 			return
 		}
-		spec := v.fn.Spec
-		key := cluster.SlotKey(name, v.fn.Version)
-		var have int
-		if d := v.dep.Load(); d != nil {
-			st := d.pool.Stats()
-			if free(st, max(spec.Concurrency, 1)) {
+		for range 2 {
+			err := p.admit(r.Context(), name, v)
+			var ew *elsewhereError
+			if err == nil {
 				next(w, r)
 				return
 			}
-			have = running(st)
-		}
-		if have < p.cluster.Mine(key) {
-			next(w, r) // a slot held here, its instance to start
-			return
-		}
-		maxInst := spec.MaxInstances
-		if maxInst <= 0 {
-			maxInst = max(ebb.DefaultMaxInstances, spec.MinInstances)
-		}
-		for range 2 {
-			c, err := p.cluster.Claim(r.Context(), key, maxInst)
-			if err != nil {
-				p.log.Warn("cluster: claim an instance slot", "key", key, "err", err)
+			if !errors.As(err, &ew) {
+				p.log.Warn("cluster: claim an instance slot", "function", name, "err", err)
 				route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
 					Message: "cannot reach the cluster's instance slots", RetryAfter: time.Second})
-				return
-			}
-			if c.OK || have > 0 || len(c.Holders) == 0 {
-				// A slot of ours: serve here (queued behind our own
-				// instances when every slot is held).
-				next(w, r)
 				return
 			}
 			if forwarded {
@@ -157,8 +223,8 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 					Message: "every instance slot of " + name + " is held by other nodes", RetryAfter: time.Second})
 				return
 			}
-			h := c.Holders[0] // the first by name: every node picks the same
-			err = p.hop(w, r, h)
+			h := ew.holders[0] // the first by name: every node picks the same
+			err = p.forward(w, r, h)
 			if err == nil {
 				return
 			}
@@ -174,7 +240,7 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 			// The holder is down but its heartbeat has not expired yet:
 			// claim again (its slots may be free by now), else 503.
 			p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
-			p.cluster.Recheck(key)
+			p.cluster.Recheck(ew.key)
 		}
 		route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
 			Message:    "the node holding " + name + "'s instances is down; its slots are free within the heartbeat TTL",
@@ -190,11 +256,11 @@ func isEvent(r *http.Request) bool {
 	return strings.EqualFold(it, "Event")
 }
 
-// hop sends r to node h and copies its answer to w unchanged but for
+// forward sends r to node h and copies its answer to w unchanged but for
 // Ebb-Node. The caller's credentials go unchanged: h checks them again
 // (keys are replicated), so a hop grants nothing the caller lacks. An error
 // means nothing was written to w.
-func (p *Platform) hop(w http.ResponseWriter, r *http.Request, h cluster.Node) error {
+func (p *Platform) forward(w http.ResponseWriter, r *http.Request, h cluster.Node) error {
 	out, err := http.NewRequestWithContext(r.Context(), r.Method, strings.TrimSuffix(h.Addr, "/")+r.URL.RequestURI(), noClose{r.Body})
 	if err != nil {
 		return err
@@ -206,7 +272,7 @@ func (p *Platform) hop(w http.ResponseWriter, r *http.Request, h cluster.Node) e
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
-	resp, err := hopClient.Do(out)
+	resp, err := p.hop.Do(out)
 	if err != nil {
 		return err
 	}

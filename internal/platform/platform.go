@@ -260,6 +260,11 @@ type Platform struct {
 	keepStats *metrics.KeepAlive
 	// cluster is this node's heartbeat and lease; see cluster.go.
 	cluster *cluster.Cluster
+	// slots is cluster once it runs on a shared NATS, for the pools'
+	// Limit (their loops run before it starts); nil on a lone node.
+	slots atomic.Pointer[cluster.Cluster]
+	// hop carries requests forwarded to other nodes (forward.go).
+	hop *http.Client
 }
 
 // deployment is one function version's pool.
@@ -455,6 +460,7 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 		MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout, IdleTimeout: idle,
 		Now: p.cfg.Now, Observer: p.metrics, Logger: p.log,
 	}
+	pc.Limit = p.slotLimit(fn) // nil on a lone node
 	if policy != nil {
 		d.keeper = p.keep.Add(s.Name, fn.Version, policy, keepTarget{d}, idle)
 		pc.IdleDeadline = d.keeper.IdleDeadline
@@ -533,6 +539,9 @@ func (p *Platform) Close(ctx context.Context) error {
 	p.stopAsync(ctx)
 	if p.cluster != nil {
 		p.cluster.Close(ctx) // after the scheduler: the lease goes with it
+	}
+	if p.hop != nil {
+		p.hop.CloseIdleConnections()
 	}
 	p.cancel()
 	p.keep.Close() // no unload or pre-warm while the pools close

@@ -1,0 +1,251 @@
+package main
+
+// Issue 15: instance slots are cluster-wide for what does not come in over
+// HTTP too (async jobs, scheduled ticks), and a node runs no more
+// instances than the slots it holds.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ebb-run/ebb/internal/client"
+	"github.com/ebb-run/ebb/internal/cluster"
+	"github.com/ebb-run/ebb/internal/ebbtest"
+	"github.com/ebb-run/ebb/internal/queue"
+)
+
+// threeNodes starts three nats-server processes as a JetStream cluster and
+// three ebb nodes a, b and c on it, and waits until each node lists all
+// three. It returns the NATS URLs and the nodes; on a failure of the test
+// it logs the nodes' warnings and errors.
+func threeNodes(t *testing.T) (string, []*node) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs 3 nats-server and 3 ebb processes; skipped with -short")
+	}
+	natsBin, err := ebbtest.NATSBinary()
+	if err != nil {
+		t.Skipf("cannot build nats-server: %v", err)
+	}
+	bin, err := buildEbb()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nats := ebbtest.NATSURLs(ebbtest.NATSCluster(t, natsBin, 3))
+	nodes := []*node{startNode(t, bin, "a", t.TempDir(), nats), startNode(t, bin, "b", t.TempDir(), nats), startNode(t, bin, "c", t.TempDir(), nats)}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range nodes {
+				t.Logf("warnings and errors of %s:\n%s", n.name, tailOf(problems(n.log.String()), 8000))
+			}
+		}
+	})
+	for _, n := range nodes {
+		eventually(t, "every node in GET /v1/nodes of "+n.name, 20*time.Second, func() bool { return n.nodes(t) == "a,b,c" })
+	}
+	return nats, nodes
+}
+
+// slotsOf reads the slot entry of a function's version 1 from the bucket.
+func slotsOf(t *testing.T, nats, fn string) cluster.Slots {
+	t.Helper()
+	nc, err := natsgo.Connect(nats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), cluster.SlotsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), cluster.SlotKey(fn, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s cluster.Slots
+	if err := json.Unmarshal(e.Value(), &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// identityOf is the process identity a job's result names, "" if none.
+func identityOf(j *queue.Job) string {
+	var id struct {
+		PID   int    `json:"pid"`
+		Token string `json:"token"`
+	}
+	if json.Unmarshal(j.Result, &id) != nil || id.PID <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d/%s", id.PID, id.Token)
+}
+
+// TestClusterSlotsEverywhere: a max_instances: 1 function with a schedule,
+// whose async jobs are queued through b and c from zero instances (the
+// workers of the three nodes race for its one slot), runs every job and
+// every tick in one process, and then answers synchronous calls through
+// a, b and c from that process too: the nodes without its slot hand their
+// jobs back to the holder's workers. Then a function of max_instances 3,
+// whose slots b and c hold one each, takes a burst of calls through a: a
+// runs one instance (the one slot left), never three, and queues the rest.
+func TestClusterSlotsEverywhere(t *testing.T) {
+	nats, nodes := threeNodes(t)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	ctx := context.Background()
+	began := time.Now()
+
+	a.deploy(t, map[string]string{"ebb.yaml": "name: one\nruntime: python\nhandler: app.handler\nmax_instances: 1\nschedule: '@every 1s'\n",
+		"app.py": "import os, uuid\n\nTOKEN = uuid.uuid4().hex\n\ndef handler(event, context):\n    return {'pid': os.getpid(), 'token': TOKEN}\n"})
+	// Jobs first, through the nodes that did not deploy, from zero
+	// instances: their workers and a's race for the one slot.
+	const perNode = 20
+	var mu sync.Mutex
+	var ids []string
+	var wg sync.WaitGroup
+	for _, n := range []*node{b, c} {
+		nc := client.New(n.url, "")
+		eventually(t, "one to take jobs through "+n.name, 30*time.Second, func() bool {
+			id, err := nc.InvokeAsync(ctx, "one", []byte(`{}`))
+			if err == nil {
+				mu.Lock()
+				ids = append(ids, id)
+				mu.Unlock()
+			}
+			return err == nil
+		})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perNode - 1 {
+				id, err := nc.InvokeAsync(ctx, "one", fmt.Appendf(nil, `{"i":%d}`, i))
+				if err != nil {
+					t.Errorf("async invoke through %s: %v", n.name, err)
+					return
+				}
+				mu.Lock()
+				ids = append(ids, id)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+
+	bc := client.New(b.url, "")
+	var jobs, ticks []*queue.Job
+	eventually(t, "every job and two ticks to succeed", 90*time.Second, func() bool {
+		all, err := bc.Jobs(ctx, "one", queue.StatusSucceeded, 1000)
+		if err != nil {
+			return false
+		}
+		jobs, ticks = nil, nil
+		for _, j := range all {
+			if j.Source == "schedule" {
+				ticks = append(ticks, j)
+			} else {
+				jobs = append(jobs, j)
+			}
+		}
+		return len(jobs) >= len(ids) && len(ticks) >= 2
+	})
+	// Then synchronous calls through every node: the same process.
+	var answers []answer
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 5 {
+				x := n.call(t, "POST", "/v1/functions/one/invoke", "{}")
+				mu.Lock()
+				answers = append(answers, x)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	identity, holder := sameProcess(t, answers)
+	byID := map[string]*queue.Job{}
+	for _, j := range jobs {
+		byID[j.ID] = j
+	}
+	seen := map[string]int{}
+	for _, id := range ids {
+		j := byID[id]
+		if j == nil {
+			t.Errorf("job %s did not succeed", id)
+			continue
+		}
+		seen[identityOf(j)]++
+		if j.Attempts != 1 {
+			t.Errorf("job %s: %d attempts, want 1 (handing a job to another node is no attempt)", id, j.Attempts)
+		}
+	}
+	for _, j := range ticks {
+		seen[identityOf(j)+" (tick)"]++
+	}
+	if len(seen) != 2 || seen[identity] != len(ids) || seen[identity+" (tick)"] != len(ticks) {
+		t.Errorf("jobs and ticks ran in %v, want all in %s (on %s), the process that answered the calls", seen, identity, holder)
+	}
+	if s := slotsOf(t, nats, "one"); len(s) != 1 || s[holder] != 1 {
+		t.Errorf("slots of one = %v, want one slot held by %s", s, holder)
+	}
+	t.Logf("%d jobs (queued through b and c), %d ticks and %d calls ran in process %s on %s", len(ids), len(ticks), len(answers), identity, holder)
+
+	// max_instances: 3; b and c hold a slot each (one call through each,
+	// its instance kept warm), so a may hold one: a burst through a starts
+	// one instance there and queues the rest behind it.
+	a.deploy(t, map[string]string{"ebb.yaml": "name: three\nruntime: python\nhandler: app.handler\nmax_instances: 3\n",
+		"app.py": "import os, time, uuid\n\nTOKEN = uuid.uuid4().hex\n\ndef handler(event, context):\n    time.sleep(0.2)\n    return {'pid': os.getpid(), 'token': TOKEN}\n"})
+	for _, n := range []*node{b, c} {
+		eventually(t, "three to answer through "+n.name, 30*time.Second, func() bool {
+			x := n.call(t, "POST", "/v1/functions/three/invoke", "{}")
+			return x.code == 200 && x.node == n.name
+		})
+	}
+	if s := slotsOf(t, nats, "three"); s["b"] != 1 || s["c"] != 1 || len(s) != 2 {
+		t.Fatalf("slots of three = %v, want one held by b and one by c", s)
+	}
+	answers = nil
+	for range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x := a.call(t, "POST", "/v1/functions/three/invoke", "{}")
+			mu.Lock()
+			answers = append(answers, x)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	onA := map[string]bool{}
+	for _, x := range answers {
+		if x.code != 200 || x.identity == "" {
+			t.Errorf("burst through a: %d %s (node %s)", x.code, x.body, x.node)
+			continue
+		}
+		if x.node == "a" {
+			onA[x.identity] = true
+		}
+	}
+	var procs []string
+	for id := range onA {
+		procs = append(procs, id)
+	}
+	sort.Strings(procs)
+	if len(procs) > 1 {
+		t.Errorf("a burst through a, which may hold one slot of three, ran in %d processes there: %v", len(procs), procs)
+	}
+	if s := slotsOf(t, nats, "three"); s["a"] > 1 || s["a"]+s["b"]+s["c"] > 3 {
+		t.Errorf("slots of three after the burst = %v, want at most one on a and three in all", s)
+	}
+	t.Logf("burst of %d through a ran in %d process(es) there; cluster slots test took %s", len(answers), len(procs), time.Since(began).Round(time.Millisecond))
+}
