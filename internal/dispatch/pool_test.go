@@ -1048,3 +1048,40 @@ func TestLimitBoundsStarts(t *testing.T) {
 		t.Errorf("Acquire with a limit of 0: err = %v, want ErrOverloaded", err)
 	}
 }
+
+// TestFloorFollowsItsFunction: a pool whose Floor (a node's share of a
+// cluster's min_instances) moves keeps what it says now: none at first,
+// two after it rises (at the next tick), and back to none, idle
+// instances stopped, after it falls.
+func TestFloorFollowsItsFunction(t *testing.T) {
+	clk := newFakeClock()
+	fs := newFakeStarter(false)
+	var mu sync.Mutex
+	floor := 0
+	p, _ := newTestPool(t, Config{Concurrency: 1, MinInstances: 2, MaxInstances: 3, IdleTimeout: time.Minute, Now: clk.Now,
+		Floor: func() int { mu.Lock(); defer mu.Unlock(); return floor }}, fs)
+	p.tick(clk.Now())
+	if st := p.Stats(); len(st.Instances) != 0 || fs.starts() != 0 {
+		t.Fatalf("with a floor of 0: %+v, %d starts; want none (MinInstances is replaced)", st, fs.starts())
+	}
+	mu.Lock()
+	floor = 2
+	mu.Unlock()
+	p.tick(clk.Now())
+	waitFor(t, "2 warm instances", func() bool {
+		st := p.Stats()
+		return len(st.Instances) == 2 && st.Instances[0].Phase == PhaseIdle && st.Instances[1].Phase == PhaseIdle
+	})
+	p.tick(clk.Now().Add(time.Hour))
+	if st := p.Stats(); len(st.Instances) != 2 {
+		t.Fatalf("idle past the timeout with a floor of 2: %d instances, want 2 kept", len(st.Instances))
+	}
+	mu.Lock()
+	floor = 0
+	mu.Unlock()
+	p.tick(clk.Now().Add(time.Hour))
+	waitFor(t, "the idle instances to stop", func() bool { return len(p.Stats().Instances) == 0 })
+	if got := fs.starts(); got != 2 {
+		t.Errorf("starts = %d, want 2", got)
+	}
+}
