@@ -365,3 +365,67 @@ func (c *Cluster) releaseAll(ctx context.Context) {
 		c.Release(ctx, k, 0)
 	}
 }
+
+// FloorShares splits a function version's min_instances (floor) among the
+// nodes alive at now: how many instances each keeps, floor in all (none
+// when no node is alive). Slots held already keep their instances where
+// they are (nodes by name, up to the floor), so that no instance moves
+// while its node lives; the rest, a dead node's share among them once its
+// heartbeat expired, is placed one at a time by Place, each placement
+// counted as load on its node (an instance kept is capacity in use), so
+// that a floor of several spreads over the least loaded nodes.
+func FloorShares(floor int, s Slots, nodes []Node, now time.Time, ttl time.Duration) map[string]int {
+	alive := Alive(nodes, now, ttl)
+	out := map[string]int{}
+	if floor <= 0 || len(alive) == 0 {
+		return out
+	}
+	live := Live(s, nodes, now, ttl)
+	left := floor
+	for _, n := range alive {
+		if k := min(live[n.Name], left); k > 0 {
+			out[n.Name] = k
+			left -= k
+		}
+	}
+	for ; left > 0; left-- {
+		name := Place(alive, now, ttl)
+		out[name]++
+		i := slices.IndexFunc(alive, func(n Node) bool { return n.Name == name })
+		alive[i].Load.InFlight++
+		alive[i].Load.Instances++
+	}
+	return out
+}
+
+// KeepFloor is this node's share of key's floor (FloorShares, from the
+// bucket and the live nodes' heartbeats read now), claiming the slots it
+// lacks for it within max; it returns the share it holds slots for.
+func (c *Cluster) KeepFloor(ctx context.Context, key string, floor, max int) (int, error) {
+	if c.slots == nil {
+		return floor, nil
+	}
+	s, _, err := c.readSlots(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	me := c.cfg.Self.Name
+	if !slices.ContainsFunc(nodes, func(n Node) bool { return n.Name == me }) {
+		nodes = append(nodes, Node{Name: me, Seen: c.cfg.Now()}) // alive, whatever its heartbeat says
+	}
+	share := FloorShares(floor, s, nodes, c.cfg.Now(), c.cfg.TTL)[me]
+	for c.Mine(key) < share {
+		got, err := c.Claim(ctx, key, max)
+		if err != nil {
+			return min(share, c.Mine(key)), err
+		}
+		if !got.OK {
+			break // every slot is held: the floor waits for one
+		}
+	}
+	return min(share, c.Mine(key)), nil
+}

@@ -366,3 +366,47 @@ func TestStaleReconcileKeepsAFreshClaim(t *testing.T) {
 		t.Fatal("reconcile deadlocked: Running was asked with the cluster's lock held")
 	}
 }
+
+// TestFloorSharesMovingNow: a floor is split among the live nodes: kept
+// where slots are held, the rest placed on the least loaded nodes, spread
+// one at a time; a dead node's share goes to the survivors once its
+// heartbeat expires, not before.
+func TestFloorSharesMovingNow(t *testing.T) {
+	ttl := 6 * time.Second
+	cpu := Capacity{CPUs: 4}
+	nodes := []Node{
+		{Name: "a", Seen: t0, Capacity: cpu, Load: Load{InFlight: 3}},
+		{Name: "b", Seen: t0.Add(-4 * time.Second), Capacity: cpu},
+		{Name: "c", Seen: t0, Capacity: cpu, Load: Load{InFlight: 1}},
+	}
+	show := func(m map[string]int) string { return fmt.Sprint(m) }
+	// No slots held: b is least loaded, then c (the first placement on b
+	// counts as load there), then b again.
+	if got := show(FloorShares(3, Slots{}, nodes, t0, ttl)); got != "map[b:2 c:1]" {
+		t.Errorf("floor 3 from nothing = %s, want map[b:2 c:1]", got)
+	}
+	// a holds two slots already (its traffic): it keeps the floor there.
+	if got := show(FloorShares(2, Slots{"a": 2}, nodes, t0, ttl)); got != "map[a:2]" {
+		t.Errorf("floor 2 with a holding 2 = %s, want map[a:2]", got)
+	}
+	if got := show(FloorShares(2, Slots{"a": 1, "b": 3}, nodes, t0, ttl)); got != "map[a:1 b:1]" {
+		t.Errorf("floor 2 with a:1 b:3 = %s, want map[a:1 b:1]", got)
+	}
+	// b dies (its heartbeat was 4s old at t0; the TTL is 6s): at t0+1s
+	// it still keeps its share; at t0+2s c, the least loaded survivor,
+	// takes it.
+	s := Slots{"b": 1, "c": 1}
+	if got := show(FloorShares(2, s, nodes, t0.Add(time.Second), ttl)); got != "map[b:1 c:1]" {
+		t.Errorf("floor 2 while b lives = %s", got)
+	}
+	if got := show(FloorShares(2, s, nodes, t0.Add(2*time.Second), ttl)); got != "map[c:2]" {
+		t.Errorf("floor 2 after b expired = %s, want map[c:2]", got)
+	}
+	// Nobody alive, or no floor: no shares.
+	if got := FloorShares(2, s, nodes, t0.Add(ttl), ttl); len(got) != 0 {
+		t.Errorf("floor with every node dead = %v", got)
+	}
+	if got := FloorShares(0, s, nodes, t0, ttl); len(got) != 0 {
+		t.Errorf("floor 0 = %v", got)
+	}
+}
