@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -247,5 +248,95 @@ func TestClusterSlotsEverywhere(t *testing.T) {
 	if s := slotsOf(t, nats, "three"); s["a"] > 1 || s["a"]+s["b"]+s["c"] > 3 {
 		t.Errorf("slots of three after the burst = %v, want at most one on a and three in all", s)
 	}
-	t.Logf("burst of %d through a ran in %d process(es) there; cluster slots test took %s", len(answers), len(procs), time.Since(began).Round(time.Millisecond))
+	t.Logf("burst of %d through a ran in %d process(es) there", len(answers), len(procs))
+
+	// min_instances: 2 is two instances in the cluster, not two per node;
+	// when a node keeping some dies, the others take its share once its
+	// heartbeat expires.
+	a.deploy(t, map[string]string{"ebb.yaml": "name: floor\nruntime: python\nhandler: app.handler\nmin_instances: 2\n",
+		"app.py": "def handler(event, context):\n    return event\n"})
+	counts := func(ns []*node) (map[string]int, int) {
+		per, total := map[string]int{}, 0
+		for _, n := range ns {
+			st, err := client.New(n.url, "").Status(ctx, "floor")
+			if err != nil {
+				return nil, -1
+			}
+			for _, in := range st.Instances {
+				if in.Phase != "stopping" {
+					per[n.name]++
+					total++
+				}
+			}
+		}
+		return per, total
+	}
+	held := func(ns []*node) int {
+		s, total := slotsOf(t, nats, "floor"), 0
+		for _, n := range ns {
+			total += s[n.name]
+		}
+		return total
+	}
+	var per map[string]int
+	eventually(t, "two instances of floor in the cluster", 60*time.Second, func() bool {
+		var total int
+		per, total = counts(nodes)
+		return total == 2 && held(nodes) == 2
+	})
+	// Two more heartbeats of every node (each keeps its floor share once
+	// per heartbeat): still two, not two per node.
+	beatTwice(t, nodes)
+	if per2, total := counts(nodes); total != 2 || held(nodes) != 2 {
+		t.Errorf("floor instances two heartbeats later = %v (%d slots), want 2 in all", per2, held(nodes))
+	}
+	var victim *node
+	var rest []*node
+	for _, n := range nodes {
+		if per[n.name] > 0 && victim == nil {
+			victim = n
+		} else {
+			rest = append(rest, n)
+		}
+	}
+	if err := syscall.Kill(victim.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	eventually(t, "the survivors to keep two instances of floor", 60*time.Second, func() bool {
+		_, total := counts(rest)
+		return total == 2 && held(rest) == 2
+	})
+	t.Logf("floor instances %v; after %s was killed the others kept two again in %s", per, victim.name, time.Since(killed).Round(time.Millisecond))
+	t.Logf("cluster slots test took %s", time.Since(began).Round(time.Millisecond))
+}
+
+// beatTwice waits until every node of ns has written two more heartbeats,
+// as the first of them lists them.
+func beatTwice(t *testing.T, ns []*node) {
+	t.Helper()
+	seen := func() map[string]time.Time {
+		out := map[string]time.Time{}
+		list, err := client.New(ns[0].url, "").Nodes(context.Background())
+		if err != nil {
+			return nil
+		}
+		for _, n := range list {
+			out[n.Name] = n.Seen
+		}
+		return out
+	}
+	from := seen()
+	for range 2 {
+		eventually(t, "a heartbeat of every node", 3*cluster.DefaultTTL, func() bool {
+			now := seen()
+			for _, n := range ns {
+				if !now[n.name].After(from[n.name]) {
+					return false
+				}
+			}
+			from = now
+			return true
+		})
+	}
 }

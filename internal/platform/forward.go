@@ -54,21 +54,37 @@ func newHopClient() *http.Client {
 func (p *Platform) slotted() bool { return p.cfg.NATSURL != "" && p.cluster != nil }
 
 // slotLimit is the Limit of version fn's pool on a node of a cluster: the
-// slots of it this node holds, and never below its min_instances floor
-// here; nil on a lone node, whose pools are bound by max_instances alone.
+// slots of it this node holds (none before the cluster starts); nil on a
+// lone node, whose pools are bound by max_instances alone.
 func (p *Platform) slotLimit(fn *ebb.Function) func() int {
 	if p.cfg.NATSURL == "" {
 		return nil
 	}
 	key := cluster.SlotKey(fn.Spec.Name, fn.Version)
-	floor := fn.Spec.MinInstances
 	return func() int {
-		c := p.slots.Load()
-		if c == nil {
-			return floor
+		if c := p.slots.Load(); c != nil {
+			return c.Mine(key)
 		}
-		return max(c.Mine(key), floor)
+		return 0
 	}
+}
+
+// slotFloor is the Floor of d's pool on a node of a cluster: this node's
+// share of the version's min_instances, as keepFloors last found it; nil
+// on a lone node, which keeps min_instances itself.
+func (p *Platform) slotFloor(d *deployment) func() int {
+	if p.cfg.NATSURL == "" {
+		return nil
+	}
+	return func() int { return int(d.floor.Load()) }
+}
+
+// maxInstancesOf is a spec's max_instances, defaulted as the pool does.
+func maxInstancesOf(spec *ebb.Spec) int {
+	if spec.MaxInstances > 0 {
+		return spec.MaxInstances
+	}
+	return max(ebb.DefaultMaxInstances, spec.MinInstances)
 }
 
 // elsewhereError says that every instance slot of a version is held by
@@ -110,11 +126,7 @@ func (p *Platform) admit(ctx context.Context, name string, v *version) error {
 	if have < p.cluster.Mine(key) {
 		return nil // a slot held here, its instance to start
 	}
-	maxInst := spec.MaxInstances
-	if maxInst <= 0 {
-		maxInst = max(ebb.DefaultMaxInstances, spec.MinInstances)
-	}
-	c, err := p.cluster.Claim(ctx, key, maxInst)
+	c, err := p.cluster.Claim(ctx, key, maxInstancesOf(spec))
 	if err != nil {
 		return fmt.Errorf("claim an instance slot of %s: %w", key, err)
 	}

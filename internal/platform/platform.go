@@ -281,6 +281,9 @@ type deployment struct {
 	// prewarmHold accounts instances the keeper starts ahead of a call in
 	// the warm budget; nil without a keeper.
 	prewarmHold *instance.PrewarmHold
+	// floor is this node's share of the version's min_instances, on a
+	// node of a cluster (keepFloors).
+	floor atomic.Int32
 }
 
 // New opens the store, restores every deployed function and returns a
@@ -460,7 +463,7 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 		MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout, IdleTimeout: idle,
 		Now: p.cfg.Now, Observer: p.metrics, Logger: p.log,
 	}
-	pc.Limit = p.slotLimit(fn) // nil on a lone node
+	pc.Limit, pc.Floor = p.slotLimit(fn), p.slotFloor(d) // nil on a lone node
 	if policy != nil {
 		d.keeper = p.keep.Add(s.Name, fn.Version, policy, keepTarget{d}, idle)
 		pc.IdleDeadline = d.keeper.IdleDeadline
