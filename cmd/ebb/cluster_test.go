@@ -164,8 +164,9 @@ func TestClusterOfThree(t *testing.T) {
 
 	// A holds one of work's two instance slots, which are cluster-wide for
 	// async jobs too (its instance stays warm), so that jobs run on A when
-	// it is killed.
-	if code, body := a.invoke("work", `{"n":-1}`); code != 200 {
+	// it is killed. (Marked forwarded, the call is served where it lands,
+	// never placed on another node.)
+	if code, body, _ := a.server.call(t, "POST", "/v1/functions/work/invoke", "", `{"n":-1}`, map[string]string{"Ebb-Forwarded-By": "test"}); code != 200 {
 		t.Fatalf("work through a = %d %s", code, body)
 	}
 

@@ -429,3 +429,83 @@ func (c *Cluster) KeepFloor(ctx context.Context, key string, floor, max int) (in
 	}
 	return min(share, c.Mine(key)), nil
 }
+
+// Route is where a request for key goes from node me, which runs no
+// instance of it and holds no slot of it to start one: to a live node other
+// than me with an idle instance of it (a warm instance rather than a cold
+// start; the first by name), else, when fewer than max slots are held by
+// live nodes, to the node Place picks for the cold start (me included:
+// then to is me). It is "" when every slot is held: the caller claims (and
+// is refused) as before.
+func Route(key, me string, s Slots, max int, nodes []Node, now time.Time, ttl time.Duration) (to string, warm bool) {
+	for _, n := range Alive(nodes, now, ttl) {
+		if n.Name != me && n.Load.Idle[key] > 0 {
+			return n.Name, true
+		}
+	}
+	if Held(s, nodes, now, ttl) >= max {
+		return "", false
+	}
+	return Place(nodes, now, ttl), false
+}
+
+// Peers is the live nodes, listed at most once per half heartbeat
+// interval: Route's view of the others' loads and idle instances, which
+// their heartbeats refresh no more often.
+func (c *Cluster) Peers(ctx context.Context) ([]Node, error) {
+	now := c.cfg.Now()
+	c.mu.Lock()
+	if c.peers != nil && now.Sub(c.peersAt) < c.cfg.Interval/2 {
+		ns := c.peers
+		c.mu.Unlock()
+		return ns, nil
+	}
+	c.mu.Unlock()
+	ns, err := c.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.peers, c.peersAt = ns, now
+	c.mu.Unlock()
+	return ns, nil
+}
+
+// Where is Route for a request for key arriving at this node: the node to
+// send it to, or ok false to serve (claim) here. A warm instance elsewhere
+// is found from the heartbeats alone; only for a cold start is the bucket
+// read, and not while a refusal of key kept from a recent claim says
+// every slot is held.
+func (c *Cluster) Where(ctx context.Context, key string, max int) (Node, bool, error) {
+	if c.slots == nil {
+		return Node{}, false, nil
+	}
+	nodes, err := c.Peers(ctx)
+	if err != nil {
+		return Node{}, false, err
+	}
+	me, now := c.cfg.Self.Name, c.cfg.Now()
+	if !slices.ContainsFunc(nodes, func(n Node) bool { return n.Name == me }) {
+		nodes = append(slices.Clip(nodes), Node{Name: me, Seen: now})
+	}
+	// A warm instance first, from the heartbeats alone (every slot
+	// taken as held): no read of the bucket for it.
+	to, _ := Route(key, me, Slots{me: max}, max, nodes, now, c.cfg.TTL)
+	c.mu.Lock()
+	r, refused := c.refused[key]
+	c.mu.Unlock()
+	if to == "" && !(refused && now.Before(r.until)) {
+		// None: a cold start, if a slot is free (a refusal kept from a
+		// recent claim says none is).
+		s, _, err := c.readSlots(ctx, key)
+		if err != nil {
+			return Node{}, false, err
+		}
+		to, _ = Route(key, me, s, max, nodes, now, c.cfg.TTL)
+	}
+	if to == "" || to == me {
+		return Node{}, false, nil
+	}
+	i := slices.IndexFunc(nodes, func(n Node) bool { return n.Name == to })
+	return nodes[i], true, nil
+}

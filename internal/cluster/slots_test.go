@@ -410,3 +410,42 @@ func TestFloorSharesMovingNow(t *testing.T) {
 		t.Errorf("floor 0 = %v", got)
 	}
 }
+
+// TestRouteMovingNow: a request at a node without an instance goes to a
+// live node with an idle one; else, with a slot free, to the least-loaded
+// node for the cold start (possibly itself); else nowhere (the caller
+// claims and is refused, as before). A node whose heartbeat expired is
+// not sent anything.
+func TestRouteMovingNow(t *testing.T) {
+	ttl := 6 * time.Second
+	cpu := Capacity{CPUs: 2}
+	idle := map[string]int{"f.v1": 1}
+	nodes := []Node{
+		{Name: "a", Seen: t0, Capacity: cpu, Load: Load{InFlight: 2}},
+		{Name: "b", Seen: t0.Add(-4 * time.Second), Capacity: cpu, Load: Load{Instances: 1, Idle: idle}},
+		{Name: "c", Seen: t0, Capacity: cpu, Load: Load{Instances: 3}},
+	}
+	type want struct {
+		to   string
+		warm bool
+	}
+	check := func(what string, s Slots, max int, now time.Time, w want) {
+		t.Helper()
+		if to, warm := Route("f.v1", "a", s, max, nodes, now, ttl); to != w.to || warm != w.warm {
+			t.Errorf("%s: Route = %q warm %v, want %q warm %v", what, to, warm, w.to, w.warm)
+		}
+	}
+	check("b idle", Slots{"b": 1}, 3, t0, want{"b", true})
+	check("b idle, every slot held", Slots{"b": 1, "c": 2}, 3, t0, want{"b", true})
+	// b dies (its heartbeat expires at t0+2s): no warm instance; a slot
+	// is free (b's counts no more), and c, with no request in flight, is
+	// less loaded than a.
+	check("b dead", Slots{"b": 1, "c": 1}, 2, t0.Add(2*time.Second), want{"c", false})
+	check("b dead, every slot held", Slots{"c": 2}, 2, t0.Add(2*time.Second), want{"", false})
+	// a itself is the least loaded: the cold start is here.
+	nodes[0].Load.InFlight = 0
+	check("a least loaded", Slots{}, 2, t0.Add(2*time.Second), want{"a", false})
+	// Its own idle instance is no reason to forward (it would be free).
+	nodes[0].Load.Idle = map[string]int{"f.v1": 1}
+	check("a idle itself", Slots{"a": 1}, 2, t0.Add(2*time.Second), want{"a", false})
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/cluster"
+	"github.com/ebb-run/ebb/internal/dispatch"
 )
 
 // This file is the platform's part in a cluster of ebb nodes sharing one
@@ -110,6 +111,12 @@ func (p *Platform) load() cluster.Load {
 		for _, in := range d.pool.Stats().Instances {
 			l.Instances++
 			l.InFlight += in.InFlight
+			if in.Phase == dispatch.PhaseIdle {
+				if l.Idle == nil {
+					l.Idle = map[string]int{}
+				}
+				l.Idle[cluster.SlotKey(d.fn.Spec.Name, d.fn.Version)]++
+			}
 		}
 	}
 	return l

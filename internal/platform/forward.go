@@ -215,6 +215,22 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 			next(w, r) // the gateway says what is wrong
 			return
 		}
+		if !forwarded {
+			if h, ok := p.placeElsewhere(r.Context(), name, v); ok {
+				err := p.forward(w, r, h)
+				if err == nil {
+					return
+				}
+				if !isDialError(err) {
+					p.log.Warn("cluster: forward", "node", h.Name, "err", err)
+					route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
+						Message: "node " + h.Name + ", which was to serve " + name + ", stopped answering", RetryAfter: time.Second})
+					return
+				}
+				// Down, its heartbeat not yet expired: serve here.
+				p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
+			}
+		}
 		for range 2 {
 			err := p.admit(r.Context(), name, v)
 			var ew *elsewhereError
@@ -258,6 +274,28 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 			Message:    "the node holding " + name + "'s instances is down; its slots are free within the heartbeat TTL",
 			RetryAfter: cluster.DefaultTTL})
 	}
+}
+
+// placeElsewhere says where a request for version v goes when this node
+// runs no instance of it and holds no slot of it: to a node with an idle
+// instance of it (warm rather than cold), or, when a slot is free, to the
+// least-loaded node to start one (cluster.Route); ok is false to serve
+// here (claiming a slot, or forwarding to a holder when every slot is
+// held, as admit decides).
+func (p *Platform) placeElsewhere(ctx context.Context, name string, v *version) (cluster.Node, bool) {
+	key := cluster.SlotKey(name, v.fn.Version)
+	if d := v.dep.Load(); d != nil && running(d.pool.Stats()) > 0 {
+		return cluster.Node{}, false
+	}
+	if p.cluster.Mine(key) > 0 {
+		return cluster.Node{}, false
+	}
+	h, ok, err := p.cluster.Where(ctx, key, maxInstancesOf(&v.fn.Spec))
+	if err != nil {
+		p.log.Warn("cluster: place a request", "key", key, "err", err)
+		return cluster.Node{}, false
+	}
+	return h, ok
 }
 
 func isEvent(r *http.Request) bool {
