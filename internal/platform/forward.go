@@ -20,9 +20,14 @@ import (
 
 // This file is how a node of a cluster (a shared NATS) keeps max_instances
 // cluster-wide: before it starts an instance of a version it claims one of
-// the version's slots (cluster.Claim); when every slot is held by other
-// nodes it forwards the request to one of them over a direct HTTP hop. A
-// single node has none of it: its invoke routes are not wrapped.
+// the version's slots (cluster.Claim), whatever the trigger (admit, on
+// every invocation), and its pools run no more instances than it holds
+// (slotLimit). An HTTP request at a node without an instance goes to an
+// idle instance elsewhere or is placed on the least-loaded node
+// (placeElsewhere); when every slot is held by other nodes it goes to one
+// of them; all over a direct HTTP hop. A job that belongs elsewhere is
+// handed back to the queue (async.go). A single node has none of it: its
+// invoke routes are not wrapped, and its pools have no Limit or Floor.
 
 // Headers of the hop between nodes.
 const (
