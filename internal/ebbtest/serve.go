@@ -3,6 +3,7 @@ package ebbtest
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os/exec"
 	"syscall"
@@ -26,6 +27,18 @@ type Serve struct {
 // served within a minute; at the end it gets SIGTERM, and SIGKILL 30 s
 // later.
 func StartServe(t testing.TB, bin string, args ...string) *Serve {
+	t.Helper()
+	s, err := TryServe(t, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TryServe is StartServe that returns an error, rather than failing the
+// test, when ebb exits before serving (or does not serve within 60s): for
+// a caller that restarts it, as a supervisor would.
+func TryServe(t testing.TB, bin string, args ...string) (*Serve, error) {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
 	s := &Serve{Stdout: &Buffer{}, Log: &Buffer{}}
@@ -73,9 +86,9 @@ func StartServe(t testing.TB, bin string, args ...string) *Serve {
 	case s.Addr = <-addrc:
 		s.URL = "http://" + s.Addr
 	case <-exited:
-		t.Fatalf("ebb serve exited before serving:\n%s", s.Log)
+		return nil, fmt.Errorf("ebb serve exited before serving:\n%s", s.Log)
 	case <-time.After(60 * time.Second):
-		t.Fatalf("ebb serve did not log its address within 60s:\n%s", s.Log)
+		return nil, fmt.Errorf("ebb serve did not log its address within 60s:\n%s", s.Log)
 	}
-	return s
+	return s, nil
 }
