@@ -271,15 +271,31 @@ func TestClaimRacesOnReplicatedBucket(t *testing.T) {
 	}
 	var cs []*Cluster
 	for i := range 4 {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		c, err := Start(ctx, Config{JetStream: js, Self: Node{Name: fmt.Sprintf("n%d", i)}, Slots: true, Replicas: 3})
-		cancel()
-		if err != nil {
-			t.Fatal(err)
+		var c *Cluster
+		for try := 1; ; try++ {
+			// A fresh cluster may be slow to place (or refuse) its first
+			// replicated buckets on a loaded machine: tried again, as a
+			// supervisor would start ebb again.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			c, err = Start(ctx, Config{JetStream: js, Self: Node{Name: fmt.Sprintf("n%d", i)}, Slots: true, Replicas: 3})
+			cancel()
+			if err == nil {
+				break
+			}
+			if try == 3 {
+				t.Fatal(err)
+			}
+			t.Logf("start node n%d: %v; again", i, err)
 		}
 		defer c.Close(context.Background())
 		cs = append(cs, c)
 	}
+	// A bucket just made answers "no responders" until its replicas
+	// elected a leader.
+	waitFor(t, "the slots bucket to answer", func() bool {
+		_, _, err := cs[0].readSlots(context.Background(), "f.v1")
+		return err == nil
+	})
 	const max = 5
 	var granted atomic.Int64
 	var wg sync.WaitGroup

@@ -133,7 +133,9 @@ func (p *Platform) admit(ctx context.Context, name string, v *version) error {
 	}
 	c, err := p.cluster.Claim(ctx, key, maxInstancesOf(spec))
 	if err != nil {
-		return fmt.Errorf("claim an instance slot of %s: %w", key, err)
+		// Overloaded for what runs in process: a job is tried again,
+		// not counted as an attempt, when the bucket is out of reach.
+		return fmt.Errorf("claim an instance slot of %s: %w: %w", key, ebb.ErrOverloaded, err)
 	}
 	if c.OK || have > 0 || len(c.Holders) == 0 {
 		return nil
