@@ -20,7 +20,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ebb-run/ebb/internal/cluster"
-	"github.com/ebb-run/ebb/internal/ebbtest"
 )
 
 // answer is one call of the identity function: who answered.
@@ -61,29 +60,9 @@ func (n *node) call(t *testing.T, method, path, body string) answer {
 // refuse fast (503, Retry-After) until its heartbeat expires, then one of
 // them starts the instance and all answer from it.
 func TestClusterOneInstance(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs 3 nats-server and 3 ebb processes; skipped with -short")
-	}
-	natsBin, err := ebbtest.NATSBinary()
-	if err != nil {
-		t.Skipf("cannot build nats-server: %v", err)
-	}
-	bin, err := buildEbb()
-	if err != nil {
-		t.Fatal(err)
-	}
 	began := time.Now()
-	nats := ebbtest.NATSURLs(ebbtest.NATSCluster(t, natsBin, 3))
-	nodes := []*node{startNode(t, bin, "a", t.TempDir(), nats), startNode(t, bin, "b", t.TempDir(), nats), startNode(t, bin, "c", t.TempDir(), nats)}
+	nats, nodes := threeNodes(t)
 	a := nodes[0]
-	defer func() {
-		if t.Failed() {
-			for _, n := range nodes {
-				t.Logf("warnings and errors of %s:\n%s", n.name, tailOf(problems(n.log.String()), 8000))
-			}
-		}
-	}()
-	eventually(t, "every node in GET /v1/nodes", 20*time.Second, func() bool { return a.nodes(t) == "a,b,c" })
 	a.deploy(t, map[string]string{"ebb.yaml": "name: one\nruntime: python\nhandler: app.handler\nmax_instances: 1\n",
 		"app.py": "import os, uuid\n\nTOKEN = uuid.uuid4().hex\n\ndef handler(event, context):\n    return {'pid': os.getpid(), 'token': TOKEN}\n"})
 	for _, n := range nodes {

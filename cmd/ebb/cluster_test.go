@@ -36,8 +36,23 @@ type node struct {
 
 func startNode(t *testing.T, bin, name, data, nats string) *node {
 	t.Helper()
-	sv := ebbtest.StartServe(t, bin, "--listen", "127.0.0.1:0", "--data", data, "--warm-memory", "256MiB",
-		"--nats", nats, "--nats-replicas", "3", "--node", name)
+	var sv *ebbtest.Serve
+	for try := 1; ; try++ {
+		var err error
+		sv, err = ebbtest.TryServe(t, bin, "--listen", "127.0.0.1:0", "--data", data, "--warm-memory", "256MiB",
+			"--nats", nats, "--nats-replicas", "3", "--node", name)
+		if err == nil {
+			break
+		}
+		// A new NATS cluster may briefly count a peer offline and refuse
+		// to place a stream (docs/cluster.md, Not yet): started again, as
+		// a supervisor would.
+		if try == 3 || !strings.Contains(err.Error(), "no suitable peers") {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
+		t.Logf("node %s exited: %s; starting it again", name, lines[len(lines)-1])
+	}
 	return &node{server: &server{bin: bin, addr: sv.Addr, url: sv.URL, log: sv.Log, out: sv.Stdout}, name: name, data: data, pid: sv.Pid}
 }
 
@@ -161,6 +176,14 @@ func TestClusterOfThree(t *testing.T) {
 		}
 	}
 	t.Logf("%d streams checked for 3 replicas", len(streams))
+
+	// A holds one of work's two instance slots, which are cluster-wide for
+	// async jobs too (its instance stays warm), so that jobs run on A when
+	// it is killed. (Marked forwarded, the call is served where it lands,
+	// never placed on another node.)
+	if code, body, _ := a.server.call(t, "POST", "/v1/functions/work/invoke", "", `{"n":-1}`, map[string]string{"Ebb-Forwarded-By": "test"}); code != 200 {
+		t.Fatalf("work through a = %d %s", code, body)
+	}
 
 	// 300 async jobs through B; A is killed while they run.
 	const jobs = 300

@@ -57,6 +57,9 @@ type Capacity struct {
 type Load struct {
 	InFlight  int `json:"in_flight"` // invocations running
 	Instances int `json:"instances"` // instances up, idle or busy
+	// Idle is the idle instances per slot key (SlotKey), for the other
+	// nodes to send a request to a warm instance rather than start one.
+	Idle map[string]int `json:"idle,omitempty"`
 }
 
 // Node is one node's heartbeat.
@@ -161,7 +164,10 @@ type Cluster struct {
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu sync.Mutex // guards until, mine, claimedAt, refused
+	mu sync.Mutex // guards until, mine, claimedAt, refused, peers, peersAt
+	// peers is the live nodes as last listed (Peers), at peersAt.
+	peers   []Node
+	peersAt time.Time
 	// mine is the slots this node holds per key, as last written, and
 	// claimedAt when it last claimed one.
 	mine      map[string]int

@@ -110,5 +110,9 @@ func (c *Cluster) lose() {
 // whose revision is stale.
 func isWrongSequence(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return true // the second is what a replicated (R>1) bucket says
+	}
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }

@@ -149,6 +149,11 @@ func (c *Cluster) Claim(ctx context.Context, key string, max int) (Claimed, erro
 			c.mu.Unlock()
 			return got, nil
 		}
+		// Marked before the write: a reconcile under way gives nothing
+		// back from now on (it would write over this claim).
+		c.mu.Lock()
+		c.claimedAt[key] = now
+		c.mu.Unlock()
 		if err := c.writeSlots(ctx, key, next, rev); err != nil {
 			if lostRace(err) {
 				continue
@@ -157,7 +162,6 @@ func (c *Cluster) Claim(ctx context.Context, key string, max int) (Claimed, erro
 		}
 		c.mu.Lock()
 		c.mine[key] = next[me]
-		c.claimedAt[key] = now
 		c.mu.Unlock()
 		return Claimed{OK: true}, nil
 	}
@@ -195,6 +199,12 @@ func (c *Cluster) Mine(key string) int {
 // Release lowers this node's slots of key to n (those it runs), by
 // compare-and-set like Claim.
 func (c *Cluster) Release(ctx context.Context, key string, n int) error {
+	return c.release(ctx, key, n, time.Time{})
+}
+
+// release is Release; with claimed set, it gives nothing back once this
+// node has claimed a slot of key since claimed (reconcile's view is stale).
+func (c *Cluster) release(ctx context.Context, key string, n int, claimed time.Time) error {
 	if c.slots == nil {
 		return nil
 	}
@@ -212,6 +222,14 @@ func (c *Cluster) Release(ctx context.Context, key string, n int) error {
 		next := ReleaseSlots(s, me, n, nodes, c.cfg.Now(), c.cfg.TTL)
 		if maps.Equal(next, s) {
 			break
+		}
+		if !claimed.IsZero() {
+			c.mu.Lock()
+			moved := !c.claimedAt[key].Equal(claimed)
+			c.mu.Unlock()
+			if moved {
+				return nil
+			}
 		}
 		if err := c.writeSlots(ctx, key, next, rev); err != nil {
 			if lostRace(err) {
@@ -234,32 +252,32 @@ func (c *Cluster) Release(ctx context.Context, key string, n int) error {
 
 // reconcile gives back the slots this node holds beyond what it runs (an
 // instance stopped as idle or crashed), except those claimed within the
-// last interval, whose instance may still be starting.
+// last interval, whose instance may still be starting. Running is called
+// without c.mu held: a pool asks Mine under its own lock (its Limit), and
+// Running reads the pools.
 func (c *Cluster) reconcile(ctx context.Context) error {
 	if c.cfg.Running == nil {
 		return nil
 	}
 	now := c.cfg.Now()
 	c.mu.Lock()
-	type lower struct {
-		key  string
-		to   int
-		from int
+	type held struct {
+		n       int
+		claimed time.Time
 	}
-	var todo []lower
+	hs := map[string]held{}
 	for key, n := range c.mine {
-		if now.Sub(c.claimedAt[key]) < c.cfg.Interval {
-			continue
-		}
-		if run := c.cfg.Running(key); run < n {
-			todo = append(todo, lower{key, run, n})
+		if at := c.claimedAt[key]; now.Sub(at) >= c.cfg.Interval {
+			hs[key] = held{n, at}
 		}
 	}
 	c.mu.Unlock()
 	var errs []error
-	for _, l := range todo {
-		if err := c.Release(ctx, l.key, l.to); err != nil {
-			errs = append(errs, fmt.Errorf("release slots of %s: %w", l.key, err))
+	for key, h := range hs {
+		if run := c.cfg.Running(key); run < h.n {
+			if err := c.release(ctx, key, run, h.claimed); err != nil {
+				errs = append(errs, fmt.Errorf("release slots of %s: %w", key, err))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -346,4 +364,148 @@ func (c *Cluster) releaseAll(ctx context.Context) {
 	for _, k := range keys {
 		c.Release(ctx, k, 0)
 	}
+}
+
+// FloorShares splits a function version's min_instances (floor) among the
+// nodes alive at now: how many instances each keeps, floor in all (none
+// when no node is alive). Slots held already keep their instances where
+// they are (nodes by name, up to the floor), so that no instance moves
+// while its node lives; the rest, a dead node's share among them once its
+// heartbeat expired, is placed one at a time by Place, each placement
+// counted as load on its node (an instance kept is capacity in use), so
+// that a floor of several spreads over the least loaded nodes.
+func FloorShares(floor int, s Slots, nodes []Node, now time.Time, ttl time.Duration) map[string]int {
+	alive := Alive(nodes, now, ttl)
+	out := map[string]int{}
+	if floor <= 0 || len(alive) == 0 {
+		return out
+	}
+	live := Live(s, nodes, now, ttl)
+	left := floor
+	for _, n := range alive {
+		if k := min(live[n.Name], left); k > 0 {
+			out[n.Name] = k
+			left -= k
+		}
+	}
+	for ; left > 0; left-- {
+		name := Place(alive, now, ttl)
+		out[name]++
+		i := slices.IndexFunc(alive, func(n Node) bool { return n.Name == name })
+		alive[i].Load.InFlight++
+		alive[i].Load.Instances++
+	}
+	return out
+}
+
+// KeepFloor is this node's share of key's floor (FloorShares, from the
+// bucket and the live nodes' heartbeats read now), claiming the slots it
+// lacks for it within max; it returns the share it holds slots for.
+func (c *Cluster) KeepFloor(ctx context.Context, key string, floor, max int) (int, error) {
+	if c.slots == nil {
+		return floor, nil
+	}
+	s, _, err := c.readSlots(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	me := c.cfg.Self.Name
+	if !slices.ContainsFunc(nodes, func(n Node) bool { return n.Name == me }) {
+		nodes = append(nodes, Node{Name: me, Seen: c.cfg.Now()}) // alive, whatever its heartbeat says
+	}
+	share := FloorShares(floor, s, nodes, c.cfg.Now(), c.cfg.TTL)[me]
+	for c.Mine(key) < share {
+		got, err := c.Claim(ctx, key, max)
+		if err != nil {
+			return min(share, c.Mine(key)), err
+		}
+		if !got.OK {
+			break // every slot is held: the floor waits for one
+		}
+	}
+	return min(share, c.Mine(key)), nil
+}
+
+// Route is where a request for key goes from node me, which runs no
+// instance of it and holds no slot of it to start one: to a live node other
+// than me with an idle instance of it (a warm instance rather than a cold
+// start; the first by name), else, when fewer than max slots are held by
+// live nodes, to the node Place picks for the cold start (me included:
+// then to is me). It is "" when every slot is held: the caller claims (and
+// is refused) as before.
+func Route(key, me string, s Slots, max int, nodes []Node, now time.Time, ttl time.Duration) (to string, warm bool) {
+	for _, n := range Alive(nodes, now, ttl) {
+		if n.Name != me && n.Load.Idle[key] > 0 {
+			return n.Name, true
+		}
+	}
+	if Held(s, nodes, now, ttl) >= max {
+		return "", false
+	}
+	return Place(nodes, now, ttl), false
+}
+
+// Peers is the live nodes, listed at most once per half heartbeat
+// interval: Route's view of the others' loads and idle instances, which
+// their heartbeats refresh no more often.
+func (c *Cluster) Peers(ctx context.Context) ([]Node, error) {
+	now := c.cfg.Now()
+	c.mu.Lock()
+	if c.peers != nil && now.Sub(c.peersAt) < c.cfg.Interval/2 {
+		ns := c.peers
+		c.mu.Unlock()
+		return ns, nil
+	}
+	c.mu.Unlock()
+	ns, err := c.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.peers, c.peersAt = ns, now
+	c.mu.Unlock()
+	return ns, nil
+}
+
+// Where is Route for a request for key arriving at this node: the node to
+// send it to, or ok false to serve (claim) here. A warm instance elsewhere
+// is found from the heartbeats alone; only for a cold start is the bucket
+// read, and not while a refusal of key kept from a recent claim says
+// every slot is held.
+func (c *Cluster) Where(ctx context.Context, key string, max int) (Node, bool, error) {
+	if c.slots == nil {
+		return Node{}, false, nil
+	}
+	nodes, err := c.Peers(ctx)
+	if err != nil {
+		return Node{}, false, err
+	}
+	me, now := c.cfg.Self.Name, c.cfg.Now()
+	if !slices.ContainsFunc(nodes, func(n Node) bool { return n.Name == me }) {
+		nodes = append(slices.Clip(nodes), Node{Name: me, Seen: now})
+	}
+	// A warm instance first, from the heartbeats alone (every slot
+	// taken as held): no read of the bucket for it.
+	to, _ := Route(key, me, Slots{me: max}, max, nodes, now, c.cfg.TTL)
+	c.mu.Lock()
+	r, refused := c.refused[key]
+	c.mu.Unlock()
+	if to == "" && !(refused && now.Before(r.until)) {
+		// None: a cold start, if a slot is free (a refusal kept from a
+		// recent claim says none is).
+		s, _, err := c.readSlots(ctx, key)
+		if err != nil {
+			return Node{}, false, err
+		}
+		to, _ = Route(key, me, s, max, nodes, now, c.cfg.TTL)
+	}
+	if to == "" || to == me {
+		return Node{}, false, nil
+	}
+	i := slices.IndexFunc(nodes, func(n Node) bool { return n.Name == to })
+	return nodes[i], true, nil
 }

@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ebb-run/ebb/internal/ebbtest"
 	"github.com/ebb-run/ebb/internal/store"
@@ -241,4 +245,223 @@ func TestRefusalKeptHalfAnInterval(t *testing.T) {
 	if got, _ := x.Claim(ctx, "f.v1", 1); !got.OK {
 		t.Error("after Recheck x's refusal was still kept")
 	}
+}
+
+// TestClaimRacesOnReplicatedBucket: on a bucket of three replicas (three
+// nats-server processes), a compare-and-set that loses is answered with
+// another error code than on one server; claims at once from four nodes
+// still all end in a grant or a refusal, never an error, and exactly max
+// are granted.
+func TestClaimRacesOnReplicatedBucket(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 3 nats-server processes; skipped with -short")
+	}
+	bin, err := ebbtest.NATSBinary()
+	if err != nil {
+		t.Skipf("cannot build nats-server: %v", err)
+	}
+	nc, err := nats.Connect(ebbtest.NATSURLs(ebbtest.NATSCluster(t, bin, 3)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs []*Cluster
+	for i := range 4 {
+		var c *Cluster
+		for try := 1; ; try++ {
+			// A fresh cluster may be slow to place (or refuse) its first
+			// replicated buckets on a loaded machine: tried again, as a
+			// supervisor would start ebb again.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			c, err = Start(ctx, Config{JetStream: js, Self: Node{Name: fmt.Sprintf("n%d", i)}, Slots: true, Replicas: 3})
+			cancel()
+			if err == nil {
+				break
+			}
+			if try == 3 {
+				t.Fatal(err)
+			}
+			t.Logf("start node n%d: %v; again", i, err)
+		}
+		defer c.Close(context.Background())
+		cs = append(cs, c)
+	}
+	// A bucket just made answers "no responders" until its replicas
+	// elected a leader.
+	waitFor(t, "the slots bucket to answer", func() bool {
+		_, _, err := cs[0].readSlots(context.Background(), "f.v1")
+		return err == nil
+	})
+	const max = 5
+	var granted atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got, err := c.Claim(context.Background(), "f.v1", max)
+				if err != nil {
+					t.Errorf("claim on %s: %v", c.Self(), err)
+				} else if got.OK {
+					granted.Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if got := granted.Load(); got != max {
+		s, _, _ := cs[0].readSlots(context.Background(), "f.v1")
+		t.Errorf("granted %d slots of %d; bucket %v", got, max, s)
+	}
+}
+
+// TestStaleReconcileKeepsAFreshClaim: a reconcile that decided to give a
+// slot back, from what it read before this node claimed another, gives
+// nothing back (it would write over the fresh claim); one that read after
+// does. Running is asked without the cluster's lock held, since a pool's
+// Limit asks Mine under the pool's lock: a Running that calls Mine does
+// not deadlock.
+func TestStaleReconcileKeepsAFreshClaim(t *testing.T) {
+	st := ebbtest.Store(t, store.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var c *Cluster
+	c, err := Start(ctx, Config{JetStream: st.JetStream(), Self: Node{Name: "a"}, Interval: time.Hour,
+		TTL: 2 * time.Hour, Slots: true, Running: func(key string) int { return c.Mine(key) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed only when no reconcile deadlocked (Close would wait on it).
+	deadlocked := false
+	defer func() {
+		if !deadlocked {
+			c.Close(context.Background())
+		}
+	}()
+	if got, err := c.Claim(ctx, "f.v1", 5); err != nil || !got.OK {
+		t.Fatal(got, err)
+	}
+	c.mu.Lock()
+	seen := c.claimedAt["f.v1"]
+	c.mu.Unlock()
+	if got, err := c.Claim(ctx, "f.v1", 5); err != nil || !got.OK {
+		t.Fatal(got, err)
+	}
+	if err := c.release(ctx, "f.v1", 0, seen.Add(-time.Nanosecond)); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.mineOf(t, "a"); got != 2 || c.Mine("f.v1") != 2 {
+		t.Errorf("after a stale reconcile: bucket %d, Mine %d; want the 2 claimed", got, c.Mine("f.v1"))
+	}
+	c.mu.Lock()
+	seen = c.claimedAt["f.v1"]
+	c.mu.Unlock()
+	if err := c.release(ctx, "f.v1", 1, seen); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.mineOf(t, "a"); got != 1 || c.Mine("f.v1") != 1 {
+		t.Errorf("after a current reconcile: bucket %d, Mine %d; want 1", got, c.Mine("f.v1"))
+	}
+	c.mu.Lock()
+	c.claimedAt["f.v1"] = time.Time{} // old enough to reconcile
+	c.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- c.reconcile(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		deadlocked = true
+		t.Fatal("reconcile deadlocked: Running was asked with the cluster's lock held")
+	}
+}
+
+// TestFloorSharesMovingNow: a floor is split among the live nodes: kept
+// where slots are held, the rest placed on the least loaded nodes, spread
+// one at a time; a dead node's share goes to the survivors once its
+// heartbeat expires, not before.
+func TestFloorSharesMovingNow(t *testing.T) {
+	ttl := 6 * time.Second
+	cpu := Capacity{CPUs: 4}
+	nodes := []Node{
+		{Name: "a", Seen: t0, Capacity: cpu, Load: Load{InFlight: 3}},
+		{Name: "b", Seen: t0.Add(-4 * time.Second), Capacity: cpu},
+		{Name: "c", Seen: t0, Capacity: cpu, Load: Load{InFlight: 1}},
+	}
+	show := func(m map[string]int) string { return fmt.Sprint(m) }
+	// No slots held: b is least loaded, then c (the first placement on b
+	// counts as load there), then b again.
+	if got := show(FloorShares(3, Slots{}, nodes, t0, ttl)); got != "map[b:2 c:1]" {
+		t.Errorf("floor 3 from nothing = %s, want map[b:2 c:1]", got)
+	}
+	// a holds two slots already (its traffic): it keeps the floor there.
+	if got := show(FloorShares(2, Slots{"a": 2}, nodes, t0, ttl)); got != "map[a:2]" {
+		t.Errorf("floor 2 with a holding 2 = %s, want map[a:2]", got)
+	}
+	if got := show(FloorShares(2, Slots{"a": 1, "b": 3}, nodes, t0, ttl)); got != "map[a:1 b:1]" {
+		t.Errorf("floor 2 with a:1 b:3 = %s, want map[a:1 b:1]", got)
+	}
+	// b dies (its heartbeat was 4s old at t0; the TTL is 6s): at t0+1s
+	// it still keeps its share; at t0+2s c, the least loaded survivor,
+	// takes it.
+	s := Slots{"b": 1, "c": 1}
+	if got := show(FloorShares(2, s, nodes, t0.Add(time.Second), ttl)); got != "map[b:1 c:1]" {
+		t.Errorf("floor 2 while b lives = %s", got)
+	}
+	if got := show(FloorShares(2, s, nodes, t0.Add(2*time.Second), ttl)); got != "map[c:2]" {
+		t.Errorf("floor 2 after b expired = %s, want map[c:2]", got)
+	}
+	// Nobody alive, or no floor: no shares.
+	if got := FloorShares(2, s, nodes, t0.Add(ttl), ttl); len(got) != 0 {
+		t.Errorf("floor with every node dead = %v", got)
+	}
+	if got := FloorShares(0, s, nodes, t0, ttl); len(got) != 0 {
+		t.Errorf("floor 0 = %v", got)
+	}
+}
+
+// TestRouteMovingNow: a request at a node without an instance goes to a
+// live node with an idle one; else, with a slot free, to the least-loaded
+// node for the cold start (possibly itself); else nowhere (the caller
+// claims and is refused, as before). A node whose heartbeat expired is
+// not sent anything.
+func TestRouteMovingNow(t *testing.T) {
+	ttl := 6 * time.Second
+	cpu := Capacity{CPUs: 2}
+	idle := map[string]int{"f.v1": 1}
+	nodes := []Node{
+		{Name: "a", Seen: t0, Capacity: cpu, Load: Load{InFlight: 2}},
+		{Name: "b", Seen: t0.Add(-4 * time.Second), Capacity: cpu, Load: Load{Instances: 1, Idle: idle}},
+		{Name: "c", Seen: t0, Capacity: cpu, Load: Load{Instances: 3}},
+	}
+	type want struct {
+		to   string
+		warm bool
+	}
+	check := func(what string, s Slots, max int, now time.Time, w want) {
+		t.Helper()
+		if to, warm := Route("f.v1", "a", s, max, nodes, now, ttl); to != w.to || warm != w.warm {
+			t.Errorf("%s: Route = %q warm %v, want %q warm %v", what, to, warm, w.to, w.warm)
+		}
+	}
+	check("b idle", Slots{"b": 1}, 3, t0, want{"b", true})
+	check("b idle, every slot held", Slots{"b": 1, "c": 2}, 3, t0, want{"b", true})
+	// b dies (its heartbeat expires at t0+2s): no warm instance; a slot
+	// is free (b's counts no more), and c, with no request in flight, is
+	// less loaded than a.
+	check("b dead", Slots{"b": 1, "c": 1}, 2, t0.Add(2*time.Second), want{"c", false})
+	check("b dead, every slot held", Slots{"c": 2}, 2, t0.Add(2*time.Second), want{"", false})
+	// a itself is the least loaded: the cold start is here.
+	nodes[0].Load.InFlight = 0
+	check("a least loaded", Slots{}, 2, t0.Add(2*time.Second), want{"a", false})
+	// Its own idle instance is no reason to forward (it would be free).
+	nodes[0].Load.Idle = map[string]int{"f.v1": 1}
+	check("a idle itself", Slots{"a": 1}, 2, t0.Add(2*time.Second), want{"a", false})
 }

@@ -88,6 +88,19 @@ type Config struct {
 	// MaxInstances bounds running plus starting instances; 0 means
 	// max(ebb.DefaultMaxInstances, MinInstances).
 	MaxInstances int
+	// Limit, when set, bounds running plus starting instances further, to
+	// what it says now: on a node of a cluster, the instance slots this
+	// node holds (min_instances included), so that requests arriving at
+	// once start no more instances here than the node may run. It is
+	// called with the pool's lock held, so it must be quick and must not
+	// call into the pool. Raising it does not start anything by itself:
+	// the next Acquire (or tick) does.
+	Limit func() int
+	// Floor, when set, replaces MinInstances with what it says now (within
+	// the limit): on a node of a cluster, this node's share of the
+	// function's min_instances. Called with the pool's lock held, like
+	// Limit; a change is acted on at the next tick (StopIdle runs one).
+	Floor func() int
 	// MaxQueue bounds the requests allowed to queue when the pool is at
 	// MaxInstances; 0 means none may queue. Requests held for an instance
 	// that is starting for them do not count.

@@ -351,7 +351,25 @@ func (p *Pool[I]) serveLocked(m *member[I], now time.Time, cold bool) int {
 
 // canStartLocked reports whether one more instance may start now.
 func (p *Pool[I]) canStartLocked(now time.Time) bool {
-	return !p.draining && p.ready+p.starting < p.cfg.MaxInstances && !now.Before(p.retryAt)
+	return !p.draining && p.ready+p.starting < p.maxLocked() && !now.Before(p.retryAt)
+}
+
+// minLocked is the floor of instances kept now: MinInstances, or what
+// Floor says when set.
+func (p *Pool[I]) minLocked() int {
+	if p.cfg.Floor != nil {
+		return min(p.cfg.Floor(), p.maxLocked())
+	}
+	return p.cfg.MinInstances
+}
+
+// maxLocked is how many instances may run or start now: MaxInstances,
+// within Limit when set.
+func (p *Pool[I]) maxLocked() int {
+	if p.cfg.Limit != nil {
+		return min(p.cfg.MaxInstances, p.cfg.Limit())
+	}
+	return p.cfg.MaxInstances
 }
 
 // growLocked starts instances until those starting can serve every waiting
@@ -376,7 +394,7 @@ func (p *Pool[I]) growLocked(now time.Time) {
 // refillLocked starts what waiting requests and MinInstances need.
 func (p *Pool[I]) refillLocked(now time.Time) {
 	p.growLocked(now)
-	p.fillFloorLocked(now, p.cfg.MinInstances)
+	p.fillFloorLocked(now, p.minLocked())
 }
 
 // fillFloorLocked starts up to n instances, no more than MinInstances lacks.
@@ -384,7 +402,7 @@ func (p *Pool[I]) fillFloorLocked(now time.Time, n int) {
 	if now.Before(p.floorRetryAt) {
 		return
 	}
-	for ; n > 0 && p.ready+p.starting < p.cfg.MinInstances && p.canStartLocked(now); n-- {
+	for floor := p.minLocked(); n > 0 && p.ready+p.starting < floor && p.canStartLocked(now); n-- {
 		p.startLocked(now)
 	}
 }
@@ -736,9 +754,11 @@ func (p *Pool[I]) tick(now time.Time) {
 		return
 	}
 	st := State{Instances: p.instanceStatsLocked(), Waiting: p.waiting, Starting: p.starting}
+	cfg := p.cfg
+	cfg.MinInstances = p.minLocked()
 	p.mu.Unlock()
 
-	d := Plan(p.cfg, st, now)
+	d := Plan(cfg, st, now)
 
 	p.mu.Lock()
 	if p.draining {
@@ -748,7 +768,7 @@ func (p *Pool[I]) tick(now time.Time) {
 	for _, id := range d.Stop {
 		for _, m := range p.members {
 			if m.id == id {
-				if m.ph == phReady && m.inFlight == 0 && p.waiting == 0 && p.ready > p.cfg.MinInstances &&
+				if m.ph == phReady && m.inFlight == 0 && p.waiting == 0 && p.ready > p.minLocked() &&
 					!now.Before(p.cfg.idleDeadline(m.lastUsed)) {
 					p.requestStopLocked(m, StopIdle)
 				}
@@ -780,7 +800,7 @@ func (p *Pool[I]) StopIdleNow() {
 		return
 	}
 	for _, m := range p.members {
-		if p.ready <= p.cfg.MinInstances {
+		if p.ready <= p.minLocked() {
 			return
 		}
 		if m.ph == phReady && m.inFlight == 0 {

@@ -980,3 +980,108 @@ func TestIdleDeadlineAndPrewarm(t *testing.T) {
 		t.Fatalf("stopped %+v, want %s", ev, busy.InstanceID)
 	}
 }
+
+// TestLimitBoundsStarts: a pool whose Limit says k (the slots a node of a
+// cluster holds) starts no more than k instances for a burst, whatever
+// MaxInstances allows; the others queue. Raising the limit lets the next
+// Acquire start one more; with a limit of 0 and nothing running, a request
+// fails at once as overloaded rather than start an instance.
+func TestLimitBoundsStarts(t *testing.T) {
+	fs := newFakeStarter(true)
+	var mu sync.Mutex
+	limit := 2
+	p, _ := newTestPool(t, Config{Concurrency: 1, MaxInstances: 10, MaxQueue: 10, Limit: func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return limit
+	}}, fs)
+	results := make(chan acquired, 6)
+	for range 5 {
+		go func() {
+			l, err := p.Acquire(context.Background())
+			results <- acquired{l, err}
+		}()
+	}
+	calls := []*startCall{recv(t, fs.calls, "a start"), recv(t, fs.calls, "a start")}
+	waitWaiting(t, p, 5)
+	if st := p.Stats(); st.Starting != 2 {
+		t.Fatalf("starting = %d with a limit of 2, want 2", st.Starting)
+	}
+	mu.Lock()
+	limit = 3
+	mu.Unlock()
+	go func() {
+		l, err := p.Acquire(context.Background())
+		results <- acquired{l, err}
+	}()
+	calls = append(calls, recv(t, fs.calls, "the start the raised limit allows"))
+	waitWaiting(t, p, 6)
+	for _, c := range calls {
+		c.answer <- nil
+	}
+	var leases []*Lease[*fakeInstance]
+	for range 3 {
+		r := recv(t, results, "a held request")
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		leases = append(leases, r.l)
+	}
+	for range 3 {
+		leases[0].Release()
+		leases = leases[1:]
+		r := recv(t, results, "a queued request")
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		leases = append(leases, r.l)
+	}
+	for _, l := range leases {
+		l.Release()
+	}
+	if got := fs.starts(); got != 3 {
+		t.Errorf("starts = %d, want 3 (the limit)", got)
+	}
+
+	none, _ := newTestPool(t, Config{Function: "none", Concurrency: 1, MaxInstances: 10, MaxQueue: 10, Limit: func() int { return 0 }}, newFakeStarter(false))
+	if _, err := none.Acquire(context.Background()); !errors.Is(err, ebb.ErrOverloaded) {
+		t.Errorf("Acquire with a limit of 0: err = %v, want ErrOverloaded", err)
+	}
+}
+
+// TestFloorFollowsItsFunction: a pool whose Floor (a node's share of a
+// cluster's min_instances) moves keeps what it says now: none at first,
+// two after it rises (at the next tick), and back to none, idle
+// instances stopped, after it falls.
+func TestFloorFollowsItsFunction(t *testing.T) {
+	clk := newFakeClock()
+	fs := newFakeStarter(false)
+	var mu sync.Mutex
+	floor := 0
+	p, _ := newTestPool(t, Config{Concurrency: 1, MinInstances: 2, MaxInstances: 3, IdleTimeout: time.Minute, Now: clk.Now,
+		Floor: func() int { mu.Lock(); defer mu.Unlock(); return floor }}, fs)
+	p.tick(clk.Now())
+	if st := p.Stats(); len(st.Instances) != 0 || fs.starts() != 0 {
+		t.Fatalf("with a floor of 0: %+v, %d starts; want none (MinInstances is replaced)", st, fs.starts())
+	}
+	mu.Lock()
+	floor = 2
+	mu.Unlock()
+	p.tick(clk.Now())
+	waitFor(t, "2 warm instances", func() bool {
+		st := p.Stats()
+		return len(st.Instances) == 2 && st.Instances[0].Phase == PhaseIdle && st.Instances[1].Phase == PhaseIdle
+	})
+	p.tick(clk.Now().Add(time.Hour))
+	if st := p.Stats(); len(st.Instances) != 2 {
+		t.Fatalf("idle past the timeout with a floor of 2: %d instances, want 2 kept", len(st.Instances))
+	}
+	mu.Lock()
+	floor = 0
+	mu.Unlock()
+	p.tick(clk.Now().Add(time.Hour))
+	waitFor(t, "the idle instances to stop", func() bool { return len(p.Stats().Instances) == 0 })
+	if got := fs.starts(); got != 2 {
+		t.Errorf("starts = %d, want 2", got)
+	}
+}

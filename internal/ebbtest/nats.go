@@ -1,6 +1,7 @@
 package ebbtest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -11,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // NATSServer is one nats-server process of a cluster started by
@@ -78,7 +82,41 @@ func NATSCluster(t testing.TB, bin string, n int) []*NATSServer {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	placeable(t, NATSURLs(srvs), n, deadline)
 	return srvs
+}
+
+// placeable waits until JetStream places a stream of n replicas (a
+// healthy meta leader may still count a peer offline for a moment, and a
+// client that creates its streams then is refused "no suitable peers"),
+// by creating one and deleting it.
+func placeable(t testing.TB, urls string, n int, deadline time.Time) {
+	t.Helper()
+	nc, err := nats.Connect(urls)
+	if err != nil {
+		t.Fatalf("connect to the nats cluster: %v", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "ebbtest_probe", Subjects: []string{"ebbtest.probe"},
+			Replicas: n, Storage: jetstream.MemoryStorage})
+		if err == nil {
+			err = js.DeleteStream(ctx, "ebbtest_probe")
+		}
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the nats cluster cannot place a stream of %d replicas within 60s: %v", n, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // metaComplete says whether the server at base (its monitoring URL) sees

@@ -3,6 +3,7 @@ package ebbtest
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os/exec"
 	"syscall"
@@ -27,7 +28,23 @@ type Serve struct {
 // later.
 func StartServe(t testing.TB, bin string, args ...string) *Serve {
 	t.Helper()
-	return StartServes(t, bin, args)[0]
+	ss, err := tryServes(t, bin, args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ss[0]
+}
+
+// TryServe is StartServe that returns an error, rather than failing the
+// test, when ebb exits before serving (or does not serve within 60s): for
+// a caller that restarts it, as a supervisor would.
+func TryServe(t testing.TB, bin string, args ...string) (*Serve, error) {
+	t.Helper()
+	ss, err := tryServes(t, bin, args)
+	if err != nil {
+		return nil, err
+	}
+	return ss[0], nil
 }
 
 // StartServes is StartServe for several servers started at once, one per
@@ -36,27 +53,38 @@ func StartServe(t testing.TB, bin string, args ...string) *Serve {
 // has two minutes (the time ebb waits for its cluster to form).
 func StartServes(t testing.TB, bin string, args ...[]string) []*Serve {
 	t.Helper()
+	ss, err := tryServes(t, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ss
+}
+
+func tryServes(t testing.TB, bin string, args ...[]string) ([]*Serve, error) {
+	t.Helper()
 	bound := 60 * time.Second
 	if len(args) > 1 {
 		bound = 2 * time.Minute
 	}
 	var ss []*Serve
-	var waits []func()
+	var waits []func() error
 	for _, a := range args {
 		s, wait := startServe(t, bin, a, bound)
 		ss = append(ss, s)
 		waits = append(waits, wait)
 	}
+	var first error
 	for _, wait := range waits {
-		wait()
+		if err := wait(); err != nil && first == nil {
+			first = err
+		}
 	}
-	return ss
+	return ss, first
 }
 
-// startServe starts one server; wait returns once it serves, failing t
-// if it exits first or has not served within bound. wait must be called
-// on the test's goroutine.
-func startServe(t testing.TB, bin string, args []string, bound time.Duration) (*Serve, func()) {
+// startServe starts one server; wait returns once it serves, or an error
+// if it exits first or has not served within bound.
+func startServe(t testing.TB, bin string, args []string, bound time.Duration) (*Serve, func() error) {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
 	s := &Serve{Stdout: &Buffer{}, Log: &Buffer{}}
@@ -101,15 +129,15 @@ func startServe(t testing.TB, bin string, args []string, bound time.Duration) (*
 		}
 	})
 	started := time.Now()
-	return s, func() {
-		t.Helper()
+	return s, func() error {
 		select {
 		case s.Addr = <-addrc:
 			s.URL = "http://" + s.Addr
+			return nil
 		case <-exited:
-			t.Fatalf("ebb serve exited before serving:\n%s", s.Log)
+			return fmt.Errorf("ebb serve exited before serving:\n%s", s.Log)
 		case <-time.After(time.Until(started.Add(bound))):
-			t.Fatalf("ebb serve did not log its address within %s:\n%s", bound, s.Log)
+			return fmt.Errorf("ebb serve did not log its address within %s:\n%s", bound, s.Log)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/auth"
+	"github.com/ebb-run/ebb/internal/cluster"
 	"github.com/ebb-run/ebb/internal/events"
 	"github.com/ebb-run/ebb/internal/gateway"
 	"github.com/ebb-run/ebb/internal/queue"
@@ -269,6 +270,12 @@ func (p *Platform) Enqueue(ctx context.Context, t gateway.Target, id string, pay
 	return opt.Version, err
 }
 
+// elsewhereWait is how long a node's workers of a function leave its jobs
+// to the nodes holding its instance slots: as long as a refused claim is
+// remembered (half a heartbeat interval), after which the node asks the
+// bucket again (the holder may have let its slot go, or died).
+const elsewhereWait = cluster.DefaultInterval / 2
+
 // asyncInvoker runs jobs through the synchronous invoke path.
 type asyncInvoker struct{ p *Platform }
 
@@ -284,7 +291,13 @@ func (a asyncInvoker) Invoke(ctx context.Context, name string, version int, id s
 	res, err := a.p.Invoke(ctx, t, id, payload)
 	var br *gateway.BadRequestError
 	var gone *ebb.NotFoundError
+	var elsewhere *elsewhereError
 	switch {
+	case errors.As(err, &elsewhere):
+		// Every instance slot is held by other nodes: back to the shared
+		// consumer, for their workers (this node's pause while a refused
+		// claim is remembered, then it asks again).
+		return nil, &queue.HeldElsewhere{Wait: elsewhereWait, Err: err}
 	case errors.As(err, &gone):
 		// The job's version (or alias) was removed: no retry will help.
 		return nil, &queue.PermanentError{Err: err}

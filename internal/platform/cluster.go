@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/ebb-run/ebb"
 	"github.com/ebb-run/ebb/internal/cluster"
+	"github.com/ebb-run/ebb/internal/dispatch"
 	"github.com/ebb-run/ebb/internal/store"
 )
 
@@ -38,6 +40,12 @@ func (p *Platform) startCluster(ctx context.Context) error {
 		return err
 	}
 	p.cluster = c
+	if p.clustered() {
+		p.hop = newHopClient()
+		p.slots.Store(c)
+		p.wg.Add(1)
+		go p.floorLoop(cluster.DefaultInterval)
+	}
 	return nil
 }
 
@@ -45,6 +53,55 @@ func (p *Platform) startCluster(ctx context.Context) error {
 // an external NATS, or through its embedded server's cluster routes.
 func (p *Platform) clustered() bool {
 	return p.cfg.NATSURL != "" || len(p.cfg.ClusterRoutes) > 0
+}
+
+// floorLoop keeps this node's share of every min_instances floor, now and
+// every interval (a heartbeat's), until the platform closes.
+func (p *Platform) floorLoop(every time.Duration) {
+	defer p.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(p.ctx, every)
+		p.keepFloors(ctx)
+		cancel()
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// keepFloors gives each version with a pool here and a min_instances its
+// share of the floor across the cluster (cluster.FloorShares: N instances
+// in all, not N per node), claiming the slots it needs, and has the pool
+// act on a changed share at once.
+func (p *Platform) keepFloors(ctx context.Context) {
+	type floored struct {
+		key string
+		d   *deployment
+	}
+	var fs []floored
+	p.mu.RLock()
+	for name, f := range p.fns {
+		for n, v := range f.versions {
+			if d := v.dep.Load(); d != nil && d.fn.Spec.MinInstances > 0 {
+				fs = append(fs, floored{cluster.SlotKey(name, n), d})
+			}
+		}
+	}
+	p.mu.RUnlock()
+	for _, f := range fs {
+		spec := &f.d.fn.Spec
+		share, err := p.cluster.KeepFloor(ctx, f.key, spec.MinInstances, maxInstancesOf(spec))
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("cluster: keep the min_instances floor", "key", f.key, "err", err)
+		}
+		if int32(share) != f.d.floor.Swap(int32(share)) {
+			f.d.pool.StopIdle(p.cfg.Now()) // a tick now: start or let go
+		}
+	}
 }
 
 // load is what this node holds now, for its heartbeat.
@@ -64,6 +121,12 @@ func (p *Platform) load() cluster.Load {
 		for _, in := range d.pool.Stats().Instances {
 			l.Instances++
 			l.InFlight += in.InFlight
+			if in.Phase == dispatch.PhaseIdle {
+				if l.Idle == nil {
+					l.Idle = map[string]int{}
+				}
+				l.Idle[cluster.SlotKey(d.fn.Spec.Name, d.fn.Version)]++
+			}
 		}
 	}
 	return l

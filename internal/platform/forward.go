@@ -1,7 +1,9 @@
 package platform
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -18,9 +20,14 @@ import (
 
 // This file is how a node of a cluster (a shared NATS) keeps max_instances
 // cluster-wide: before it starts an instance of a version it claims one of
-// the version's slots (cluster.Claim); when every slot is held by other
-// nodes it forwards the request to one of them over a direct HTTP hop. A
-// single node has none of it: its invoke routes are not wrapped.
+// the version's slots (cluster.Claim), whatever the trigger (admit, on
+// every invocation), and its pools run no more instances than it holds
+// (slotLimit). An HTTP request at a node without an instance goes to an
+// idle instance elsewhere or is placed on the least-loaded node
+// (placeElsewhere); when every slot is held by other nodes it goes to one
+// of them; all over a direct HTTP hop. A job that belongs elsewhere is
+// handed back to the queue (async.go). A single node has none of it: its
+// invoke routes are not wrapped, and its pools have no Limit or Floor.
 
 // Headers of the hop between nodes.
 const (
@@ -32,16 +39,113 @@ const (
 	NodeHeader = "Ebb-Node"
 )
 
-// hopClient carries forwarded requests: no timeout of its own (the
-// function's timeout holds on the serving node; the caller's context ends
-// the hop), a short dial timeout so that a dead node fails fast.
-var hopClient = &http.Client{
-	Transport: &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-	},
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+// newHopClient makes the client that carries forwarded requests: no
+// timeout of its own (the function's timeout holds on the serving node; the
+// caller's context ends the hop), a short dial timeout so that a dead node
+// fails fast. The platform owns it and closes its idle connections in Close.
+func newHopClient() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// slotted says whether this node keeps cluster-wide instance slots: it is
+// a node of a cluster (a shared NATS).
+func (p *Platform) slotted() bool { return p.clustered() && p.cluster != nil }
+
+// slotLimit is the Limit of version fn's pool on a node of a cluster: the
+// slots of it this node holds (none before the cluster starts); nil on a
+// lone node, whose pools are bound by max_instances alone.
+func (p *Platform) slotLimit(fn *ebb.Function) func() int {
+	if !p.clustered() {
+		return nil
+	}
+	key := cluster.SlotKey(fn.Spec.Name, fn.Version)
+	return func() int {
+		if c := p.slots.Load(); c != nil {
+			return c.Mine(key)
+		}
+		return 0
+	}
+}
+
+// slotFloor is the Floor of d's pool on a node of a cluster: this node's
+// share of the version's min_instances, as keepFloors last found it; nil
+// on a lone node, which keeps min_instances itself.
+func (p *Platform) slotFloor(d *deployment) func() int {
+	if !p.clustered() {
+		return nil
+	}
+	return func() int { return int(d.floor.Load()) }
+}
+
+// maxInstancesOf is a spec's max_instances, defaulted as the pool does.
+func maxInstancesOf(spec *ebb.Spec) int {
+	if spec.MaxInstances > 0 {
+		return spec.MaxInstances
+	}
+	return max(ebb.DefaultMaxInstances, spec.MinInstances)
+}
+
+// elsewhereError says that every instance slot of a version is held by
+// other nodes and this node runs none: the request belongs on one of
+// holders. It is an ebb.ErrOverloaded, so that what cannot send it there
+// (an async worker) hands it back to be tried again.
+type elsewhereError struct {
+	name    string
+	key     string
+	holders []cluster.Node
+}
+
+func (e *elsewhereError) Error() string {
+	return "every instance slot of " + e.name + " is held by other nodes (" + e.holders[0].Name + ")"
+}
+
+func (e *elsewhereError) Unwrap() error { return ebb.ErrOverloaded }
+
+// admit decides whether a request for version v of function name runs on
+// this node, on a node of a cluster: yes (nil) when one of its instances
+// here has room (or one starting will), when this node holds a slot not
+// yet running, when it can claim one more, or when every slot is held and
+// some here (the request queues behind them). Otherwise an
+// *elsewhereError names the holders. Every invocation passes it: HTTP
+// requests (which forward on an *elsewhereError) and what runs in process
+// (async jobs, scheduled ticks, event sources), so that max_instances
+// holds for the cluster whatever the trigger.
+func (p *Platform) admit(ctx context.Context, name string, v *version) error {
+	spec := &v.fn.Spec
+	key := cluster.SlotKey(name, v.fn.Version)
+	var have int
+	if d := v.dep.Load(); d != nil {
+		st := d.pool.Stats()
+		if free(st, max(spec.Concurrency, 1)) {
+			return nil
+		}
+		have = running(st)
+	}
+	if have < p.cluster.Mine(key) {
+		return nil // a slot held here, its instance to start
+	}
+	c, err := p.cluster.Claim(ctx, key, maxInstancesOf(spec))
+	if err != nil {
+		// Overloaded for what runs in process: a job is tried again,
+		// not counted as an attempt, when the bucket is out of reach.
+		return fmt.Errorf("claim an instance slot of %s: %w: %w", key, ebb.ErrOverloaded, err)
+	}
+	if c.OK || have > 0 || len(c.Holders) == 0 {
+		return nil
+	}
+	if d := v.dep.Load(); d != nil && running(d.pool.Stats()) > 0 {
+		// Another request's claim started one here meanwhile: queue
+		// behind it rather than hop.
+		return nil
+	}
+	return &elsewhereError{name: name, key: key, holders: c.Holders}
 }
 
 // clusterRoutes wraps the synchronous invoke routes of rs with the slot
@@ -88,14 +192,15 @@ func running(s dispatch.Stats) int {
 }
 
 // free says whether the pool can take a request now without starting an
-// instance: one of its instances has room, or one is starting.
+// instance: one of its instances has room, or those starting have room
+// beyond the requests already waiting for them.
 func free(s dispatch.Stats, concurrency int) bool {
 	for _, in := range s.Instances {
-		if in.Phase == dispatch.PhaseStarting || (in.Phase != dispatch.PhaseStopping && in.InFlight < concurrency) {
+		if in.Phase != dispatch.PhaseStopping && in.Phase != dispatch.PhaseStarting && in.InFlight < concurrency {
 			return true
 		}
 	}
-	return false
+	return s.Starting*concurrency > s.Waiting
 }
 
 func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dialect, next http.HandlerFunc) http.HandlerFunc {
@@ -117,37 +222,33 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 			next(w, r) // the gateway says what is wrong
 			return
 		}
-		spec := v.fn.Spec
-		key := cluster.SlotKey(name, v.fn.Version)
-		var have int
-		if d := v.dep.Load(); d != nil {
-			st := d.pool.Stats()
-			if free(st, max(spec.Concurrency, 1)) {
-				next(w, r)
-				return
+		if !forwarded {
+			if h, ok := p.placeElsewhere(r.Context(), name, v); ok {
+				err := p.forward(w, r, h)
+				if err == nil {
+					return
+				}
+				if !isDialError(err) {
+					p.log.Warn("cluster: forward", "node", h.Name, "err", err)
+					route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
+						Message: "node " + h.Name + ", which was to serve " + name + ", stopped answering", RetryAfter: time.Second})
+					return
+				}
+				// Down, its heartbeat not yet expired: serve here.
+				p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
 			}
-			have = running(st)
-		}
-		if have < p.cluster.Mine(key) {
-			next(w, r) // a slot held here, its instance to start
-			return
-		}
-		maxInst := spec.MaxInstances
-		if maxInst <= 0 {
-			maxInst = max(ebb.DefaultMaxInstances, spec.MinInstances)
 		}
 		for range 2 {
-			c, err := p.cluster.Claim(r.Context(), key, maxInst)
-			if err != nil {
-				p.log.Warn("cluster: claim an instance slot", "key", key, "err", err)
-				route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
-					Message: "cannot reach the cluster's instance slots", RetryAfter: time.Second})
+			err := p.admit(r.Context(), name, v)
+			var ew *elsewhereError
+			if err == nil {
+				next(w, r)
 				return
 			}
-			if c.OK || have > 0 || len(c.Holders) == 0 {
-				// A slot of ours: serve here (queued behind our own
-				// instances when every slot is held).
-				next(w, r)
+			if !errors.As(err, &ew) {
+				p.log.Warn("cluster: claim an instance slot", "function", name, "err", err)
+				route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
+					Message: "cannot reach the cluster's instance slots", RetryAfter: time.Second})
 				return
 			}
 			if forwarded {
@@ -157,8 +258,8 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 					Message: "every instance slot of " + name + " is held by other nodes", RetryAfter: time.Second})
 				return
 			}
-			h := c.Holders[0] // the first by name: every node picks the same
-			err = p.hop(w, r, h)
+			h := ew.holders[0] // the first by name: every node picks the same
+			err = p.forward(w, r, h)
 			if err == nil {
 				return
 			}
@@ -174,12 +275,34 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 			// The holder is down but its heartbeat has not expired yet:
 			// claim again (its slots may be free by now), else 503.
 			p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
-			p.cluster.Recheck(key)
+			p.cluster.Recheck(ew.key)
 		}
 		route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
 			Message:    "the node holding " + name + "'s instances is down; its slots are free within the heartbeat TTL",
 			RetryAfter: cluster.DefaultTTL})
 	}
+}
+
+// placeElsewhere says where a request for version v goes when this node
+// runs no instance of it and holds no slot of it: to a node with an idle
+// instance of it (warm rather than cold), or, when a slot is free, to the
+// least-loaded node to start one (cluster.Route); ok is false to serve
+// here (claiming a slot, or forwarding to a holder when every slot is
+// held, as admit decides).
+func (p *Platform) placeElsewhere(ctx context.Context, name string, v *version) (cluster.Node, bool) {
+	key := cluster.SlotKey(name, v.fn.Version)
+	if d := v.dep.Load(); d != nil && running(d.pool.Stats()) > 0 {
+		return cluster.Node{}, false
+	}
+	if p.cluster.Mine(key) > 0 {
+		return cluster.Node{}, false
+	}
+	h, ok, err := p.cluster.Where(ctx, key, maxInstancesOf(&v.fn.Spec))
+	if err != nil {
+		p.log.Warn("cluster: place a request", "key", key, "err", err)
+		return cluster.Node{}, false
+	}
+	return h, ok
 }
 
 func isEvent(r *http.Request) bool {
@@ -190,11 +313,11 @@ func isEvent(r *http.Request) bool {
 	return strings.EqualFold(it, "Event")
 }
 
-// hop sends r to node h and copies its answer to w unchanged but for
+// forward sends r to node h and copies its answer to w unchanged but for
 // Ebb-Node. The caller's credentials go unchanged: h checks them again
 // (keys are replicated), so a hop grants nothing the caller lacks. An error
 // means nothing was written to w.
-func (p *Platform) hop(w http.ResponseWriter, r *http.Request, h cluster.Node) error {
+func (p *Platform) forward(w http.ResponseWriter, r *http.Request, h cluster.Node) error {
 	out, err := http.NewRequestWithContext(r.Context(), r.Method, strings.TrimSuffix(h.Addr, "/")+r.URL.RequestURI(), noClose{r.Body})
 	if err != nil {
 		return err
@@ -206,7 +329,7 @@ func (p *Platform) hop(w http.ResponseWriter, r *http.Request, h cluster.Node) e
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
-	resp, err := hopClient.Do(out)
+	resp, err := p.hop.Do(out)
 	if err != nil {
 		return err
 	}

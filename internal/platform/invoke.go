@@ -52,6 +52,14 @@ func (p *Platform) acquireShadow(ctx context.Context, t gateway.Target) (*deploy
 		if k != nil {
 			arrived = p.cfg.Now()
 		}
+		if p.slotted() {
+			// A node of a cluster runs the request only within the
+			// instance slots it holds or can claim (forward.go).
+			// Nothing ran here, so nothing is recorded (d is nil).
+			if err := p.admit(ctx, t.Name, v); err != nil {
+				return nil, nil, nil, err
+			}
+		}
 		lease, err := d.pool.Acquire(ctx)
 		if errors.Is(err, ebb.ErrDraining) {
 			continue

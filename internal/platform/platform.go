@@ -272,6 +272,11 @@ type Platform struct {
 	pastArrivals atomic.Pointer[map[string][]time.Time]
 	// cluster is this node's heartbeat and lease; see cluster.go.
 	cluster *cluster.Cluster
+	// slots is cluster once it runs on a shared NATS, for the pools'
+	// Limit (their loops run before it starts); nil on a lone node.
+	slots atomic.Pointer[cluster.Cluster]
+	// hop carries requests forwarded to other nodes (forward.go).
+	hop *http.Client
 }
 
 // deployment is one function version's pool.
@@ -288,6 +293,9 @@ type deployment struct {
 	// prewarmHold accounts instances the keeper starts ahead of a call in
 	// the warm budget; nil without a keeper.
 	prewarmHold *instance.PrewarmHold
+	// floor is this node's share of the version's min_instances, on a
+	// node of a cluster (keepFloors).
+	floor atomic.Int32
 }
 
 // New opens the store, restores every deployed function and returns a
@@ -474,6 +482,7 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 		MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout, IdleTimeout: idle,
 		Now: p.cfg.Now, Observer: p.metrics, Logger: p.log,
 	}
+	pc.Limit, pc.Floor = p.slotLimit(fn), p.slotFloor(d) // nil on a lone node
 	if policy != nil {
 		d.keeper = p.keep.Add(s.Name, fn.Version, policy, keepTarget{d}, idle)
 		pc.IdleDeadline = d.keeper.IdleDeadline
@@ -557,6 +566,9 @@ func (p *Platform) Close(ctx context.Context) error {
 	p.stopAsync(ctx)
 	if p.cluster != nil {
 		p.cluster.Close(ctx) // after the scheduler: the lease goes with it
+	}
+	if p.hop != nil {
+		p.hop.CloseIdleConnections()
 	}
 	p.cancel()
 	p.keep.Close() // no unload or pre-warm while the pools close

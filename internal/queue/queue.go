@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -246,7 +247,23 @@ type group struct {
 	set    Settings
 	cancel context.CancelFunc
 	done   chan struct{}
+	// pausedUntil (unix nanoseconds) is when the group may pull again
+	// after a job was found to belong on another node (HeldElsewhere).
+	pausedUntil atomic.Int64
 }
+
+// HeldElsewhere is an Invoker's answer that a job cannot start on this
+// node now: every instance slot of its function is held by other nodes of
+// the cluster. The job goes back to the stream at once, not counted as an
+// attempt, and this node's workers of the function pull nothing for Wait,
+// so that the holders' workers, which share the consumer, take its jobs.
+type HeldElsewhere struct {
+	Wait time.Duration
+	Err  error
+}
+
+func (e *HeldElsewhere) Error() string { return "held by another node: " + e.Err.Error() }
+func (e *HeldElsewhere) Unwrap() error { return e.Err }
 
 // New creates or binds the streams and buckets and returns a Queue with no
 // workers; Start runs them per function.

@@ -421,3 +421,43 @@ func TestRemovePurgesQueuedJobs(t *testing.T) {
 		t.Errorf("Remove of a function without a consumer: %v", err)
 	}
 }
+
+// TestHeldElsewhereGoesToAnotherNode: two nodes' workers share a function's
+// consumer. A job that node A cannot start (every instance slot held by
+// others: HeldElsewhere) is not an attempt, and A pulls nothing more for
+// the pause it asked, so that node B's workers run every job.
+func TestHeldElsewhereGoesToAnotherNode(t *testing.T) {
+	f := newFixture(t, nil)
+	set := Settings{Workers: 1, MaxRetries: 0, MaxAge: time.Hour}
+	f.handle("one", set, func(id string, n int, p []byte) ([]byte, error) {
+		return nil, &HeldElsewhere{Wait: time.Hour, Err: ebb.ErrOverloaded}
+	})
+	for i := range 5 {
+		f.enqueue("one", fmt.Sprintf("j%d", i), `{}`)
+	}
+	waitCond(t, "node A to hand a job back", func() bool { return f.inv.calls.Load() >= 1 })
+
+	// Node B: another Queue on the same JetStream, whose worker runs them.
+	inv := &fakeInvoker{runs: map[string]int{}, fns: map[string]func(string, int, []byte) ([]byte, error){"one": echo}}
+	b, err := New(context.Background(), Config{JetStream: f.st.JetStream(), Invoker: inv, RetryBase: 5 * time.Millisecond,
+		RetryMax: 20 * time.Millisecond, OverloadDelay: 5 * time.Millisecond, AckWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	if err := b.Start(context.Background(), "one", set); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		j := f.wait(fmt.Sprintf("j%d", i), StatusSucceeded)
+		if j.Attempts != 1 {
+			t.Errorf("job %s: %d attempts, want 1 (a job handed back is no attempt)", j.ID, j.Attempts)
+		}
+	}
+	if got := f.inv.calls.Load(); got != 1 {
+		t.Errorf("node A was handed %d jobs, want 1: after handing one back it pulls nothing during its pause", got)
+	}
+	if got := inv.calls.Load(); got != 5 {
+		t.Errorf("node B ran %d jobs, want 5", got)
+	}
+}

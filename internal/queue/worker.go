@@ -93,11 +93,34 @@ func (q *Queue) fetchLoop(ctx context.Context, g *group, cons jetstream.Consumer
 	defer q.loops.Done()
 	defer close(g.done)
 	slots := make(chan struct{}, g.set.Workers)
+	var pause *time.Timer
+	defer func() {
+		if pause != nil {
+			pause.Stop()
+		}
+	}()
 	for {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
 			return
+		}
+		if d := time.Until(time.Unix(0, g.pausedUntil.Load())); d > 0 {
+			// This node's jobs of the function belong on another node
+			// for now: leave them to its workers. (Checked with a worker
+			// free, so that a job that just set the pause is seen.)
+			<-slots
+			if pause == nil {
+				pause = time.NewTimer(d)
+			} else {
+				pause.Reset(d)
+			}
+			select {
+			case <-pause.C:
+			case <-ctx.Done():
+				return
+			}
+			continue
 		}
 		held := 1
 		for held < g.set.Workers {
@@ -195,6 +218,7 @@ func (q *Queue) handle(g *group, msg jetstream.Msg) {
 	stop()
 	end := q.cfg.Now().UTC()
 	var perm *PermanentError
+	var elsewhere *HeldElsewhere
 	switch {
 	case ctx.Err() != nil:
 		// ebb is stopping: the attempt did not finish, through no fault of
@@ -214,6 +238,13 @@ func (q *Queue) handle(g *group, msg jetstream.Msg) {
 			job.Result, _ = json.Marshal(string(result))
 		}
 		q.finish(ctx, g, job, msg, payload)
+	case errors.As(err, &elsewhere):
+		// Never started here: not an attempt, and at once back to the
+		// workers of the node that may run it.
+		g.pausedUntil.Store(time.Now().Add(elsewhere.Wait).UnixNano())
+		job.Status, job.Attempts = StatusQueued, job.Attempts-1
+		q.putCtx(ctx, job)
+		msg.Nak()
 	case errors.Is(err, ebb.ErrOverloaded) || errors.Is(err, ebb.ErrDraining):
 		// Never started: not an attempt.
 		job.Status, job.Attempts = StatusQueued, job.Attempts-1
