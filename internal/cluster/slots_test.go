@@ -78,6 +78,7 @@ func TestClaimNeverOvershoots(t *testing.T) {
 	const max = 3
 	var mu sync.Mutex
 	granted := map[string]int{}
+	selfFull := map[*Cluster]bool{}
 	var wg sync.WaitGroup
 	for _, c := range cs[1:] { // n0 only watches, and survives the kills below
 		for range 4 {
@@ -94,12 +95,21 @@ func TestClaimNeverOvershoots(t *testing.T) {
 					granted[c.Self()]++
 					mu.Unlock()
 				} else if len(got.Holders) == 0 {
-					t.Error("refused with no holders")
+					// Holders are the other nodes: a node refused
+					// without any must hold every slot itself.
+					mu.Lock()
+					selfFull[c] = true
+					mu.Unlock()
 				}
 			}()
 		}
 	}
 	wg.Wait()
+	for c := range selfFull {
+		if granted[c.Self()] != max {
+			t.Errorf("%s was refused with no other holder but was granted %d of %d", c.Self(), granted[c.Self()], max)
+		}
+	}
 	total := 0
 	for n, k := range granted {
 		total += k
