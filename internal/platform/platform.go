@@ -484,7 +484,7 @@ func (p *Platform) newDeployment(fn *ebb.Function, codeDir string) (*deployment,
 	}
 	pc.Limit, pc.Floor = p.slotLimit(fn), p.slotFloor(d) // nil on a lone node
 	if policy != nil {
-		d.keeper = p.keep.Add(s.Name, fn.Version, policy, keepTarget{d}, idle)
+		d.keeper = p.keep.AddSized(s.Name, fn.Version, policy, keepTarget{d}, idle, float64(s.MemoryMiB))
 		pc.IdleDeadline = d.keeper.IdleDeadline
 		d.prewarmHold = p.instCfg.Warm.NewPrewarmHold(s.Name, fn.Version, func() bool { return allIdle(d.pool.Stats()) }, func() { d.pool.StopIdleNow() })
 	}

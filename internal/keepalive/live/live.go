@@ -208,7 +208,14 @@ func (s *Scheduler) schedule(k *Keeper, t time.Time) {
 // idle is the keep-alive of an instance no arrival was observed for (a
 // floor instance, one started before the first arrival).
 func (s *Scheduler) Add(fn string, version int, policy keepalive.Policy, target Target, idle time.Duration) *Keeper {
-	k := &Keeper{s: s, fn: fn, version: version, policy: policy, target: target, idle: idle, hist: policy.New(), idx: -1}
+	return s.AddSized(fn, version, policy, target, idle, 0)
+}
+
+// AddSized is Add for a function of mb MB (its memory limit): a policy that
+// prices idle memory (keepalive.Sized, as hybrid) weighs it as the replay
+// weighs an app's memory; 0 prices it as the paper's median app.
+func (s *Scheduler) AddSized(fn string, version int, policy keepalive.Policy, target Target, idle time.Duration, mb float64) *Keeper {
+	k := &Keeper{s: s, fn: fn, version: version, policy: policy, target: target, idle: idle, hist: keepalive.NewHistory(policy, mb), idx: -1}
 	if h, ok := policy.(*keepalive.Hybrid); ok {
 		k.bin = h.Bin
 	}

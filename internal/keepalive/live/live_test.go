@@ -274,3 +274,32 @@ func TestSeedFromPastArrivals(t *testing.T) {
 		t.Fatalf("seed after a live arrival: %s, want the one-arrival fallback", st.Why)
 	}
 }
+
+// A keeper added with the function's memory prices its idle time by it, as
+// the replay prices an app's: on the same calls, a large function is kept
+// warm for less time than a small one.
+func TestKeeperPricesByMemory(t *testing.T) {
+	s := NewScheduler(nil, nil)
+	small := s.AddSized("small", 1, keepalive.DefaultHybrid(), &target{}, 5*time.Minute, 16)
+	large := s.AddSized("large", 1, keepalive.DefaultHybrid(), &target{}, 5*time.Minute, 16384)
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	// Calls 4 to 40 minutes apart, irregularly.
+	gaps := []int{7, 31, 4, 19, 40, 12, 26, 9, 35, 15, 22, 6, 38, 11, 29, 17}
+	at := t0
+	for _, g := range gaps {
+		at = at.Add(time.Duration(g) * time.Minute)
+		s.Advance(at)
+		small.Observe(at, false)
+		large.Observe(at, false)
+	}
+	ss, ls := small.Status(at), large.Status(at)
+	warm := func(st Status) time.Duration {
+		if !st.PrewarmAt.IsZero() {
+			return st.UnloadAt.Sub(st.PrewarmAt)
+		}
+		return st.UnloadAt.Sub(at)
+	}
+	if warm(ls) >= warm(ss) {
+		t.Fatalf("after the same calls a 16 GiB function is kept warm %v (%+v), a 16 MiB one %v (%+v): want the large one less", warm(ls), ls, warm(ss), ss)
+	}
+}
