@@ -446,14 +446,21 @@ func (q *Queue) Get(ctx context.Context, id string) (*Job, error) {
 	if !ValidID(id) {
 		return nil, jobNotFound(id)
 	}
-	keys, err := q.records.ListKeysFiltered(ctx, "*."+id)
-	if err != nil {
-		return nil, fmt.Errorf("get job: %w", err)
-	}
+	// The listing is an ordered consumer over the records' last values; one
+	// that ran while the job's worker wrote its record once came back
+	// without it (the full suite: a job found nowhere right after its
+	// PUT returned, though both writes were done). A second look costs only
+	// an unknown id.
 	var key string
-	for k := range keys.Keys() {
-		if key == "" {
-			key = k
+	for try := 0; key == "" && try < 2; try++ {
+		keys, err := q.records.ListKeysFiltered(ctx, "*."+id)
+		if err != nil {
+			return nil, fmt.Errorf("get job: %w", err)
+		}
+		for k := range keys.Keys() {
+			if key == "" {
+				key = k
+			}
 		}
 	}
 	if key == "" {
