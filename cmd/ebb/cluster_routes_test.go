@@ -235,7 +235,11 @@ func followTraffic(t *testing.T, from, to *node, fn string) {
 	follows := func(what string, cond func() bool) {
 		t.Helper()
 		start := time.Now()
-		eventually(t, to.name+" to follow "+what, 30*time.Second, cond)
+		// 60 s: a shadow run's first mirrored copy on the other node
+		// has taken 11-25 s since shadow copies claim instance slots
+		// (docs/cluster.md, Not yet); everything else follows in under
+		// 2.5 s.
+		eventually(t, to.name+" to follow "+what, 60*time.Second, cond)
 		t.Logf("%s followed %s in %s", to.name, what, time.Since(start).Round(time.Millisecond))
 	}
 
@@ -272,10 +276,14 @@ func followTraffic(t *testing.T, from, to *node, fn string) {
 	// Version 1 removed: nothing routes there any more.
 	cli("rm", fn, "--version", "1")
 	follows("the removal of version 1", func() bool { code, _ := to.invoke(fn+":1", "{}"); return code == 404 })
-	vs := to.versions(t, fn)
-	if len(vs.Versions) != 1 || vs.Versions[0].Version != 2 || vs.Latest != 2 {
-		t.Errorf("versions through %s after the removal = %+v, want only version 2", to.name, vs)
-	}
+	// The listing is read from the node's replica of the versions bucket,
+	// which may lag the node's own following by a moment (a replica's read
+	// is not the leader's): it must come to list version 2 only.
+	var vs versionsReply
+	follows("the removal of version 1 in its versions listing", func() bool {
+		vs = to.versions(t, fn)
+		return len(vs.Versions) == 1 && vs.Versions[0].Version == 2 && vs.Latest == 2
+	})
 }
 
 // shadowOf is n's report of fn's shadow run; false when it has none.
