@@ -237,13 +237,25 @@ func TestClusterOfThree(t *testing.T) {
 	}
 
 	// B and C keep serving synchronous requests and keep every function.
+	// A request that a node placed on a (an idle instance there, by a
+	// heartbeat not yet expired) while a was dying may get the documented
+	// fast 503 with Retry-After: the node cannot know whether a took it.
+	// A client retries it once (docs/cluster.md), and the retry is served.
+	retried := 0
 	for i := range 20 {
 		for _, n := range []*node{b, c} {
-			if code, body := n.invoke("echo", fmt.Sprintf(`{"i":%d}`, i)); code != 200 || body != fmt.Sprintf(`{"i":%d}`, i) {
+			want := fmt.Sprintf(`{"i":%d}`, i)
+			code, body := n.invoke("echo", want)
+			if code == http.StatusServiceUnavailable {
+				retried++
+				code, body = n.invoke("echo", want)
+			}
+			if code != 200 || body != want {
 				t.Errorf("echo through %s after the kill = %d %s", n.name, code, body)
 			}
 		}
 	}
+	t.Logf("echo through b and c after the kill: 40 calls, %d retried once after a 503", retried)
 	for _, n := range []*node{b, c} {
 		fns, err := client.New(n.url, "").List(ctx)
 		if err != nil {
