@@ -193,6 +193,18 @@ func (e *env) instanceProc(name string, pid int) *hostProc {
 	if len(h.nspid) < 2 || h.pidNS == me.pidNS || h.mntNS == me.mntNS || h.uid != int(st.Sandbox.UID) || h.uid == 0 {
 		e.t.Fatalf("%s: instance process %+v is not confined (test: %+v, function uid %d)", name, h, me, st.Sandbox.UID)
 	}
+	// Hold its mount namespace until the test ends: a namespace's number
+	// is given to a new one once it is gone, and checkGone looks for
+	// processes by that number (a zygote rebuilt in the meantime once
+	// came up with the dead one's, under -race).
+	if f, err := os.Open("/proc/" + strconv.Itoa(h.pid) + "/ns/mnt"); err == nil {
+		if l, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd()))); err == nil && l == h.mntNS {
+			e.t.Cleanup(func() { f.Close() })
+		} else {
+			f.Close()
+			e.t.Fatalf("%s: instance process %d went while the test read it", name, h.pid)
+		}
+	}
 	return h
 }
 
