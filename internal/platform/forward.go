@@ -224,18 +224,10 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 		}
 		if !forwarded {
 			if h, ok := p.placeElsewhere(r.Context(), name, v); ok {
-				err := p.forward(w, r, h)
-				if err == nil {
-					return
-				}
-				if !isDialError(err) {
-					p.log.Warn("cluster: forward", "node", h.Name, "err", err)
-					route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
-						Message: "node " + h.Name + ", which was to serve " + name + ", stopped answering", RetryAfter: time.Second})
+				if p.hopOr503(w, r, dialect, h, "which was to serve "+name) {
 					return
 				}
 				// Down, its heartbeat not yet expired: serve here.
-				p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
 			}
 		}
 		for range 2 {
@@ -259,28 +251,38 @@ func (p *Platform) forwarding(fnOf func(*http.Request) string, dialect route.Dia
 				return
 			}
 			h := ew.holders[0] // the first by name: every node picks the same
-			err = p.forward(w, r, h)
-			if err == nil {
-				return
-			}
-			if !isDialError(err) {
-				// The connection broke before an answer (the node died
-				// with it open): the request may have reached it, so it
-				// is not served here; the caller retries.
-				p.log.Warn("cluster: forward", "node", h.Name, "err", err)
-				route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
-					Message: "node " + h.Name + ", which holds " + name + "'s instances, stopped answering", RetryAfter: time.Second})
+			if p.hopOr503(w, r, dialect, h, "which holds "+name+"'s instances") {
 				return
 			}
 			// The holder is down but its heartbeat has not expired yet:
 			// claim again (its slots may be free by now), else 503.
-			p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
 			p.cluster.Recheck(ew.key)
 		}
 		route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
 			Message:    "the node holding " + name + "'s instances is down; its slots are free within the heartbeat TTL",
 			RetryAfter: cluster.DefaultTTL})
 	}
+}
+
+// hopOr503 forwards r to h and reports whether the request is answered:
+// by h, or by a 503 when the connection broke before h's answer (h died
+// with it open: the request may have reached it, so it is not served here;
+// the caller retries). false: h refused the connection (down, its
+// heartbeat not yet expired), nothing was sent, and the caller decides.
+// role says what h was to this request, for the message.
+func (p *Platform) hopOr503(w http.ResponseWriter, r *http.Request, dialect route.Dialect, h cluster.Node, role string) bool {
+	err := p.forward(w, r, h)
+	if err == nil {
+		return true
+	}
+	if isDialError(err) {
+		p.log.Warn("cluster: forward to a dead node", "node", h.Name, "err", err)
+		return false
+	}
+	p.log.Warn("cluster: forward", "node", h.Name, "err", err)
+	route.Write(w, dialect, &route.Error{Status: http.StatusServiceUnavailable, Type: "ServiceUnavailable",
+		Message: "node " + h.Name + ", " + role + ", stopped answering", RetryAfter: time.Second})
+	return true
 }
 
 // placeElsewhere says where a request for version v goes when this node
