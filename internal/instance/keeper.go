@@ -56,12 +56,21 @@ type keeperConfig[T ahead] struct {
 type keeper[T ahead] struct {
 	cfg keeperConfig[T]
 
-	mu      sync.Mutex // guards spare, has, lastUse, running, closed, off
+	mu      sync.Mutex // guards spare, has, lastUse, running, closed, off, want, lets
 	spare   T
 	has     bool // spare is set
 	lastUse time.Time
 	running bool // the loop was started
 	closed  bool
+	// want says a spare was asked for (refill) and not made or let go
+	// since: a kick that reaches the loop after the spare was let go
+	// makes nothing.
+	want bool
+	// lets counts the times the spare (and what it stands on) was let go:
+	// a refill asked for before the latest one is stale. Without it, a
+	// start's delayed refill could rebuild a zygote the keep-alive had
+	// just unloaded, and nothing would unload it again.
+	lets uint64
 	// off is set by disable: every later spare would fail too (no ONNX
 	// Runtime library, a zygote that may not fork), so none is made.
 	off bool
@@ -82,6 +91,7 @@ func (k *keeper[T]) refill() {
 		k.mu.Unlock()
 		return
 	}
+	k.want = true
 	if !k.running {
 		k.running = true
 		k.lastUse = time.Now()
@@ -101,14 +111,24 @@ func (k *keeper[T]) refill() {
 // compete with the cold start it follows, on the request's path.
 const refillDelay = 25 * time.Millisecond
 
-// refillSoon is refill after refillDelay, for a start that took the spare.
+// refillSoon is refill after refillDelay, for a start that took the spare,
+// unless the spare is let go (an unload, an eviction) meanwhile: that
+// decision came later and stands.
 func (k *keeper[T]) refillSoon() {
 	k.mu.Lock()
-	closed := k.closed
+	closed, lets := k.closed, k.lets
 	k.mu.Unlock()
-	if !closed {
-		time.AfterFunc(refillDelay, k.refill) // refill checks closed again
+	if closed {
+		return
 	}
+	time.AfterFunc(refillDelay, func() { // refill checks closed again
+		k.mu.Lock()
+		stale := k.lets != lets
+		k.mu.Unlock()
+		if !stale {
+			k.refill()
+		}
+	})
 }
 
 // run owns the spare: it makes one when kicked and lets it go when no start
@@ -142,7 +162,9 @@ func (k *keeper[T]) run() {
 // make starts a spare if there is no live one and the limit allows one more.
 func (k *keeper[T]) make(ctx context.Context) {
 	k.mu.Lock()
-	skip := k.closed || k.off || (k.has && !isClosed(k.spare.done()))
+	skip := k.closed || k.off || !k.want || (k.has && !isClosed(k.spare.done()))
+	k.want = false
+	lets := k.lets
 	k.mu.Unlock()
 	if skip || !k.acquire() {
 		return
@@ -162,9 +184,16 @@ func (k *keeper[T]) make(ctx context.Context) {
 	}
 	old, had := k.spare, k.has
 	k.spare, k.has = sp, true
+	stale := k.lets != lets
 	k.mu.Unlock()
 	if had {
 		old.kill() // dead already; its room is the new one's
+	}
+	if stale {
+		// Let go while it was being made: the unload or eviction also
+		// covers what this start built (a zygote).
+		k.letGo(time.Now(), true)
+		return
 	}
 	k.cfg.hold.refresh()
 	if k.cfg.ready != nil {
@@ -190,6 +219,8 @@ func (k *keeper[T]) letGo(now time.Time, force bool) {
 		return
 	}
 	sp, had := k.takeLocked()
+	k.lets++
+	k.want = false
 	var after func()
 	if k.cfg.retire != nil {
 		after = k.cfg.retire(had, force)

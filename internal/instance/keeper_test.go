@@ -160,3 +160,78 @@ func TestKeeperBusyHoldsTheSpare(t *testing.T) {
 	busy.Store(false)
 	waitFor(t, "the spare to go", func() bool { return !k.live() })
 }
+
+// An unload (or eviction) decided after a start asked for the next spare
+// stands: the start's delayed refill makes nothing, and a spare whose
+// making the unload overtook is let go as soon as it is made. Before this,
+// a python function's keep-alive unload was undone 25 ms later by the
+// refill of the call it followed, rebuilding a zygote nothing unloaded.
+func TestKeeperLetGoCancelsPendingRefill(t *testing.T) {
+	var made atomic.Int32
+	gate := make(chan struct{})
+	started := make(chan struct{}, 10)
+	var last atomic.Pointer[fakeAhead]
+	retired := make(chan bool, 10)
+	k := newKeeper(keeperConfig[*fakeAhead]{
+		keepAlive: time.Hour,
+		start: func(ctx context.Context) (*fakeAhead, error) {
+			started <- struct{}{}
+			<-gate
+			made.Add(1)
+			f := newFakeAhead()
+			last.Store(f)
+			return f, nil
+		},
+		retire: func(had, _ bool) func() { return func() { retired <- had } },
+	})
+	defer k.close()
+	close(gate) // starts go through for now
+
+	k.refillSoon()
+	k.evict()
+	<-retired
+	time.Sleep(8 * refillDelay)
+	if n := made.Load(); n != 0 {
+		t.Fatalf("made %d spares after the unload that followed the refill's request; want none", n)
+	}
+
+	// A later ask (a pre-warm) is honoured.
+	k.refill()
+	waitFor(t, "the pre-warmed spare", k.live)
+
+	// A spare whose making an eviction overtakes goes once made.
+	k2gate := make(chan struct{})
+	k2 := newKeeper(keeperConfig[*fakeAhead]{
+		keepAlive: time.Hour,
+		start: func(ctx context.Context) (*fakeAhead, error) {
+			started <- struct{}{}
+			<-k2gate
+			f := newFakeAhead()
+			last.Store(f)
+			return f, nil
+		},
+		retire: func(had, _ bool) func() { return func() { retired <- had } },
+	})
+	defer k2.close()
+	for len(started) > 0 {
+		<-started
+	}
+	k2.refill()
+	<-started
+	k2.evict()
+	if had := <-retired; had {
+		t.Fatal("the eviction found a spare before one was made")
+	}
+	close(k2gate)
+	select {
+	case had := <-retired:
+		if !had {
+			t.Fatal("the overtaken spare was retired without being seen")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a spare made after an eviction overtook its making was kept")
+	}
+	if k2.live() || !isClosed(last.Load().done()) {
+		t.Fatal("the overtaken spare is still alive")
+	}
+}
