@@ -125,7 +125,7 @@ func (l *onnxLauncher) start(ctx context.Context, id string) (*Instance, error) 
 	if !ok {
 		return l.spawn(ctx, id)
 	}
-	if err := sp.inst.waitListening(ctx, sp.ready); err != nil {
+	if err := sp.inst.waitListening(ctx, sp.ready, 0); err != nil {
 		sp.inst.abort()
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func (l *onnxLauncher) spawn(ctx context.Context, id string) (*Instance, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := inst.waitListening(ctx, ready); err != nil {
+	if err := inst.waitListening(ctx, ready, 0); err != nil {
 		inst.abort()
 		return nil, err
 	}
