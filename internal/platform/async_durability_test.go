@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -198,7 +199,16 @@ func TestAsyncDurabilityKill9(t *testing.T) {
 		return len(js) >= jobs
 	})
 	if listErrs > 0 {
-		t.Logf("%d listings failed right after the restart", listErrs)
+		// What ebb logged of them (the client sees only the 500): the
+		// cause, for the next one to read.
+		t.Logf("%d listings failed right after the restart; ebb's errors:", listErrs)
+		if b, err := os.ReadFile(serverLog); err == nil {
+			for line := range strings.Lines(string(b)) {
+				if strings.Contains(line, `"level":"ERROR"`) || strings.Contains(line, "list jobs") {
+					t.Log(strings.TrimSpace(line))
+				}
+			}
+		}
 	}
 	t.Logf("all jobs succeeded %s after the restart", time.Since(restarted).Round(time.Millisecond))
 
