@@ -194,7 +194,12 @@ func (s *Sandbox) command(spec Spec) (*Command, error) {
 			return relErr
 		}
 	}
-	args = append(args, "--")
+	// The root itself (bwrap's tmpfs, holding the mount points above)
+	// read-only, after the last mount: as on Lambda, /tmp is the one place
+	// a function writes. Otherwise it could leave files at / for the next
+	// instance of a shared sandbox (a zygote's children) or grow the root
+	// past /tmp's size.
+	args = append(args, "--remount-ro", "/", "--")
 	c.Args = append(args, spec.Argv...)
 	var closeOnce sync.Once
 	c.Close = func() {

@@ -189,6 +189,8 @@ out("uid", os.getuid()); out("gid", os.getgid())
 out("pids", ",".join(sorted(p for p in os.listdir("/proc") if p.isdigit())))
 out("cwd", os.getcwd())
 out("write_task", err_of(lambda: open("/var/task/x", "w")))
+out("write_root", err_of(lambda: open("/x", "w")))
+out("mkdir_root", err_of(lambda: os.mkdir("/d")))
 def fill():
     with open("/tmp/big", "wb") as f:
         f.write(b"x" * 1024 * 1024)
@@ -259,6 +261,7 @@ func TestIsolation(t *testing.T) {
 	want := map[string]string{
 		"uid": strconv.Itoa(testUID), "gid": strconv.Itoa(testUID),
 		"cwd": "/var/task", "write_task": "EROFS", "write_tmp": "ok", "fill_tmp": "ENOSPC",
+		"write_root": "EROFS", "mkdir_root": "EROFS",
 		"shadow": "EACCES", "sys": "False",
 		"nnp": "1", "seccomp": "2", "capeff": "0000000000000000",
 		"unshare_user": "EPERM", "unshare_net": "EPERM", "mount": "EPERM",

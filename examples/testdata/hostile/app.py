@@ -130,6 +130,11 @@ def handler(event, context):
     attacks["write own cgroup limit"] = attempt(lambda: write(event["cgroup_limit_file"], str(4 << 30)))
     attacks["list /sys/fs/cgroup"] = attempt(lambda: os.listdir("/sys/fs/cgroup"))
     attacks["mount cgroupfs"] = attempt(mount_cgroup)
+    # The release shim ebb binds into exec and http sandboxes (a spare
+    # waits in it; absent here, in a python sandbox): neither writing it
+    # nor putting one in its place may work.
+    attacks["write the release shim"] = attempt(lambda: write("/.ebb-release"))
+    attacks["replace the release shim"] = attempt(lambda: write("/.ebb-release.new") and os.replace("/.ebb-release.new", "/.ebb-release"))
     attacks["signal ebb"] = attempt(lambda: os.kill(event["ebb_pid"], signal.SIGCONT))
     attacks["setuid 0"] = attempt(lambda: os.setuid(0))
     attacks["read /etc/shadow"] = attempt(lambda: open("/etc/shadow").read(10))
