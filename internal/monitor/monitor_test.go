@@ -254,3 +254,46 @@ func TestReportUntilInTheWindowsFirstSecond(t *testing.T) {
 		t.Errorf("report until the window's start: %d events, want none", rep.Events)
 	}
 }
+
+// An idle summariser sleeps (no ticks on a node with nothing to summarise)
+// and the next event wakes it: offered while it sleeps, an event is still
+// folded, and a flush still returns.
+func TestSummariserSleepsWhenIdle(t *testing.T) {
+	m := newMonitor(t, Config{})
+	asleep := func() bool {
+		deadline := time.Now().Add(5 * time.Second)
+		for !m.asleep.Load() {
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return true
+	}
+	if !asleep() {
+		t.Fatalf("summariser still awake %v after its last event, want asleep after %d empty drains", 5*time.Second, idleDrains)
+	}
+	for round := range 3 {
+		ev := Event{Function: "f", Version: 1, At: time.Now(), Kind: KindJSON, Request: []byte(`{"x": 1}`), Response: []byte(`{}`)}
+		if !m.Offer(ev) {
+			t.Fatal("offer refused")
+		}
+		// Folded without a flush to wake the summariser.
+		deadline := time.Now().Add(2 * time.Second)
+		for m.Counts().Events != uint64(round+1) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: counts %+v 2s after the offer, want the event offered to a sleeping summariser folded", round, m.Counts())
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if !asleep() {
+			t.Fatalf("round %d: the summariser did not go back to sleep", round)
+		}
+	}
+	// A flush alone wakes it too.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := m.Flush(ctx); err != nil {
+		t.Fatalf("flush of a sleeping summariser: %v", err)
+	}
+}
