@@ -40,7 +40,7 @@ func (l *execLauncher) close() {
 }
 
 func (l *execLauncher) start(ctx context.Context, id string) (*Instance, error) {
-	inst, err := claimOrBegin(l.spares, id, func() (*Instance, error) {
+	inst, err := claimOrBegin(ctx, l.spares, id, func() (*Instance, error) {
 		inst, _, err := l.begin(ctx, id, false)
 		return inst, err
 	})

@@ -43,7 +43,7 @@ func (l *httpLauncher) close() {
 }
 
 func (l *httpLauncher) start(ctx context.Context, id string) (*Instance, error) {
-	inst, err := claimOrBegin(l.spares, id, func() (*Instance, error) {
+	inst, err := claimOrBegin(ctx, l.spares, id, func() (*Instance, error) {
 		inst, _, err := spawnHTTP(ctx, l.s, id, l.argv, nil, false)
 		return inst, err
 	})

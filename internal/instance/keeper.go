@@ -56,7 +56,7 @@ type keeperConfig[T ahead] struct {
 type keeper[T ahead] struct {
 	cfg keeperConfig[T]
 
-	mu      sync.Mutex // guards spare, has, lastUse, running, closed, off, want, lets
+	mu      sync.Mutex // guards spare, has, lastUse, running, closed, off, want, lets, making
 	spare   T
 	has     bool // spare is set
 	lastUse time.Time
@@ -71,6 +71,10 @@ type keeper[T ahead] struct {
 	// start's delayed refill could rebuild a zygote the keep-alive had
 	// just unloaded, and nothing would unload it again.
 	lets uint64
+	// making is closed when the spare being made (if any) is ready or
+	// has failed: a start that finds none waits for it rather than start
+	// its own, which would begin later and end no sooner.
+	making chan struct{}
 	// off is set by disable: every later spare would fail too (no ONNX
 	// Runtime library, a zygote that may not fork), so none is made.
 	off bool
@@ -169,6 +173,17 @@ func (k *keeper[T]) make(ctx context.Context) {
 	if skip || !k.acquire() {
 		return
 	}
+	made := make(chan struct{})
+	k.mu.Lock()
+	k.making = made
+	k.mu.Unlock()
+	// Whatever happens, the starts waiting for this one go on.
+	defer func() {
+		k.mu.Lock()
+		k.making = nil
+		k.mu.Unlock()
+		close(made)
+	}()
 	sp, err := k.cfg.start(ctx)
 	if err != nil {
 		k.release()
@@ -236,14 +251,25 @@ func (k *keeper[T]) letGo(now time.Time, force bool) {
 	}
 }
 
-// take hands out the spare as instance id when there is a live one, and
-// notes the use for the keep-alive; the caller then calls refill.
-func (k *keeper[T]) take(id string) (T, bool) {
+// take hands out the spare as instance id when there is a live one, or
+// one being made (waiting for it until ctx ends), and notes the use for
+// the keep-alive; the caller then calls refill.
+func (k *keeper[T]) take(ctx context.Context, id string) (T, bool) {
 	k.cfg.hold.used()
 	k.mu.Lock()
 	k.lastUse = time.Now()
 	sp, had := k.takeLocked()
+	making := k.making
 	k.mu.Unlock()
+	if !had && making != nil {
+		select {
+		case <-making:
+			k.mu.Lock()
+			sp, had = k.takeLocked()
+			k.mu.Unlock()
+		case <-ctx.Done():
+		}
+	}
 	var zero T
 	if !had {
 		return zero, false

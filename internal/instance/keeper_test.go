@@ -57,12 +57,12 @@ func TestKeeperRefillsWhenTakenAndExpires(t *testing.T) {
 		},
 	})
 	defer k.close()
-	if _, ok := k.take("a"); ok {
+	if _, ok := k.take(context.Background(), "a"); ok {
 		t.Fatal("took a spare before any was made")
 	}
 	k.refill()
 	waitFor(t, "a spare", k.live)
-	sp, ok := k.take("inst-1")
+	sp, ok := k.take(context.Background(), "inst-1")
 	if !ok || *sp.claimed.Load() != "inst-1" {
 		t.Fatalf("take = %v, %v; want the spare, claimed as inst-1", sp, ok)
 	}
@@ -132,7 +132,7 @@ func TestKeeperClaimFailureKillsTheSpare(t *testing.T) {
 	defer k.close()
 	k.refill()
 	waitFor(t, "a spare", k.live)
-	if _, ok := k.take("x"); ok {
+	if _, ok := k.take(context.Background(), "x"); ok {
 		t.Fatal("took a spare whose claim failed")
 	}
 	if !isClosed(f.done()) {
@@ -233,5 +233,77 @@ func TestKeeperLetGoCancelsPendingRefill(t *testing.T) {
 	}
 	if k2.live() || !isClosed(last.Load().done()) {
 		t.Fatal("the overtaken spare is still alive")
+	}
+}
+
+// A start that finds no spare while one is being made waits for it (it
+// began earlier, so it is ready no later than a start of its own), gives
+// up when its ctx ends, and goes on at once when the making fails.
+func TestKeeperTakeWaitsForTheSpareBeingMade(t *testing.T) {
+	gate := make(chan error)
+	started := make(chan struct{}, 10)
+	k := newKeeper(keeperConfig[*fakeAhead]{
+		keepAlive: time.Hour,
+		start: func(ctx context.Context) (*fakeAhead, error) {
+			started <- struct{}{}
+			if err := <-gate; err != nil {
+				return nil, err
+			}
+			return newFakeAhead(), nil
+		},
+	})
+	defer func() {
+		close(gate)
+		k.close()
+	}()
+
+	k.refill()
+	<-started
+	got := make(chan bool)
+	go func() {
+		sp, ok := k.take(context.Background(), "inst-1")
+		got <- ok && *sp.claimed.Load() == "inst-1"
+	}()
+	select {
+	case <-got:
+		t.Fatal("take returned while the spare was still being made")
+	case <-time.After(50 * time.Millisecond):
+	}
+	gate <- nil // made
+	if !<-got {
+		t.Fatal("take did not get the spare it waited for")
+	}
+
+	// Its ctx ends first: no spare, and the making goes on for the next.
+	k.refill()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	if _, ok := k.take(ctx, "inst-2"); ok {
+		t.Fatal("take got a spare that was not made yet")
+	}
+	gate <- nil
+	waitFor(t, "the spare made after the waiter gave up", k.live)
+	if _, ok := k.take(context.Background(), "inst-3"); !ok {
+		t.Fatal("the spare made after a waiter gave up was lost")
+	}
+
+	// The making fails: the waiter goes on without one.
+	k.refill()
+	<-started
+	res := make(chan bool)
+	go func() {
+		_, ok := k.take(context.Background(), "inst-4")
+		res <- ok
+	}()
+	time.Sleep(20 * time.Millisecond)
+	gate <- errors.New("no room")
+	select {
+	case ok := <-res:
+		if ok {
+			t.Fatal("take got a spare whose making failed")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("take kept waiting after the making failed")
 	}
 }

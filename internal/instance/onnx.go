@@ -121,7 +121,7 @@ func (l *onnxLauncher) close()   { l.spares.close() }
 // a new spare is made for the next cold start.
 func (l *onnxLauncher) start(ctx context.Context, id string) (*Instance, error) {
 	defer l.spares.refillSoon()
-	sp, ok := l.spares.take(id)
+	sp, ok := l.spares.take(ctx, id)
 	if !ok {
 		return l.spawn(ctx, id)
 	}

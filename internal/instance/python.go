@@ -215,7 +215,7 @@ func (py *pythonLauncher) forkOrTake(ctx context.Context, id string) (*Instance,
 		return nil, errFallback
 	}
 	defer py.spares.refillSoon()
-	if sp, ok := py.spares.take(id); ok {
+	if sp, ok := py.spares.take(ctx, id); ok {
 		return sp.inst, nil
 	}
 	return py.fork(ctx, id, false)

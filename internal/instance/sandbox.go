@@ -448,10 +448,10 @@ func boxSpares(s *Starter, begin func(ctx context.Context, id string, block bool
 // claimOrBegin claims the spare sandbox as instance id when spares keeps one
 // (refilling it soon after), else begins a new instance; either way the
 // instance's process has been released and the caller waits for it.
-func claimOrBegin(spares *keeper[boxedSpare], id string, begin func() (*Instance, error)) (*Instance, error) {
+func claimOrBegin(ctx context.Context, spares *keeper[boxedSpare], id string, begin func() (*Instance, error)) (*Instance, error) {
 	if spares != nil {
 		defer spares.refillSoon()
-		if sp, ok := spares.take(id); ok {
+		if sp, ok := spares.take(ctx, id); ok {
 			return sp.inst, nil
 		}
 	}
