@@ -117,3 +117,38 @@ func TestListPagesNewestFirst(t *testing.T) {
 		t.Errorf("dead jobs = %d, next %d, %v; want none", len(jobs), next, err)
 	}
 }
+
+// Listing and looking up jobs leaves no consumers behind: the server caps
+// a stream's consumers (1000 by default), and a client polling the listing
+// once made every later listing and lookup fail with "maximum consumers
+// limit reached" (CI, 2026-12-01: TestAsyncDurabilityKill9's poll after a
+// restart).
+func TestListingsLeaveNoConsumers(t *testing.T) {
+	f := newFixture(t, nil)
+	for i := range 3 {
+		f.enqueue("p", fmt.Sprintf("c%d", i), "{}")
+	}
+	ctx := context.Background()
+	const polls = 1100
+	for i := range polls {
+		if _, _, err := f.q.ListPage(ctx, "p", "", 10, 0); err != nil {
+			t.Fatalf("listing %d: %v", i, err)
+		}
+		if i%10 == 0 {
+			if _, err := f.q.Get(ctx, "c1"); err != nil {
+				t.Fatalf("lookup after %d listings: %v", i, err)
+			}
+		}
+	}
+	st, err := f.q.js.Stream(ctx, "KV_"+RecordsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Consumers > 5 {
+		t.Errorf("%d consumers on the records stream after %d listings, want them deleted", info.State.Consumers, polls)
+	}
+}

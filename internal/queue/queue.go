@@ -527,6 +527,9 @@ func (q *Queue) List(ctx context.Context, fn string, status Status, limit int) (
 const (
 	listWindow  = 512
 	listScanMax = 20000
+	// listConsumerIdle is how long the server keeps a listing's consumer
+	// whose deletion failed.
+	listConsumerIdle = 30 * time.Second
 )
 
 // ListPage returns up to limit (default 100) of fn's job records, only those
@@ -583,16 +586,33 @@ type seqJob struct {
 	job *Job
 }
 
+// deleteConsumer deletes an ordered consumer once read. The server caps a
+// stream's consumers (1000 by default since nats-server 2.15), and an
+// ordered consumer left to expire stays 5 minutes: a client polling the
+// jobs listing (a dashboard, a test waiting for its jobs) made a thousand
+// of them in seconds, and every later listing and job lookup failed with
+// "maximum consumers limit reached" until they expired. A failed delete
+// leaves it to its InactiveThreshold (listConsumerIdle).
+func deleteConsumer(st jetstream.Stream, cons jetstream.Consumer) {
+	if info := cons.CachedInfo(); info != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		st.DeleteConsumer(ctx, info.Name)
+		cancel()
+	}
+}
+
 // readWindow returns fn's records stored at sequences lo to hi, oldest first,
 // and how many messages it read.
 func (q *Queue) readWindow(ctx context.Context, st jetstream.Stream, fn string, lo, hi uint64) ([]seqJob, int, error) {
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{"$KV." + RecordsBucket + "." + fn + ".*"},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: lo,
+		InactiveThreshold: listConsumerIdle,
 	})
 	if err != nil {
 		return nil, 0, err
 	}
+	defer deleteConsumer(st, cons)
 	pending := cons.CachedInfo().NumPending
 	var out []seqJob
 	read, tries := 0, 0

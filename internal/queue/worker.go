@@ -515,10 +515,11 @@ func sortJobs(js []*Job) {
 // Redrive re-queues fn's dead letters and returns how many. Each keeps its
 // id and history; its failures are reset, and its age counts from now.
 func (q *Queue) Redrive(ctx context.Context, fn string) (int, error) {
-	cons, err := q.dead.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{deadPrefix + fn}})
+	cons, err := q.dead.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{deadPrefix + fn}, InactiveThreshold: listConsumerIdle})
 	if err != nil {
 		return 0, fmt.Errorf("redrive %s: %w", fn, err)
 	}
+	defer deleteConsumer(q.dead, cons)
 	n := 0
 	for {
 		msg, err := cons.Next(jetstream.FetchMaxWait(200 * time.Millisecond))

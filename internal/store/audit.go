@@ -98,6 +98,10 @@ func (s *Store) Audit(ctx context.Context, since time.Time, limit int) ([]AuditR
 	return append(ring[next:], ring[:next]...), nil
 }
 
+// readConsumerIdle is how long the server keeps a readStream consumer
+// whose deletion failed.
+const readConsumerIdle = 30 * time.Second
+
 // errStopRead ends a readStream early, without an error.
 var errStopRead = errors.New("stop reading")
 
@@ -114,7 +118,7 @@ func readStream(ctx context.Context, st jetstream.Stream, since time.Time, each 
 	if info.State.Msgs == 0 || (!since.IsZero() && !info.State.LastTime.IsZero() && info.State.LastTime.Before(since)) {
 		return nil
 	}
-	cc := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubjects: filter}
+	cc := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubjects: filter, InactiveThreshold: readConsumerIdle}
 	if !since.IsZero() {
 		cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
@@ -122,6 +126,17 @@ func readStream(ctx context.Context, st jetstream.Stream, since time.Time, each 
 	if err != nil {
 		return err
 	}
+	// Deleted when read, not left to expire: the server caps a stream's
+	// consumers (1000 by default since nats-server 2.15) and an ordered
+	// consumer stays 5 minutes by default, so a dashboard polling usage or
+	// the audit log would soon have every read refused.
+	defer func() {
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			st.DeleteConsumer(dctx, info.Name) // a failure leaves it to readConsumerIdle
+			cancel()
+		}
+	}()
 	last := info.State.LastSeq
 	var stop error
 	for {

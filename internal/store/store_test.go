@@ -1082,3 +1082,28 @@ func TestUsageRecordsBeforeSubjectsPerFunction(t *testing.T) {
 		t.Errorf("all records: %q", got)
 	}
 }
+
+// Reading usage leaves no consumers behind: the server caps a stream's
+// consumers (1000 by default), and a dashboard polling usage would
+// otherwise have every read refused within minutes.
+func TestUsageReadsLeaveNoConsumers(t *testing.T) {
+	s := openStore(t, "")
+	ctx := context.Background()
+	if err := s.AppendUsageRecords(ctx, "a", []byte("a\n")); err != nil {
+		t.Fatal(err)
+	}
+	const reads = 1100
+	for i := range reads {
+		n := 0
+		if err := s.UsageRecords(ctx, "a", time.Time{}, func([]byte) error { n++; return nil }); err != nil || n != 1 {
+			t.Fatalf("read %d: %d records, %v", i, n, err)
+		}
+	}
+	info, err := s.usage.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Consumers > 5 {
+		t.Errorf("%d consumers on the usage stream after %d reads, want them deleted", info.State.Consumers, reads)
+	}
+}
