@@ -73,7 +73,9 @@ type keeper[T ahead] struct {
 	lets uint64
 	// making is closed when the spare being made (if any) is ready or
 	// has failed: a start that finds none waits for it rather than start
-	// its own, which would begin later and end no sooner.
+	// its own, which would begin later, for as long as its ctx allows (a
+	// python start: one fork's time, since the spare's making also
+	// primes it, which may take long).
 	making chan struct{}
 	// off is set by disable: every later spare would fail too (no ONNX
 	// Runtime library, a zygote that may not fork), so none is made.

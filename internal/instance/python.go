@@ -37,6 +37,11 @@ type pythonLauncher struct {
 	// retired zygote's shutdown releases hold only if no build began
 	// since it was let go: the hold is then the next zygote's.
 	builds atomic.Uint64
+	// forkNanos is what the last fork took to be ready (not primed): what
+	// a start that forks its own child pays, and so how long it waits for
+	// a spare still being made (which includes priming with the
+	// manifest's warmup event, however long that runs).
+	forkNanos atomic.Int64
 
 	buildMu sync.Mutex // serialises zygote builds, so that a burst builds one
 
@@ -215,11 +220,27 @@ func (py *pythonLauncher) forkOrTake(ctx context.Context, id string) (*Instance,
 		return nil, errFallback
 	}
 	defer py.spares.refillSoon()
-	if sp, ok := py.spares.take(ctx, id); ok {
+	wctx, cancel := context.WithTimeout(ctx, py.spareWait())
+	sp, ok := py.spares.take(wctx, id)
+	cancel()
+	if ok {
 		return sp.inst, nil
 	}
 	return py.fork(ctx, id, false)
 }
+
+// spareWait is how long a start waits for a spare being made before it
+// forks its own child: as long as that fork is expected to take (the last
+// one's fork to ready, 100 ms before the first), so that a slow warmup
+// event costs the start at most twice a fork.
+func (py *pythonLauncher) spareWait() time.Duration {
+	if d := time.Duration(py.forkNanos.Load()); d > 0 {
+		return d
+	}
+	return defaultSpareWait
+}
+
+const defaultSpareWait = 100 * time.Millisecond
 
 func (py *pythonLauncher) disabled() bool {
 	py.mu.Lock()

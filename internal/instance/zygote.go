@@ -370,6 +370,7 @@ func (py *pythonLauncher) fork(ctx context.Context, id string, spare bool) (*Ins
 	}
 	inst.ready = time.Now()
 	inst.cold.ForkToReady = inst.ready.Sub(forkAt)
+	py.forkNanos.Store(int64(inst.cold.ForkToReady))
 	if spare {
 		if err := s.prime(ctx, inst); err != nil {
 			inst.abort()

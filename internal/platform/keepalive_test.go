@@ -384,3 +384,35 @@ func TestAdaptiveKeepAliveSurvivesRestart(t *testing.T) {
 		return err == nil && len(st.Instances) > 0 && st.KeepAlive.Prewarms == 1
 	})
 }
+
+// A start that finds the python spare still being made waits for it only
+// as long as forking its own child would take: a spare primed with a slow
+// warmup event (3 s here) must not hold the request for the rest of it.
+func TestSlowWarmupDoesNotHoldAStart(t *testing.T) {
+	needPython(t)
+	e := start(t, "")
+	const slowFn = `
+import time
+
+def handler(event, context):
+    if event.get("warm"):
+        time.sleep(3)
+    return {"ok": True}
+`
+	e.deploy(fnDir(t, "name: slowwarm\nruntime: python\nhandler: main.handler\nwarmup: {\"warm\": true}\n", map[string]string{"main.py": slowFn}))
+	// The deploy builds the zygote and its spare, which primes for 3 s.
+	waitFor(t, "the zygote", 30*time.Second, func() bool {
+		st, err := e.c.Status(context.Background(), "slowwarm")
+		return err == nil && st.Zygote != nil
+	})
+	t0 := time.Now()
+	code, body, _ := e.invoke("slowwarm", `{}`)
+	took := time.Since(t0)
+	if code != 200 {
+		t.Fatalf("invoke: %d %s", code, body)
+	}
+	if took > 1500*time.Millisecond {
+		t.Fatalf("the first call took %v: it waited for the spare's 3 s warmup instead of forking its own child", took)
+	}
+	t.Logf("first call %v while the spare primed", took)
+}
